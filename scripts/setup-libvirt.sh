@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Installs (when missing) and starts libvirtd + QEMU in a container without systemd.
+# Idempotent: a second run changes nothing and only reports what is already there.
+# Writes the detected virtualisation type (kvm or qemu, i.e. TCG) to $GROUPSNAP_STATE_DIR/virt-type
+# and prints it; set GROUPSNAP_VIRT_TYPE=qemu to force TCG.
+set -euo pipefail
+
+STATE_DIR="${GROUPSNAP_STATE_DIR:-/var/lib/groupsnap}"
+SOCK=/var/run/libvirt/libvirt-sock
+PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
+  python3-libvirt)
+
+log() { printf 'setup-libvirt: %s\n' "$*" >&2; }
+die() { printf 'setup-libvirt: error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "must run as root to install packages and start libvirtd (try: sudo $0)"
+}
+
+install_packages() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "packages already installed"
+    return
+  fi
+  need_root
+  command -v apt-get >/dev/null || die "apt-get not found; install these packages yourself: ${missing[*]}"
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Sets `key = value` in qemu.conf, replacing an existing (possibly commented) line; no change when already set.
+set_conf() {
+  local file=$1 key=$2 value=$3
+  if grep -Eq "^${key} = ${value//[/\\[}\$" "$file"; then return; fi
+  if grep -Eq "^#? *${key} = " "$file"; then
+    sed -i -E "0,/^#? *${key} = .*/s||${key} = ${value}|" "$file"
+  else
+    printf '%s = %s\n' "$key" "$value" >>"$file"
+  fi
+  log "set ${key} = ${value} in ${file}"
+}
+
+configure() {
+  local conf=/etc/libvirt/qemu.conf
+  # Debian's libvirt-daemon-system ships this file; the bare daemon packages do not.
+  mkdir -p /etc/libvirt
+  [ -f "$conf" ] || { : >"$conf"; log "created $conf"; }
+  # A container has no cgroup delegation, no SELinux/AppArmor and runs QEMU as root.
+  set_conf "$conf" security_driver '"none"'
+  set_conf "$conf" cgroup_controllers '[ ]'
+  set_conf "$conf" user '"root"'
+  set_conf "$conf" group '"root"'
+  # libvirtd looks these up at start even when QEMU runs as root.
+  getent group kvm >/dev/null || groupadd -r kvm
+  getent group libvirt >/dev/null || groupadd -r libvirt
+  getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+  getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+  mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images "$STATE_DIR"
+}
+
+start_daemons() {
+  if ! pgrep -x virtlogd >/dev/null; then
+    log "starting virtlogd"
+    virtlogd -d
+  fi
+  if pgrep -x libvirtd >/dev/null && [ -S "$SOCK" ] && virsh -c qemu:///system version >/dev/null 2>&1; then
+    log "libvirtd already running"
+    return
+  fi
+  log "starting libvirtd"
+  libvirtd -d
+  for _ in $(seq 1 100); do
+    if [ -S "$SOCK" ] && virsh -c qemu:///system version >/dev/null 2>&1; then
+      log "libvirtd is up"
+      return
+    fi
+    sleep 0.1
+  done
+  die "libvirtd did not come up within 10 s (socket $SOCK); see /var/log/libvirt/libvirtd.log and run 'libvirtd -v' to see why"
+}
+
+# KVM "works" when QEMU can actually start an accelerated machine, not merely when /dev/kvm exists.
+detect_virt_type() {
+  local type=qemu reason
+  if [ "${GROUPSNAP_VIRT_TYPE:-}" = qemu ]; then
+    reason="forced by GROUPSNAP_VIRT_TYPE=qemu"
+  elif [ ! -e /dev/kvm ]; then
+    reason="/dev/kvm is missing"
+  elif out=$(echo quit | timeout 20 qemu-system-x86_64 -accel kvm -machine q35 -nodefaults -display none \
+      -S -monitor stdio 2>&1) && ! grep -qi 'failed\|error' <<<"$out"; then
+    type=kvm
+    reason="qemu started a KVM machine"
+  else
+    reason="qemu could not use KVM: $(grep -i 'failed\|error' <<<"$out" | head -n 1)"
+  fi
+  if [ "$type" = qemu ]; then
+    log "KVM not usable ($reason): VMs fall back to TCG (software emulation, slower)"
+  else
+    log "KVM works ($reason)"
+  fi
+  printf '%s\n' "$type" >"$STATE_DIR/virt-type.tmp" && mv "$STATE_DIR/virt-type.tmp" "$STATE_DIR/virt-type"
+  printf '%s\n' "$type"
+}
+
+install_packages
+need_root
+configure
+start_daemons
+detect_virt_type

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything groupsnap needs on this machine, idempotent: libvirtd + QEMU, the Temporal CLI, npm dependencies
+# (including the native libvirt binding) and the TypeScript build. Each step is skipped when already done.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+bash scripts/setup-libvirt.sh >/dev/null
+bash scripts/ensure-temporal.sh >/dev/null
+
+# npm ci only when the lockfile changed since the last install (or node_modules is missing).
+stamp=node_modules/.groupsnap-lock-stamp
+want="$(sha256sum package-lock.json libvirt/package.json | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -f libvirt/build/Release/libvirt_binding.node ]; then
+  log "installing npm dependencies and building the native libvirt binding"
+  npm ci --no-audit --no-fund
+  printf '%s\n' "$want" >"$stamp"
+fi
+log "building TypeScript"
+npm run --silent build
