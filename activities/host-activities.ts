@@ -1,0 +1,464 @@
+import { existsSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import { BAD_INPUT } from '../common/validation';
+import type { DiskSnapshot, QuiesceMode, VmPowerState } from '../common/types';
+import { DomainNotFoundError, GuestAgentUnavailableError } from '../hypervisor/errors';
+import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
+import { parseVmMetadata, renderVmMetadata, type CatalogEntry } from './catalog';
+import { nowMs } from './clock';
+import { DomainLocks, LockBusyError } from './domain-locks';
+import { FreezeJournal } from './freeze-journal';
+import { DeadlineTimers, recoverFreezes, resumeFromJournal } from './resume';
+
+/** Free space required per new overlay file before a snapshot is attempted. */
+export const MIN_FREE_BYTES_PER_OVERLAY = 64 * 1024 * 1024;
+
+export interface HostActivityDeps {
+  hypervisor: Hypervisor;
+  hostId: string;
+  /** Freeze journal and locks of this host; must survive the worker process. */
+  stateDir: string;
+  log?: (message: string, fields?: Record<string, unknown>) => void;
+}
+
+export interface PlanRequest {
+  snapshotId: string;
+  domains: string[];
+  quiesce: QuiesceMode;
+}
+
+/** A VM ready to be frozen: everything decided before the first pause. */
+export interface PlannedVm {
+  domain: string;
+  uuid: string;
+  state: VmPowerState;
+  disks: DiskSnapshot[];
+  /** Disk targets left out of the snapshot (CD-ROMs, read-only or empty drives). */
+  skip: string[];
+  /** Freeze guest filesystems through the agent before pausing. */
+  quiesce: boolean;
+}
+
+export interface FreezeRequest {
+  snapshotId: string;
+  vms: PlannedVm[];
+  maxFreezeMs: number;
+  /** Resume right after the snapshots (the group lives on this host alone, so the barrier is local). */
+  resumeAfter: boolean;
+  quiesce: QuiesceMode;
+}
+
+export interface FreezeVmReport {
+  domain: string;
+  pausedByUs: boolean;
+  snapshotted: boolean;
+  quiesced: boolean;
+  pausedAtMs?: number;
+  snapshottedAtMs?: number;
+  /** Set when this activity also resumed the VM. */
+  resumedAtMs?: number;
+  resumedByGuard?: boolean;
+  error?: string;
+}
+
+export interface ThawRequest {
+  snapshotId: string;
+  domains: string[];
+  /** Domains whose guest filesystems were frozen. */
+  quiesced: string[];
+}
+
+export interface ThawVmReport {
+  domain: string;
+  pausedByUs: boolean;
+  pausedAtMs?: number;
+  resumedAtMs?: number;
+  resumedByGuard?: boolean;
+  state?: VmPowerState;
+}
+
+export interface UndoRequest {
+  snapshotId: string;
+  vms: { domain: string; disks: DiskSnapshot[] }[];
+}
+
+export interface UndoVmReport {
+  domain: string;
+  /** An overlay of this snapshot was found (active or as a file) and removed. */
+  hadSnapshot: boolean;
+  rolledBack: boolean;
+  cleanupPending: string[];
+  error?: string;
+}
+
+export interface CatalogRequest {
+  entry: Omit<CatalogEntry, 'disks'>;
+  host: string;
+  vms: { domain: string; uuid: string; disks: DiskSnapshot[] }[];
+}
+
+const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+function badInput(problems: string[]): ApplicationFailure {
+  return ApplicationFailure.nonRetryable(problems.join('; '), BAD_INPUT);
+}
+
+/** File-name-safe form of a libvirt domain name (which may contain spaces and more). */
+export function fileSafe(domain: string): string {
+  return domain.replace(/[^A-Za-z0-9._-]/g, '_');
+}
+
+function overlayPath(image: string, domain: string, target: string, snapshotId: string): string {
+  return join(dirname(image), `${fileSafe(domain)}.${target}.${snapshotId}.qcow2`);
+}
+
+function heartbeat(details?: unknown): void {
+  try {
+    Context.current().heartbeat(details);
+  } catch {
+    // called outside an activity (unit tests, recovery)
+  }
+}
+
+/**
+ * The host side of groupsnap: activities that run on the worker of one hypervisor host, on that host's task
+ * queue, plus the in-process deadline timers and crash recovery they share. Each activity checks state first
+ * and is safe to retry: a retried call never pauses, snapshots or resumes a VM twice.
+ */
+export function createHost(deps: HostActivityDeps) {
+  const { hypervisor } = deps;
+  const log = deps.log ?? (() => {});
+  const journal = new FreezeJournal(deps.stateDir);
+  const locks = new DomainLocks(deps.stateDir);
+  const timers = new DeadlineTimers(hypervisor, journal, (rec, err) => {
+    if (rec) log('deadline timer resumed VM', { domain: rec.domain, snapshotId: rec.snapshotId });
+    else log('deadline timer failed to resume VM', { error: message(err) });
+  });
+
+  function planOne(d: DomainDescription, snapshotId: string, quiesce: QuiesceMode, problems: string[]): PlannedVm {
+    if (d.state === 'other') problems.push(`VM ${d.name} is in a state that cannot be snapshotted`);
+    const disks: DiskSnapshot[] = [];
+    const skip: string[] = [];
+    for (const disk of d.disks) {
+      if (disk.device === 'cdrom' || disk.device === 'floppy' || disk.readonly || !disk.source) {
+        skip.push(disk.target);
+        continue;
+      }
+      if (disk.type !== 'file' || (disk.format !== 'qcow2' && disk.format !== 'raw')) {
+        problems.push(
+          `VM ${d.name} disk ${disk.target}: a ${disk.type} disk with format ${disk.format ?? 'unknown'} is not ` +
+            `supported (only file-backed qcow2 or raw disks)`,
+        );
+        continue;
+      }
+      const overlay = overlayPath(disk.source, d.name, disk.target, snapshotId);
+      if (existsSync(overlay)) problems.push(`VM ${d.name} disk ${disk.target}: overlay ${overlay} already exists`);
+      disks.push({ target: disk.target, image: disk.source, overlay });
+    }
+    if (disks.length === 0) problems.push(`VM ${d.name} has no disk to snapshot`);
+    if (quiesce === 'agent' && !d.hasGuestAgent && d.state === 'running') {
+      problems.push(`VM ${d.name} has no QEMU guest agent channel, required by --quiesce agent`);
+    }
+    return {
+      domain: d.name,
+      uuid: d.uuid,
+      state: d.state,
+      disks,
+      skip,
+      quiesce: quiesce !== 'none' && d.hasGuestAgent && d.state === 'running',
+    };
+  }
+
+  function checkSpace(vms: PlannedVm[], problems: string[]): void {
+    const perDir = new Map<string, number>();
+    for (const vm of vms) for (const d of vm.disks) perDir.set(dirname(d.overlay), (perDir.get(dirname(d.overlay)) ?? 0) + 1);
+    for (const [dir, count] of perDir) {
+      try {
+        const st = statfsSync(dir);
+        const free = st.bavail * st.bsize;
+        if (free < count * MIN_FREE_BYTES_PER_OVERLAY) {
+          problems.push(`not enough free space in ${dir}: ${Math.floor(free / 2 ** 20)} MiB free, need ${count * 64} MiB`);
+        }
+      } catch (err) {
+        problems.push(`cannot check free space in ${dir}: ${message(err)}`);
+      }
+    }
+  }
+
+  async function pauseOne(vm: PlannedVm, report: FreezeVmReport, snapshotId: string, maxFreezeMs: number): Promise<void> {
+    const pausedAtMs = nowMs();
+    const record = { snapshotId, domain: vm.domain, pausedAtMs, deadlineMs: pausedAtMs + maxFreezeMs };
+    // Journal and timer first: a crash right after the pause is covered by the guard, a hang by the timer.
+    journal.write({ ...record, state: 'pausing' });
+    timers.arm({ ...record, state: 'pausing' });
+    try {
+      await hypervisor.suspend(vm.domain);
+    } catch (err) {
+      timers.disarm(snapshotId, vm.domain);
+      const state = await hypervisor.state(vm.domain).catch(() => undefined);
+      if (state === 'paused') {
+        // Paused by someone else since planning: not ours to resume.
+        journal.write({ ...record, state: 'resumed', resumedAtMs: pausedAtMs });
+        return;
+      }
+      journal.write({ ...record, state: 'resumed', resumedAtMs: nowMs() });
+      throw err;
+    }
+    journal.write({ ...record, state: 'paused' });
+    report.pausedByUs = true;
+    report.pausedAtMs = pausedAtMs;
+  }
+
+  async function resumeOurs(snapshotId: string, reports: FreezeVmReport[]): Promise<void> {
+    await Promise.all(
+      reports
+        .filter((r) => r.pausedByUs)
+        .map(async (r) => {
+          timers.disarm(snapshotId, r.domain);
+          const rec = await resumeFromJournal(hypervisor, journal, snapshotId, r.domain, 'resumed');
+          r.resumedAtMs = rec?.resumedAtMs;
+          r.resumedByGuard = rec !== undefined && rec.state !== 'resumed';
+        }),
+    );
+  }
+
+  async function thawFilesystems(domains: string[]): Promise<void> {
+    await Promise.all(
+      domains.map((d) =>
+        hypervisor.fsThaw(d).catch((err) => log('fsThaw failed', { domain: d, error: message(err) })),
+      ),
+    );
+  }
+
+  async function undoOne(snapshotId: string, domain: string, disks: DiskSnapshot[]): Promise<UndoVmReport> {
+    const report: UndoVmReport = {
+      domain,
+      hadSnapshot: disks.some((d) => existsSync(d.overlay)),
+      rolledBack: false,
+      cleanupPending: [],
+    };
+    let desc: DomainDescription;
+    try {
+      desc = await hypervisor.describe(domain);
+    } catch (err) {
+      report.error = message(err);
+      report.cleanupPending = disks.map((d) => d.overlay).filter((f) => existsSync(f));
+      return report;
+    }
+    const errors: string[] = [];
+    const toRedefine: { target: string; from: string; to: string }[] = [];
+    for (const disk of disks) {
+      const active = desc.disks.find((d) => d.target === disk.target)?.source;
+      if (active === disk.overlay) {
+        if (desc.state === 'shutoff') {
+          toRedefine.push({ target: disk.target, from: disk.overlay, to: disk.image });
+          continue;
+        }
+        try {
+          heartbeat({ domain, target: disk.target });
+          await hypervisor.commitActive(domain, disk.target);
+        } catch (err) {
+          errors.push(`${disk.target}: ${message(err)}`);
+          report.cleanupPending.push(disk.overlay);
+          continue;
+        }
+      } else if (active !== disk.image) {
+        // The chain moved on since (someone else changed it): do not touch it.
+        if (existsSync(disk.overlay)) report.cleanupPending.push(disk.overlay);
+        errors.push(`${disk.target}: active image is ${active}, neither ${disk.image} nor ${disk.overlay}`);
+        continue;
+      }
+      if (!toRedefine.some((r) => r.target === disk.target)) rmSync(disk.overlay, { force: true });
+    }
+    if (toRedefine.length > 0) {
+      try {
+        await hypervisor.redefineDiskSources(domain, toRedefine);
+        for (const r of toRedefine) rmSync(r.from, { force: true });
+      } catch (err) {
+        errors.push(message(err));
+        report.cleanupPending.push(...toRedefine.map((r) => r.from));
+      }
+    }
+    log('undo snapshot', { domain, snapshotId, errors });
+    report.rolledBack = errors.length === 0;
+    if (errors.length > 0) report.error = errors.join('; ');
+    return report;
+  }
+
+  const activities = {
+    /** Resolves VMs, reads their disks, chooses overlay names and checks space. Changes nothing. */
+    async planVms(req: PlanRequest): Promise<PlannedVm[]> {
+      const problems: string[] = [];
+      const described = await Promise.all(
+        req.domains.map((name) =>
+          hypervisor.describe(name).catch((err) => {
+            if (err instanceof DomainNotFoundError) {
+              problems.push(`VM ${JSON.stringify(name)} not found on host ${deps.hostId}`);
+              return undefined;
+            }
+            throw err;
+          }),
+        ),
+      );
+      const planned = described
+        .filter((d): d is DomainDescription => d !== undefined)
+        .map((d) => planOne(d, req.snapshotId, req.quiesce, problems));
+      checkSpace(planned, problems);
+      if (problems.length > 0) throw badInput(problems);
+      return planned;
+    },
+
+    async acquireLocks(req: { owner: string; domains: string[]; ttlMs: number }): Promise<void> {
+      try {
+        locks.acquire(req.owner, req.domains, req.ttlMs);
+      } catch (err) {
+        if (err instanceof LockBusyError) throw ApplicationFailure.retryable(err.message, 'LockBusyError');
+        throw err;
+      }
+    },
+
+    async releaseLocks(req: { owner: string; domains: string[] }): Promise<void> {
+      locks.release(req.owner, req.domains);
+    },
+
+    /**
+     * The freeze window on this host: quiesce (optional), pause every running VM in parallel, take each VM's
+     * atomic disk-only snapshot, and, when `resumeAfter`, resume. On any failure it resumes the VMs it paused
+     * at once and reports which snapshots were taken, for the workflow to undo.
+     */
+    async freezeVms(req: FreezeRequest): Promise<FreezeVmReport[]> {
+      const reports: FreezeVmReport[] = req.vms.map((vm) => ({
+        domain: vm.domain,
+        pausedByUs: false,
+        snapshotted: false,
+        quiesced: false,
+      }));
+      const fail = (i: number, err: unknown): void => {
+        reports[i].error ??= message(err);
+      };
+      await Promise.all(
+        req.vms.map(async (vm, i) => {
+          if (!vm.quiesce) return;
+          try {
+            reports[i].quiesced = (await hypervisor.fsFreeze(vm.domain)) >= 0;
+          } catch (err) {
+            if (req.quiesce === 'agent' || !(err instanceof GuestAgentUnavailableError)) fail(i, err);
+            else log('guest agent unavailable, snapshot is crash-consistent', { domain: vm.domain });
+          }
+        }),
+      );
+      const quiesced = () => reports.filter((r) => r.quiesced).map((r) => r.domain);
+      const failed = () => reports.some((r) => r.error !== undefined);
+      if (!failed()) {
+        await Promise.all(
+          req.vms.map((vm, i) =>
+            vm.state === 'running' ? pauseOne(vm, reports[i], req.snapshotId, req.maxFreezeMs).catch((e) => fail(i, e)) : undefined,
+          ),
+        );
+      }
+      if (!failed()) {
+        await Promise.all(
+          req.vms.map(async (vm, i) => {
+            try {
+              await hypervisor.snapshotDisks(
+                vm.domain,
+                vm.disks.map((d) => ({ target: d.target, file: d.overlay })),
+                vm.skip,
+              );
+              reports[i].snapshotted = true;
+              reports[i].snapshottedAtMs = nowMs();
+            } catch (err) {
+              fail(i, err);
+            }
+          }),
+        );
+      }
+      // A deadline timer that fired mid-window broke the cut.
+      for (const r of reports) {
+        const rec = r.pausedByUs ? journal.read(req.snapshotId, r.domain) : undefined;
+        if (rec && rec.state !== 'paused') {
+          r.resumedByGuard = true;
+          r.resumedAtMs = rec.resumedAtMs;
+          r.error ??= `freeze deadline of ${req.maxFreezeMs} ms passed before the snapshot completed`;
+        }
+      }
+      if (req.resumeAfter || failed()) {
+        await resumeOurs(req.snapshotId, reports);
+        await thawFilesystems(quiesced());
+      }
+      log('freeze', { snapshotId: req.snapshotId, host: deps.hostId, reports });
+      return reports;
+    },
+
+    /** Resumes the VMs this snapshot paused on this host (no-op for those already resumed), then thaws. */
+    async thawVms(req: ThawRequest): Promise<ThawVmReport[]> {
+      const out = await Promise.all(
+        req.domains.map(async (domain): Promise<ThawVmReport> => {
+          timers.disarm(req.snapshotId, domain);
+          const rec = await resumeFromJournal(hypervisor, journal, req.snapshotId, domain, 'resumed');
+          const state = await hypervisor.state(domain).catch(() => undefined);
+          if (!rec) return { domain, pausedByUs: false, state };
+          return {
+            domain,
+            pausedByUs: true,
+            pausedAtMs: rec.pausedAtMs,
+            resumedAtMs: rec.resumedAtMs,
+            resumedByGuard: rec.state !== 'resumed',
+            state,
+          };
+        }),
+      );
+      await thawFilesystems(req.quiesced);
+      return out;
+    },
+
+    /** Undoes this snapshot's overlays: active commit + pivot (or redefinition when shut off), then removal. */
+    async undoSnapshots(req: UndoRequest): Promise<UndoVmReport[]> {
+      const out: UndoVmReport[] = [];
+      for (const vm of req.vms) out.push(await undoOne(req.snapshotId, vm.domain, vm.disks));
+      return out;
+    },
+
+    /** Records a completed snapshot in each VM's libvirt metadata and in a manifest beside its images. */
+    async recordCatalog(req: CatalogRequest): Promise<void> {
+      for (const vm of req.vms) {
+        const entry: CatalogEntry = { ...req.entry, disks: vm.disks };
+        const meta = parseVmMetadata(await hypervisor.getMetadata(vm.domain));
+        if (!meta.snapshots.some((s) => s.snapshotId === entry.snapshotId)) {
+          meta.snapshots.push(entry);
+          await hypervisor.setMetadata(vm.domain, renderVmMetadata(meta));
+        }
+        const manifest = join(dirname(vm.disks[0].image), `${fileSafe(vm.domain)}.${entry.snapshotId}.manifest.json`);
+        writeFileSync(
+          manifest,
+          JSON.stringify({ ...entry, domain: vm.domain, uuid: vm.uuid, host: req.host }, null, 2) + '\n',
+        );
+      }
+    },
+
+    /** Current power state of each VM (for results). */
+    async vmStates(req: { domains: string[] }): Promise<Record<string, VmPowerState | 'missing'>> {
+      const out: Record<string, VmPowerState | 'missing'> = {};
+      for (const d of req.domains) out[d] = await hypervisor.state(d).catch(() => 'missing' as const);
+      return out;
+    },
+  };
+
+  return {
+    activities,
+    journal,
+    /** Finishes freezes a crashed worker left: resumes VMs past their deadline, re-arms timers for the rest. */
+    recover: () => recoverFreezes(hypervisor, journal, timers, 'resumed-by-guard'),
+    /** Stops the in-process timers (the host guard still covers open freezes). */
+    shutdown: () => timers.disarmAll(),
+  };
+}
+
+/** The host activities alone, e.g. for a test worker. */
+export function createHostActivities(deps: HostActivityDeps) {
+  return createHost(deps).activities;
+}
+
+export type HostActivities = ReturnType<typeof createHostActivities>;

@@ -1,0 +1,135 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { groupSnapshotProgress, groupSnapshotResult, startGroupSnapshot } from '../client';
+import { defaults, temporalSettings, type TemporalOverrides } from '../common/config';
+import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
+import { BadInputError } from '../common/validation';
+import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
+import { claimGuardPidFile, ensureGuard, runGuard, runningGuardPid } from '../worker/guard';
+import { createGroupsnapWorker } from '../worker/worker';
+import { formatProgress, formatResult } from './format';
+
+/** Exit codes of `groupsnap snapshot`. */
+export const EXIT = { ok: 0, failed: 1, badInput: 2 } as const;
+
+export function logLine(message: string, fields: Record<string, unknown> = {}): void {
+  console.error(JSON.stringify({ time: new Date().toISOString(), msg: message, ...fields }));
+}
+
+export interface WorkerCommandOptions extends TemporalOverrides {
+  host?: string;
+  libvirtUri?: string;
+  stateDir?: string;
+  workflows?: boolean;
+  guard?: boolean;
+}
+
+/** `groupsnap worker`: the host's worker, plus its guard process. Runs until SIGINT/SIGTERM. */
+export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
+  Runtime.install({ logger: new DefaultLogger('WARN') });
+  const hostId = opts.host ?? defaults.hostId();
+  const libvirtUri = opts.libvirtUri ?? defaults.libvirtUri();
+  const stateDir = opts.stateDir ?? defaults.stateDir(hostId);
+  const { connectionOptions, namespace } = temporalSettings(opts);
+  const hypervisor = await LibvirtHypervisor.open(libvirtUri);
+  try {
+    if (opts.guard !== false) {
+      const pid = ensureGuard(stateDir, libvirtUri, process.argv[1]);
+      logLine('host guard running', { hostId, pid, stateDir });
+    }
+    const worker = await createGroupsnapWorker({
+      connectionOptions,
+      namespace,
+      hostId,
+      hypervisor,
+      stateDir,
+      workflows: opts.workflows,
+      log: (msg, fields) => logLine(msg, { hostId, ...fields }),
+    });
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
+    logLine('worker started', { hostId, libvirtUri, address: connectionOptions.address, namespace });
+    await worker.run();
+  } finally {
+    await hypervisor.close();
+  }
+}
+
+/** `groupsnap guard` (started by the worker): resumes VMs left paused past their deadline. */
+export async function guardCommand(opts: { stateDir: string; libvirtUri: string }): Promise<void> {
+  const other = runningGuardPid(opts.stateDir);
+  if (other && other !== process.pid) {
+    logLine('another guard already serves this state dir', { pid: other, stateDir: opts.stateDir });
+    return;
+  }
+  claimGuardPidFile(opts.stateDir);
+  const controller = new AbortController();
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => controller.abort());
+  logLine('guard started', { stateDir: opts.stateDir, libvirtUri: opts.libvirtUri });
+  // The guard must outlive libvirtd restarts: reconnect whenever the connection is lost.
+  while (!controller.signal.aborted) {
+    let hypervisor: LibvirtHypervisor | undefined;
+    try {
+      hypervisor = await LibvirtHypervisor.open(opts.libvirtUri);
+      const conn = hypervisor.connection;
+      const lost = new AbortController();
+      const watch = setInterval(() => {
+        conn.isAlive().then((alive) => alive || lost.abort(), () => lost.abort());
+      }, 2000);
+      controller.signal.addEventListener('abort', () => lost.abort());
+      try {
+        await runGuard({ hypervisor, stateDir: opts.stateDir, signal: lost.signal, log: logLine });
+      } finally {
+        clearInterval(watch);
+      }
+    } catch (err) {
+      logLine('guard cannot reach libvirt, retrying', { error: (err as Error).message });
+      await sleep(1000);
+    } finally {
+      await hypervisor?.close().catch(() => undefined);
+    }
+  }
+}
+
+export interface SnapshotCommandOptions extends TemporalOverrides {
+  json?: boolean;
+}
+
+/** `groupsnap snapshot`: starts a group snapshot, shows progress on a TTY, prints the result. */
+export async function snapshotCommand(input: GroupSnapshotInput, opts: SnapshotCommandOptions): Promise<number> {
+  const { connectionOptions, namespace } = temporalSettings(opts);
+  const connection = await Connection.connect(connectionOptions as Parameters<typeof Connection.connect>[0]);
+  try {
+    const client = new Client({ connection, namespace });
+    let result: GroupSnapshotResult;
+    try {
+      const handle = await startGroupSnapshot(client, input);
+      const showProgress = !opts.json && process.stderr.isTTY;
+      if (!opts.json) console.error(`started ${handle.workflowId}`);
+      const done = groupSnapshotResult(handle);
+      if (showProgress) {
+        let last = '';
+        let finished = false;
+        void done.finally(() => (finished = true)).catch(() => undefined);
+        while (!finished) {
+          const line = await groupSnapshotProgress(handle).then(formatProgress, () => last);
+          if (line !== last) console.error(`  ${line}`);
+          last = line;
+          await Promise.race([sleep(100), done.catch(() => undefined)]);
+        }
+      }
+      result = await done;
+    } catch (err) {
+      if (err instanceof BadInputError) {
+        if (opts.json) console.log(JSON.stringify({ status: 'rejected', error: err.message }));
+        else console.error(`groupsnap: ${err.message}`);
+        return EXIT.badInput;
+      }
+      throw err;
+    }
+    console.log(opts.json ? JSON.stringify(result, null, 2) : formatResult(result));
+    return result.status === 'completed' ? EXIT.ok : EXIT.failed;
+  } finally {
+    await connection.close();
+  }
+}

@@ -1,0 +1,97 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { snapshotGroup } from '../client';
+import { defaults } from '../common/config';
+import { freePort } from '../dev/free-port';
+import { startDevServer } from '../dev/temporal-dev-server';
+import { VmFleet, virtType } from '../dev/vms';
+import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
+import { ensureGuard, runningGuardPid } from '../worker/guard';
+import { createGroupsnapWorker } from '../worker/worker';
+import { logLine } from './commands';
+import { formatResult } from './format';
+
+/** `preferred` when it is free (so the usual localhost:7233 / :8233 work), else any free port. */
+async function portOr(preferred: number): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once('error', () => resolve(freePort()));
+    srv.listen(preferred, '127.0.0.1', () => srv.close(() => resolve(preferred)));
+  });
+}
+
+/**
+ * The README's main job: a local Temporal dev server (UI on), a worker for this host, demo VMs, and one real
+ * group snapshot of them, printed. Everything is torn down at the end (after Ctrl-C with --keep).
+ */
+export async function demoCommand(opts: { vms: number; keep?: boolean }): Promise<void> {
+  Runtime.install({ logger: new DefaultLogger('WARN') });
+  const keep = opts.keep ?? Boolean(process.stdout.isTTY);
+  const port = await portOr(7233);
+  const uiPort = await portOr(port + 1000);
+  console.log(`Starting a Temporal dev server on 127.0.0.1:${port} ...`);
+  const server = await startDevServer({ ui: true, port, uiPort });
+  const stateDir = await mkdtemp(join(tmpdir(), 'groupsnap-demo-state-'));
+  const libvirtUri = defaults.libvirtUri();
+  const hostId = defaults.hostId();
+  let fleet: VmFleet | undefined;
+  let hypervisor: LibvirtHypervisor | undefined;
+  let worker: Awaited<ReturnType<typeof createGroupsnapWorker>> | undefined;
+  let running: Promise<void> | undefined;
+  try {
+    console.log(`Temporal UI: ${server.uiUrl}`);
+    console.log(`Creating ${opts.vms} demo VMs (firmware-only, 2 qcow2 disks each, ${virtType()}) ...`);
+    fleet = await VmFleet.create({ prefix: 'groupsnap-demo', count: opts.vms, uri: libvirtUri });
+    hypervisor = await LibvirtHypervisor.open(libvirtUri);
+    ensureGuard(stateDir, libvirtUri, process.argv[1]);
+    const connectionOptions = { address: server.address };
+    worker = await createGroupsnapWorker({
+      connectionOptions,
+      namespace: 'default',
+      hostId,
+      hypervisor,
+      stateDir,
+      log: (msg, fields) => logLine(msg, { hostId, ...fields }),
+    });
+    running = worker.run();
+    const connection = await Connection.connect(connectionOptions);
+    try {
+      const client = new Client({ connection });
+      console.log(`Taking a group snapshot of ${fleet.names.join(', ')} on host ${hostId} ...`);
+      const result = await snapshotGroup(client, {
+        group: 'demo',
+        vms: fleet.names.map((domain) => ({ domain, host: hostId })),
+        label: 'demo',
+      });
+      console.log(formatResult(result));
+      console.log(`\nSee it in the Temporal UI: ${server.uiUrl}/namespaces/default/workflows/${encodeURIComponent(result.workflowId)}`);
+      if (result.status !== 'completed') process.exitCode = 1;
+    } finally {
+      await connection.close();
+    }
+    if (keep) {
+      console.log('\nServer, worker and VMs keep running; press Ctrl-C to clean up and exit.');
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+    }
+  } finally {
+    worker?.shutdown();
+    await running?.catch(() => undefined);
+    await hypervisor?.close().catch(() => undefined);
+    await fleet?.destroy().catch((err) => console.error(`cleaning up demo VMs: ${(err as Error).message}`));
+    await server.stop();
+    stopGuard(stateDir);
+    await rm(stateDir, { recursive: true, force: true });
+  }
+}
+
+function stopGuard(stateDir: string): void {
+  const pid = runningGuardPid(stateDir);
+  if (pid) process.kill(pid, 'SIGTERM');
+}

@@ -1,0 +1,113 @@
+import { randomBytes } from 'node:crypto';
+import {
+  ApplicationFailure,
+  Client,
+  WorkflowFailedError,
+  type WorkflowHandle,
+} from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
+import { groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
+import { GroupsnapGroup, GroupsnapMaxFreezeMs, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
+import type { GroupSnapshotInput, GroupSnapshotResult, SnapshotProgress } from '../common/types';
+import { BAD_INPUT, BadInputError, normalizeSnapshotInput } from '../common/validation';
+import type { groupSnapshot } from '../workflows';
+
+export * from '../common/types';
+export { BadInputError } from '../common/validation';
+export { groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
+
+/** Name of the workflow failure type carrying a failed-and-compensated result (see `SNAPSHOT_FAILED`). */
+const SNAPSHOT_FAILED = 'GroupSnapshotFailed';
+
+export type GroupSnapshotHandle = WorkflowHandle<typeof groupSnapshot>;
+
+/** A new snapshot id: `gs-<UTC time>-<random>`, safe in file names and sortable by time. */
+export function newSnapshotId(now = new Date()): string {
+  const t = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return `gs-${t}-${randomBytes(3).toString('hex')}`;
+}
+
+/**
+ * Hosts among `hosts` whose task queue no worker polls right now. A host whose worker stopped within the last
+ * minutes may still be listed by the server as a poller; the workflow's own fail-fast timeout covers that case.
+ */
+export async function hostsWithoutWorker(client: Client, hosts: string[]): Promise<string[]> {
+  const missing: string[] = [];
+  await Promise.all(
+    hosts.map(async (h) => {
+      const res = await client.workflowService.describeTaskQueue({
+        namespace: client.options.namespace,
+        taskQueue: { name: hostTaskQueue(h), kind: temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
+        taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+      });
+      if ((res.pollers ?? []).length === 0) missing.push(h);
+    }),
+  );
+  return missing.sort();
+}
+
+/**
+ * Validates the request, checks that every host has a worker, and starts a group snapshot workflow.
+ * @throws BadInputError when the request is invalid or a host has no worker; nothing was started then.
+ */
+export async function startGroupSnapshot(client: Client, input: GroupSnapshotInput): Promise<GroupSnapshotHandle> {
+  const normalized = normalizeSnapshotInput(input);
+  const hosts = [...new Set(normalized.vms.map((v) => v.host))];
+  const missing = await hostsWithoutWorker(client, hosts);
+  if (missing.length > 0) {
+    throw new BadInputError(
+      `no worker polls host ${missing.join(', ')}: start 'groupsnap worker --host <id>' on each VM's hypervisor host`,
+    );
+  }
+  const snapshotId = normalized.snapshotId ?? newSnapshotId();
+  const members = normalized.vms.map((v) => `${v.domain}@${v.host}`);
+  return client.workflow.start('groupSnapshot', {
+    taskQueue: WORKFLOW_TASK_QUEUE,
+    workflowId: groupSnapshotWorkflowId(normalized.group, snapshotId),
+    args: [{ ...normalized, snapshotId }],
+    typedSearchAttributes: [
+      { key: GroupsnapGroup, value: normalized.group },
+      { key: GroupsnapSnapshotId, value: snapshotId },
+      { key: GroupsnapVmCount, value: normalized.vms.length },
+      { key: GroupsnapMaxFreezeMs, value: normalized.maxFreezeMs },
+    ],
+    staticSummary: `Group snapshot of ${normalized.group}: ${members.length} VM(s) on ${hosts.length} host(s)`,
+    staticDetails: [
+      `**Group** ${normalized.group}  `,
+      `**Snapshot** ${snapshotId}${normalized.label ? ` (${normalized.label})` : ''}  `,
+      `**Max freeze** ${normalized.maxFreezeMs} ms, **quiesce** ${normalized.quiesce}`,
+      '',
+      ...members.map((m) => `- ${m}`),
+    ].join('\n'),
+  }) as Promise<GroupSnapshotHandle>;
+}
+
+/**
+ * Waits for a group snapshot and returns its result, `status: 'failed'` included (failed and compensated).
+ * @throws BadInputError when the workflow rejected its input; the original error for anything else
+ *   (e.g. the workflow was cancelled or terminated).
+ */
+export async function groupSnapshotResult(handle: GroupSnapshotHandle): Promise<GroupSnapshotResult> {
+  try {
+    return await handle.result();
+  } catch (err) {
+    if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure) {
+      if (err.cause.type === SNAPSHOT_FAILED && err.cause.details?.[0]) return err.cause.details[0] as GroupSnapshotResult;
+      if (err.cause.type === BAD_INPUT) throw new BadInputError(err.cause.message);
+    }
+    // Bad input found by a host (unknown VM, unsupported disk) arrives wrapped in an activity failure.
+    const inner = (err as { cause?: { cause?: unknown } }).cause?.cause;
+    if (inner instanceof ApplicationFailure && inner.type === BAD_INPUT) throw new BadInputError(inner.message);
+    throw err;
+  }
+}
+
+/** Takes a group snapshot and waits for it: {@link startGroupSnapshot} then {@link groupSnapshotResult}. */
+export async function snapshotGroup(client: Client, input: GroupSnapshotInput): Promise<GroupSnapshotResult> {
+  return groupSnapshotResult(await startGroupSnapshot(client, input));
+}
+
+/** Live progress of a running group snapshot (phase and per-VM state). */
+export function groupSnapshotProgress(handle: GroupSnapshotHandle): Promise<SnapshotProgress> {
+  return handle.query<SnapshotProgress>('progress');
+}

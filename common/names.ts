@@ -1,0 +1,22 @@
+/** Task queue every groupsnap workflow runs on (any worker with the workflow plugin polls it). */
+export const WORKFLOW_TASK_QUEUE = 'groupsnap';
+
+/** Task queue of the host worker for `hostId`: activities that touch a VM run on its host's queue. */
+export function hostTaskQueue(hostId: string): string {
+  return `groupsnap-host/${hostId}`;
+}
+
+/** Workflow id of a group snapshot, readable in the Temporal UI. */
+export function groupSnapshotWorkflowId(group: string, snapshotId: string): string {
+  return `group-snapshot/${group}/${snapshotId}`;
+}
+
+/** XML namespace of groupsnap's libvirt domain metadata. */
+export const METADATA_NAMESPACE = 'https://groupsnap.dev/xmlns/groupsnap/1';
+/** Prefix bound to {@link METADATA_NAMESPACE} in the domain XML. */
+export const METADATA_KEY = 'groupsnap';
+
+/** Default bound on how long a VM stays paused by groupsnap. Documented in the README. */
+export const DEFAULT_MAX_FREEZE_MS = 5_000;
+/** The host guard resumes a VM at most this long after its freeze deadline. */
+export const GUARD_GRACE_MS = 1_000;

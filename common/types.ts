@@ -1,0 +1,92 @@
+/** Input and result types shared by the workflow, the host activities, the client library and the CLI. */
+
+export type QuiesceMode = 'none' | 'agent' | 'agent-or-crash';
+export const QUIESCE_MODES: readonly QuiesceMode[] = ['none', 'agent', 'agent-or-crash'];
+
+/** A VM by libvirt domain name on the host whose worker manages it. */
+export interface VmRef {
+  domain: string;
+  host: string;
+}
+
+export interface GroupSnapshotInput {
+  /** Group name, used in ids and search attributes. @default 'adhoc' */
+  group?: string;
+  vms: VmRef[];
+  /** Free text kept in the catalog; must be safe for a file name. */
+  label?: string;
+  /** @default generated: `gs-<UTC time>-<random>` */
+  snapshotId?: string;
+  /** Longest time a VM may stay paused by this snapshot. @default 5000 */
+  maxFreezeMs?: number;
+  /** @default 'none' */
+  quiesce?: QuiesceMode;
+}
+
+export type VmPowerState = 'running' | 'paused' | 'shutoff' | 'other';
+
+/** One disk's place in the snapshot: `image` holds the snapshot point, `overlay` is the new active layer. */
+export interface DiskSnapshot {
+  target: string;
+  image: string;
+  overlay: string;
+}
+
+export type VmOutcome =
+  /** Part of the group snapshot. */
+  | 'snapshotted'
+  /** Snapshot taken, then undone by compensation: disk chain as before, overlays removed. */
+  | 'rolled-back'
+  /** Compensation could not undo everything at once; see `error` and `cleanupPending`. */
+  | 'cleanup-pending'
+  /** Never snapshotted (the run failed before reaching it, or its own snapshot failed). */
+  | 'not-snapshotted';
+
+export interface VmResult {
+  host: string;
+  domain: string;
+  uuid?: string;
+  /** State when groupsnap found it. */
+  stateBefore?: VmPowerState;
+  /** State after the run, as seen by its host. */
+  state?: VmPowerState;
+  outcome: VmOutcome;
+  /** groupsnap paused it (it was running). */
+  pausedByUs: boolean;
+  /** Pause issued to resume returned, measured on its host. Absent when it was not paused by us. */
+  freezeMs?: number;
+  /** Resumed by the host's deadline guard instead of the workflow. */
+  resumedByGuard?: boolean;
+  /** Guest filesystems were frozen through the agent. */
+  quiesced?: boolean;
+  disks: DiskSnapshot[];
+  error?: string;
+  /** Overlay files left behind for a follow-up clean-up. */
+  cleanupPending?: string[];
+}
+
+export type GroupSnapshotStatus = 'completed' | 'failed';
+
+export interface GroupSnapshotResult {
+  snapshotId: string;
+  workflowId: string;
+  group: string;
+  label?: string;
+  status: GroupSnapshotStatus;
+  /** When the cut was taken (ISO 8601), i.e. when the last VM was snapshotted. */
+  createdAt?: string;
+  /** First pause issued to last resume returned, across the group. */
+  groupFreezeMs: number;
+  /** Largest per-VM freeze. */
+  maxVmFreezeMs: number;
+  vms: VmResult[];
+  error?: string;
+}
+
+export type SnapshotPhase = 'planning' | 'locking' | 'freezing' | 'thawing' | 'cataloguing' | 'compensating' | 'done';
+
+export interface SnapshotProgress {
+  phase: SnapshotPhase;
+  snapshotId: string;
+  vms: { domain: string; host: string; state: 'pending' | 'planned' | 'paused' | 'snapshotted' | 'resumed' | 'rolled-back' | 'failed' }[];
+}

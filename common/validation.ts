@@ -1,0 +1,92 @@
+import { ApplicationFailure } from '@temporalio/common';
+import { DEFAULT_MAX_FREEZE_MS } from './names';
+import { QUIESCE_MODES, type GroupSnapshotInput, type QuiesceMode, type VmRef } from './types';
+
+/** Failure type of every bad-input error: never retried, reported with exit code 2 by the CLI. */
+export const BAD_INPUT = 'GroupsnapBadInput';
+
+/** Thrown for input that cannot be acted on; nothing was changed when it is thrown. */
+export class BadInputError extends Error {
+  override readonly name = 'BadInputError';
+}
+
+const SAFE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+
+/**
+ * Checks that `value` can be part of a file name: letters, digits, `.`, `_`, `-`, no leading dot, no `..`,
+ * no path separator, at most 100 characters.
+ * @throws BadInputError naming `what` and the offending value.
+ */
+export function assertSafeName(what: string, value: string): void {
+  if (!SAFE_NAME.test(value) || value.includes('..')) {
+    throw new BadInputError(
+      `${what} ${JSON.stringify(value)} is not safe: use 1-100 letters, digits, '.', '_' or '-', ` +
+        `starting with a letter or digit, without '..' or path separators`,
+    );
+  }
+}
+
+/** Converts a {@link BadInputError} into a non-retryable Temporal failure of type {@link BAD_INPUT}. */
+export function toFailure(err: unknown): unknown {
+  if (err instanceof BadInputError) return ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
+  return err;
+}
+
+export const MIN_MAX_FREEZE_MS = 100;
+export const MAX_MAX_FREEZE_MS = 600_000;
+
+/** A group snapshot request with every default applied. */
+export interface NormalizedSnapshotInput {
+  group: string;
+  vms: VmRef[];
+  label?: string;
+  snapshotId?: string;
+  maxFreezeMs: number;
+  quiesce: QuiesceMode;
+}
+
+/**
+ * Checks a group snapshot request and fills in defaults. Pure and deterministic: used by the client before
+ * starting anything and again by the workflow.
+ * @throws BadInputError listing every problem found.
+ */
+export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSnapshotInput {
+  const problems: string[] = [];
+  const check = (fn: () => void): void => {
+    try {
+      fn();
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  };
+  const group = input.group ?? 'adhoc';
+  check(() => assertSafeName('group name', group));
+  if (input.label !== undefined) check(() => assertSafeName('label', input.label!));
+  if (input.snapshotId !== undefined) check(() => assertSafeName('snapshot id', input.snapshotId!));
+  const vms = input.vms ?? [];
+  if (vms.length === 0) problems.push('the group is empty: give at least one VM');
+  const seen = new Set<string>();
+  for (const vm of vms) {
+    if (!vm.domain || !vm.host) problems.push(`VM ${JSON.stringify(vm)} needs a domain and a host`);
+    else if (vm.domain.includes('/') || vm.domain.includes('\0')) problems.push(`VM name ${JSON.stringify(vm.domain)} is not valid`);
+    else check(() => assertSafeName('host id', vm.host));
+    const key = `${vm.domain}@${vm.host}`;
+    if (seen.has(key)) problems.push(`VM ${key} is listed twice`);
+    seen.add(key);
+  }
+  const maxFreezeMs = input.maxFreezeMs ?? DEFAULT_MAX_FREEZE_MS;
+  if (!Number.isInteger(maxFreezeMs) || maxFreezeMs < MIN_MAX_FREEZE_MS || maxFreezeMs > MAX_MAX_FREEZE_MS) {
+    problems.push(`max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${maxFreezeMs}`);
+  }
+  const quiesce = input.quiesce ?? 'none';
+  if (!QUIESCE_MODES.includes(quiesce)) problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${quiesce}`);
+  if (problems.length > 0) throw new BadInputError(problems.join('; '));
+  return {
+    group,
+    vms: vms.map((v) => ({ domain: v.domain, host: v.host })),
+    ...(input.label !== undefined ? { label: input.label } : {}),
+    ...(input.snapshotId !== undefined ? { snapshotId: input.snapshotId } : {}),
+    maxFreezeMs,
+    quiesce,
+  };
+}

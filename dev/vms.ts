@@ -1,0 +1,137 @@
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import * as libvirt from '@groupsnap/libvirt';
+import { escapeXml } from '../hypervisor/domain-xml';
+
+const run = promisify(execFile);
+
+/** 'kvm' when KVM works here (as detected by scripts/setup-libvirt.sh), else 'qemu' (TCG). */
+export function virtType(): 'kvm' | 'qemu' {
+  const forced = process.env.GROUPSNAP_VIRT_TYPE;
+  if (forced === 'kvm' || forced === 'qemu') return forced;
+  try {
+    return readFileSync('/var/lib/groupsnap/virt-type', 'utf8').trim() === 'kvm' ? 'kvm' : 'qemu';
+  } catch {
+    return existsSync('/dev/kvm') ? 'kvm' : 'qemu';
+  }
+}
+
+export interface VmFleetOptions {
+  /** Name prefix; a random suffix makes every fleet unique. */
+  prefix: string;
+  count: number;
+  /** @default 2 */
+  disksPerVm?: number;
+  /** Virtual size of each qcow2 disk. @default '64M' */
+  diskSize?: string;
+  /** Start the VMs. @default true */
+  start?: boolean;
+  /** @default 'qemu:///system' */
+  uri?: string;
+  /** Directory for the disk images. @default a new temp dir, removed by `destroy()` */
+  dir?: string;
+  /** Extra devices XML for every VM (e.g. a guest agent channel). */
+  extraDevices?: string;
+}
+
+export interface FleetVm {
+  name: string;
+  /** Disk target -> image file, as created. */
+  disks: Record<string, string>;
+}
+
+/**
+ * Throw-away firmware-only VMs (no OS: SeaBIOS finds no boot disk and idles) with qcow2 disks, for tests, the
+ * demo and benchmarks. `destroy()` stops and undefines them and removes every file in their directory, overlays
+ * included; call it in a `finally`/`afterAll`.
+ */
+export class VmFleet {
+  readonly vms: FleetVm[] = [];
+
+  private constructor(
+    readonly conn: libvirt.Connection,
+    readonly dir: string,
+    private readonly ownsDir: boolean,
+  ) {}
+
+  get names(): string[] {
+    return this.vms.map((v) => v.name);
+  }
+
+  static async create(options: VmFleetOptions): Promise<VmFleet> {
+    const conn = await libvirt.open(options.uri ?? 'qemu:///system');
+    const dir = options.dir ?? (await mkdtemp(join(tmpdir(), `${options.prefix}-`)));
+    const fleet = new VmFleet(conn, dir, options.dir === undefined);
+    try {
+      const suffix = Math.random().toString(36).slice(2, 8);
+      await Promise.all(
+        Array.from({ length: options.count }, async (_, i) => {
+          const name = `${options.prefix}-${suffix}-${i + 1}`;
+          const disks: Record<string, string> = {};
+          for (let d = 0; d < (options.disksPerVm ?? 2); d++) {
+            const target = `vd${String.fromCharCode(97 + d)}`;
+            disks[target] = join(dir, `${name}-${target}.qcow2`);
+            await run('qemu-img', ['create', '-q', '-f', 'qcow2', disks[target], options.diskSize ?? '64M']);
+          }
+          fleet.vms.push({ name, disks });
+          const dom = await conn.defineXML(firmwareDomainXml(name, disks, virtType(), options.extraDevices));
+          if (options.start !== false) await dom.create();
+          dom.free();
+        }),
+      );
+      fleet.vms.sort((a, b) => a.name.localeCompare(b.name, 'en', { numeric: true }));
+      return fleet;
+    } catch (err) {
+      await fleet.destroy();
+      throw err;
+    }
+  }
+
+  /** Stops and undefines every VM and removes the images directory (when the fleet created it). */
+  async destroy(): Promise<void> {
+    await Promise.all(
+      this.vms.map(async (vm) => {
+        try {
+          const dom = await this.conn.lookupByName(vm.name);
+          if ((await dom.state()).state !== 'shutoff') await dom.destroy().catch(() => undefined);
+          await dom.undefine(libvirt.UndefineFlags.SNAPSHOTS_METADATA | libvirt.UndefineFlags.KEEP_NVRAM).catch(() => dom.undefine());
+          dom.free();
+        } catch (err) {
+          if (!(err instanceof libvirt.DomainNotFoundError)) throw err;
+        }
+      }),
+    );
+    if (this.ownsDir) await rm(this.dir, { recursive: true, force: true });
+    await this.conn.close();
+  }
+}
+
+export function firmwareDomainXml(
+  name: string,
+  disks: Record<string, string>,
+  type: 'kvm' | 'qemu' = virtType(),
+  extraDevices = '',
+): string {
+  const diskXml = Object.entries(disks)
+    .map(
+      ([target, file]) =>
+        `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>` +
+        `<source file='${escapeXml(file)}'/><target dev='${target}' bus='virtio'/></disk>`,
+    )
+    .join('');
+  return (
+    `<domain type='${type}'><name>${escapeXml(name)}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>` +
+    `<os><type arch='x86_64' machine='q35'>hvm</type></os><on_crash>destroy</on_crash>` +
+    `<devices>${diskXml}${extraDevices}</devices></domain>`
+  );
+}
+
+/** The backing chain of an image file, active first, as qemu-img sees it (`-U`: the image may be in use). */
+export async function backingChain(file: string): Promise<string[]> {
+  const { stdout } = await run('qemu-img', ['info', '-U', '--backing-chain', '--output=json', file]);
+  return (JSON.parse(stdout) as { filename: string }[]).map((i) => i.filename);
+}

@@ -1,0 +1,57 @@
+/** What groupsnap needs from a hypervisor host: one small interface, one libvirt implementation, one fake. */
+
+export type DomainState = 'running' | 'paused' | 'shutoff' | 'other';
+
+export interface DiskSpec {
+  /** Guest device name, e.g. `vda`. */
+  target: string;
+  device: string;
+  /** libvirt disk type: `file`, `block`, `network`, `volume`, ... */
+  type: string;
+  /** Image format from `<driver type>`, e.g. `qcow2`, `raw`. */
+  format: string | undefined;
+  /** Active image path (for `file` disks). */
+  source: string | undefined;
+  readonly: boolean;
+}
+
+export interface DomainDescription {
+  name: string;
+  uuid: string;
+  state: DomainState;
+  persistent: boolean;
+  disks: DiskSpec[];
+  /** The domain has a `org.qemu.guest_agent.0` channel. */
+  hasGuestAgent: boolean;
+}
+
+export interface OverlaySpec {
+  target: string;
+  /** New overlay file; after the snapshot it is the active image and the old active image is its backing file. */
+  file: string;
+}
+
+export interface Hypervisor {
+  /** A URI-like description for logs. */
+  readonly uri: string;
+  describe(domain: string): Promise<DomainDescription>;
+  state(domain: string): Promise<DomainState>;
+  suspend(domain: string): Promise<void>;
+  resume(domain: string): Promise<void>;
+  /**
+   * Atomic, disk-only, external snapshot of the listed disks (all switch to their overlays or none do);
+   * disks named in `skip` (e.g. CD-ROMs) are left out of it.
+   */
+  snapshotDisks(domain: string, overlays: OverlaySpec[], skip?: string[]): Promise<void>;
+  /** Merges the active overlay of `target` into its backing image and pivots the VM back onto that image. */
+  commitActive(domain: string, target: string): Promise<void>;
+  /** For a shut-off VM: points disks at other files in the persistent definition. */
+  redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void>;
+  /** groupsnap's metadata element on the VM (XML), or undefined when there is none. */
+  getMetadata(domain: string): Promise<string | undefined>;
+  setMetadata(domain: string, xml: string): Promise<void>;
+  /** Freezes guest filesystems through the guest agent; returns how many were frozen. */
+  fsFreeze(domain: string): Promise<number>;
+  fsThaw(domain: string): Promise<number>;
+  close(): Promise<void>;
+}

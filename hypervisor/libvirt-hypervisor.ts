@@ -1,0 +1,153 @@
+import * as libvirt from '@groupsnap/libvirt';
+import { METADATA_KEY, METADATA_NAMESPACE } from '../common/names';
+import { diskOnlySnapshotXml, parseDomainXml, retargetDiskSource } from './domain-xml';
+import {
+  DomainNotFoundError,
+  GuestAgentUnavailableError,
+  HypervisorConnectionError,
+  HypervisorError,
+  InvalidStateError,
+} from './errors';
+import type { DomainDescription, DomainState, Hypervisor, OverlaySpec } from './hypervisor';
+
+const SNAPSHOT_FLAGS = libvirt.SnapshotCreateFlags.DISK_ONLY | libvirt.SnapshotCreateFlags.ATOMIC | libvirt.SnapshotCreateFlags.NO_METADATA;
+
+function powerState(state: string): DomainState {
+  switch (state) {
+    case 'running':
+    case 'blocked':
+      return 'running';
+    case 'paused':
+      return 'paused';
+    case 'shutoff':
+      return 'shutoff';
+    default:
+      return 'other';
+  }
+}
+
+/** libvirt's errors, translated once, here, into the few the rest of groupsnap handles. */
+function translate(err: unknown, domain?: string): Error {
+  if (err instanceof libvirt.DomainNotFoundError) return new DomainNotFoundError(domain ?? '?', err.message);
+  if (err instanceof libvirt.OperationInvalidError) return new InvalidStateError(domain ?? '?', err.message);
+  if (err instanceof libvirt.GuestAgentUnavailableError) return new GuestAgentUnavailableError(domain ?? '?', err.message);
+  if (err instanceof libvirt.HypervisorConnectionError) return new HypervisorConnectionError(err.message);
+  if (err instanceof libvirt.LibvirtError) return new HypervisorError(err.message, domain, err.code);
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/** The {@link Hypervisor} of one host, over the project's libvirt binding and one persistent connection. */
+export class LibvirtHypervisor implements Hypervisor {
+  /** Domain handles by name: lookups cost a daemon round trip, which the freeze window should not pay. */
+  private readonly handles = new Map<string, libvirt.Domain>();
+
+  private constructor(
+    private readonly conn: libvirt.Connection,
+    readonly uri: string,
+  ) {}
+
+  /** @throws HypervisorConnectionError when libvirt cannot be reached at `uri`. */
+  static async open(uri: string): Promise<LibvirtHypervisor> {
+    try {
+      return new LibvirtHypervisor(await libvirt.open(uri), uri);
+    } catch (err) {
+      throw new HypervisorConnectionError(`cannot connect to libvirt at ${uri}: ${(err as Error).message}`);
+    }
+  }
+
+  get connection(): libvirt.Connection {
+    return this.conn;
+  }
+
+  hostname(): Promise<string> {
+    return this.conn.hostname();
+  }
+
+  private async withDomain<T>(name: string, fn: (d: libvirt.Domain) => Promise<T>): Promise<T> {
+    let handle = this.handles.get(name);
+    try {
+      if (handle) {
+        try {
+          return await fn(handle);
+        } catch (err) {
+          // A VM undefined and defined again under the same name has a new handle.
+          if (!(err instanceof libvirt.DomainNotFoundError)) throw err;
+          this.handles.delete(name);
+        }
+      }
+      handle = await this.conn.lookupByName(name);
+      this.handles.set(name, handle);
+      return await fn(handle);
+    } catch (err) {
+      throw translate(err, name);
+    }
+  }
+
+  describe(domain: string): Promise<DomainDescription> {
+    return this.withDomain(domain, async (d) => {
+      const [xml, state, persistent] = await Promise.all([d.xml(), d.state(), d.isPersistent()]);
+      return { name: d.name, uuid: d.uuid, state: powerState(state.state), persistent, ...parseDomainXml(xml) };
+    });
+  }
+
+  state(domain: string): Promise<DomainState> {
+    return this.withDomain(domain, async (d) => powerState((await d.state()).state));
+  }
+
+  suspend(domain: string): Promise<void> {
+    return this.withDomain(domain, (d) => d.suspend());
+  }
+
+  resume(domain: string): Promise<void> {
+    return this.withDomain(domain, (d) => d.resume());
+  }
+
+  snapshotDisks(domain: string, overlays: OverlaySpec[], skip: string[] = []): Promise<void> {
+    const xml = diskOnlySnapshotXml(`groupsnap-${Date.now()}`, overlays, skip);
+    return this.withDomain(domain, async (d) => {
+      await d.snapshotCreateXML(xml, SNAPSHOT_FLAGS);
+    });
+  }
+
+  commitActive(domain: string, target: string): Promise<void> {
+    return this.withDomain(domain, (d) => d.commit({ disk: target, active: true, pivot: true }));
+  }
+
+  redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void> {
+    return this.withDomain(domain, async (d) => {
+      let xml = await d.xml(libvirt.DomainXMLFlags.INACTIVE | libvirt.DomainXMLFlags.SECURE);
+      for (const s of sources) xml = retargetDiskSource(xml, s.target, s.from, s.to);
+      const redefined = await this.conn.defineXML(xml);
+      this.handles.set(domain, redefined);
+    });
+  }
+
+  getMetadata(domain: string): Promise<string | undefined> {
+    return this.withDomain(domain, async (d) => {
+      try {
+        return await d.getMetadata(METADATA_NAMESPACE);
+      } catch (err) {
+        if (err instanceof libvirt.MetadataNotFoundError) return undefined;
+        throw err;
+      }
+    });
+  }
+
+  setMetadata(domain: string, xml: string): Promise<void> {
+    return this.withDomain(domain, (d) => d.setMetadata(METADATA_NAMESPACE, METADATA_KEY, xml));
+  }
+
+  fsFreeze(domain: string): Promise<number> {
+    return this.withDomain(domain, (d) => d.fsFreeze());
+  }
+
+  fsThaw(domain: string): Promise<number> {
+    return this.withDomain(domain, (d) => d.fsThaw());
+  }
+
+  async close(): Promise<void> {
+    for (const h of this.handles.values()) h.free();
+    this.handles.clear();
+    await this.conn.close();
+  }
+}

@@ -1,0 +1,365 @@
+import {
+  ActivityCancellationType,
+  type ActivityOptions,
+  ApplicationFailure,
+  CancellationScope,
+  defineQuery,
+  isCancellation,
+  log,
+  proxyActivities,
+  setHandler,
+  sleep,
+  upsertSearchAttributes,
+  uuid4,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type {
+  FreezeVmReport,
+  HostActivities,
+  PlannedVm,
+  ThawVmReport,
+  UndoVmReport,
+} from '../activities/host-activities';
+import { hostTaskQueue } from '../common/names';
+import { GroupsnapGroup, GroupsnapMaxFreezeMs, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
+import type {
+  GroupSnapshotInput,
+  GroupSnapshotResult,
+  SnapshotPhase,
+  SnapshotProgress,
+  VmResult,
+} from '../common/types';
+import { BAD_INPUT, BadInputError, normalizeSnapshotInput } from '../common/validation';
+
+/** Failure type of a group snapshot that failed and was compensated; its details hold the result. */
+export const SNAPSHOT_FAILED = 'GroupSnapshotFailed';
+
+export const progressQuery = defineQuery<SnapshotProgress>('progress');
+
+/** How long a run holds its VM leases; they expire by themselves if the run dies. */
+const LOCK_TTL_MS = 15 * 60_000;
+
+/** Activity presets: short and fail-fast before the freeze, bounded inside it, patient for clean-up. */
+const PRESETS: Record<'plan' | 'lock' | 'cleanup' | 'thaw', ActivityOptions> = {
+  plan: {
+    scheduleToStartTimeout: '10s', // nobody polls the host's queue: fail fast
+    startToCloseTimeout: '60s',
+    retry: { maximumAttempts: 3, nonRetryableErrorTypes: [BAD_INPUT] },
+  },
+  lock: {
+    scheduleToStartTimeout: '10s',
+    startToCloseTimeout: '10s',
+    scheduleToCloseTimeout: '10m', // how long to wait for another snapshot of the same VM
+    retry: { initialInterval: '200ms', backoffCoefficient: 1.5, maximumInterval: '5s' },
+  },
+  cleanup: {
+    startToCloseTimeout: '10m',
+    heartbeatTimeout: '60s',
+    scheduleToCloseTimeout: '1h', // a host that is down now may come back
+    retry: { initialInterval: '200ms', backoffCoefficient: 2, maximumInterval: '10s' },
+  },
+  thaw: {
+    startToCloseTimeout: '30s',
+    scheduleToCloseTimeout: '1h',
+    retry: { initialInterval: '100ms', backoffCoefficient: 2, maximumInterval: '5s' },
+  },
+};
+
+function host(hostId: string) {
+  const taskQueue = hostTaskQueue(hostId);
+  return {
+    plan: proxyActivities<HostActivities>({ taskQueue, ...PRESETS.plan }),
+    lock: proxyActivities<HostActivities>({ taskQueue, ...PRESETS.lock }),
+    thaw: proxyActivities<HostActivities>({ taskQueue, ...PRESETS.thaw }),
+    cleanup: proxyActivities<HostActivities>({ taskQueue, ...PRESETS.cleanup }),
+    freeze: (maxFreezeMs: number) =>
+      proxyActivities<HostActivities>({
+        taskQueue,
+        scheduleToStartTimeout: '5s',
+        startToCloseTimeout: maxFreezeMs + 30_000,
+        // Pausing or snapshotting twice is never right: a failed freeze is compensated, not retried.
+        retry: { maximumAttempts: 1 },
+        // Compensation must not start while a host is still pausing VMs.
+        cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+      }),
+  };
+}
+
+function defaultSnapshotId(): string {
+  const t = new Date(workflowInfo().startTime).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return `gs-${t}-${uuid4().slice(0, 6)}`;
+}
+
+/**
+ * A crash-consistent snapshot of a group of VMs spread over hosts, as a saga: plan everything on each host, take
+ * the VMs' leases, pause every running VM, snapshot every disk, resume only once all are snapshotted; on any
+ * failure or cancellation, resume what this run paused and undo the snapshots it took.
+ */
+export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<GroupSnapshotResult> {
+  let input;
+  try {
+    input = normalizeSnapshotInput(rawInput);
+  } catch (err) {
+    if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
+    throw err;
+  }
+  const snapshotId = input.snapshotId ?? defaultSnapshotId();
+  const { group, maxFreezeMs, quiesce } = input;
+  const hosts = [...new Set(input.vms.map((v) => v.host))].sort();
+  const byHost = new Map(hosts.map((h) => [h, input.vms.filter((v) => v.host === h).map((v) => v.domain)]));
+  const vmResults: VmResult[] = input.vms.map((v) => ({ ...v, outcome: 'not-snapshotted', pausedByUs: false, disks: [] }));
+  const vmResult = (h: string, domain: string) => vmResults.find((r) => r.host === h && r.domain === domain)!;
+
+  const progress: SnapshotProgress = {
+    phase: 'planning',
+    snapshotId,
+    vms: input.vms.map((v) => ({ ...v, state: 'pending' })),
+  };
+  setHandler(progressQuery, () => progress);
+  const setPhase = (phase: SnapshotPhase) => {
+    progress.phase = phase;
+    log.info('group snapshot phase', { snapshotId, phase });
+  };
+  const markVm = (h: string, domain: string, state: SnapshotProgress['vms'][number]['state']) => {
+    const vm = progress.vms.find((v) => v.host === h && v.domain === domain);
+    if (vm) vm.state = state;
+  };
+
+  upsertSearchAttributes([
+    { key: GroupsnapGroup, value: group },
+    { key: GroupsnapSnapshotId, value: snapshotId },
+    { key: GroupsnapVmCount, value: input.vms.length },
+    { key: GroupsnapMaxFreezeMs, value: maxFreezeMs },
+  ]);
+
+  const plans = new Map<string, PlannedVm[]>();
+  const freezeReports = new Map<string, FreezeVmReport[]>();
+  const lockedHosts: string[] = [];
+  let createdAt: string | undefined;
+
+  /** Host wall-clock times of each VM's pause and resume, keyed `domain@host`. */
+  const times = new Map<string, { pausedAtMs: number; resumedAtMs?: number }>();
+
+  const result = (status: GroupSnapshotResult['status'], error?: string): GroupSnapshotResult => {
+    const spans = [...times.values()];
+    const ends = spans.map((t) => t.resumedAtMs).filter((t): t is number => t !== undefined);
+    return {
+      snapshotId,
+      workflowId: workflowInfo().workflowId,
+      group,
+      ...(input.label !== undefined ? { label: input.label } : {}),
+      status,
+      ...(createdAt ? { createdAt } : {}),
+      groupFreezeMs: ends.length ? round(Math.max(...ends) - Math.min(...spans.map((t) => t.pausedAtMs))) : 0,
+      maxVmFreezeMs: Math.max(0, ...vmResults.map((v) => v.freezeMs ?? 0)),
+      vms: vmResults,
+      ...(error ? { error } : {}),
+    };
+  };
+
+  const applyResume = (
+    h: string,
+    r: { domain: string; pausedAtMs?: number; resumedAtMs?: number; resumedByGuard?: boolean },
+  ) => {
+    const vm = vmResult(h, r.domain);
+    if (r.pausedAtMs !== undefined) times.set(`${r.domain}@${h}`, { pausedAtMs: r.pausedAtMs, resumedAtMs: r.resumedAtMs });
+    if (r.pausedAtMs !== undefined && r.resumedAtMs !== undefined) vm.freezeMs = round(r.resumedAtMs - r.pausedAtMs);
+    if (r.resumedByGuard) vm.resumedByGuard = true;
+  };
+
+  let freezeStartedOn: string[] = [];
+  let freezesSettled: Promise<unknown> = Promise.resolve();
+
+  /** Resumes what this run paused on `hostIds` (a no-op for VMs already resumed), then thaws guest filesystems. */
+  const thawAll = async (hostIds: string[]): Promise<void> => {
+    await Promise.all(
+      hostIds.map(async (h) => {
+        const quiesced = (freezeReports.get(h) ?? []).filter((r) => r.quiesced).map((r) => r.domain);
+        const out = await host(h).thaw.thawVms({ snapshotId, domains: byHost.get(h)!, quiesced });
+        for (const r of out) {
+          if (r.pausedByUs) applyResume(h, r);
+          if (r.state) vmResult(h, r.domain).state = r.state;
+        }
+      }),
+    );
+  };
+
+  /**
+   * Saga compensation, run even when the workflow is cancelled: resume at once, let every freeze activity
+   * finish (so no host pauses a VM after this), resume again, then undo every overlay this run created.
+   * A failing step is logged and the others still run.
+   */
+  const compensate = async (): Promise<void> => {
+    if (freezeStartedOn.length === 0) return;
+    await thawAll(freezeStartedOn).catch((err) => log.warn('thaw failed', { error: errorMessage(err) }));
+    await freezesSettled;
+    await thawAll(freezeStartedOn).catch((err) => log.error('thaw failed', { error: errorMessage(err) }));
+    await Promise.all(
+      freezeStartedOn.map(async (h) => {
+        // Undo is asked for every planned VM of the host: it checks each disk's chain and only touches
+        // overlays of this run, so a host whose freeze report was lost is covered too.
+        let reports: UndoVmReport[];
+        try {
+          reports = await host(h).cleanup.undoSnapshots({
+            snapshotId,
+            vms: plans.get(h)!.map((p) => ({ domain: p.domain, disks: p.disks })),
+          });
+        } catch (err) {
+          for (const p of plans.get(h)!) {
+            const vm = vmResult(h, p.domain);
+            vm.outcome = 'cleanup-pending';
+            vm.cleanupPending = p.disks.map((d) => d.overlay);
+            vm.error = `undo failed: ${errorMessage(err)}`;
+          }
+          return;
+        }
+        for (const r of reports) {
+          const vm = vmResult(h, r.domain);
+          vm.disks = plans.get(h)!.find((p) => p.domain === r.domain)!.disks;
+          if (r.error) {
+            vm.outcome = 'cleanup-pending';
+            vm.cleanupPending = r.cleanupPending;
+            vm.error = vm.error ? `${vm.error}; undo: ${r.error}` : `undo: ${r.error}`;
+          } else {
+            vm.outcome = r.hadSnapshot ? 'rolled-back' : 'not-snapshotted';
+          }
+          if (!r.hadSnapshot && !r.error) vm.disks = [];
+          markVm(h, r.domain, r.error ? 'failed' : r.hadSnapshot ? 'rolled-back' : 'resumed');
+        }
+      }),
+    );
+  };
+
+  try {
+    // 1. Plan on every host in parallel: nothing is changed, every problem is reported before any pause.
+    setPhase('planning');
+    const planned = await Promise.allSettled(
+      hosts.map((h) => host(h).plan.planVms({ snapshotId, domains: byHost.get(h)!, quiesce })),
+    );
+    const planProblems = planned.flatMap((p, i) => (p.status === 'rejected' ? [describePlanFailure(hosts[i], p.reason)] : []));
+    if (planProblems.length > 0) throw ApplicationFailure.nonRetryable(planProblems.join('; '), BAD_INPUT);
+    planned.forEach((p, i) => {
+      const vms = (p as PromiseFulfilledResult<PlannedVm[]>).value;
+      plans.set(hosts[i], vms);
+      for (const vm of vms) {
+        Object.assign(vmResult(hosts[i], vm.domain), { uuid: vm.uuid, stateBefore: vm.state });
+        markVm(hosts[i], vm.domain, 'planned');
+      }
+    });
+
+    // 2. Leases, host by host in sorted order so two runs sharing VMs cannot deadlock.
+    setPhase('locking');
+    for (const h of hosts) {
+      lockedHosts.push(h);
+      await host(h).lock.acquireLocks({ owner: snapshotId, domains: byHost.get(h)!, ttlMs: LOCK_TTL_MS });
+    }
+
+    // 3. The freeze window: pause + snapshot on every host; resume at once when the group has one host.
+    setPhase('freezing');
+    const singleHost = hosts.length === 1;
+    freezeStartedOn = hosts;
+    const freezes = hosts.map((h) =>
+      host(h)
+        .freeze(maxFreezeMs)
+        .freezeVms({ snapshotId, vms: plans.get(h)!, maxFreezeMs, resumeAfter: singleHost, quiesce })
+        .then((reports) => {
+          freezeReports.set(h, reports);
+          for (const r of reports) {
+            const vm = vmResult(h, r.domain);
+            vm.pausedByUs = r.pausedByUs;
+            vm.quiesced = r.quiesced;
+            if (r.snapshotted) {
+              vm.outcome = 'snapshotted';
+              vm.disks = plans.get(h)!.find((p) => p.domain === r.domain)!.disks;
+            }
+            if (r.error) vm.error = r.error;
+            markVm(h, r.domain, r.error ? 'failed' : r.snapshotted ? 'snapshotted' : 'paused');
+            applyResume(h, r);
+          }
+          return reports;
+        }),
+    );
+    freezesSettled = Promise.allSettled(freezes);
+    const allFrozen = CancellationScope.nonCancellable(() => Promise.all(freezes));
+    const deadline = sleep(maxFreezeMs).then(() => 'deadline' as const);
+    const first = await Promise.race([allFrozen, deadline]);
+    if (first === 'deadline') {
+      throw ApplicationFailure.nonRetryable(`freeze deadline of ${maxFreezeMs} ms passed before every VM was snapshotted`, 'FreezeDeadline');
+    }
+    const failures = vmResults.filter((v) => v.error);
+    if (failures.length > 0) {
+      throw ApplicationFailure.nonRetryable(failures.map((v) => `${v.domain}@${v.host}: ${v.error}`).join('; '), 'FreezeFailed');
+    }
+    // The cut: when the last VM's snapshot completed, on its host's clock.
+    const cutMs = Math.max(...[...freezeReports.values()].flat().map((r) => r.snapshottedAtMs ?? 0));
+    createdAt = new Date(cutMs).toISOString();
+
+    // 4. The cross-host barrier is passed: resume everywhere.
+    if (!singleHost) {
+      setPhase('thawing');
+      await CancellationScope.nonCancellable(() => thawAll(freezeStartedOn));
+    }
+    for (const v of vmResults) if (v.pausedByUs) markVm(v.host, v.domain, 'resumed');
+    const brokenCut = vmResults.filter((v) => v.resumedByGuard);
+    if (brokenCut.length > 0) {
+      throw ApplicationFailure.nonRetryable(
+        `the freeze deadline resumed ${brokenCut.map((v) => v.domain).join(', ')} before the group was released`,
+        'FreezeDeadline',
+      );
+    }
+    // A cancellation that arrived during the window is honoured now, with compensation.
+    if (CancellationScope.current().consideredCancelled) await CancellationScope.current().cancelRequested;
+
+    // 5. Catalog on each VM and beside its images.
+    setPhase('cataloguing');
+    await Promise.all(
+      hosts.map((h) =>
+        host(h).cleanup.recordCatalog({
+          host: h,
+          entry: { snapshotId, group, createdAt: createdAt!, ...(input.label ? { label: input.label } : {}) },
+          vms: plans.get(h)!.map((p) => ({ domain: p.domain, uuid: p.uuid, disks: p.disks })),
+        }),
+      ),
+    );
+    setPhase('done');
+    return result('completed');
+  } catch (err) {
+    if (isBadInput(err)) throw err;
+    setPhase('compensating');
+    await CancellationScope.nonCancellable(() => compensate());
+    createdAt = undefined;
+    const failed = result('failed', errorMessage(err));
+    if (isCancellation(err)) throw err;
+    throw ApplicationFailure.create({ type: SNAPSHOT_FAILED, message: failed.error!, nonRetryable: true, details: [failed] });
+  } finally {
+    await CancellationScope.nonCancellable(() =>
+      Promise.all(lockedHosts.map((h) => host(h).cleanup.releaseLocks({ owner: snapshotId, domains: byHost.get(h)! }))),
+    ).catch((err) => log.warn('releasing VM leases failed; they expire by themselves', { error: errorMessage(err) }));
+  }
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}
+
+function isBadInput(err: unknown): boolean {
+  return err instanceof ApplicationFailure && err.type === BAD_INPUT;
+}
+
+function describePlanFailure(h: string, reason: unknown): string {
+  const cause = (reason as { cause?: unknown })?.cause;
+  if (cause instanceof ApplicationFailure && cause.type === BAD_INPUT) return cause.message;
+  const timeoutType = (cause as { timeoutType?: number } | undefined)?.timeoutType;
+  if (timeoutType !== undefined) return `no worker answered for host ${h} (is 'groupsnap worker --host ${h}' running?)`;
+  return `host ${h}: ${errorMessage(cause ?? reason)}`;
+}
+
+function errorMessage(err: unknown): string {
+  if (err instanceof Error) {
+    const cause = (err as { cause?: unknown }).cause;
+    return cause instanceof Error && cause.message ? `${err.message}: ${cause.message}` : err.message;
+  }
+  return String(err);
+}
+
+export type { UndoVmReport };

@@ -1,0 +1,1 @@
+export { groupSnapshot, progressQuery, SNAPSHOT_FAILED } from './group-snapshot';
