@@ -173,13 +173,16 @@ export function createHost(deps: HostActivityDeps) {
 
   function checkSpace(vms: PlannedVm[], problems: string[]): void {
     const perDir = new Map<string, number>();
-    for (const vm of vms) for (const d of vm.disks) perDir.set(dirname(d.overlay), (perDir.get(dirname(d.overlay)) ?? 0) + 1);
+    for (const vm of vms)
+      for (const d of vm.disks) perDir.set(dirname(d.overlay), (perDir.get(dirname(d.overlay)) ?? 0) + 1);
     for (const [dir, count] of perDir) {
       try {
         const st = statfsSync(dir);
         const free = st.bavail * st.bsize;
         if (free < count * MIN_FREE_BYTES_PER_OVERLAY) {
-          problems.push(`not enough free space in ${dir}: ${Math.floor(free / 2 ** 20)} MiB free, need ${count * 64} MiB`);
+          problems.push(
+            `not enough free space in ${dir}: ${Math.floor(free / 2 ** 20)} MiB free, need ${count * 64} MiB`,
+          );
         }
       } catch (err) {
         problems.push(`cannot check free space in ${dir}: ${message(err)}`);
@@ -187,7 +190,12 @@ export function createHost(deps: HostActivityDeps) {
     }
   }
 
-  async function pauseOne(vm: PlannedVm, report: FreezeVmReport, snapshotId: string, maxFreezeMs: number): Promise<void> {
+  async function pauseOne(
+    vm: PlannedVm,
+    report: FreezeVmReport,
+    snapshotId: string,
+    maxFreezeMs: number,
+  ): Promise<void> {
     const pausedAtMs = nowMs();
     const record = { snapshotId, domain: vm.domain, pausedAtMs, deadlineMs: pausedAtMs + maxFreezeMs };
     // Journal and timer first: a crash right after the pause is covered by the guard, a hang by the timer.
@@ -226,9 +234,7 @@ export function createHost(deps: HostActivityDeps) {
 
   async function thawFilesystems(domains: string[]): Promise<void> {
     await Promise.all(
-      domains.map((d) =>
-        hypervisor.fsThaw(d).catch((err) => log('fsThaw failed', { domain: d, error: message(err) })),
-      ),
+      domains.map((d) => hypervisor.fsThaw(d).catch((err) => log('fsThaw failed', { domain: d, error: message(err) }))),
     );
   }
 
@@ -258,7 +264,7 @@ export function createHost(deps: HostActivityDeps) {
         }
         try {
           heartbeat({ domain, target: disk.target });
-          await hypervisor.commitActive(domain, disk.target);
+          await hypervisor.commitActive(domain, disk.target, disk.image);
         } catch (err) {
           errors.push(`${disk.target}: ${message(err)}`);
           report.cleanupPending.push(disk.overlay);
@@ -285,6 +291,77 @@ export function createHost(deps: HostActivityDeps) {
     report.rolledBack = errors.length === 0;
     if (errors.length > 0) report.error = errors.join('; ');
     return report;
+  }
+
+  /**
+   * The freeze window on this host: quiesce (optional), pause every running VM in parallel, take each VM's
+   * atomic disk-only snapshot, and, when `resumeAfter`, resume. On any failure it resumes the VMs it paused
+   * at once and reports which snapshots were taken, for the workflow to undo.
+   */
+  async function freeze(req: FreezeRequest): Promise<FreezeVmReport[]> {
+    const reports: FreezeVmReport[] = req.vms.map((vm) => ({
+      domain: vm.domain,
+      pausedByUs: false,
+      snapshotted: false,
+      quiesced: false,
+    }));
+    const fail = (i: number, err: unknown): void => {
+      reports[i].error ??= message(err);
+    };
+    await Promise.all(
+      req.vms.map(async (vm, i) => {
+        if (!vm.quiesce) return;
+        try {
+          reports[i].quiesced = (await hypervisor.fsFreeze(vm.domain)) >= 0;
+        } catch (err) {
+          if (req.quiesce === 'agent' || !(err instanceof GuestAgentUnavailableError)) fail(i, err);
+          else log('guest agent unavailable, snapshot is crash-consistent', { domain: vm.domain });
+        }
+      }),
+    );
+    const quiesced = () => reports.filter((r) => r.quiesced).map((r) => r.domain);
+    const failed = () => reports.some((r) => r.error !== undefined);
+    if (!failed()) {
+      await Promise.all(
+        req.vms.map((vm, i) =>
+          vm.state === 'running'
+            ? pauseOne(vm, reports[i], req.snapshotId, req.maxFreezeMs).catch((e) => fail(i, e))
+            : undefined,
+        ),
+      );
+    }
+    if (!failed()) {
+      await Promise.all(
+        req.vms.map(async (vm, i) => {
+          try {
+            await hypervisor.snapshotDisks(
+              vm.domain,
+              vm.disks.map((d) => ({ target: d.target, file: d.overlay })),
+              vm.skip,
+            );
+            reports[i].snapshotted = true;
+            reports[i].snapshottedAtMs = nowMs();
+          } catch (err) {
+            fail(i, err);
+          }
+        }),
+      );
+    }
+    // A deadline timer that fired mid-window broke the cut.
+    for (const r of reports) {
+      const rec = r.pausedByUs ? journal.read(req.snapshotId, r.domain) : undefined;
+      if (rec && rec.state !== 'paused') {
+        r.resumedByGuard = true;
+        r.resumedAtMs = rec.resumedAtMs;
+        r.error ??= `freeze deadline of ${req.maxFreezeMs} ms passed before the snapshot completed`;
+      }
+    }
+    if (req.resumeAfter || failed()) {
+      await resumeOurs(req.snapshotId, reports);
+      await thawFilesystems(quiesced());
+    }
+    log('freeze', { snapshotId: req.snapshotId, host: deps.hostId, reports });
+    return reports;
   }
 
   const activities = {
@@ -323,73 +400,15 @@ export function createHost(deps: HostActivityDeps) {
       locks.release(req.owner, req.domains);
     },
 
-    /**
-     * The freeze window on this host: quiesce (optional), pause every running VM in parallel, take each VM's
-     * atomic disk-only snapshot, and, when `resumeAfter`, resume. On any failure it resumes the VMs it paused
-     * at once and reports which snapshots were taken, for the workflow to undo.
-     */
+    /** The freeze window on this host (see `freeze`), heartbeating so a dead host is noticed fast. */
     async freezeVms(req: FreezeRequest): Promise<FreezeVmReport[]> {
-      const reports: FreezeVmReport[] = req.vms.map((vm) => ({
-        domain: vm.domain,
-        pausedByUs: false,
-        snapshotted: false,
-        quiesced: false,
-      }));
-      const fail = (i: number, err: unknown): void => {
-        reports[i].error ??= message(err);
-      };
-      await Promise.all(
-        req.vms.map(async (vm, i) => {
-          if (!vm.quiesce) return;
-          try {
-            reports[i].quiesced = (await hypervisor.fsFreeze(vm.domain)) >= 0;
-          } catch (err) {
-            if (req.quiesce === 'agent' || !(err instanceof GuestAgentUnavailableError)) fail(i, err);
-            else log('guest agent unavailable, snapshot is crash-consistent', { domain: vm.domain });
-          }
-        }),
-      );
-      const quiesced = () => reports.filter((r) => r.quiesced).map((r) => r.domain);
-      const failed = () => reports.some((r) => r.error !== undefined);
-      if (!failed()) {
-        await Promise.all(
-          req.vms.map((vm, i) =>
-            vm.state === 'running' ? pauseOne(vm, reports[i], req.snapshotId, req.maxFreezeMs).catch((e) => fail(i, e)) : undefined,
-          ),
-        );
+      heartbeat();
+      const beat = setInterval(() => heartbeat(), 500);
+      try {
+        return await freeze(req);
+      } finally {
+        clearInterval(beat);
       }
-      if (!failed()) {
-        await Promise.all(
-          req.vms.map(async (vm, i) => {
-            try {
-              await hypervisor.snapshotDisks(
-                vm.domain,
-                vm.disks.map((d) => ({ target: d.target, file: d.overlay })),
-                vm.skip,
-              );
-              reports[i].snapshotted = true;
-              reports[i].snapshottedAtMs = nowMs();
-            } catch (err) {
-              fail(i, err);
-            }
-          }),
-        );
-      }
-      // A deadline timer that fired mid-window broke the cut.
-      for (const r of reports) {
-        const rec = r.pausedByUs ? journal.read(req.snapshotId, r.domain) : undefined;
-        if (rec && rec.state !== 'paused') {
-          r.resumedByGuard = true;
-          r.resumedAtMs = rec.resumedAtMs;
-          r.error ??= `freeze deadline of ${req.maxFreezeMs} ms passed before the snapshot completed`;
-        }
-      }
-      if (req.resumeAfter || failed()) {
-        await resumeOurs(req.snapshotId, reports);
-        await thawFilesystems(quiesced());
-      }
-      log('freeze', { snapshotId: req.snapshotId, host: deps.hostId, reports });
-      return reports;
     },
 
     /** Resumes the VMs this snapshot paused on this host (no-op for those already resumed), then thaws. */

@@ -107,10 +107,12 @@ export class FakeHypervisor implements Hypervisor {
     }
   }
 
-  async commitActive(domain: string, target: string): Promise<void> {
+  async commitActive(domain: string, target: string, base: string): Promise<void> {
     const d = await this.step('commit', domain);
     const disk = d.disks.find((k) => k.target === target);
-    if (!disk || disk.chain.length < 2) throw new HypervisorError(`disk ${target} has no overlay to commit`, domain);
+    if (!disk || disk.chain[disk.chain.length - 2] !== base) {
+      throw new HypervisorError(`disk ${target} has no overlay directly over ${base}`, domain);
+    }
     disk.chain.pop();
   }
 

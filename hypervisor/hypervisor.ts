@@ -43,8 +43,11 @@ export interface Hypervisor {
    * disks named in `skip` (e.g. CD-ROMs) are left out of it.
    */
   snapshotDisks(domain: string, overlays: OverlaySpec[], skip?: string[]): Promise<void>;
-  /** Merges the active overlay of `target` into its backing image and pivots the VM back onto that image. */
-  commitActive(domain: string, target: string): Promise<void>;
+  /**
+   * Merges the active overlay of `target` into `base`, its immediate backing image, and pivots the VM back onto
+   * `base`. Layers below `base` (older snapshots) are left as they are.
+   */
+  commitActive(domain: string, target: string, base: string): Promise<void>;
   /** For a shut-off VM: points disks at other files in the persistent definition. */
   redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void>;
   /** groupsnap's metadata element on the VM (XML), or undefined when there is none. */

@@ -109,8 +109,9 @@ export class LibvirtHypervisor implements Hypervisor {
     });
   }
 
-  commitActive(domain: string, target: string): Promise<void> {
-    return this.withDomain(domain, (d) => d.commit({ disk: target, active: true, pivot: true }));
+  commitActive(domain: string, target: string, base: string): Promise<void> {
+    // An explicit base: libvirt's default is the bottom of the chain, which would merge older snapshots too.
+    return this.withDomain(domain, (d) => d.commit({ disk: target, base, active: true, pivot: true }));
   }
 
   redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void> {

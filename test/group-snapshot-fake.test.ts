@@ -6,6 +6,7 @@ import { FreezeJournal } from '../activities/freeze-journal';
 import { connectTestClient, uniqueId } from './helpers/temporal';
 import { FakeHost } from './helpers/fake-hosts';
 import { startHosts, type RunningHosts } from './helpers/workers';
+import { maybeRecordHistory } from './helpers/histories';
 
 /**
  * The saga against a real Temporal server, with in-memory hypervisors standing in for two hosts: fast, and able
@@ -63,6 +64,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
     }
     expect(result.groupFreezeMs).toBeGreaterThanOrEqual(result.maxVmFreezeMs);
     expect(result.workflowId).toBe(`group-snapshot/g1/${result.snapshotId}`);
+    await maybeRecordHistory(client, result.workflowId, 'completed-two-hosts');
   });
 
   it('resumes every paused VM and undoes taken snapshots when one VM snapshot fails', async () => {
@@ -84,6 +86,22 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
     expect(result.vms.find((v) => v.domain === b1)!.error).toContain('injected snapshot failure');
     // No overlay file of the failed run is left behind.
     for (const v of result.vms) for (const d of v.disks) expect(existsSync(d.overlay)).toBe(false);
+    await maybeRecordHistory(client, result.workflowId, 'failed-compensated');
+  });
+
+  it("undoes only its own overlay, keeping the VM's earlier snapshots in the chain", async () => {
+    const [vm, bad] = [uniqueId('vm'), uniqueId('bad')];
+    hostA.addVm(vm);
+    hostB.addVm(bad);
+    const first = await snapshotGroup(client, { vms: vmsOn(hostA, [vm]) });
+    expect(first.status).toBe('completed');
+    const chainAfterFirst = hostA.chain(vm);
+    hostB.hypervisor.failOn('snapshot', bad);
+    const second = await snapshotGroup(client, { vms: [...vmsOn(hostA, [vm]), ...vmsOn(hostB, [bad])] });
+    expect(second.status).toBe('failed');
+    expect(second.vms.find((v) => v.domain === vm)!.outcome).toBe('rolled-back');
+    expect(hostA.chain(vm)).toEqual(chainAfterFirst);
+    expect(existsSync(chainAfterFirst[1])).toBe(true);
   });
 
   it('leaves a VM that was paused beforehand paused, and snapshots a shut-off VM without pausing it', async () => {
@@ -205,6 +223,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
       expect(slow.state(s1)).toBe('running');
       expect(hostA.chain(a1)).toHaveLength(1);
       expect(slow.chain(s1)).toHaveLength(1);
+      await maybeRecordHistory(client, handle.workflowId, 'cancelled-mid-freeze');
     } finally {
       await extra.stop();
       slow.cleanup();
@@ -235,6 +254,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
           expect(r.resumedAtMs! - r.pausedAtMs).toBeLessThan(400 + 1000);
         }
       }
+      await maybeRecordHistory(client, result.workflowId, 'failed-deadline');
     } finally {
       await extra.stop();
       slow.cleanup();

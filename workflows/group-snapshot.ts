@@ -77,6 +77,8 @@ function host(hostId: string) {
         taskQueue,
         scheduleToStartTimeout: '5s',
         startToCloseTimeout: maxFreezeMs + 30_000,
+        // The freeze heartbeats while it runs: a host that dies mid-freeze is noticed in seconds.
+        heartbeatTimeout: '2s',
         // Pausing or snapshotting twice is never right: a failed freeze is compensated, not retried.
         retry: { maximumAttempts: 1 },
         // Compensation must not start while a host is still pausing VMs.
@@ -177,7 +179,11 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
         const quiesced = (freezeReports.get(h) ?? []).filter((r) => r.quiesced).map((r) => r.domain);
         const out = await host(h).thaw.thawVms({ snapshotId, domains: byHost.get(h)!, quiesced });
         for (const r of out) {
-          if (r.pausedByUs) applyResume(h, r);
+          if (r.pausedByUs) {
+            // The journal knows even when the freeze report was lost with its worker.
+            vmResult(h, r.domain).pausedByUs = true;
+            applyResume(h, r);
+          }
           if (r.state) vmResult(h, r.domain).state = r.state;
         }
       }),

@@ -4,7 +4,14 @@ import { join } from 'node:path';
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type { Hypervisor } from '../../hypervisor/hypervisor';
 import { createGroupsnapWorker, type GroupsnapWorker } from '../../worker/worker';
+import { Client, Connection } from '@temporalio/client';
+import { hostsWithoutWorker } from '../../client';
 import { testServerAddress } from './temporal';
+
+async function clientFor(address: string, namespace = 'default'): Promise<{ connection: Connection; client: Client }> {
+  const connection = await Connection.connect({ address });
+  return { connection, client: new Client({ connection, namespace }) };
+}
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
 
@@ -30,7 +37,7 @@ export interface RunningHosts {
  */
 export async function startHosts(
   hosts: { hostId: string; hypervisor: Hypervisor }[],
-  options: { namespace?: string; workflows?: boolean } = {},
+  options: { namespace?: string; workflows?: boolean; address?: string } = {},
 ): Promise<RunningHosts> {
   const workflowBundleCode = await workflowBundle();
   const stateDirs: Record<string, string> = {};
@@ -39,7 +46,7 @@ export async function startHosts(
   for (const [i, h] of hosts.entries()) {
     stateDirs[h.hostId] = await mkdtemp(join(tmpdir(), `groupsnap-state-${h.hostId}-`));
     const worker = await createGroupsnapWorker({
-      connectionOptions: { address: testServerAddress() },
+      connectionOptions: { address: options.address ?? testServerAddress() },
       namespace: options.namespace ?? 'default',
       hostId: h.hostId,
       hypervisor: h.hypervisor,
@@ -49,6 +56,17 @@ export async function startHosts(
     });
     workers.push(worker);
     runs.set(h.hostId, worker.run());
+  }
+  // Return once every host's queue is polled, as a real deployment would be before snapshots are asked for.
+  const { connection, client } = await clientFor(options.address ?? testServerAddress(), options.namespace);
+  try {
+    const deadline = Date.now() + 30_000;
+    while ((await hostsWithoutWorker(client, hosts.map((h) => h.hostId))).length > 0) {
+      if (Date.now() > deadline) throw new Error('host workers not polling after 30 s');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    await connection.close();
   }
   const stopHost = async (hostId: string) => {
     workers.find((w) => w.hostId === hostId)?.shutdown();
