@@ -16,6 +16,17 @@ export default tseslint.config(
     },
   },
   {
+    // The binding package lints against its own test tsconfig (its build tsconfig leaves tests out).
+    files: ['libvirt/**/*.ts'],
+    languageOptions: {
+      parserOptions: {
+        projectService: false,
+        project: './libvirt/tsconfig.test.json',
+        tsconfigRootDir: import.meta.dirname,
+      },
+    },
+  },
+  {
     // Workflow code runs in Temporal's deterministic sandbox: no Node built-ins, no I/O.
     files: ['workflows/**/*.ts'],
     rules: {
@@ -23,4 +34,6 @@ export default tseslint.config(
     },
   },
   { files: ['**/*.js', '**/*.mjs', '**/*.cjs'], ...tseslint.configs.disableTypeChecked },
+  // Plain CommonJS scripts (build script, test fixtures, jest configs).
+  { files: ['**/*.js', '**/*.cjs'], rules: { '@typescript-eslint/no-require-imports': 'off' } },
 );

@@ -31,19 +31,17 @@ export function parseVmMetadata(xml: string | undefined): VmMetadata {
   const doc = parser.parse(xml) as { groupsnap?: Node };
   const root = doc.groupsnap ?? {};
   const tags = ((root.tag as Node[] | undefined) ?? []).map((t) => String(t.name));
-  const snapshots = ((root.snapshot as Node[] | undefined) ?? []).map(
-    (s): CatalogEntry => ({
-      snapshotId: String(s.id),
-      group: String(s.group),
-      ...(s.label !== undefined ? { label: String(s.label) } : {}),
-      createdAt: String(s.created),
-      disks: ((s.disk as Node[] | undefined) ?? []).map((d) => ({
-        target: String(d.target),
-        image: String(d.image),
-        overlay: String(d.overlay),
-      })),
-    }),
-  );
+  const snapshots = ((root.snapshot as Node[] | undefined) ?? []).map((s): CatalogEntry => ({
+    snapshotId: String(s.id),
+    group: String(s.group),
+    ...(s.label !== undefined ? { label: String(s.label) } : {}),
+    createdAt: String(s.created),
+    disks: ((s.disk as Node[] | undefined) ?? []).map((d) => ({
+      target: String(d.target),
+      image: String(d.image),
+      overlay: String(d.overlay),
+    })),
+  }));
   return { tags, snapshots };
 }
 
@@ -53,7 +51,9 @@ export function renderVmMetadata(meta: VmMetadata): string {
   const snaps = meta.snapshots.map(
     (s) =>
       `<snapshot${attr('id', s.snapshotId)}${attr('group', s.group)}${attr('label', s.label)}${attr('created', s.createdAt)}>` +
-      s.disks.map((d) => `<disk${attr('target', d.target)}${attr('image', d.image)}${attr('overlay', d.overlay)}/>`).join('') +
+      s.disks
+        .map((d) => `<disk${attr('target', d.target)}${attr('image', d.image)}${attr('overlay', d.overlay)}/>`)
+        .join('') +
       `</snapshot>`,
   );
   return `<groupsnap>${tags.join('')}${snaps.join('')}</groupsnap>`;

@@ -74,7 +74,10 @@ export async function guardCommand(opts: { stateDir: string; libvirtUri: string 
       const conn = hypervisor.connection;
       const lost = new AbortController();
       const watch = setInterval(() => {
-        conn.isAlive().then((alive) => alive || lost.abort(), () => lost.abort());
+        conn.isAlive().then(
+          (alive) => alive || lost.abort(),
+          () => lost.abort(),
+        );
       }, 2000);
       controller.signal.addEventListener('abort', () => lost.abort());
       try {

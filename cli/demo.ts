@@ -68,7 +68,9 @@ export async function demoCommand(opts: { vms: number; keep?: boolean }): Promis
         label: 'demo',
       });
       console.log(formatResult(result));
-      console.log(`\nSee it in the Temporal UI: ${server.uiUrl}/namespaces/default/workflows/${encodeURIComponent(result.workflowId)}`);
+      console.log(
+        `\nSee it in the Temporal UI: ${server.uiUrl}/namespaces/default/workflows/${encodeURIComponent(result.workflowId)}`,
+      );
       if (result.status !== 'completed') process.exitCode = 1;
     } finally {
       await connection.close();

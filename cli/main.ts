@@ -38,19 +38,46 @@ temporalOptions(
   program
     .command('snapshot')
     .description('take a crash-consistent snapshot of a group of VMs')
-    .requiredOption('--vm <domain[@host]>', 'a VM of the group (repeat); host defaults to this host', collect((v) => parseVmRef(v, defaults.hostId())))
+    .requiredOption(
+      '--vm <domain[@host]>',
+      'a VM of the group (repeat); host defaults to this host',
+      collect((v) => parseVmRef(v, defaults.hostId())),
+    )
     .option('--group <name>', 'group name used in ids and search attributes', 'adhoc')
     .option('--label <text>', 'label kept in the catalog (file-name safe)')
     .option('--snapshot-id <id>', 'snapshot id (default: generated)')
     .option('--max-freeze <ms>', 'longest time a VM may stay paused', parseInteger, DEFAULT_MAX_FREEZE_MS)
-    .addOption(new Option('--quiesce <mode>', 'freeze guest filesystems via the QEMU guest agent').argParser(parseQuiesce).default('none'))
+    .addOption(
+      new Option('--quiesce <mode>', 'freeze guest filesystems via the QEMU guest agent')
+        .argParser(parseQuiesce)
+        .default('none'),
+    )
     .option('--json', 'print one JSON result object'),
-).action(async (opts: { vm: VmRef[]; group: string; label?: string; snapshotId?: string; maxFreeze: number; quiesce: 'none'; json?: boolean; address?: string; namespace?: string }) => {
-  process.exitCode = await snapshotCommand(
-    { vms: opts.vm, group: opts.group, label: opts.label, snapshotId: opts.snapshotId, maxFreezeMs: opts.maxFreeze, quiesce: opts.quiesce },
-    opts,
-  );
-});
+).action(
+  async (opts: {
+    vm: VmRef[];
+    group: string;
+    label?: string;
+    snapshotId?: string;
+    maxFreeze: number;
+    quiesce: 'none';
+    json?: boolean;
+    address?: string;
+    namespace?: string;
+  }) => {
+    process.exitCode = await snapshotCommand(
+      {
+        vms: opts.vm,
+        group: opts.group,
+        label: opts.label,
+        snapshotId: opts.snapshotId,
+        maxFreezeMs: opts.maxFreeze,
+        quiesce: opts.quiesce,
+      },
+      opts,
+    );
+  },
+);
 
 program
   .command('demo')

@@ -1,13 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import {
-  ApplicationFailure,
-  Client,
-  WorkflowFailedError,
-  type WorkflowHandle,
-} from '@temporalio/client';
+import { ApplicationFailure, Client, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
-import { GroupsnapGroup, GroupsnapMaxFreezeMs, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
+import {
+  GroupsnapGroup,
+  GroupsnapMaxFreezeMs,
+  GroupsnapSnapshotId,
+  GroupsnapVmCount,
+} from '../common/search-attributes';
 import type { GroupSnapshotInput, GroupSnapshotResult, SnapshotProgress } from '../common/types';
 import { BAD_INPUT, BadInputError, normalizeSnapshotInput } from '../common/validation';
 import type { groupSnapshot } from '../workflows';
@@ -23,7 +23,10 @@ export type GroupSnapshotHandle = WorkflowHandle<typeof groupSnapshot>;
 
 /** A new snapshot id: `gs-<UTC time>-<random>`, safe in file names and sortable by time. */
 export function newSnapshotId(now = new Date()): string {
-  const t = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const t = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
   return `gs-${t}-${randomBytes(3).toString('hex')}`;
 }
 
@@ -92,7 +95,8 @@ export async function groupSnapshotResult(handle: GroupSnapshotHandle): Promise<
     return await handle.result();
   } catch (err) {
     if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure) {
-      if (err.cause.type === SNAPSHOT_FAILED && err.cause.details?.[0]) return err.cause.details[0] as GroupSnapshotResult;
+      if (err.cause.type === SNAPSHOT_FAILED && err.cause.details?.[0])
+        return err.cause.details[0] as GroupSnapshotResult;
       if (err.cause.type === BAD_INPUT) throw new BadInputError(err.cause.message);
     }
     // Bad input found by a host (unknown VM, unsupported disk) arrives wrapped in an activity failure.

@@ -88,5 +88,9 @@ export type SnapshotPhase = 'planning' | 'locking' | 'freezing' | 'thawing' | 'c
 export interface SnapshotProgress {
   phase: SnapshotPhase;
   snapshotId: string;
-  vms: { domain: string; host: string; state: 'pending' | 'planned' | 'paused' | 'snapshotted' | 'resumed' | 'rolled-back' | 'failed' }[];
+  vms: {
+    domain: string;
+    host: string;
+    state: 'pending' | 'planned' | 'paused' | 'snapshotted' | 'resumed' | 'rolled-back' | 'failed';
+  }[];
 }

@@ -68,7 +68,8 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
   const seen = new Set<string>();
   for (const vm of vms) {
     if (!vm.domain || !vm.host) problems.push(`VM ${JSON.stringify(vm)} needs a domain and a host`);
-    else if (vm.domain.includes('/') || vm.domain.includes('\0')) problems.push(`VM name ${JSON.stringify(vm.domain)} is not valid`);
+    else if (vm.domain.includes('/') || vm.domain.includes('\0'))
+      problems.push(`VM name ${JSON.stringify(vm.domain)} is not valid`);
     else check(() => assertSafeName('host id', vm.host));
     const key = `${vm.domain}@${vm.host}`;
     if (seen.has(key)) problems.push(`VM ${key} is listed twice`);
@@ -76,10 +77,13 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
   }
   const maxFreezeMs = input.maxFreezeMs ?? DEFAULT_MAX_FREEZE_MS;
   if (!Number.isInteger(maxFreezeMs) || maxFreezeMs < MIN_MAX_FREEZE_MS || maxFreezeMs > MAX_MAX_FREEZE_MS) {
-    problems.push(`max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${maxFreezeMs}`);
+    problems.push(
+      `max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${maxFreezeMs}`,
+    );
   }
   const quiesce = input.quiesce ?? 'none';
-  if (!QUIESCE_MODES.includes(quiesce)) problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${quiesce}`);
+  if (!QUIESCE_MODES.includes(quiesce))
+    problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${quiesce}`);
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   return {
     group,

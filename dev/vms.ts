@@ -98,7 +98,9 @@ export class VmFleet {
         try {
           const dom = await this.conn.lookupByName(vm.name);
           if ((await dom.state()).state !== 'shutoff') await dom.destroy().catch(() => undefined);
-          await dom.undefine(libvirt.UndefineFlags.SNAPSHOTS_METADATA | libvirt.UndefineFlags.KEEP_NVRAM).catch(() => dom.undefine());
+          await dom
+            .undefine(libvirt.UndefineFlags.SNAPSHOTS_METADATA | libvirt.UndefineFlags.KEEP_NVRAM)
+            .catch(() => dom.undefine());
           dom.free();
         } catch (err) {
           if (!(err instanceof libvirt.DomainNotFoundError)) throw err;

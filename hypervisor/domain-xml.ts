@@ -35,11 +35,20 @@ export function parseDomainXml(xml: string): { disks: DiskSpec[]; hasGuestAgent:
 }
 
 export function escapeXml(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+  return s
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/'/g, '&apos;')
+    .replace(/"/g, '&quot;');
 }
 
 /** `<domainsnapshot>` XML for an external, disk-only snapshot of exactly the listed disks. */
-export function diskOnlySnapshotXml(name: string, overlays: { target: string; file: string }[], skip: string[]): string {
+export function diskOnlySnapshotXml(
+  name: string,
+  overlays: { target: string; file: string }[],
+  skip: string[],
+): string {
   const disks = [
     ...overlays.map(
       (o) =>

@@ -1,7 +1,10 @@
 /** The named VM does not exist on this host. */
 export class DomainNotFoundError extends Error {
   override readonly name = 'DomainNotFoundError';
-  constructor(readonly domain: string, detail?: string) {
+  constructor(
+    readonly domain: string,
+    detail?: string,
+  ) {
     super(`VM ${JSON.stringify(domain)} not found${detail ? `: ${detail}` : ''}`);
   }
 }
@@ -9,7 +12,10 @@ export class DomainNotFoundError extends Error {
 /** The VM is in a state the operation does not accept (e.g. resuming a running VM). */
 export class InvalidStateError extends Error {
   override readonly name = 'InvalidStateError';
-  constructor(readonly domain: string, message: string) {
+  constructor(
+    readonly domain: string,
+    message: string,
+  ) {
     super(`VM ${JSON.stringify(domain)}: ${message}`);
   }
 }
@@ -17,7 +23,10 @@ export class InvalidStateError extends Error {
 /** Quiescing was asked for, but the VM's QEMU guest agent is not configured or does not answer. */
 export class GuestAgentUnavailableError extends Error {
   override readonly name = 'GuestAgentUnavailableError';
-  constructor(readonly domain: string, detail: string) {
+  constructor(
+    readonly domain: string,
+    detail: string,
+  ) {
     super(`VM ${JSON.stringify(domain)}: guest agent unavailable: ${detail}`);
   }
 }

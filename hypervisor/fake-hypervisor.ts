@@ -35,13 +35,21 @@ export class FakeHypervisor implements Hypervisor {
   constructor(private readonly options: FakeHypervisorOptions = {}) {}
 
   addDomain(d: Omit<FakeDomain, 'uuid' | 'hasGuestAgent'> & Partial<FakeDomain>): FakeDomain {
-    const dom: FakeDomain = { uuid: `00000000-0000-4000-8000-${String(this.domains.size).padStart(12, '0')}`, hasGuestAgent: false, ...d };
+    const dom: FakeDomain = {
+      uuid: `00000000-0000-4000-8000-${String(this.domains.size).padStart(12, '0')}`,
+      hasGuestAgent: false,
+      ...d,
+    };
     this.domains.set(dom.name, dom);
     return dom;
   }
 
   /** Makes the next `op` (on `domain`, or on any domain) throw `error`. */
-  failOn(op: FakeOp, domain: string | undefined, error: Error = new HypervisorError(`injected ${op} failure`, domain)): void {
+  failOn(
+    op: FakeOp,
+    domain: string | undefined,
+    error: Error = new HypervisorError(`injected ${op} failure`, domain),
+  ): void {
     this.failures.push({ op, domain, error });
   }
 
@@ -65,16 +73,14 @@ export class FakeHypervisor implements Hypervisor {
       state: d.state,
       persistent: true,
       hasGuestAgent: d.hasGuestAgent,
-      disks: d.disks.map(
-        (k): DiskSpec => ({
-          target: k.target,
-          device: k.device,
-          type: k.type,
-          format: k.format,
-          source: k.chain[k.chain.length - 1],
-          readonly: false,
-        }),
-      ),
+      disks: d.disks.map((k): DiskSpec => ({
+        target: k.target,
+        device: k.device,
+        type: k.type,
+        format: k.format,
+        source: k.chain[k.chain.length - 1],
+        readonly: false,
+      })),
     };
   }
 
@@ -121,7 +127,8 @@ export class FakeHypervisor implements Hypervisor {
     if (!d) throw new DomainNotFoundError(domain);
     for (const s of sources) {
       const disk = d.disks.find((k) => k.target === s.target);
-      if (!disk || disk.chain[disk.chain.length - 1] !== s.from) throw new HypervisorError(`disk ${s.target} is not on ${s.from}`, domain);
+      if (!disk || disk.chain[disk.chain.length - 1] !== s.from)
+        throw new HypervisorError(`disk ${s.target} is not on ${s.from}`, domain);
       // Pointing a disk back at its overlay's backing file drops the overlay from the chain.
       if (disk.chain[disk.chain.length - 2] === s.to) disk.chain.pop();
       else disk.chain[disk.chain.length - 1] = s.to;

@@ -10,7 +10,8 @@ import {
 } from './errors';
 import type { DomainDescription, DomainState, Hypervisor, OverlaySpec } from './hypervisor';
 
-const SNAPSHOT_FLAGS = libvirt.SnapshotCreateFlags.DISK_ONLY | libvirt.SnapshotCreateFlags.ATOMIC | libvirt.SnapshotCreateFlags.NO_METADATA;
+const SNAPSHOT_FLAGS =
+  libvirt.SnapshotCreateFlags.DISK_ONLY | libvirt.SnapshotCreateFlags.ATOMIC | libvirt.SnapshotCreateFlags.NO_METADATA;
 
 function powerState(state: string): DomainState {
   switch (state) {
@@ -30,7 +31,8 @@ function powerState(state: string): DomainState {
 function translate(err: unknown, domain?: string): Error {
   if (err instanceof libvirt.DomainNotFoundError) return new DomainNotFoundError(domain ?? '?', err.message);
   if (err instanceof libvirt.OperationInvalidError) return new InvalidStateError(domain ?? '?', err.message);
-  if (err instanceof libvirt.GuestAgentUnavailableError) return new GuestAgentUnavailableError(domain ?? '?', err.message);
+  if (err instanceof libvirt.GuestAgentUnavailableError)
+    return new GuestAgentUnavailableError(domain ?? '?', err.message);
   if (err instanceof libvirt.HypervisorConnectionError) return new HypervisorConnectionError(err.message);
   if (err instanceof libvirt.LibvirtError) return new HypervisorError(err.message, domain, err.code);
   return err instanceof Error ? err : new Error(String(err));

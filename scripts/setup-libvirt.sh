@@ -6,7 +6,11 @@
 set -euo pipefail
 
 STATE_DIR="${GROUPSNAP_STATE_DIR:-/var/lib/groupsnap}"
-SOCK=/var/run/libvirt/libvirt-sock
+# Overridable so tests can exercise the failure paths without breaking the machine's libvirtd.
+SOCK="${GROUPSNAP_LIBVIRT_SOCK:-/var/run/libvirt/libvirt-sock}"
+LIBVIRTD="${GROUPSNAP_LIBVIRTD:-libvirtd}"
+KVM_DEVICE="${GROUPSNAP_KVM_DEVICE:-/dev/kvm}"
+WAIT_S="${GROUPSNAP_LIBVIRTD_WAIT_S:-10}"
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
   python3-libvirt)
 
@@ -73,15 +77,15 @@ start_daemons() {
     return
   fi
   log "starting libvirtd"
-  libvirtd -d
-  for _ in $(seq 1 100); do
+  "$LIBVIRTD" -d || die "libvirtd failed to start (exit $?); see /var/log/libvirt/libvirtd.log or run 'libvirtd -v'"
+  for _ in $(seq 1 $((WAIT_S * 10))); do
     if [ -S "$SOCK" ] && virsh -c qemu:///system version >/dev/null 2>&1; then
       log "libvirtd is up"
       return
     fi
     sleep 0.1
   done
-  die "libvirtd did not come up within 10 s (socket $SOCK); see /var/log/libvirt/libvirtd.log and run 'libvirtd -v' to see why"
+  die "libvirtd did not come up within ${WAIT_S} s (socket $SOCK); see /var/log/libvirt/libvirtd.log and run 'libvirtd -v' to see why"
 }
 
 # KVM "works" when QEMU can actually start an accelerated machine, not merely when /dev/kvm exists.
@@ -89,8 +93,8 @@ detect_virt_type() {
   local type=qemu reason
   if [ "${GROUPSNAP_VIRT_TYPE:-}" = qemu ]; then
     reason="forced by GROUPSNAP_VIRT_TYPE=qemu"
-  elif [ ! -e /dev/kvm ]; then
-    reason="/dev/kvm is missing"
+  elif [ ! -e "$KVM_DEVICE" ]; then
+    reason="$KVM_DEVICE is missing"
   elif out=$(echo quit | timeout 20 qemu-system-x86_64 -accel kvm -machine q35 -nodefaults -display none \
       -S -monitor stdio 2>&1) && ! grep -qi 'failed\|error' <<<"$out"; then
     type=kvm

@@ -41,11 +41,18 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
     hostA.addVm(a1);
     hostA.addVm(a2);
     hostB.addVm(b1);
-    const result = await snapshotGroup(client, { group: 'g1', vms: [...vmsOn(hostA, [a1, a2]), ...vmsOn(hostB, [b1])] });
+    const result = await snapshotGroup(client, {
+      group: 'g1',
+      vms: [...vmsOn(hostA, [a1, a2]), ...vmsOn(hostB, [b1])],
+    });
 
     expect(result.status).toBe('completed');
     expect(result.vms).toHaveLength(3);
-    for (const [host, vm] of [[hostA, a1], [hostA, a2], [hostB, b1]] as const) {
+    for (const [host, vm] of [
+      [hostA, a1],
+      [hostA, a2],
+      [hostB, b1],
+    ] as const) {
       expect(host.state(vm)).toBe('running');
       const r = result.vms.find((v) => v.domain === vm)!;
       expect(r).toMatchObject({ outcome: 'snapshotted', pausedByUs: true, stateBefore: 'running', state: 'running' });
@@ -77,7 +84,11 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
 
     expect(result.status).toBe('failed');
     expect(result.error).toContain('injected snapshot failure');
-    for (const [host, vm] of [[hostA, a1], [hostA, a2], [hostB, b1]] as const) {
+    for (const [host, vm] of [
+      [hostA, a1],
+      [hostA, a2],
+      [hostB, b1],
+    ] as const) {
       expect(host.state(vm)).toBe('running');
       expect(host.chain(vm)).toHaveLength(1);
     }
@@ -180,7 +191,10 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
       const vm = uniqueId('x');
       hostA.addVm(vm);
       const started = Date.now();
-      await expectRejected({ vms: [...vmsOn(hostA, [vm]), { domain: 'd', host: 'no-such-host' }] }, /no worker polls host no-such-host/);
+      await expectRejected(
+        { vms: [...vmsOn(hostA, [vm]), { domain: 'd', host: 'no-such-host' }] },
+        /no worker polls host no-such-host/,
+      );
       expect(Date.now() - started).toBeLessThan(10_000);
     });
   });

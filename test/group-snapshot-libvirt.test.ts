@@ -30,7 +30,9 @@ describe('group snapshot saga on real VMs', () => {
 
   const state = async (name: string) => (await (await fleet.conn.lookupByName(name)).state()).state;
   const sources = async (name: string) =>
-    Object.fromEntries(parseDomainXml(await (await fleet.conn.lookupByName(name)).xml()).disks.map((d) => [d.target, d.source]));
+    Object.fromEntries(
+      parseDomainXml(await (await fleet.conn.lookupByName(name)).xml()).disks.map((d) => [d.target, d.source]),
+    );
   const originalSources = (name: string) => fleet.vms.find((v) => v.name === name)!.disks;
   const openHypervisor = async () => {
     const h = await LibvirtHypervisor.open('qemu:///system');

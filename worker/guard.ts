@@ -28,7 +28,8 @@ export async function runGuard(options: GuardOptions): Promise<void> {
   while (!signal?.aborted) {
     try {
       const closed = await recoverFreezes(hypervisor, journal, undefined, 'resumed-by-guard', graceMs);
-      for (const r of closed) log('guard resumed VM past its freeze deadline', { domain: r.domain, snapshotId: r.snapshotId });
+      for (const r of closed)
+        log('guard resumed VM past its freeze deadline', { domain: r.domain, snapshotId: r.snapshotId });
       if (Date.now() - lastPrune > 60_000) {
         journal.prune(24 * 3600_000);
         lastPrune = Date.now();
@@ -68,7 +69,8 @@ export function claimGuardPidFile(stateDir: string): void {
 export function ensureGuard(stateDir: string, libvirtUri: string, cliEntry: string): number {
   const running = runningGuardPid(stateDir);
   if (running) return running;
-  if (!existsSync(cliEntry)) throw new Error(`cannot start the host guard: ${cliEntry} not found (run 'npm run build')`);
+  if (!existsSync(cliEntry))
+    throw new Error(`cannot start the host guard: ${cliEntry} not found (run 'npm run build')`);
   mkdirSync(stateDir, { recursive: true });
   const logFd = openSync(join(stateDir, 'guard.log'), 'a');
   const child = spawn(process.execPath, [cliEntry, 'guard', '--state-dir', stateDir, '--libvirt-uri', libvirtUri], {

@@ -13,7 +13,10 @@ const TYPES: Record<string, temporal.api.enums.v1.IndexedValueType> = {
  */
 export async function ensureSearchAttributes(connection: Connection, namespace: string): Promise<string[]> {
   const existing = await connection.operatorService.listSearchAttributes({ namespace });
-  const have = new Set([...Object.keys(existing.customAttributes ?? {}), ...Object.keys(existing.systemAttributes ?? {})]);
+  const have = new Set([
+    ...Object.keys(existing.customAttributes ?? {}),
+    ...Object.keys(existing.systemAttributes ?? {}),
+  ]);
   const missing = Object.entries(SEARCH_ATTRIBUTES).filter(([name]) => !have.has(name));
   if (missing.length === 0) return [];
   try {
@@ -23,7 +26,10 @@ export async function ensureSearchAttributes(connection: Connection, namespace: 
     });
   } catch (err) {
     const commands = missing
-      .map(([name, type]) => `  temporal operator search-attribute create --namespace ${namespace} --name ${name} --type ${type}`)
+      .map(
+        ([name, type]) =>
+          `  temporal operator search-attribute create --namespace ${namespace} --name ${name} --type ${type}`,
+      )
       .join('\n');
     throw new Error(
       `groupsnap's search attributes are missing in namespace ${namespace} and could not be added ` +

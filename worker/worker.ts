@@ -47,7 +47,8 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
   }
   const host = createHost({ hypervisor: options.hypervisor, hostId: options.hostId, stateDir: options.stateDir, log });
   const recovered = await host.recover();
-  for (const r of recovered) log('resumed a VM left paused by an interrupted freeze', { domain: r.domain, snapshotId: r.snapshotId });
+  for (const r of recovered)
+    log('resumed a VM left paused by an interrupted freeze', { domain: r.domain, snapshotId: r.snapshotId });
 
   const connection = await NativeConnection.connect(options.connectionOptions);
   const workers: Worker[] = [

@@ -17,11 +17,15 @@ import type {
   FreezeVmReport,
   HostActivities,
   PlannedVm,
-  ThawVmReport,
   UndoVmReport,
 } from '../activities/host-activities';
 import { hostTaskQueue } from '../common/names';
-import { GroupsnapGroup, GroupsnapMaxFreezeMs, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
+import {
+  GroupsnapGroup,
+  GroupsnapMaxFreezeMs,
+  GroupsnapSnapshotId,
+  GroupsnapVmCount,
+} from '../common/search-attributes';
 import type {
   GroupSnapshotInput,
   GroupSnapshotResult,
@@ -88,7 +92,10 @@ function host(hostId: string) {
 }
 
 function defaultSnapshotId(): string {
-  const t = new Date(workflowInfo().startTime).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const t = new Date(workflowInfo().startTime)
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
   return `gs-${t}-${uuid4().slice(0, 6)}`;
 }
 
@@ -109,7 +116,12 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
   const { group, maxFreezeMs, quiesce } = input;
   const hosts = [...new Set(input.vms.map((v) => v.host))].sort();
   const byHost = new Map(hosts.map((h) => [h, input.vms.filter((v) => v.host === h).map((v) => v.domain)]));
-  const vmResults: VmResult[] = input.vms.map((v) => ({ ...v, outcome: 'not-snapshotted', pausedByUs: false, disks: [] }));
+  const vmResults: VmResult[] = input.vms.map((v) => ({
+    ...v,
+    outcome: 'not-snapshotted',
+    pausedByUs: false,
+    disks: [],
+  }));
   const vmResult = (h: string, domain: string) => vmResults.find((r) => r.host === h && r.domain === domain)!;
 
   const progress: SnapshotProgress = {
@@ -164,7 +176,8 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     r: { domain: string; pausedAtMs?: number; resumedAtMs?: number; resumedByGuard?: boolean },
   ) => {
     const vm = vmResult(h, r.domain);
-    if (r.pausedAtMs !== undefined) times.set(`${r.domain}@${h}`, { pausedAtMs: r.pausedAtMs, resumedAtMs: r.resumedAtMs });
+    if (r.pausedAtMs !== undefined)
+      times.set(`${r.domain}@${h}`, { pausedAtMs: r.pausedAtMs, resumedAtMs: r.resumedAtMs });
     if (r.pausedAtMs !== undefined && r.resumedAtMs !== undefined) vm.freezeMs = round(r.resumedAtMs - r.pausedAtMs);
     if (r.resumedByGuard) vm.resumedByGuard = true;
   };
@@ -242,7 +255,9 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     const planned = await Promise.allSettled(
       hosts.map((h) => host(h).plan.planVms({ snapshotId, domains: byHost.get(h)!, quiesce })),
     );
-    const planProblems = planned.flatMap((p, i) => (p.status === 'rejected' ? [describePlanFailure(hosts[i], p.reason)] : []));
+    const planProblems = planned.flatMap((p, i) =>
+      p.status === 'rejected' ? [describePlanFailure(hosts[i], p.reason)] : [],
+    );
     if (planProblems.length > 0) throw ApplicationFailure.nonRetryable(planProblems.join('; '), BAD_INPUT);
     planned.forEach((p, i) => {
       const vms = (p as PromiseFulfilledResult<PlannedVm[]>).value;
@@ -290,11 +305,17 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     const deadline = sleep(maxFreezeMs).then(() => 'deadline' as const);
     const first = await Promise.race([allFrozen, deadline]);
     if (first === 'deadline') {
-      throw ApplicationFailure.nonRetryable(`freeze deadline of ${maxFreezeMs} ms passed before every VM was snapshotted`, 'FreezeDeadline');
+      throw ApplicationFailure.nonRetryable(
+        `freeze deadline of ${maxFreezeMs} ms passed before every VM was snapshotted`,
+        'FreezeDeadline',
+      );
     }
     const failures = vmResults.filter((v) => v.error);
     if (failures.length > 0) {
-      throw ApplicationFailure.nonRetryable(failures.map((v) => `${v.domain}@${v.host}: ${v.error}`).join('; '), 'FreezeFailed');
+      throw ApplicationFailure.nonRetryable(
+        failures.map((v) => `${v.domain}@${v.host}: ${v.error}`).join('; '),
+        'FreezeFailed',
+      );
     }
     // The cut: when the last VM's snapshot completed, on its host's clock.
     const cutMs = Math.max(...[...freezeReports.values()].flat().map((r) => r.snapshottedAtMs ?? 0));
@@ -336,7 +357,12 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     createdAt = undefined;
     const failed = result('failed', errorMessage(err));
     if (isCancellation(err)) throw err;
-    throw ApplicationFailure.create({ type: SNAPSHOT_FAILED, message: failed.error!, nonRetryable: true, details: [failed] });
+    throw ApplicationFailure.create({
+      type: SNAPSHOT_FAILED,
+      message: failed.error!,
+      nonRetryable: true,
+      details: [failed],
+    });
   } finally {
     await CancellationScope.nonCancellable(() =>
       Promise.all(lockedHosts.map((h) => host(h).cleanup.releaseLocks({ owner: snapshotId, domains: byHost.get(h)! }))),

@@ -4,7 +4,8 @@ import { NativeConnection } from '@temporalio/worker';
 /** Address of the dev server started by jest's global setup. */
 export function testServerAddress(): string {
   const address = process.env.GROUPSNAP_TEST_TEMPORAL_ADDRESS;
-  if (!address) throw new Error('GROUPSNAP_TEST_TEMPORAL_ADDRESS is not set: run the tests through jest (global setup)');
+  if (!address)
+    throw new Error('GROUPSNAP_TEST_TEMPORAL_ADDRESS is not set: run the tests through jest (global setup)');
   return address;
 }
 

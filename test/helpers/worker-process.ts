@@ -31,8 +31,10 @@ export class WorkerProcess {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (child.exitCode !== null) throw new Error(`worker ${this.hostId} exited (${child.exitCode}):\n${this.output}`);
-      if (this.output.includes('"worker started"') && (await hostsWithoutWorker(client, [this.hostId])).length === 0) return;
-      if (Date.now() > deadline) throw new Error(`worker ${this.hostId} not polling after ${timeoutMs} ms:\n${this.output}`);
+      if (this.output.includes('"worker started"') && (await hostsWithoutWorker(client, [this.hostId])).length === 0)
+        return;
+      if (Date.now() > deadline)
+        throw new Error(`worker ${this.hostId} not polling after ${timeoutMs} ms:\n${this.output}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }

@@ -61,7 +61,14 @@ export async function startHosts(
   const { connection, client } = await clientFor(options.address ?? testServerAddress(), options.namespace);
   try {
     const deadline = Date.now() + 30_000;
-    while ((await hostsWithoutWorker(client, hosts.map((h) => h.hostId))).length > 0) {
+    while (
+      (
+        await hostsWithoutWorker(
+          client,
+          hosts.map((h) => h.hostId),
+        )
+      ).length > 0
+    ) {
       if (Date.now() > deadline) throw new Error('host workers not polling after 30 s');
       await new Promise((r) => setTimeout(r, 50));
     }
