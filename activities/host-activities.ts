@@ -60,6 +60,8 @@ export interface FreezeVmReport {
   /** Set when this activity also resumed the VM. */
   resumedAtMs?: number;
   resumedByGuard?: boolean;
+  /** Power state once this activity was done with the VM (set when it resumed, or left, the VM). */
+  state?: VmPowerState;
   error?: string;
 }
 
@@ -359,6 +361,8 @@ export function createHost(deps: HostActivityDeps) {
     if (req.resumeAfter || failed()) {
       await resumeOurs(req.snapshotId, reports);
       await thawFilesystems(quiesced());
+      // Outside the freeze window: the state each VM is left in, for the result.
+      await Promise.all(reports.map(async (r) => (r.state = await hypervisor.state(r.domain).catch(() => undefined))));
     }
     log('freeze', { snapshotId: req.snapshotId, host: deps.hostId, reports });
     return reports;

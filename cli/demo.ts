@@ -12,7 +12,6 @@ import { VmFleet, virtType } from '../dev/vms';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { ensureGuard, runningGuardPid } from '../worker/guard';
 import { createGroupsnapWorker } from '../worker/worker';
-import { logLine } from './commands';
 import { formatResult } from './format';
 
 /** `preferred` when it is free (so the usual localhost:7233 / :8233 work), else any free port. */
@@ -29,7 +28,7 @@ async function portOr(preferred: number): Promise<number> {
  * group snapshot of them, printed. Everything is torn down at the end (after Ctrl-C with --keep).
  */
 export async function demoCommand(opts: { vms: number; keep?: boolean }): Promise<void> {
-  Runtime.install({ logger: new DefaultLogger('WARN') });
+  Runtime.install({ logger: new DefaultLogger('ERROR') });
   const keep = opts.keep ?? Boolean(process.stdout.isTTY);
   const port = await portOr(7233);
   const uiPort = await portOr(port + 1000);
@@ -55,7 +54,6 @@ export async function demoCommand(opts: { vms: number; keep?: boolean }): Promis
       hostId,
       hypervisor,
       stateDir,
-      log: (msg, fields) => logLine(msg, { hostId, ...fields }),
     });
     running = worker.run();
     const connection = await Connection.connect(connectionOptions);

@@ -133,6 +133,53 @@ describe('group snapshot saga on real VMs', () => {
     }
   });
 
+  describe('--quiesce through the QEMU guest agent', () => {
+    let agentFleet: VmFleet;
+
+    beforeAll(async () => {
+      // An agent channel, but no OS and so no agent answering on it.
+      agentFleet = await VmFleet.create({
+        prefix: 'gs-agent',
+        count: 1,
+        extraDevices: "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+      });
+    });
+
+    afterAll(async () => {
+      await agentFleet?.destroy();
+    });
+
+    it('rejects --quiesce agent for a VM without an agent channel, before pausing anything', async () => {
+      const [v1] = fleet.names;
+      const before = await sources(v1);
+      await expect(snapshotGroup(client, { quiesce: 'agent', vms: [{ domain: v1, host: hostA }] })).rejects.toThrow(
+        /has no QEMU guest agent channel, required by --quiesce agent/,
+      );
+      expect(await sources(v1)).toEqual(before);
+    });
+
+    it('fails clearly with --quiesce agent when the agent does not answer, leaving the VM running and unchanged', async () => {
+      const [vm] = agentFleet.names;
+      const result = await snapshotGroup(client, { quiesce: 'agent', vms: [{ domain: vm, host: hostB }] });
+      expect(result.status).toBe('failed');
+      expect(result.vms[0].error).toMatch(/agent/i);
+      expect(result.vms[0]).toMatchObject({ pausedByUs: false, outcome: 'not-snapshotted' });
+      expect(await agentFleet.conn.lookupByName(vm).then((d) => d.state())).toMatchObject({ state: 'running' });
+    });
+
+    it('falls back to a crash-consistent snapshot with --quiesce agent-or-crash', async () => {
+      const [vm] = agentFleet.names;
+      const result = await snapshotGroup(client, { quiesce: 'agent-or-crash', vms: [{ domain: vm, host: hostB }] });
+      expect(result.status).toBe('completed');
+      expect(result.vms[0]).toMatchObject({
+        quiesced: false,
+        pausedByUs: true,
+        outcome: 'snapshotted',
+        state: 'running',
+      });
+    });
+  });
+
   describe('with a slow second host holding the cross-host barrier', () => {
     let slow: FakeHost;
     let slowHosts: RunningHosts;

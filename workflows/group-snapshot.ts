@@ -13,12 +13,7 @@ import {
   uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
-import type {
-  FreezeVmReport,
-  HostActivities,
-  PlannedVm,
-  UndoVmReport,
-} from '../activities/host-activities';
+import type { FreezeVmReport, HostActivities, PlannedVm, UndoVmReport } from '../activities/host-activities';
 import { hostTaskQueue } from '../common/names';
 import {
   GroupsnapGroup,
@@ -294,6 +289,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
               vm.disks = plans.get(h)!.find((p) => p.domain === r.domain)!.disks;
             }
             if (r.error) vm.error = r.error;
+            if (r.state) vm.state = r.state;
             markVm(h, r.domain, r.error ? 'failed' : r.snapshotted ? 'snapshotted' : 'paused');
             applyResume(h, r);
           }
