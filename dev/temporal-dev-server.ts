@@ -20,6 +20,8 @@ export interface DevServerOptions {
   dbFilename?: string;
   /** How long to wait for the server to answer health checks. @default 60000 */
   startTimeoutMs?: number;
+  /** Register groupsnap's search attributes at start. @default true */
+  searchAttributes?: boolean;
   /** Server log level. @default 'warn' */
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
 }
@@ -64,7 +66,10 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
     'system.enableActivityEagerExecution=true',
     ...(uiPort ? ['--ui-port', String(uiPort)] : ['--headless']),
     ...(options.namespaces ?? []).flatMap((ns) => ['--namespace', ns]),
-    ...Object.entries(SEARCH_ATTRIBUTES).flatMap(([name, type]) => ['--search-attribute', `${name}=${type}`]),
+    ...(options.searchAttributes === false ? [] : Object.entries(SEARCH_ATTRIBUTES)).flatMap(([name, type]) => [
+      '--search-attribute',
+      `${name}=${type}`,
+    ]),
   ];
   const child = spawn(cli, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';

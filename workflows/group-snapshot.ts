@@ -253,7 +253,14 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     const planProblems = planned.flatMap((p, i) =>
       p.status === 'rejected' ? [describePlanFailure(hosts[i], p.reason)] : [],
     );
-    if (planProblems.length > 0) throw ApplicationFailure.nonRetryable(planProblems.join('; '), BAD_INPUT);
+    if (planProblems.length > 0) {
+      // Bad input and absent workers are the caller's to fix (exit 2); anything else is a failure of ours.
+      const callerFixable = planProblems.every((p) => p.callerFixable);
+      throw ApplicationFailure.nonRetryable(
+        planProblems.map((p) => p.message).join('; '),
+        callerFixable ? BAD_INPUT : 'PlanFailed',
+      );
+    }
     planned.forEach((p, i) => {
       const vms = (p as PromiseFulfilledResult<PlannedVm[]>).value;
       plans.set(hosts[i], vms);
@@ -374,12 +381,17 @@ function isBadInput(err: unknown): boolean {
   return err instanceof ApplicationFailure && err.type === BAD_INPUT;
 }
 
-function describePlanFailure(h: string, reason: unknown): string {
+function describePlanFailure(h: string, reason: unknown): { message: string; callerFixable: boolean } {
   const cause = (reason as { cause?: unknown })?.cause;
-  if (cause instanceof ApplicationFailure && cause.type === BAD_INPUT) return cause.message;
-  const timeoutType = (cause as { timeoutType?: number } | undefined)?.timeoutType;
-  if (timeoutType !== undefined) return `no worker answered for host ${h} (is 'groupsnap worker --host ${h}' running?)`;
-  return `host ${h}: ${errorMessage(cause ?? reason)}`;
+  if (cause instanceof ApplicationFailure && cause.type === BAD_INPUT)
+    return { message: cause.message, callerFixable: true };
+  if ((cause as { timeoutType?: number } | undefined)?.timeoutType !== undefined) {
+    return {
+      message: `no worker answered for host ${h} (is 'groupsnap worker --host ${h}' running?)`,
+      callerFixable: true,
+    };
+  }
+  return { message: `host ${h}: ${errorMessage(cause ?? reason)}`, callerFixable: false };
 }
 
 function errorMessage(err: unknown): string {
@@ -389,5 +401,3 @@ function errorMessage(err: unknown): string {
   }
   return String(err);
 }
-
-export type { UndoVmReport };

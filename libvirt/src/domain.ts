@@ -1,5 +1,5 @@
-import { BlockCommitFlags, BlockJobAbortFlags, DomainStateName, domainStateName } from './constants';
-import { BlockJobError, mapped } from './errors';
+import { BlockCommitFlags, BlockJobAbortFlags, DomainStateName, domainStateName, ErrorCodes } from './constants';
+import { BlockJobError, LibvirtError, mapped } from './errors';
 import type { NativeDomain } from './native';
 
 export interface DomainState {
@@ -191,10 +191,16 @@ export class Domain {
       const job = await this.call('commit', (d) => d.blockJobInfo(disk));
       if (job === null) break;
       onProgress?.({ cur: job.cur, end: job.end });
-      // libvirt reports cur == end for an active commit only once the job is ready to pivot.
+      // cur == end means the data is copied; QEMU may still report the job not ready for a moment
+      // (libvirt: BLOCK_COPY_ACTIVE "not ready for pivot yet"), so the pivot is retried on the next poll.
       if (active && job.end > 0 && job.cur === job.end) {
-        if (pivot) await this.call('commit', (d) => d.blockJobAbort(disk, BlockJobAbortFlags.PIVOT));
-        return;
+        if (!pivot) return;
+        try {
+          await this.call('commit', (d) => d.blockJobAbort(disk, BlockJobAbortFlags.PIVOT));
+          return;
+        } catch (err) {
+          if (!(err instanceof LibvirtError && err.code === ErrorCodes.BLOCK_COPY_ACTIVE)) throw err;
+        }
       }
       await sleep(pollMs);
     }

@@ -1,0 +1,379 @@
+/**
+ * Freeze-time benchmark: groupsnap (through Temporal) side by side with the libvirt floor (the same
+ * pause-all / snapshot-all / resume-all through the binding in one process) and the naive virsh script, on the
+ * same real VMs, interleaved round by round. Writes raw samples to bench/results/ and regenerates BENCHMARKS.md.
+ *
+ *   npm run bench -- [--sizes 1,2,4,8,16] [--rounds 10] [--hosts 2,4,8,16,32,64] [--depth 30] [--big]
+ */
+import { execFile } from 'node:child_process';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, hostname, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import * as libvirt from '@groupsnap/libvirt';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { nowMs } from '../activities/clock';
+import { snapshotGroup } from '../client';
+import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
+import { REPO_ROOT } from '../dev/tools';
+import { virtType, VmFleet } from '../dev/vms';
+import { FakeHypervisor } from '../hypervisor/fake-hypervisor';
+import { parseDomainXml } from '../hypervisor/domain-xml';
+import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
+import { createGroupsnapWorker, type GroupsnapWorker } from '../worker/worker';
+import { renderReport, type BenchResults, type Sample } from './report';
+
+const run = promisify(execFile);
+
+function listArg(name: string, fallback: number[]): number[] {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1].split(',').map(Number) : fallback;
+}
+function numArg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+type Contender = 'groupsnap' | 'floor' | 'naive';
+
+interface RoundResult {
+  /** Per VM: host-measured freeze (pause issued to resume returned), ms. */
+  freezeMs: Record<string, number>;
+  endToEndMs: number;
+}
+
+/** QEMU-side cross-check: suspended -> resumed lifecycle events per VM, as they reach this process. */
+class EventClock {
+  private suspended = new Map<string, number>();
+  readonly freezes = new Map<string, number>();
+
+  onEvent(e: libvirt.LifecycleEvent): void {
+    const t = Number(e.monotonicNs) / 1e6;
+    if (e.event === 'suspended') this.suspended.set(e.name, t);
+    if (e.event === 'resumed' && this.suspended.has(e.name)) {
+      this.freezes.set(e.name, t - this.suspended.get(e.name)!);
+      this.suspended.delete(e.name);
+    }
+  }
+
+  reset(): void {
+    this.suspended.clear();
+    this.freezes.clear();
+  }
+}
+
+class Bench {
+  readonly samples: Sample[] = [];
+  private readonly events = new EventClock();
+  private seq = 0;
+
+  constructor(
+    readonly fleet: VmFleet,
+    readonly client: Client,
+    readonly hostId: string,
+  ) {}
+
+  async init(): Promise<void> {
+    await this.fleet.conn.onLifecycle((e) => this.events.onEvent(e));
+  }
+
+  private overlay(vm: string, target: string, tag: string): string {
+    return join(this.fleet.dir, `${vm}.${target}.${tag}.qcow2`);
+  }
+
+  /** Puts every VM's disks back on their base images (active commit of the one overlay, then removal). */
+  async reset(vms: string[]): Promise<void> {
+    await Promise.all(
+      vms.map(async (name) => {
+        const dom = await this.fleet.conn.lookupByName(name);
+        const base = this.fleet.vms.find((v) => v.name === name)!.disks;
+        const disks = parseDomainXml(await dom.xml()).disks;
+        for (const d of disks) {
+          if (d.source && d.source !== base[d.target]) {
+            await dom.commit({ disk: d.target, base: base[d.target], active: true });
+            rmSync(d.source, { force: true });
+          }
+        }
+        dom.free();
+      }),
+    );
+    for (const f of (await run('sh', ['-c', `ls ${this.fleet.dir}`])).stdout.split('\n')) {
+      if (f.endsWith('.manifest.json')) rmSync(join(this.fleet.dir, f));
+    }
+  }
+
+  async groupsnap(vms: string[]): Promise<RoundResult> {
+    const t0 = nowMs();
+    const result = await snapshotGroup(this.client, {
+      group: 'bench',
+      vms: vms.map((domain) => ({ domain, host: this.hostId })),
+    });
+    const endToEndMs = nowMs() - t0;
+    if (result.status !== 'completed') throw new Error(`groupsnap snapshot failed: ${result.error}`);
+    return { freezeMs: Object.fromEntries(result.vms.map((v) => [v.domain, v.freezeMs!])), endToEndMs };
+  }
+
+  async floor(vms: string[]): Promise<RoundResult> {
+    const tag = `floor${++this.seq}`;
+    const doms = await Promise.all(vms.map((v) => this.fleet.conn.lookupByName(v)));
+    const xml = (d: libvirt.Domain) =>
+      `<domainsnapshot><name>${tag}</name><disks>` +
+      ['vda', 'vdb']
+        .map((t) => `<disk name='${t}' snapshot='external'><source file='${this.overlay(d.name, t, tag)}'/></disk>`)
+        .join('') +
+      `</disks></domainsnapshot>`;
+    const paused: Record<string, number> = {};
+    const resumed: Record<string, number> = {};
+    const t0 = nowMs();
+    await Promise.all(
+      doms.map((d) => {
+        paused[d.name] = nowMs();
+        return d.suspend();
+      }),
+    );
+    await Promise.all(
+      doms.map((d) => d.snapshotCreateXML(xml(d), libvirt.DISK_ONLY | libvirt.ATOMIC | libvirt.NO_METADATA)),
+    );
+    await Promise.all(
+      doms.map(async (d) => {
+        await d.resume();
+        resumed[d.name] = nowMs();
+      }),
+    );
+    const endToEndMs = nowMs() - t0;
+    for (const d of doms) d.free();
+    return { freezeMs: Object.fromEntries(vms.map((v) => [v, resumed[v] - paused[v]])), endToEndMs };
+  }
+
+  async naive(vms: string[]): Promise<RoundResult> {
+    const tag = `naive${++this.seq}`;
+    const lines = [
+      'set -e',
+      ...vms.map((v) => `echo "paused ${v} $(date +%s%N)"; virsh -q suspend ${v} >/dev/null`),
+      ...vms.map(
+        (v) =>
+          `virsh -q snapshot-create-as ${v} ${tag} --disk-only --atomic --no-metadata ` +
+          `--diskspec vda,file=${this.overlay(v, 'vda', tag)} --diskspec vdb,file=${this.overlay(v, 'vdb', tag)} >/dev/null`,
+      ),
+      ...vms.map((v) => `virsh -q resume ${v} >/dev/null; echo "resumed ${v} $(date +%s%N)"`),
+    ];
+    const t0 = nowMs();
+    const { stdout } = await run('bash', ['-c', lines.join('\n')]);
+    const endToEndMs = nowMs() - t0;
+    const at: Record<string, Record<string, number>> = { paused: {}, resumed: {} };
+    for (const line of stdout.trim().split('\n')) {
+      const [what, vm, ns] = line.split(' ');
+      at[what][vm] = Number(BigInt(ns) / 1000n) / 1000;
+    }
+    return { freezeMs: Object.fromEntries(vms.map((v) => [v, at.resumed[v] - at.paused[v]])), endToEndMs };
+  }
+
+  /** One round of each contender, in a rotating order, recording samples under `config`. */
+  async round(
+    config: Pick<Sample, 'config' | 'size'>,
+    vms: string[],
+    round: number,
+    contenders: Contender[],
+  ): Promise<void> {
+    const order = contenders.map((_, i) => contenders[(i + round) % contenders.length]);
+    for (const contender of order) {
+      this.events.reset();
+      const r = await this[contender](vms);
+      await new Promise((res) => setTimeout(res, 50)); // let the last events arrive
+      for (const vm of vms) {
+        this.samples.push({
+          ...config,
+          contender,
+          round,
+          vm,
+          freezeMs: r.freezeMs[vm],
+          qemuFreezeMs: this.events.freezes.get(vm),
+          endToEndMs: r.endToEndMs,
+        });
+      }
+      await this.reset(vms);
+    }
+  }
+}
+
+async function hostWorker(
+  server: DevServer,
+  hostId: string,
+  hypervisor: LibvirtHypervisor | FakeHypervisor,
+  stateDir: string,
+  workflows: boolean,
+) {
+  return createGroupsnapWorker({
+    connectionOptions: { address: server.address },
+    namespace: 'default',
+    hostId,
+    hypervisor,
+    stateDir,
+    workflows,
+  });
+}
+
+/** Fake hosts whose latencies are drawn around the real figures measured in this same run. */
+async function simulatedHosts(
+  server: DevServer,
+  client: Client,
+  counts: number[],
+  rounds: number,
+  latency: { suspend: number; snapshot: number; resume: number },
+  samples: Sample[],
+) {
+  const jitter = (ms: number) => () => Math.max(0.5, ms * (0.8 + 0.4 * Math.random()));
+  for (const hostsCount of counts) {
+    const workers: GroupsnapWorker[] = [];
+    const runs: Promise<void>[] = [];
+    const stateRoot = `/tmp/groupsnap-bench-sim-${hostsCount}`;
+    const vms: { domain: string; host: string }[] = [];
+    for (let h = 0; h < hostsCount; h++) {
+      const hostId = `sim${hostsCount}-${h}`;
+      const fake = new FakeHypervisor({
+        touchFiles: false,
+        latencyMs: {
+          suspend: jitter(latency.suspend),
+          snapshot: jitter(latency.snapshot),
+          resume: jitter(latency.resume),
+        },
+      });
+      for (let v = 0; v < 8; v++) {
+        const domain = `vm${v}`;
+        fake.addDomain({
+          name: domain,
+          state: 'running',
+          disks: ['vda', 'vdb'].map((target) => ({
+            target,
+            format: 'qcow2',
+            type: 'file',
+            device: 'disk',
+            chain: [`${stateRoot}/${hostId}-${domain}-${target}.qcow2`],
+          })),
+        });
+        vms.push({ domain, host: hostId });
+      }
+      mkdirSync(`${stateRoot}/${hostId}`, { recursive: true });
+      const w = await hostWorker(server, hostId, fake, `${stateRoot}/${hostId}`, false);
+      workers.push(w);
+      runs.push(w.run());
+    }
+    try {
+      for (let round = 0; round < rounds; round++) {
+        const t0 = nowMs();
+        const result = await snapshotGroup(client, { group: 'sim', vms });
+        const endToEndMs = nowMs() - t0;
+        if (result.status !== 'completed') throw new Error(`simulated snapshot failed: ${result.error}`);
+        for (const v of result.vms) {
+          samples.push({
+            config: 'hosts',
+            hosts: hostsCount,
+            contender: 'groupsnap',
+            round,
+            vm: `${v.domain}@${v.host}`,
+            freezeMs: v.freezeMs!,
+            endToEndMs,
+          });
+        }
+      }
+    } finally {
+      for (const w of workers) w.shutdown();
+      await Promise.all(runs);
+      rmSync(stateRoot, { recursive: true, force: true });
+    }
+    console.error(`  simulated ${hostsCount} hosts x 8 VMs: done`);
+  }
+}
+
+async function main(): Promise<void> {
+  Runtime.install({ logger: new DefaultLogger('ERROR') });
+  const sizes = listArg('sizes', [1, 2, 4, 8, 16]);
+  const rounds = numArg('rounds', 10);
+  const hostCounts = listArg('hosts', [1, 2, 4, 8, 16, 32, 64]);
+  const depth = numArg('depth', 30);
+  const machine = {
+    hostname: hostname(),
+    cores: cpus().length,
+    cpu: cpus()[0]?.model ?? 'unknown',
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    virtType: virtType(),
+    libvirt: libvirt.libvirtVersion(),
+    node: process.version,
+    date: new Date().toISOString(),
+  };
+  console.error(`machine: ${JSON.stringify(machine)}`);
+  const server = await startDevServer();
+  const connection = await Connection.connect({ address: server.address });
+  const client = new Client({ connection });
+  const fleet = await VmFleet.create({ prefix: 'gs-bench', count: Math.max(...sizes) });
+  const hypervisor = await LibvirtHypervisor.open('qemu:///system');
+  const stateDir = join(fleet.dir, 'state');
+  mkdirSync(stateDir);
+  const hostId = 'bench-host';
+  const worker = await hostWorker(server, hostId, hypervisor, stateDir, true);
+  const running = worker.run();
+  const bench = new Bench(fleet, client, hostId);
+  await bench.init();
+  try {
+    // Warm-up: bundle caches, connections, the server's first workflow.
+    await bench.round({ config: 'warmup' }, fleet.names.slice(0, 1), 0, ['groupsnap', 'floor', 'naive']);
+    for (const size of sizes) {
+      for (let round = 0; round < rounds; round++) {
+        await bench.round({ config: 'size', size }, fleet.names.slice(0, size), round, ['groupsnap', 'floor', 'naive']);
+      }
+      console.error(`  group of ${size}: done`);
+    }
+    // Chain depth: snapshot after snapshot without retention, groupsnap vs floor at each depth.
+    const depthVms = fleet.names.slice(0, Math.min(4, fleet.names.length));
+    for (let d = 1; d <= depth; d++) {
+      const r = await bench.groupsnap(depthVms);
+      for (const vm of depthVms)
+        bench.samples.push({
+          config: 'depth',
+          depth: d,
+          contender: 'groupsnap',
+          round: d,
+          vm,
+          freezeMs: r.freezeMs[vm],
+          endToEndMs: r.endToEndMs,
+        });
+    }
+    console.error(`  chain depth 1..${depth}: done`);
+    const measured = (c: string, field: 'freezeMs') => {
+      const xs = bench.samples
+        .filter((s) => s.config === 'size' && s.size === 1 && s.contender === c)
+        .map((s) => s[field])
+        .sort((a, b) => a - b);
+      return xs[Math.floor(xs.length / 2)];
+    };
+    const floor1 = measured('floor', 'freezeMs');
+    await simulatedHosts(
+      server,
+      client,
+      hostCounts,
+      Math.max(3, Math.floor(rounds / 2)),
+      { suspend: floor1 * 0.15, snapshot: floor1 * 0.7, resume: floor1 * 0.15 },
+      bench.samples,
+    );
+  } finally {
+    worker.shutdown();
+    await running;
+    await hypervisor.close();
+    await fleet.destroy();
+    await connection.close();
+    await server.stop();
+  }
+  const results: BenchResults = { machine, rounds, samples: bench.samples };
+  const dir = join(REPO_ROOT, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `${machine.date.slice(0, 10)}-${machine.hostname}.json`);
+  writeFileSync(file, JSON.stringify(results) + '\n');
+  writeFileSync(join(REPO_ROOT, 'BENCHMARKS.md'), renderReport(results, file.slice(REPO_ROOT.length + 1)));
+  console.error(`wrote ${file} and BENCHMARKS.md`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
