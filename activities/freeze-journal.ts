@@ -48,6 +48,10 @@ export class FreezeJournal {
     }
   }
 
+  remove(snapshotId: string, domain: string): void {
+    rmSync(this.file(snapshotId, domain), { force: true });
+  }
+
   /** Every record (open or closed) on this host. */
   list(): FreezeRecord[] {
     const out: FreezeRecord[] = [];

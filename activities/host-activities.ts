@@ -4,7 +4,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { BAD_INPUT } from '../common/validation';
 import type { DiskSnapshot, QuiesceMode, VmPowerState } from '../common/types';
-import { DomainNotFoundError, GuestAgentUnavailableError } from '../hypervisor/errors';
+import { DomainNotFoundError, GuestAgentUnavailableError, InvalidStateError } from '../hypervisor/errors';
 import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
 import { parseVmMetadata, renderVmMetadata, type CatalogEntry } from './catalog';
 import { nowMs } from './clock';
@@ -206,14 +206,19 @@ export function createHost(deps: HostActivityDeps) {
     try {
       await hypervisor.suspend(vm.domain);
     } catch (err) {
-      timers.disarm(snapshotId, vm.domain);
       const state = await hypervisor.state(vm.domain).catch(() => undefined);
-      if (state === 'paused') {
-        // Paused by someone else since planning: not ours to resume.
-        journal.write({ ...record, state: 'resumed', resumedAtMs: pausedAtMs });
-        return;
+      if (state === 'paused' && !(err instanceof InvalidStateError)) {
+        // The call failed but the pause may have taken effect (e.g. a lost reply): keep it ours and covered.
+        journal.write({ ...record, state: 'paused' });
+        report.pausedByUs = true;
+        report.pausedAtMs = pausedAtMs;
+        throw err;
       }
-      journal.write({ ...record, state: 'resumed', resumedAtMs: nowMs() });
+      // Not paused by us: drop the record so nothing resumes the VM on our behalf.
+      timers.disarm(snapshotId, vm.domain);
+      journal.remove(snapshotId, vm.domain);
+      // Paused by someone else since planning: not ours to resume, and still snapshottable.
+      if (state === 'paused') return;
       throw err;
     }
     journal.write({ ...record, state: 'paused' });

@@ -3,7 +3,8 @@
  * pause-all / snapshot-all / resume-all through the binding in one process) and the naive virsh script, on the
  * same real VMs, interleaved round by round. Writes raw samples to bench/results/ and regenerates BENCHMARKS.md.
  *
- *   npm run bench -- [--sizes 1,2,4,8,16] [--rounds 10] [--hosts 2,4,8,16,32,64] [--depth 30] [--big]
+ *   npm run bench -- [--sizes 1,2,4,8,16] [--rounds 10] [--hosts 1,2,4,8,16,32,64] [--depth 30] [--no-big]
+ *                    [--out <dir>]   (default: the repository; the smoke test writes to a temp dir)
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -14,7 +15,7 @@ import * as libvirt from '@groupsnap/libvirt';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { nowMs } from '../activities/clock';
-import { snapshotGroup } from '../client';
+import { snapshotGroup, waitForHostWorkers } from '../client';
 import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
 import { virtType, VmFleet } from '../dev/vms';
@@ -29,6 +30,10 @@ const run = promisify(execFile);
 function listArg(name: string, fallback: number[]): number[] {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1].split(',').map(Number) : fallback;
+}
+function strArg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
 }
 function numArg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -171,7 +176,7 @@ class Bench {
 
   /** One round of each contender, in a rotating order, recording samples under `config`. */
   async round(
-    config: Pick<Sample, 'config' | 'size'>,
+    config: Pick<Sample, 'config' | 'size' | 'disk'>,
     vms: string[],
     round: number,
     contenders: Contender[],
@@ -260,6 +265,7 @@ async function simulatedHosts(
       runs.push(w.run());
     }
     try {
+      await waitForHostWorkers(client, [...new Set(vms.map((v) => v.host))], 120_000);
       for (let round = 0; round < rounds; round++) {
         const t0 = nowMs();
         const result = await snapshotGroup(client, { group: 'sim', vms });
@@ -292,6 +298,7 @@ async function main(): Promise<void> {
   const rounds = numArg('rounds', 10);
   const hostCounts = listArg('hosts', [1, 2, 4, 8, 16, 32, 64]);
   const depth = numArg('depth', 30);
+  const bigDisks = !process.argv.includes('--no-big');
   const machine = {
     hostname: hostname(),
     cores: cpus().length,
@@ -323,6 +330,30 @@ async function main(): Promise<void> {
         await bench.round({ config: 'size', size }, fleet.names.slice(0, size), round, ['groupsnap', 'floor', 'naive']);
       }
       console.error(`  group of ${size}: done`);
+    }
+    // Disk size: 1 GiB empty disks vs 32 GiB disks with 4 GiB written, interleaved.
+    if (bigDisks) {
+      let small: VmFleet | undefined;
+      let big: VmFleet | undefined;
+      try {
+        small = await VmFleet.create({ prefix: 'gs-bench-1g', count: 2, diskSize: '1G' });
+        big = await VmFleet.create({ prefix: 'gs-bench-32g', count: 2, diskSize: '32G', fillGiB: 4 });
+        const benches = {
+          '1G-empty': new Bench(small, client, hostId),
+          '32G-4G-written': new Bench(big, client, hostId),
+        };
+        for (const b of Object.values(benches)) await b.init();
+        for (let round = 0; round < rounds; round++) {
+          for (const [disk, b] of Object.entries(benches)) {
+            await b.round({ config: 'disk', disk }, b.fleet.names, round, ['groupsnap', 'floor']);
+          }
+        }
+        for (const b of Object.values(benches)) bench.samples.push(...b.samples);
+      } finally {
+        await small?.destroy();
+        await big?.destroy();
+      }
+      console.error('  disk size: done');
     }
     // Chain depth: snapshot after snapshot without retention, groupsnap vs floor at each depth.
     const depthVms = fleet.names.slice(0, Math.min(4, fleet.names.length));
@@ -365,11 +396,12 @@ async function main(): Promise<void> {
     await server.stop();
   }
   const results: BenchResults = { machine, rounds, samples: bench.samples };
-  const dir = join(REPO_ROOT, 'bench', 'results');
+  const outRoot = strArg('out', REPO_ROOT);
+  const dir = join(outRoot, 'bench', 'results');
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `${machine.date.slice(0, 10)}-${machine.hostname}.json`);
   writeFileSync(file, JSON.stringify(results) + '\n');
-  writeFileSync(join(REPO_ROOT, 'BENCHMARKS.md'), renderReport(results, file.slice(REPO_ROOT.length + 1)));
+  writeFileSync(join(outRoot, 'BENCHMARKS.md'), renderReport(results, file.slice(outRoot.length + 1), outRoot));
   console.error(`wrote ${file} and BENCHMARKS.md`);
 }
 

@@ -1,10 +1,12 @@
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
 import { REPO_ROOT } from '../dev/tools';
 
 export interface Sample {
   config: string;
   size?: number;
+  /** Disk configuration of the disk-size comparison. */
+  disk?: string;
   depth?: number;
   hosts?: number;
   contender: string;
@@ -21,6 +23,10 @@ export interface BenchResults {
   machine: Record<string, string | number>;
   rounds: number;
   samples: Sample[];
+}
+
+function libvirtVersion(v: number): string {
+  return `${Math.floor(v / 1_000_000)}.${Math.floor(v / 1000) % 1000}.${v % 1000}`;
 }
 
 function quantile(xs: number[], q: number): number {
@@ -96,7 +102,7 @@ function lineChart(
 const COLORS: Record<string, string> = { groupsnap: '#1f77b4', floor: '#2ca02c', naive: '#d62728' };
 
 /** BENCHMARKS.md from raw samples; also writes the SVG plots beside it. */
-export function renderReport(results: BenchResults, rawFile: string): string {
+export function renderReport(results: BenchResults, rawFile: string, outRoot = REPO_ROOT): string {
   const { machine, samples } = results;
   const lines: string[] = [
     '# Benchmarks',
@@ -106,7 +112,7 @@ export function renderReport(results: BenchResults, rawFile: string): string {
     '## Machine',
     '',
     `${machine.cores} cores (${machine.cpu}), ${machine.memoryGiB} GiB, VMs under **${machine.virtType === 'kvm' ? 'KVM' : 'TCG'}**, ` +
-      `libvirt ${machine.libvirt}, Node ${machine.node}; run ${machine.date}.`,
+      `libvirt ${libvirtVersion(Number(machine.libvirt))}, Node ${machine.node}; run ${machine.date}.`,
     '',
     'Contenders, interleaved round by round (the order rotates each round) on the same VMs (2 qcow2 disks each,',
     'no OS: firmware plus a halting boot sector):',
@@ -151,11 +157,16 @@ export function renderReport(results: BenchResults, rawFile: string): string {
     `At ${at8} VMs: groupsnap p50 ${f1(g8)} ms, floor ${f1(fl8)} ms (${f2(g8 / fl8)}x, +${f1(g8 - fl8)} ms), naive ${f1(nv8)} ms (${f2(g8 / nv8)}x).`,
     `Targets: at most 1.3x the floor (issue 7) and within 15 ms of it (issue 4): ${g8 / fl8 <= 1.3 ? 'met' : 'missed'} / ${g8 - fl8 <= 15 ? 'met' : 'missed'}; at most 0.25x naive: ${g8 / nv8 <= 0.25 ? 'met' : 'missed'}.`,
     '',
+    `The floor itself is ${f2(fl8 / nv8)}x the naive script at ${at8} VMs: what remains of the freeze is libvirt and QEMU`,
+    'taking the snapshots (the QEMU column agrees with the host-measured one), which grows with the number of VMs',
+    'snapshotted at once on this 2-core machine. Orchestration cannot take groupsnap below the floor, so the 0.25x',
+    "target is out of reach here; what groupsnap controls is the gap to the floor, shown in the 'vs floor' column.",
+    '',
     '![freeze vs group size](bench/freeze-vs-size.svg)',
     '',
   );
   writeFileSync(
-    join(REPO_ROOT, 'bench', 'freeze-vs-size.svg'),
+    join(outRoot, 'bench', 'freeze-vs-size.svg'),
     lineChart(
       'Freeze per VM vs group size (one host)',
       'VMs in the group',
@@ -166,6 +177,35 @@ export function renderReport(results: BenchResults, rawFile: string): string {
       })),
     ),
   );
+
+  const diskSamples = samples.filter((s) => s.config === 'disk');
+  if (diskSamples.length) {
+    const q = (disk: string, c: string, p: number) =>
+      quantile(
+        diskSamples.filter((s) => s.disk === disk && s.contender === c).map((s) => s.freezeMs),
+        p,
+      );
+    lines.push(
+      '## Disk size',
+      '',
+      '2 VMs x 2 disks each: 1 GiB empty disks versus 32 GiB disks with 4 GiB actually written (a non-zero pattern,',
+      'so the clusters are allocated), interleaved round by round.',
+      '',
+      '| disks | contender | p50 freeze ms | p90 ms | max ms |',
+      '| --- | --- | --- | --- | --- |',
+    );
+    for (const c of ['groupsnap', 'floor']) {
+      for (const disk of ['1G-empty', '32G-4G-written']) {
+        lines.push(`| ${disk} | ${c} | ${f1(q(disk, c, 0.5))} | ${f1(q(disk, c, 0.9))} | ${f1(q(disk, c, 1))} |`);
+      }
+    }
+    const ratio = q('32G-4G-written', 'groupsnap', 0.5) / q('1G-empty', 'groupsnap', 0.5);
+    lines.push(
+      '',
+      `groupsnap p50 big/small: ${f2(ratio)} (target at most 1.15: ${ratio <= 1.15 ? 'met' : 'missed'}).`,
+      '',
+    );
+  }
 
   const depthSamples = samples.filter((s) => s.config === 'depth');
   if (depthSamples.length) {
@@ -210,9 +250,28 @@ export function renderReport(results: BenchResults, rawFile: string): string {
         `| ${h} | ${h * 8} | ${f1(quantile(fr, 0.5))} | ${f1(quantile(fr, 0.9))} | ${f2(1 - local / quantile(fr, 0.5))} | ${f1(quantile(perRound(sel), 0.5))} |`,
       );
     }
+    const share = (h: number) =>
+      1 -
+      local /
+        quantile(
+          hostSamples.filter((s) => s.hosts === h).map((s) => s.freezeMs),
+          0.5,
+        );
+    const lo = counts.find((h) => h >= 2);
+    const hi = counts[counts.length - 1];
+    if (lo !== undefined && hi > lo) {
+      lines.push(
+        '',
+        `With one host there is no cross-host barrier (the host resumes as soon as its VMs are snapshotted), so the`,
+        `barrier's growth is measured from ${lo} hosts: its share of the freeze goes from ${f2(share(lo))} to ${f2(share(hi))} at`,
+        `${hi} hosts (${f2(share(hi) / share(lo))}x; target less than 2x: ${share(hi) / share(lo) < 2 ? 'met' : 'missed'}). All simulated hosts share`,
+        "this machine's 2 cores with the dev server, so the absolute freeze at many hosts mostly measures CPU contention;",
+        'on real hosts each worker has its own machine.',
+      );
+    }
     lines.push('', '![freeze vs hosts](bench/freeze-vs-hosts.svg)', '');
     writeFileSync(
-      join(REPO_ROOT, 'bench', 'freeze-vs-hosts.svg'),
+      join(outRoot, 'bench', 'freeze-vs-hosts.svg'),
       lineChart('Freeze per VM vs simulated hosts (8 VMs each)', 'hosts', [
         {
           name: 'groupsnap',
@@ -232,4 +291,11 @@ export function renderReport(results: BenchResults, rawFile: string): string {
     );
   }
   return lines.join('\n') + '\n';
+}
+
+// `node dist/bench/report.js <results.json>` regenerates BENCHMARKS.md from saved samples.
+if (require.main === module) {
+  const file = process.argv[2];
+  const results = JSON.parse(readFileSync(file, 'utf8')) as BenchResults;
+  writeFileSync(join(REPO_ROOT, 'BENCHMARKS.md'), renderReport(results, relative(REPO_ROOT, resolve(file))));
 }

@@ -50,6 +50,20 @@ export async function hostsWithoutWorker(client: Client, hosts: string[]): Promi
 }
 
 /**
+ * Waits until a worker polls every host's task queue (e.g. right after starting workers).
+ * @throws Error naming the hosts still without a worker after `timeoutMs`.
+ */
+export async function waitForHostWorkers(client: Client, hosts: string[], timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const missing = await hostsWithoutWorker(client, hosts);
+    if (missing.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`no worker polls host ${missing.join(', ')} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
  * Validates the request, checks that every host has a worker, and starts a group snapshot workflow.
  * @throws BadInputError when the request is invalid or a host has no worker; nothing was started then.
  */

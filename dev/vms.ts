@@ -36,6 +36,8 @@ export interface VmFleetOptions {
   dir?: string;
   /** Extra devices XML for every VM (e.g. a guest agent channel). */
   extraDevices?: string;
+  /** GiB of data (a non-zero pattern, so clusters are allocated) to write into every disk. */
+  fillGiB?: number;
 }
 
 export interface FleetVm {
@@ -76,6 +78,15 @@ export class VmFleet {
             const target = `vd${String.fromCharCode(97 + d)}`;
             disks[target] = join(dir, `${name}-${target}.qcow2`);
             await createImage(disks[target], options.diskSize ?? '64M', d === 0);
+            // Past the boot sector, so the boot disk still halts.
+            if (options.fillGiB) {
+              // qemu-io writes at most 2 GiB per request.
+              const writes = Array.from({ length: options.fillGiB }, (_, g) => [
+                '-c',
+                `write -q -P 0xab ${g * 1024 + 1}M 1G`,
+              ]);
+              await run('qemu-io', ['-f', 'qcow2', ...writes.flat(), disks[target]]);
+            }
           }
           fleet.vms.push({ name, disks });
           const dom = await conn.defineXML(firmwareDomainXml(name, disks, virtType(), options.extraDevices));

@@ -134,6 +134,31 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
     expect(hostB.chain(off)).toHaveLength(2);
   });
 
+  it('resumes a VM whose pause call failed after taking effect, and leaves one paused by someone else alone', async () => {
+    const [lost, other] = [uniqueId('lost'), uniqueId('other')];
+    hostA.addVm(lost);
+    hostA.addVm(other);
+    // The pause takes effect but its reply is lost; the other VM is paused by its owner just before ours.
+    const dom = hostA.hypervisor.domains.get(lost)!;
+    hostA.hypervisor.failOn('suspend', lost, new Error('connection reset'));
+    const realSuspend = hostA.hypervisor.suspend.bind(hostA.hypervisor);
+    hostA.hypervisor.suspend = async (name: string) => {
+      if (name === lost) dom.state = 'paused';
+      if (name === other) hostA.hypervisor.domains.get(other)!.state = 'paused';
+      return realSuspend(name);
+    };
+    try {
+      const result = await snapshotGroup(client, { vms: vmsOn(hostA, [lost, other]) });
+      expect(result.status).toBe('failed');
+      expect(hostA.state(lost)).toBe('running');
+      expect(hostA.state(other)).toBe('paused');
+      expect(result.vms.find((v) => v.domain === lost)).toMatchObject({ pausedByUs: true, state: 'running' });
+      expect(result.vms.find((v) => v.domain === other)).toMatchObject({ pausedByUs: false });
+    } finally {
+      hostA.hypervisor.suspend = realSuspend;
+    }
+  });
+
   it('undoes a shut-off VM snapshot by pointing its disks back at their images', async () => {
     const [off, bad] = [uniqueId('off'), uniqueId('bad')];
     hostB.addVm(off, 'shutoff');

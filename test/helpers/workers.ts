@@ -5,7 +5,7 @@ import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporali
 import type { Hypervisor } from '../../hypervisor/hypervisor';
 import { createGroupsnapWorker, type GroupsnapWorker } from '../../worker/worker';
 import { Client, Connection } from '@temporalio/client';
-import { hostsWithoutWorker } from '../../client';
+import { waitForHostWorkers } from '../../client';
 import { testServerAddress } from './temporal';
 
 async function clientFor(address: string, namespace = 'default'): Promise<{ connection: Connection; client: Client }> {
@@ -60,18 +60,10 @@ export async function startHosts(
   // Return once every host's queue is polled, as a real deployment would be before snapshots are asked for.
   const { connection, client } = await clientFor(options.address ?? testServerAddress(), options.namespace);
   try {
-    const deadline = Date.now() + 30_000;
-    while (
-      (
-        await hostsWithoutWorker(
-          client,
-          hosts.map((h) => h.hostId),
-        )
-      ).length > 0
-    ) {
-      if (Date.now() > deadline) throw new Error('host workers not polling after 30 s');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitForHostWorkers(
+      client,
+      hosts.map((h) => h.hostId),
+    );
   } finally {
     await connection.close();
   }
