@@ -46,6 +46,8 @@ interface RoundResult {
   /** Per VM: host-measured freeze (pause issued to resume returned), ms. */
   freezeMs: Record<string, number>;
   endToEndMs: number;
+  /** Floor only: wall time of each phase across the group (evidence of where the freeze goes). */
+  phasesMs?: { pause: number; snapshot: number; resume: number };
 }
 
 /** QEMU-side cross-check: suspended -> resumed lifecycle events per VM, as they reach this process. */
@@ -137,9 +139,11 @@ class Bench {
         return d.suspend();
       }),
     );
+    const t1 = nowMs();
     await Promise.all(
       doms.map((d) => d.snapshotCreateXML(xml(d), libvirt.DISK_ONLY | libvirt.ATOMIC | libvirt.NO_METADATA)),
     );
+    const t2 = nowMs();
     await Promise.all(
       doms.map(async (d) => {
         await d.resume();
@@ -148,7 +152,11 @@ class Bench {
     );
     const endToEndMs = nowMs() - t0;
     for (const d of doms) d.free();
-    return { freezeMs: Object.fromEntries(vms.map((v) => [v, resumed[v] - paused[v]])), endToEndMs };
+    return {
+      freezeMs: Object.fromEntries(vms.map((v) => [v, resumed[v] - paused[v]])),
+      endToEndMs,
+      phasesMs: { pause: t1 - t0, snapshot: t2 - t1, resume: t0 + endToEndMs - t2 },
+    };
   }
 
   async naive(vms: string[]): Promise<RoundResult> {
@@ -195,6 +203,7 @@ class Bench {
           freezeMs: r.freezeMs[vm],
           qemuFreezeMs: this.events.freezes.get(vm),
           endToEndMs: r.endToEndMs,
+          ...(r.phasesMs ? { phasesMs: r.phasesMs } : {}),
         });
       }
       await this.reset(vms);

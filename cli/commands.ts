@@ -5,6 +5,7 @@ import { groupSnapshotProgress, groupSnapshotResult, startGroupSnapshot } from '
 import { defaults, temporalSettings, type TemporalOverrides } from '../common/config';
 import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
 import { BadInputError } from '../common/validation';
+import { parseVmMetadata } from '../activities/catalog';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { claimGuardPidFile, ensureGuard, runGuard, runningGuardPid } from '../worker/guard';
 import { createGroupsnapWorker } from '../worker/worker';
@@ -134,5 +135,27 @@ export async function snapshotCommand(input: GroupSnapshotInput, opts: SnapshotC
     return result.status === 'completed' ? EXIT.ok : EXIT.failed;
   } finally {
     await connection.close();
+  }
+}
+
+/**
+ * `groupsnap catalog <domain>`: the group snapshots recorded on a VM, read from its libvirt metadata on this host,
+ * without Temporal (the catalog outlives workflow history retention).
+ */
+export async function catalogCommand(domain: string, opts: { libvirtUri?: string; json?: boolean }): Promise<void> {
+  const hypervisor = await LibvirtHypervisor.open(opts.libvirtUri ?? defaults.libvirtUri());
+  try {
+    const { snapshots } = parseVmMetadata(await hypervisor.getMetadata(domain));
+    if (opts.json) {
+      console.log(JSON.stringify(snapshots, null, 2));
+      return;
+    }
+    if (snapshots.length === 0) console.log(`${domain}: no group snapshots recorded`);
+    for (const s of snapshots) {
+      console.log(`${s.snapshotId}  group ${s.group}${s.label ? ` (${s.label})` : ''}  taken ${s.createdAt}`);
+      for (const d of s.disks) console.log(`  ${d.target}: ${d.image}`);
+    }
+  } finally {
+    await hypervisor.close();
   }
 }

@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import { defaults } from '../common/config';
 import { DEFAULT_MAX_FREEZE_MS } from '../common/names';
 import type { VmRef } from '../common/types';
-import { guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
+import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
 import { demoCommand } from './demo';
 import { collect, parseInteger, parseQuiesce, parseVmRef } from './parse';
 
@@ -78,6 +78,14 @@ temporalOptions(
     );
   },
 );
+
+program
+  .command('catalog')
+  .description('list the group snapshots recorded on a VM of this host (read from libvirt, no Temporal needed)')
+  .argument('<domain>', 'libvirt domain name')
+  .option('--libvirt-uri <uri>', 'libvirt URI (default: GROUPSNAP_LIBVIRT_URI or qemu:///system)')
+  .option('--json', 'print JSON')
+  .action(catalogCommand);
 
 program
   .command('demo')

@@ -1,7 +1,9 @@
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { groupSnapshotResult, snapshotGroup, startGroupSnapshot } from '../client';
 import { parseVmMetadata } from '../activities/catalog';
@@ -14,7 +16,7 @@ import { runningGuardPid } from '../worker/guard';
 import { failingSnapshots } from './helpers/failing-hypervisor';
 import { FakeHost } from './helpers/fake-hosts';
 import { connectTestClient, uniqueId } from './helpers/temporal';
-import { WorkerProcess } from './helpers/worker-process';
+import { CLI, WorkerProcess } from './helpers/worker-process';
 import { startHosts, type RunningHosts } from './helpers/workers';
 
 /** The saga on real libvirtd + QEMU VMs (firmware-only guests, 2 qcow2 disks each) and a real Temporal server. */
@@ -82,6 +84,13 @@ describe('group snapshot saga on real VMs', () => {
       expect(meta.snapshots.find((s) => s.snapshotId === result.snapshotId)!.disks).toEqual(vm.disks);
     }
     expect(result.groupFreezeMs).toBeGreaterThan(0);
+    // The catalog is readable on the host without Temporal.
+    const { stdout } = await promisify(execFile)(process.execPath, [CLI, 'catalog', v3, '--json']);
+    expect(JSON.parse(stdout)).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ snapshotId: result.snapshotId, group: 'real', disks: result.vms[2].disks }),
+      ]),
+    );
   });
 
   it("resumes every VM and restores every chain when one VM's snapshot fails", async () => {
