@@ -7,6 +7,15 @@ import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
 import { freePort } from './free-port';
 import { temporalCliPath } from './tools';
 
+const WATCHDOG = `
+parent=$1; shift
+"$@" & server=$!
+trap 'kill -TERM $server 2>/dev/null; wait $server; exit $?' TERM INT
+while kill -0 "$parent" 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1 & wait $!; done
+kill -TERM $server 2>/dev/null
+wait $server
+`;
+
 export interface DevServerOptions {
   /** Serve the Web UI. @default false */
   ui?: boolean;
@@ -71,7 +80,11 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
       `${name}=${type}`,
     ]),
   ];
-  const child = spawn(cli, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  // The server runs under a small shell watchdog that stops it when this process dies without calling stop()
+  // (a killed test run must not leave servers behind); stop() signals the watchdog, which stops the server.
+  const child = spawn('bash', ['-c', WATCHDOG, 'temporal-dev-server', String(process.pid), cli, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-8192);

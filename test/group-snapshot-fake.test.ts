@@ -246,10 +246,20 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
     expect(hostA.chain(shared)).toHaveLength(4);
   });
 
-  it('compensates when the workflow is cancelled mid-freeze', async () => {
-    const slow = new FakeHost(uniqueId('slow'), { latencyMs: { snapshot: 1500 } });
+  /** Runs `fn` with an extra fake host whose snapshots take `snapshotMs`, holding the cross-host barrier. */
+  async function withSlowHost(snapshotMs: number, fn: (slow: FakeHost, extra: RunningHosts) => Promise<void>) {
+    const slow = new FakeHost(uniqueId('slow'), { latencyMs: { snapshot: snapshotMs } });
     const extra = await startHosts([slow], { workflows: false });
     try {
+      await fn(slow, extra);
+    } finally {
+      await extra.stop();
+      slow.cleanup();
+    }
+  }
+
+  it('compensates when the workflow is cancelled mid-freeze', async () => {
+    await withSlowHost(1500, async (slow) => {
       const [a1, s1] = [uniqueId('a1'), uniqueId('s1')];
       hostA.addVm(a1);
       slow.addVm(s1);
@@ -263,16 +273,11 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
       expect(hostA.chain(a1)).toHaveLength(1);
       expect(slow.chain(s1)).toHaveLength(1);
       await maybeRecordHistory(client, handle.workflowId, 'cancelled-mid-freeze');
-    } finally {
-      await extra.stop();
-      slow.cleanup();
-    }
+    });
   });
 
   it('fails and compensates when the freeze deadline passes, resuming VMs by the deadline', async () => {
-    const slow = new FakeHost(uniqueId('slow'), { latencyMs: { snapshot: 1200 } });
-    const extra = await startHosts([slow], { workflows: false });
-    try {
+    await withSlowHost(1200, async (slow, extra) => {
       const [a1, s1] = [uniqueId('a1'), uniqueId('s1')];
       hostA.addVm(a1);
       slow.addVm(s1);
@@ -294,10 +299,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
         }
       }
       await maybeRecordHistory(client, result.workflowId, 'failed-deadline');
-    } finally {
-      await extra.stop();
-      slow.cleanup();
-    }
+    });
   });
 });
 
