@@ -2,6 +2,7 @@ import { existsSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
+import { HOST_FROZEN_UPDATE } from '../common/names';
 import { BAD_INPUT } from '../common/validation';
 import type { DiskSnapshot, QuiesceMode, VmPowerState } from '../common/types';
 import { DomainNotFoundError, GuestAgentUnavailableError, InvalidStateError } from '../hypervisor/errors';
@@ -45,8 +46,14 @@ export interface FreezeRequest {
   snapshotId: string;
   vms: PlannedVm[];
   maxFreezeMs: number;
-  /** Resume right after the snapshots (the group lives on this host alone, so the barrier is local). */
-  resumeAfter: boolean;
+  /**
+   * When the VMs may resume: `local`, right after this host's snapshots (the group lives on this host alone);
+   * `barrier`, once the workflow releases the group, i.e. every host has reported its snapshots through the
+   * workflow's `hostFrozen` update.
+   */
+  release: 'local' | 'barrier';
+  /** This host's id, as the workflow's barrier counts hosts. */
+  host: string;
   quiesce: QuiesceMode;
 }
 
@@ -301,9 +308,26 @@ export function createHost(deps: HostActivityDeps) {
   }
 
   /**
+   * Waits for the workflow to release the group (every host snapshotted), at most until the earliest freeze
+   * deadline of this host's VMs. Resolves true on release, false when the workflow aborted the cut.
+   */
+  async function waitForRelease(req: FreezeRequest, reports: FreezeVmReport[]): Promise<boolean> {
+    const ctx = Context.current();
+    const starts = reports.map((r) => r.pausedAtMs).filter((t): t is number => t !== undefined);
+    const deadline = (starts.length ? Math.min(...starts) : Date.now()) + req.maxFreezeMs;
+    const workflow = ctx.info.workflowExecution;
+    if (!workflow) throw new Error('the cross-host barrier needs the activity to run for a workflow');
+    const handle = ctx.client.workflow.getHandle(workflow.workflowId);
+    return ctx.client.withDeadline(deadline, () =>
+      handle.executeUpdate<boolean, [string]>(HOST_FROZEN_UPDATE, { args: [req.host] }),
+    );
+  }
+
+  /**
    * The freeze window on this host: quiesce (optional), pause every running VM in parallel, take each VM's
-   * atomic disk-only snapshot, and, when `resumeAfter`, resume. On any failure it resumes the VMs it paused
-   * at once and reports which snapshots were taken, for the workflow to undo.
+   * atomic disk-only snapshot, wait for the release (at once for a one-host group, else the workflow's
+   * cross-host barrier), and resume. On any failure it resumes at once and reports which snapshots were taken,
+   * for the workflow to undo.
    */
   async function freeze(req: FreezeRequest): Promise<FreezeVmReport[]> {
     const reports: FreezeVmReport[] = req.vms.map((vm) => ({
@@ -363,12 +387,19 @@ export function createHost(deps: HostActivityDeps) {
         r.error ??= `freeze deadline of ${req.maxFreezeMs} ms passed before the snapshot completed`;
       }
     }
-    if (req.resumeAfter || failed()) {
-      await resumeOurs(req.snapshotId, reports);
-      await thawFilesystems(quiesced());
-      // Outside the freeze window: the state each VM is left in, for the result.
-      await Promise.all(reports.map(async (r) => (r.state = await hypervisor.state(r.domain).catch(() => undefined))));
+    if (req.release === 'barrier' && !failed()) {
+      try {
+        // Not released (another host failed, the workflow was cancelled or hit its deadline): the workflow
+        // knows why and compensates; these VMs resume all the same.
+        await waitForRelease(req, reports);
+      } catch (err) {
+        for (const r of reports) r.error ??= `the group was not released: ${message(err)}`;
+      }
     }
+    await resumeOurs(req.snapshotId, reports);
+    await thawFilesystems(quiesced());
+    // Outside the freeze window: the state each VM is left in, for the result.
+    await Promise.all(reports.map(async (r) => (r.state = await hypervisor.state(r.domain).catch(() => undefined))));
     log('freeze', { snapshotId: req.snapshotId, host: deps.hostId, reports });
     return reports;
   }

@@ -20,3 +20,6 @@ export const METADATA_KEY = 'groupsnap';
 export const DEFAULT_MAX_FREEZE_MS = 5_000;
 /** The host guard resumes a VM at most this long after its freeze deadline. */
 export const GUARD_GRACE_MS = 1_000;
+
+/** Update through which each host's freeze reports its snapshots and waits for the group to be released. */
+export const HOST_FROZEN_UPDATE = 'hostFrozen';

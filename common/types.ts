@@ -83,7 +83,7 @@ export interface GroupSnapshotResult {
   error?: string;
 }
 
-export type SnapshotPhase = 'planning' | 'locking' | 'freezing' | 'thawing' | 'cataloguing' | 'compensating' | 'done';
+export type SnapshotPhase = 'planning' | 'locking' | 'freezing' | 'cataloguing' | 'compensating' | 'done';
 
 export interface SnapshotProgress {
   phase: SnapshotPhase;

@@ -3,7 +3,9 @@ import {
   type ActivityOptions,
   ApplicationFailure,
   CancellationScope,
+  condition,
   defineQuery,
+  defineUpdate,
   isCancellation,
   log,
   proxyActivities,
@@ -14,7 +16,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { FreezeVmReport, HostActivities, PlannedVm, UndoVmReport } from '../activities/host-activities';
-import { hostTaskQueue } from '../common/names';
+import { HOST_FROZEN_UPDATE, hostTaskQueue } from '../common/names';
 import {
   GroupsnapGroup,
   GroupsnapMaxFreezeMs,
@@ -34,6 +36,12 @@ import { BAD_INPUT, BadInputError, normalizeSnapshotInput } from '../common/vali
 export const SNAPSHOT_FAILED = 'GroupSnapshotFailed';
 
 export const progressQuery = defineQuery<SnapshotProgress>('progress');
+
+/**
+ * The cross-host barrier: each host's freeze, once its VMs are paused and snapshotted, calls this update and waits
+ * in it; all calls return together, `true` when every host has reported (release) or `false` (abort).
+ */
+export const hostFrozenUpdate = defineUpdate<boolean, [string]>(HOST_FROZEN_UPDATE);
 
 /** How long a run holds its VM leases; they expire by themselves if the run dies. */
 const LOCK_TTL_MS = 15 * 60_000;
@@ -125,6 +133,22 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     vms: input.vms.map((v) => ({ ...v, state: 'pending' })),
   };
   setHandler(progressQuery, () => progress);
+
+  let barrier: 'waiting' | 'release' | 'abort' = 'waiting';
+  const frozenHosts = new Set<string>();
+  setHandler(
+    hostFrozenUpdate,
+    async (h) => {
+      frozenHosts.add(h);
+      await condition(() => barrier !== 'waiting');
+      return barrier === 'release';
+    },
+    {
+      validator: (h) => {
+        if (!hosts.includes(h)) throw new Error(`host ${h} is not part of this snapshot`);
+      },
+    },
+  );
   const setPhase = (phase: SnapshotPhase) => {
     progress.phase = phase;
     log.info('group snapshot phase', { snapshotId, phase });
@@ -284,8 +308,16 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     const freezes = hosts.map((h) =>
       host(h)
         .freeze(maxFreezeMs)
-        .freezeVms({ snapshotId, vms: plans.get(h)!, maxFreezeMs, resumeAfter: singleHost, quiesce })
+        .freezeVms({
+          snapshotId,
+          vms: plans.get(h)!,
+          maxFreezeMs,
+          release: singleHost ? 'local' : 'barrier',
+          host: h,
+          quiesce,
+        })
         .then((reports) => {
+          if (reports.some((r) => r.error)) barrier = 'abort';
           freezeReports.set(h, reports);
           for (const r of reports) {
             const vm = vmResult(h, r.domain);
@@ -301,18 +333,30 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
             applyResume(h, r);
           }
           return reports;
+        })
+        .catch((err) => {
+          barrier = 'abort';
+          throw err;
         }),
     );
     freezesSettled = Promise.allSettled(freezes);
     const allFrozen = CancellationScope.nonCancellable(() => Promise.all(freezes));
+    // Awaited below on the success path; failures are also seen through freezesSettled by compensation.
+    allFrozen.catch(() => undefined);
     const deadline = sleep(maxFreezeMs).then(() => 'deadline' as const);
-    const first = await Promise.race([allFrozen, deadline]);
+    // 4. The cross-host barrier: release once every host has reported its snapshots (one-host groups resume on
+    // their host). Hosts resume as soon as the release reaches them; their freeze activities then complete.
+    const everyHostFrozen = condition(() => frozenHosts.size === hosts.length || barrier === 'abort');
+    const first = await Promise.race([singleHost ? allFrozen : everyHostFrozen, deadline]);
     if (first === 'deadline') {
+      barrier = 'abort';
       throw ApplicationFailure.nonRetryable(
         `freeze deadline of ${maxFreezeMs} ms passed before every VM was snapshotted`,
         'FreezeDeadline',
       );
     }
+    if (barrier === 'waiting') barrier = 'release';
+    await allFrozen;
     const failures = vmResults.filter((v) => v.error);
     if (failures.length > 0) {
       throw ApplicationFailure.nonRetryable(
@@ -324,11 +368,6 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     const cutMs = Math.max(...[...freezeReports.values()].flat().map((r) => r.snapshottedAtMs ?? 0));
     createdAt = new Date(cutMs).toISOString();
 
-    // 4. The cross-host barrier is passed: resume everywhere.
-    if (!singleHost) {
-      setPhase('thawing');
-      await CancellationScope.nonCancellable(() => thawAll(freezeStartedOn));
-    }
     for (const v of vmResults) if (v.pausedByUs) markVm(v.host, v.domain, 'resumed');
     const brokenCut = vmResults.filter((v) => v.resumedByGuard);
     if (brokenCut.length > 0) {
@@ -340,7 +379,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     // A cancellation that arrived during the window is honoured now, with compensation.
     if (CancellationScope.current().consideredCancelled) await CancellationScope.current().cancelRequested;
 
-    // 5. Catalog on each VM and beside its images.
+    // 5. Catalog on each VM and beside its images (after the VMs run again).
     setPhase('cataloguing');
     await Promise.all(
       hosts.map((h) =>
@@ -354,6 +393,8 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     setPhase('done');
     return result('completed');
   } catch (err) {
+    // Hosts waiting at the barrier resume now; compensation then undoes their snapshots.
+    barrier = 'abort';
     if (isBadInput(err)) throw err;
     setPhase('compensating');
     await CancellationScope.nonCancellable(() => compensate());
