@@ -49,9 +49,10 @@ export interface FreezeRequest {
   /**
    * When the VMs may resume: `local`, right after this host's snapshots (the group lives on this host alone);
    * `barrier`, once the workflow releases the group, i.e. every host has reported its snapshots through the
-   * workflow's `hostFrozen` update.
+   * workflow's `hostFrozen` update; `thaw`, not in this activity: they stay paused (under their deadline) until
+   * the workflow's `thawVms` (for groups over more hosts than the server lets updates wait at once).
    */
-  release: 'local' | 'barrier';
+  release: 'local' | 'barrier' | 'thaw';
   /** This host's id, as the workflow's barrier counts hosts. */
   host: string;
   quiesce: QuiesceMode;
@@ -396,10 +397,12 @@ export function createHost(deps: HostActivityDeps) {
         for (const r of reports) r.error ??= `the group was not released: ${message(err)}`;
       }
     }
-    await resumeOurs(req.snapshotId, reports);
-    await thawFilesystems(quiesced());
-    // Outside the freeze window: the state each VM is left in, for the result.
-    await Promise.all(reports.map(async (r) => (r.state = await hypervisor.state(r.domain).catch(() => undefined))));
+    if (req.release !== 'thaw' || failed()) {
+      await resumeOurs(req.snapshotId, reports);
+      await thawFilesystems(quiesced());
+      // Outside the freeze window: the state each VM is left in, for the result.
+      await Promise.all(reports.map(async (r) => (r.state = await hypervisor.state(r.domain).catch(() => undefined))));
+    }
     log('freeze', { snapshotId: req.snapshotId, host: deps.hostId, reports });
     return reports;
   }

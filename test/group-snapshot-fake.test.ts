@@ -7,6 +7,7 @@ import { connectTestClient, uniqueId } from './helpers/temporal';
 import { FakeHost } from './helpers/fake-hosts';
 import { startHosts, type RunningHosts } from './helpers/workers';
 import { maybeRecordHistory } from './helpers/histories';
+import { UPDATE_BARRIER_MAX_HOSTS } from '../workflows/group-snapshot';
 
 /**
  * The saga against a real Temporal server, with in-memory hypervisors standing in for two hosts: fast, and able
@@ -156,6 +157,29 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
       expect(result.vms.find((v) => v.domain === other)).toMatchObject({ pausedByUs: false });
     } finally {
       hostA.hypervisor.suspend = realSuspend;
+    }
+  });
+
+  it(`releases a group over more than ${UPDATE_BARRIER_MAX_HOSTS} hosts through thaw activities`, async () => {
+    const many = Array.from({ length: UPDATE_BARRIER_MAX_HOSTS + 1 }, (_, i) => new FakeHost(uniqueId(`m${i}`)));
+    const extra = await startHosts(many, { workflows: false });
+    try {
+      const vms = many.map((h) => {
+        const vm = uniqueId('vm');
+        h.addVm(vm);
+        return { domain: vm, host: h.hostId };
+      });
+      const result = await snapshotGroup(client, { vms });
+      expect(result.status).toBe('completed');
+      for (const [i, h] of many.entries()) {
+        expect(h.state(vms[i].domain)).toBe('running');
+        expect(h.chain(vms[i].domain)).toHaveLength(2);
+        expect(h.hypervisor.calls.filter((c) => c.startsWith('resume:'))).toHaveLength(1);
+      }
+      expect(result.vms.every((v) => v.freezeMs! > 0 && v.state === 'running')).toBe(true);
+    } finally {
+      await extra.stop();
+      for (const h of many) h.cleanup();
     }
   });
 

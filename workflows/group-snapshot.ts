@@ -43,6 +43,13 @@ export const progressQuery = defineQuery<SnapshotProgress>('progress');
  */
 export const hostFrozenUpdate = defineUpdate<boolean, [string]>(HOST_FROZEN_UPDATE);
 
+/**
+ * Largest group (in hosts) released through the `hostFrozen` update barrier. Each host waits inside an update,
+ * and Temporal caps the updates in flight per workflow (`history.maxInFlightUpdates`, 10 by default); larger
+ * groups are released by `thawVms` activities instead, one more round trip.
+ */
+export const UPDATE_BARRIER_MAX_HOSTS = 8;
+
 /** How long a run holds its VM leases; they expire by themselves if the run dies. */
 const LOCK_TTL_MS = 15 * 60_000;
 
@@ -304,6 +311,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     // 3. The freeze window: pause + snapshot on every host; resume at once when the group has one host.
     setPhase('freezing');
     const singleHost = hosts.length === 1;
+    const release = singleHost ? 'local' : hosts.length <= UPDATE_BARRIER_MAX_HOSTS ? 'barrier' : 'thaw';
     freezeStartedOn = hosts;
     const freezes = hosts.map((h) =>
       host(h)
@@ -312,7 +320,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
           snapshotId,
           vms: plans.get(h)!,
           maxFreezeMs,
-          release: singleHost ? 'local' : 'barrier',
+          release,
           host: h,
           quiesce,
         })
@@ -344,10 +352,12 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     // Awaited below on the success path; failures are also seen through freezesSettled by compensation.
     allFrozen.catch(() => undefined);
     const deadline = sleep(maxFreezeMs).then(() => 'deadline' as const);
-    // 4. The cross-host barrier: release once every host has reported its snapshots (one-host groups resume on
-    // their host). Hosts resume as soon as the release reaches them; their freeze activities then complete.
-    const everyHostFrozen = condition(() => frozenHosts.size === hosts.length || barrier === 'abort');
-    const first = await Promise.race([singleHost ? allFrozen : everyHostFrozen, deadline]);
+    // 4. The cross-host barrier: release once every host has reported its snapshots. One-host groups resume on
+    // their host; with the update barrier, hosts resume as soon as the release reaches them and their freeze
+    // activities then complete; otherwise the VMs are resumed by thawVms below.
+    const barrierPassed =
+      release === 'barrier' ? condition(() => frozenHosts.size === hosts.length || barrier === 'abort') : allFrozen;
+    const first = await Promise.race([barrierPassed, deadline]);
     if (first === 'deadline') {
       barrier = 'abort';
       throw ApplicationFailure.nonRetryable(
@@ -364,6 +374,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
         'FreezeFailed',
       );
     }
+    if (release === 'thaw') await CancellationScope.nonCancellable(() => thawAll(freezeStartedOn));
     // The cut: when the last VM's snapshot completed, on its host's clock.
     const cutMs = Math.max(...[...freezeReports.values()].flat().map((r) => r.snapshottedAtMs ?? 0));
     createdAt = new Date(cutMs).toISOString();
