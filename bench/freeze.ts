@@ -275,15 +275,24 @@ async function simulatedHosts(
     }
     try {
       await waitForHostWorkers(client, [...new Set(vms.map((v) => v.host))], 120_000);
-      for (let round = 0; round < rounds; round++) {
+      // Both barriers, interleaved: the update barrier for every size (the bench's server allows 1000 updates in
+      // flight), and thaw activities (what groups over updateBarrierMaxHosts get).
+      for (let n = 0; n < rounds * 2; n++) {
+        const round = Math.floor(n / 2);
+        const barrier = (n + round) % 2 === 0 ? 'update' : 'thaw';
         const t0 = nowMs();
-        const result = await snapshotGroup(client, { group: 'sim', vms });
+        const result = await snapshotGroup(client, {
+          group: 'sim',
+          vms,
+          updateBarrierMaxHosts: barrier === 'update' ? 1000 : 0,
+        });
         const endToEndMs = nowMs() - t0;
         if (result.status !== 'completed') throw new Error(`simulated snapshot failed: ${result.error}`);
         for (const v of result.vms) {
           samples.push({
             config: 'hosts',
             hosts: hostsCount,
+            barrier,
             contender: 'groupsnap',
             round,
             vm: `${v.domain}@${v.host}`,
@@ -319,7 +328,8 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
   };
   console.error(`machine: ${JSON.stringify(machine)}`);
-  const server = await startDevServer();
+  // Lets the simulated-host runs use the update barrier at every group size.
+  const server = await startDevServer({ dynamicConfig: { 'history.maxInFlightUpdates': 1000 } });
   const connection = await Connection.connect({ address: server.address });
   const client = new Client({ connection });
   const fleet = await VmFleet.create({ prefix: 'gs-bench', count: Math.max(...sizes) });
@@ -329,6 +339,7 @@ async function main(): Promise<void> {
   const hostId = 'bench-host';
   const worker = await hostWorker(server, hostId, hypervisor, stateDir, true);
   const running = worker.run();
+  await waitForHostWorkers(client, [hostId]);
   const bench = new Bench(fleet, client, hostId);
   await bench.init();
   try {

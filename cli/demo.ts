@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { snapshotGroup } from '../client';
+import { snapshotGroup, waitForHostWorkers } from '../client';
 import { defaults } from '../common/config';
 import { freePort } from '../dev/free-port';
 import { startDevServer } from '../dev/temporal-dev-server';
@@ -43,7 +43,7 @@ export async function demoCommand(opts: { vms: number; keep?: boolean }): Promis
   let running: Promise<void> | undefined;
   try {
     console.log(`Temporal UI: ${server.uiUrl}`);
-    console.log(`Creating ${opts.vms} demo VMs (firmware-only, 2 qcow2 disks each, ${virtType()}) ...`);
+    console.log(`Creating ${opts.vms} demo VMs (no OS, 2 qcow2 disks each, ${virtType()}) ...`);
     fleet = await VmFleet.create({ prefix: 'groupsnap-demo', count: opts.vms, uri: libvirtUri });
     hypervisor = await LibvirtHypervisor.open(libvirtUri);
     ensureGuard(stateDir, libvirtUri, process.argv[1]);
@@ -60,6 +60,7 @@ export async function demoCommand(opts: { vms: number; keep?: boolean }): Promis
     try {
       const client = new Client({ connection });
       console.log(`Taking a group snapshot of ${fleet.names.join(', ')} on host ${hostId} ...`);
+      await waitForHostWorkers(client, [hostId]);
       const result = await snapshotGroup(client, {
         group: 'demo',
         vms: fleet.names.map((domain) => ({ domain, host: hostId })),

@@ -52,6 +52,11 @@ temporalOptions(
         .argParser(parseQuiesce)
         .default('none'),
     )
+    .option(
+      '--update-barrier-max-hosts <n>',
+      "largest group (hosts) released through the workflow's update barrier; keep under the server's history.maxInFlightUpdates",
+      parseInteger,
+    )
     .option('--json', 'print one JSON result object'),
 ).action(
   async (opts: {
@@ -61,6 +66,7 @@ temporalOptions(
     snapshotId?: string;
     maxFreeze: number;
     quiesce: 'none';
+    updateBarrierMaxHosts?: number;
     json?: boolean;
     address?: string;
     namespace?: string;
@@ -73,6 +79,7 @@ temporalOptions(
         snapshotId: opts.snapshotId,
         maxFreezeMs: opts.maxFreeze,
         quiesce: opts.quiesce,
+        updateBarrierMaxHosts: opts.updateBarrierMaxHosts,
       },
       opts,
     );

@@ -23,3 +23,6 @@ export const GUARD_GRACE_MS = 1_000;
 
 /** Update through which each host's freeze reports its snapshots and waits for the group to be released. */
 export const HOST_FROZEN_UPDATE = 'hostFrozen';
+
+/** Default of `updateBarrierMaxHosts`: under Temporal's default of 10 updates in flight per workflow. */
+export const DEFAULT_UPDATE_BARRIER_MAX_HOSTS = 8;

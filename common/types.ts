@@ -21,6 +21,12 @@ export interface GroupSnapshotInput {
   maxFreezeMs?: number;
   /** @default 'none' */
   quiesce?: QuiesceMode;
+  /**
+   * Largest group, in hosts, released through the workflow's `hostFrozen` update barrier; larger groups are
+   * released by `thawVms` activities (one more round trip). Keep it below the server's
+   * `history.maxInFlightUpdates` (10 by default). @default 8
+   */
+  updateBarrierMaxHosts?: number;
 }
 
 export type VmPowerState = 'running' | 'paused' | 'shutoff' | 'other';

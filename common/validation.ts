@@ -1,5 +1,5 @@
 import { ApplicationFailure } from '@temporalio/common';
-import { DEFAULT_MAX_FREEZE_MS } from './names';
+import { DEFAULT_MAX_FREEZE_MS, DEFAULT_UPDATE_BARRIER_MAX_HOSTS } from './names';
 import { QUIESCE_MODES, type GroupSnapshotInput, type QuiesceMode, type VmRef } from './types';
 
 /** Failure type of every bad-input error: never retried, reported with exit code 2 by the CLI. */
@@ -43,6 +43,7 @@ export interface NormalizedSnapshotInput {
   snapshotId?: string;
   maxFreezeMs: number;
   quiesce: QuiesceMode;
+  updateBarrierMaxHosts: number;
 }
 
 /**
@@ -84,6 +85,10 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
   const quiesce = input.quiesce ?? 'none';
   if (!QUIESCE_MODES.includes(quiesce))
     problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${quiesce}`);
+  const updateBarrierMaxHosts = input.updateBarrierMaxHosts ?? DEFAULT_UPDATE_BARRIER_MAX_HOSTS;
+  if (!Number.isInteger(updateBarrierMaxHosts) || updateBarrierMaxHosts < 0 || updateBarrierMaxHosts > 10_000) {
+    problems.push(`update barrier max hosts must be an integer from 0 to 10000, got ${updateBarrierMaxHosts}`);
+  }
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   return {
     group,
@@ -92,5 +97,6 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
     ...(input.snapshotId !== undefined ? { snapshotId: input.snapshotId } : {}),
     maxFreezeMs,
     quiesce,
+    updateBarrierMaxHosts,
   };
 }

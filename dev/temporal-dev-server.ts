@@ -29,6 +29,8 @@ export interface DevServerOptions {
   dbFilename?: string;
   /** How long to wait for the server to answer health checks. @default 60000 */
   startTimeoutMs?: number;
+  /** Extra dynamic config values, e.g. `{ 'history.maxInFlightUpdates': 100 }`. */
+  dynamicConfig?: Record<string, unknown>;
   /** Register groupsnap's search attributes at start. @default true */
   searchAttributes?: boolean;
   /** Server log level. @default 'warn' */
@@ -73,6 +75,10 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
     'synchronous=OFF',
     '--dynamic-config-value',
     'system.enableActivityEagerExecution=true',
+    ...Object.entries(options.dynamicConfig ?? {}).flatMap(([k, v]) => [
+      '--dynamic-config-value',
+      `${k}=${JSON.stringify(v)}`,
+    ]),
     ...(uiPort ? ['--ui-port', String(uiPort)] : ['--headless']),
     ...(options.namespaces ?? []).flatMap((ns) => ['--namespace', ns]),
     ...(options.searchAttributes === false ? [] : Object.entries(SEARCH_ATTRIBUTES)).flatMap(([name, type]) => [

@@ -7,7 +7,7 @@ import { connectTestClient, uniqueId } from './helpers/temporal';
 import { FakeHost } from './helpers/fake-hosts';
 import { startHosts, type RunningHosts } from './helpers/workers';
 import { maybeRecordHistory } from './helpers/histories';
-import { UPDATE_BARRIER_MAX_HOSTS } from '../workflows/group-snapshot';
+import { DEFAULT_UPDATE_BARRIER_MAX_HOSTS as UPDATE_BARRIER_MAX_HOSTS } from '../common/names';
 
 /**
  * The saga against a real Temporal server, with in-memory hypervisors standing in for two hosts: fast, and able

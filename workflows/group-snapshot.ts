@@ -43,13 +43,6 @@ export const progressQuery = defineQuery<SnapshotProgress>('progress');
  */
 export const hostFrozenUpdate = defineUpdate<boolean, [string]>(HOST_FROZEN_UPDATE);
 
-/**
- * Largest group (in hosts) released through the `hostFrozen` update barrier. Each host waits inside an update,
- * and Temporal caps the updates in flight per workflow (`history.maxInFlightUpdates`, 10 by default); larger
- * groups are released by `thawVms` activities instead, one more round trip.
- */
-export const UPDATE_BARRIER_MAX_HOSTS = 8;
-
 /** How long a run holds its VM leases; they expire by themselves if the run dies. */
 const LOCK_TTL_MS = 15 * 60_000;
 
@@ -311,7 +304,9 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     // 3. The freeze window: pause + snapshot on every host; resume at once when the group has one host.
     setPhase('freezing');
     const singleHost = hosts.length === 1;
-    const release = singleHost ? 'local' : hosts.length <= UPDATE_BARRIER_MAX_HOSTS ? 'barrier' : 'thaw';
+    // Each host waits inside an update, and Temporal caps the updates in flight per workflow: larger groups are
+    // released by thawVms activities instead.
+    const release = singleHost ? 'local' : hosts.length <= input.updateBarrierMaxHosts ? 'barrier' : 'thaw';
     freezeStartedOn = hosts;
     const freezes = hosts.map((h) =>
       host(h)
