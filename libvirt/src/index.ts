@@ -2,7 +2,7 @@
  * Node.js binding over the libvirt C API for groupsnap: domains, disk-only snapshots, block commit, metadata,
  * guest agent and lifecycle events. Every blocking call runs on the addon's own thread pool and returns a Promise.
  */
-import { native } from './native';
+import { native, type NativePoolStats } from './native';
 
 export { open, Connection } from './connection';
 export type { OpenOptions, DomainSummary, LifecycleEvent, LifecycleListener } from './connection';
@@ -23,19 +23,7 @@ export {
 } from './errors';
 export type { LibvirtErrorDetails } from './errors';
 
-export interface PoolStats {
-  /** Live pool threads. */
-  threads: number;
-  idle: number;
-  busy: number;
-  /** Most calls that ran at the same time since the last `resetPoolPeak()`. */
-  peakBusy: number;
-  /** Threads started since the process began. */
-  spawned: number;
-  queued: number;
-  maxThreads: number;
-  idleTimeoutMs: number;
-}
+export type PoolStats = NativePoolStats;
 
 /** Counters of the addon's thread pool, for diagnostics and tests. */
 export function poolStats(): PoolStats {

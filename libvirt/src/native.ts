@@ -65,11 +65,15 @@ export interface NativeDomain {
   fsThaw(mountpoints?: string[]): Promise<number>;
 }
 
+/** Counters of the addon's thread pool (exported as `PoolStats`). */
 export interface NativePoolStats {
+  /** Live pool threads. */
   threads: number;
   idle: number;
   busy: number;
+  /** Most calls that ran at the same time since the last `resetPoolPeak()`. */
   peakBusy: number;
+  /** Threads started since the process began. */
   spawned: number;
   queued: number;
   maxThreads: number;
