@@ -2,15 +2,49 @@
 import { Command, Option } from 'commander';
 import { defaults } from '../common/config';
 import { DEFAULT_MAX_FREEZE_MS } from '../common/names';
-import type { VmRef } from '../common/types';
+import type { QuiesceMode, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
 import { demoCommand } from './demo';
+import {
+  groupCreate,
+  groupDelete,
+  groupList,
+  groupShow,
+  hostForget,
+  hostList,
+  restoreCommand,
+  scheduleAction,
+  scheduleBackfill,
+  scheduleCreate,
+  scheduleList,
+  scheduleShow,
+  snapshotDelete,
+  snapshotGroupCommand,
+  snapshotList,
+  tagCommand,
+  type CommonOptions,
+} from './dr-commands';
 import { collect, parseInteger, parseQuiesce, parseVmRef } from './parse';
+import { BadInputError } from '../common/validation';
+
 
 const program = new Command('groupsnap')
   .description('Crash-consistent snapshots of groups of VMs, orchestrated by Temporal over libvirt')
   .showHelpAfterError()
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT.badInput));
+
+/** Wraps an action: bad input found before anything runs exits 2 with a clear message. */
+function act<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      if (!(err instanceof BadInputError)) throw err;
+      console.error(`groupsnap: ${err.message}`);
+      process.exitCode = EXIT.badInput;
+    }
+  };
+}
 
 const temporalOptions = (cmd: Command): Command =>
   cmd
@@ -34,16 +68,20 @@ program
   .requiredOption('--libvirt-uri <uri>')
   .action(guardCommand);
 
+const snapshot = program
+  .command('snapshot')
+  .description('take a group snapshot (of a named group, or of the VMs given with --vm), list or delete snapshots');
+
 temporalOptions(
-  program
-    .command('snapshot')
-    .description('take a crash-consistent snapshot of a group of VMs')
-    .requiredOption(
+  snapshot
+    .command('take [group]', { isDefault: true, hidden: true })
+    .description('take a crash-consistent snapshot of a named group, or of the VMs given with --vm')
+    .option(
       '--vm <domain[@host]>',
-      'a VM of the group (repeat); host defaults to this host',
+      'a VM of an ad hoc group (repeat); host defaults to this host',
       collect((v) => parseVmRef(v, defaults.hostId())),
     )
-    .option('--group <name>', 'group name used in ids and search attributes', 'adhoc')
+    .option('--group <name>', 'ad hoc group name used in ids and search attributes (with --vm)', 'adhoc')
     .option('--label <text>', 'label kept in the catalog (file-name safe)')
     .option('--snapshot-id <id>', 'snapshot id (default: generated)')
     .option('--max-freeze <ms>', 'longest time a VM may stay paused', parseInteger, DEFAULT_MAX_FREEZE_MS)
@@ -59,32 +97,176 @@ temporalOptions(
     )
     .option('--json', 'print one JSON result object'),
 ).action(
-  async (opts: {
-    vm: VmRef[];
-    group: string;
-    label?: string;
-    snapshotId?: string;
-    maxFreeze: number;
-    quiesce: 'none';
-    updateBarrierMaxHosts?: number;
-    json?: boolean;
-    address?: string;
-    namespace?: string;
-  }) => {
-    process.exitCode = await snapshotCommand(
-      {
-        vms: opts.vm,
-        group: opts.group,
-        label: opts.label,
-        snapshotId: opts.snapshotId,
-        maxFreezeMs: opts.maxFreeze,
-        quiesce: opts.quiesce,
-        updateBarrierMaxHosts: opts.updateBarrierMaxHosts,
+  act(
+    async (
+      group: string | undefined,
+      opts: {
+        vm?: VmRef[];
+        group: string;
+        label?: string;
+        snapshotId?: string;
+        maxFreeze: number;
+        quiesce: QuiesceMode;
+        updateBarrierMaxHosts?: number;
+        json?: boolean;
+        address?: string;
+        namespace?: string;
       },
-      opts,
-    );
-  },
+    ) => {
+      if (!opts.vm) {
+        if (!group) throw new BadInputError('give a group name, or the VMs of an ad hoc group with --vm');
+        await snapshotGroupCommand(
+          group,
+          { label: opts.label, snapshotId: opts.snapshotId, maxFreezeMs: opts.maxFreeze, quiesce: opts.quiesce },
+          opts,
+        );
+        return;
+      }
+      process.exitCode = await snapshotCommand(
+        {
+          vms: opts.vm,
+          group: group ?? opts.group,
+          label: opts.label,
+          snapshotId: opts.snapshotId,
+          maxFreezeMs: opts.maxFreeze,
+          quiesce: opts.quiesce,
+          updateBarrierMaxHosts: opts.updateBarrierMaxHosts,
+        },
+        opts,
+      );
+    },
+  ),
 );
+
+temporalOptions(
+  snapshot
+    .command('list')
+    .description("a group's snapshots, newest first, as recorded on its VMs")
+    .argument('<group>')
+    .option('--json', 'print JSON'),
+).action(act(snapshotList));
+
+temporalOptions(
+  snapshot
+    .command('delete')
+    .description('delete a group snapshot: merge its layers out of every VM chain online (block commit)')
+    .argument('<group>')
+    .argument('<snapshotId>')
+    .option('--json', 'print JSON'),
+).action(act(snapshotDelete));
+
+const group = program.command('group').description('software-defined groups of VMs');
+temporalOptions(
+  group
+    .command('create')
+    .description('define a group: an explicit list of VMs, or every VM carrying a tag')
+    .argument('<name>')
+    .option('--vm <domain@host>', 'a member VM (repeat)', collect((v) => parseVmRef(v, defaults.hostId())))
+    .option('--tag <tag>', 'members: every VM with this tag, on any registered host, at snapshot time')
+    .option('--description <text>')
+    .option('--json', 'print JSON'),
+).action(act(groupCreate));
+temporalOptions(group.command('list').description('list groups').option('--json', 'print JSON')).action(
+  act(groupList),
+);
+temporalOptions(
+  group.command('show').description('a group and its members now').argument('<name>').option('--json', 'print JSON'),
+).action(act(groupShow));
+temporalOptions(
+  group
+    .command('delete')
+    .description('delete a group definition (its snapshots stay)')
+    .argument('<name>')
+    .option('--with-schedule', "also delete the group's schedule")
+    .option('--json', 'print JSON'),
+).action(act(groupDelete));
+
+temporalOptions(
+  program
+    .command('tag')
+    .description("add tags to a VM (kept in the VM's libvirt metadata)")
+    .argument('<vm>', 'domain@host')
+    .argument('<tags...>')
+    .option('--json', 'print JSON'),
+).action(act((vm: string, tags: string[], opts: CommonOptions) => tagCommand(parseVmRef(vm, defaults.hostId()), tags, false, opts)));
+temporalOptions(
+  program
+    .command('untag')
+    .description('remove tags from a VM')
+    .argument('<vm>', 'domain@host')
+    .argument('<tags...>')
+    .option('--json', 'print JSON'),
+).action(act((vm: string, tags: string[], opts: CommonOptions) => tagCommand(parseVmRef(vm, defaults.hostId()), tags, true, opts)));
+
+const host = program.command('host').description('hypervisor hosts registered by their workers');
+temporalOptions(host.command('list').description('registered hosts').option('--json', 'print JSON')).action(
+  act(hostList),
+);
+temporalOptions(
+  host.command('forget').description('remove a decommissioned host').argument('<host>').option('--json', 'print JSON'),
+).action(act(hostForget));
+
+const schedule = program.command('schedule').description("a group's periodic snapshots (a Temporal Schedule)");
+temporalOptions(
+  schedule
+    .command('create')
+    .description('snapshot a group on a cron schedule, then apply retention')
+    .argument('<group>')
+    .requiredOption('--cron <expr>', 'cron expression, e.g. "0 * * * *"')
+    .option('--timezone <tz>', 'IANA time zone of the cron', 'UTC')
+    .option('--overlap <policy>', 'skip | buffer-one | buffer-all | cancel-other | terminate-other | allow-all', 'skip')
+    .option('--catchup <duration>', 'how late a missed run may still start, e.g. 10m', '1m')
+    .option('--jitter <duration>', 'random delay added to each run, e.g. 30s')
+    .option('--keep-last <n>', 'retention: keep the last n snapshots', parseInteger)
+    .option('--keep-hourly <n>', 'retention: keep one per hour for n hours', parseInteger)
+    .option('--keep-daily <n>', 'retention: keep one per day for n days', parseInteger)
+    .option('--keep-weekly <n>', 'retention: keep one per week for n weeks', parseInteger)
+    .option('--keep-monthly <n>', 'retention: keep one per month for n months', parseInteger)
+    .option('--label <text>', 'label of the scheduled snapshots')
+    .option('--max-freeze <ms>', 'longest time a VM may stay paused', parseInteger)
+    .option('--note <text>')
+    .option('--paused', 'create it paused')
+    .option('--json', 'print JSON'),
+).action(act((g: string, opts: Parameters<typeof scheduleCreate>[1] & { maxFreeze?: number }) =>
+  scheduleCreate(g, { ...opts, maxFreezeMs: opts.maxFreeze }),
+));
+temporalOptions(schedule.command('list').description('groupsnap schedules').option('--json', 'print JSON')).action(
+  act(scheduleList),
+);
+temporalOptions(
+  schedule.command('show').description('a schedule: spec, retention, next and recent runs').argument('<group>').option('--json', 'print JSON'),
+).action(act(scheduleShow));
+for (const action of ['pause', 'unpause', 'trigger', 'delete'] as const) {
+  const cmd = schedule.command(action).description(`${action} the group's schedule`).argument('<group>');
+  if (action === 'pause' || action === 'unpause') cmd.option('--note <text>', 'why');
+  temporalOptions(cmd.option('--json', 'print JSON')).action(
+    act((g: string, opts: CommonOptions & { note?: string }) => scheduleAction(action, g, opts)),
+  );
+}
+temporalOptions(
+  schedule
+    .command('backfill')
+    .description('take the runs the schedule would have taken in a past time range')
+    .argument('<group>')
+    .requiredOption('--start <time>', 'ISO time')
+    .requiredOption('--end <time>', 'ISO time')
+    .option('--overlap <policy>', 'overlap policy for the backfilled runs', 'allow-all')
+    .option('--json', 'print JSON'),
+).action(act(scheduleBackfill));
+
+temporalOptions(
+  program
+    .command('restore')
+    .description('restore a group to one of its snapshots, as clones or in place; all VMs or none')
+    .argument('<group>')
+    .argument('<snapshotId>')
+    .option('--as-clone', 'new VMs <domain><suffix> on new overlays over the snapshot, beside the originals')
+    .option('--suffix <text>', 'clone name suffix (default: -<restore id>)')
+    .option('--in-place', "stop the group's VMs and restart them on the snapshot (discards their current state)")
+    .option('--yes', 'confirm an in-place restore')
+    .option('--restore-id <id>', 'restore id (default: generated)')
+    .option('--json', 'print JSON'),
+).action(act(restoreCommand));
 
 program
   .command('catalog')

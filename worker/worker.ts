@@ -1,6 +1,8 @@
-import { Connection } from '@temporalio/client';
+import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type NativeConnectionOptions, type WorkerOptions } from '@temporalio/worker';
+import { createControlActivities } from '../activities/control-activities';
 import { createHost } from '../activities/host-activities';
+import { HOST_REGISTRY_WORKFLOW_ID } from '../common/groups';
 import { hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { ensureSearchAttributes } from './search-attributes';
@@ -36,14 +38,17 @@ export interface GroupsnapWorker {
  */
 export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Promise<GroupsnapWorker> {
   const log = options.log ?? (() => {});
-  if (options.ensureSearchAttributes !== false) {
-    const client = await Connection.connect(options.connectionOptions as Parameters<typeof Connection.connect>[0]);
-    try {
-      const added = await ensureSearchAttributes(client, options.namespace);
+  const clientConnection = await Connection.connect(
+    options.connectionOptions as Parameters<typeof Connection.connect>[0],
+  );
+  try {
+    if (options.ensureSearchAttributes !== false) {
+      const added = await ensureSearchAttributes(clientConnection, options.namespace);
       if (added.length) log('added search attributes', { namespace: options.namespace, added });
-    } finally {
-      await client.close();
     }
+    await registerHost(new Client({ connection: clientConnection, namespace: options.namespace }), options.hostId);
+  } finally {
+    await clientConnection.close();
   }
   const host = createHost({ hypervisor: options.hypervisor, hostId: options.hostId, stateDir: options.stateDir, log });
   const recovered = await host.recover();
@@ -67,6 +72,7 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
         connection,
         namespace: options.namespace,
         taskQueue: WORKFLOW_TASK_QUEUE,
+        activities: createControlActivities(),
         ...(options.workflowBundle
           ? { workflowBundle: options.workflowBundle }
           : { workflowsPath: require.resolve('../workflows') }),
@@ -87,4 +93,19 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
       for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
     },
   };
+}
+
+/**
+ * Registers `hostId` in the namespace's host registry (starting the registry workflow if this is the first host), so
+ * tag selectors and listings know to ask this host.
+ */
+export async function registerHost(client: Client, hostId: string): Promise<void> {
+  await client.workflow.signalWithStart('hostRegistry', {
+    workflowId: HOST_REGISTRY_WORKFLOW_ID,
+    taskQueue: WORKFLOW_TASK_QUEUE,
+    args: [{ hosts: [] }],
+    signal: 'registerHost',
+    signalArgs: [{ hostId, at: new Date().toISOString() }],
+    staticSummary: 'groupsnap host registry',
+  });
 }

@@ -1,1 +1,12 @@
 export { groupSnapshot, progressQuery, SNAPSHOT_FAILED } from './group-snapshot';
+export { groupEntity, definitionQuery, snapshotNowUpdate, deleteGroupUpdate } from './group-entity';
+export { groupSnapshotRun } from './group-run';
+export { hostRegistry, registerHostSignal, forgetHostUpdate, hostsQuery } from './registry';
+export {
+  deleteGroupSnapshot,
+  restoreGroup,
+  groupsnapInventory,
+  setVmTags,
+  DELETE_FAILED,
+  RESTORE_FAILED,
+} from './snapshot-admin';

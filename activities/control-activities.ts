@@ -1,0 +1,46 @@
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure, WorkflowNotFoundError } from '@temporalio/client';
+import { groupWorkflowId, HOST_REGISTRY_WORKFLOW_ID, type GroupDefinition } from '../common/groups';
+import { BAD_INPUT } from '../common/validation';
+
+/** A host as the registry knows it. */
+export interface RegisteredHost {
+  hostId: string;
+  registeredAt: string;
+  lastSeenAt: string;
+}
+
+/**
+ * Activities of the control plane, run by the workflow worker on the shared queue: they read the durable state kept
+ * in groupsnap's entity workflows (the host registry, the groups) through the worker's Temporal client.
+ */
+export function createControlActivities() {
+  return {
+    /** Hosts whose worker registered in this namespace (empty before the first worker started). */
+    async registeredHosts(): Promise<RegisteredHost[]> {
+      const handle = Context.current().client.workflow.getHandle(HOST_REGISTRY_WORKFLOW_ID);
+      try {
+        return await handle.query<RegisteredHost[]>('hosts');
+      } catch (err) {
+        if (err instanceof WorkflowNotFoundError) return [];
+        throw err;
+      }
+    },
+
+    /** A group's definition, from its entity workflow. @throws BAD_INPUT for an unknown (or deleted) group. */
+    async readGroup(name: string): Promise<GroupDefinition> {
+      const handle = Context.current().client.workflow.getHandle(groupWorkflowId(name));
+      try {
+        const desc = await handle.describe();
+        if (desc.status.name !== 'RUNNING') throw new WorkflowNotFoundError('deleted', handle.workflowId, undefined);
+        return await handle.query<GroupDefinition>('definition');
+      } catch (err) {
+        if (err instanceof WorkflowNotFoundError)
+          throw ApplicationFailure.nonRetryable(`unknown group ${JSON.stringify(name)}`, BAD_INPUT);
+        throw err;
+      }
+    },
+  };
+}
+
+export type ControlActivities = ReturnType<typeof createControlActivities>;

@@ -1,0 +1,113 @@
+/**
+ * The contract between groupsnap's control plane (workflows, client, CLI) and the host activities for groups,
+ * tags, snapshot deletion and restore. Shared by both sides; pure types.
+ */
+import type { VmPowerState } from './types';
+
+/** A disk of one group snapshot on one VM: `image` holds the snapshot's content (read-only while kept). */
+export interface SnapshotDisk {
+  target: string;
+  image: string;
+  /** The layer created on top of `image` by the snapshot (the next snapshot's image, or the active layer). */
+  overlay: string;
+}
+
+/** One group snapshot as recorded on a VM (in its libvirt metadata). */
+export interface VmSnapshotRecord {
+  snapshotId: string;
+  group: string;
+  label?: string;
+  createdAt: string;
+  disks: SnapshotDisk[];
+}
+
+/** A VM restored as a clone from one of its snapshots; its overlays sit on the snapshot's images. */
+export interface CloneRecord {
+  /** The clone's domain name. */
+  name: string;
+  snapshotId: string;
+  createdAt: string;
+  disks: { target: string; image: string; overlay: string }[];
+}
+
+/** An in-place restore of a VM: each disk moved from `discarded` (the old active layer) to a new overlay. */
+export interface InPlaceRestoreRecord {
+  restoreId: string;
+  snapshotId: string;
+  createdAt: string;
+  disks: { target: string; image: string; overlay: string; discarded: string }[];
+}
+
+/** A VM as listed by its host: name, state, tags and groupsnap's catalog on it. */
+export interface HostVm {
+  domain: string;
+  uuid: string;
+  state: VmPowerState;
+  tags: string[];
+  snapshots: VmSnapshotRecord[];
+  clones: CloneRecord[];
+  restores: InPlaceRestoreRecord[];
+}
+
+export interface SetTagsRequest {
+  domain: string;
+  add?: string[];
+  remove?: string[];
+}
+
+export interface DeleteSnapshotRequest {
+  /** Owner of the VM lease taken for the merge (e.g. `delete/<snapshotId>`). */
+  owner: string;
+  snapshotId: string;
+  domain: string;
+}
+
+export interface DeleteVmReport {
+  domain: string;
+  /** `deleted`: merged out and removed now; `absent`: not (or no longer) in the catalog, nothing to do. */
+  outcome: 'deleted' | 'absent' | 'failed';
+  /** Files removed from disk. */
+  removed: string[];
+  error?: string;
+}
+
+export interface CloneVmRequest {
+  snapshotId: string;
+  domain: string;
+  /** New domain name (validated as file-name safe by the caller). */
+  cloneName: string;
+  /** Start the clone once defined. @default true */
+  start?: boolean;
+}
+
+export interface CloneVmReport {
+  domain: string;
+  clone: string;
+  uuid: string;
+  state: VmPowerState;
+  disks: { target: string; image: string; overlay: string }[];
+}
+
+export interface InPlaceRequest {
+  restoreId: string;
+  snapshotId: string;
+  domain: string;
+}
+
+export interface InPlaceReport {
+  domain: string;
+  stateBefore: VmPowerState;
+  state: VmPowerState;
+  disks: { target: string; image: string; overlay: string; discarded: string }[];
+}
+
+/** The host activities behind groups, tags, deletion and restore (implemented in activities/dr-activities.ts). */
+export interface HostDrActivities {
+  listVms(): Promise<HostVm[]>;
+  setTags(req: SetTagsRequest): Promise<string[]>;
+  deleteSnapshot(req: DeleteSnapshotRequest): Promise<DeleteVmReport>;
+  cloneVm(req: CloneVmRequest): Promise<CloneVmReport>;
+  removeClone(req: { domain: string; clone: string }): Promise<void>;
+  restoreInPlace(req: InPlaceRequest): Promise<InPlaceReport>;
+  undoInPlace(req: { restoreId: string; domain: string }): Promise<void>;
+}

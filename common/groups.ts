@@ -1,0 +1,254 @@
+/**
+ * Software-defined groups: definitions, their validation, and the ids of the workflows that manage them. Pure and
+ * deterministic (imported by workflows, the client and the CLI).
+ */
+import type { HostVm } from './dr-types';
+import type { RetentionPolicy } from './retention';
+import type { GroupSnapshotResult, QuiesceMode, VmRef } from './types';
+import { assertSafeName, BadInputError } from './validation';
+
+/** How a group's members are chosen: a fixed list of VMs, or every VM carrying a tag on any registered host. */
+export type GroupSelector = { vms: VmRef[] } | { tag: string };
+
+export interface GroupDefinition {
+  name: string;
+  selector: GroupSelector;
+  description?: string;
+  /** ISO time the group was created. */
+  createdAt?: string;
+}
+
+/** Words the CLI uses as sub-commands after `snapshot`/`group`: not allowed as group names. */
+const RESERVED = new Set(['list', 'show', 'create', 'delete', 'adhoc']);
+
+/** Workflow id of a group's entity workflow (its durable definition, and the door for "snapshot now"). */
+export function groupWorkflowId(group: string): string {
+  return `group/${group}`;
+}
+
+/** Workflow id of the one host registry of a namespace. */
+export const HOST_REGISTRY_WORKFLOW_ID = 'groupsnap-hosts';
+
+export function groupRunWorkflowId(group: string, snapshotId: string): string {
+  return `group-run/${group}/${snapshotId}`;
+}
+
+export function deleteSnapshotWorkflowId(group: string, snapshotId: string): string {
+  return `snapshot-delete/${group}/${snapshotId}`;
+}
+
+export function restoreWorkflowId(group: string, snapshotId: string, restoreId: string): string {
+  return `restore/${group}/${snapshotId}/${restoreId}`;
+}
+
+export function selectorText(selector: GroupSelector): string {
+  return 'tag' in selector ? `tag ${selector.tag}` : selector.vms.map((v) => `${v.domain}@${v.host}`).join(', ');
+}
+
+/**
+ * Checks a group definition.
+ * @throws BadInputError listing every problem.
+ */
+export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition {
+  const problems: string[] = [];
+  const check = (fn: () => void): void => {
+    try {
+      fn();
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  };
+  check(() => assertSafeName('group name', def.name));
+  if (RESERVED.has(def.name)) problems.push(`group name ${JSON.stringify(def.name)} is reserved`);
+  const sel = def.selector as Partial<{ vms: VmRef[]; tag: string }> | undefined;
+  if (!sel || (sel.vms === undefined) === (sel.tag === undefined)) {
+    problems.push('a group needs either a list of VMs or a tag selector (not both)');
+  } else if (sel.tag !== undefined) {
+    check(() => assertSafeName('tag', sel.tag!));
+  } else {
+    if (sel.vms!.length === 0) problems.push('the group is empty: give at least one VM');
+    const seen = new Set<string>();
+    for (const vm of sel.vms!) {
+      if (!vm.domain || !vm.host) problems.push(`VM ${JSON.stringify(vm)} needs a domain and a host`);
+      else check(() => assertSafeName('host id', vm.host));
+      const key = `${vm.domain}@${vm.host}`;
+      if (seen.has(key)) problems.push(`VM ${key} is listed twice`);
+      seen.add(key);
+    }
+  }
+  if (problems.length > 0) throw new BadInputError(problems.join('; '));
+  const selector: GroupSelector =
+    sel!.tag !== undefined ? { tag: sel!.tag } : { vms: sel!.vms!.map((v) => ({ domain: v.domain, host: v.host })) };
+  return {
+    name: def.name,
+    selector,
+    ...(def.description ? { description: def.description } : {}),
+    ...(def.createdAt ? { createdAt: def.createdAt } : {}),
+  };
+}
+
+/** What every registered host answered when asked for its VMs; `unreachable` hosts did not answer. */
+export interface Inventory {
+  hosts: { host: string; vms: HostVm[] }[];
+  unreachable: { host: string; error: string }[];
+}
+
+/** The members of a group now: the fixed list, or the tagged VMs of every host, sorted. */
+export function resolveMembers(def: GroupDefinition, inventory: Inventory): VmRef[] {
+  if ('vms' in def.selector) return def.selector.vms;
+  const tag = def.selector.tag;
+  return inventory.hosts
+    .flatMap((h) => h.vms.filter((vm) => vm.tags.includes(tag)).map((vm) => ({ domain: vm.domain, host: h.host })))
+    .sort((a, b) => a.host.localeCompare(b.host) || a.domain.localeCompare(b.domain));
+}
+
+/** One group snapshot as found on its VMs' hosts. */
+export interface GroupSnapshotListing {
+  snapshotId: string;
+  group: string;
+  label?: string;
+  createdAt: string;
+  vms: { host: string; domain: string; disks: { target: string; image: string }[] }[];
+}
+
+/** The snapshots of `group` recorded on the VMs of `inventory`, newest first. */
+export function groupSnapshotsIn(inventory: Inventory, group: string): GroupSnapshotListing[] {
+  const byId = new Map<string, GroupSnapshotListing>();
+  for (const h of inventory.hosts) {
+    for (const vm of h.vms) {
+      for (const s of vm.snapshots) {
+        if (s.group !== group) continue;
+        let listing = byId.get(s.snapshotId);
+        if (!listing) {
+          listing = {
+            snapshotId: s.snapshotId,
+            group,
+            ...(s.label ? { label: s.label } : {}),
+            createdAt: s.createdAt,
+            vms: [],
+          };
+          byId.set(s.snapshotId, listing);
+        }
+        listing.vms.push({
+          host: h.host,
+          domain: vm.domain,
+          disks: s.disks.map((d) => ({ target: d.target, image: d.image })),
+        });
+      }
+    }
+  }
+  return [...byId.values()].sort(
+    (a, b) => b.createdAt.localeCompare(a.createdAt) || b.snapshotId.localeCompare(a.snapshotId),
+  );
+}
+
+/** Options of one group snapshot taken by name (the group gives the members). */
+export interface GroupRunInput {
+  group: string;
+  /** The definition, when the caller already has it (the group's entity workflow); else read from the entity. */
+  definition?: GroupDefinition;
+  snapshotId?: string;
+  label?: string;
+  maxFreezeMs?: number;
+  quiesce?: QuiesceMode;
+  /** Applied after a completed snapshot: snapshots of the group it does not keep are deleted. */
+  retention?: RetentionPolicy;
+  /** Who asked: `manual`, `schedule`, `api`. */
+  trigger?: string;
+}
+
+export interface RetentionOutcome {
+  kept: string[];
+  deleted: string[];
+  failed: { snapshotId: string; error: string }[];
+}
+
+export interface GroupRunResult {
+  group: string;
+  members: VmRef[];
+  snapshot: GroupSnapshotResult;
+  retention?: RetentionOutcome;
+}
+
+export interface DeleteSnapshotInput {
+  group: string;
+  snapshotId: string;
+}
+
+export interface DeleteSnapshotResult {
+  group: string;
+  snapshotId: string;
+  status: 'deleted' | 'failed';
+  vms: { host: string; domain: string; outcome: 'deleted' | 'absent' | 'failed'; removed: string[]; error?: string }[];
+}
+
+export type RestoreMode = 'clone' | 'in-place';
+
+export interface RestoreInput {
+  group: string;
+  snapshotId: string;
+  mode: RestoreMode;
+  /** Clone names are `<domain><suffix>`. @default `-<restoreId>` */
+  suffix?: string;
+  /** @default generated */
+  restoreId?: string;
+}
+
+export interface RestoreResult {
+  restoreId: string;
+  group: string;
+  snapshotId: string;
+  mode: RestoreMode;
+  status: 'restored' | 'failed';
+  vms: {
+    host: string;
+    domain: string;
+    /** The new VM (clone mode). */
+    clone?: string;
+    state?: string;
+    disks: { target: string; image: string; overlay: string; discarded?: string }[];
+    error?: string;
+  }[];
+  error?: string;
+}
+
+const SUFFIX = /^[A-Za-z0-9._-]{1,40}$/;
+
+export function normalizeRestoreInput(input: RestoreInput): RestoreInput {
+  const problems: string[] = [];
+  const check = (fn: () => void): void => {
+    try {
+      fn();
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  };
+  check(() => assertSafeName('group name', input.group));
+  check(() => assertSafeName('snapshot id', input.snapshotId));
+  if (input.mode !== 'clone' && input.mode !== 'in-place')
+    problems.push(`restore mode ${JSON.stringify(input.mode)} is not 'clone' or 'in-place'`);
+  if (input.restoreId !== undefined) check(() => assertSafeName('restore id', input.restoreId!));
+  if (input.suffix !== undefined && (!SUFFIX.test(input.suffix) || input.suffix.includes('..')))
+    problems.push(`clone suffix ${JSON.stringify(input.suffix)} is not safe: use 1-40 letters, digits, '.', '_', '-'`);
+  if (input.suffix !== undefined && input.mode === 'in-place') problems.push('--suffix only applies to --as-clone');
+  if (problems.length > 0) throw new BadInputError(problems.join('; '));
+  return input;
+}
+
+/**
+ * Why snapshot `snapshotId` cannot be deleted on `vm` (empty when it can): deleting merges the layer above each
+ * snapshot image into it and removes that layer, which would corrupt a clone or an in-place restore built on either.
+ */
+export function deletionBlockers(vm: HostVm, snapshotId: string): string[] {
+  const snap = vm.snapshots.find((s) => s.snapshotId === snapshotId);
+  if (!snap) return [];
+  const files = new Set(snap.disks.flatMap((d) => [d.image, d.overlay]));
+  const blockers: string[] = [];
+  for (const c of vm.clones)
+    if (c.disks.some((d) => files.has(d.image)))
+      blockers.push(`clone ${c.name} of ${vm.domain} is built on it: remove the clone first`);
+  for (const r of vm.restores)
+    if (r.disks.some((d) => files.has(d.image)))
+      blockers.push(`the in-place restore ${r.restoreId} of ${vm.domain} (to ${r.snapshotId}) is built on it`);
+  return blockers;
+}

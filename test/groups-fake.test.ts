@@ -1,0 +1,245 @@
+import { Client, Connection } from '@temporalio/client';
+import {
+  createGroup,
+  createGroupSchedule,
+  deleteGroup,
+  deleteGroupSnapshot,
+  describeGroupSchedule,
+  getGroup,
+  listGroups,
+  listGroupSchedules,
+  listGroupSnapshots,
+  listHosts,
+  restoreGroup,
+  showGroup,
+  snapshotNamedGroup,
+  tagVm,
+  triggerGroupSchedule,
+} from '../client/dr';
+import { BadInputError } from '../common/validation';
+import { scheduleIdFor } from '../common/schedule-spec';
+import { FakeHost } from './helpers/fake-hosts';
+import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
+import { startHosts, type RunningHosts } from './helpers/workers';
+
+/**
+ * Groups, tags, "snapshot now", schedules with retention, deletion and restore, end to end through a real Temporal
+ * server with two in-memory hosts, in a namespace of their own (the host registry and groups are per namespace).
+ * The same flows run on real VMs in dr-libvirt.test.ts.
+ */
+describe('groups, schedules, retention and restore (fake hypervisors, real Temporal)', () => {
+  let connection: Connection;
+  let client: Client;
+  let hostA: FakeHost;
+  let hostB: FakeHost;
+  let hosts: RunningHosts;
+
+  beforeAll(async () => {
+    const namespace = await freshNamespace();
+    connection = await Connection.connect({ address: testServerAddress() });
+    client = new Client({ connection, namespace });
+    hostA = new FakeHost(uniqueId('ga'), { latencyMs: { suspend: 2, snapshot: 10, resume: 2 } });
+    hostB = new FakeHost(uniqueId('gb'), { latencyMs: { suspend: 2, snapshot: 10, resume: 2 } });
+    hosts = await startHosts([hostA, hostB], { namespace });
+  });
+
+  afterAll(async () => {
+    await hosts?.stop();
+    await connection?.close();
+    hostA?.cleanup();
+    hostB?.cleanup();
+  });
+
+  const rejects = (p: Promise<unknown>, message: RegExp) => expect(p).rejects.toThrow(message);
+
+  it('registers each host worker in the namespace registry', async () => {
+    const ids = (await listHosts(client)).map((h) => h.hostId);
+    expect(ids).toEqual([hostA.hostId, hostB.hostId].sort());
+  });
+
+  it('resolves a tag selector across hosts at snapshot time: a VM tagged later is in the next snapshot', async () => {
+    const tag = uniqueId('t');
+    const [a1, b1, b2] = [uniqueId('a1'), uniqueId('b1'), uniqueId('b2')];
+    hostA.addVm(a1);
+    hostB.addVm(b1);
+    hostB.addVm(b2);
+    const name = uniqueId('tagged');
+    await createGroup(client, { name, selector: { tag } });
+    await tagVm(client, { domain: a1, host: hostA.hostId }, { add: [tag] });
+    await tagVm(client, { domain: b1, host: hostB.hostId }, { add: [tag, 'other'] });
+
+    const first = await snapshotNamedGroup(client, name);
+    expect(first.snapshot.status).toBe('completed');
+    expect(first.members.map((m) => m.domain).sort()).toEqual([a1, b1].sort());
+
+    await tagVm(client, { domain: b2, host: hostB.hostId }, { add: [tag] });
+    const shown = await showGroup(client, name);
+    expect(shown.members.map((m) => m.domain).sort()).toEqual([a1, b1, b2].sort());
+    const second = await snapshotNamedGroup(client, name);
+    expect(second.members.map((m) => `${m.domain}@${m.host}`).sort()).toEqual(
+      [`${a1}@${hostA.hostId}`, `${b1}@${hostB.hostId}`, `${b2}@${hostB.hostId}`].sort(),
+    );
+    expect(second.snapshot.vms.every((v) => v.outcome === 'snapshotted')).toBe(true);
+
+    // Untagged: out of the group again.
+    await tagVm(client, { domain: a1, host: hostA.hostId }, { remove: [tag] });
+    expect((await showGroup(client, name)).members.map((m) => m.domain).sort()).toEqual([b1, b2].sort());
+
+    const listed = await listGroupSnapshots(client, name);
+    expect(listed.map((s) => s.snapshotId)).toEqual([second.snapshot.snapshotId, first.snapshot.snapshotId]);
+    expect(listed[0].vms).toHaveLength(3);
+  });
+
+  it('coalesces concurrent "snapshot now" requests for a group into one snapshot', async () => {
+    const slow = new FakeHost(uniqueId('gs'), { latencyMs: { snapshot: 400 } });
+    const slowHosts = await startHosts([slow], { namespace: client.options.namespace, workflows: false });
+    try {
+      const vm = uniqueId('c1');
+      slow.addVm(vm);
+      const name = uniqueId('coalesce');
+      await createGroup(client, { name, selector: { vms: [{ domain: vm, host: slow.hostId }] } });
+      const results = await Promise.all([1, 2, 3].map(() => snapshotNamedGroup(client, name)));
+      expect(new Set(results.map((r) => r.snapshot.snapshotId)).size).toBe(1);
+      expect(results[0].snapshot.status).toBe('completed');
+      expect(slow.chain(vm)).toHaveLength(2); // one snapshot, not three
+      // After it finished, a new request takes a new snapshot.
+      const next = await snapshotNamedGroup(client, name);
+      expect(next.snapshot.snapshotId).not.toBe(results[0].snapshot.snapshotId);
+    } finally {
+      await slowHosts.stop();
+      slow.cleanup();
+    }
+  });
+
+  it('rejects bad input before changing anything', async () => {
+    const vm = uniqueId('bad');
+    hostA.addVm(vm);
+    const name = uniqueId('bad');
+    await rejects(snapshotNamedGroup(client, uniqueId('nope')), /unknown group/);
+    await rejects(showGroup(client, 'missing-group'), /unknown group/);
+    await rejects(createGroup(client, { name: '../etc', selector: { tag: 'x' } }), /group name/);
+    await rejects(createGroup(client, { name, selector: { tag: 'has space' } }), /tag/);
+    await rejects(createGroup(client, { name, selector: { vms: [] } }), /empty/);
+    await rejects(tagVm(client, { domain: uniqueId('ghost'), host: hostA.hostId }, { add: ['x'] }), /not found|unknown/i);
+
+    const emptyTag = uniqueId('nobody');
+    await createGroup(client, { name, selector: { tag: emptyTag } });
+    await rejects(createGroup(client, { name, selector: { tag: emptyTag } }), /already exists/);
+    await rejects(snapshotNamedGroup(client, name), /matches no VM/);
+
+    // Invalid cron, timezone or retention: rejected, and no schedule exists afterwards.
+    await rejects(createGroupSchedule(client, { group: name, cron: '61 * * * *' }), /minute/);
+    await rejects(createGroupSchedule(client, { group: name, cron: '0 * * * *', timezone: 'Mars/Olympus' }), /time ?zone/i);
+    await rejects(createGroupSchedule(client, { group: name, cron: '0 * * * *', retention: { keepLast: 0 } }), /keep nothing/);
+    await rejects(createGroupSchedule(client, { group: uniqueId('nope'), cron: '0 * * * *' }), /unknown group/);
+    expect((await listGroupSchedules(client)).map((s) => s.group)).not.toContain(name);
+
+    // A group with a schedule is not deleted unless asked to delete the schedule too.
+    await createGroupSchedule(client, { group: name, cron: '0 3 * * *', paused: true });
+    await rejects(deleteGroup(client, name), /has a schedule/);
+    expect(await getGroup(client, name)).toMatchObject({ name });
+    await deleteGroup(client, name, { withSchedule: true });
+    await rejects(getGroup(client, name), /unknown group/);
+    await rejects(describeGroupSchedule(client, name), /no schedule/);
+
+    await expect(snapshotNamedGroup(client, name)).rejects.toBeInstanceOf(BadInputError);
+  });
+
+  it('runs scheduled snapshots and keeps exactly the retention set, with a bounded chain', async () => {
+    const [a, b] = [uniqueId('s1'), uniqueId('s2')];
+    hostA.addVm(a);
+    hostB.addVm(b);
+    const name = uniqueId('sched');
+    await createGroup(client, {
+      name,
+      selector: {
+        vms: [
+          { domain: a, host: hostA.hostId },
+          { domain: b, host: hostB.hostId },
+        ],
+      },
+    });
+    await createGroupSchedule(client, {
+      group: name,
+      cron: '0 0 1 1 *', // far away: runs come from trigger
+      retention: { keepLast: 2 },
+    });
+    const runs: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const before = (await describeGroupSchedule(client, name)).info.recentActions.length;
+      await triggerGroupSchedule(client, name);
+      let workflowId: string | undefined;
+      for (let t = 0; t < 200 && !workflowId; t++) {
+        const actions = (await describeGroupSchedule(client, name)).info.recentActions;
+        if (actions.length > before) workflowId = actions[actions.length - 1].action.workflow.workflowId;
+        else await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(workflowId).toBeDefined();
+      const result = await client.workflow.getHandle(workflowId!).result();
+      expect(result.snapshot.status).toBe('completed');
+      runs.push(result.snapshot.snapshotId);
+      expect(result.retention.kept).toEqual(runs.slice(-2).reverse());
+      // Base image + at most 2 kept snapshot layers + the active layer.
+      expect(hostA.chain(a).length).toBeLessThanOrEqual(3);
+      expect(hostB.chain(b).length).toBeLessThanOrEqual(3);
+    }
+    const listed = await listGroupSnapshots(client, name);
+    expect(listed.map((s) => s.snapshotId)).toEqual(runs.slice(-2).reverse());
+    expect(hostA.chain(a)).toHaveLength(3);
+    expect(scheduleIdFor(name)).toContain(name);
+    await deleteGroup(client, name, { withSchedule: true });
+  });
+
+  it('deletes a middle snapshot, keeps the others listed, and rejects an unknown snapshot id', async () => {
+    const vm = uniqueId('d1');
+    hostA.addVm(vm);
+    const name = uniqueId('del');
+    await createGroup(client, { name, selector: { vms: [{ domain: vm, host: hostA.hostId }] } });
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push((await snapshotNamedGroup(client, name)).snapshot.snapshotId);
+    expect(hostA.chain(vm)).toHaveLength(4);
+    const deleted = await deleteGroupSnapshot(client, name, ids[1]);
+    expect(deleted.status).toBe('deleted');
+    expect(deleted.vms).toEqual([expect.objectContaining({ domain: vm, outcome: 'deleted' })]);
+    expect(hostA.chain(vm)).toHaveLength(3);
+    expect((await listGroupSnapshots(client, name)).map((s) => s.snapshotId)).toEqual([ids[2], ids[0]]);
+    await rejects(deleteGroupSnapshot(client, name, ids[1]), /has no snapshot/);
+    await rejects(deleteGroupSnapshot(client, name, '../x'), /snapshot id/);
+  });
+
+  it('restores a group as clones and in place, all or none; a clone blocks deleting its snapshot', async () => {
+    const [a, b] = [uniqueId('r1'), uniqueId('r2')];
+    hostA.addVm(a);
+    hostB.addVm(b);
+    const name = uniqueId('rest');
+    await createGroup(client, {
+      name,
+      selector: {
+        vms: [
+          { domain: a, host: hostA.hostId },
+          { domain: b, host: hostB.hostId },
+        ],
+      },
+    });
+    const s1 = (await snapshotNamedGroup(client, name)).snapshot;
+    await snapshotNamedGroup(client, name);
+
+    const clones = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'clone', suffix: '-dr' });
+    expect(clones.status).toBe('restored');
+    expect(clones.vms.map((v) => v.clone).sort()).toEqual([`${a}-dr`, `${b}-dr`].sort());
+    expect(hostA.state(`${a}-dr`)).toBe('running');
+    await rejects(deleteGroupSnapshot(client, name, s1.snapshotId), /clone/);
+    // The same clone names again: refused, and nothing else was created.
+    await rejects(restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'clone', suffix: '-dr' }), /exists/);
+
+    const inPlace = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'in-place' });
+    expect(inPlace.status).toBe('restored');
+    const vmA = s1.vms.find((v) => v.domain === a)!;
+    const chain = hostA.chain(a);
+    // The active layer is the restore's new overlay, right on top of the snapshot's image.
+    expect(chain[chain.length - 2]).toBe(vmA.disks.find((d) => d.target === 'vda')!.image);
+    expect(inPlace.vms.find((v) => v.domain === a)!.disks[0].overlay).toBe(chain[chain.length - 1]);
+    expect(hostA.state(a)).toBe('running');
+    await rejects(restoreGroup(client, { group: name, snapshotId: 'gs-nope', mode: 'clone' }), /has no snapshot/);
+  });
+});

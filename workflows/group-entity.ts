@@ -1,0 +1,106 @@
+import {
+  allHandlersFinished,
+  ApplicationFailure,
+  condition,
+  continueAsNew,
+  defineQuery,
+  defineUpdate,
+  executeChild,
+  ParentClosePolicy,
+  setHandler,
+  upsertSearchAttributes,
+  uuid4,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { groupRunWorkflowId, type GroupDefinition, type GroupRunInput, type GroupRunResult } from '../common/groups';
+import { GroupsnapGroup } from '../common/search-attributes';
+import { assertSafeName, BAD_INPUT } from '../common/validation';
+import { groupSnapshotRun } from './group-run';
+import { rootType, errorMessage } from './hosts';
+import { SNAPSHOT_FAILED } from './group-snapshot';
+
+/** Options of a "snapshot now" request on a group. */
+export type SnapshotNowOptions = Omit<GroupRunInput, 'group' | 'definition' | 'retention'>;
+
+export const definitionQuery = defineQuery<GroupDefinition>('definition');
+/**
+ * Takes a group snapshot now and returns its outcome (a failed-and-compensated snapshot is a result with
+ * `snapshot.status: 'failed'`, not an error). Requests that arrive while a snapshot of the group runs join it.
+ */
+export const snapshotNowUpdate = defineUpdate<GroupRunResult, [SnapshotNowOptions]>('snapshotNow');
+/** Ends the group (its snapshots stay in the VMs' catalogs). Refused while a snapshot runs. */
+export const deleteGroupUpdate = defineUpdate<void, []>('deleteGroup');
+
+const badInput = (message: string) => ApplicationFailure.nonRetryable(message, BAD_INPUT);
+
+export function snapshotIdNow(): string {
+  const t = new Date()
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
+  return `gs-${t}-${uuid4().slice(0, 6)}`;
+}
+
+/**
+ * A software-defined group (workflow id `group/<name>`): holds its definition durably where every host and client
+ * can reach it, and serialises "snapshot now" requests so concurrent ones coalesce into one group snapshot.
+ */
+export async function groupEntity(state: { definition: GroupDefinition }): Promise<{ deleted: boolean }> {
+  const definition = state.definition;
+  let deleted = false;
+  let inFlight: Promise<GroupRunResult> | undefined;
+  upsertSearchAttributes([{ key: GroupsnapGroup, value: definition.name }]);
+
+  setHandler(definitionQuery, () => definition);
+  setHandler(
+    snapshotNowUpdate,
+    async (options) => {
+      if (!inFlight) {
+        const snapshotId = options.snapshotId ?? snapshotIdNow();
+        inFlight = executeChild(groupSnapshotRun, {
+          workflowId: groupRunWorkflowId(definition.name, snapshotId),
+          args: [{ ...options, snapshotId, group: definition.name, definition, trigger: options.trigger ?? 'api' }],
+          parentClosePolicy: ParentClosePolicy.ABANDON,
+        });
+        const clear = () => (inFlight = undefined);
+        inFlight.then(clear, clear);
+      }
+      try {
+        return await inFlight;
+      } catch (err) {
+        const cause = (err as { cause?: unknown }).cause;
+        if (cause instanceof ApplicationFailure && cause.type === SNAPSHOT_FAILED && cause.details?.[0])
+          return cause.details[0] as GroupRunResult;
+        const type = rootType(err);
+        throw ApplicationFailure.nonRetryable(errorMessage(err), type === BAD_INPUT ? BAD_INPUT : (type ?? 'RunFailed'));
+      }
+    },
+    {
+      validator: (options) => {
+        if (deleted) throw badInput(`group ${definition.name} is being deleted`);
+        try {
+          if (options.label !== undefined) assertSafeName('label', options.label);
+          if (options.snapshotId !== undefined) assertSafeName('snapshot id', options.snapshotId);
+        } catch (err) {
+          throw badInput((err as Error).message);
+        }
+      },
+    },
+  );
+  setHandler(
+    deleteGroupUpdate,
+    () => {
+      deleted = true;
+    },
+    {
+      validator: () => {
+        if (inFlight) throw badInput(`a snapshot of group ${definition.name} is running: delete it afterwards`);
+      },
+    },
+  );
+
+  await condition(() => deleted || workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > 5_000);
+  await condition(() => allHandlersFinished() && !inFlight);
+  if (deleted) return { deleted: true };
+  return continueAsNew<typeof groupEntity>({ definition });
+}

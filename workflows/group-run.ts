@@ -1,0 +1,112 @@
+import { ApplicationFailure, executeChild, log, workflowInfo } from '@temporalio/workflow';
+import {
+  deleteSnapshotWorkflowId,
+  groupSnapshotsIn,
+  type GroupRunInput,
+  type GroupRunResult,
+  type RetentionOutcome,
+} from '../common/groups';
+import { groupSnapshotWorkflowId } from '../common/names';
+import { normalizeRetention, planRetention, type RetentionPolicy } from '../common/retention';
+import type { GroupSnapshotResult, VmRef } from '../common/types';
+import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
+import { groupSnapshot, SNAPSHOT_FAILED } from './group-snapshot';
+import { control, errorMessage, membersOf, requireAllHosts, rootType, takeInventory } from './hosts';
+import { deleteGroupSnapshot } from './snapshot-admin';
+
+function badInput(err: unknown): never {
+  if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
+  throw err;
+}
+
+function runSnapshotId(): string {
+  const t = new Date()
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
+  return `gs-${t}-${workflowInfo().runId.slice(0, 6)}`;
+}
+
+/**
+ * One snapshot of a named group, as taken by "snapshot now", a schedule or the CLI: resolve the members (a tag
+ * selector over every registered host, at this moment), take the group snapshot (a child workflow, the saga), and
+ * then apply the retention policy, if any, deleting the group's snapshots it does not keep.
+ */
+export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunResult> {
+  let retention: RetentionPolicy | undefined;
+  try {
+    assertSafeName('group name', input.group);
+    if (input.label !== undefined) assertSafeName('label', input.label);
+    if (input.snapshotId !== undefined) assertSafeName('snapshot id', input.snapshotId);
+    if (input.retention) retention = normalizeRetention(input.retention);
+  } catch (err) {
+    badInput(err);
+  }
+  const definition = input.definition ?? (await control.readGroup(input.group));
+  const members: VmRef[] = await membersOf(definition);
+  const snapshotId = input.snapshotId ?? runSnapshotId();
+  log.info('group run', { group: input.group, snapshotId, members: members.length, trigger: input.trigger });
+
+  let snapshot: GroupSnapshotResult;
+  try {
+    snapshot = await executeChild(groupSnapshot, {
+      workflowId: groupSnapshotWorkflowId(input.group, snapshotId),
+      args: [
+        {
+          group: input.group,
+          vms: members,
+          snapshotId,
+          ...(input.label !== undefined ? { label: input.label } : {}),
+          ...(input.maxFreezeMs !== undefined ? { maxFreezeMs: input.maxFreezeMs } : {}),
+          ...(input.quiesce !== undefined ? { quiesce: input.quiesce } : {}),
+        },
+      ],
+    });
+  } catch (err) {
+    const cause = (err as { cause?: unknown }).cause;
+    if (cause instanceof ApplicationFailure && cause.type === SNAPSHOT_FAILED && cause.details?.[0]) {
+      const failed = cause.details[0] as GroupSnapshotResult;
+      const result: GroupRunResult = { group: input.group, members, snapshot: failed };
+      throw ApplicationFailure.create({
+        message: cause.message,
+        type: SNAPSHOT_FAILED,
+        nonRetryable: true,
+        details: [result],
+      });
+    }
+    throw ApplicationFailure.nonRetryable(errorMessage(err), rootType(err) ?? 'SnapshotFailed');
+  }
+
+  const result: GroupRunResult = { group: input.group, members, snapshot };
+  if (retention) result.retention = await applyRetention(input.group, retention);
+  return result;
+}
+
+/** Deletes the group's snapshots that `policy` does not keep, oldest first; failures are reported, not thrown. */
+async function applyRetention(group: string, policy: RetentionPolicy): Promise<RetentionOutcome> {
+  const inventory = await takeInventory();
+  try {
+    requireAllHosts(inventory, `apply retention to group ${group}`);
+  } catch (err) {
+    return { kept: [], deleted: [], failed: [{ snapshotId: '*', error: errorMessage(err) }] };
+  }
+  const listings = groupSnapshotsIn(inventory, group);
+  const plan = planRetention(
+    listings.map((l) => ({ snapshotId: l.snapshotId, createdAt: l.createdAt })),
+    policy,
+  );
+  const outcome: RetentionOutcome = { kept: plan.keep.map((k) => k.snapshotId), deleted: [], failed: [] };
+  for (const snapshotId of plan.remove) {
+    try {
+      await executeChild(deleteGroupSnapshot, {
+        workflowId: deleteSnapshotWorkflowId(group, snapshotId),
+        args: [{ group, snapshotId }],
+      });
+      outcome.deleted.push(snapshotId);
+    } catch (err) {
+      outcome.failed.push({ snapshotId, error: errorMessage(err) });
+    }
+  }
+  log.info('retention applied', { group, ...outcome });
+  return outcome;
+}
