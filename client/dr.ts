@@ -345,7 +345,7 @@ export async function createGroupSchedule(client: Client, options: GroupSchedule
   const input: GroupRunInput = {
     group: options.group,
     trigger: 'schedule',
-    ...(retention ? { retention } : {}),
+    ...(retention ? { retention, timezone } : {}),
     ...(options.label !== undefined ? { label: options.label } : {}),
     ...(options.maxFreezeMs !== undefined ? { maxFreezeMs: options.maxFreezeMs } : {}),
   };
@@ -395,7 +395,7 @@ export function describeGroupSchedule(client: Client, group: string): Promise<Sc
 /** Every groupsnap schedule of the namespace. */
 export async function listGroupSchedules(client: Client): Promise<{ group: string; scheduleId: string }[]> {
   const out: { group: string; scheduleId: string }[] = [];
-  const prefix = scheduleIdFor('');
+  const prefix = scheduleIdFor('x').slice(0, -1);
   for await (const s of client.schedule.list())
     if (s.scheduleId.startsWith(prefix)) out.push({ group: s.scheduleId.slice(prefix.length), scheduleId: s.scheduleId });
   return out.sort((a, b) => a.group.localeCompare(b.group));

@@ -11,10 +11,13 @@ import {
 import type { GroupSnapshotInput, GroupSnapshotResult, SnapshotProgress } from '../common/types';
 import { BAD_INPUT, BadInputError, normalizeSnapshotInput } from '../common/validation';
 import type { groupSnapshot } from '../workflows';
+import { snapshotDetails, snapshotSummary } from '../workflows/ui';
+import { snapshotNamedGroup, type SnapshotNowOptions } from './dr';
 
 export * from '../common/types';
 export { BadInputError } from '../common/validation';
 export { groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
+export { markdownTable, snapshotDetails, snapshotSummary } from '../workflows/ui';
 
 /** Name of the workflow failure type carrying a failed-and-compensated result (see `SNAPSHOT_FAILED`). */
 const SNAPSHOT_FAILED = 'GroupSnapshotFailed';
@@ -77,7 +80,6 @@ export async function startGroupSnapshot(client: Client, input: GroupSnapshotInp
     );
   }
   const snapshotId = normalized.snapshotId ?? newSnapshotId();
-  const members = normalized.vms.map((v) => `${v.domain}@${v.host}`);
   return client.workflow.start('groupSnapshot', {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: groupSnapshotWorkflowId(normalized.group, snapshotId),
@@ -88,14 +90,9 @@ export async function startGroupSnapshot(client: Client, input: GroupSnapshotInp
       { key: GroupsnapVmCount, value: normalized.vms.length },
       { key: GroupsnapMaxFreezeMs, value: normalized.maxFreezeMs },
     ],
-    staticSummary: `Group snapshot of ${normalized.group}: ${members.length} VM(s) on ${hosts.length} host(s)`,
-    staticDetails: [
-      `**Group** ${normalized.group}  `,
-      `**Snapshot** ${snapshotId}${normalized.label ? ` (${normalized.label})` : ''}  `,
-      `**Max freeze** ${normalized.maxFreezeMs} ms, **quiesce** ${normalized.quiesce}`,
-      '',
-      ...members.map((m) => `- ${m}`),
-    ].join('\n'),
+    // Shown by the Temporal UI: one line in the workflow list, Markdown (options, members) on the workflow page.
+    staticSummary: snapshotSummary({ ...normalized, snapshotId }),
+    staticDetails: snapshotDetails({ ...normalized, snapshotId }),
   }) as Promise<GroupSnapshotHandle>;
 }
 
@@ -120,12 +117,25 @@ export async function groupSnapshotResult(handle: GroupSnapshotHandle): Promise<
   }
 }
 
-/** Takes a group snapshot and waits for it: {@link startGroupSnapshot} then {@link groupSnapshotResult}. */
-export async function snapshotGroup(client: Client, input: GroupSnapshotInput): Promise<GroupSnapshotResult> {
-  return groupSnapshotResult(await startGroupSnapshot(client, input));
+/**
+ * Takes a group snapshot and waits for it. With a group name: "snapshot now" on the named group (members resolved by
+ * its definition, concurrent requests coalesced; see {@link snapshotNamedGroup}). With an input object: an ad hoc
+ * group of the listed VMs ({@link startGroupSnapshot} then {@link groupSnapshotResult}).
+ */
+export async function snapshotGroup(client: Client, group: string, options?: SnapshotNowOptions): Promise<GroupSnapshotResult>;
+export async function snapshotGroup(client: Client, input: GroupSnapshotInput): Promise<GroupSnapshotResult>;
+export async function snapshotGroup(
+  client: Client,
+  groupOrInput: string | GroupSnapshotInput,
+  options: SnapshotNowOptions = {},
+): Promise<GroupSnapshotResult> {
+  if (typeof groupOrInput === 'string') return (await snapshotNamedGroup(client, groupOrInput, options)).snapshot;
+  return groupSnapshotResult(await startGroupSnapshot(client, groupOrInput));
 }
 
 /** Live progress of a running group snapshot (phase and per-VM state). */
 export function groupSnapshotProgress(handle: GroupSnapshotHandle): Promise<SnapshotProgress> {
   return handle.query<SnapshotProgress>('progress');
 }
+
+export * from './dr';

@@ -18,6 +18,11 @@ export interface VmSnapshotRecord {
   group: string;
   label?: string;
   createdAt: string;
+  /**
+   * A deletion started and has not finished (some disks may already be merged out and are then no longer listed):
+   * the snapshot cannot be restored; running the deletion again finishes it.
+   */
+  deleting?: boolean;
   disks: SnapshotDisk[];
 }
 
@@ -35,6 +40,8 @@ export interface InPlaceRestoreRecord {
   restoreId: string;
   snapshotId: string;
   createdAt: string;
+  /** Power state of the VM before the restore: what `undoInPlace` returns it to. */
+  stateBefore?: VmPowerState;
   disks: { target: string; image: string; overlay: string; discarded: string }[];
 }
 

@@ -153,6 +153,8 @@ export interface GroupRunInput {
   quiesce?: QuiesceMode;
   /** Applied after a completed snapshot: snapshots of the group it does not keep are deleted. */
   retention?: RetentionPolicy;
+  /** IANA time zone of the retention's hours, days, weeks and months. @default 'UTC' */
+  timezone?: string;
   /** Who asked: `manual`, `schedule`, `api`. */
   trigger?: string;
 }

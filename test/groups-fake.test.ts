@@ -17,6 +17,7 @@ import {
   triggerGroupSchedule,
 } from '../client/dr';
 import { BadInputError } from '../common/validation';
+import { migrateWithSnapshot } from '../examples/snapshot-before-migration';
 import { scheduleIdFor } from '../common/schedule-spec';
 import { FakeHost } from './helpers/fake-hosts';
 import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
@@ -88,6 +89,27 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     const listed = await listGroupSnapshots(client, name);
     expect(listed.map((s) => s.snapshotId)).toEqual([second.snapshot.snapshotId, first.snapshot.snapshotId]);
     expect(listed[0].vms).toHaveLength(3);
+  });
+
+  it('examples/snapshot-before-migration: migrates only after the group snapshot completed', async () => {
+    const vm = uniqueId('m1');
+    hostA.addVm(vm);
+    const name = uniqueId('mig');
+    await createGroup(client, { name, selector: { vms: [{ domain: vm, host: hostA.hostId }] } });
+    const order: string[] = [];
+    const ok = await migrateWithSnapshot(client, name, async () => {
+      order.push(`migrate after ${hostA.chain(vm).length - 1} snapshot(s)`);
+    });
+    expect(ok).toMatchObject({ migrated: true, snapshot: { status: 'completed', label: 'pre-migration' } });
+    expect(order).toEqual(['migrate after 1 snapshot(s)']);
+
+    hostA.hypervisor.failOn('snapshot', vm);
+    const refused = await migrateWithSnapshot(client, name, async () => {
+      order.push('must not run');
+    });
+    expect(refused.migrated).toBe(false);
+    expect(refused.snapshot.status).toBe('failed');
+    expect(order).toHaveLength(1);
   });
 
   it('coalesces concurrent "snapshot now" requests for a group into one snapshot', async () => {

@@ -78,12 +78,12 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
   }
 
   const result: GroupRunResult = { group: input.group, members, snapshot };
-  if (retention) result.retention = await applyRetention(input.group, retention);
+  if (retention) result.retention = await applyRetention(input.group, retention, input.timezone);
   return result;
 }
 
 /** Deletes the group's snapshots that `policy` does not keep, oldest first; failures are reported, not thrown. */
-async function applyRetention(group: string, policy: RetentionPolicy): Promise<RetentionOutcome> {
+async function applyRetention(group: string, policy: RetentionPolicy, timezone?: string): Promise<RetentionOutcome> {
   const inventory = await takeInventory();
   try {
     requireAllHosts(inventory, `apply retention to group ${group}`);
@@ -94,6 +94,7 @@ async function applyRetention(group: string, policy: RetentionPolicy): Promise<R
   const plan = planRetention(
     listings.map((l) => ({ snapshotId: l.snapshotId, createdAt: l.createdAt })),
     policy,
+    timezone ? { timezone } : undefined,
   );
   const outcome: RetentionOutcome = { kept: plan.keep.map((k) => k.snapshotId), deleted: [], failed: [] };
   for (const snapshotId of plan.remove) {
