@@ -16,6 +16,8 @@ export interface FreezeRecord {
   /** The VM must be running again by this time (epoch ms). */
   deadlineMs: number;
   resumedAtMs?: number;
+  /** A `resumed-by-guard` record already counted in the worker's metrics (the guard process has none). */
+  reported?: boolean;
 }
 
 export const OPEN_STATES: readonly FreezeRecordState[] = ['pausing', 'paused'];

@@ -3,11 +3,13 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { groupSnapshotProgress, groupSnapshotResult, startGroupSnapshot } from '../client';
 import { defaults, temporalSettings, type TemporalOverrides } from '../common/config';
+import { METRICS_ADDRESS_ENV } from '../common/metrics';
 import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
 import { BadInputError } from '../common/validation';
 import { parseVmMetadata } from '../activities/catalog';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { claimGuardPidFile, ensureGuard, runGuard, runningGuardPid } from '../worker/guard';
+import { checkMetricsAddress, prometheusTelemetry } from '../worker/telemetry';
 import { createGroupsnapWorker } from '../worker/worker';
 import { formatProgress, formatResult } from './format';
 
@@ -24,11 +26,19 @@ export interface WorkerCommandOptions extends TemporalOverrides {
   stateDir?: string;
   workflows?: boolean;
   guard?: boolean;
+  /** Prometheus exporter address (`ip:port`); else `GROUPSNAP_METRICS_ADDRESS`; none: no metrics. */
+  metrics?: string;
 }
 
 /** `groupsnap worker`: the host's worker, plus its guard process. Runs until SIGINT/SIGTERM. */
 export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
-  Runtime.install({ logger: new DefaultLogger('WARN') });
+  const metricsAddress = opts.metrics ?? (process.env[METRICS_ADDRESS_ENV] || undefined);
+  if (metricsAddress !== undefined) checkMetricsAddress(metricsAddress);
+  // Before any connection or worker: the SDK's runtime (and its metrics exporter) is created once per process.
+  Runtime.install({
+    logger: new DefaultLogger('WARN'),
+    ...(metricsAddress ? { telemetryOptions: prometheusTelemetry(metricsAddress) } : {}),
+  });
   const hostId = opts.host ?? defaults.hostId();
   const libvirtUri = opts.libvirtUri ?? defaults.libvirtUri();
   const stateDir = opts.stateDir ?? defaults.stateDir(hostId);
@@ -49,7 +59,13 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
       log: (msg, fields) => logLine(msg, { hostId, ...fields }),
     });
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
-    logLine('worker started', { hostId, libvirtUri, address: connectionOptions.address, namespace });
+    logLine('worker started', {
+      hostId,
+      libvirtUri,
+      address: connectionOptions.address,
+      namespace,
+      ...(metricsAddress ? { metrics: `http://${metricsAddress}/metrics` } : {}),
+    });
     await worker.run();
   } finally {
     await hypervisor.close();

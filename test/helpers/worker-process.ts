@@ -16,13 +16,26 @@ export class WorkerProcess {
     readonly hostId: string,
     readonly stateDir: string,
     readonly address: string,
+    /** Extra CLI flags; `workflows` also runs the workflow worker (without it: `--no-workflows`). */
+    readonly options: { args?: string[]; workflows?: boolean } = {},
   ) {}
 
   async start(client: Client, timeoutMs = 60_000): Promise<void> {
     if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run build' (npm test does)`);
     const child = spawn(
       process.execPath,
-      [CLI, 'worker', '--host', this.hostId, '--state-dir', this.stateDir, '--address', this.address, '--no-workflows'],
+      [
+        CLI,
+        'worker',
+        '--host',
+        this.hostId,
+        '--state-dir',
+        this.stateDir,
+        '--address',
+        this.address,
+        ...(this.options.workflows ? [] : ['--no-workflows']),
+        ...(this.options.args ?? []),
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     this.child = child;
