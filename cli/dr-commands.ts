@@ -185,7 +185,8 @@ export function snapshotDelete(group: string, snapshotId: string, opts: CommonOp
       [
         `snapshot ${r.snapshotId} of ${r.group}: ${r.status}`,
         ...r.vms.map(
-          (v) => `  ${v.domain}@${v.host}: ${v.outcome}${v.error ? ` (${v.error})` : ''}${v.removed.length ? `, removed ${v.removed.length} file(s)` : ''}`,
+          (v) =>
+            `  ${v.domain}@${v.host}: ${v.outcome}${v.error ? ` (${v.error})` : ''}${v.removed.length ? `, removed ${v.removed.length} file(s)` : ''}`,
         ),
       ].join('\n'),
     (r) => r.status !== 'deleted',
@@ -199,7 +200,8 @@ export function restoreCommand(
   snapshotId: string,
   opts: CommonOptions & { asClone?: boolean; inPlace?: boolean; suffix?: string; yes?: boolean; restoreId?: string },
 ) {
-  if (Boolean(opts.asClone) === Boolean(opts.inPlace)) throw new BadInputError('give exactly one of --as-clone and --in-place');
+  if (Boolean(opts.asClone) === Boolean(opts.inPlace))
+    throw new BadInputError('give exactly one of --as-clone and --in-place');
   if (opts.inPlace && !opts.yes)
     throw new BadInputError(
       'an in-place restore stops the VMs and discards their current state (kept on disk): confirm with --yes',
@@ -215,7 +217,11 @@ export function restoreCommand(
           (v) =>
             `  ${v.domain}@${v.host}${v.clone ? ` -> ${v.clone}` : ''}${v.state ? ` ${v.state}` : ''}` +
             (v.error ? ` (${v.error})` : '') +
-            v.disks.map((d) => `\n    ${d.target}: ${d.overlay} over ${d.image}${d.discarded ? `, kept ${d.discarded}` : ''}`).join(''),
+            v.disks
+              .map(
+                (d) => `\n    ${d.target}: ${d.overlay} over ${d.image}${d.discarded ? `, kept ${d.discarded}` : ''}`,
+              )
+              .join(''),
         ),
       ].join('\n'),
     (r) => r.status !== 'restored',
@@ -330,7 +336,10 @@ export function scheduleAction(
   );
 }
 
-export function scheduleBackfill(group: string, opts: CommonOptions & { start: string; end: string; overlap?: string }) {
+export function scheduleBackfill(
+  group: string,
+  opts: CommonOptions & { start: string; end: string; overlap?: string },
+) {
   const start = new Date(opts.start);
   const end = new Date(opts.end);
   if (Number.isNaN(start.getTime()) || Number.isNaN(end.getTime()))

@@ -27,7 +27,6 @@ import {
 import { collect, parseInteger, parseQuiesce, parseVmRef } from './parse';
 import { BadInputError } from '../common/validation';
 
-
 const program = new Command('groupsnap')
   .description('Crash-consistent snapshots of groups of VMs, orchestrated by Temporal over libvirt')
   .showHelpAfterError()
@@ -59,7 +58,11 @@ temporalOptions(
     .option('--libvirt-uri <uri>', 'libvirt URI (default: GROUPSNAP_LIBVIRT_URI or qemu:///system)')
     .option('--state-dir <dir>', 'freeze journal and leases (default: /var/lib/groupsnap/hosts/<id>)')
     .option('--no-workflows', 'do not also run the workflow worker on the shared queue')
-    .option('--no-guard', 'do not start the freeze guard process (VMs stay protected only while the worker lives)'),
+    .option('--no-guard', 'do not start the freeze guard process (VMs stay protected only while the worker lives)')
+    .option(
+      '--metrics <ip:port>',
+      'serve Prometheus metrics (Temporal SDK and groupsnap) at http://<ip:port>/metrics, e.g. 0.0.0.0:9464 (default: GROUPSNAP_METRICS_ADDRESS; off)',
+    ),
 ).action(workerCommand);
 
 program
@@ -74,8 +77,8 @@ const snapshot = program
 
 temporalOptions(
   snapshot
-    .command('take [group]', { isDefault: true, hidden: true })
-    .description('take a crash-consistent snapshot of a named group, or of the VMs given with --vm')
+    .command('take [group]', { isDefault: true })
+    .description('(default) take a crash-consistent snapshot: `snapshot <group>` or `snapshot --vm d@h ...`')
     .option(
       '--vm <domain[@host]>',
       'a VM of an ad hoc group (repeat); host defaults to this host',
@@ -161,14 +164,16 @@ temporalOptions(
     .command('create')
     .description('define a group: an explicit list of VMs, or every VM carrying a tag')
     .argument('<name>')
-    .option('--vm <domain@host>', 'a member VM (repeat)', collect((v) => parseVmRef(v, defaults.hostId())))
+    .option(
+      '--vm <domain@host>',
+      'a member VM (repeat)',
+      collect((v) => parseVmRef(v, defaults.hostId())),
+    )
     .option('--tag <tag>', 'members: every VM with this tag, on any registered host, at snapshot time')
     .option('--description <text>')
     .option('--json', 'print JSON'),
 ).action(act(groupCreate));
-temporalOptions(group.command('list').description('list groups').option('--json', 'print JSON')).action(
-  act(groupList),
-);
+temporalOptions(group.command('list').description('list groups').option('--json', 'print JSON')).action(act(groupList));
 temporalOptions(
   group.command('show').description('a group and its members now').argument('<name>').option('--json', 'print JSON'),
 ).action(act(groupShow));
@@ -188,7 +193,11 @@ temporalOptions(
     .argument('<vm>', 'domain@host')
     .argument('<tags...>')
     .option('--json', 'print JSON'),
-).action(act((vm: string, tags: string[], opts: CommonOptions) => tagCommand(parseVmRef(vm, defaults.hostId()), tags, false, opts)));
+).action(
+  act((vm: string, tags: string[], opts: CommonOptions) =>
+    tagCommand(parseVmRef(vm, defaults.hostId()), tags, false, opts),
+  ),
+);
 temporalOptions(
   program
     .command('untag')
@@ -196,7 +205,11 @@ temporalOptions(
     .argument('<vm>', 'domain@host')
     .argument('<tags...>')
     .option('--json', 'print JSON'),
-).action(act((vm: string, tags: string[], opts: CommonOptions) => tagCommand(parseVmRef(vm, defaults.hostId()), tags, true, opts)));
+).action(
+  act((vm: string, tags: string[], opts: CommonOptions) =>
+    tagCommand(parseVmRef(vm, defaults.hostId()), tags, true, opts),
+  ),
+);
 
 const host = program.command('host').description('hypervisor hosts registered by their workers');
 temporalOptions(host.command('list').description('registered hosts').option('--json', 'print JSON')).action(
@@ -227,14 +240,20 @@ temporalOptions(
     .option('--note <text>')
     .option('--paused', 'create it paused')
     .option('--json', 'print JSON'),
-).action(act((g: string, opts: Parameters<typeof scheduleCreate>[1] & { maxFreeze?: number }) =>
-  scheduleCreate(g, { ...opts, maxFreezeMs: opts.maxFreeze }),
-));
+).action(
+  act((g: string, opts: Parameters<typeof scheduleCreate>[1] & { maxFreeze?: number }) =>
+    scheduleCreate(g, { ...opts, maxFreezeMs: opts.maxFreeze }),
+  ),
+);
 temporalOptions(schedule.command('list').description('groupsnap schedules').option('--json', 'print JSON')).action(
   act(scheduleList),
 );
 temporalOptions(
-  schedule.command('show').description('a schedule: spec, retention, next and recent runs').argument('<group>').option('--json', 'print JSON'),
+  schedule
+    .command('show')
+    .description('a schedule: spec, retention, next and recent runs')
+    .argument('<group>')
+    .option('--json', 'print JSON'),
 ).action(act(scheduleShow));
 for (const action of ['pause', 'unpause', 'trigger', 'delete'] as const) {
   const cmd = schedule.command(action).description(`${action} the group's schedule`).argument('<group>');

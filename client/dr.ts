@@ -151,7 +151,9 @@ export async function getGroup(client: Client, name: string): Promise<GroupDefin
 /** Every group of the namespace, by name. */
 export async function listGroups(client: Client): Promise<GroupDefinition[]> {
   const names: string[] = [];
-  for await (const wf of client.workflow.list({ query: `WorkflowType = 'groupEntity' AND ExecutionStatus = 'Running'` }))
+  for await (const wf of client.workflow.list({
+    query: `WorkflowType = 'groupEntity' AND ExecutionStatus = 'Running'`,
+  }))
     if (wf.workflowId.startsWith('group/')) names.push(wf.workflowId.slice('group/'.length));
   const defs = await Promise.all(
     [...new Set(names)].map((n) => client.workflow.getHandle(groupWorkflowId(n)).query<GroupDefinition>('definition')),
@@ -190,7 +192,9 @@ export async function deleteGroup(client: Client, name: string, options: { withS
     hasSchedule = false;
   }
   if (hasSchedule && !options.withSchedule)
-    throw new BadInputError(`group ${name} has a schedule (${scheduleIdFor(name)}): delete it first or pass --with-schedule`);
+    throw new BadInputError(
+      `group ${name} has a schedule (${scheduleIdFor(name)}): delete it first or pass --with-schedule`,
+    );
   await settle(client.workflow.getHandle(groupWorkflowId(name)).executeUpdate('deleteGroup', { args: [] }));
   if (hasSchedule) await schedule.delete();
 }
@@ -198,7 +202,11 @@ export async function deleteGroup(client: Client, name: string, options: { withS
 // ---- tags and hosts ----
 
 /** Adds and/or removes tags on a VM (at its host). Returns its tags after. */
-export function tagVm(client: Client, vm: VmRef, change: { add?: string[]; remove?: string[] }): Promise<string[]> {
+export async function tagVm(
+  client: Client,
+  vm: VmRef,
+  change: { add?: string[]; remove?: string[] },
+): Promise<string[]> {
   assertSafeName('host id', vm.host);
   for (const t of [...(change.add ?? []), ...(change.remove ?? [])]) assertSafeName('tag', t);
   return execute<string[]>(
@@ -241,13 +249,18 @@ export async function snapshotNamedGroup(
   group: string,
   options: SnapshotNowOptions = {},
 ): Promise<GroupRunResult> {
-  await getGroup(client, group);
-  return settle(
-    client.workflow.getHandle(groupWorkflowId(group)).executeUpdate<GroupRunResult, [SnapshotNowOptions]>(
-      'snapshotNow',
-      { args: [options] },
-    ),
-  );
+  assertSafeName('group name', group);
+  try {
+    return await settle(
+      client.workflow
+        .getHandle(groupWorkflowId(group))
+        .executeUpdate<GroupRunResult, [SnapshotNowOptions]>('snapshotNow', { args: [options] }),
+    );
+  } catch (err) {
+    // No entity, or a deleted (completed) one.
+    if (err instanceof WorkflowNotFoundError) throw new BadInputError(`unknown group ${JSON.stringify(group)}`);
+    throw err;
+  }
 }
 
 /** The group's snapshots, newest first, as recorded on its VMs. */
@@ -261,7 +274,11 @@ export async function listGroupSnapshots(client: Client, group: string): Promise
  * the per-VM outcome; run it again to retry.
  * @throws BadInputError for an unknown snapshot, or one a clone or in-place restore is built on.
  */
-export function deleteGroupSnapshot(client: Client, group: string, snapshotId: string): Promise<DeleteSnapshotResult> {
+export async function deleteGroupSnapshot(
+  client: Client,
+  group: string,
+  snapshotId: string,
+): Promise<DeleteSnapshotResult> {
   assertSafeName('group name', group);
   assertSafeName('snapshot id', snapshotId);
   return settle(
@@ -279,7 +296,7 @@ export function deleteGroupSnapshot(client: Client, group: string, snapshotId: s
  * Restores a group to a snapshot, as clones beside the originals or in place (discarding the VMs' current state,
  * which is kept on disk). All VMs or none: a failure is rolled back and returned with `status: 'failed'`.
  */
-export function restoreGroup(client: Client, input: RestoreInput): Promise<RestoreResult> {
+export async function restoreGroup(client: Client, input: RestoreInput): Promise<RestoreResult> {
   const normalized = normalizeRestoreInput(input);
   const restoreId = normalized.restoreId ?? `rs-${shortId()}`;
   return settle(
@@ -397,7 +414,8 @@ export async function listGroupSchedules(client: Client): Promise<{ group: strin
   const out: { group: string; scheduleId: string }[] = [];
   const prefix = scheduleIdFor('x').slice(0, -1);
   for await (const s of client.schedule.list())
-    if (s.scheduleId.startsWith(prefix)) out.push({ group: s.scheduleId.slice(prefix.length), scheduleId: s.scheduleId });
+    if (s.scheduleId.startsWith(prefix))
+      out.push({ group: s.scheduleId.slice(prefix.length), scheduleId: s.scheduleId });
   return out.sort((a, b) => a.group.localeCompare(b.group));
 }
 

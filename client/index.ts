@@ -122,7 +122,11 @@ export async function groupSnapshotResult(handle: GroupSnapshotHandle): Promise<
  * its definition, concurrent requests coalesced; see {@link snapshotNamedGroup}). With an input object: an ad hoc
  * group of the listed VMs ({@link startGroupSnapshot} then {@link groupSnapshotResult}).
  */
-export async function snapshotGroup(client: Client, group: string, options?: SnapshotNowOptions): Promise<GroupSnapshotResult>;
+export async function snapshotGroup(
+  client: Client,
+  group: string,
+  options?: SnapshotNowOptions,
+): Promise<GroupSnapshotResult>;
 export async function snapshotGroup(client: Client, input: GroupSnapshotInput): Promise<GroupSnapshotResult>;
 export async function snapshotGroup(
   client: Client,

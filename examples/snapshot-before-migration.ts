@@ -24,7 +24,8 @@ export async function migrateWithSnapshot(
   migrate: () => Promise<void>,
 ): Promise<MigrationOutcome> {
   const snapshot = await snapshotGroup(client, group, { label: 'pre-migration' });
-  if (snapshot.status !== 'completed') return { snapshot, migrated: false, error: `snapshot failed: ${snapshot.error}` };
+  if (snapshot.status !== 'completed')
+    return { snapshot, migrated: false, error: `snapshot failed: ${snapshot.error}` };
   try {
     await migrate();
     return { snapshot, migrated: true };

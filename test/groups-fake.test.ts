@@ -5,6 +5,7 @@ import {
   deleteGroup,
   deleteGroupSnapshot,
   describeGroupSchedule,
+  forgetHost,
   getGroup,
   listGroups,
   listGroupSchedules,
@@ -88,6 +89,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
 
     const listed = await listGroupSnapshots(client, name);
     expect(listed.map((s) => s.snapshotId)).toEqual([second.snapshot.snapshotId, first.snapshot.snapshotId]);
+    expect((await listGroups(client)).find((g) => g.name === name)).toMatchObject({ selector: { tag } });
     expect(listed[0].vms).toHaveLength(3);
   });
 
@@ -113,7 +115,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
   });
 
   it('coalesces concurrent "snapshot now" requests for a group into one snapshot', async () => {
-    const slow = new FakeHost(uniqueId('gs'), { latencyMs: { snapshot: 400 } });
+    const slow = new FakeHost(uniqueId('gs'), { latencyMs: { snapshot: 2500 } });
     const slowHosts = await startHosts([slow], { namespace: client.options.namespace, workflows: false });
     try {
       const vm = uniqueId('c1');
@@ -129,6 +131,8 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
       expect(next.snapshot.snapshotId).not.toBe(results[0].snapshot.snapshotId);
     } finally {
       await slowHosts.stop();
+      // A stopped host stays registered (and fails tag resolution loudly) until it is forgotten.
+      expect(await forgetHost(client, slow.hostId)).toBe(true);
       slow.cleanup();
     }
   });
@@ -142,7 +146,10 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     await rejects(createGroup(client, { name: '../etc', selector: { tag: 'x' } }), /group name/);
     await rejects(createGroup(client, { name, selector: { tag: 'has space' } }), /tag/);
     await rejects(createGroup(client, { name, selector: { vms: [] } }), /empty/);
-    await rejects(tagVm(client, { domain: uniqueId('ghost'), host: hostA.hostId }, { add: ['x'] }), /not found|unknown/i);
+    await rejects(
+      tagVm(client, { domain: uniqueId('ghost'), host: hostA.hostId }, { add: ['x'] }),
+      /not found|unknown/i,
+    );
 
     const emptyTag = uniqueId('nobody');
     await createGroup(client, { name, selector: { tag: emptyTag } });
@@ -151,8 +158,14 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
 
     // Invalid cron, timezone or retention: rejected, and no schedule exists afterwards.
     await rejects(createGroupSchedule(client, { group: name, cron: '61 * * * *' }), /minute/);
-    await rejects(createGroupSchedule(client, { group: name, cron: '0 * * * *', timezone: 'Mars/Olympus' }), /time ?zone/i);
-    await rejects(createGroupSchedule(client, { group: name, cron: '0 * * * *', retention: { keepLast: 0 } }), /keep nothing/);
+    await rejects(
+      createGroupSchedule(client, { group: name, cron: '0 * * * *', timezone: 'Mars/Olympus' }),
+      /time ?zone/i,
+    );
+    await rejects(
+      createGroupSchedule(client, { group: name, cron: '0 * * * *', retention: { keepLast: 0 } }),
+      /keep nothing/,
+    );
     await rejects(createGroupSchedule(client, { group: uniqueId('nope'), cron: '0 * * * *' }), /unknown group/);
     expect((await listGroupSchedules(client)).map((s) => s.group)).not.toContain(name);
 
@@ -252,7 +265,10 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     expect(hostA.state(`${a}-dr`)).toBe('running');
     await rejects(deleteGroupSnapshot(client, name, s1.snapshotId), /clone/);
     // The same clone names again: refused, and nothing else was created.
-    await rejects(restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'clone', suffix: '-dr' }), /exists/);
+    await rejects(
+      restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'clone', suffix: '-dr' }),
+      /exists/,
+    );
 
     const inPlace = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'in-place' });
     expect(inPlace.status).toBe('restored');

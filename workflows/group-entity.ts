@@ -72,7 +72,10 @@ export async function groupEntity(state: { definition: GroupDefinition }): Promi
         if (cause instanceof ApplicationFailure && cause.type === SNAPSHOT_FAILED && cause.details?.[0])
           return cause.details[0] as GroupRunResult;
         const type = rootType(err);
-        throw ApplicationFailure.nonRetryable(errorMessage(err), type === BAD_INPUT ? BAD_INPUT : (type ?? 'RunFailed'));
+        throw ApplicationFailure.nonRetryable(
+          errorMessage(err),
+          type === BAD_INPUT ? BAD_INPUT : (type ?? 'RunFailed'),
+        );
       }
     },
     {

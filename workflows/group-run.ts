@@ -1,4 +1,4 @@
-import { ApplicationFailure, executeChild, log, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, executeChild, log, uuid4 } from '@temporalio/workflow';
 import {
   deleteSnapshotWorkflowId,
   groupSnapshotsIn,
@@ -24,7 +24,7 @@ function runSnapshotId(): string {
     .toISOString()
     .replace(/[-:]/g, '')
     .replace(/\.\d+Z$/, 'Z');
-  return `gs-${t}-${workflowInfo().runId.slice(0, 6)}`;
+  return `gs-${t}-${uuid4().slice(0, 6)}`;
 }
 
 /**

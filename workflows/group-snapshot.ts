@@ -9,6 +9,7 @@ import {
   isCancellation,
   log,
   proxyActivities,
+  setCurrentDetails,
   setHandler,
   sleep,
   upsertSearchAttributes,
@@ -31,6 +32,8 @@ import type {
   VmResult,
 } from '../common/types';
 import { BAD_INPUT, BadInputError, normalizeSnapshotInput } from '../common/validation';
+import { recordCompensation, recordRun } from './run-metrics';
+import { onHostSummary, progressDetails } from './ui';
 
 /** Failure type of a group snapshot that failed and was compensated; its details hold the result. */
 export const SNAPSHOT_FAILED = 'GroupSnapshotFailed';
@@ -132,7 +135,10 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     snapshotId,
     vms: input.vms.map((v) => ({ ...v, state: 'pending' })),
   };
-  setHandler(progressQuery, () => progress);
+  setHandler(progressQuery, () => progress, { description: 'Phase of the group snapshot and the state of each VM' });
+  /** The live "current details" in the Temporal UI: phase and per-VM progress (and the result once known). */
+  const showProgress = (final?: GroupSnapshotResult) => setCurrentDetails(progressDetails(progress, final));
+  showProgress();
 
   let barrier: 'waiting' | 'release' | 'abort' = 'waiting';
   const frozenHosts = new Set<string>();
@@ -144,6 +150,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
       return barrier === 'release';
     },
     {
+      description: "A host's freeze reports its VMs snapshotted and waits for the group's release (true) or abort",
       validator: (h) => {
         if (!hosts.includes(h)) throw new Error(`host ${h} is not part of this snapshot`);
       },
@@ -151,11 +158,15 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
   );
   const setPhase = (phase: SnapshotPhase) => {
     progress.phase = phase;
+    showProgress();
     log.info('group snapshot phase', { snapshotId, phase });
   };
   const markVm = (h: string, domain: string, state: SnapshotProgress['vms'][number]['state']) => {
     const vm = progress.vms.find((v) => v.host === h && v.domain === domain);
-    if (vm) vm.state = state;
+    if (vm && vm.state !== state) {
+      vm.state = state;
+      showProgress();
+    }
   };
 
   upsertSearchAttributes([
@@ -176,7 +187,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
   const result = (status: GroupSnapshotResult['status'], error?: string): GroupSnapshotResult => {
     const spans = [...times.values()];
     const ends = spans.map((t) => t.resumedAtMs).filter((t): t is number => t !== undefined);
-    return {
+    const res: GroupSnapshotResult = {
       snapshotId,
       workflowId: workflowInfo().workflowId,
       group,
@@ -188,6 +199,8 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
       vms: vmResults,
       ...(error ? { error } : {}),
     };
+    showProgress(res);
+    return res;
   };
 
   const applyResume = (
@@ -209,7 +222,10 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     await Promise.all(
       hostIds.map(async (h) => {
         const quiesced = (freezeReports.get(h) ?? []).filter((r) => r.quiesced).map((r) => r.domain);
-        const out = await host(h).thaw.thawVms({ snapshotId, domains: byHost.get(h)!, quiesced });
+        const out = await host(h).thaw.thawVms.executeWithOptions(
+          { summary: onHostSummary('resume', byHost.get(h)!, h) },
+          [{ snapshotId, domains: byHost.get(h)!, quiesced }],
+        );
         for (const r of out) {
           if (r.pausedByUs) {
             // The journal knows even when the freeze report was lost with its worker.
@@ -238,10 +254,11 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
         // overlays of this run, so a host whose freeze report was lost is covered too.
         let reports: UndoVmReport[];
         try {
-          reports = await host(h).cleanup.undoSnapshots({
-            snapshotId,
-            vms: plans.get(h)!.map((p) => ({ domain: p.domain, disks: p.disks })),
-          });
+          const domains = plans.get(h)!.map((p) => p.domain);
+          reports = await host(h).cleanup.undoSnapshots.executeWithOptions(
+            { summary: onHostSummary('undo snapshot of', domains, h) },
+            [{ snapshotId, vms: plans.get(h)!.map((p) => ({ domain: p.domain, disks: p.disks })) }],
+          );
         } catch (err) {
           for (const p of plans.get(h)!) {
             const vm = vmResult(h, p.domain);
@@ -272,7 +289,11 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     // 1. Plan on every host in parallel: nothing is changed, every problem is reported before any pause.
     setPhase('planning');
     const planned = await Promise.allSettled(
-      hosts.map((h) => host(h).plan.planVms({ snapshotId, domains: byHost.get(h)!, quiesce })),
+      hosts.map((h) =>
+        host(h).plan.planVms.executeWithOptions({ summary: onHostSummary('plan', byHost.get(h)!, h) }, [
+          { snapshotId, domains: byHost.get(h)!, quiesce },
+        ]),
+      ),
     );
     const planProblems = planned.flatMap((p, i) =>
       p.status === 'rejected' ? [describePlanFailure(hosts[i], p.reason)] : [],
@@ -298,7 +319,9 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     setPhase('locking');
     for (const h of hosts) {
       lockedHosts.push(h);
-      await host(h).lock.acquireLocks({ owner: snapshotId, domains: byHost.get(h)!, ttlMs: LOCK_TTL_MS });
+      await host(h).lock.acquireLocks.executeWithOptions({ summary: onHostSummary('lease', byHost.get(h)!, h) }, [
+        { owner: snapshotId, domains: byHost.get(h)!, ttlMs: LOCK_TTL_MS },
+      ]);
     }
 
     // 3. The freeze window: pause + snapshot on every host; resume at once when the group has one host.
@@ -311,14 +334,16 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     const freezes = hosts.map((h) =>
       host(h)
         .freeze(maxFreezeMs)
-        .freezeVms({
-          snapshotId,
-          vms: plans.get(h)!,
-          maxFreezeMs,
-          release,
-          host: h,
-          quiesce,
-        })
+        .freezeVms.executeWithOptions(
+          {
+            summary: onHostSummary(
+              quiesce === 'none' ? 'pause + snapshot' : 'quiesce, pause + snapshot',
+              byHost.get(h)!,
+              h,
+            ),
+          },
+          [{ snapshotId, vms: plans.get(h)!, maxFreezeMs, release, host: h, quiesce }],
+        )
         .then((reports) => {
           if (reports.some((r) => r.error)) barrier = 'abort';
           freezeReports.set(h, reports);
@@ -346,7 +371,9 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     const allFrozen = CancellationScope.nonCancellable(() => Promise.all(freezes));
     // Awaited below on the success path; failures are also seen through freezesSettled by compensation.
     allFrozen.catch(() => undefined);
-    const deadline = sleep(maxFreezeMs).then(() => 'deadline' as const);
+    const deadline = sleep(maxFreezeMs, { summary: `freeze deadline (${maxFreezeMs} ms)` }).then(
+      () => 'deadline' as const,
+    );
     // 4. The cross-host barrier: release once every host has reported its snapshots. One-host groups resume on
     // their host; with the update barrier, hosts resume as soon as the release reaches them and their freeze
     // activities then complete; otherwise the VMs are resumed by thawVms below.
@@ -389,23 +416,35 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     setPhase('cataloguing');
     await Promise.all(
       hosts.map((h) =>
-        host(h).cleanup.recordCatalog({
-          host: h,
-          entry: { snapshotId, group, createdAt: createdAt!, ...(input.label ? { label: input.label } : {}) },
-          vms: plans.get(h)!.map((p) => ({ domain: p.domain, uuid: p.uuid, disks: p.disks })),
-        }),
+        host(h).cleanup.recordCatalog.executeWithOptions(
+          { summary: onHostSummary('record catalog of', byHost.get(h)!, h) },
+          [
+            {
+              host: h,
+              entry: { snapshotId, group, createdAt: createdAt!, ...(input.label ? { label: input.label } : {}) },
+              vms: plans.get(h)!.map((p) => ({ domain: p.domain, uuid: p.uuid, disks: p.disks })),
+            },
+          ],
+        ),
       ),
     );
     setPhase('done');
-    return result('completed');
+    const completed = result('completed');
+    recordRun('completed', group, completed);
+    return completed;
   } catch (err) {
     // Hosts waiting at the barrier resume now; compensation then undoes their snapshots.
     barrier = 'abort';
-    if (isBadInput(err)) throw err;
+    if (isBadInput(err)) {
+      recordRun('rejected', group);
+      throw err;
+    }
     setPhase('compensating');
     await CancellationScope.nonCancellable(() => compensate());
+    if (freezeStartedOn.length > 0) recordCompensation(group);
     createdAt = undefined;
     const failed = result('failed', errorMessage(err));
+    recordRun(isCancellation(err) ? 'cancelled' : 'failed', group, failed);
     if (isCancellation(err)) throw err;
     throw ApplicationFailure.create({
       type: SNAPSHOT_FAILED,
@@ -415,7 +454,14 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     });
   } finally {
     await CancellationScope.nonCancellable(() =>
-      Promise.all(lockedHosts.map((h) => host(h).cleanup.releaseLocks({ owner: snapshotId, domains: byHost.get(h)! }))),
+      Promise.all(
+        lockedHosts.map((h) =>
+          host(h).cleanup.releaseLocks.executeWithOptions(
+            { summary: onHostSummary('release leases of', byHost.get(h)!, h) },
+            [{ owner: snapshotId, domains: byHost.get(h)! }],
+          ),
+        ),
+      ),
     ).catch((err) => log.warn('releasing VM leases failed; they expire by themselves', { error: errorMessage(err) }));
   }
 }

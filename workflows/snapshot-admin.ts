@@ -81,7 +81,10 @@ export async function deleteGroupSnapshot(input: DeleteSnapshotInput): Promise<D
     return deletionBlockers(vm, snapshotId);
   });
   if (blockers.length > 0) {
-    throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} cannot be deleted: ${blockers.join('; ')}`, BAD_INPUT);
+    throw ApplicationFailure.nonRetryable(
+      `snapshot ${snapshotId} cannot be deleted: ${blockers.join('; ')}`,
+      BAD_INPUT,
+    );
   }
   upsertSearchAttributes([{ key: GroupsnapVmCount, value: listing.vms.length }]);
 
@@ -92,7 +95,11 @@ export async function deleteGroupSnapshot(input: DeleteSnapshotInput): Promise<D
       // One VM at a time per host: each merge is I/O bound on the same storage.
       for (const v of listing.vms.filter((x) => x.host === h)) {
         try {
-          const r = await onHost(h).merge.deleteSnapshot({ owner: `delete/${snapshotId}`, snapshotId, domain: v.domain });
+          const r = await onHost(h).merge.deleteSnapshot({
+            owner: `delete/${snapshotId}`,
+            snapshotId,
+            domain: v.domain,
+          });
           result.vms.push({ host: h, ...r });
         } catch (err) {
           result.vms.push({ host: h, domain: v.domain, outcome: 'failed', removed: [], error: errorMessage(err) });
@@ -146,6 +153,17 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
   };
   const hosts = [...new Set(listing.vms.map((v) => v.host))].sort();
   const byHost = new Map(hosts.map((h) => [h, listing.vms.filter((v) => v.host === h).map((v) => v.domain)]));
+  if (mode === 'clone') {
+    const taken = listing.vms
+      .map((v) => ({ host: v.host, name: `${v.domain}${suffix}` }))
+      .filter((c) => inventory.hosts.find((h) => h.host === c.host)!.vms.some((vm) => vm.domain === c.name));
+    if (taken.length > 0) {
+      throw ApplicationFailure.nonRetryable(
+        `cannot clone: VM ${taken.map((c) => `${c.name}@${c.host}`).join(', ')} already exists (choose another --suffix)`,
+        BAD_INPUT,
+      );
+    }
+  }
   const owner = `restore/${restoreId}`;
   const locked: string[] = [];
   const attempted: { host: string; domain: string }[] = [];
