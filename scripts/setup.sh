@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Everything groupsnap needs on this machine, idempotent: libvirtd + QEMU, the Temporal CLI, npm dependencies
-# (including the native libvirt binding) and the TypeScript build. Each step is skipped when already done.
+# Everything groupsnap needs on this machine, idempotent: libvirtd + QEMU, the Temporal CLI, Chromium (UI test),
+# npm dependencies (including the native libvirt binding) and the TypeScript build. Each step is skipped when
+# already done.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -8,11 +9,15 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 bash scripts/setup-libvirt.sh >/dev/null
 bash scripts/ensure-temporal.sh >/dev/null
+# The workload guest of the crash-consistency check (kernel + busybox initramfs from Debian packages, cached).
+bash scripts/build-guest.sh >/dev/null
+# Debian's Chromium, for the browser test of the Temporal UI (playwright-core drives it; no browser download).
+bash scripts/ensure-chromium.sh >/dev/null
 
 # npm ci only when the lockfile changed since the last install (or node_modules is missing).
 stamp=node_modules/.groupsnap-lock-stamp
 want="$(sha256sum package-lock.json libvirt/package.json | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -f libvirt/build/Release/libvirt_binding.node ]; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -f libvirt/build/Release/groupsnap_libvirt.node ]; then
   log "installing npm dependencies and building the native libvirt binding"
   npm ci --no-audit --no-fund
   printf '%s\n' "$want" >"$stamp"

@@ -104,4 +104,16 @@ describe('set-up scripts', () => {
     expect(run.stderr).toMatch(/no 'temporal' on PATH and no Go toolchain to build it/);
     expect(run.stderr).toMatch(/TEMPORAL_CLI=/);
   });
+
+  it('ensure-chromium.sh finds the installed Chromium without installing it again, or the one given', async () => {
+    const first = await script('ensure-chromium.sh');
+    expect(first.code).toBe(0);
+    expect(first.stdout.trim()).toBe('/usr/bin/chromium');
+    const second = await script('ensure-chromium.sh');
+    expect(second.stdout).toBe(first.stdout);
+    expect(second.stderr).not.toContain('installing');
+    const given = await script('ensure-chromium.sh', { GROUPSNAP_CHROMIUM: '/nonexistent/chromium' });
+    expect(given.code).toBe(1);
+    expect(given.stderr).toMatch(/GROUPSNAP_CHROMIUM=\/nonexistent\/chromium is not an executable file/);
+  });
 });
