@@ -59,6 +59,7 @@ export async function groupEntity(state: { definition: GroupDefinition }): Promi
         const snapshotId = options.snapshotId ?? snapshotIdNow();
         inFlight = executeChild(groupSnapshotRun, {
           workflowId: groupRunWorkflowId(definition.name, snapshotId),
+          staticSummary: `Snapshot of group ${definition.name} (${options.trigger ?? 'api'}): resolve members, snapshot`,
           args: [{ ...options, snapshotId, group: definition.name, definition, trigger: options.trigger ?? 'api' }],
           parentClosePolicy: ParentClosePolicy.ABANDON,
         });

@@ -1,4 +1,4 @@
-import { ApplicationFailure, executeChild, log, uuid4 } from '@temporalio/workflow';
+import { ApplicationFailure, executeChild, isCancellation, log, uuid4 } from '@temporalio/workflow';
 import {
   deleteSnapshotWorkflowId,
   groupSnapshotsIn,
@@ -6,7 +6,8 @@ import {
   type GroupRunResult,
   type RetentionOutcome,
 } from '../common/groups';
-import { groupSnapshotWorkflowId } from '../common/names';
+import { DEFAULT_MAX_FREEZE_MS, groupSnapshotWorkflowId } from '../common/names';
+import { snapshotDetails, snapshotSummary } from './ui';
 import { normalizeRetention, planRetention, type RetentionPolicy } from '../common/retention';
 import type { GroupSnapshotResult, VmRef } from '../common/types';
 import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
@@ -49,8 +50,18 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
 
   let snapshot: GroupSnapshotResult;
   try {
+    const described = {
+      group: input.group,
+      vms: members,
+      snapshotId,
+      label: input.label,
+      maxFreezeMs: input.maxFreezeMs ?? DEFAULT_MAX_FREEZE_MS,
+      quiesce: input.quiesce ?? 'none',
+    };
     snapshot = await executeChild(groupSnapshot, {
       workflowId: groupSnapshotWorkflowId(input.group, snapshotId),
+      staticSummary: snapshotSummary(described),
+      staticDetails: snapshotDetails(described),
       args: [
         {
           group: input.group,
@@ -63,6 +74,8 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
       ],
     });
   } catch (err) {
+    // Cancelled (e.g. by the Nexus caller that asked for it): the saga compensated; the run ends cancelled too.
+    if (isCancellation(err)) throw err;
     const cause = (err as { cause?: unknown }).cause;
     if (cause instanceof ApplicationFailure && cause.type === SNAPSHOT_FAILED && cause.details?.[0]) {
       const failed = cause.details[0] as GroupSnapshotResult;
@@ -101,6 +114,7 @@ async function applyRetention(group: string, policy: RetentionPolicy, timezone?:
     try {
       await executeChild(deleteGroupSnapshot, {
         workflowId: deleteSnapshotWorkflowId(group, snapshotId),
+        staticSummary: `Retention: delete snapshot ${snapshotId} of group ${group}`,
         args: [{ group, snapshotId }],
       });
       outcome.deleted.push(snapshotId);

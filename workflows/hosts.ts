@@ -80,7 +80,9 @@ export function rootType(err: unknown): string | undefined {
 /** Every registered host's VMs (or of `hosts`), in parallel; hosts that do not answer are listed as unreachable. */
 export async function takeInventory(hosts?: string[]): Promise<Inventory> {
   const ids = hosts ?? (await control.registeredHosts()).map((h) => h.hostId);
-  const answers = await Promise.allSettled(ids.map((h) => onHost(h).read.listVms()));
+  const answers = await Promise.allSettled(
+    ids.map((h) => onHost(h).read.listVms.executeWithOptions({ summary: `list VMs on ${h}` }, [])),
+  );
   const inventory: Inventory = { hosts: [], unreachable: [] };
   answers.forEach((a, i) => {
     if (a.status === 'fulfilled') inventory.hosts.push({ host: ids[i], vms: a.value });

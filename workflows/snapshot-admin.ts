@@ -54,7 +54,10 @@ export async function setVmTags(input: SetTagsRequest & { host: string }): Promi
     assertSafeName('host id', input.host);
     for (const t of [...(input.add ?? []), ...(input.remove ?? [])]) assertSafeName('tag', t);
   });
-  return onHost(input.host).change.setTags({ domain: input.domain, add: input.add, remove: input.remove });
+  return onHost(input.host).change.setTags.executeWithOptions(
+    { summary: `set tags of ${input.domain} on ${input.host}` },
+    [{ domain: input.domain, add: input.add, remove: input.remove }],
+  );
 }
 
 /**
@@ -95,11 +98,16 @@ export async function deleteGroupSnapshot(input: DeleteSnapshotInput): Promise<D
       // One VM at a time per host: each merge is I/O bound on the same storage.
       for (const v of listing.vms.filter((x) => x.host === h)) {
         try {
-          const r = await onHost(h).merge.deleteSnapshot({
-            owner: `delete/${snapshotId}`,
-            snapshotId,
-            domain: v.domain,
-          });
+          const r = await onHost(h).merge.deleteSnapshot.executeWithOptions(
+            { summary: `merge snapshot ${snapshotId} out of ${v.domain} on ${h}` },
+            [
+              {
+                owner: `delete/${snapshotId}`,
+                snapshotId,
+                domain: v.domain,
+              },
+            ],
+          );
           result.vms.push({ host: h, ...r });
         } catch (err) {
           result.vms.push({ host: h, domain: v.domain, outcome: 'failed', removed: [], error: errorMessage(err) });
@@ -180,15 +188,23 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
         const vm = result.vms.find((x) => x.host === v.host && x.domain === v.domain)!;
         try {
           if (mode === 'clone') {
-            const r = await onHost(v.host).change.cloneVm({
-              snapshotId,
-              domain: v.domain,
-              cloneName: `${v.domain}${suffix}`,
-              start: true,
-            });
+            const r = await onHost(v.host).change.cloneVm.executeWithOptions(
+              { summary: `clone ${v.domain} as ${v.domain}${suffix} on ${v.host}` },
+              [
+                {
+                  snapshotId,
+                  domain: v.domain,
+                  cloneName: `${v.domain}${suffix}`,
+                  start: true,
+                },
+              ],
+            );
             Object.assign(vm, { clone: r.clone, state: r.state, disks: r.disks });
           } else {
-            const r = await onHost(v.host).change.restoreInPlace({ restoreId, snapshotId, domain: v.domain });
+            const r = await onHost(v.host).change.restoreInPlace.executeWithOptions(
+              { summary: `restore ${v.domain} in place to ${snapshotId} on ${v.host}` },
+              [{ restoreId, snapshotId, domain: v.domain }],
+            );
             Object.assign(vm, { state: r.state, disks: r.disks });
           }
         } catch (err) {
@@ -216,8 +232,15 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
         attempted.map(async (v) => {
           try {
             if (mode === 'clone')
-              await onHost(v.host).cleanup.removeClone({ domain: v.domain, clone: `${v.domain}${suffix}` });
-            else await onHost(v.host).cleanup.undoInPlace({ restoreId, domain: v.domain });
+              await onHost(v.host).cleanup.removeClone.executeWithOptions(
+                { summary: `remove clone ${v.domain}${suffix} on ${v.host}` },
+                [{ domain: v.domain, clone: `${v.domain}${suffix}` }],
+              );
+            else
+              await onHost(v.host).cleanup.undoInPlace.executeWithOptions(
+                { summary: `undo in-place restore of ${v.domain} on ${v.host}` },
+                [{ restoreId, domain: v.domain }],
+              );
           } catch (undoErr) {
             const vm = result.vms.find((x) => x.host === v.host && x.domain === v.domain)!;
             vm.error = `${vm.error ?? ''}; rollback failed: ${errorMessage(undoErr)}`;
