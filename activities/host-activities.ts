@@ -1,7 +1,8 @@
 import { existsSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Context } from '@temporalio/activity';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, noopMetricMeter, type MetricMeter } from '@temporalio/common';
+import { METRICS } from '../common/metrics';
 import { HOST_FROZEN_UPDATE } from '../common/names';
 import { BAD_INPUT } from '../common/validation';
 import type { DiskSnapshot, QuiesceMode, VmPowerState } from '../common/types';
@@ -10,7 +11,8 @@ import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
 import { parseVmMetadata, renderVmMetadata, type CatalogEntry } from './catalog';
 import { nowMs } from './clock';
 import { DomainLocks, LockBusyError } from './domain-locks';
-import { FreezeJournal } from './freeze-journal';
+import { createDrActivities } from './dr-activities';
+import { FreezeJournal, OPEN_STATES, type FreezeRecord } from './freeze-journal';
 import { DeadlineTimers, recoverFreezes, resumeFromJournal } from './resume';
 
 /** Free space required per new overlay file before a snapshot is attempted. */
@@ -22,7 +24,12 @@ export interface HostActivityDeps {
   /** Freeze journal and locks of this host; must survive the worker process. */
   stateDir: string;
   log?: (message: string, fields?: Record<string, unknown>) => void;
+  /** Meter for groupsnap's host metrics (VMs resumed by a deadline), e.g. `Runtime.instance().metricMeter`. */
+  metrics?: MetricMeter;
 }
+
+/** Phases of a VM in a snapshot run, each logged as one structured line by its host. */
+export type VmPhase = 'pause' | 'snapshot' | 'resume' | 'undo';
 
 export interface PlanRequest {
   snapshotId: string;
@@ -111,6 +118,18 @@ export interface CatalogRequest {
 
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
+const round = (ms: number): number => Math.round(ms * 1000) / 1000;
+
+/** Log fields of a VM's resume: how long it was paused and who resumed it (`resumed`: the workflow's release). */
+function resumeFields(rec: FreezeRecord): Record<string, unknown> {
+  return {
+    by: rec.state,
+    ...(rec.resumedAtMs !== undefined
+      ? { resumedAtMs: rec.resumedAtMs, freezeMs: round(rec.resumedAtMs - rec.pausedAtMs) }
+      : {}),
+  };
+}
+
 function badInput(problems: string[]): ApplicationFailure {
   return ApplicationFailure.nonRetryable(problems.join('; '), BAD_INPUT);
 }
@@ -142,10 +161,31 @@ export function createHost(deps: HostActivityDeps) {
   const log = deps.log ?? (() => {});
   const journal = new FreezeJournal(deps.stateDir);
   const locks = new DomainLocks(deps.stateDir);
+  const resumedByDeadline = (deps.metrics ?? noopMetricMeter).createCounter(
+    METRICS.vmsResumedByGuard,
+    'vms',
+    'VMs resumed by a freeze deadline instead of the workflow',
+  );
   const timers = new DeadlineTimers(hypervisor, journal, (rec, err) => {
     if (rec) log('deadline timer resumed VM', { domain: rec.domain, snapshotId: rec.snapshotId });
     else log('deadline timer failed to resume VM', { error: message(err) });
+    if (rec?.state === 'resumed-by-timer') resumedByDeadline.add(1, { host: deps.hostId, by: 'timer' });
   });
+
+  /** One JSON log line per VM and phase, with the snapshot, host and domain. */
+  const logPhase = (phase: VmPhase, snapshotId: string, domain: string, fields: Record<string, unknown> = {}) =>
+    log('vm phase', { snapshotId, host: deps.hostId, domain, phase, ...fields });
+
+  /**
+   * Counts a VM resumed by the host guard, once: the guard process has no metrics, so the worker counts its
+   * resumes when it meets their records (thaw, or its own start) and marks them reported in the journal.
+   */
+  function reportGuardResume(rec: FreezeRecord | undefined, by: 'guard' | 'recovery' = 'guard'): void {
+    const now = rec && journal.read(rec.snapshotId, rec.domain);
+    if (now?.state !== 'resumed-by-guard' || now.reported) return;
+    journal.write({ ...now, reported: true });
+    resumedByDeadline.add(1, { host: deps.hostId, by });
+  }
 
   function planOne(d: DomainDescription, snapshotId: string, quiesce: QuiesceMode, problems: string[]): PlannedVm {
     if (d.state === 'other') problems.push(`VM ${d.name} is in a state that cannot be snapshotted`);
@@ -220,18 +260,21 @@ export function createHost(deps: HostActivityDeps) {
         journal.write({ ...record, state: 'paused' });
         report.pausedByUs = true;
         report.pausedAtMs = pausedAtMs;
+        logPhase('pause', snapshotId, vm.domain, { pausedAtMs, error: message(err) });
         throw err;
       }
       // Not paused by us: drop the record so nothing resumes the VM on our behalf.
       timers.disarm(snapshotId, vm.domain);
       journal.remove(snapshotId, vm.domain);
       // Paused by someone else since planning: not ours to resume, and still snapshottable.
+      logPhase('pause', snapshotId, vm.domain, state === 'paused' ? { pausedByUs: false } : { error: message(err) });
       if (state === 'paused') return;
       throw err;
     }
     journal.write({ ...record, state: 'paused' });
     report.pausedByUs = true;
     report.pausedAtMs = pausedAtMs;
+    logPhase('pause', snapshotId, vm.domain, { pausedAtMs, ms: round(nowMs() - pausedAtMs) });
   }
 
   async function resumeOurs(snapshotId: string, reports: FreezeVmReport[]): Promise<void> {
@@ -243,6 +286,8 @@ export function createHost(deps: HostActivityDeps) {
           const rec = await resumeFromJournal(hypervisor, journal, snapshotId, r.domain, 'resumed');
           r.resumedAtMs = rec?.resumedAtMs;
           r.resumedByGuard = rec !== undefined && rec.state !== 'resumed';
+          reportGuardResume(rec);
+          if (rec) logPhase('resume', snapshotId, r.domain, resumeFields(rec));
         }),
     );
   }
@@ -266,6 +311,7 @@ export function createHost(deps: HostActivityDeps) {
     } catch (err) {
       report.error = message(err);
       report.cleanupPending = disks.map((d) => d.overlay).filter((f) => existsSync(f));
+      logPhase('undo', snapshotId, domain, { hadSnapshot: report.hadSnapshot, error: report.error });
       return report;
     }
     const errors: string[] = [];
@@ -302,9 +348,12 @@ export function createHost(deps: HostActivityDeps) {
         report.cleanupPending.push(...toRedefine.map((r) => r.from));
       }
     }
-    log('undo snapshot', { domain, snapshotId, errors });
     report.rolledBack = errors.length === 0;
     if (errors.length > 0) report.error = errors.join('; ');
+    logPhase('undo', snapshotId, domain, {
+      hadSnapshot: report.hadSnapshot,
+      ...(report.error ? { error: report.error } : {}),
+    });
     return report;
   }
 
@@ -365,6 +414,7 @@ export function createHost(deps: HostActivityDeps) {
     if (!failed()) {
       await Promise.all(
         req.vms.map(async (vm, i) => {
+          const startedAtMs = nowMs();
           try {
             await hypervisor.snapshotDisks(
               vm.domain,
@@ -373,8 +423,14 @@ export function createHost(deps: HostActivityDeps) {
             );
             reports[i].snapshotted = true;
             reports[i].snapshottedAtMs = nowMs();
+            logPhase('snapshot', req.snapshotId, vm.domain, {
+              snapshottedAtMs: reports[i].snapshottedAtMs,
+              ms: round(reports[i].snapshottedAtMs! - startedAtMs),
+              disks: vm.disks.length,
+            });
           } catch (err) {
             fail(i, err);
+            logPhase('snapshot', req.snapshotId, vm.domain, { error: message(err) });
           }
         }),
       );
@@ -459,7 +515,12 @@ export function createHost(deps: HostActivityDeps) {
       const out = await Promise.all(
         req.domains.map(async (domain): Promise<ThawVmReport> => {
           timers.disarm(req.snapshotId, domain);
+          const before = journal.read(req.snapshotId, domain);
           const rec = await resumeFromJournal(hypervisor, journal, req.snapshotId, domain, 'resumed');
+          reportGuardResume(rec);
+          // Compensation thaws twice: log the resume once, when this call found the VM still paused.
+          if (rec && before && OPEN_STATES.includes(before.state))
+            logPhase('resume', req.snapshotId, domain, resumeFields(rec));
           const state = await hypervisor.state(domain).catch(() => undefined);
           if (!rec) return { domain, pausedByUs: false, state };
           return {
@@ -506,13 +567,24 @@ export function createHost(deps: HostActivityDeps) {
       for (const d of req.domains) out[d] = await hypervisor.state(d).catch(() => 'missing' as const);
       return out;
     },
+
+    // Snapshot deletion, restores and tags (activities/dr-activities.ts), under the same VM leases.
+    ...createDrActivities({ hypervisor, hostId: deps.hostId, locks, log }),
   };
 
   return {
     activities,
     journal,
-    /** Finishes freezes a crashed worker left: resumes VMs past their deadline, re-arms timers for the rest. */
-    recover: () => recoverFreezes(hypervisor, journal, timers, 'resumed-by-guard'),
+    /**
+     * Finishes freezes a crashed worker left: resumes VMs past their deadline, re-arms timers for the rest. Also
+     * counts the VMs the host guard resumed meanwhile (see `reportGuardResume`).
+     */
+    recover: async () => {
+      const closed = await recoverFreezes(hypervisor, journal, timers, 'resumed-by-guard');
+      for (const r of closed) reportGuardResume(r, 'recovery');
+      for (const r of journal.list()) reportGuardResume(r, 'guard');
+      return closed;
+    },
     /** Stops the in-process timers (the host guard still covers open freezes). */
     shutdown: () => timers.disarmAll(),
   };

@@ -71,10 +71,31 @@ export function retargetDiskSource(xml: string, target: string, from: string, to
   if (!disk) throw new Error(`disk ${target} not found`);
   const source = new RegExp(`(<source\\s+file=)(['"])${escapeRegExp(escapeXml(from))}\\2`);
   if (!source.test(disk[0])) throw new Error(`disk ${target} is not on ${from}`);
-  const replaced = disk[0]
-    .replace(source, (_m, head: string, q: string) => `${head}${q}${escapeXml(to)}${q}`)
-    .replace(/\s*<backingStore\b[\s\S]*?(<\/backingStore>|\/>)/g, '');
-  return xml.slice(0, disk.index) + replaced + xml.slice(disk.index! + disk[0].length);
+  const replaced = disk[0].replace(source, (_m, head: string, q: string) => `${head}${q}${escapeXml(to)}${q}`);
+  return xml.slice(0, disk.index) + stripBackingStore(replaced) + xml.slice(disk.index! + disk[0].length);
+}
+
+/**
+ * Removes every `<backingStore>` element (libvirt nests one per layer of the chain, and ends it with an empty one)
+ * with the whitespace before it.
+ */
+export function stripBackingStore(xml: string): string {
+  let out = '';
+  let from = 0;
+  let depth = 0;
+  for (const m of xml.matchAll(/<backingStore\b[^>]*?(\/?)>|<\/backingStore>/g)) {
+    const end = m.index + m[0].length;
+    if (m[0].startsWith('</')) {
+      depth--;
+      if (depth === 0) from = end;
+      continue;
+    }
+    if (depth === 0) out += xml.slice(from, m.index).replace(/\s+$/, '');
+    if (m[1] === '/') {
+      if (depth === 0) from = end;
+    } else depth++;
+  }
+  return out + xml.slice(from);
 }
 
 function escapeRegExp(s: string): string {

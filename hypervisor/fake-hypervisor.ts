@@ -1,8 +1,43 @@
-import { closeSync, openSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, openSync, rmSync } from 'node:fs';
+import { METADATA_KEY, METADATA_NAMESPACE } from '../common/names';
+import { escapeXml, parseDomainXml } from './domain-xml';
 import { DomainNotFoundError, GuestAgentUnavailableError, HypervisorError, InvalidStateError } from './errors';
-import type { DiskSpec, DomainDescription, DomainState, Hypervisor, OverlaySpec } from './hypervisor';
+import type {
+  DiskSpec,
+  DomainDescription,
+  DomainState,
+  DomainSummary,
+  Hypervisor,
+  ImageInfo,
+  OverlaySpec,
+} from './hypervisor';
+import { ImageNotFoundError } from './images';
 
-export type FakeOp = 'describe' | 'suspend' | 'resume' | 'snapshot' | 'commit' | 'fsFreeze';
+export type FakeOp =
+  | 'describe'
+  | 'suspend'
+  | 'resume'
+  | 'snapshot'
+  | 'commit'
+  | 'fsFreeze'
+  | 'commitLayer'
+  | 'define'
+  | 'start'
+  | 'destroy'
+  | 'undefine'
+  | 'createOverlay'
+  | 'commitImage'
+  | 'rebaseImage';
+
+/** An image file as the fake knows it: header (format, backing file) and the data written into this layer. */
+export interface FakeImage {
+  format: string;
+  backing?: string;
+  /** Data of this layer only, by key (e.g. an offset); what a reader sees is the merge down the backing chain. */
+  data: Map<string, string>;
+  /** A real (empty) file was created for it: once that file is removed, the image is gone. */
+  touched: boolean;
+}
 
 export interface FakeDomain {
   name: string;
@@ -12,6 +47,10 @@ export interface FakeDomain {
   disks: { target: string; format: string; type: string; device: string; chain: string[] }[];
   metadata?: string;
   hasGuestAgent: boolean;
+  /** Extra `<devices>` XML in `domainXml()` (e.g. interfaces with MACs, file-backed serial ports). */
+  devicesXml?: string;
+  /** The XML this domain was defined from by `defineDomain`. */
+  definedXml?: string;
 }
 
 export interface FakeHypervisorOptions {
@@ -28,6 +67,8 @@ export interface FakeHypervisorOptions {
 export class FakeHypervisor implements Hypervisor {
   readonly uri = 'fake://';
   readonly domains = new Map<string, FakeDomain>();
+  /** Image files by path: the backing map the image operations work on. */
+  readonly images = new Map<string, FakeImage>();
   /** Every call made, in order, as `op:domain`. */
   readonly calls: string[] = [];
   private readonly failures: { op: FakeOp; domain?: string; error: Error }[] = [];
@@ -41,7 +82,88 @@ export class FakeHypervisor implements Hypervisor {
       ...d,
     };
     this.domains.set(dom.name, dom);
+    for (const disk of dom.disks) this.registerChain(disk.chain, disk.format);
     return dom;
+  }
+
+  private registerChain(chain: string[], baseFormat: string): void {
+    chain.forEach((file, i) => {
+      if (this.images.has(file)) return;
+      this.images.set(file, {
+        format: i === 0 ? baseFormat : 'qcow2',
+        ...(i > 0 ? { backing: chain[i - 1] } : {}),
+        data: new Map(),
+        touched: false,
+      });
+    });
+  }
+
+  /** The image at `file`, or undefined when it does not exist (also when its real file was removed). */
+  image(file: string): FakeImage | undefined {
+    const img = this.images.get(file);
+    if (img?.touched && this.options.touchFiles !== false && !existsSync(file)) {
+      this.images.delete(file);
+      return undefined;
+    }
+    return img;
+  }
+
+  private requireImage(file: string): FakeImage {
+    const img = this.image(file);
+    if (!img) throw new ImageNotFoundError(file);
+    return img;
+  }
+
+  /** The backing chain of `file`, `file` first (stops at a missing backing file). */
+  backingChain(file: string): string[] {
+    const chain: string[] = [];
+    for (let f: string | undefined = file; f !== undefined && this.image(f) && chain.length < 1000;) {
+      chain.push(f);
+      f = this.images.get(f)!.backing;
+    }
+    return chain;
+  }
+
+  /** Simulated guest write into the active layer of a disk. */
+  writeData(domain: string, target: string, key: string, value: string): void {
+    const disk = this.domains.get(domain)?.disks.find((k) => k.target === target);
+    if (!disk) throw new HypervisorError(`no disk ${target}`, domain);
+    this.requireImage(disk.chain[disk.chain.length - 1]).data.set(key, value);
+  }
+
+  /** What a reader of image `file` sees at `key` (merged down its backing chain). */
+  readData(file: string, key: string): string | undefined {
+    for (const f of this.backingChain(file)) {
+      const v = this.images.get(f)!.data.get(key);
+      if (v !== undefined) return v;
+    }
+    return undefined;
+  }
+
+  private merge(top: string, base: string): void {
+    const from = this.requireImage(top);
+    const into = this.requireImage(base);
+    for (const [k, v] of from.data) into.data.set(k, v);
+  }
+
+  /** QEMU's image locks: a file in the chain of a running or paused VM cannot be written by qemu-img. */
+  private assertNotOpen(file: string): void {
+    for (const d of this.domains.values()) {
+      if (d.state !== 'running' && d.state !== 'paused') continue;
+      if (d.disks.some((k) => k.chain.includes(file)))
+        throw new HypervisorError(`Failed to get "write" lock on ${file}: is another process using the image?`);
+    }
+  }
+
+  /** Re-reads the chains of shut-off domains from the image headers (as libvirt does at the next start). */
+  private resyncChains(): void {
+    for (const d of this.domains.values()) {
+      if (d.state !== 'shutoff') continue;
+      for (const k of d.disks) {
+        const active = k.chain[k.chain.length - 1];
+        if (active !== undefined && this.image(active)) k.chain = this.backingChain(active).reverse();
+      }
+    }
   }
 
   /** Makes the next `op` (on `domain`, or on any domain) throw `error`. */
@@ -53,13 +175,18 @@ export class FakeHypervisor implements Hypervisor {
     this.failures.push({ op, domain, error });
   }
 
-  private async step(op: FakeOp, domain: string): Promise<FakeDomain> {
-    this.calls.push(`${op}:${domain}`);
+  /** Records the call, waits its latency and throws an injected failure for `op` on `key` (a domain or a file). */
+  private async enter(op: FakeOp, key: string): Promise<void> {
+    this.calls.push(`${op}:${key}`);
     const latency = this.options.latencyMs?.[op];
     const ms = typeof latency === 'function' ? latency() : (latency ?? 0);
     if (ms > 0) await new Promise((r) => setTimeout(r, ms));
-    const i = this.failures.findIndex((f) => f.op === op && (f.domain === undefined || f.domain === domain));
+    const i = this.failures.findIndex((f) => f.op === op && (f.domain === undefined || f.domain === key));
     if (i >= 0) throw this.failures.splice(i, 1)[0].error;
+  }
+
+  private async step(op: FakeOp, domain: string): Promise<FakeDomain> {
+    await this.enter(op, domain);
     const dom = this.domains.get(domain);
     if (!dom) throw new DomainNotFoundError(domain);
     return dom;
@@ -108,8 +235,16 @@ export class FakeHypervisor implements Hypervisor {
       if (!d.disks.some((k) => k.target === o.target)) throw new HypervisorError(`no disk ${o.target}`, domain);
     }
     for (const o of overlays) {
-      d.disks.find((k) => k.target === o.target)!.chain.push(o.file);
-      if (this.options.touchFiles !== false) closeSync(openSync(o.file, 'wx'));
+      const disk = d.disks.find((k) => k.target === o.target)!;
+      const touched = this.options.touchFiles !== false;
+      if (touched) closeSync(openSync(o.file, 'wx'));
+      this.images.set(o.file, {
+        format: 'qcow2',
+        backing: disk.chain[disk.chain.length - 1],
+        data: new Map(),
+        touched,
+      });
+      disk.chain.push(o.file);
     }
   }
 
@@ -119,7 +254,22 @@ export class FakeHypervisor implements Hypervisor {
     if (!disk || disk.chain[disk.chain.length - 2] !== base) {
       throw new HypervisorError(`disk ${target} has no overlay directly over ${base}`, domain);
     }
+    const top = disk.chain[disk.chain.length - 1];
+    if (this.image(top) && this.image(base)) this.merge(top, base);
     disk.chain.pop();
+  }
+
+  async commitLayer(domain: string, target: string, top: string, base: string): Promise<void> {
+    const d = await this.step('commitLayer', domain);
+    if (d.state !== 'running' && d.state !== 'paused') throw new InvalidStateError(domain, 'domain is not running');
+    const disk = d.disks.find((k) => k.target === target);
+    const i = disk ? disk.chain.indexOf(top) : -1;
+    if (!disk || i < 1 || i === disk.chain.length - 1 || disk.chain[i - 1] !== base) {
+      throw new HypervisorError(`disk ${target} has no middle layer ${top} directly over ${base}`, domain);
+    }
+    this.merge(top, base);
+    disk.chain.splice(i, 1);
+    this.requireImage(disk.chain[i]).backing = base;
   }
 
   async redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void> {
@@ -131,8 +281,134 @@ export class FakeHypervisor implements Hypervisor {
         throw new HypervisorError(`disk ${s.target} is not on ${s.from}`, domain);
       // Pointing a disk back at its overlay's backing file drops the overlay from the chain.
       if (disk.chain[disk.chain.length - 2] === s.to) disk.chain.pop();
+      else if (this.image(s.to)) disk.chain = this.backingChain(s.to).reverse();
       else disk.chain[disk.chain.length - 1] = s.to;
     }
+  }
+
+  async listDomains(): Promise<DomainSummary[]> {
+    return [...this.domains.values()].map((d) => ({ name: d.name, uuid: d.uuid, state: d.state }));
+  }
+
+  async domainXml(domain: string): Promise<string> {
+    const d = this.domains.get(domain);
+    if (!d) throw new DomainNotFoundError(domain);
+    if (d.definedXml) return d.definedXml;
+    const disks = d.disks.map(
+      (k) =>
+        `<disk type='${k.type}' device='${k.device}'><driver name='qemu' type='${escapeXml(k.format)}'/>` +
+        `<source file='${escapeXml(k.chain[k.chain.length - 1])}'/><target dev='${k.target}' bus='virtio'/></disk>`,
+    );
+    const metadata = d.metadata ? `<metadata>${toLibvirtMetadata(d.metadata)}</metadata>` : '';
+    return (
+      `<domain type='kvm'><name>${escapeXml(d.name)}</name><uuid>${d.uuid}</uuid>${metadata}` +
+      `<memory unit='KiB'>65536</memory><devices>${disks.join('')}${d.devicesXml ?? ''}</devices></domain>`
+    );
+  }
+
+  async defineDomain(xml: string): Promise<{ name: string; uuid: string }> {
+    const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1];
+    if (!name) throw new HypervisorError('domain XML has no name');
+    await this.enter('define', name);
+    const uuid = /<uuid>([^<]*)<\/uuid>/.exec(xml)?.[1];
+    const existing = this.domains.get(name);
+    if (existing && existing.uuid !== uuid)
+      throw new HypervisorError(`domain '${name}' already exists with uuid ${existing.uuid}`);
+    const parsed = parseDomainXml(xml);
+    const metadata = fromLibvirtMetadata(xml);
+    const dom: FakeDomain = {
+      name,
+      uuid: uuid ?? existing?.uuid ?? `10000000-0000-4000-8000-${String(this.domains.size).padStart(12, '0')}`,
+      state: existing?.state ?? 'shutoff',
+      hasGuestAgent: parsed.hasGuestAgent,
+      ...(metadata !== undefined ? { metadata } : {}),
+      definedXml: xml,
+      disks: parsed.disks.map((k) => ({
+        target: k.target,
+        format: k.format ?? 'raw',
+        type: k.type,
+        device: k.device,
+        chain: k.source ? (this.image(k.source) ? this.backingChain(k.source).reverse() : [k.source]) : [],
+      })),
+    };
+    this.domains.set(name, dom);
+    return { name, uuid: dom.uuid };
+  }
+
+  async start(domain: string, options: { paused?: boolean } = {}): Promise<void> {
+    const d = await this.step('start', domain);
+    if (d.state !== 'shutoff') throw new InvalidStateError(domain, `domain is already active (${d.state})`);
+    for (const k of d.disks) {
+      const active = k.chain[k.chain.length - 1];
+      if (active === undefined) continue;
+      const chain = this.backingChain(active);
+      const last = chain.length ? this.images.get(chain[chain.length - 1])! : undefined;
+      if (chain.length === 0 || last?.backing !== undefined) {
+        throw new HypervisorError(
+          `Cannot access storage file of disk ${k.target} (chain of ${active} is broken)`,
+          domain,
+        );
+      }
+      k.chain = chain.reverse();
+    }
+    d.state = options.paused ? 'paused' : 'running';
+  }
+
+  async destroy(domain: string): Promise<void> {
+    const d = await this.step('destroy', domain);
+    if (d.state !== 'running' && d.state !== 'paused') throw new InvalidStateError(domain, 'domain is not running');
+    d.state = 'shutoff';
+  }
+
+  async undefine(domain: string): Promise<void> {
+    const d = await this.step('undefine', domain);
+    // libvirt would leave a running domain transient; the fake only models shut-off ones.
+    if (d.state !== 'shutoff') throw new InvalidStateError(domain, 'the fake only undefines shut-off domains');
+    this.domains.delete(domain);
+  }
+
+  async createOverlay(file: string, backing: string, backingFormat: string): Promise<void> {
+    await this.enter('createOverlay', file);
+    const base = this.requireImage(backing);
+    if (base.format !== backingFormat) throw new HypervisorError(`${backing} is ${base.format}, not ${backingFormat}`);
+    const touched = this.options.touchFiles !== false;
+    if (touched) closeSync(openSync(file, 'w'));
+    this.images.set(file, { format: 'qcow2', backing, data: new Map(), touched });
+  }
+
+  async commitImage(top: string, base: string): Promise<void> {
+    await this.enter('commitImage', top);
+    const img = this.requireImage(top);
+    if (img.backing !== base) throw new HypervisorError(`${base} is not the backing file of ${top}`);
+    this.assertNotOpen(top);
+    this.assertNotOpen(base);
+    this.merge(top, base);
+  }
+
+  async rebaseImage(file: string, newBacking: string, backingFormat: string): Promise<void> {
+    await this.enter('rebaseImage', file);
+    const img = this.requireImage(file);
+    const base = this.requireImage(newBacking);
+    if (base.format !== backingFormat)
+      throw new HypervisorError(`${newBacking} is ${base.format}, not ${backingFormat}`);
+    this.assertNotOpen(file);
+    img.backing = newBacking;
+    this.resyncChains();
+  }
+
+  async imageInfo(file: string): Promise<ImageInfo> {
+    const img = this.requireImage(file);
+    const backing = img.backing;
+    return {
+      format: img.format,
+      ...(backing !== undefined ? { backing, backingFormat: this.images.get(backing)?.format ?? 'qcow2' } : {}),
+    };
+  }
+
+  async removeImage(file: string): Promise<void> {
+    this.calls.push(`removeImage:${file}`);
+    this.images.delete(file);
+    if (this.options.touchFiles !== false) rmSync(file, { force: true });
   }
 
   async getMetadata(domain: string): Promise<string | undefined> {
@@ -165,4 +441,20 @@ export class FakeHypervisor implements Hypervisor {
   removeFiles(files: string[]): void {
     for (const f of files) rmSync(f, { force: true });
   }
+}
+
+/** groupsnap's metadata as libvirt shows it in a domain XML: every element prefixed, the namespace declared. */
+function toLibvirtMetadata(xml: string): string {
+  const p = METADATA_KEY;
+  return xml
+    .replace(/<(\/?)([A-Za-z_])/g, `<$1${p}:$2`)
+    .replace(new RegExp(`^<${p}:(\\w+)`), `<${p}:$1 xmlns:${p}='${METADATA_NAMESPACE}'`);
+}
+
+/** groupsnap's metadata element of a domain XML, as `getMetadata` returns it, or undefined when there is none. */
+function fromLibvirtMetadata(xml: string): string | undefined {
+  const ns = METADATA_NAMESPACE.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+  const m = new RegExp(`<(\\w+):(\\w+)[^>]*xmlns:\\1=['"]${ns}['"][^>]*?(?:/>|>[\\s\\S]*?</\\1:\\2>)`).exec(xml);
+  if (!m) return undefined;
+  return m[0].replace(new RegExp(`<(/?)${m[1]}:`, 'g'), '<$1').replace(/\s+xmlns:\w+=(['"])[^'"]*\1/, '');
 }

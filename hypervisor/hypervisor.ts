@@ -1,4 +1,5 @@
 /** What groupsnap needs from a hypervisor host: one small interface, one libvirt implementation, one fake. */
+import type { ImageInfo } from './images';
 
 export type DomainState = 'running' | 'paused' | 'shutoff' | 'other';
 
@@ -24,6 +25,15 @@ export interface DomainDescription {
   /** The domain has a `org.qemu.guest_agent.0` channel. */
   hasGuestAgent: boolean;
 }
+
+/** A domain as listed by its host. */
+export interface DomainSummary {
+  name: string;
+  uuid: string;
+  state: DomainState;
+}
+
+export type { ImageInfo } from './images';
 
 export interface OverlaySpec {
   target: string;
@@ -53,6 +63,34 @@ export interface Hypervisor {
   /** groupsnap's metadata element on the VM (XML), or undefined when there is none. */
   getMetadata(domain: string): Promise<string | undefined>;
   setMetadata(domain: string, xml: string): Promise<void>;
+  /** Every domain defined or running on the host. */
+  listDomains(): Promise<DomainSummary[]>;
+  /**
+   * Non-active block commit of a running or paused VM: merges `top`, a layer below the active one, into `base`, its
+   * immediate backing image, and waits for the job to end. QEMU rewrites the backing file of the layer above `top`
+   * to `base`; `top` is then out of the chain (the file is left in place).
+   */
+  commitLayer(domain: string, target: string, top: string, base: string): Promise<void>;
+  /** The persistent (inactive) definition, secure parts included. */
+  domainXml(domain: string): Promise<string>;
+  /** Defines a new persistent domain (or redefines one of the same name and uuid). */
+  defineDomain(xml: string): Promise<{ name: string; uuid: string }>;
+  /** Starts a shut-off domain, optionally with its vCPUs paused. */
+  start(domain: string, options?: { paused?: boolean }): Promise<void>;
+  /** Hard stop (power off) of a running or paused domain. */
+  destroy(domain: string): Promise<void>;
+  /** Removes a shut-off domain's definition (and its NVRAM file: only used for VMs groupsnap created). */
+  undefine(domain: string): Promise<void>;
+  /** New qcow2 overlay `file` over `backing` (see images.ts). */
+  createOverlay(file: string, backing: string, backingFormat: string): Promise<void>;
+  /** Offline commit of `top` into `base`, for files no running VM has open. */
+  commitImage(top: string, base: string): Promise<void>;
+  /** Unsafe rebase (`qemu-img rebase -u`): rewrites `file`'s backing to `newBacking`, copying nothing. */
+  rebaseImage(file: string, newBacking: string, backingFormat: string): Promise<void>;
+  /** @throws ImageNotFoundError when the file does not exist */
+  imageInfo(file: string): Promise<ImageInfo>;
+  /** Removes an image file (no error when already gone). */
+  removeImage(file: string): Promise<void>;
   /** Freezes guest filesystems through the guest agent; returns how many were frozen. */
   fsFreeze(domain: string): Promise<number>;
   fsThaw(domain: string): Promise<number>;

@@ -1,6 +1,6 @@
 import * as libvirt from '@groupsnap/libvirt';
 import { METADATA_KEY, METADATA_NAMESPACE } from '../common/names';
-import { diskOnlySnapshotXml, parseDomainXml, retargetDiskSource } from './domain-xml';
+import { diskOnlySnapshotXml, escapeXml, parseDomainXml, retargetDiskSource } from './domain-xml';
 import {
   DomainNotFoundError,
   GuestAgentUnavailableError,
@@ -8,7 +8,20 @@ import {
   HypervisorError,
   InvalidStateError,
 } from './errors';
-import type { DomainDescription, DomainState, Hypervisor, OverlaySpec } from './hypervisor';
+import type { DomainDescription, DomainState, DomainSummary, Hypervisor, ImageInfo, OverlaySpec } from './hypervisor';
+import * as images from './images';
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** The `<disk>` element of `target` in a domain XML ('' when there is none). */
+function diskXml(xml: string, target: string): string {
+  return (
+    [...xml.matchAll(/<disk\b[\s\S]*?<\/disk>/g)].map((m) => m[0]).find((d) => d.includes(`dev='${target}'`)) ?? ''
+  );
+}
+
+/** virDomainCreateFlags: start with the vCPUs paused. */
+const START_PAUSED = 1;
 
 const SNAPSHOT_FLAGS =
   libvirt.SnapshotCreateFlags.DISK_ONLY | libvirt.SnapshotCreateFlags.ATOMIC | libvirt.SnapshotCreateFlags.NO_METADATA;
@@ -123,6 +136,80 @@ export class LibvirtHypervisor implements Hypervisor {
       const redefined = await this.conn.defineXML(xml);
       this.handles.set(domain, redefined);
     });
+  }
+
+  async listDomains(): Promise<DomainSummary[]> {
+    try {
+      const all = await this.conn.listAllDomains();
+      return all.map((d) => ({ name: d.name, uuid: d.uuid, state: powerState(d.state) }));
+    } catch (err) {
+      throw translate(err);
+    }
+  }
+
+  commitLayer(domain: string, target: string, top: string, base: string): Promise<void> {
+    return this.withDomain(domain, async (d) => {
+      await d.blockCommit(target, base, top, 0, 0);
+      while ((await d.blockJobInfo(target)) !== null) await sleep(50);
+      // The job is gone before libvirt has processed QEMU's completion event (Domain.commit's own check races with
+      // it): the live chain catches up shortly after; a failed job leaves `top` in it.
+      const deadline = Date.now() + 10_000;
+      while (diskXml(await d.xml(), target).includes(`'${escapeXml(top)}'`)) {
+        if (Date.now() > deadline)
+          throw new HypervisorError(`block commit of ${top} into ${base} ended with ${top} still in the chain`, domain);
+        await sleep(50);
+      }
+    });
+  }
+
+  domainXml(domain: string): Promise<string> {
+    return this.withDomain(domain, (d) => d.xml(libvirt.DomainXMLFlags.INACTIVE | libvirt.DomainXMLFlags.SECURE));
+  }
+
+  async defineDomain(xml: string): Promise<{ name: string; uuid: string }> {
+    try {
+      const d = await this.conn.defineXML(xml);
+      this.handles.set(d.name, d);
+      return { name: d.name, uuid: d.uuid };
+    } catch (err) {
+      throw translate(err);
+    }
+  }
+
+  start(domain: string, options: { paused?: boolean } = {}): Promise<void> {
+    return this.withDomain(domain, (d) => d.create(options.paused ? START_PAUSED : 0));
+  }
+
+  destroy(domain: string): Promise<void> {
+    return this.withDomain(domain, (d) => d.destroy());
+  }
+
+  async undefine(domain: string): Promise<void> {
+    await this.withDomain(domain, (d) =>
+      d.undefine(libvirt.UndefineFlags.NVRAM | libvirt.UndefineFlags.SNAPSHOTS_METADATA),
+    );
+    this.handles.get(domain)?.free();
+    this.handles.delete(domain);
+  }
+
+  createOverlay(file: string, backing: string, backingFormat: string): Promise<void> {
+    return images.createOverlay(file, backing, backingFormat);
+  }
+
+  commitImage(top: string, base: string): Promise<void> {
+    return images.commitImage(top, base);
+  }
+
+  rebaseImage(file: string, newBacking: string, backingFormat: string): Promise<void> {
+    return images.rebaseImage(file, newBacking, backingFormat);
+  }
+
+  imageInfo(file: string): Promise<ImageInfo> {
+    return images.imageInfo(file);
+  }
+
+  removeImage(file: string): Promise<void> {
+    return images.removeImage(file);
   }
 
   getMetadata(domain: string): Promise<string | undefined> {

@@ -1,0 +1,79 @@
+import { execFile } from 'node:child_process';
+import { existsSync, rmSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { HypervisorError } from './errors';
+
+const run = promisify(execFile);
+
+/** What groupsnap reads of an image file's header. */
+export interface ImageInfo {
+  /** `qcow2`, `raw`, ... */
+  format: string;
+  /** Absolute path of the backing file, when it has one. */
+  backing?: string;
+  /** Format of the backing file as recorded in the header, when recorded. */
+  backingFormat?: string;
+}
+
+/** The image file does not exist. */
+export class ImageNotFoundError extends Error {
+  override readonly name = 'ImageNotFoundError';
+  constructor(readonly file: string) {
+    super(`image ${file} does not exist`);
+  }
+}
+
+async function qemuImg(args: string[]): Promise<string> {
+  try {
+    return (await run('qemu-img', args, { maxBuffer: 16 * 1024 * 1024 })).stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new HypervisorError(`qemu-img ${args[0]} failed: ${(e.stderr || e.message).trim()}`);
+  }
+}
+
+/**
+ * Creates a qcow2 overlay `file` over `backing` (same virtual size). Plain `qemu-img create`: the caller makes sure
+ * `file` does not exist yet (qemu-img would overwrite it).
+ */
+export async function createOverlay(file: string, backing: string, backingFormat: string): Promise<void> {
+  await qemuImg(['create', '-q', '-f', 'qcow2', '-b', backing, '-F', backingFormat, file]);
+}
+
+/**
+ * Offline commit of `top` into `base` (`qemu-img commit -b base top`): `base` then holds what `top` showed. Only
+ * for files no running QEMU has open (QEMU's image locks make it fail otherwise). `top` is left as it was.
+ */
+export async function commitImage(top: string, base: string): Promise<void> {
+  await qemuImg(['commit', '-q', '-f', 'qcow2', '-b', base, top]);
+}
+
+/**
+ * Rewrites the backing file recorded in `file`'s header to `newBacking` without copying anything
+ * (`qemu-img rebase -u`): only correct when `newBacking` already shows the same content as the old backing file,
+ * e.g. right after the old one was committed into it.
+ */
+export async function rebaseImage(file: string, newBacking: string, backingFormat: string): Promise<void> {
+  await qemuImg(['rebase', '-q', '-u', '-f', 'qcow2', '-b', newBacking, '-F', backingFormat, file]);
+}
+
+/**
+ * Format and backing file of an image (`qemu-img info -U`: the image may be open by a running VM).
+ * @throws ImageNotFoundError when the file does not exist
+ */
+export async function imageInfo(file: string): Promise<ImageInfo> {
+  if (!existsSync(file)) throw new ImageNotFoundError(file);
+  const info = JSON.parse(await qemuImg(['info', '--output=json', '-U', file])) as Record<string, unknown>;
+  const backing = (info['full-backing-filename'] ?? info['backing-filename']) as string | undefined;
+  const backingFormat = info['backing-filename-format'] as string | undefined;
+  return {
+    format: String(info.format),
+    ...(backing !== undefined ? { backing } : {}),
+    ...(backingFormat !== undefined ? { backingFormat } : {}),
+  };
+}
+
+/** Removes an image file; no error when it is already gone. */
+export async function removeImage(file: string): Promise<void> {
+  rmSync(file, { force: true });
+}
