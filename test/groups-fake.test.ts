@@ -280,4 +280,53 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     expect(hostA.state(a)).toBe('running');
     await rejects(restoreGroup(client, { group: name, snapshotId: 'gs-nope', mode: 'clone' }), /has no snapshot/);
   });
+  it('rolls a restore back on every VM when one VM fails (all or none), and retries a half-failed deletion', async () => {
+    const [a, b] = [uniqueId('x1'), uniqueId('x2')];
+    hostA.addVm(a);
+    hostB.addVm(b);
+    const name = uniqueId('aon');
+    await createGroup(client, {
+      name,
+      selector: {
+        vms: [
+          { domain: a, host: hostA.hostId },
+          { domain: b, host: hostB.hostId },
+        ],
+      },
+    });
+    const s1 = (await snapshotNamedGroup(client, name)).snapshot.snapshotId;
+    const s2 = (await snapshotNamedGroup(client, name)).snapshot.snapshotId;
+    const chainA = hostA.chain(a);
+
+    // The clone on host B cannot be defined: the clone already made on host A is removed again.
+    // (as many times as the activity is attempted)
+    for (let i = 0; i < 3; i++) hostB.hypervisor.failOn('define', undefined);
+    const failed = await restoreGroup(client, { group: name, snapshotId: s1, mode: 'clone', suffix: '-x' });
+    expect(failed.status).toBe('failed');
+    expect(failed.error).toMatch(/injected define failure/);
+    expect(hostA.hypervisor.domains.has(`${a}-x`)).toBe(false);
+    expect(hostB.hypervisor.domains.has(`${b}-x`)).toBe(false);
+
+    // In place, one VM fails to start on its new overlays: both VMs go back to their previous layers, running.
+    for (let i = 0; i < 3; i++) hostB.hypervisor.failOn('start', b);
+    const ip = await restoreGroup(client, { group: name, snapshotId: s1, mode: 'in-place' });
+    expect(ip.status).toBe('failed');
+    expect(hostA.chain(a)).toEqual(chainA);
+    expect(hostA.state(a)).toBe('running');
+    expect(hostB.state(b)).toBe('running');
+
+    // Deleting S2 fails on host B's VM: reported per VM; running the delete again finishes it.
+    hostB.hypervisor.failOn('commit', b);
+    const half = await deleteGroupSnapshot(client, name, s2);
+    expect(half.status).toBe('failed');
+    expect(half.vms.find((v) => v.domain === a)!.outcome).toBe('deleted');
+    expect(half.vms.find((v) => v.domain === b)).toMatchObject({
+      outcome: 'failed',
+      error: expect.stringMatching(/injected/),
+    });
+    const again = await deleteGroupSnapshot(client, name, s2);
+    expect(again.status).toBe('deleted');
+    expect(again.vms.map((v) => v.outcome)).toEqual([b].map(() => 'deleted'));
+    expect((await listGroupSnapshots(client, name)).map((s) => s.snapshotId)).toEqual([s1]);
+  });
 });
