@@ -1,0 +1,173 @@
+/**
+ * Crash consistency under a real workload, long form (docs/consistency.md; the short form is
+ * test/consistency.test.ts). Runs the writer/acker workload VMs of dev/guest.ts, takes snapshots in each mode of
+ * dev/consistency-run.ts while it runs, checks every cut offline, and prints the counts per mode.
+ *
+ *   npm run build && node dist/bench/consistency.js [--group 200] [--naive 50] [--modes group,naive-vm,naive-disk]
+ *       [--batch 50] [--hosts 2] [--gap-ms 0] [--out <file.json>]
+ *
+ * --group / --naive: snapshots per mode (groupsnap / each naive mode); --batch: snapshots per workload pair (a
+ * fresh pair then starts, so backing chains stay short); --hosts 1|2: the writer and the acker under one host
+ * worker or two; --gap-ms: pause between the parts (VMs, disks) of a naive snapshot. Raw per-cut results go to --out
+ * (default bench/results/consistency-<date>.json). Exit status 1 when a group snapshot cut had a violation.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import * as libvirt from '@groupsnap/libvirt';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { waitForHostWorkers } from '../client';
+import { formatCut } from '../dev/consistency-check';
+import { formatSummary, runMode, SNAPSHOT_MODES, type ModeSummary, type SnapshotMode } from '../dev/consistency-run';
+import { WorkloadPair } from '../dev/guest';
+import { startDevServer } from '../dev/temporal-dev-server';
+import { REPO_ROOT } from '../dev/tools';
+import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
+import { createGroupsnapWorker } from '../worker/worker';
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1] : fallback;
+}
+
+function merge(into: ModeSummary | undefined, s: ModeSummary): ModeSummary {
+  if (!into) return s;
+  into.attempted += s.attempted;
+  into.checked += s.checked;
+  into.failedSnapshots += s.failedSnapshots;
+  into.violatingCuts += s.violatingCuts;
+  into.midStepCuts += s.midStepCuts;
+  for (const [k, n] of Object.entries(s.byInvariant)) into.byInvariant[k] = (into.byInvariant[k] ?? 0) + n;
+  into.steps += s.steps;
+  into.elapsedMs += s.elapsedMs;
+  into.cuts.push(...s.cuts.map((c) => ({ ...c, index: into.cuts.length + c.index })));
+  return into;
+}
+
+async function main(): Promise<void> {
+  Runtime.install({ logger: new DefaultLogger('ERROR') });
+  const groupCount = Number(arg('group', '200'));
+  const naiveCount = Number(arg('naive', '50'));
+  const modes = arg('modes', SNAPSHOT_MODES.join(',')).split(',') as SnapshotMode[];
+  const batch = Number(arg('batch', '50'));
+  const hostCount = Number(arg('hosts', '2'));
+  const gapMs = Number(arg('gap-ms', '0'));
+  for (const m of modes) if (!SNAPSHOT_MODES.includes(m)) throw new Error(`unknown mode ${m}`);
+  const machine = {
+    cores: cpus().length,
+    cpu: cpus()[0]?.model ?? 'unknown',
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    loadAvgAtStart: loadavg().map((x) => Number(x.toFixed(2))),
+    guests: 'TCG, 1 vCPU, 96 MiB, Debian cloud kernel + busybox-static initramfs',
+    libvirt: libvirt.libvirtVersion(),
+    node: process.version,
+    date: new Date().toISOString(),
+  };
+  console.error(`machine: ${JSON.stringify(machine)}`);
+  const t0 = performance.now();
+
+  const server = await startDevServer({});
+  const connection = await Connection.connect({ address: server.address });
+  const client = new Client({ connection });
+  const stateRoot = await mkdtemp(join(tmpdir(), 'gs-consistency-state-'));
+  const hostIds = hostCount === 1 ? ['cons-host'] : ['cons-host-w', 'cons-host-k'];
+  const hypervisors = await Promise.all(hostIds.map(() => LibvirtHypervisor.open('qemu:///system')));
+  const workers = await Promise.all(
+    hostIds.map(async (hostId, i) => {
+      const stateDir = join(stateRoot, hostId);
+      mkdirSync(stateDir);
+      return createGroupsnapWorker({
+        connectionOptions: { address: server.address },
+        namespace: 'default',
+        hostId,
+        hypervisor: hypervisors[i],
+        stateDir,
+        workflows: i === 0,
+      });
+    }),
+  );
+  const runs = workers.map((w) => w.run());
+  const summaries: Partial<Record<SnapshotMode, ModeSummary>> = {};
+  try {
+    await waitForHostWorkers(client, hostIds, 120_000);
+    for (const mode of modes) {
+      const total = mode === 'group' ? groupCount : naiveCount;
+      for (let done = 0; done < total; done += batch) {
+        const pair = await WorkloadPair.create({ prefix: 'gs-consb' });
+        try {
+          await pair.waitForSteps(3);
+          const s = await runMode({
+            mode,
+            pair,
+            count: Math.min(batch, total - done),
+            client,
+            hosts: { writer: hostIds[0], acker: hostIds[hostIds.length - 1] },
+            hypervisor: hypervisors[0],
+            gapMs,
+            onCut: (c) =>
+              console.error(
+                `  ${mode} #${done + c.index + 1}: ${c.completed ? formatCut(c.report!) : `not taken: ${c.error}`}`,
+              ),
+          });
+          summaries[mode] = merge(summaries[mode], s);
+        } finally {
+          await pair.destroy();
+        }
+      }
+      console.log(formatSummary(summaries[mode]!));
+    }
+  } finally {
+    for (const w of workers) w.shutdown();
+    await Promise.all(runs);
+    for (const h of hypervisors) await h.close();
+    await rm(stateRoot, { recursive: true, force: true });
+    await connection.close();
+    await server.stop();
+  }
+
+  const elapsedS = (performance.now() - t0) / 1000;
+  console.log('');
+  console.log(
+    '| mode | snapshots checked | with violations | cross-disk | cross-vm | cross-vm-lockstep | not taken | consistent mid-step | workload steps |',
+  );
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const s of Object.values(summaries)) {
+    const inv = (k: string) => s.byInvariant[k] ?? 0;
+    console.log(
+      `| ${s.mode} | ${s.checked} | ${s.violatingCuts} | ${inv('cross-disk')} | ${inv('cross-vm')} | ` +
+        `${inv('cross-vm-lockstep')} | ${s.failedSnapshots} | ${s.midStepCuts} | ${s.steps} |`,
+    );
+  }
+  console.log(`\nhosts: ${hostCount}, batch: ${batch}, gap: ${gapMs} ms, elapsed: ${elapsedS.toFixed(0)} s`);
+  const out = arg('out', join(REPO_ROOT, 'bench', 'results', `consistency-${machine.date.slice(0, 10)}.json`));
+  mkdirSync(dirname(out), { recursive: true });
+  const compact = Object.fromEntries(
+    Object.entries(summaries).map(([mode, s]) => [
+      mode,
+      {
+        ...s,
+        cuts: s.cuts.map((c) => ({
+          i: c.index,
+          completed: c.completed,
+          error: c.error,
+          snapshotMs: Math.round(c.snapshotMs),
+          freezeMs: c.freezeMs,
+          cut: c.report ? formatCut(c.report) : undefined,
+        })),
+      },
+    ]),
+  );
+  writeFileSync(
+    out,
+    JSON.stringify({ machine, options: { hostCount, batch, gapMs }, elapsedS, summaries: compact }, null, 1) + '\n',
+  );
+  console.error(`raw results: ${out}`);
+  if ((summaries.group?.violatingCuts ?? 0) > 0) process.exitCode = 1;
+}
+
+main().catch((err: Error) => {
+  console.error(err);
+  process.exit(2);
+});
