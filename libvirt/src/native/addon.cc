@@ -141,6 +141,18 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
 
 }  // namespace gsl
 
-static Napi::Object Init(Napi::Env env, Napi::Object exports) { return gsl::InitModule(env, exports); }
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // Module registration is called straight from C, outside node-addon-api's exception handling: an exception
+  // escaping here aborts the process. It happens when a worker thread is terminated while it loads the addon
+  // (every N-API call then fails); the half-loaded module is never used.
+  try {
+    return gsl::InitModule(env, exports);
+  } catch (const Napi::Error& e) {
+    napi_throw(env, e.Value());  // best effort: the environment may already refuse it
+    return exports;
+  } catch (...) {
+    return exports;
+  }
+}
 
 NODE_API_MODULE(groupsnap_libvirt, Init)

@@ -112,7 +112,10 @@ Napi::Promise Dispatch(Napi::Env env, Work work) {
   auto* data = env.GetInstanceData<AddonData>();
   napi_deferred deferred;
   napi_value promise;
-  NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &deferred, &promise), Napi::Promise());
+  // Fails only while the environment is being torn down (a worker thread terminated mid-loop): JS can no longer
+  // run, and throwing would escape node-addon-api's handler (it cannot throw into a dying env) and abort the
+  // process. Nothing was started; return nothing.
+  if (napi_create_promise(env, &deferred, &promise) != napi_ok) return Napi::Promise();
   auto* job = new Job{std::move(work), Outcome(), deferred, data};
   if (data->pending++ == 0) napi_ref_threadsafe_function(env, data->tsfn);
   napi_threadsafe_function tsfn = data->tsfn;
@@ -128,9 +131,15 @@ Napi::Promise Dispatch(Napi::Env env, Work work) {
 }
 
 Napi::Promise Rejected(Napi::Env env, CallError error) {
-  auto deferred = Napi::Promise::Deferred::New(env);
-  deferred.Reject(ToJsError(env, error).Value());
-  return deferred.Promise();
+  napi_deferred deferred;
+  napi_value promise;
+  if (napi_create_promise(env, &deferred, &promise) != napi_ok) return Napi::Promise();  // see Dispatch
+  try {
+    napi_reject_deferred(env, deferred, ToJsError(env, error).Value());
+  } catch (const Napi::Error&) {
+    // the environment is going away: the promise is never observed
+  }
+  return Napi::Promise(env, promise);
 }
 
 DomainRef RefDomain(virDomainPtr dom) {
