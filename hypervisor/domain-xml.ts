@@ -5,6 +5,9 @@ const parser = new XMLParser({
   ignoreAttributes: false,
   attributeNamePrefix: '',
   isArray: (name) => ['disk', 'channel', 'backingStore'].includes(name),
+  // Each layer of a disk's chain is one more nested <backingStore>: the parser's default cap of 100 nested tags
+  // made a VM with a 100-layer chain impossible to snapshot (or undo). Chains are bounded by QEMU, not by us.
+  maxNestedTags: 100_000,
 });
 
 interface XmlNode {
