@@ -143,3 +143,4 @@ export function groupSnapshotProgress(handle: GroupSnapshotHandle): Promise<Snap
 }
 
 export * from './dr';
+export * from './nexus';

@@ -11,7 +11,10 @@ const TYPES: Record<string, temporal.api.enums.v1.IndexedValueType> = {
  * Makes sure groupsnap's search attributes exist in `namespace`, adding the missing ones. Where the server does
  * not allow that (e.g. Temporal Cloud, or no operator permission), the error says exactly what to run.
  */
-export async function ensureSearchAttributes(connection: Connection, namespace: string): Promise<string[]> {
+export async function ensureSearchAttributes(
+  connection: Pick<Connection, 'operatorService'>,
+  namespace: string,
+): Promise<string[]> {
   const existing = await connection.operatorService.listSearchAttributes({ namespace });
   const have = new Set([
     ...Object.keys(existing.customAttributes ?? {}),

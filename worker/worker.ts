@@ -1,10 +1,7 @@
-import { Client, Connection } from '@temporalio/client';
+import type { MetricMeter } from '@temporalio/common';
 import { NativeConnection, Worker, type NativeConnectionOptions, type WorkerOptions } from '@temporalio/worker';
-import { createControlActivities } from '../activities/control-activities';
-import { createHost } from '../activities/host-activities';
-import { HOST_REGISTRY_WORKFLOW_ID } from '../common/groups';
-import { hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
 import type { Hypervisor } from '../hypervisor/hypervisor';
+import { groupsnapHostPlugin, groupsnapWorkflowsPlugin, registerHost } from './plugins';
 import { ensureSearchAttributes } from './search-attributes';
 
 export interface GroupsnapWorkerOptions {
@@ -20,9 +17,11 @@ export interface GroupsnapWorkerOptions {
   workflows?: boolean;
   /** A pre-built bundle (tests build one per suite); else the workflows are bundled at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
-  /** Check (and add) the search attributes at start. Needs a client connection. @default true */
+  /** Check (and add) the search attributes at start. @default true */
   ensureSearchAttributes?: boolean;
   log?: (message: string, fields?: Record<string, unknown>) => void;
+  /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
+  metricMeter?: MetricMeter;
 }
 
 export interface GroupsnapWorker {
@@ -34,50 +33,48 @@ export interface GroupsnapWorker {
 
 /**
  * A groupsnap worker for one hypervisor host: the host's activities on its own task queue and (by default) the
- * workflows on the shared queue. At start it finishes freezes a crashed predecessor left open.
+ * workflows on the shared queue, each a plain `Worker` built from groupsnap's plugins (worker/plugins.ts), the same
+ * ones an existing Temporal application adds to its own workers. Before it returns, the namespace has groupsnap's
+ * search attributes, the host is registered, and the freezes a crashed predecessor left open are finished.
  */
 export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Promise<GroupsnapWorker> {
   const log = options.log ?? (() => {});
-  const clientConnection = await Connection.connect(
-    options.connectionOptions as Parameters<typeof Connection.connect>[0],
-  );
+  const connection = await NativeConnection.connect(options.connectionOptions);
+  const workers: Worker[] = [];
   try {
+    // Done here (not by the workflows plugin) so that a host-only worker checks them too.
     if (options.ensureSearchAttributes !== false) {
-      const added = await ensureSearchAttributes(clientConnection, options.namespace);
+      const added = await ensureSearchAttributes(connection, options.namespace);
       if (added.length) log('added search attributes', { namespace: options.namespace, added });
     }
-    await registerHost(new Client({ connection: clientConnection, namespace: options.namespace }), options.hostId);
-  } finally {
-    await clientConnection.close();
-  }
-  const host = createHost({ hypervisor: options.hypervisor, hostId: options.hostId, stateDir: options.stateDir, log });
-  const recovered = await host.recover();
-  for (const r of recovered)
-    log('resumed a VM left paused by an interrupted freeze', { domain: r.domain, snapshotId: r.snapshotId });
-
-  const connection = await NativeConnection.connect(options.connectionOptions);
-  const workers: Worker[] = [
-    await Worker.create({
-      connection,
-      namespace: options.namespace,
-      taskQueue: hostTaskQueue(options.hostId),
-      activities: host.activities,
-      // A group's VMs are paused in parallel: never queue them behind each other.
-      maxConcurrentActivityTaskExecutions: 200,
-    }),
-  ];
-  if (options.workflows !== false) {
+    const host = groupsnapHostPlugin({
+      hostId: options.hostId,
+      hypervisor: options.hypervisor,
+      stateDir: options.stateDir,
+      log,
+      ...(options.metricMeter ? { metricMeter: options.metricMeter } : {}),
+    });
     workers.push(
-      await Worker.create({
-        connection,
-        namespace: options.namespace,
-        taskQueue: WORKFLOW_TASK_QUEUE,
-        activities: createControlActivities(),
-        ...(options.workflowBundle
-          ? { workflowBundle: options.workflowBundle }
-          : { workflowsPath: require.resolve('../workflows') }),
-      }),
+      await Worker.create({ connection, namespace: options.namespace, taskQueue: host.taskQueue, plugins: [host] }),
     );
+    if (options.workflows !== false) {
+      const workflows = groupsnapWorkflowsPlugin({
+        ensureSearchAttributes: false,
+        log,
+        ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : {}),
+      });
+      workers.push(
+        await Worker.create({
+          connection,
+          namespace: options.namespace,
+          taskQueue: workflows.taskQueue,
+          plugins: [workflows],
+        }),
+      );
+    }
+  } catch (err) {
+    await connection.close();
+    throw err;
   }
   return {
     hostId: options.hostId,
@@ -85,7 +82,6 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
       try {
         await Promise.all(workers.map((w) => w.run()));
       } finally {
-        host.shutdown();
         await connection.close();
       }
     },
@@ -95,17 +91,4 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
   };
 }
 
-/**
- * Registers `hostId` in the namespace's host registry (starting the registry workflow if this is the first host), so
- * tag selectors and listings know to ask this host.
- */
-export async function registerHost(client: Client, hostId: string): Promise<void> {
-  await client.workflow.signalWithStart('hostRegistry', {
-    workflowId: HOST_REGISTRY_WORKFLOW_ID,
-    taskQueue: WORKFLOW_TASK_QUEUE,
-    args: [{ hosts: [] }],
-    signal: 'registerHost',
-    signalArgs: [{ hostId, at: new Date().toISOString() }],
-    staticSummary: 'groupsnap host registry',
-  });
-}
+export { registerHost };

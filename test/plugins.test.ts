@@ -1,0 +1,148 @@
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { snapshotGroup, waitForHostWorkers } from '../client';
+import { createGroup, listHosts, snapshotNamedGroup } from '../client/dr';
+import { FreezeJournal } from '../activities/freeze-journal';
+import { WORKFLOW_TASK_QUEUE } from '../common/names';
+import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
+import { groupsnapHostPlugin, groupsnapWorkflowsPlugin } from '../worker/plugins';
+import { FakeHost } from './helpers/fake-hosts';
+import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
+
+/**
+ * groupsnap added to "someone else's" Temporal application: plain `Worker.create({ plugins })` workers, one per host
+ * with the host plugin and one with the workflows plugin (which bundles groupsnap's workflows itself), and nothing
+ * else of groupsnap's. Existing saga flows (as in group-snapshot-fake.test.ts) run on them unchanged.
+ */
+describe('groupsnap as Temporal worker plugins', () => {
+  let namespace: string;
+  let connection: NativeConnection;
+  let clientConnection: Connection;
+  let client: Client;
+  let hostA: FakeHost;
+  let hostB: FakeHost;
+  const stateDirs: string[] = [];
+  const workers: Worker[] = [];
+  const runs: Promise<void>[] = [];
+
+  beforeAll(async () => {
+    namespace = await freshNamespace('gsplug');
+    connection = await NativeConnection.connect({ address: testServerAddress() });
+    clientConnection = await Connection.connect({ address: testServerAddress() });
+    client = new Client({ connection: clientConnection, namespace });
+    hostA = new FakeHost(uniqueId('pa'), { latencyMs: { suspend: 2, snapshot: 20, resume: 2 } });
+    hostB = new FakeHost(uniqueId('pb'), { latencyMs: { suspend: 2, snapshot: 20, resume: 2 } });
+
+    // Host A's previous worker crashed with a VM paused past its freeze deadline.
+    hostA.addVm('left-paused');
+    await hostA.hypervisor.suspend('left-paused');
+    const stateA = await mkdtemp(join(tmpdir(), 'groupsnap-plugin-a-'));
+    new FreezeJournal(stateA).write({
+      snapshotId: 'gs-crashed',
+      domain: 'left-paused',
+      state: 'paused',
+      pausedAtMs: Date.now() - 9000,
+      deadlineMs: Date.now() - 4000,
+    });
+    stateDirs.push(stateA, await mkdtemp(join(tmpdir(), 'groupsnap-plugin-b-')));
+
+    for (const [i, host] of [hostA, hostB].entries()) {
+      const plugin = groupsnapHostPlugin({ hostId: host.hostId, hypervisor: host.hypervisor, stateDir: stateDirs[i] });
+      workers.push(await Worker.create({ connection, namespace, taskQueue: plugin.taskQueue, plugins: [plugin] }));
+    }
+    const workflows = groupsnapWorkflowsPlugin();
+    workers.push(await Worker.create({ connection, namespace, taskQueue: workflows.taskQueue, plugins: [workflows] }));
+    for (const w of workers) runs.push(w.run());
+    await waitForHostWorkers(client, [hostA.hostId, hostB.hostId]);
+  });
+
+  afterAll(async () => {
+    for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+    await Promise.all(runs);
+    await connection?.close();
+    await clientConnection?.close();
+    hostA?.cleanup();
+    hostB?.cleanup();
+    for (const d of stateDirs) await rm(d, { recursive: true, force: true });
+  });
+
+  const vmsOn = (host: FakeHost, names: string[]) => names.map((domain) => ({ domain, host: host.hostId }));
+
+  it('sets up the host and the namespace when the workers are created: recovery, registration, search attributes', async () => {
+    expect(hostA.state('left-paused')).toBe('running');
+    expect(new FreezeJournal(stateDirs[0]).read('gs-crashed', 'left-paused')!.state).not.toBe('paused');
+    expect((await listHosts(client)).map((h) => h.hostId)).toEqual([hostA.hostId, hostB.hostId].sort());
+    const attrs = await clientConnection.operatorService.listSearchAttributes({ namespace });
+    expect(Object.keys(attrs.customAttributes ?? {})).toEqual(expect.arrayContaining(Object.keys(SEARCH_ATTRIBUTES)));
+  });
+
+  it('snapshots 3 VMs x 2 disks over 2 hosts and resumes them all', async () => {
+    const [a1, a2, b1] = [uniqueId('a1'), uniqueId('a2'), uniqueId('b1')];
+    hostA.addVm(a1);
+    hostA.addVm(a2);
+    hostB.addVm(b1);
+    const result = await snapshotGroup(client, {
+      group: 'g1',
+      vms: [...vmsOn(hostA, [a1, a2]), ...vmsOn(hostB, [b1])],
+    });
+    expect(result.status).toBe('completed');
+    for (const [host, vm] of [
+      [hostA, a1],
+      [hostA, a2],
+      [hostB, b1],
+    ] as const) {
+      expect(host.state(vm)).toBe('running');
+      const r = result.vms.find((v) => v.domain === vm)!;
+      expect(r).toMatchObject({ outcome: 'snapshotted', pausedByUs: true, state: 'running' });
+      for (const d of r.disks) expect(host.chain(vm, d.target)).toEqual([d.image, d.overlay]);
+    }
+  });
+
+  it('resumes every paused VM and undoes taken snapshots when one VM snapshot fails', async () => {
+    const [a1, b1] = [uniqueId('a1'), uniqueId('b1')];
+    hostA.addVm(a1);
+    hostB.addVm(b1);
+    hostB.hypervisor.failOn('snapshot', b1);
+    const result = await snapshotGroup(client, { vms: [...vmsOn(hostA, [a1]), ...vmsOn(hostB, [b1])] });
+    expect(result.status).toBe('failed');
+    expect(result.error).toContain('injected snapshot failure');
+    expect(result.vms.find((v) => v.domain === a1)!.outcome).toBe('rolled-back');
+    for (const [host, vm] of [
+      [hostA, a1],
+      [hostB, b1],
+    ] as const) {
+      expect(host.state(vm)).toBe('running');
+      expect(host.chain(vm)).toHaveLength(1);
+    }
+    for (const v of result.vms) for (const d of v.disks) expect(existsSync(d.overlay)).toBe(false);
+  });
+
+  it('takes a named group snapshot (group entity, run, control activities)', async () => {
+    const vm = uniqueId('n1');
+    hostB.addVm(vm);
+    const name = uniqueId('named');
+    await createGroup(client, { name, selector: { vms: vmsOn(hostB, [vm]) } });
+    const run = await snapshotNamedGroup(client, name, { label: 'plugins' });
+    expect(run.snapshot).toMatchObject({ status: 'completed', label: 'plugins' });
+    expect(hostB.chain(vm)).toHaveLength(2);
+  });
+
+  it('refuses to serve another task queue or other workflows than its own', async () => {
+    await expect(
+      Worker.create({ connection, namespace, taskQueue: 'my-app', plugins: [groupsnapWorkflowsPlugin()] }),
+    ).rejects.toThrow(/serves task queue "groupsnap", not "my-app"/);
+    await expect(
+      Worker.create({
+        connection,
+        namespace,
+        taskQueue: WORKFLOW_TASK_QUEUE,
+        workflowsPath: __filename,
+        plugins: [groupsnapWorkflowsPlugin()],
+      }),
+    ).rejects.toThrow(/runs groupsnap's workflows/);
+  });
+});

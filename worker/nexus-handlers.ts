@@ -1,0 +1,166 @@
+/**
+ * Handlers of groupsnap's Nexus service (contract: client/nexus.ts), run by groupsnap's workflow worker (registered
+ * by the workflows plugin, worker/plugins.ts). Every request is checked before anything starts: bad input and an
+ * unknown group fail the operation at once, not retried, with a message that says what was wrong.
+ */
+import { ApplicationFailure, WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
+import { getClient, startWorkflow, WorkflowRunOperationHandler } from '@temporalio/nexus';
+import * as nexus from 'nexus-rpc';
+import { getGroup, listGroupSnapshots } from '../client/dr';
+import {
+  groupsnapNexusService,
+  type NexusGroupSnapshots,
+  type NexusListGroupSnapshotsInput,
+  type NexusRestoreGroupInput,
+  type NexusSnapshotGroupInput,
+} from '../client/nexus';
+import {
+  groupRunWorkflowId,
+  normalizeRestoreInput,
+  restoreWorkflowId,
+  type GroupRunInput,
+  type GroupRunResult,
+  type RestoreResult,
+} from '../common/groups';
+import { WORKFLOW_TASK_QUEUE } from '../common/names';
+import { GroupsnapGroup } from '../common/search-attributes';
+import { QUIESCE_MODES } from '../common/types';
+import { assertSafeName, BAD_INPUT, BadInputError, MAX_MAX_FREEZE_MS, MIN_MAX_FREEZE_MS } from '../common/validation';
+import type { groupSnapshotRun, restoreGroup } from '../workflows';
+
+/** A non-retryable `BAD_REQUEST` that carries the message (and groupsnap's bad-input failure type) to the caller. */
+function badRequest(message: string): nexus.HandlerError {
+  return new nexus.HandlerError('BAD_REQUEST', message, {
+    cause: ApplicationFailure.nonRetryable(message, BAD_INPUT),
+    retryableOverride: false,
+  });
+}
+
+/** Runs the checks, turning a {@link BadInputError} into a {@link badRequest}. */
+async function checked<T>(fn: () => T | Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof BadInputError) throw badRequest(err.message);
+    throw err;
+  }
+}
+
+/** Input arrives as JSON from another team's code: check its shape, not only its values. */
+function requireObject(input: unknown, operation: string): asserts input is Record<string, unknown> {
+  if (typeof input !== 'object' || input === null || Array.isArray(input))
+    throw new BadInputError(`${operation} takes an object, got ${JSON.stringify(input)}`);
+}
+
+function requireGroupName(input: Record<string, unknown>): string {
+  if (typeof input.group !== 'string') throw new BadInputError(`give the group's name as 'group' (a string)`);
+  assertSafeName('group name', input.group);
+  return input.group;
+}
+
+/** @throws BadInputError for an unknown group: its entity workflow `group/<name>` is not running. */
+async function requireGroup(group: string): Promise<void> {
+  await getGroup(getClient(), group);
+}
+
+function checkSnapshotInput(input: NexusSnapshotGroupInput): void {
+  requireObject(input, 'snapshotGroup');
+  const problems: string[] = [];
+  const check = (fn: () => void): void => {
+    try {
+      fn();
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  };
+  check(() => requireGroupName(input as unknown as Record<string, unknown>));
+  if (input.label !== undefined) check(() => assertSafeName('label', String(input.label)));
+  if (input.snapshotId !== undefined) check(() => assertSafeName('snapshot id', String(input.snapshotId)));
+  const max = input.maxFreezeMs;
+  if (max !== undefined && (!Number.isInteger(max) || max < MIN_MAX_FREEZE_MS || max > MAX_MAX_FREEZE_MS))
+    problems.push(`max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${max}`);
+  if (input.quiesce !== undefined && !QUIESCE_MODES.includes(input.quiesce))
+    problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${input.quiesce}`);
+  const known = new Set(['group', 'label', 'snapshotId', 'maxFreezeMs', 'quiesce']);
+  const unknown = Object.keys(input).filter((k) => !known.has(k));
+  if (unknown.length > 0) problems.push(`unknown option ${unknown.join(', ')} (known: ${[...known].join(', ')})`);
+  if (problems.length > 0) throw new BadInputError(problems.join('; '));
+}
+
+const snapshotGroup = new WorkflowRunOperationHandler<NexusSnapshotGroupInput, GroupRunResult>(async (ctx, input) => {
+  await checked(async () => {
+    checkSnapshotInput(input);
+    await requireGroup(input.group);
+  });
+  const { group, snapshotId } = input;
+  const args: GroupRunInput = {
+    group,
+    trigger: 'nexus',
+    ...(input.label !== undefined ? { label: input.label } : {}),
+    ...(snapshotId !== undefined ? { snapshotId } : {}),
+    ...(input.maxFreezeMs !== undefined ? { maxFreezeMs: input.maxFreezeMs } : {}),
+    ...(input.quiesce !== undefined ? { quiesce: input.quiesce } : {}),
+  };
+  try {
+    return await startWorkflow<typeof groupSnapshotRun>(ctx, 'groupSnapshotRun', {
+      taskQueue: WORKFLOW_TASK_QUEUE,
+      // A retried start request (same request id) finds the run it started; the run chooses the snapshot id.
+      workflowId:
+        snapshotId !== undefined ? groupRunWorkflowId(group, snapshotId) : `group-run/${group}/nexus-${ctx.requestId}`,
+      // A snapshot id is never taken twice.
+      workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+      args: [args],
+      typedSearchAttributes: [{ key: GroupsnapGroup, value: group }],
+      staticSummary: `Snapshot of group ${group}${input.label ? ` (${input.label})` : ''}, asked through Nexus`,
+    });
+  } catch (err) {
+    if (err instanceof WorkflowExecutionAlreadyStartedError)
+      throw badRequest(`snapshot ${JSON.stringify(snapshotId)} of group ${group} was already taken or is running`);
+    throw err;
+  }
+});
+
+async function listSnapshots(_ctx: nexus.StartOperationContext, input: NexusListGroupSnapshotsInput) {
+  const group = await checked(async () => {
+    requireObject(input, 'listGroupSnapshots');
+    const name = requireGroupName(input as unknown as Record<string, unknown>);
+    await requireGroup(name);
+    return name;
+  });
+  const snapshots = await checked(() => listGroupSnapshots(getClient(), group));
+  return { group, snapshots } satisfies NexusGroupSnapshots;
+}
+
+const restore = new WorkflowRunOperationHandler<NexusRestoreGroupInput, RestoreResult>(async (ctx, input) => {
+  const normalized = await checked(async () => {
+    requireObject(input, 'restoreGroup');
+    const n = normalizeRestoreInput(input);
+    await requireGroup(n.group);
+    return n;
+  });
+  const restoreId = normalized.restoreId ?? `rs-${ctx.requestId.replace(/-/g, '').slice(0, 8)}`;
+  const { group, snapshotId, mode } = normalized;
+  try {
+    return await startWorkflow<typeof restoreGroup>(ctx, 'restoreGroup', {
+      taskQueue: WORKFLOW_TASK_QUEUE,
+      workflowId: restoreWorkflowId(group, snapshotId, restoreId),
+      workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+      args: [{ ...normalized, restoreId }],
+      typedSearchAttributes: [{ key: GroupsnapGroup, value: group }],
+      staticSummary: `Restore group ${group} to ${snapshotId} (${mode === 'clone' ? 'as clones' : 'in place'}), asked through Nexus`,
+    });
+  } catch (err) {
+    if (err instanceof WorkflowExecutionAlreadyStartedError)
+      throw badRequest(`restore ${JSON.stringify(restoreId)} of group ${group} was already run or is running`);
+    throw err;
+  }
+});
+
+/** groupsnap's Nexus service handler: register it on the worker of the `groupsnap` task queue. */
+export function groupsnapNexusServiceHandler() {
+  return nexus.serviceHandler(groupsnapNexusService, {
+    snapshotGroup,
+    listGroupSnapshots: listSnapshots,
+    restoreGroup: restore,
+  });
+}
