@@ -5,7 +5,7 @@
 import type { HostVm } from './dr-types';
 import type { RetentionPolicy } from './retention';
 import type { GroupSnapshotResult, QuiesceMode, VmRef } from './types';
-import { assertSafeName, BadInputError } from './validation';
+import { assertSafeName, BadInputError, problemList } from './validation';
 
 /** How a group's members are chosen: a fixed list of VMs, or every VM carrying a tag on any registered host. */
 export type GroupSelector = { vms: VmRef[] } | { tag: string };
@@ -50,14 +50,7 @@ export function selectorText(selector: GroupSelector): string {
  * @throws BadInputError listing every problem.
  */
 export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition {
-  const problems: string[] = [];
-  const check = (fn: () => void): void => {
-    try {
-      fn();
-    } catch (err) {
-      problems.push((err as Error).message);
-    }
-  };
+  const { problems, check } = problemList();
   check(() => assertSafeName('group name', def.name));
   if (RESERVED.has(def.name)) problems.push(`group name ${JSON.stringify(def.name)} is reserved`);
   const sel = def.selector as Partial<{ vms: VmRef[]; tag: string }> | undefined;
@@ -217,14 +210,7 @@ export interface RestoreResult {
 const SUFFIX = /^[A-Za-z0-9._-]{1,40}$/;
 
 export function normalizeRestoreInput(input: RestoreInput): RestoreInput {
-  const problems: string[] = [];
-  const check = (fn: () => void): void => {
-    try {
-      fn();
-    } catch (err) {
-      problems.push((err as Error).message);
-    }
-  };
+  const { problems, check } = problemList();
   check(() => assertSafeName('group name', input.group));
   check(() => assertSafeName('snapshot id', input.snapshotId));
   if (input.mode !== 'clone' && input.mode !== 'in-place')

@@ -32,6 +32,24 @@ export function toFailure(err: unknown): unknown {
   return err;
 }
 
+/**
+ * A list of input problems and `check(fn)`, which runs a validation and records its error message instead of
+ * throwing, so one call can report every problem at once.
+ */
+export function problemList(): { problems: string[]; check(fn: () => void): void } {
+  const problems: string[] = [];
+  return {
+    problems,
+    check(fn) {
+      try {
+        fn();
+      } catch (err) {
+        problems.push((err as Error).message);
+      }
+    },
+  };
+}
+
 export const MIN_MAX_FREEZE_MS = 100;
 export const MAX_MAX_FREEZE_MS = 600_000;
 
@@ -52,14 +70,7 @@ export interface NormalizedSnapshotInput {
  * @throws BadInputError listing every problem found.
  */
 export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSnapshotInput {
-  const problems: string[] = [];
-  const check = (fn: () => void): void => {
-    try {
-      fn();
-    } catch (err) {
-      problems.push((err as Error).message);
-    }
-  };
+  const { problems, check } = problemList();
   const group = input.group ?? 'adhoc';
   check(() => assertSafeName('group name', group));
   if (input.label !== undefined) check(() => assertSafeName('label', input.label!));

@@ -5,20 +5,18 @@ import {
   createGroupSchedule,
   deleteGroup,
   deleteGroupSnapshot,
-  describeGroupSchedule,
   listGroupSnapshots,
   restoreGroup,
   snapshotNamedGroup,
   tagVm,
-  triggerGroupSchedule,
 } from '../client/dr';
-import type { GroupRunResult } from '../common/groups';
 import { backingChain, VmFleet } from '../dev/vms';
 import { parseDomainXml } from '../hypervisor/domain-xml';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { readsMarker, writeMarker } from './helpers/markers';
 import { scopedHypervisor } from './helpers/scoped-hypervisor';
 import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
+import { triggerAndWait, vmsOf } from './helpers/schedules';
 import { startHosts, type RunningHosts } from './helpers/workers';
 
 /**
@@ -125,25 +123,12 @@ describe('groups, retention, deletion and restore on real VMs', () => {
     const group = uniqueId('sched');
     await createGroup(client, {
       name: group,
-      selector: {
-        vms: [
-          { domain: a2, host: hostA },
-          { domain: b2, host: hostB },
-        ],
-      },
+      selector: vmsOf([hostA, a2], [hostB, b2]),
     });
     await createGroupSchedule(client, { group, cron: '0 0 1 1 *', retention: { keepLast: 2 } });
     const taken: string[] = [];
     for (let i = 0; i < 4; i++) {
-      const before = (await describeGroupSchedule(client, group)).info.recentActions.length;
-      await triggerGroupSchedule(client, group);
-      let workflowId: string | undefined;
-      for (let t = 0; t < 300 && !workflowId; t++) {
-        const actions = (await describeGroupSchedule(client, group)).info.recentActions;
-        if (actions.length > before) workflowId = actions[actions.length - 1].action.workflow.workflowId;
-        else await new Promise((r) => setTimeout(r, 100));
-      }
-      const run = (await client.workflow.getHandle(workflowId!).result()) as GroupRunResult;
+      const run = await triggerAndWait(client, group);
       expect(run.snapshot.status).toBe('completed');
       taken.push(run.snapshot.snapshotId);
       expect(run.retention?.failed).toEqual([]);
@@ -163,12 +148,7 @@ describe('groups, retention, deletion and restore on real VMs', () => {
     const group = uniqueId('dr');
     await createGroup(client, {
       name: group,
-      selector: {
-        vms: [
-          { domain: a1, host: hostA },
-          { domain: b1, host: hostB },
-        ],
-      },
+      selector: vmsOf([hostA, a1], [hostB, b1]),
     });
     // Marker 0x41 before S1, 0x42 before S2, 0x43 before S3, 0x44 after S3; each at its own offset.
     const offset = (byte: number) => (byte - 0x40) * 65536;

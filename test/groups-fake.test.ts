@@ -15,13 +15,13 @@ import {
   showGroup,
   snapshotNamedGroup,
   tagVm,
-  triggerGroupSchedule,
 } from '../client/dr';
 import { BadInputError } from '../common/validation';
 import { migrateWithSnapshot } from '../examples/snapshot-before-migration';
 import { scheduleIdFor } from '../common/schedule-spec';
 import { FakeHost } from './helpers/fake-hosts';
 import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
+import { triggerAndWait, vmsOf } from './helpers/schedules';
 import { startHosts, type RunningHosts } from './helpers/workers';
 
 /**
@@ -187,12 +187,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     const name = uniqueId('sched');
     await createGroup(client, {
       name,
-      selector: {
-        vms: [
-          { domain: a, host: hostA.hostId },
-          { domain: b, host: hostB.hostId },
-        ],
-      },
+      selector: vmsOf([hostA.hostId, a], [hostB.hostId, b]),
     });
     await createGroupSchedule(client, {
       group: name,
@@ -201,19 +196,10 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     });
     const runs: string[] = [];
     for (let i = 0; i < 4; i++) {
-      const before = (await describeGroupSchedule(client, name)).info.recentActions.length;
-      await triggerGroupSchedule(client, name);
-      let workflowId: string | undefined;
-      for (let t = 0; t < 200 && !workflowId; t++) {
-        const actions = (await describeGroupSchedule(client, name)).info.recentActions;
-        if (actions.length > before) workflowId = actions[actions.length - 1].action.workflow.workflowId;
-        else await new Promise((r) => setTimeout(r, 100));
-      }
-      expect(workflowId).toBeDefined();
-      const result = await client.workflow.getHandle(workflowId!).result();
+      const result = await triggerAndWait(client, name);
       expect(result.snapshot.status).toBe('completed');
       runs.push(result.snapshot.snapshotId);
-      expect(result.retention.kept).toEqual(runs.slice(-2).reverse());
+      expect(result.retention?.kept).toEqual(runs.slice(-2).reverse());
       // Base image + at most 2 kept snapshot layers + the active layer.
       expect(hostA.chain(a).length).toBeLessThanOrEqual(3);
       expect(hostB.chain(b).length).toBeLessThanOrEqual(3);
@@ -249,12 +235,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     const name = uniqueId('rest');
     await createGroup(client, {
       name,
-      selector: {
-        vms: [
-          { domain: a, host: hostA.hostId },
-          { domain: b, host: hostB.hostId },
-        ],
-      },
+      selector: vmsOf([hostA.hostId, a], [hostB.hostId, b]),
     });
     const s1 = (await snapshotNamedGroup(client, name)).snapshot;
     await snapshotNamedGroup(client, name);
@@ -287,12 +268,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     const name = uniqueId('aon');
     await createGroup(client, {
       name,
-      selector: {
-        vms: [
-          { domain: a, host: hostA.hostId },
-          { domain: b, host: hostB.hostId },
-        ],
-      },
+      selector: vmsOf([hostA.hostId, a], [hostB.hostId, b]),
     });
     const s1 = (await snapshotNamedGroup(client, name)).snapshot.snapshotId;
     const s2 = (await snapshotNamedGroup(client, name)).snapshot.snapshotId;

@@ -25,7 +25,14 @@ import {
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { GroupsnapGroup } from '../common/search-attributes';
 import { QUIESCE_MODES } from '../common/types';
-import { assertSafeName, BAD_INPUT, BadInputError, MAX_MAX_FREEZE_MS, MIN_MAX_FREEZE_MS } from '../common/validation';
+import {
+  assertSafeName,
+  BAD_INPUT,
+  BadInputError,
+  MAX_MAX_FREEZE_MS,
+  MIN_MAX_FREEZE_MS,
+  problemList,
+} from '../common/validation';
 import type { groupSnapshotRun, restoreGroup } from '../workflows';
 
 /** A non-retryable `BAD_REQUEST` that carries the message (and groupsnap's bad-input failure type) to the caller. */
@@ -65,14 +72,7 @@ async function requireGroup(group: string): Promise<void> {
 
 function checkSnapshotInput(input: NexusSnapshotGroupInput): void {
   requireObject(input, 'snapshotGroup');
-  const problems: string[] = [];
-  const check = (fn: () => void): void => {
-    try {
-      fn();
-    } catch (err) {
-      problems.push((err as Error).message);
-    }
-  };
+  const { problems, check } = problemList();
   check(() => requireGroupName(input as unknown as Record<string, unknown>));
   if (input.label !== undefined) check(() => assertSafeName('label', String(input.label)));
   if (input.snapshotId !== undefined) check(() => assertSafeName('snapshot id', String(input.snapshotId)));
