@@ -4,7 +4,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { snapshotGroup, waitForHostWorkers } from '../client';
+import * as libvirt from '@groupsnap/libvirt';
+import {
+  createGroup,
+  listGroupSnapshots,
+  restoreGroup,
+  snapshotGroup,
+  snapshotNamedGroup,
+  tagVm,
+  waitForHostWorkers,
+} from '../client';
 import { defaults } from '../common/config';
 import { freePort } from '../dev/free-port';
 import { startDevServer } from '../dev/temporal-dev-server';
@@ -71,6 +80,7 @@ export async function demoCommand(opts: { vms: number; keep?: boolean }): Promis
         `\nSee it in the Temporal UI: ${server.uiUrl}/namespaces/default/workflows/${encodeURIComponent(result.workflowId)}`,
       );
       if (result.status !== 'completed') process.exitCode = 1;
+      else await drTour(client, fleet.names, hostId);
     } finally {
       await connection.close();
     }
@@ -85,6 +95,7 @@ export async function demoCommand(opts: { vms: number; keep?: boolean }): Promis
     worker?.shutdown();
     await running?.catch(() => undefined);
     await hypervisor?.close().catch(() => undefined);
+    if (fleet) await removeClones(fleet);
     await fleet?.destroy().catch((err) => console.error(`cleaning up demo VMs: ${(err as Error).message}`));
     await server.stop();
     stopGuard(stateDir);
@@ -95,4 +106,45 @@ export async function demoCommand(opts: { vms: number; keep?: boolean }): Promis
 function stopGuard(stateDir: string): void {
   const pid = runningGuardPid(stateDir);
   if (pid) process.kill(pid, 'SIGTERM');
+}
+
+/** The DR side, briefly: tag the VMs, define a group by tag, snapshot it by name, list, restore as clones. */
+async function drTour(client: Client, vms: string[], hostId: string): Promise<void> {
+  console.log(`\nTagging the VMs 'demo-db' and defining group 'demo-db' by that tag ...`);
+  for (const domain of vms) await tagVm(client, { domain, host: hostId }, { add: ['demo-db'] });
+  await createGroup(client, { name: 'demo-db', selector: { tag: 'demo-db' } });
+  const run = await snapshotNamedGroup(client, 'demo-db', { label: 'by-name' });
+  console.log(
+    `Snapshot of group demo-db by name: ${run.snapshot.snapshotId} ${run.snapshot.status}, ` +
+      `members ${run.members.map((m) => m.domain).join(', ')}`,
+  );
+  const listed = await listGroupSnapshots(client, 'demo-db');
+  console.log(`groupsnap snapshot list demo-db: ${listed.map((s) => s.snapshotId).join(', ')}`);
+  const restored = await restoreGroup(client, {
+    group: 'demo-db',
+    snapshotId: run.snapshot.snapshotId,
+    mode: 'clone',
+    suffix: '-restored',
+  });
+  console.log(
+    `Restored as clones (${restored.status}): ${restored.vms.map((v) => `${v.clone} ${v.state}`).join(', ')}`,
+  );
+}
+
+/** Restore clones of the demo VMs (named after them) are not part of the fleet: remove them first. */
+async function removeClones(fleet: VmFleet): Promise<void> {
+  const all = await fleet.conn.listAllDomains().catch(() => []);
+  for (const d of all) {
+    if (fleet.names.includes(d.name) || !fleet.names.some((n) => d.name.startsWith(`${n}-`))) continue;
+    try {
+      const dom = await fleet.conn.lookupByName(d.name);
+      await dom.destroy().catch(() => undefined);
+      await dom
+        .undefine(libvirt.UndefineFlags.SNAPSHOTS_METADATA | libvirt.UndefineFlags.KEEP_NVRAM)
+        .catch(() => dom.undefine());
+      dom.free();
+    } catch (err) {
+      console.error(`cleaning up clone ${d.name}: ${(err as Error).message}`);
+    }
+  }
 }

@@ -1,0 +1,28 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import * as libvirt from '@groupsnap/libvirt';
+import { CLI } from './helpers/worker-process';
+
+const exec = promisify(execFile);
+
+/** The README's main job (`npm start` runs `groupsnap demo`), end to end, cleaning up after itself. */
+describe('groupsnap demo (the main job)', () => {
+  it('snapshots the demo VMs, snapshots the tag group by name, restores it as clones, and leaves no VM behind', async () => {
+    const { stdout } = await exec(process.execPath, [CLI, 'demo', '--no-keep', '--vms', '2'], { timeout: 240_000 });
+    expect(stdout).toMatch(/Completed group snapshot gs-\S+ of demo/);
+    expect(stdout).toMatch(
+      /Snapshot of group demo-db by name: gs-\S+ completed, members groupsnap-demo-\S+-1, groupsnap-demo-\S+-2/,
+    );
+    expect(stdout).toMatch(
+      /Restored as clones \(restored\): groupsnap-demo-\S+-1-restored running, groupsnap-demo-\S+-2-restored running/,
+    );
+    const names = stdout.match(/groupsnap-demo-[a-z0-9]+-1/)![0].replace(/-1$/, '');
+    const conn = await libvirt.open('qemu:///system');
+    try {
+      const left = (await conn.listAllDomains()).map((d) => d.name).filter((n) => n.startsWith(names));
+      expect(left).toEqual([]);
+    } finally {
+      await conn.close();
+    }
+  });
+});
