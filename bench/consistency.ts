@@ -4,12 +4,16 @@
  * dev/consistency-run.ts while it runs, checks every cut offline, and prints the counts per mode.
  *
  *   npm run build && node dist/bench/consistency.js [--group 200] [--naive 50] [--modes group,naive-vm,naive-disk]
- *       [--batch 50] [--hosts 2] [--gap-ms 0] [--out <file.json>]
+ *       [--batch 50] [--hosts 2] [--gap-ms 0] [--restore 0] [--restore-naive 0] [--out <file.json>]
  *
  * --group / --naive: snapshots per mode (groupsnap / each naive mode); --batch: snapshots per workload pair (a
  * fresh pair then starts, so backing chains stay short); --hosts 1|2: the writer and the acker under one host
- * worker or two; --gap-ms: pause between the parts (VMs, disks) of a naive snapshot. Raw per-cut results go to --out
- * (default bench/results/consistency-<date>.json). Exit status 1 when a group snapshot cut had a violation.
+ * worker or two; --gap-ms: pause between the parts (VMs, disks) of a naive snapshot; --restore n: restore n of the
+ * group snapshots as clones (spread over the batches), boot them and check them from inside the guests
+ * (dev/consistency-restore.ts); --restore-naive n: the same for n violating naive-vm cuts (the inside check must
+ * find their violation too). Raw per-cut results go to --out (default bench/results/consistency-<date>.json). Exit
+ * status 1 when a group snapshot cut had a violation, or a restored cut's inside check did not agree with the
+ * offline one.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -20,8 +24,16 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { waitForHostWorkers } from '../client';
 import { formatCut } from '../dev/consistency-check';
+import {
+  formatRestoreCheck,
+  pickRestoreSample,
+  restoreAndCheckAll,
+  type RestoreCheck,
+  type RestoreHost,
+} from '../dev/consistency-restore';
 import { formatSummary, runMode, SNAPSHOT_MODES, type ModeSummary, type SnapshotMode } from '../dev/consistency-run';
 import { WorkloadPair } from '../dev/guest';
+import { scopedHypervisor } from '../dev/scoped-hypervisor';
 import { startDevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
@@ -54,6 +66,10 @@ async function main(): Promise<void> {
   const batch = Number(arg('batch', '50'));
   const hostCount = Number(arg('hosts', '2'));
   const gapMs = Number(arg('gap-ms', '0'));
+  const restoreCounts: Partial<Record<SnapshotMode, number>> = {
+    group: Number(arg('restore', '0')),
+    'naive-vm': Number(arg('restore-naive', '0')),
+  };
   for (const m of modes) if (!SNAPSHOT_MODES.includes(m)) throw new Error(`unknown mode ${m}`);
   const machine = {
     cores: cpus().length,
@@ -74,34 +90,46 @@ async function main(): Promise<void> {
   const stateRoot = await mkdtemp(join(tmpdir(), 'gs-consistency-state-'));
   const hostIds = hostCount === 1 ? ['cons-host'] : ['cons-host-w', 'cons-host-k'];
   const hypervisors = await Promise.all(hostIds.map(() => LibvirtHypervisor.open('qemu:///system')));
+  // Each host worker sees only its VMs (and their clones), as on separate machines: the writers and the ackers of
+  // this run's pairs, or both with one host.
+  const prefix = `gs-consb-${Date.now().toString(36)}`;
+  const scopes = hostCount === 1 ? [`${prefix}-`] : [`${prefix}-writer-`, `${prefix}-acker-`];
+  const restoreHosts: Record<string, RestoreHost> = Object.fromEntries(
+    hostIds.map((hostId, i) => [
+      hostId,
+      { hypervisor: scopedHypervisor(hypervisors[i], scopes[i]), stateDir: join(stateRoot, hostId) },
+    ]),
+  );
   const workers = await Promise.all(
     hostIds.map(async (hostId, i) => {
-      const stateDir = join(stateRoot, hostId);
-      mkdirSync(stateDir);
+      mkdirSync(restoreHosts[hostId].stateDir);
       return createGroupsnapWorker({
         connectionOptions: { address: server.address },
         namespace: 'default',
         hostId,
-        hypervisor: hypervisors[i],
-        stateDir,
+        hypervisor: restoreHosts[hostId].hypervisor,
+        stateDir: restoreHosts[hostId].stateDir,
         workflows: i === 0,
       });
     }),
   );
   const runs = workers.map((w) => w.run());
   const summaries: Partial<Record<SnapshotMode, ModeSummary>> = {};
+  const restored: RestoreCheck[] = [];
+  const restoreErrors: string[] = [];
   try {
     await waitForHostWorkers(client, hostIds, 120_000);
     for (const mode of modes) {
       const total = mode === 'group' ? groupCount : naiveCount;
       for (let done = 0; done < total; done += batch) {
-        const pair = await WorkloadPair.create({ prefix: 'gs-consb' });
+        const pair = await WorkloadPair.create({ prefix });
+        const count = Math.min(batch, total - done);
         try {
           await pair.waitForSteps(3);
           const s = await runMode({
             mode,
             pair,
-            count: Math.min(batch, total - done),
+            count,
             client,
             hosts: { writer: hostIds[0], acker: hostIds[hostIds.length - 1] },
             hypervisor: hypervisors[0],
@@ -111,6 +139,31 @@ async function main(): Promise<void> {
                 `  ${mode} #${done + c.index + 1}: ${c.completed ? formatCut(c.report!) : `not taken: ${c.error}`}`,
               ),
           });
+          // This batch's share of the restores, taken before its pair (and the snapshots) go.
+          const share = (k: number) => Math.round(((restoreCounts[mode] ?? 0) * k) / total);
+          const base = summaries[mode]?.cuts.length ?? 0;
+          const sample = pickRestoreSample(s.cuts, share(done + count) - share(done));
+          // Two cuts (four clones) at a time: restored one after the other, booting side by side.
+          for (let k = 0; k < sample.length; k += 2) {
+            const cuts = sample.slice(k, k + 2);
+            try {
+              const rs = await restoreAndCheckAll({
+                client,
+                cuts,
+                suffix: (c) => `-r${base + c.index + 1}`,
+                hosts: restoreHosts,
+              });
+              for (const r of rs) {
+                r.index += base;
+                restored.push(r);
+                console.error(`  ${formatRestoreCheck(r)}`);
+              }
+            } catch (err) {
+              const which = cuts.map((c) => `${mode} #${base + c.index + 1}`).join(', ');
+              restoreErrors.push(`${which}: ${(err as Error).message}`);
+              console.error(`  restore of ${which} failed: ${(err as Error).message}`);
+            }
+          }
           summaries[mode] = merge(summaries[mode], s);
         } finally {
           await pair.destroy();
@@ -140,6 +193,34 @@ async function main(): Promise<void> {
         `${inv('cross-vm-lockstep')} | ${s.failedSnapshots} | ${s.midStepCuts} | ${s.steps} |`,
     );
   }
+  // A restored cut passes when the guests' view agrees with the offline check (group cuts: no violation either).
+  const restoreBad = restored.filter(
+    (r) => r.mismatches.length > 0 || (r.mode === 'group' && r.inside.violations.length),
+  );
+  if (restored.length || restoreErrors.length) {
+    console.log('');
+    console.log(
+      '| restored from | clones booted | checked from inside | with violations inside | agree with offline |',
+    );
+    console.log('| --- | --- | --- | --- | --- |');
+    for (const mode of ['group', 'naive-vm'] as const) {
+      const rs = restored.filter((r) => r.mode === mode);
+      if (rs.length === 0 && !restoreErrors.some((e) => e.startsWith(`${mode} `))) continue;
+      console.log(
+        `| ${mode} | ${rs.reduce((n, r) => n + r.vms.length, 0)} | ${rs.length} | ` +
+          `${rs.filter((r) => r.inside.violations.length).length} | ${rs.filter((r) => !r.mismatches.length).length} |`,
+      );
+    }
+    const ms = (xs: number[]) => {
+      const v = [...xs].sort((a, b) => a - b);
+      return v.length ? `${Math.round(v[Math.floor(v.length / 2)])} / ${Math.round(v[v.length - 1])}` : '-';
+    };
+    console.log(
+      `\nrestore (ms, p50 / max): restoreGroup ${ms(restored.map((r) => r.restoreMs))}, boot to recovery line ` +
+        `${ms(restored.map((r) => r.bootMs))}, clone removal ${ms(restored.map((r) => r.removeMs))}` +
+        (restoreErrors.length ? `; ${restoreErrors.length} restore(s) failed: ${restoreErrors.join('; ')}` : ''),
+    );
+  }
   console.log(`\nhosts: ${hostCount}, batch: ${batch}, gap: ${gapMs} ms, elapsed: ${elapsedS.toFixed(0)} s`);
   const out = arg('out', join(REPO_ROOT, 'bench', 'results', `consistency-${machine.date.slice(0, 10)}.json`));
   mkdirSync(dirname(out), { recursive: true });
@@ -161,10 +242,32 @@ async function main(): Promise<void> {
   );
   writeFileSync(
     out,
-    JSON.stringify({ machine, options: { hostCount, batch, gapMs }, elapsedS, summaries: compact }, null, 1) + '\n',
+    JSON.stringify(
+      {
+        machine,
+        options: { hostCount, batch, gapMs, restore: restoreCounts },
+        elapsedS,
+        summaries: compact,
+        restored: restored.map((r) => ({
+          mode: r.mode,
+          i: r.index,
+          snapshotIds: r.snapshotIds,
+          inside: formatCut(r.inside),
+          mismatches: r.mismatches,
+          lines: r.vms.map((v) => `${v.clone}: ${v.line}`),
+          restoreMs: Math.round(r.restoreMs),
+          bootMs: Math.round(r.bootMs),
+          removeMs: Math.round(r.removeMs),
+        })),
+        restoreErrors,
+      },
+      null,
+      1,
+    ) + '\n',
   );
   console.error(`raw results: ${out}`);
-  if ((summaries.group?.violatingCuts ?? 0) > 0) process.exitCode = 1;
+  if ((summaries.group?.violatingCuts ?? 0) > 0 || restoreBad.length > 0 || restoreErrors.length > 0)
+    process.exitCode = 1;
 }
 
 main().catch((err: Error) => {

@@ -18,10 +18,8 @@
  * (a `groupsnap snapshot --json` result has this shape; roles are read from the disk headers when absent).
  * Prints one line per cut; exit status 1 when any cut has a violation.
  *
- * TODO(restore, issue #8): the same check from inside restored clones. Restore each sample snapshot as clones,
- * boot them with a verifying init that prints each disk's header sector (e.g. `gs.role=verify` printing
- * "GSHDR ..." lines on the console) and feed those headers to {@link parseHeader} + {@link evaluateCut}: the
- * verdict must equal the offline one for the same snapshot.
+ * The same check from inside restored clones is dev/consistency-restore.ts: the guests' recovery step reports
+ * their disks' headers and records, and {@link evaluateCut} evaluates them as it does the states read here.
  */
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -136,7 +134,10 @@ export async function readDiskState(disk: CutDisk, ring = DEFAULT_RING): Promise
   return { ...base, label: h.label, role: h.role, n: h.n, v: h.v, recordOk };
 }
 
-/** Evaluates the invariants on disk states already read (offline here; from inside a restored guest later). */
+/**
+ * Evaluates the invariants on disk states already read (offline by {@link checkCut}; from inside restored guests by
+ * dev/consistency-restore.ts).
+ */
 export function evaluateCut(vms: VmState[]): CutReport {
   const violations: Violation[] = [];
   for (const vm of vms) {

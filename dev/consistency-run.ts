@@ -43,6 +43,11 @@ export interface CheckedCut {
   index: number;
   /** The snapshot (all of its parts) completed and was checked. */
   completed: boolean;
+  /**
+   * The groupsnap snapshots the cut is made of (`group`: one; `naive-vm`: one per VM), each restorable with
+   * `restoreGroup` under its ad hoc group name. None for `naive-disk` (not catalogued).
+   */
+  snapshots?: { group: string; snapshotId: string }[];
   error?: string;
   report?: CutReport;
   /** Start of the first snapshot call to end of the last one. */
@@ -79,6 +84,7 @@ async function snapshotOnce(o: ModeOptions, index: number): Promise<{ cut: Check
   const t0 = performance.now();
   const cut: CutVm[] = [];
   const freezeMs: number[] = [];
+  const snapshots: { group: string; snapshotId: string }[] = [];
   const fail = (error: string) => ({
     cut: { mode: o.mode, index, completed: false, error, snapshotMs: performance.now() - t0 },
   });
@@ -93,6 +99,7 @@ async function snapshotOnce(o: ModeOptions, index: number): Promise<{ cut: Check
       if (k > 0 && o.gapMs) await new Promise((r) => setTimeout(r, o.gapMs));
       const result = await snapshotGroup(o.client, { group: `consistency-${o.mode}`, vms });
       if (result.status !== 'completed') return fail(result.error ?? 'snapshot failed');
+      snapshots.push({ group: result.group, snapshotId: result.snapshotId });
       for (const vm of result.vms) {
         if (vm.freezeMs !== undefined) freezeMs.push(vm.freezeMs);
         cut.push({
@@ -118,7 +125,9 @@ async function snapshotOnce(o: ModeOptions, index: number): Promise<{ cut: Check
     }
   }
   const snapshotMs = performance.now() - t0;
-  return { cut: { mode: o.mode, index, completed: true, snapshotMs, freezeMs }, vms: cut };
+  const cutInfo: CheckedCut = { mode: o.mode, index, completed: true, snapshotMs, freezeMs };
+  if (snapshots.length > 0) cutInfo.snapshots = snapshots;
+  return { cut: cutInfo, vms: cut };
 }
 
 function isMidStep(r: CutReport): boolean {

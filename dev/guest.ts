@@ -180,7 +180,11 @@ export interface WorkloadVm {
 }
 
 export interface WorkloadPairOptions {
-  /** Name prefix; a random suffix makes every pair unique. */
+  /**
+   * Name prefix: the VMs are `<prefix>-writer-<random>` and `<prefix>-acker-<random>`, so a host worker scoped to
+   * `<prefix>-writer-` (dev/scoped-hypervisor.ts) sees every writer made with this prefix and its clones, and no
+   * acker.
+   */
   prefix: string;
   /** @default 'qemu:///system' */
   uri?: string;
@@ -215,7 +219,7 @@ export class WorkloadPair {
     const dir = await mkdtemp(join(tmpdir(), 'gs-wl-'));
     const suffix = Math.random().toString(36).slice(2, 8);
     const vm = (role: WorkloadRole): WorkloadVm => {
-      const name = `${options.prefix}-${suffix}-${role}`;
+      const name = `${options.prefix}-${role}-${suffix}`;
       return {
         name,
         role,
@@ -275,9 +279,14 @@ export class WorkloadPair {
 
   async destroy(): Promise<void> {
     this.relay?.close();
-    for (const v of this.vms) {
+    // Clones restored from the pair's snapshots (`<name>-<suffix>`) that a failed run left: their disks are in `dir`.
+    const names = this.vms.map((v) => v.name);
+    const leftover = (await this.conn.listAllDomains())
+      .map((d) => d.name)
+      .filter((n) => !names.includes(n) && names.some((v) => n.startsWith(`${v}-`)));
+    for (const v of [...leftover, ...names]) {
       try {
-        const dom = await this.conn.lookupByName(v.name);
+        const dom = await this.conn.lookupByName(v);
         if ((await dom.state()).state !== 'shutoff') await dom.destroy().catch(() => undefined);
         await dom.undefine(libvirt.UndefineFlags.SNAPSHOTS_METADATA).catch(() => dom.undefine());
         dom.free();

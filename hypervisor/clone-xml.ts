@@ -50,9 +50,10 @@ function unescapeXml(s: string): string {
 /**
  * The definition of a clone of a VM from its inactive XML: new name, no uuid and no MAC addresses (libvirt
  * generates new ones), no groupsnap metadata (the clone must not inherit the VM's tags and catalog, or it would
- * join its groups), file-backed serial/console/log outputs and the NVRAM file moved to clone-specific paths, fixed
- * graphics ports made automatic, bind-mode channel sockets left for libvirt to name, and each cloned disk pointed
- * at its new qcow2 overlay. Writable disks that are not cloned are left out; CD-ROMs and read-only disks are kept.
+ * join its groups), file-backed serial/console/log outputs, listening unix sockets of serial ports and consoles, and
+ * the NVRAM file moved to clone-specific paths, fixed graphics ports made automatic, bind-mode virtio channel
+ * sockets left for libvirt to name, and each cloned disk pointed at its new qcow2 overlay. Writable disks that are
+ * not cloned are left out; CD-ROMs and read-only disks are kept.
  * @throws Error when a disk to clone is not in the XML
  */
 export function cloneDomainXml(xml: string, options: CloneXmlOptions): CloneXml {
@@ -77,12 +78,18 @@ export function cloneDomainXml(xml: string, options: CloneXmlOptions): CloneXml 
 
   // Character devices writing to files: a clone writing into the source's log would interleave with it.
   const chardev = /<(serial|console|parallel|channel)\b((?:[^>/]|\/(?!>))*)(?:\/>|>[\s\S]*?<\/\1>)/g;
-  out = out.replace(chardev, (dev, _el: string, attrs: string) => {
+  out = out.replace(chardev, (dev, el: string, attrs: string) => {
     let d = dev;
     if (attrOf(` ${attrs}`, 'type') === 'file') d = mapAttr(d, 'source', 'path', path);
-    if (attrOf(` ${attrs}`, 'type') === 'unix') {
-      d = d.replace(/(<source\b[^>]*?\bmode=(['"])bind\2[^>]*?)\s+path=(['"])[^'"]*\3/, '$1');
-      d = d.replace(/(<source\b[^>]*?)\s+path=(['"])[^'"]*\2([^>]*?\bmode=(['"])bind\4)/, '$1$3');
+    if (attrOf(` ${attrs}`, 'type') === 'unix' && /<source\b[^>]*?\bmode=(['"])bind\1/.test(d)) {
+      if (el === 'channel' && /<target\b[^>]*?\btype=(['"])virtio\1/.test(d)) {
+        // libvirt names a virtio channel's socket itself when the path is left out.
+        d = d.replace(/(<source\b[^>]*?\bmode=(['"])bind\2[^>]*?)\s+path=(['"])[^'"]*\3/, '$1');
+        d = d.replace(/(<source\b[^>]*?)\s+path=(['"])[^'"]*\2([^>]*?\bmode=(['"])bind\4)/, '$1$3');
+      } else {
+        // A serial port's (console's, ...) listening socket needs a path: the clone's own, beside the source's.
+        d = mapAttr(d, 'source', 'path', path);
+      }
     }
     return mapAttr(d, 'log', 'file', path);
   });

@@ -608,6 +608,14 @@ describe('clone domain XML', () => {
       <source path='/var/log/vms/db-1.serial.log'/>
       <target type='serial' port='0'/>
     </console>
+    <serial type='unix'>
+      <source mode='bind' path='/run/vms/db-1.ttyS1.sock'/>
+      <target port='1'/>
+    </serial>
+    <serial type='unix'>
+      <source mode='connect' path='/run/relay/db-1.sock'/>
+      <target port='2'/>
+    </serial>
     <channel type='unix'>
       <source mode='bind' path='/var/lib/libvirt/qemu/channel/target/db-1.org.qemu.guest_agent.0'/>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
@@ -616,7 +624,7 @@ describe('clone domain XML', () => {
   </devices>
 </domain>`;
 
-  it('renames, drops uuid, MACs and only groupsnap metadata, moves file outputs and NVRAM, retargets cloned disks, leaves out uncloned writable disks', () => {
+  it('renames, drops uuid, MACs and only groupsnap metadata, moves file outputs, serial sockets and NVRAM, retargets cloned disks, leaves out uncloned writable disks', () => {
     const { xml: out, droppedDisks } = cloneDomainXml(xml, {
       sourceName: 'db-1',
       cloneName: 'db-1-r',
@@ -629,6 +637,9 @@ describe('clone domain XML', () => {
     expect(out).toContain('/var/lib/libvirt/qemu/nvram/db-1-r_VARS.fd</nvram>');
     expect(out.match(/\/var\/log\/vms\/db-1-r\.serial\.log/g)).toHaveLength(2);
     expect(out).toContain(`<source mode='bind'/>`);
+    // A serial port's listening socket gets the clone's own path (libvirt requires one); a client one is kept.
+    expect(out).toContain(`<source mode='bind' path='/run/vms/db-1-r.ttyS1.sock'/>`);
+    expect(out).toContain(`<source mode='connect' path='/run/relay/db-1.sock'/>`);
     expect(out).toContain(`autoport='yes'`);
     expect(out).toContain('/iso/install.iso');
     expect(droppedDisks).toEqual(['vdc']);
