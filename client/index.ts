@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { ApplicationFailure, Client, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import { groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
+import { formatSnapshotId, groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
 import {
   GroupsnapGroup,
   GroupsnapMaxFreezeMs,
@@ -26,11 +26,7 @@ export type GroupSnapshotHandle = WorkflowHandle<typeof groupSnapshot>;
 
 /** A new snapshot id: `gs-<UTC time>-<random>`, safe in file names and sortable by time. */
 export function newSnapshotId(now = new Date()): string {
-  const t = now
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d+Z$/, 'Z');
-  return `gs-${t}-${randomBytes(3).toString('hex')}`;
+  return formatSnapshotId(now, randomBytes(3).toString('hex'));
 }
 
 /**

@@ -5,7 +5,7 @@
 import type { HostVm } from './dr-types';
 import type { RetentionPolicy } from './retention';
 import type { GroupSnapshotResult, QuiesceMode, VmRef } from './types';
-import { assertSafeName, BadInputError, problemList } from './validation';
+import { assertSafeName, BadInputError, checkVmRefs, problemList } from './validation';
 
 /** How a group's members are chosen: a fixed list of VMs, or every VM carrying a tag on any registered host. */
 export type GroupSelector = { vms: VmRef[] } | { tag: string };
@@ -59,15 +59,7 @@ export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition 
   } else if (sel.tag !== undefined) {
     check(() => assertSafeName('tag', sel.tag!));
   } else {
-    if (sel.vms!.length === 0) problems.push('the group is empty: give at least one VM');
-    const seen = new Set<string>();
-    for (const vm of sel.vms!) {
-      if (!vm.domain || !vm.host) problems.push(`VM ${JSON.stringify(vm)} needs a domain and a host`);
-      else check(() => assertSafeName('host id', vm.host));
-      const key = `${vm.domain}@${vm.host}`;
-      if (seen.has(key)) problems.push(`VM ${key} is listed twice`);
-      seen.add(key);
-    }
+    checkVmRefs(sel.vms!, problems);
   }
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   const selector: GroupSelector =

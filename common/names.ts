@@ -26,3 +26,15 @@ export const HOST_FROZEN_UPDATE = 'hostFrozen';
 
 /** Default of `updateBarrierMaxHosts`: under Temporal's default of 10 updates in flight per workflow. */
 export const DEFAULT_UPDATE_BARRIER_MAX_HOSTS = 8;
+
+/**
+ * A snapshot id `gs-<UTC time>-<suffix>` (e.g. `gs-20261124T101500Z-3fa2c1`): safe in file names, sortable by time.
+ * Pure: the caller brings the time and the random suffix (workflows their deterministic ones).
+ */
+export function formatSnapshotId(time: Date, suffix: string): string {
+  const t = time
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
+  return `gs-${t}-${suffix}`;
+}

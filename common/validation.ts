@@ -50,6 +50,30 @@ export function problemList(): { problems: string[]; check(fn: () => void): void
   };
 }
 
+/**
+ * Adds to `problems` what is wrong with a list of group members: empty, a VM without domain or host, an invalid
+ * domain name or unsafe host id, a VM listed twice.
+ */
+export function checkVmRefs(vms: readonly VmRef[], problems: string[]): void {
+  if (vms.length === 0) problems.push('the group is empty: give at least one VM');
+  const seen = new Set<string>();
+  for (const vm of vms) {
+    if (!vm.domain || !vm.host) problems.push(`VM ${JSON.stringify(vm)} needs a domain and a host`);
+    else if (vm.domain.includes('/') || vm.domain.includes('\0'))
+      problems.push(`VM name ${JSON.stringify(vm.domain)} is not valid`);
+    else {
+      try {
+        assertSafeName('host id', vm.host);
+      } catch (err) {
+        problems.push((err as Error).message);
+      }
+    }
+    const key = `${vm.domain}@${vm.host}`;
+    if (seen.has(key)) problems.push(`VM ${key} is listed twice`);
+    seen.add(key);
+  }
+}
+
 export const MIN_MAX_FREEZE_MS = 100;
 export const MAX_MAX_FREEZE_MS = 600_000;
 
@@ -76,17 +100,7 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
   if (input.label !== undefined) check(() => assertSafeName('label', input.label!));
   if (input.snapshotId !== undefined) check(() => assertSafeName('snapshot id', input.snapshotId!));
   const vms = input.vms ?? [];
-  if (vms.length === 0) problems.push('the group is empty: give at least one VM');
-  const seen = new Set<string>();
-  for (const vm of vms) {
-    if (!vm.domain || !vm.host) problems.push(`VM ${JSON.stringify(vm)} needs a domain and a host`);
-    else if (vm.domain.includes('/') || vm.domain.includes('\0'))
-      problems.push(`VM name ${JSON.stringify(vm.domain)} is not valid`);
-    else check(() => assertSafeName('host id', vm.host));
-    const key = `${vm.domain}@${vm.host}`;
-    if (seen.has(key)) problems.push(`VM ${key} is listed twice`);
-    seen.add(key);
-  }
+  checkVmRefs(vms, problems);
   const maxFreezeMs = input.maxFreezeMs ?? DEFAULT_MAX_FREEZE_MS;
   if (!Number.isInteger(maxFreezeMs) || maxFreezeMs < MIN_MAX_FREEZE_MS || maxFreezeMs > MAX_MAX_FREEZE_MS) {
     problems.push(

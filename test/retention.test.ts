@@ -7,7 +7,7 @@ import {
   type RetentionPlan,
   type RetentionPolicy,
 } from '../common/retention';
-import { BadInputError } from '../common/validation';
+import { badInput } from './helpers/bad-input';
 
 const pad = (n: number): string => String(n).padStart(2, '0');
 
@@ -36,16 +36,6 @@ function shuffled<T>(list: T[]): T[] {
 const keptIds = (plan: RetentionPlan): string[] => plan.keep.map((k) => k.snapshotId);
 const reasonsOf = (plan: RetentionPlan, id: string): string[] | undefined =>
   plan.keep.find((k) => k.snapshotId === id)?.reasons;
-
-function badInput(fn: () => unknown): BadInputError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(BadInputError);
-    return err as BadInputError;
-  }
-  throw new Error('expected a BadInputError, but nothing was thrown');
-}
 
 describe('planRetention over 30 days of hourly snapshots', () => {
   const series = novemberHourly();

@@ -12,17 +12,7 @@ import {
   validateCron,
   validateTimezone,
 } from '../common/schedule-spec';
-import { BadInputError } from '../common/validation';
-
-function badInput(fn: () => unknown): BadInputError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(BadInputError);
-    return err as BadInputError;
-  }
-  throw new Error('expected a BadInputError, but nothing was thrown');
-}
+import { badInput } from './helpers/bad-input';
 
 describe('validateCron', () => {
   test.each([

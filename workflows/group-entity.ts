@@ -9,13 +9,12 @@ import {
   ParentClosePolicy,
   setHandler,
   upsertSearchAttributes,
-  uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
 import { groupRunWorkflowId, type GroupDefinition, type GroupRunInput, type GroupRunResult } from '../common/groups';
 import { GroupsnapGroup } from '../common/search-attributes';
 import { assertSafeName, BAD_INPUT } from '../common/validation';
-import { groupSnapshotRun } from './group-run';
+import { groupSnapshotRun, snapshotIdNow } from './group-run';
 import { rootType, errorMessage } from './hosts';
 import { SNAPSHOT_FAILED } from './group-snapshot';
 
@@ -32,14 +31,6 @@ export const snapshotNowUpdate = defineUpdate<GroupRunResult, [SnapshotNowOption
 export const deleteGroupUpdate = defineUpdate<void, []>('deleteGroup');
 
 const badInput = (message: string) => ApplicationFailure.nonRetryable(message, BAD_INPUT);
-
-export function snapshotIdNow(): string {
-  const t = new Date()
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d+Z$/, 'Z');
-  return `gs-${t}-${uuid4().slice(0, 6)}`;
-}
 
 /**
  * A software-defined group (workflow id `group/<name>`): holds its definition durably where every host and client

@@ -6,7 +6,7 @@ import {
   type GroupRunResult,
   type RetentionOutcome,
 } from '../common/groups';
-import { DEFAULT_MAX_FREEZE_MS, groupSnapshotWorkflowId } from '../common/names';
+import { DEFAULT_MAX_FREEZE_MS, formatSnapshotId, groupSnapshotWorkflowId } from '../common/names';
 import { snapshotDetails, snapshotSummary } from './ui';
 import { normalizeRetention, planRetention, type RetentionPolicy } from '../common/retention';
 import type { GroupSnapshotResult, VmRef } from '../common/types';
@@ -15,17 +15,14 @@ import { groupSnapshot, SNAPSHOT_FAILED } from './group-snapshot';
 import { control, errorMessage, membersOf, requireAllHosts, rootType, takeInventory } from './hosts';
 import { deleteGroupSnapshot } from './snapshot-admin';
 
+/** A new snapshot id at the workflow's current time (deterministic in a workflow). */
+export function snapshotIdNow(): string {
+  return formatSnapshotId(new Date(), uuid4().slice(0, 6));
+}
+
 function badInput(err: unknown): never {
   if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
   throw err;
-}
-
-function runSnapshotId(): string {
-  const t = new Date()
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d+Z$/, 'Z');
-  return `gs-${t}-${uuid4().slice(0, 6)}`;
 }
 
 /**
@@ -45,7 +42,7 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
   }
   const definition = input.definition ?? (await control.readGroup(input.group));
   const members: VmRef[] = await membersOf(definition);
-  const snapshotId = input.snapshotId ?? runSnapshotId();
+  const snapshotId = input.snapshotId ?? snapshotIdNow();
   log.info('group run', { group: input.group, snapshotId, members: members.length, trigger: input.trigger });
 
   let snapshot: GroupSnapshotResult;

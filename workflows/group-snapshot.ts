@@ -17,7 +17,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { FreezeVmReport, HostActivities, PlannedVm, UndoVmReport } from '../activities/host-activities';
-import { HOST_FROZEN_UPDATE, hostTaskQueue } from '../common/names';
+import { formatSnapshotId, HOST_FROZEN_UPDATE, hostTaskQueue } from '../common/names';
 import {
   GroupsnapGroup,
   GroupsnapMaxFreezeMs,
@@ -98,11 +98,7 @@ function host(hostId: string) {
 }
 
 function defaultSnapshotId(): string {
-  const t = new Date(workflowInfo().startTime)
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d+Z$/, 'Z');
-  return `gs-${t}-${uuid4().slice(0, 6)}`;
+  return formatSnapshotId(new Date(workflowInfo().startTime), uuid4().slice(0, 6));
 }
 
 /**
