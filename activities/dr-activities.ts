@@ -16,19 +16,25 @@ import type {
   VmSnapshotRecord,
 } from '../common/dr-types';
 import { METADATA_NAMESPACE } from '../common/names';
-import { assertSafeName, BAD_INPUT } from '../common/validation';
 import { cloneDomainXml } from '../hypervisor/clone-xml';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
 import { ImageNotFoundError } from '../hypervisor/images';
-import { manifestPath, parseVmMetadata, renderVmMetadata, safeFileName, type VmMetadata } from './catalog';
+import { manifestPath, parseVmMetadata, safeFileName, type VmMetadata } from './catalog';
 import { DomainLocks, LockBusyError } from './domain-locks';
+import { badInput, checkDomain, checkName, checkOwner, failIf } from './input-checks';
+import type { VmMetadataStore } from './vm-metadata';
+import { imageChain } from '../hypervisor/chain';
 
 export interface DrActivityDeps {
   hypervisor: Hypervisor;
   hostId: string;
   /** The host's VM leases, shared with the snapshot activities. */
   locks: DomainLocks;
+  /** The host's one queue of metadata changes per VM, shared with the snapshot activities. */
+  metadata: VmMetadataStore;
+  /** Ends a block job a dead worker left on a disk, before a new commit there. */
+  settleBlockJob: (domain: string, target: string) => Promise<void>;
   log?: (message: string, fields?: Record<string, unknown>) => void;
   /** Lease of a deletion, renewed while it runs. @default 600000 */
   deleteLeaseMs?: number;
@@ -48,10 +54,7 @@ export interface UndoInPlaceRequest {
 
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
-/** Non-retryable failure for input that cannot be acted on: thrown before anything is changed. */
-function bad(msg: string): ApplicationFailure {
-  return ApplicationFailure.nonRetryable(msg, BAD_INPUT);
-}
+const bad = badInput;
 
 function heartbeat(details?: unknown): void {
   try {
@@ -71,6 +74,9 @@ async function beating<T>(fn: () => Promise<T>): Promise<T> {
     clearInterval(timer);
   }
 }
+
+/** Lease of a restore step, renewed while it runs (the workflow took it for the whole restore). */
+const RESTORE_LEASE_MS = 30 * 60_000;
 
 const isLive = (state: string): boolean => state === 'running' || state === 'paused';
 
@@ -98,55 +104,13 @@ export function deletionBlockersOf(meta: VmMetadata, domain: string, snap: VmSna
  * and is safe to retry; bad input fails with a non-retryable {@link BAD_INPUT} failure before anything changes.
  */
 export function createDrActivities(deps: DrActivityDeps) {
-  const { hypervisor, locks, hostId } = deps;
+  const { hypervisor, locks, hostId, metadata } = deps;
   const log = deps.log ?? (() => {});
   const leaseMs = deps.deleteLeaseMs ?? 600_000;
 
-  // Read-modify-write of a VM's metadata, one at a time per VM in this worker.
-  const queues = new Map<string, Promise<unknown>>();
-  function serialized<T>(domain: string, fn: () => Promise<T>): Promise<T> {
-    const run = (queues.get(domain) ?? Promise.resolve()).then(() => fn());
-    const tail = run.catch(() => undefined);
-    queues.set(domain, tail);
-    void tail.then(() => {
-      if (queues.get(domain) === tail) queues.delete(domain);
-    });
-    return run;
-  }
-
-  async function readMeta(domain: string): Promise<VmMetadata> {
-    return parseVmMetadata(await hypervisor.getMetadata(domain));
-  }
-
-  /** Applies `fn` to the VM's current metadata and stores it when it changed. Returns the metadata after. */
-  function updateMeta(domain: string, fn: (meta: VmMetadata) => void): Promise<VmMetadata> {
-    return serialized(domain, async () => {
-      const meta = parseVmMetadata(await hypervisor.getMetadata(domain));
-      const before = renderVmMetadata(meta);
-      fn(meta);
-      const after = renderVmMetadata(meta);
-      if (after !== before) await hypervisor.setMetadata(domain, after);
-      return meta;
-    });
-  }
-
-  function checkDomain(domain: unknown, problems: string[]): void {
-    if (typeof domain !== 'string' || domain === '' || domain.includes('/') || domain.includes('\0'))
-      problems.push(`VM name ${JSON.stringify(domain)} is not valid`);
-  }
-
-  function checkName(what: string, value: unknown, problems: string[]): void {
-    try {
-      if (typeof value !== 'string') throw new Error(`${what} must be a string, got ${JSON.stringify(value)}`);
-      assertSafeName(what, value);
-    } catch (err) {
-      problems.push(message(err));
-    }
-  }
-
-  function failIf(problems: string[]): void {
-    if (problems.length > 0) throw bad(problems.join('; '));
-  }
+  const readMeta = (domain: string): Promise<VmMetadata> => metadata.read(domain);
+  const updateMeta = (domain: string, fn: (meta: VmMetadata) => void): Promise<VmMetadata> =>
+    metadata.update(domain, fn);
 
   async function describeOrBad(domain: string): Promise<DomainDescription> {
     try {
@@ -177,21 +141,7 @@ export function createDrActivities(deps: DrActivityDeps) {
     }
   }
 
-  /** `file` and its backing files, `file` first (as far as they exist). */
-  async function chainOf(file: string | undefined): Promise<string[]> {
-    const chain: string[] = [];
-    for (let f = file; f !== undefined && chain.length < 1000;) {
-      try {
-        const info = await hypervisor.imageInfo(f);
-        chain.push(f);
-        f = info.backing;
-      } catch (err) {
-        if (err instanceof ImageNotFoundError) break;
-        throw err;
-      }
-    }
-    return chain;
-  }
+  const chainOf = (file: string | undefined): Promise<string[]> => imageChain(hypervisor, file);
 
   async function backingOf(file: string): Promise<string | undefined> {
     try {
@@ -264,7 +214,12 @@ export function createDrActivities(deps: DrActivityDeps) {
     const disk = snap.disks.find((d) => d.target === target)!;
     const { image, overlay } = disk;
     const meta = await readMeta(domain);
-    const desc = await hypervisor.describe(domain);
+    let desc = await hypervisor.describe(domain);
+    if (isLive(desc.state)) {
+      // A commit a dead worker left running on this disk is finished (or aborted) before a new one starts.
+      await deps.settleBlockJob(domain, target);
+      desc = await hypervisor.describe(domain);
+    }
     const live = isLive(desc.state);
     const active = desc.disks.find((k) => k.target === target)?.source;
     const chain = await chainOf(active);
@@ -373,6 +328,28 @@ export function createDrActivities(deps: DrActivityDeps) {
     return { domain, outcome: 'deleted', removed };
   }
 
+  /**
+   * Runs a restore step under its run's lease of `domain` (when the workflow gives one): checked first, renewed while
+   * it runs; a step whose run lost the lease changes nothing.
+   */
+  async function underLease<T>(owner: string | undefined, domain: string, fn: () => Promise<T>): Promise<T> {
+    if (owner === undefined) return fn();
+    try {
+      locks.renew(owner, [domain], RESTORE_LEASE_MS);
+    } catch (err) {
+      throw ApplicationFailure.nonRetryable(message(err), 'LeaseLost');
+    }
+    const stop = locks.keepAlive(owner, [domain], RESTORE_LEASE_MS, (err) =>
+      log('lease lost during a restore step', { domain, owner, error: message(err) }),
+    );
+    try {
+      return await fn();
+    } finally {
+      stop();
+    }
+  }
+
+
   const activities = {
     /** Every VM on this host with its state, tags and groupsnap catalog (snapshots, clones, in-place restores). */
     async listVms(): Promise<HostVm[]> {
@@ -428,7 +405,7 @@ export function createDrActivities(deps: DrActivityDeps) {
       const problems: string[] = [];
       checkDomain(req.domain, problems);
       checkName('snapshot id', req.snapshotId, problems);
-      if (typeof req.owner !== 'string' || req.owner === '') problems.push('a lease owner is required');
+      checkOwner(req.owner, problems);
       failIf(problems);
       const { domain, snapshotId, owner } = req;
       const desc = await describeOrBad(domain);
@@ -447,20 +424,13 @@ export function createDrActivities(deps: DrActivityDeps) {
         if (err instanceof LockBusyError) throw ApplicationFailure.retryable(err.message, 'LockBusyError');
         throw err;
       }
-      const renew = setInterval(
-        () => {
-          try {
-            locks.acquire(owner, [domain], leaseMs);
-          } catch (err) {
-            log('cannot renew the lease', { domain, owner, error: message(err) });
-          }
-        },
-        Math.max(1000, leaseMs / 4),
+      const stop = locks.keepAlive(owner, [domain], leaseMs, (err) =>
+        log('cannot renew the lease', { domain, owner, error: message(err) }),
       );
       try {
         return await beating(() => deleteLocked(req));
       } finally {
-        clearInterval(renew);
+        stop();
         if (!held) locks.release(owner, [domain]);
       }
     },
@@ -477,7 +447,9 @@ export function createDrActivities(deps: DrActivityDeps) {
       checkName('clone name', req.cloneName, problems);
       checkName('snapshot id', req.snapshotId, problems);
       if (req.cloneName === req.domain) problems.push('the clone needs a name other than its source VM');
+      if (req.leaseOwner !== undefined) checkOwner(req.leaseOwner, problems);
       failIf(problems);
+      return underLease(req.leaseOwner, req.domain, async () => {
       const { domain, cloneName, snapshotId } = req;
       const { meta, snap, formats } = await restorable(domain, snapshotId);
       let record = meta.clones.find((c) => c.name === cloneName);
@@ -523,6 +495,7 @@ export function createDrActivities(deps: DrActivityDeps) {
         const state = await hypervisor.state(cloneName);
         log('clone created', { domain, cloneName, snapshotId, state });
         return { domain, clone: cloneName, uuid, state, disks: record.disks };
+      });
       });
     },
 
@@ -574,7 +547,9 @@ export function createDrActivities(deps: DrActivityDeps) {
       checkDomain(req.domain, problems);
       checkName('restore id', req.restoreId, problems);
       checkName('snapshot id', req.snapshotId, problems);
+      if (req.leaseOwner !== undefined) checkOwner(req.leaseOwner, problems);
       failIf(problems);
+      return underLease(req.leaseOwner, req.domain, async () => {
       const { domain, restoreId, snapshotId } = req;
       const { desc, meta, snap, formats } = await restorable(domain, snapshotId);
       let record = meta.restores.find((r) => r.restoreId === restoreId);
@@ -637,6 +612,7 @@ export function createDrActivities(deps: DrActivityDeps) {
         const state = await hypervisor.state(domain);
         log('restored in place', { domain, restoreId, snapshotId, stateBefore, state });
         return { domain, stateBefore, state, disks: rec.disks };
+      });
       });
     },
 

@@ -18,6 +18,22 @@ export interface FreezeRecord {
   resumedAtMs?: number;
   /** A `resumed-by-guard` record already counted in the worker's metrics (the guard process has none). */
   reported?: boolean;
+  /**
+   * The guest's filesystems were (or were about to be) frozen through its agent for this snapshot: written before the
+   * freeze is asked for, so whoever closes the record (workflow, timer, guard, restarted worker) thaws them too.
+   */
+  fsFrozen?: boolean;
+  /** The guest's filesystems were thawed again (or there was nothing to thaw). */
+  fsThawed?: boolean;
+  /** When the thaw last failed (epoch ms), so the guard retries it at a slower pace. */
+  fsThawFailedAtMs?: number;
+  /** The VM was found paused by someone else: the record is kept (closed) only for its guest's thaw. */
+  pausedByOther?: boolean;
+}
+
+/** A record whose VM may still be paused by groupsnap, or whose guest filesystems may still be frozen by it. */
+export function needsClosing(r: FreezeRecord): boolean {
+  return OPEN_STATES.includes(r.state) || (r.fsFrozen === true && r.fsThawed !== true);
 }
 
 export const OPEN_STATES: readonly FreezeRecordState[] = ['pausing', 'paused'];
@@ -68,9 +84,9 @@ export class FreezeJournal {
     return out;
   }
 
-  /** Records whose VM may still be paused by groupsnap. */
+  /** Records whose VM may still be paused (or its filesystems frozen) by groupsnap. */
   listOpen(): FreezeRecord[] {
-    return this.list().filter((r) => OPEN_STATES.includes(r.state));
+    return this.list().filter(needsClosing);
   }
 
   /** Removes closed records last touched more than `maxAgeMs` ago. */
@@ -79,7 +95,7 @@ export class FreezeJournal {
       const path = join(this.dir, name);
       try {
         const rec = JSON.parse(readFileSync(path, 'utf8')) as FreezeRecord;
-        if (!OPEN_STATES.includes(rec.state) && now - statSync(path).mtimeMs > maxAgeMs) rmSync(path, { force: true });
+        if (!needsClosing(rec) && now - statSync(path).mtimeMs > maxAgeMs) rmSync(path, { force: true });
       } catch {
         // ignore partial files
       }

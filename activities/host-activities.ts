@@ -4,16 +4,19 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure, noopMetricMeter, type MetricMeter } from '@temporalio/common';
 import { METRICS } from '../common/metrics';
 import { HOST_FROZEN_UPDATE } from '../common/names';
-import { BAD_INPUT } from '../common/validation';
 import type { DiskSnapshot, QuiesceMode, VmPowerState } from '../common/types';
 import { DomainNotFoundError, GuestAgentUnavailableError, InvalidStateError } from '../hypervisor/errors';
+import { QUIESCE_MODES } from '../common/types';
+import { imageChain } from '../hypervisor/chain';
 import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
-import { parseVmMetadata, renderVmMetadata, type CatalogEntry } from './catalog';
+import { manifestPath, renderVmMetadata, type CatalogEntry } from './catalog';
 import { nowMs } from './clock';
-import { DomainLocks, LockBusyError } from './domain-locks';
+import { DomainLocks, LeaseLostError, LockBusyError } from './domain-locks';
 import { createDrActivities } from './dr-activities';
 import { FreezeJournal, OPEN_STATES, type FreezeRecord } from './freeze-journal';
-import { DeadlineTimers, recoverFreezes, resumeFromJournal } from './resume';
+import { badInput, checkDomain, checkDomains, checkName, checkOwner, failIf } from './input-checks';
+import { DeadlineTimers, recoverFreezes, resumeFromJournal, thawRecord } from './resume';
+import { VmMetadataStore } from './vm-metadata';
 
 /** Free space required per new overlay file before a snapshot is attempted. */
 export const MIN_FREE_BYTES_PER_OVERLAY = 64 * 1024 * 1024;
@@ -35,6 +38,8 @@ export interface PlanRequest {
   snapshotId: string;
   domains: string[];
   quiesce: QuiesceMode;
+  /** Planning again under the leases: the run (workflow run id) that must hold every VM's lease. */
+  leaseOwner?: string;
 }
 
 /** A VM ready to be frozen: everything decided before the first pause. */
@@ -63,6 +68,8 @@ export interface FreezeRequest {
   /** This host's id, as the workflow's barrier counts hosts. */
   host: string;
   quiesce: QuiesceMode;
+  /** The run (workflow run id) that holds the VMs' leases: the freeze refuses to start without them. */
+  leaseOwner: string;
 }
 
 export interface FreezeVmReport {
@@ -99,6 +106,8 @@ export interface ThawVmReport {
 export interface UndoRequest {
   snapshotId: string;
   vms: { domain: string; disks: DiskSnapshot[] }[];
+  /** The run whose snapshot is undone (its workflow run id): it holds (or takes again) the VMs' leases. */
+  leaseOwner: string;
 }
 
 export interface UndoVmReport {
@@ -114,6 +123,8 @@ export interface CatalogRequest {
   entry: Omit<CatalogEntry, 'disks'>;
   host: string;
   vms: { domain: string; uuid: string; disks: DiskSnapshot[] }[];
+  /** The run that took the snapshot (workflow run id), holding the VMs' leases. */
+  leaseOwner: string;
 }
 
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
@@ -130,25 +141,42 @@ function resumeFields(rec: FreezeRecord): Record<string, unknown> {
   };
 }
 
-function badInput(problems: string[]): ApplicationFailure {
-  return ApplicationFailure.nonRetryable(problems.join('; '), BAD_INPUT);
-}
-
 /** File-name-safe form of a libvirt domain name (which may contain spaces and more). */
 export function fileSafe(domain: string): string {
   return domain.replace(/[^A-Za-z0-9._-]/g, '_');
 }
 
-function overlayPath(image: string, domain: string, target: string, snapshotId: string): string {
+/** The overlay file a snapshot puts over `image`: the only name a host ever creates, or removes, for it. */
+export function overlayPath(image: string, domain: string, target: string, snapshotId: string): string {
   return join(dirname(image), `${fileSafe(domain)}.${target}.${snapshotId}.qcow2`);
 }
+
+/** How long leases last between the steps of a run; the activities that work under them renew them meanwhile. */
+export const LEASE_TTL_MS = 15 * 60_000;
 
 function heartbeat(details?: unknown): void {
   try {
     Context.current().heartbeat(details);
   } catch {
-    // called outside an activity (unit tests, recovery)
+    // called outside an activity (recovery at start)
   }
+}
+
+/** Runs `fn`, heartbeating every second: block commits can take a while, and must not be retried while they run. */
+async function beating<T>(fn: () => Promise<T>): Promise<T> {
+  heartbeat();
+  const timer = setInterval(() => heartbeat(), 1000);
+  try {
+    return await fn();
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/** Same disks, same files, same order: what the freeze relies on did not change since planning. */
+function samePlan(a: PlannedVm, b: PlannedVm): boolean {
+  const disks = (v: PlannedVm) => JSON.stringify(v.disks.map((d) => [d.target, d.image, d.overlay]));
+  return disks(a) === disks(b) && JSON.stringify([...a.skip].sort()) === JSON.stringify([...b.skip].sort());
 }
 
 /**
@@ -161,6 +189,7 @@ export function createHost(deps: HostActivityDeps) {
   const log = deps.log ?? (() => {});
   const journal = new FreezeJournal(deps.stateDir);
   const locks = new DomainLocks(deps.stateDir);
+  const metadata = new VmMetadataStore(hypervisor, deps.stateDir);
   const resumedByDeadline = (deps.metrics ?? noopMetricMeter).createCounter(
     METRICS.vmsResumedByGuard,
     'vms',
@@ -247,7 +276,14 @@ export function createHost(deps: HostActivityDeps) {
     maxFreezeMs: number,
   ): Promise<void> {
     const pausedAtMs = nowMs();
-    const record = { snapshotId, domain: vm.domain, pausedAtMs, deadlineMs: pausedAtMs + maxFreezeMs };
+    const quiesced = journal.read(snapshotId, vm.domain)?.fsFrozen === true;
+    const record = {
+      snapshotId,
+      domain: vm.domain,
+      pausedAtMs,
+      deadlineMs: pausedAtMs + maxFreezeMs,
+      ...(quiesced ? { fsFrozen: true } : {}),
+    };
     // Journal and timer first: a crash right after the pause is covered by the guard, a hang by the timer.
     journal.write({ ...record, state: 'pausing' });
     timers.arm({ ...record, state: 'pausing' });
@@ -263,9 +299,11 @@ export function createHost(deps: HostActivityDeps) {
         logPhase('pause', snapshotId, vm.domain, { pausedAtMs, error: message(err) });
         throw err;
       }
-      // Not paused by us: drop the record so nothing resumes the VM on our behalf.
+      // Not paused by us: drop the record so nothing resumes the VM on our behalf (a quiesced guest's record stays,
+      // closed, for its thaw).
       timers.disarm(snapshotId, vm.domain);
-      journal.remove(snapshotId, vm.domain);
+      if (quiesced) journal.write({ ...record, state: 'resumed', pausedByOther: true });
+      else journal.remove(snapshotId, vm.domain);
       // Paused by someone else since planning: not ours to resume, and still snapshottable.
       logPhase('pause', snapshotId, vm.domain, state === 'paused' ? { pausedByUs: false } : { error: message(err) });
       if (state === 'paused') return;
@@ -290,6 +328,20 @@ export function createHost(deps: HostActivityDeps) {
           if (rec) logPhase('resume', snapshotId, r.domain, resumeFields(rec));
         }),
     );
+  }
+
+  /**
+   * Closes the quiesce records of VMs this run froze but did not (or could not) pause, and thaws their guests:
+   * called once the freeze on this host is over. Records of VMs it paused were closed, and thawed, by their resume.
+   */
+  async function closeQuiesceRecords(snapshotId: string, vms: PlannedVm[]): Promise<void> {
+    for (const vm of vms) {
+      let rec = journal.read(snapshotId, vm.domain);
+      if (!rec?.fsFrozen || rec.fsThawed) continue;
+      timers.disarm(snapshotId, vm.domain);
+      if (rec.state === 'pausing') journal.write((rec = { ...rec, state: 'resumed', resumedAtMs: nowMs() }));
+      if (!OPEN_STATES.includes(rec.state)) await thawRecord(hypervisor, journal, rec);
+    }
   }
 
   async function thawFilesystems(domains: string[]): Promise<void> {
@@ -317,8 +369,26 @@ export function createHost(deps: HostActivityDeps) {
     const errors: string[] = [];
     const toRedefine: { target: string; from: string; to: string }[] = [];
     for (const disk of disks) {
-      const active = desc.disks.find((d) => d.target === disk.target)?.source;
+      let active = desc.disks.find((d) => d.target === disk.target)?.source;
+      if (active === disk.overlay && desc.state !== 'shutoff') {
+        // A commit a dead worker left running on this disk is finished (or aborted) before a new one starts.
+        try {
+          await settleBlockJob(domain, disk.target);
+          active = (await hypervisor.describe(domain)).disks.find((d) => d.target === disk.target)?.source;
+        } catch (err) {
+          errors.push(`${disk.target}: ${message(err)}`);
+          report.cleanupPending.push(disk.overlay);
+          continue;
+        }
+      }
       if (active === disk.overlay) {
+        // Only ever merged into the file directly under it, which must be the image the request names.
+        const backing = (await hypervisor.imageInfo(disk.overlay).catch(() => undefined))?.backing;
+        if (backing !== disk.image) {
+          errors.push(`${disk.target}: ${disk.overlay} is backed by ${backing ?? 'nothing'}, not ${disk.image}`);
+          report.cleanupPending.push(disk.overlay);
+          continue;
+        }
         if (desc.state === 'shutoff') {
           toRedefine.push({ target: disk.target, from: disk.overlay, to: disk.image });
           continue;
@@ -379,6 +449,24 @@ export function createHost(deps: HostActivityDeps) {
    * cross-host barrier), and resume. On any failure it resumes at once and reports which snapshots were taken,
    * for the workflow to undo.
    */
+  /**
+   * Plans `planned`'s VM again from what libvirt says now: the same disks, files and overlay names, or an error saying
+   * what changed since planning. The fresh plan carries the power state as it is now.
+   */
+  async function replan(planned: PlannedVm, snapshotId: string, quiesce: QuiesceMode): Promise<PlannedVm> {
+    const problems: string[] = [];
+    const now = planOne(await hypervisor.describe(planned.domain), snapshotId, quiesce, problems);
+    if (problems.length > 0) throw new Error(problems.join('; '));
+    if (!samePlan(planned, now)) {
+      const was = planned.disks.map((d) => `${d.target}:${d.image}`).join(', ');
+      const is = now.disks.map((d) => `${d.target}:${d.image}`).join(', ');
+      throw new Error(`the disks of ${planned.domain} changed since planning (planned ${was}; now ${is})`);
+    }
+    if ((planned.state === 'shutoff') !== (now.state === 'shutoff'))
+      throw new Error(`${planned.domain} was ${planned.state} when planned and is ${now.state} now`);
+    return now;
+  }
+
   async function freeze(req: FreezeRequest): Promise<FreezeVmReport[]> {
     const reports: FreezeVmReport[] = req.vms.map((vm) => ({
       domain: vm.domain,
@@ -389,9 +477,39 @@ export function createHost(deps: HostActivityDeps) {
     const fail = (i: number, err: unknown): void => {
       reports[i].error ??= message(err);
     };
+    // Under this run's leases, before anything is paused: the VMs are this run's, and each one's chain is still
+    // the one planned (another run, or an operator, may have snapshotted it since), so the overlays go on top of
+    // exactly the images the result and catalog will name.
+    try {
+      locks.assertHeld(req.leaseOwner, req.vms.map((v) => v.domain));
+    } catch (err) {
+      for (const r of reports) r.error = message(err);
+      return reports;
+    }
+    const vms = await Promise.all(
+      req.vms.map((vm, i) =>
+        replan(vm, req.snapshotId, req.quiesce).catch((err) => {
+          fail(i, err);
+          return vm;
+        }),
+      ),
+    );
+    if (reports.some((r) => r.error)) return reports;
     await Promise.all(
-      req.vms.map(async (vm, i) => {
+      vms.map(async (vm, i) => {
         if (!vm.quiesce) return;
+        // Journalled first: whoever closes this record (release, timer, guard, a restarted worker) thaws the guest.
+        const at = nowMs();
+        const record: FreezeRecord = {
+          snapshotId: req.snapshotId,
+          domain: vm.domain,
+          state: 'pausing',
+          pausedAtMs: at,
+          deadlineMs: at + req.maxFreezeMs,
+          fsFrozen: true,
+        };
+        journal.write(record);
+        timers.arm(record);
         try {
           reports[i].quiesced = (await hypervisor.fsFreeze(vm.domain)) >= 0;
         } catch (err) {
@@ -404,7 +522,7 @@ export function createHost(deps: HostActivityDeps) {
     const failed = () => reports.some((r) => r.error !== undefined);
     if (!failed()) {
       await Promise.all(
-        req.vms.map((vm, i) =>
+        vms.map((vm, i) =>
           vm.state === 'running'
             ? pauseOne(vm, reports[i], req.snapshotId, req.maxFreezeMs).catch((e) => fail(i, e))
             : undefined,
@@ -413,7 +531,7 @@ export function createHost(deps: HostActivityDeps) {
     }
     if (!failed()) {
       await Promise.all(
-        req.vms.map(async (vm, i) => {
+        vms.map(async (vm, i) => {
           const startedAtMs = nowMs();
           try {
             await hypervisor.snapshotDisks(
@@ -456,6 +574,7 @@ export function createHost(deps: HostActivityDeps) {
     if (req.release !== 'thaw' || failed()) {
       await resumeOurs(req.snapshotId, reports);
       await thawFilesystems(quiesced());
+      await closeQuiesceRecords(req.snapshotId, vms);
       // Outside the freeze window: the state each VM is left in, for the result.
       await Promise.all(reports.map(async (r) => (r.state = await hypervisor.state(r.domain).catch(() => undefined))));
     }
@@ -463,10 +582,96 @@ export function createHost(deps: HostActivityDeps) {
     return reports;
   }
 
+  /** Input checks of the snapshot activities (see input-checks.ts): nothing is trusted because the workflow checked. */
+  function checkSnapshotRequest(req: { snapshotId?: unknown }, problems: string[]): void {
+    checkName('snapshot id', req.snapshotId, problems);
+  }
+
+  /**
+   * The disks of a request must be exactly the files this host would use for this snapshot: each overlay is the
+   * name {@link overlayPath} gives for its image, so no request can make a host create, commit or remove any other
+   * file.
+   */
+  function checkDisks(domain: string, snapshotId: string, disks: unknown, problems: string[]): void {
+    if (!Array.isArray(disks) || disks.length === 0) {
+      problems.push(`VM ${domain}: a non-empty list of disks is required`);
+      return;
+    }
+    for (const d of disks as DiskSnapshot[]) {
+      if (
+        typeof d?.target !== 'string' ||
+        !/^[A-Za-z0-9_-]{1,32}$/.test(d.target) ||
+        typeof d.image !== 'string' ||
+        !d.image.startsWith('/') ||
+        typeof d.overlay !== 'string'
+      ) {
+        problems.push(`VM ${domain}: disk ${JSON.stringify(d)} is not valid`);
+        continue;
+      }
+      if (d.overlay !== overlayPath(d.image, domain, d.target, snapshotId))
+        problems.push(
+          `VM ${domain} disk ${d.target}: ${d.overlay} is not the overlay this host makes for snapshot ${snapshotId}`,
+        );
+    }
+  }
+
+  /**
+   * Takes the leases again for `owner` (renewing them when it still holds them; compensation may come after they
+   * expired), or fails retryably while another run holds one.
+   */
+  function retake(owner: string, domains: string[]): void {
+    try {
+      locks.acquire(owner, domains, LEASE_TTL_MS);
+    } catch (err) {
+      if (err instanceof LockBusyError) throw ApplicationFailure.retryable(err.message, 'LockBusyError');
+      throw err;
+    }
+  }
+
+  /** Ends a block job left on a disk by a worker that died mid-commit: pivots a finished active commit, else aborts. */
+  async function settleBlockJob(domain: string, target: string): Promise<void> {
+    const job = await hypervisor.blockJob(domain, target);
+    if (!job) return;
+    const how = job.type === 'active-commit' && job.ready ? 'pivot' : 'abort';
+    log('ending a block job left by an interrupted worker', { domain, target, job, how });
+    await hypervisor.endBlockJob(domain, target, how);
+  }
+
+  /** Removes `snapshotId` of run `owner` from the VM's catalog and its manifest, and bars it from coming back. */
+  async function uncatalog(snapshotId: string, owner: string, domain: string, disks: DiskSnapshot[]): Promise<void> {
+    metadata.markUndone(snapshotId, owner);
+    const overlays = new Set(disks.map((d) => d.overlay));
+    await metadata.serialized(domain, async () => {
+      const meta = await metadata.read(domain);
+      const before = meta.snapshots.length;
+      // Only this run's entry: it names this run's overlays.
+      meta.snapshots = meta.snapshots.filter(
+        (s) => s.snapshotId !== snapshotId || !s.disks.some((d) => overlays.has(d.overlay)),
+      );
+      if (meta.snapshots.length !== before) await hypervisor.setMetadata(domain, renderVmMetadata(meta));
+      if (disks.length > 0) rmSync(manifestPath(dirname(disks[0].image), domain, snapshotId), { force: true });
+    });
+  }
+
   const activities = {
-    /** Resolves VMs, reads their disks, chooses overlay names and checks space. Changes nothing. */
+    /**
+     * Resolves VMs, reads their disks, chooses overlay names and checks space. Changes nothing. With `leaseOwner`,
+     * the run plans again under its leases (what the freeze will rely on), and fails if it does not hold them.
+     */
     async planVms(req: PlanRequest): Promise<PlannedVm[]> {
       const problems: string[] = [];
+      checkSnapshotRequest(req, problems);
+      checkDomains(req.domains, problems);
+      if (!QUIESCE_MODES.includes(req.quiesce)) problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
+      if (req.leaseOwner !== undefined) checkOwner(req.leaseOwner, problems);
+      failIf(problems);
+      if (req.leaseOwner !== undefined) {
+        try {
+          locks.assertHeld(req.leaseOwner, req.domains);
+        } catch (err) {
+          throw ApplicationFailure.nonRetryable(message(err), 'LeaseLost');
+        }
+      }
       const described = await Promise.all(
         req.domains.map((name) =>
           hypervisor.describe(name).catch((err) => {
@@ -487,6 +692,12 @@ export function createHost(deps: HostActivityDeps) {
     },
 
     async acquireLocks(req: { owner: string; domains: string[]; ttlMs: number }): Promise<void> {
+      const problems: string[] = [];
+      checkOwner(req.owner, problems);
+      checkDomains(req.domains, problems);
+      if (!Number.isInteger(req.ttlMs) || req.ttlMs < 1000 || req.ttlMs > 24 * 3600_000)
+        problems.push(`lease time ${JSON.stringify(req.ttlMs)} ms is not between 1 s and 24 h`);
+      failIf(problems);
       try {
         locks.acquire(req.owner, req.domains, req.ttlMs);
       } catch (err) {
@@ -496,11 +707,29 @@ export function createHost(deps: HostActivityDeps) {
     },
 
     async releaseLocks(req: { owner: string; domains: string[] }): Promise<void> {
+      const problems: string[] = [];
+      checkOwner(req.owner, problems);
+      checkDomains(req.domains, problems);
+      failIf(problems);
       locks.release(req.owner, req.domains);
     },
 
     /** The freeze window on this host (see `freeze`), heartbeating so a dead host is noticed fast. */
     async freezeVms(req: FreezeRequest): Promise<FreezeVmReport[]> {
+      const problems: string[] = [];
+      checkSnapshotRequest(req, problems);
+      checkOwner(req.leaseOwner, problems);
+      if (!Number.isInteger(req.maxFreezeMs) || req.maxFreezeMs < 1 || req.maxFreezeMs > 600_000)
+        problems.push(`max freeze ${JSON.stringify(req.maxFreezeMs)} ms is not valid`);
+      if (!['local', 'barrier', 'thaw'].includes(req.release)) problems.push(`release ${req.release} is not valid`);
+      if (!QUIESCE_MODES.includes(req.quiesce)) problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
+      if (!Array.isArray(req.vms) || req.vms.length === 0) problems.push('a non-empty list of VMs is required');
+      else
+        for (const vm of req.vms) {
+          checkDomain(vm?.domain, problems);
+          if (typeof vm?.domain === 'string') checkDisks(vm.domain, req.snapshotId, vm.disks, problems);
+        }
+      failIf(problems);
       heartbeat();
       const beat = setInterval(() => heartbeat(), 500);
       try {
@@ -512,6 +741,12 @@ export function createHost(deps: HostActivityDeps) {
 
     /** Resumes the VMs this snapshot paused on this host (no-op for those already resumed), then thaws. */
     async thawVms(req: ThawRequest): Promise<ThawVmReport[]> {
+      const problems: string[] = [];
+      checkSnapshotRequest(req, problems);
+      checkDomains(req.domains, problems);
+      if (!Array.isArray(req.quiesced) || !req.quiesced.every((d) => req.domains.includes(d)))
+        problems.push('quiesced VMs must be a list of the VMs thawed');
+      failIf(problems);
       const out = await Promise.all(
         req.domains.map(async (domain): Promise<ThawVmReport> => {
           timers.disarm(req.snapshotId, domain);
@@ -522,7 +757,7 @@ export function createHost(deps: HostActivityDeps) {
           if (rec && before && OPEN_STATES.includes(before.state))
             logPhase('resume', req.snapshotId, domain, resumeFields(rec));
           const state = await hypervisor.state(domain).catch(() => undefined);
-          if (!rec) return { domain, pausedByUs: false, state };
+          if (!rec || rec.pausedByOther) return { domain, pausedByUs: false, state };
           return {
             domain,
             pausedByUs: true,
@@ -539,25 +774,95 @@ export function createHost(deps: HostActivityDeps) {
 
     /** Undoes this snapshot's overlays: active commit + pivot (or redefinition when shut off), then removal. */
     async undoSnapshots(req: UndoRequest): Promise<UndoVmReport[]> {
-      const out: UndoVmReport[] = [];
-      for (const vm of req.vms) out.push(await undoOne(req.snapshotId, vm.domain, vm.disks));
-      return out;
+      const problems: string[] = [];
+      checkSnapshotRequest(req, problems);
+      checkOwner(req.leaseOwner, problems);
+      if (!Array.isArray(req.vms) || req.vms.length === 0) problems.push('a non-empty list of VMs is required');
+      else
+        for (const vm of req.vms) {
+          checkDomain(vm?.domain, problems);
+          if (typeof vm?.domain === 'string') checkDisks(vm.domain, req.snapshotId, vm.disks, problems);
+        }
+      failIf(problems);
+      const domains = req.vms.map((v) => v.domain);
+      retake(req.leaseOwner, domains);
+      const stop = locks.keepAlive(req.leaseOwner, domains, LEASE_TTL_MS, (err) =>
+        log('lease lost during undo', { snapshotId: req.snapshotId, error: message(err) }),
+      );
+      try {
+        return await beating(async () => {
+          const out: UndoVmReport[] = [];
+          for (const vm of req.vms) {
+            // Out of the catalog first (and barred from coming back), then out of the chain.
+            await uncatalog(req.snapshotId, req.leaseOwner, vm.domain, vm.disks).catch((err) => {
+              if (!(err instanceof DomainNotFoundError)) throw err;
+            });
+            out.push(await undoOne(req.snapshotId, vm.domain, vm.disks));
+          }
+          return out;
+        });
+      } finally {
+        stop();
+      }
     },
 
     /** Records a completed snapshot in each VM's libvirt metadata and in a manifest beside its images. */
+    /**
+     * Records a completed snapshot in each VM's libvirt metadata and in a manifest beside its images, once it has
+     * checked that each disk's overlay is in the VM's chain directly over the image it names. Refuses (for good) a
+     * snapshot that compensation undid meanwhile, and one whose run lost its leases.
+     */
     async recordCatalog(req: CatalogRequest): Promise<void> {
-      for (const vm of req.vms) {
-        const entry: CatalogEntry = { ...req.entry, disks: vm.disks };
-        const meta = parseVmMetadata(await hypervisor.getMetadata(vm.domain));
-        if (!meta.snapshots.some((s) => s.snapshotId === entry.snapshotId)) {
-          meta.snapshots.push(entry);
-          await hypervisor.setMetadata(vm.domain, renderVmMetadata(meta));
+      const problems: string[] = [];
+      checkName('snapshot id', req.entry?.snapshotId, problems);
+      checkName('group name', req.entry?.group, problems);
+      checkOwner(req.leaseOwner, problems);
+      if (typeof req.entry?.createdAt !== 'string' || Number.isNaN(Date.parse(req.entry.createdAt)))
+        problems.push(`snapshot time ${JSON.stringify(req.entry?.createdAt)} is not valid`);
+      if (!Array.isArray(req.vms) || req.vms.length === 0) problems.push('a non-empty list of VMs is required');
+      else
+        for (const vm of req.vms) {
+          checkDomain(vm?.domain, problems);
+          if (typeof vm?.domain === 'string') checkDisks(vm.domain, req.entry.snapshotId, vm.disks, problems);
         }
-        const manifest = join(dirname(vm.disks[0].image), `${fileSafe(vm.domain)}.${entry.snapshotId}.manifest.json`);
-        writeFileSync(
-          manifest,
-          JSON.stringify({ ...entry, domain: vm.domain, uuid: vm.uuid, host: req.host }, null, 2) + '\n',
-        );
+      failIf(problems);
+      const { snapshotId } = req.entry;
+      for (const vm of req.vms) {
+        await metadata.serialized(vm.domain, async () => {
+          if (metadata.isUndone(snapshotId, req.leaseOwner))
+            throw ApplicationFailure.nonRetryable(
+              `snapshot ${snapshotId} of ${vm.domain} was undone: it is not recorded`,
+              'SnapshotUndone',
+            );
+          try {
+            locks.assertHeld(req.leaseOwner, [vm.domain]);
+          } catch (err) {
+            if (err instanceof LeaseLostError) throw ApplicationFailure.nonRetryable(err.message, 'LeaseLost');
+            throw err;
+          }
+          const desc = await hypervisor.describe(vm.domain);
+          for (const d of vm.disks) {
+            const active = desc.disks.find((k) => k.target === d.target)?.source;
+            const chain = await imageChain(hypervisor, active);
+            const at = chain.indexOf(d.overlay);
+            if (at < 0 || chain[at + 1] !== d.image)
+              throw ApplicationFailure.nonRetryable(
+                `snapshot ${snapshotId} of ${vm.domain} disk ${d.target}: ${d.overlay} is not in the VM's chain ` +
+                  `directly over ${d.image} (chain: ${chain.join(' <- ') || 'none'})`,
+                'ChainMismatch',
+              );
+          }
+          const entry: CatalogEntry = { ...req.entry, disks: vm.disks };
+          const meta = await metadata.read(vm.domain);
+          if (!meta.snapshots.some((s) => s.snapshotId === entry.snapshotId)) {
+            meta.snapshots.push(entry);
+            await hypervisor.setMetadata(vm.domain, renderVmMetadata(meta));
+          }
+          writeFileSync(
+            manifestPath(dirname(vm.disks[0].image), vm.domain, snapshotId),
+            JSON.stringify({ ...entry, domain: vm.domain, uuid: vm.uuid, host: req.host }, null, 2) + '\n',
+          );
+        });
       }
     },
 
@@ -569,7 +874,7 @@ export function createHost(deps: HostActivityDeps) {
     },
 
     // Snapshot deletion, restores and tags (activities/dr-activities.ts), under the same VM leases.
-    ...createDrActivities({ hypervisor, hostId: deps.hostId, locks, log }),
+    ...createDrActivities({ hypervisor, hostId: deps.hostId, locks, metadata, log, settleBlockJob }),
   };
 
   return {
@@ -580,9 +885,19 @@ export function createHost(deps: HostActivityDeps) {
      * counts the VMs the host guard resumed meanwhile (see `reportGuardResume`).
      */
     recover: async () => {
-      const closed = await recoverFreezes(hypervisor, journal, timers, 'resumed-by-guard');
+      const { closed, failed } = await recoverFreezes(hypervisor, journal, timers, 'resumed-by-guard');
       for (const r of closed) reportGuardResume(r, 'recovery');
       for (const r of journal.list()) reportGuardResume(r, 'guard');
+      // One record that cannot be closed now must not keep the worker from starting: its timer keeps trying (and
+      // the guard too).
+      for (const f of failed) {
+        log('cannot finish an interrupted freeze yet, retrying', {
+          domain: f.record.domain,
+          snapshotId: f.record.snapshotId,
+          error: message(f.error),
+        });
+        timers.arm(f.record);
+      }
       return closed;
     },
     /** Stops the in-process timers (the host guard still covers open freezes). */

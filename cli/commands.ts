@@ -8,13 +8,15 @@ import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
 import { BadInputError } from '../common/validation';
 import { parseVmMetadata } from '../activities/catalog';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
-import { claimGuardPidFile, ensureGuard, runGuard, runningGuardPid } from '../worker/guard';
+import { claimGuardPidFile, ensureGuard, runGuard, runningGuardPid, superviseGuard } from '../worker/guard';
 import { checkMetricsAddress, prometheusTelemetry } from '../worker/telemetry';
 import { createGroupsnapWorker } from '../worker/worker';
 import { formatProgress, formatResult } from './format';
 
 /** Exit codes of `groupsnap snapshot`. */
-export const EXIT = { ok: 0, failed: 1, badInput: 2 } as const;
+import { EXIT } from '../common/failures';
+
+export { EXIT };
 
 export function logLine(message: string, fields: Record<string, unknown> = {}): void {
   console.error(JSON.stringify({ time: new Date().toISOString(), msg: message, ...fields }));
@@ -45,9 +47,14 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
   const { connectionOptions, namespace } = temporalSettings(opts);
   const hypervisor = await LibvirtHypervisor.open(libvirtUri);
   try {
+    let stopSupervising = () => {};
     if (opts.guard !== false) {
       const pid = ensureGuard(stateDir, libvirtUri, process.argv[1]);
       logLine('host guard running', { hostId, pid, stateDir });
+      // A guard that dies (killed, crashed) is started again while this worker lives.
+      stopSupervising = superviseGuard(stateDir, libvirtUri, process.argv[1], (msg, fields) =>
+        logLine(msg, { hostId, ...fields }),
+      );
     }
     const worker = await createGroupsnapWorker({
       connectionOptions,
@@ -66,7 +73,11 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
       namespace,
       ...(metricsAddress ? { metrics: `http://${metricsAddress}/metrics` } : {}),
     });
-    await worker.run();
+    try {
+      await worker.run();
+    } finally {
+      stopSupervising();
+    }
   } finally {
     await hypervisor.close();
   }

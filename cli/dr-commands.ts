@@ -209,7 +209,15 @@ export function restoreCommand(
   const mode: RestoreMode = opts.asClone ? 'clone' : 'in-place';
   return withClient(
     opts,
-    (c) => restoreGroup(c, { group, snapshotId, mode, suffix: opts.suffix, restoreId: opts.restoreId }),
+    (c) =>
+      restoreGroup(c, {
+        group,
+        snapshotId,
+        mode,
+        suffix: opts.suffix,
+        restoreId: opts.restoreId,
+        confirmInPlace: opts.yes === true,
+      }),
     (r) =>
       [
         `restore ${r.restoreId} of ${r.group} to ${r.snapshotId} (${r.mode}): ${r.status}${r.error ? `: ${r.error}` : ''}`,

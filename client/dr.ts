@@ -22,6 +22,7 @@ import {
   groupWorkflowId,
   HOST_REGISTRY_WORKFLOW_ID,
   normalizeGroupDefinition,
+  assertRestoreConfirmed,
   normalizeRestoreInput,
   resolveMembers,
   restoreWorkflowId,
@@ -47,7 +48,8 @@ import {
 } from '../common/schedule-spec';
 import { GroupsnapGroup } from '../common/search-attributes';
 import type { VmRef } from '../common/types';
-import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
+import { BAD_INPUT, BadInputError, resultOf, rootFailure } from '../common/failures';
+import { assertSafeName } from '../common/validation';
 
 export type {
   DeleteSnapshotResult,
@@ -62,20 +64,6 @@ export type {
   OverlapName,
 };
 
-/** Failure types whose details carry a result (kept in sync with workflows/snapshot-admin.ts). */
-const RESULT_FAILURES = ['SnapshotDeleteFailed', 'RestoreFailed', 'GroupSnapshotFailed'];
-
-function rootFailure(err: unknown): ApplicationFailure | undefined {
-  let e = err as { cause?: unknown } | undefined;
-  let found: ApplicationFailure | undefined;
-  while (e) {
-    if (e instanceof ApplicationFailure && e.type) found ??= e;
-    if (e instanceof ApplicationFailure && e.type === BAD_INPUT) return e;
-    e = e.cause as typeof e;
-  }
-  return found;
-}
-
 /**
  * Turns a workflow or update failure into what callers handle: a BadInputError for bad input (nothing changed),
  * the result in the failure's details for a failed-and-handled run, else the error itself.
@@ -87,8 +75,8 @@ async function settle<T>(run: Promise<T>): Promise<T> {
     if (err instanceof WorkflowFailedError || err instanceof WorkflowUpdateFailedError) {
       const failure = rootFailure(err);
       if (failure?.type === BAD_INPUT) throw new BadInputError(failure.message);
-      if (failure && RESULT_FAILURES.includes(failure.type ?? '') && failure.details?.[0])
-        return failure.details[0] as T;
+      const result = resultOf<T>(err);
+      if (result !== undefined) return result;
     }
     throw err;
   }
@@ -298,6 +286,7 @@ export async function deleteGroupSnapshot(
  */
 export async function restoreGroup(client: Client, input: RestoreInput): Promise<RestoreResult> {
   const normalized = normalizeRestoreInput(input);
+  assertRestoreConfirmed(normalized);
   const restoreId = normalized.restoreId ?? `rs-${shortId()}`;
   return settle(
     client.workflow.execute('restoreGroup', {

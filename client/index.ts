@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { ApplicationFailure, Client, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { Client, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { formatSnapshotId, groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
 import {
@@ -9,7 +9,8 @@ import {
   GroupsnapVmCount,
 } from '../common/search-attributes';
 import type { GroupSnapshotInput, GroupSnapshotResult, SnapshotProgress } from '../common/types';
-import { BAD_INPUT, BadInputError, normalizeSnapshotInput } from '../common/validation';
+import { BAD_INPUT, BadInputError, resultOf, rootFailure } from '../common/failures';
+import { normalizeSnapshotInput } from '../common/validation';
 import type { groupSnapshot } from '../workflows';
 import { snapshotDetails, snapshotSummary } from '../workflows/ui';
 import { snapshotNamedGroup, type SnapshotNowOptions } from './dr';
@@ -19,8 +20,6 @@ export { BadInputError } from '../common/validation';
 export { groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
 export { markdownTable, snapshotDetails, snapshotSummary } from '../workflows/ui';
 
-/** Name of the workflow failure type carrying a failed-and-compensated result (see `SNAPSHOT_FAILED`). */
-const SNAPSHOT_FAILED = 'GroupSnapshotFailed';
 
 export type GroupSnapshotHandle = WorkflowHandle<typeof groupSnapshot>;
 
@@ -101,14 +100,13 @@ export async function groupSnapshotResult(handle: GroupSnapshotHandle): Promise<
   try {
     return await handle.result();
   } catch (err) {
-    if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure) {
-      if (err.cause.type === SNAPSHOT_FAILED && err.cause.details?.[0])
-        return err.cause.details[0] as GroupSnapshotResult;
-      if (err.cause.type === BAD_INPUT) throw new BadInputError(err.cause.message);
+    if (err instanceof WorkflowFailedError) {
+      // Bad input, also when a host found it (wrapped in an activity failure); else a compensated run's result.
+      const failure = rootFailure(err);
+      if (failure?.type === BAD_INPUT) throw new BadInputError(failure.message);
+      const result = resultOf<GroupSnapshotResult>(err);
+      if (result !== undefined) return result;
     }
-    // Bad input found by a host (unknown VM, unsupported disk) arrives wrapped in an activity failure.
-    const inner = (err as { cause?: { cause?: unknown } }).cause?.cause;
-    if (inner instanceof ApplicationFailure && inner.type === BAD_INPUT) throw new BadInputError(inner.message);
     throw err;
   }
 }

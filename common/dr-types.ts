@@ -63,7 +63,7 @@ export interface SetTagsRequest {
 }
 
 export interface DeleteSnapshotRequest {
-  /** Owner of the VM lease taken for the merge (e.g. `delete/<snapshotId>`). */
+  /** Owner of the VM lease taken for the merge: the deleting workflow's run id. */
   owner: string;
   snapshotId: string;
   domain: string;
@@ -85,6 +85,8 @@ export interface CloneVmRequest {
   cloneName: string;
   /** Start the clone once defined. @default true */
   start?: boolean;
+  /** The restore run holding the source VM's lease (its workflow run id): renewed while the clone is made. */
+  leaseOwner?: string;
 }
 
 export interface CloneVmReport {
@@ -99,6 +101,8 @@ export interface InPlaceRequest {
   restoreId: string;
   snapshotId: string;
   domain: string;
+  /** The restore run holding the VM's lease (its workflow run id): checked, and renewed while the VM is restored. */
+  leaseOwner?: string;
 }
 
 export interface InPlaceReport {

@@ -179,6 +179,20 @@ export interface RestoreInput {
   suffix?: string;
   /** @default generated */
   restoreId?: string;
+  /**
+   * Required (true) for `in-place`, which stops the VMs and discards their current state: the same explicit
+   * confirmation as the CLI's `--yes`, asked by the client library and the Nexus operation.
+   */
+  confirmInPlace?: boolean;
+}
+
+/** @throws BadInputError for an in-place restore without `confirmInPlace: true`. */
+export function assertRestoreConfirmed(input: RestoreInput): void {
+  if (input.mode === 'in-place' && input.confirmInPlace !== true)
+    throw new BadInputError(
+      'an in-place restore stops the VMs and discards their current state (kept on disk): ' +
+        'confirm it with confirmInPlace: true (the CLI: --yes)',
+    );
 }
 
 export interface RestoreResult {

@@ -26,12 +26,6 @@ export function assertSafeName(what: string, value: string): void {
   }
 }
 
-/** Converts a {@link BadInputError} into a non-retryable Temporal failure of type {@link BAD_INPUT}. */
-export function toFailure(err: unknown): unknown {
-  if (err instanceof BadInputError) return ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
-  return err;
-}
-
 /**
  * A list of input problems and `check(fn)`, which runs a validation and records its error message instead of
  * throwing, so one call can report every problem at once.

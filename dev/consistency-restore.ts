@@ -15,8 +15,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Client } from '@temporalio/client';
-import { createDrActivities } from '../activities/dr-activities';
-import { DomainLocks } from '../activities/domain-locks';
+import { createHostActivities } from '../activities/host-activities';
 import { restoreGroup, type RestoreResult } from '../client/dr';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { evaluateCut, formatCut, type CutReport, type DiskState, type VmState } from './consistency-check';
@@ -274,12 +273,12 @@ export async function removeClones(
   hosts: Record<string, RestoreHost>,
   clones: { host: string; domain: string; clone?: string }[],
 ): Promise<void> {
-  const activities = new Map<string, ReturnType<typeof createDrActivities>>();
+  const activities = new Map<string, ReturnType<typeof createHostActivities>>();
   const of = (host: string) => {
     let a = activities.get(host);
     if (!a) {
       const h = hosts[host];
-      a = createDrActivities({ hypervisor: h.hypervisor, hostId: host, locks: new DomainLocks(h.stateDir) });
+      a = createHostActivities({ hypervisor: h.hypervisor, hostId: host, stateDir: h.stateDir });
       activities.set(host, a);
     }
     return a;

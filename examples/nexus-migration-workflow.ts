@@ -70,7 +70,7 @@ export async function migrateWithGroupsnap(input: NexusMigrationInput): Promise<
     log.warn('migration failed: restoring the group in place', { group: input.group, snapshotId, error });
     const restore = await groupsnap.executeOperation(
       'restoreGroup',
-      { group: input.group, snapshotId, mode: 'in-place' },
+      { group: input.group, snapshotId, mode: 'in-place', confirmInPlace: true },
       { scheduleToCloseTimeout: '1h', summary: `restore ${input.group} to ${snapshotId}` },
     );
     return { migrated: false, snapshot, restore, error };

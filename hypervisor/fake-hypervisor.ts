@@ -3,6 +3,7 @@ import { METADATA_KEY, METADATA_NAMESPACE } from '../common/names';
 import { escapeXml, parseDomainXml } from './domain-xml';
 import { DomainNotFoundError, GuestAgentUnavailableError, HypervisorError, InvalidStateError } from './errors';
 import type {
+  BlockJob,
   DiskSpec,
   DomainDescription,
   DomainState,
@@ -72,6 +73,10 @@ export class FakeHypervisor implements Hypervisor {
   /** Every call made, in order, as `op:domain`. */
   readonly calls: string[] = [];
   private readonly failures: { op: FakeOp; domain?: string; error: Error }[] = [];
+  /** Domains whose guest filesystems are frozen (fsFreeze called, no fsThaw since). */
+  readonly fsFrozen = new Set<string>();
+  /** Block jobs left running, by `domain\0target` (see {@link leaveActiveCommit}). */
+  readonly jobs = new Map<string, { top: string; base: string; ready: boolean }>();
 
   constructor(private readonly options: FakeHypervisorOptions = {}) {}
 
@@ -248,8 +253,47 @@ export class FakeHypervisor implements Hypervisor {
     }
   }
 
+  /**
+   * Starts an active commit of `target`'s active layer into its backing file and leaves it running (`ready`: all
+   * copied, waiting for a pivot), as a worker that died mid-commit would.
+   */
+  leaveActiveCommit(domain: string, target: string, ready = true): void {
+    const disk = this.domains.get(domain)?.disks.find((k) => k.target === target);
+    if (!disk || disk.chain.length < 2) throw new HypervisorError(`disk ${target} has no overlay`, domain);
+    this.jobs.set(`${domain}\0${target}`, {
+      top: disk.chain[disk.chain.length - 1],
+      base: disk.chain[disk.chain.length - 2],
+      ready,
+    });
+  }
+
+  private assertNoJob(domain: string, target: string): void {
+    if (this.jobs.has(`${domain}\0${target}`))
+      throw new HypervisorError(`disk '${target}' already in active block job`, domain);
+  }
+
+  async blockJob(domain: string, target: string): Promise<BlockJob | undefined> {
+    if (!this.domains.has(domain)) throw new DomainNotFoundError(domain);
+    const job = this.jobs.get(`${domain}\0${target}`);
+    return job && { type: 'active-commit', ready: job.ready, cur: job.ready ? 100 : 50, end: 100 };
+  }
+
+  async endBlockJob(domain: string, target: string, how: 'pivot' | 'abort'): Promise<void> {
+    const key = `${domain}\0${target}`;
+    const job = this.jobs.get(key);
+    if (!job) throw new InvalidStateError(domain, `no block job on ${target}`);
+    if (how === 'pivot') {
+      if (!job.ready) throw new InvalidStateError(domain, `block job on ${target} is not ready for pivot yet`);
+      const disk = this.domains.get(domain)!.disks.find((k) => k.target === target)!;
+      this.merge(job.top, job.base);
+      disk.chain.pop();
+    }
+    this.jobs.delete(key);
+  }
+
   async commitActive(domain: string, target: string, base: string): Promise<void> {
     const d = await this.step('commit', domain);
+    this.assertNoJob(domain, target);
     const disk = d.disks.find((k) => k.target === target);
     if (!disk || disk.chain[disk.chain.length - 2] !== base) {
       throw new HypervisorError(`disk ${target} has no overlay directly over ${base}`, domain);
@@ -261,6 +305,7 @@ export class FakeHypervisor implements Hypervisor {
 
   async commitLayer(domain: string, target: string, top: string, base: string): Promise<void> {
     const d = await this.step('commitLayer', domain);
+    this.assertNoJob(domain, target);
     if (d.state !== 'running' && d.state !== 'paused') throw new InvalidStateError(domain, 'domain is not running');
     const disk = d.disks.find((k) => k.target === target);
     const i = disk ? disk.chain.indexOf(top) : -1;
@@ -426,13 +471,15 @@ export class FakeHypervisor implements Hypervisor {
   async fsFreeze(domain: string): Promise<number> {
     const d = await this.step('fsFreeze', domain);
     if (!d.hasGuestAgent) throw new GuestAgentUnavailableError(domain, 'no guest agent configured');
+    this.fsFrozen.add(domain);
     return 1;
   }
 
   async fsThaw(domain: string): Promise<number> {
     const d = this.domains.get(domain);
     if (!d) throw new DomainNotFoundError(domain);
-    return d.hasGuestAgent ? 1 : 0;
+    const was = this.fsFrozen.delete(domain);
+    return d.hasGuestAgent && was ? 1 : 0;
   }
 
   async close(): Promise<void> {}

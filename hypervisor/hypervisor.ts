@@ -41,6 +41,16 @@ export interface OverlaySpec {
   file: string;
 }
 
+/** A block job running on a disk (e.g. a commit a dead worker left behind). */
+export interface BlockJob {
+  /** `active-commit`: merging the active layer (ends with a pivot); `commit`: a layer below it; else `other`. */
+  type: 'commit' | 'active-commit' | 'other';
+  /** All data copied: an active commit can pivot now. */
+  ready: boolean;
+  cur: number;
+  end: number;
+}
+
 export interface Hypervisor {
   /** A URI-like description for logs. */
   readonly uri: string;
@@ -58,6 +68,13 @@ export interface Hypervisor {
    * `base`. Layers below `base` (older snapshots) are left as they are.
    */
   commitActive(domain: string, target: string, base: string): Promise<void>;
+  /** The block job running on disk `target`, or undefined when there is none. */
+  blockJob(domain: string, target: string): Promise<BlockJob | undefined>;
+  /**
+   * Ends the block job on `target` and waits until it is gone: `pivot` switches the disk to the base of a ready
+   * active commit (finishing it); `abort` cancels the job, leaving the disk on the layer it was on.
+   */
+  endBlockJob(domain: string, target: string, how: 'pivot' | 'abort'): Promise<void>;
   /** For a shut-off VM: points disks at other files in the persistent definition. */
   redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void>;
   /** groupsnap's metadata element on the VM (XML), or undefined when there is none. */

@@ -8,7 +8,9 @@ import {
   HypervisorError,
   InvalidStateError,
 } from './errors';
-import type { DomainDescription, DomainState, DomainSummary, Hypervisor, ImageInfo, OverlaySpec } from './hypervisor';
+import type {
+  BlockJob,
+  DomainDescription, DomainState, DomainSummary, Hypervisor, ImageInfo, OverlaySpec } from './hypervisor';
 import * as images from './images';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -19,6 +21,10 @@ function diskXml(xml: string, target: string): string {
     [...xml.matchAll(/<disk\b[\s\S]*?<\/disk>/g)].map((m) => m[0]).find((d) => d.includes(`dev='${target}'`)) ?? ''
   );
 }
+
+/** virDomainBlockJobType: a commit of a layer below the active one, and an active-layer commit. */
+const COMMIT = 3;
+const ACTIVE_COMMIT = 4;
 
 /** virDomainCreateFlags: start with the vCPUs paused. */
 const START_PAUSED = 1;
@@ -56,10 +62,43 @@ export class LibvirtHypervisor implements Hypervisor {
   /** Domain handles by name: lookups cost a daemon round trip, which the freeze window should not pay. */
   private readonly handles = new Map<string, libvirt.Domain>();
 
+  /** Set when a call failed because the daemon was unreachable: the next call opens a new connection first. */
+  private broken = false;
+  private reconnecting: Promise<void> | undefined;
+  private closing = false;
+
   private constructor(
-    private readonly conn: libvirt.Connection,
+    private conn: libvirt.Connection,
     readonly uri: string,
   ) {}
+
+  /**
+   * Opens a new connection when the last one was lost (libvirtd restarted). Calls are never repeated by this class:
+   * the call that met the lost connection fails, and the caller's own retry (e.g. a deadline timer's) gets the new
+   * connection, so a pause or snapshot whose reply was lost is never issued twice behind its back.
+   */
+  private async ensureConnected(): Promise<void> {
+    if (!this.broken || this.closing) return;
+    this.reconnecting ??= (async () => {
+      try {
+        const fresh = await libvirt.open(this.uri);
+        const old = this.conn;
+        this.conn = fresh;
+        this.handles.clear();
+        this.broken = false;
+        old.close().catch(() => undefined);
+      } catch (err) {
+        throw new HypervisorConnectionError(`cannot reconnect to libvirt at ${this.uri}: ${(err as Error).message}`);
+      } finally {
+        this.reconnecting = undefined;
+      }
+    })();
+    await this.reconnecting;
+  }
+
+  private noteError(err: unknown): void {
+    if (err instanceof libvirt.HypervisorConnectionError || this.conn.closed) this.broken = true;
+  }
 
   /** @throws HypervisorConnectionError when libvirt cannot be reached at `uri`. */
   static async open(uri: string): Promise<LibvirtHypervisor> {
@@ -79,6 +118,7 @@ export class LibvirtHypervisor implements Hypervisor {
   }
 
   private async withDomain<T>(name: string, fn: (d: libvirt.Domain) => Promise<T>): Promise<T> {
+    await this.ensureConnected();
     let handle = this.handles.get(name);
     try {
       if (handle) {
@@ -94,6 +134,7 @@ export class LibvirtHypervisor implements Hypervisor {
       this.handles.set(name, handle);
       return await fn(handle);
     } catch (err) {
+      this.noteError(err);
       throw translate(err, name);
     }
   }
@@ -129,6 +170,26 @@ export class LibvirtHypervisor implements Hypervisor {
     return this.withDomain(domain, (d) => d.commit({ disk: target, base, active: true, pivot: true }));
   }
 
+  blockJob(domain: string, target: string): Promise<BlockJob | undefined> {
+    return this.withDomain(domain, async (d) => {
+      const info = await d.blockJobInfo(target);
+      if (!info) return undefined;
+      const type = info.type === ACTIVE_COMMIT ? 'active-commit' : info.type === COMMIT ? 'commit' : 'other';
+      return { type, ready: info.end > 0 && info.cur === info.end, cur: info.cur, end: info.end };
+    });
+  }
+
+  endBlockJob(domain: string, target: string, how: 'pivot' | 'abort'): Promise<void> {
+    return this.withDomain(domain, async (d) => {
+      await d.blockJobAbort(target, how === 'pivot' ? libvirt.BlockJobAbortFlags.PIVOT : 0);
+      const deadline = Date.now() + 30_000;
+      while ((await d.blockJobInfo(target)) !== null) {
+        if (Date.now() > deadline) throw new HypervisorError(`block job on ${target} did not end`, domain);
+        await sleep(50);
+      }
+    });
+  }
+
   redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void> {
     return this.withDomain(domain, async (d) => {
       let xml = await d.xml(libvirt.DomainXMLFlags.INACTIVE | libvirt.DomainXMLFlags.SECURE);
@@ -139,10 +200,12 @@ export class LibvirtHypervisor implements Hypervisor {
   }
 
   async listDomains(): Promise<DomainSummary[]> {
+    await this.ensureConnected();
     try {
       const all = await this.conn.listAllDomains();
       return all.map((d) => ({ name: d.name, uuid: d.uuid, state: powerState(d.state) }));
     } catch (err) {
+      this.noteError(err);
       throw translate(err);
     }
   }
@@ -167,11 +230,13 @@ export class LibvirtHypervisor implements Hypervisor {
   }
 
   async defineDomain(xml: string): Promise<{ name: string; uuid: string }> {
+    await this.ensureConnected();
     try {
       const d = await this.conn.defineXML(xml);
       this.handles.set(d.name, d);
       return { name: d.name, uuid: d.uuid };
     } catch (err) {
+      this.noteError(err);
       throw translate(err);
     }
   }
@@ -236,6 +301,7 @@ export class LibvirtHypervisor implements Hypervisor {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     for (const h of this.handles.values()) h.free();
     this.handles.clear();
     await this.conn.close();

@@ -52,6 +52,8 @@ describe('DR host activities (fake hypervisor)', () => {
   /** A group snapshot of one VM through the snapshot activities themselves (plan, freeze, catalog). */
   async function snap(vm: string, id: string): Promise<SnapshotDisk[]> {
     const planned = await acts.planVms({ snapshotId: id, domains: [vm], quiesce: 'none' });
+    const leaseOwner = `run-${id}`;
+    await acts.acquireLocks({ owner: leaseOwner, domains: [vm], ttlMs: 60_000 });
     const reports = await acts.freezeVms({
       snapshotId: id,
       vms: planned,
@@ -59,13 +61,16 @@ describe('DR host activities (fake hypervisor)', () => {
       release: 'local',
       host: HOST,
       quiesce: 'none',
+      leaseOwner,
     });
     expect(reports[0].error).toBeUndefined();
     await acts.recordCatalog({
       entry: { snapshotId: id, group: 'g', createdAt: new Date().toISOString() },
       host: HOST,
       vms: planned.map((p) => ({ domain: p.domain, uuid: p.uuid, disks: p.disks })),
+      leaseOwner,
     });
+    await acts.releaseLocks({ owner: leaseOwner, domains: [vm] });
     return planned[0].disks;
   }
 

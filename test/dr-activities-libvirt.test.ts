@@ -42,6 +42,8 @@ describe('DR host activities on real VMs', () => {
 
   async function snap(vm: string, id: string): Promise<SnapshotDisk[]> {
     const planned = await acts.planVms({ snapshotId: id, domains: [vm], quiesce: 'none' });
+    const leaseOwner = `run-${id}`;
+    await acts.acquireLocks({ owner: leaseOwner, domains: [vm], ttlMs: 60_000 });
     const [report] = await acts.freezeVms({
       snapshotId: id,
       vms: planned,
@@ -49,13 +51,16 @@ describe('DR host activities on real VMs', () => {
       release: 'local',
       host: 'h',
       quiesce: 'none',
+      leaseOwner,
     });
     expect(report.error).toBeUndefined();
     await acts.recordCatalog({
       entry: { snapshotId: id, group: 'dr', createdAt: new Date().toISOString() },
       host: 'h',
       vms: planned.map((p) => ({ domain: p.domain, uuid: p.uuid, disks: p.disks })),
+      leaseOwner,
     });
+    await acts.releaseLocks({ owner: leaseOwner, domains: [vm] });
     return planned[0].disks;
   }
 

@@ -197,7 +197,7 @@ describe('groups, retention, deletion and restore on real VMs', () => {
 
     // In place to S1: the originals restart on S1's content; the discarded layer is kept.
     const before = await activeSource(a1, 'vdb');
-    const ip = await restoreGroup(client, { group, snapshotId: s1, mode: 'in-place' });
+    const ip = await restoreGroup(client, { group, snapshotId: s1, mode: 'in-place', confirmInPlace: true });
     expect(ip.status).toBe('restored');
     expect(await state(a1)).toBe('running');
     const now = await activeSource(a1, 'vdb');

@@ -251,7 +251,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
       /exists/,
     );
 
-    const inPlace = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'in-place' });
+    const inPlace = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'in-place', confirmInPlace: true });
     expect(inPlace.status).toBe('restored');
     const vmA = s1.vms.find((v) => v.domain === a)!;
     const chain = hostA.chain(a);
@@ -285,7 +285,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
 
     // In place, one VM fails to start on its new overlays: both VMs go back to their previous layers, running.
     for (let i = 0; i < 3; i++) hostB.hypervisor.failOn('start', b);
-    const ip = await restoreGroup(client, { group: name, snapshotId: s1, mode: 'in-place' });
+    const ip = await restoreGroup(client, { group: name, snapshotId: s1, mode: 'in-place', confirmInPlace: true });
     expect(ip.status).toBe('failed');
     expect(hostA.chain(a)).toEqual(chainA);
     expect(hostA.state(a)).toBe('running');

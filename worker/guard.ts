@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { FreezeJournal } from '../activities/freeze-journal';
 import { recoverFreezes } from '../activities/resume';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -27,9 +27,15 @@ export async function runGuard(options: GuardOptions): Promise<void> {
   let lastPrune = 0;
   while (!signal?.aborted) {
     try {
-      const closed = await recoverFreezes(hypervisor, journal, undefined, 'resumed-by-guard', graceMs);
+      const { closed, failed } = await recoverFreezes(hypervisor, journal, undefined, 'resumed-by-guard', graceMs);
       for (const r of closed)
         log('guard resumed VM past its freeze deadline', { domain: r.domain, snapshotId: r.snapshotId });
+      for (const f of failed)
+        log('guard cannot resume VM yet, retrying', {
+          domain: f.record.domain,
+          snapshotId: f.record.snapshotId,
+          error: (f.error as Error)?.message ?? String(f.error),
+        });
       if (Date.now() - lastPrune > 60_000) {
         journal.prune(24 * 3600_000);
         lastPrune = Date.now();
@@ -45,16 +51,51 @@ function pidFile(stateDir: string): string {
   return join(stateDir, 'guard.pid');
 }
 
+/**
+ * Whether a process's arguments (`/proc/<pid>/cmdline`, NUL-separated) are those of the guard of exactly `stateDir`:
+ * the `guard` command with `--state-dir` equal to it (not a guard of `<stateDir>-2`, nor a process that merely
+ * mentions the path).
+ */
+export function isGuardOf(cmdline: string, stateDir: string): boolean {
+  const args = cmdline.split('\0');
+  const at = args.indexOf('--state-dir');
+  const dir = at >= 0 ? args[at + 1] : args.find((a) => a.startsWith('--state-dir='))?.slice('--state-dir='.length);
+  return args.includes('guard') && dir !== undefined && resolve(dir) === resolve(stateDir);
+}
+
 /** The pid of the guard serving `stateDir`, if one is alive. */
 export function runningGuardPid(stateDir: string): number | undefined {
   try {
     const pid = Number(readFileSync(pidFile(stateDir), 'utf8'));
     if (!Number.isInteger(pid) || pid <= 0) return undefined;
-    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    return cmdline.includes('guard') && cmdline.includes(stateDir) ? pid : undefined;
+    return isGuardOf(readFileSync(`/proc/${pid}/cmdline`, 'utf8'), stateDir) ? pid : undefined;
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Keeps the host guard of `stateDir` running: checks every `everyMs` and starts a new one when it died (killed,
+ * crashed). Returns a function that stops watching (the guard itself keeps running).
+ */
+export function superviseGuard(
+  stateDir: string,
+  libvirtUri: string,
+  cliEntry: string,
+  log: (message: string, fields?: Record<string, unknown>) => void = () => {},
+  everyMs = 2_000,
+): () => void {
+  const timer = setInterval(() => {
+    if (runningGuardPid(stateDir)) return;
+    try {
+      const pid = ensureGuard(stateDir, libvirtUri, cliEntry);
+      log('host guard was not running: started it again', { pid, stateDir });
+    } catch (err) {
+      log('cannot restart the host guard', { stateDir, error: (err as Error).message });
+    }
+  }, everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 /** Records this process as the guard of `stateDir`. */

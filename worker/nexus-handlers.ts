@@ -16,6 +16,7 @@ import {
 } from '../client/nexus';
 import {
   groupRunWorkflowId,
+  assertRestoreConfirmed,
   normalizeRestoreInput,
   restoreWorkflowId,
   type GroupRunInput,
@@ -135,6 +136,7 @@ const restore = new WorkflowRunOperationHandler<NexusRestoreGroupInput, RestoreR
   const normalized = await checked(async () => {
     requireObject(input, 'restoreGroup');
     const n = normalizeRestoreInput(input);
+    assertRestoreConfirmed(n);
     await requireGroup(n.group);
     return n;
   });

@@ -8,6 +8,7 @@ import {
   defineUpdate,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -31,12 +32,13 @@ import type {
   SnapshotProgress,
   VmResult,
 } from '../common/types';
-import { BAD_INPUT, BadInputError, normalizeSnapshotInput } from '../common/validation';
+import { BAD_INPUT, checked, errorMessage, FAILURE, isBadInput } from '../common/failures';
+import { normalizeSnapshotInput } from '../common/validation';
 import { recordCompensation, recordRun } from './run-metrics';
 import { onHostSummary, progressDetails } from './ui';
 
 /** Failure type of a group snapshot that failed and was compensated; its details hold the result. */
-export const SNAPSHOT_FAILED = 'GroupSnapshotFailed';
+export const SNAPSHOT_FAILED = FAILURE.snapshotFailed;
 
 export const progressQuery = defineQuery<SnapshotProgress>('progress');
 
@@ -67,6 +69,8 @@ const PRESETS: Record<'plan' | 'lock' | 'cleanup' | 'thaw', ActivityOptions> = {
     heartbeatTimeout: '60s',
     scheduleToCloseTimeout: '1h', // a host that is down now may come back
     retry: { initialInterval: '200ms', backoffCoefficient: 2, maximumInterval: '10s' },
+    // A catalog write cancelled with the run ends before compensation undoes its snapshot.
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   },
   thaw: {
     startToCloseTimeout: '30s',
@@ -107,14 +111,10 @@ function defaultSnapshotId(): string {
  * failure or cancellation, resume what this run paused and undo the snapshots it took.
  */
 export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<GroupSnapshotResult> {
-  let input;
-  try {
-    input = normalizeSnapshotInput(rawInput);
-  } catch (err) {
-    if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
-    throw err;
-  }
+  const input = checked(() => normalizeSnapshotInput(rawInput));
   const snapshotId = input.snapshotId ?? defaultSnapshotId();
+  // Leases belong to this run, never to a name a caller chose: two runs given the same snapshot id stay apart.
+  const leaseOwner = workflowInfo().runId;
   const { group, maxFreezeMs, quiesce } = input;
   const hosts = [...new Set(input.vms.map((v) => v.host))].sort();
   const byHost = new Map(hosts.map((h) => [h, input.vms.filter((v) => v.host === h).map((v) => v.domain)]));
@@ -253,7 +253,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
           const domains = plans.get(h)!.map((p) => p.domain);
           reports = await host(h).cleanup.undoSnapshots.executeWithOptions(
             { summary: onHostSummary('undo snapshot of', domains, h) },
-            [{ snapshotId, vms: plans.get(h)!.map((p) => ({ domain: p.domain, disks: p.disks })) }],
+            [{ snapshotId, vms: plans.get(h)!.map((p) => ({ domain: p.domain, disks: p.disks })), leaseOwner }],
           );
         } catch (err) {
           for (const p of plans.get(h)!) {
@@ -316,8 +316,23 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     for (const h of hosts) {
       lockedHosts.push(h);
       await host(h).lock.acquireLocks.executeWithOptions({ summary: onHostSummary('lease', byHost.get(h)!, h) }, [
-        { owner: snapshotId, domains: byHost.get(h)!, ttlMs: LOCK_TTL_MS },
+        { owner: leaseOwner, domains: byHost.get(h)!, ttlMs: LOCK_TTL_MS },
       ]);
+    }
+    // 2b. Plan again under the leases: another run may have snapshotted a shared VM while this one waited, and
+    // the freeze must put its overlays on the top layers as they are now (it checks them once more itself).
+    if (patched('plan-under-lease')) {
+      const replanned = await Promise.all(
+        hosts.map((h) =>
+          host(h).plan.planVms.executeWithOptions({ summary: onHostSummary('plan under lease', byHost.get(h)!, h) }, [
+            { snapshotId, domains: byHost.get(h)!, quiesce, leaseOwner },
+          ]),
+        ),
+      );
+      replanned.forEach((vms, i) => {
+        plans.set(hosts[i], vms);
+        for (const vm of vms) Object.assign(vmResult(hosts[i], vm.domain), { uuid: vm.uuid, stateBefore: vm.state });
+      });
     }
 
     // 3. The freeze window: pause + snapshot on every host; resume at once when the group has one host.
@@ -338,7 +353,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
               h,
             ),
           },
-          [{ snapshotId, vms: plans.get(h)!, maxFreezeMs, release, host: h, quiesce }],
+          [{ snapshotId, vms: plans.get(h)!, maxFreezeMs, release, host: h, quiesce, leaseOwner }],
         )
         .then((reports) => {
           if (reports.some((r) => r.error)) barrier = 'abort';
@@ -419,6 +434,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
               host: h,
               entry: { snapshotId, group, createdAt: createdAt!, ...(input.label ? { label: input.label } : {}) },
               vms: plans.get(h)!.map((p) => ({ domain: p.domain, uuid: p.uuid, disks: p.disks })),
+              leaseOwner,
             },
           ],
         ),
@@ -454,7 +470,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
         lockedHosts.map((h) =>
           host(h).cleanup.releaseLocks.executeWithOptions(
             { summary: onHostSummary('release leases of', byHost.get(h)!, h) },
-            [{ owner: snapshotId, domains: byHost.get(h)! }],
+            [{ owner: leaseOwner, domains: byHost.get(h)! }],
           ),
         ),
       ),
@@ -464,10 +480,6 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
 
 function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
-}
-
-function isBadInput(err: unknown): boolean {
-  return err instanceof ApplicationFailure && err.type === BAD_INPUT;
 }
 
 function describePlanFailure(h: string, reason: unknown): { message: string; callerFixable: boolean } {
@@ -481,12 +493,4 @@ function describePlanFailure(h: string, reason: unknown): { message: string; cal
     };
   }
   return { message: `host ${h}: ${errorMessage(cause ?? reason)}`, callerFixable: false };
-}
-
-function errorMessage(err: unknown): string {
-  if (err instanceof Error) {
-    const cause = (err as { cause?: unknown }).cause;
-    return cause instanceof Error && cause.message ? `${err.message}: ${cause.message}` : err.message;
-  }
-  return String(err);
 }

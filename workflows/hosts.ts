@@ -59,23 +59,10 @@ export function onHost(hostId: string) {
   };
 }
 
-export function errorMessage(err: unknown): string {
-  let e = err as { message?: string; cause?: unknown } | undefined;
-  // Activity and child failures wrap the real reason.
-  while (e?.cause && (e.cause as { message?: string }).message) e = e.cause as typeof e;
-  return e?.message ?? String(err);
-}
+// One failure model for every workflow (common/failures.ts).
+import { errorMessage } from '../common/failures';
 
-/** The failure type at the root of an activity or child workflow failure. */
-export function rootType(err: unknown): string | undefined {
-  let e = err as { cause?: unknown } | undefined;
-  let type: string | undefined;
-  while (e) {
-    if (e instanceof ApplicationFailure) type = e.type ?? type;
-    e = e.cause as typeof e;
-  }
-  return type;
-}
+export { errorMessage, rootType } from '../common/failures';
 
 /** Every registered host's VMs (or of `hosts`), in parallel; hosts that do not answer are listed as unreachable. */
 export async function takeInventory(hosts?: string[]): Promise<Inventory> {

@@ -1,4 +1,4 @@
-import { ApplicationFailure, CancellationScope, log, uuid4 } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, log, uuid4, workflowInfo } from '@temporalio/workflow';
 import {
   deletionBlockers,
   groupSnapshotsIn,
@@ -12,21 +12,13 @@ import {
 import type { SetTagsRequest } from '../common/dr-types';
 import { GroupsnapGroup, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
 import { upsertSearchAttributes } from '@temporalio/workflow';
-import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
+import { BAD_INPUT, checked, FAILURE, isBadInput } from '../common/failures';
+import { assertSafeName } from '../common/validation';
 import { errorMessage, onHost, requireAllHosts, takeInventory } from './hosts';
 
 /** Failure types that carry the per-VM result in their details. */
-export const DELETE_FAILED = 'SnapshotDeleteFailed';
-export const RESTORE_FAILED = 'RestoreFailed';
-
-function checked<T>(fn: () => T): T {
-  try {
-    return fn();
-  } catch (err) {
-    if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
-    throw err;
-  }
-}
+export const DELETE_FAILED = FAILURE.deleteFailed;
+export const RESTORE_FAILED = FAILURE.restoreFailed;
 
 /** The VMs (by host) holding `snapshotId` of `group`, or a bad-input failure naming the known snapshots. */
 function snapshotVms(inventory: Inventory, group: string, snapshotId: string) {
@@ -102,7 +94,8 @@ export async function deleteGroupSnapshot(input: DeleteSnapshotInput): Promise<D
             { summary: `merge snapshot ${snapshotId} out of ${v.domain} on ${h}` },
             [
               {
-                owner: `delete/${snapshotId}`,
+                // The lease is this run's: two deletions of one snapshot never both think they hold a VM.
+                owner: workflowInfo().runId,
                 snapshotId,
                 domain: v.domain,
               },
@@ -172,7 +165,8 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
       );
     }
   }
-  const owner = `restore/${restoreId}`;
+  // The lease is this run's (a caller may reuse a restore id), renewed by each restore step while it runs.
+  const owner = workflowInfo().runId;
   const locked: string[] = [];
   const attempted: { host: string; domain: string }[] = [];
 
@@ -196,6 +190,7 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
                   domain: v.domain,
                   cloneName: `${v.domain}${suffix}`,
                   start: true,
+                  leaseOwner: owner,
                 },
               ],
             );
@@ -203,7 +198,7 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
           } else {
             const r = await onHost(v.host).change.restoreInPlace.executeWithOptions(
               { summary: `restore ${v.domain} in place to ${snapshotId} on ${v.host}` },
-              [{ restoreId, snapshotId, domain: v.domain }],
+              [{ restoreId, snapshotId, domain: v.domain, leaseOwner: owner }],
             );
             Object.assign(vm, { state: r.state, disks: r.disks });
           }
@@ -268,13 +263,4 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
       ),
     );
   }
-}
-
-function isBadInput(err: unknown): boolean {
-  let e = err as { cause?: unknown } | undefined;
-  while (e) {
-    if (e instanceof ApplicationFailure && e.type === BAD_INPUT) return true;
-    e = e.cause as typeof e;
-  }
-  return false;
 }
