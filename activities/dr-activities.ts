@@ -349,7 +349,6 @@ export function createDrActivities(deps: DrActivityDeps) {
     }
   }
 
-
   const activities = {
     /** Every VM on this host with its state, tags and groupsnap catalog (snapshots, clones, in-place restores). */
     async listVms(): Promise<HostVm[]> {
@@ -450,52 +449,53 @@ export function createDrActivities(deps: DrActivityDeps) {
       if (req.leaseOwner !== undefined) checkOwner(req.leaseOwner, problems);
       failIf(problems);
       return underLease(req.leaseOwner, req.domain, async () => {
-      const { domain, cloneName, snapshotId } = req;
-      const { meta, snap, formats } = await restorable(domain, snapshotId);
-      let record = meta.clones.find((c) => c.name === cloneName);
-      if (record && record.snapshotId !== snapshotId)
-        throw bad(`clone name ${cloneName} is already used by a clone of snapshot ${record.snapshotId} of ${domain}`);
-      const disks = snap.disks.map((d) => ({
-        target: d.target,
-        image: d.image,
-        overlay: join(dirname(d.image), `${cloneName}.${d.target}.qcow2`),
-      }));
-      if (!record) {
-        if (await domainExists(cloneName)) throw bad(`a VM named ${cloneName} already exists on host ${hostId}`);
-        for (const d of disks)
-          if (await imageExists(d.overlay)) throw bad(`the clone's disk file ${d.overlay} already exists`);
-      }
-      const { xml, droppedDisks } = cloneDomainXml(await hypervisor.domainXml(domain), {
-        sourceName: domain,
-        cloneName,
-        disks: (record ?? { disks }).disks.map((d) => ({ target: d.target, file: d.overlay })),
-        metadataNamespace: METADATA_NAMESPACE,
-      });
-      if (!record) {
-        // Recorded first: a retry, and the compensation, find everything this call may have created.
-        const rec: CloneRecord = { name: cloneName, snapshotId, createdAt: new Date().toISOString(), disks };
-        await updateMeta(domain, (m) => {
-          if (!m.clones.some((c) => c.name === cloneName)) m.clones.push(rec);
-        });
-        record = rec;
-      }
-      return beating(async () => {
-        for (const d of record.disks) {
-          if (!(await imageExists(d.overlay)))
-            await hypervisor.createOverlay(d.overlay, d.image, formats.get(d.image) ?? 'qcow2');
-          else if ((await backingOf(d.overlay)) !== d.image)
-            throw new Error(`${d.overlay} exists but is not an overlay of ${d.image}`);
+        const { domain, cloneName, snapshotId } = req;
+        const { meta, snap, formats } = await restorable(domain, snapshotId);
+        let record = meta.clones.find((c) => c.name === cloneName);
+        if (record && record.snapshotId !== snapshotId)
+          throw bad(`clone name ${cloneName} is already used by a clone of snapshot ${record.snapshotId} of ${domain}`);
+        const disks = snap.disks.map((d) => ({
+          target: d.target,
+          image: d.image,
+          overlay: join(dirname(d.image), `${cloneName}.${d.target}.qcow2`),
+        }));
+        if (!record) {
+          if (await domainExists(cloneName)) throw bad(`a VM named ${cloneName} already exists on host ${hostId}`);
+          for (const d of disks)
+            if (await imageExists(d.overlay)) throw bad(`the clone's disk file ${d.overlay} already exists`);
         }
-        let uuid: string;
-        if (await domainExists(cloneName)) uuid = (await hypervisor.describe(cloneName)).uuid;
-        else ({ uuid } = await hypervisor.defineDomain(xml));
-        if (droppedDisks.length > 0)
-          log('clone defined without disks not in the snapshot', { cloneName, droppedDisks });
-        if (req.start !== false && (await hypervisor.state(cloneName)) === 'shutoff') await hypervisor.start(cloneName);
-        const state = await hypervisor.state(cloneName);
-        log('clone created', { domain, cloneName, snapshotId, state });
-        return { domain, clone: cloneName, uuid, state, disks: record.disks };
-      });
+        const { xml, droppedDisks } = cloneDomainXml(await hypervisor.domainXml(domain), {
+          sourceName: domain,
+          cloneName,
+          disks: (record ?? { disks }).disks.map((d) => ({ target: d.target, file: d.overlay })),
+          metadataNamespace: METADATA_NAMESPACE,
+        });
+        if (!record) {
+          // Recorded first: a retry, and the compensation, find everything this call may have created.
+          const rec: CloneRecord = { name: cloneName, snapshotId, createdAt: new Date().toISOString(), disks };
+          await updateMeta(domain, (m) => {
+            if (!m.clones.some((c) => c.name === cloneName)) m.clones.push(rec);
+          });
+          record = rec;
+        }
+        return beating(async () => {
+          for (const d of record.disks) {
+            if (!(await imageExists(d.overlay)))
+              await hypervisor.createOverlay(d.overlay, d.image, formats.get(d.image) ?? 'qcow2');
+            else if ((await backingOf(d.overlay)) !== d.image)
+              throw new Error(`${d.overlay} exists but is not an overlay of ${d.image}`);
+          }
+          let uuid: string;
+          if (await domainExists(cloneName)) uuid = (await hypervisor.describe(cloneName)).uuid;
+          else ({ uuid } = await hypervisor.defineDomain(xml));
+          if (droppedDisks.length > 0)
+            log('clone defined without disks not in the snapshot', { cloneName, droppedDisks });
+          if (req.start !== false && (await hypervisor.state(cloneName)) === 'shutoff')
+            await hypervisor.start(cloneName);
+          const state = await hypervisor.state(cloneName);
+          log('clone created', { domain, cloneName, snapshotId, state });
+          return { domain, clone: cloneName, uuid, state, disks: record.disks };
+        });
       });
     },
 
@@ -550,69 +550,70 @@ export function createDrActivities(deps: DrActivityDeps) {
       if (req.leaseOwner !== undefined) checkOwner(req.leaseOwner, problems);
       failIf(problems);
       return underLease(req.leaseOwner, req.domain, async () => {
-      const { domain, restoreId, snapshotId } = req;
-      const { desc, meta, snap, formats } = await restorable(domain, snapshotId);
-      let record = meta.restores.find((r) => r.restoreId === restoreId);
-      if (record && record.snapshotId !== snapshotId)
-        throw bad(`restore ${restoreId} of ${domain} already restored snapshot ${record.snapshotId}`);
-      if (!record) {
-        if (desc.state === 'other') throw bad(`VM ${domain} is in a state that cannot be restored: start or stop it`);
-        if (!desc.persistent) throw bad(`VM ${domain} is transient: it would vanish when stopped for the restore`);
-        const disks = snap.disks.map((d) => ({
-          target: d.target,
-          image: d.image,
-          overlay: join(dirname(d.image), `${safeFileName(domain)}.${d.target}.restore-${restoreId}.qcow2`),
-          discarded: desc.disks.find((k) => k.target === d.target)!.source!,
-        }));
-        const restoreProblems: string[] = [];
-        for (const d of disks) {
-          if (!d.discarded) restoreProblems.push(`disk ${d.target} of ${domain} has no file source`);
-          if (await imageExists(d.overlay)) restoreProblems.push(`the restore's disk file ${d.overlay} already exists`);
-        }
-        failIf(restoreProblems);
-        const rec: InPlaceRestoreRecord = {
-          restoreId,
-          snapshotId,
-          createdAt: new Date().toISOString(),
-          stateBefore: desc.state,
-          disks,
-        };
-        await updateMeta(domain, (m) => {
-          if (!m.restores.some((r) => r.restoreId === restoreId)) m.restores.push(rec);
-        });
-        record = rec;
-      }
-      const rec = record;
-      const stateBefore = rec.stateBefore ?? 'shutoff';
-      return beating(async () => {
-        let now = await hypervisor.describe(domain);
-        const source = (t: string) => now.disks.find((k) => k.target === t)?.source;
-        const pending = rec.disks.filter((d) => source(d.target) !== d.overlay);
-        for (const d of pending)
-          if (source(d.target) !== d.discarded)
-            throw new Error(
-              `disk ${d.target} of ${domain} is on ${source(d.target)}, neither ${d.discarded} nor ${d.overlay}`,
-            );
-        if (pending.length > 0) {
-          if (isLive(now.state)) await hypervisor.destroy(domain);
-          for (const d of pending) {
-            if (!(await imageExists(d.overlay)))
-              await hypervisor.createOverlay(d.overlay, d.image, formats.get(d.image) ?? 'qcow2');
-            else if ((await backingOf(d.overlay)) !== d.image)
-              throw new Error(`${d.overlay} exists but is not an overlay of ${d.image}`);
+        const { domain, restoreId, snapshotId } = req;
+        const { desc, meta, snap, formats } = await restorable(domain, snapshotId);
+        let record = meta.restores.find((r) => r.restoreId === restoreId);
+        if (record && record.snapshotId !== snapshotId)
+          throw bad(`restore ${restoreId} of ${domain} already restored snapshot ${record.snapshotId}`);
+        if (!record) {
+          if (desc.state === 'other') throw bad(`VM ${domain} is in a state that cannot be restored: start or stop it`);
+          if (!desc.persistent) throw bad(`VM ${domain} is transient: it would vanish when stopped for the restore`);
+          const disks = snap.disks.map((d) => ({
+            target: d.target,
+            image: d.image,
+            overlay: join(dirname(d.image), `${safeFileName(domain)}.${d.target}.restore-${restoreId}.qcow2`),
+            discarded: desc.disks.find((k) => k.target === d.target)!.source!,
+          }));
+          const restoreProblems: string[] = [];
+          for (const d of disks) {
+            if (!d.discarded) restoreProblems.push(`disk ${d.target} of ${domain} has no file source`);
+            if (await imageExists(d.overlay))
+              restoreProblems.push(`the restore's disk file ${d.overlay} already exists`);
           }
-          await hypervisor.redefineDiskSources(
-            domain,
-            pending.map((d) => ({ target: d.target, from: d.discarded, to: d.overlay })),
-          );
-          now = await hypervisor.describe(domain);
+          failIf(restoreProblems);
+          const rec: InPlaceRestoreRecord = {
+            restoreId,
+            snapshotId,
+            createdAt: new Date().toISOString(),
+            stateBefore: desc.state,
+            disks,
+          };
+          await updateMeta(domain, (m) => {
+            if (!m.restores.some((r) => r.restoreId === restoreId)) m.restores.push(rec);
+          });
+          record = rec;
         }
-        if (isLive(stateBefore) && now.state === 'shutoff')
-          await hypervisor.start(domain, { paused: stateBefore === 'paused' });
-        const state = await hypervisor.state(domain);
-        log('restored in place', { domain, restoreId, snapshotId, stateBefore, state });
-        return { domain, stateBefore, state, disks: rec.disks };
-      });
+        const rec = record;
+        const stateBefore = rec.stateBefore ?? 'shutoff';
+        return beating(async () => {
+          let now = await hypervisor.describe(domain);
+          const source = (t: string) => now.disks.find((k) => k.target === t)?.source;
+          const pending = rec.disks.filter((d) => source(d.target) !== d.overlay);
+          for (const d of pending)
+            if (source(d.target) !== d.discarded)
+              throw new Error(
+                `disk ${d.target} of ${domain} is on ${source(d.target)}, neither ${d.discarded} nor ${d.overlay}`,
+              );
+          if (pending.length > 0) {
+            if (isLive(now.state)) await hypervisor.destroy(domain);
+            for (const d of pending) {
+              if (!(await imageExists(d.overlay)))
+                await hypervisor.createOverlay(d.overlay, d.image, formats.get(d.image) ?? 'qcow2');
+              else if ((await backingOf(d.overlay)) !== d.image)
+                throw new Error(`${d.overlay} exists but is not an overlay of ${d.image}`);
+            }
+            await hypervisor.redefineDiskSources(
+              domain,
+              pending.map((d) => ({ target: d.target, from: d.discarded, to: d.overlay })),
+            );
+            now = await hypervisor.describe(domain);
+          }
+          if (isLive(stateBefore) && now.state === 'shutoff')
+            await hypervisor.start(domain, { paused: stateBefore === 'paused' });
+          const state = await hypervisor.state(domain);
+          log('restored in place', { domain, restoreId, snapshotId, stateBefore, state });
+          return { domain, stateBefore, state, disks: rec.disks };
+        });
       });
     },
 

@@ -481,7 +481,10 @@ export function createHost(deps: HostActivityDeps) {
     // the one planned (another run, or an operator, may have snapshotted it since), so the overlays go on top of
     // exactly the images the result and catalog will name.
     try {
-      locks.assertHeld(req.leaseOwner, req.vms.map((v) => v.domain));
+      locks.assertHeld(
+        req.leaseOwner,
+        req.vms.map((v) => v.domain),
+      );
     } catch (err) {
       for (const r of reports) r.error = message(err);
       return reports;
@@ -662,7 +665,8 @@ export function createHost(deps: HostActivityDeps) {
       const problems: string[] = [];
       checkSnapshotRequest(req, problems);
       checkDomains(req.domains, problems);
-      if (!QUIESCE_MODES.includes(req.quiesce)) problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
+      if (!QUIESCE_MODES.includes(req.quiesce))
+        problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
       if (req.leaseOwner !== undefined) checkOwner(req.leaseOwner, problems);
       failIf(problems);
       if (req.leaseOwner !== undefined) {
@@ -722,7 +726,8 @@ export function createHost(deps: HostActivityDeps) {
       if (!Number.isInteger(req.maxFreezeMs) || req.maxFreezeMs < 1 || req.maxFreezeMs > 600_000)
         problems.push(`max freeze ${JSON.stringify(req.maxFreezeMs)} ms is not valid`);
       if (!['local', 'barrier', 'thaw'].includes(req.release)) problems.push(`release ${req.release} is not valid`);
-      if (!QUIESCE_MODES.includes(req.quiesce)) problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
+      if (!QUIESCE_MODES.includes(req.quiesce))
+        problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
       if (!Array.isArray(req.vms) || req.vms.length === 0) problems.push('a non-empty list of VMs is required');
       else
         for (const vm of req.vms) {

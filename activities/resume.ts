@@ -23,7 +23,11 @@ const THAW_GIVE_UP_MS = 3600_000;
  * Thaws the guest filesystems of a closed record that froze them, once, and records it. A VM that is gone, or whose
  * agent says nothing is frozen, counts as thawed; any other failure is recorded and left for a later attempt.
  */
-export async function thawRecord(hypervisor: Hypervisor, journal: FreezeJournal, rec: FreezeRecord): Promise<FreezeRecord> {
+export async function thawRecord(
+  hypervisor: Hypervisor,
+  journal: FreezeJournal,
+  rec: FreezeRecord,
+): Promise<FreezeRecord> {
   if (!rec.fsFrozen || rec.fsThawed) return rec;
   let thawed: FreezeRecord;
   try {

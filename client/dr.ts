@@ -4,7 +4,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import {
-  ApplicationFailure,
   Client,
   ScheduleAlreadyRunning,
   ScheduleNotFoundError,

@@ -20,7 +20,6 @@ export { BadInputError } from '../common/validation';
 export { groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
 export { markdownTable, snapshotDetails, snapshotSummary } from '../workflows/ui';
 
-
 export type GroupSnapshotHandle = WorkflowHandle<typeof groupSnapshot>;
 
 /** A new snapshot id: `gs-<UTC time>-<random>`, safe in file names and sortable by time. */

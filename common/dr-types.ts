@@ -111,14 +111,3 @@ export interface InPlaceReport {
   state: VmPowerState;
   disks: { target: string; image: string; overlay: string; discarded: string }[];
 }
-
-/** The host activities behind groups, tags, deletion and restore (implemented in activities/dr-activities.ts). */
-export interface HostDrActivities {
-  listVms(): Promise<HostVm[]>;
-  setTags(req: SetTagsRequest): Promise<string[]>;
-  deleteSnapshot(req: DeleteSnapshotRequest): Promise<DeleteVmReport>;
-  cloneVm(req: CloneVmRequest): Promise<CloneVmReport>;
-  removeClone(req: { domain: string; clone: string }): Promise<void>;
-  restoreInPlace(req: InPlaceRequest): Promise<InPlaceReport>;
-  undoInPlace(req: { restoreId: string; domain: string }): Promise<void>;
-}

@@ -1,4 +1,3 @@
-import { ApplicationFailure } from '@temporalio/common';
 import { DEFAULT_MAX_FREEZE_MS, DEFAULT_UPDATE_BARRIER_MAX_HOSTS } from './names';
 import { QUIESCE_MODES, type GroupSnapshotInput, type QuiesceMode, type VmRef } from './types';
 

@@ -10,7 +10,13 @@ import {
 } from './errors';
 import type {
   BlockJob,
-  DomainDescription, DomainState, DomainSummary, Hypervisor, ImageInfo, OverlaySpec } from './hypervisor';
+  DomainDescription,
+  DomainState,
+  DomainSummary,
+  Hypervisor,
+  ImageInfo,
+  OverlaySpec,
+} from './hypervisor';
 import * as images from './images';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));

@@ -266,7 +266,8 @@ describe('every recorded snapshot point is the right one (host side, fake hyperv
     });
 
     it('matches the guard of a state dir exactly', () => {
-      const args = (dir: string) => ['node', '/x/main.js', 'guard', '--state-dir', dir, '--libvirt-uri', 'q'].join('\0');
+      const args = (dir: string) =>
+        ['node', '/x/main.js', 'guard', '--state-dir', dir, '--libvirt-uri', 'q'].join('\0');
       expect(isGuardOf(args('/var/lib/groupsnap/hv-a'), '/var/lib/groupsnap/hv-a')).toBe(true);
       expect(isGuardOf(args('/var/lib/groupsnap/hv-ab'), '/var/lib/groupsnap/hv-a')).toBe(false);
       expect(isGuardOf(args('/var/lib/groupsnap/hv-a'), '/var/lib/groupsnap/hv-ab')).toBe(false);

@@ -68,7 +68,8 @@ describe('concurrent snapshots of groups sharing VMs (real VMs)', () => {
     const rounds = 4;
     const points: { snapshotId: string; group: string; round: number }[] = [];
     for (let round = 0; round < rounds; round++) {
-      for (const vm of fleet.names) for (const t of ['vda', 'vdb']) await writeMarker(vm, t, byte(round), offset(round));
+      for (const vm of fleet.names)
+        for (const t of ['vda', 'vdb']) await writeMarker(vm, t, byte(round), offset(round));
       const [a, b] = await Promise.all([snapshotNamedGroup(client, db), snapshotNamedGroup(client, all)]);
       for (const run of [a, b]) {
         expect(run.snapshot.status).toBe('completed');

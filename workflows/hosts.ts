@@ -1,63 +1,13 @@
 /** Activity proxies shared by groupsnap's administrative workflows, and the inventory fan-out over hosts. */
-import { ApplicationFailure, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
-import type { ControlActivities } from '../activities/control-activities';
-import type { HostActivities as SagaActivities } from '../activities/host-activities';
-import type { HostDrActivities } from '../common/dr-types';
+import { ApplicationFailure } from '@temporalio/workflow';
+import { control, onHost } from './activity-options';
 import type { GroupDefinition, Inventory } from '../common/groups';
 import { resolveMembers, selectorText } from '../common/groups';
-import { hostTaskQueue } from '../common/names';
 import type { VmRef } from '../common/types';
 import { BAD_INPUT } from '../common/validation';
 
-type HostActivities = SagaActivities & HostDrActivities;
-
-export const control = proxyActivities<ControlActivities>({
-  startToCloseTimeout: '30s',
-  retry: { maximumAttempts: 5, nonRetryableErrorTypes: [BAD_INPUT] },
-});
-
-const ADMIN_PRESETS: Record<'read' | 'change' | 'merge' | 'cleanup', ActivityOptions> = {
-  // A host without a worker is reported within seconds, not waited for.
-  read: {
-    scheduleToStartTimeout: '10s',
-    startToCloseTimeout: '60s',
-    retry: { maximumAttempts: 3, nonRetryableErrorTypes: [BAD_INPUT] },
-  },
-  change: {
-    scheduleToStartTimeout: '10s',
-    startToCloseTimeout: '10m',
-    retry: { maximumAttempts: 3, initialInterval: '1s', nonRetryableErrorTypes: [BAD_INPUT] },
-  },
-  // A block commit copies data: minutes for large layers.
-  merge: {
-    scheduleToStartTimeout: '30s',
-    startToCloseTimeout: '1h',
-    retry: { maximumAttempts: 3, initialInterval: '2s', nonRetryableErrorTypes: [BAD_INPUT, 'LockBusyError'] },
-  },
-  cleanup: {
-    startToCloseTimeout: '10m',
-    scheduleToCloseTimeout: '1h',
-    retry: { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '30s' },
-  },
-};
-
-/** Activities on `hostId`'s own queue, with timeouts chosen per kind of work. */
-export function onHost(hostId: string) {
-  const taskQueue = hostTaskQueue(hostId);
-  return {
-    read: proxyActivities<HostActivities>({ taskQueue, ...ADMIN_PRESETS.read }),
-    change: proxyActivities<HostActivities>({ taskQueue, ...ADMIN_PRESETS.change }),
-    merge: proxyActivities<HostActivities>({ taskQueue, ...ADMIN_PRESETS.merge }),
-    cleanup: proxyActivities<HostActivities>({ taskQueue, ...ADMIN_PRESETS.cleanup }),
-    lock: proxyActivities<HostActivities>({
-      taskQueue,
-      scheduleToStartTimeout: '10s',
-      startToCloseTimeout: '10s',
-      scheduleToCloseTimeout: '10m',
-      retry: { initialInterval: '200ms', backoffCoefficient: 1.5, maximumInterval: '5s' },
-    }),
-  };
-}
+// One set of activity presets for every workflow (activity-options.ts).
+export { control, onHost } from './activity-options';
 
 // One failure model for every workflow (common/failures.ts).
 import { errorMessage } from '../common/failures';

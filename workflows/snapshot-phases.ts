@@ -1,0 +1,297 @@
+/**
+ * The phases of a group snapshot (plan, lease, freeze, catalog) and its compensation, each over one
+ * {@link SnapshotRun}. Read workflows/group-snapshot.ts first: it strings them together.
+ */
+import { ApplicationFailure, CancellationScope, condition, log, patched, sleep } from '@temporalio/workflow';
+import type { PlannedVm, UndoVmReport } from '../activities/host-activities';
+import { BAD_INPUT, errorMessage } from '../common/failures';
+import { onHost } from './activity-options';
+import type { SnapshotRun } from './snapshot-run';
+import { onHostSummary } from './ui';
+
+/** How long a run holds its VM leases between steps; the host steps renew them while they run. */
+const LEASE_TTL_MS = 15 * 60_000;
+
+/**
+ * 1. Plan on every host in parallel: nothing is changed, every problem is reported before any pause. Bad input and
+ * absent workers are the caller's to fix (BAD_INPUT, exit 2); anything else is a failure of ours.
+ */
+export async function plan(run: SnapshotRun): Promise<void> {
+  const { snapshotId, hosts } = run;
+  const planned = await Promise.allSettled(
+    hosts.map((h) =>
+      onHost(h).plan.planVms.executeWithOptions({ summary: onHostSummary('plan', run.domains(h), h) }, [
+        { snapshotId, domains: run.domains(h), quiesce: run.input.quiesce },
+      ]),
+    ),
+  );
+  const problems = planned.flatMap((p, i) =>
+    p.status === 'rejected' ? [describePlanFailure(hosts[i], p.reason)] : [],
+  );
+  if (problems.length > 0) {
+    throw ApplicationFailure.nonRetryable(
+      problems.map((p) => p.message).join('; '),
+      problems.every((p) => p.callerFixable) ? BAD_INPUT : 'PlanFailed',
+    );
+  }
+  planned.forEach((p, i) => {
+    adoptPlans(run, hosts[i], (p as PromiseFulfilledResult<PlannedVm[]>).value);
+    for (const vm of run.plans.get(hosts[i])!) run.markVm(hosts[i], vm.domain, 'planned');
+  });
+}
+
+function adoptPlans(run: SnapshotRun, h: string, vms: PlannedVm[]): void {
+  run.plans.set(h, vms);
+  for (const vm of vms) Object.assign(run.vm(h, vm.domain), { uuid: vm.uuid, stateBefore: vm.state });
+}
+
+/**
+ * 2. Leases, host by host in sorted order so two runs sharing VMs cannot deadlock; then plan again under them:
+ * another run may have snapshotted a shared VM while this one waited, and the freeze must put its overlays on the
+ * top layers as they are now (the freeze checks them once more itself).
+ */
+export async function lease(run: SnapshotRun): Promise<void> {
+  for (const h of run.hosts) {
+    run.leasedHosts.push(h);
+    await onHost(h).lock.acquireLocks.executeWithOptions({ summary: onHostSummary('lease', run.domains(h), h) }, [
+      { owner: run.leaseOwner, domains: run.domains(h), ttlMs: LEASE_TTL_MS },
+    ]);
+  }
+  if (!patched('plan-under-lease')) return;
+  const replanned = await Promise.all(
+    run.hosts.map((h) =>
+      onHost(h).plan.planVms.executeWithOptions({ summary: onHostSummary('plan under lease', run.domains(h), h) }, [
+        { snapshotId: run.snapshotId, domains: run.domains(h), quiesce: run.input.quiesce, leaseOwner: run.leaseOwner },
+      ]),
+    ),
+  );
+  replanned.forEach((vms, i) => adoptPlans(run, run.hosts[i], vms));
+}
+
+/** Releases the leases this run asked for (whatever happened; they would expire by themselves). */
+export async function releaseLeases(run: SnapshotRun): Promise<void> {
+  await CancellationScope.nonCancellable(() =>
+    Promise.all(
+      run.leasedHosts.map((h) =>
+        onHost(h).cleanup.releaseLocks.executeWithOptions(
+          { summary: onHostSummary('release leases of', run.domains(h), h) },
+          [{ owner: run.leaseOwner, domains: run.domains(h) }],
+        ),
+      ),
+    ),
+  ).catch((err) => log.warn('releasing VM leases failed; they expire by themselves', { error: errorMessage(err) }));
+}
+
+/**
+ * 3-4. The freeze window and the cross-host barrier: pause + snapshot on every host; a one-host group resumes on its
+ * host at once; with the update barrier, hosts resume the moment the last host has reported; above
+ * `updateBarrierMaxHosts` hosts (Temporal caps updates in flight per workflow) `thawVms` activities release them.
+ * Registers the compensation (resume, then undo) before the first host may pause.
+ */
+export async function freeze(run: SnapshotRun): Promise<void> {
+  const { hosts, snapshotId, input } = run;
+  const { maxFreezeMs, quiesce } = input;
+  const release = hosts.length === 1 ? 'local' : hosts.length <= input.updateBarrierMaxHosts ? 'barrier' : 'thaw';
+  run.freezeStartedOn = hosts;
+  run.compensations.push(() => undoFreeze(run));
+  const freezes = hosts.map((h) =>
+    onHost(h)
+      .freeze(maxFreezeMs)
+      .freezeVms.executeWithOptions(
+        {
+          summary: onHostSummary(
+            quiesce === 'none' ? 'pause + snapshot' : 'quiesce, pause + snapshot',
+            run.domains(h),
+            h,
+          ),
+        },
+        [{ snapshotId, vms: run.plans.get(h)!, maxFreezeMs, release, host: h, quiesce, leaseOwner: run.leaseOwner }],
+      )
+      .then((reports) => {
+        if (reports.some((r) => r.error)) run.barrier = 'abort';
+        run.freezeReports.set(h, reports);
+        for (const r of reports) {
+          const vm = run.vm(h, r.domain);
+          vm.pausedByUs = r.pausedByUs;
+          vm.quiesced = r.quiesced;
+          if (r.snapshotted) {
+            vm.outcome = 'snapshotted';
+            vm.disks = run.plans.get(h)!.find((p) => p.domain === r.domain)!.disks;
+          }
+          if (r.error) vm.error = r.error;
+          if (r.state) vm.state = r.state;
+          run.markVm(h, r.domain, r.error ? 'failed' : r.snapshotted ? 'snapshotted' : 'paused');
+          run.applyResume(h, r);
+        }
+        return reports;
+      })
+      .catch((err) => {
+        run.barrier = 'abort';
+        throw err;
+      }),
+  );
+  run.freezesSettled = Promise.allSettled(freezes);
+  const allFrozen = CancellationScope.nonCancellable(() => Promise.all(freezes));
+  // Awaited below on the success path; failures are also seen through freezesSettled by compensation.
+  allFrozen.catch(() => undefined);
+  const deadline = sleep(maxFreezeMs, { summary: `freeze deadline (${maxFreezeMs} ms)` }).then(
+    () => 'deadline' as const,
+  );
+  const barrierPassed =
+    release === 'barrier'
+      ? condition(() => run.frozenHosts.size === hosts.length || run.barrier === 'abort')
+      : allFrozen;
+  if ((await Promise.race([barrierPassed, deadline])) === 'deadline') {
+    run.barrier = 'abort';
+    throw ApplicationFailure.nonRetryable(
+      `freeze deadline of ${maxFreezeMs} ms passed before every VM was snapshotted`,
+      'FreezeDeadline',
+    );
+  }
+  if (run.barrier === 'waiting') run.barrier = 'release';
+  await allFrozen;
+  const failures = run.vmResults.filter((v) => v.error);
+  if (failures.length > 0) {
+    throw ApplicationFailure.nonRetryable(
+      failures.map((v) => `${v.domain}@${v.host}: ${v.error}`).join('; '),
+      'FreezeFailed',
+    );
+  }
+  if (release === 'thaw') await CancellationScope.nonCancellable(() => thawAll(run, run.freezeStartedOn));
+  // The cut: when the last VM's snapshot completed, on its host's clock.
+  const cutMs = Math.max(...[...run.freezeReports.values()].flat().map((r) => r.snapshottedAtMs ?? 0));
+  run.createdAt = new Date(cutMs).toISOString();
+  for (const v of run.vmResults) if (v.pausedByUs) run.markVm(v.host, v.domain, 'resumed');
+  const brokenCut = run.vmResults.filter((v) => v.resumedByGuard);
+  if (brokenCut.length > 0) {
+    throw ApplicationFailure.nonRetryable(
+      `the freeze deadline resumed ${brokenCut.map((v) => v.domain).join(', ')} before the group was released`,
+      'FreezeDeadline',
+    );
+  }
+  // A cancellation that arrived during the window is honoured now, with compensation.
+  if (CancellationScope.current().consideredCancelled) await CancellationScope.current().cancelRequested;
+}
+
+/** 5. Catalog on each VM and beside its images (after the VMs run again); each host checks the chains first. */
+export async function catalog(run: SnapshotRun): Promise<void> {
+  const { snapshotId, input } = run;
+  await Promise.all(
+    run.hosts.map((h) =>
+      onHost(h).cleanup.recordCatalog.executeWithOptions(
+        { summary: onHostSummary('record catalog of', run.domains(h), h) },
+        [
+          {
+            host: h,
+            entry: {
+              snapshotId,
+              group: input.group,
+              createdAt: run.createdAt!,
+              ...(input.label ? { label: input.label } : {}),
+            },
+            vms: run.plans.get(h)!.map((p) => ({ domain: p.domain, uuid: p.uuid, disks: p.disks })),
+            leaseOwner: run.leaseOwner,
+          },
+        ],
+      ),
+    ),
+  );
+}
+
+/** Runs the registered compensations newest first; a failing one is logged and the others still run. */
+export async function compensate(run: SnapshotRun): Promise<void> {
+  for (const step of [...run.compensations].reverse()) {
+    await step().catch((err) => log.error('compensation step failed', { error: errorMessage(err) }));
+  }
+}
+
+/** Resumes what this run paused on `hostIds` (a no-op for VMs already resumed), then thaws guest filesystems. */
+async function thawAll(run: SnapshotRun, hostIds: string[]): Promise<void> {
+  await Promise.all(
+    hostIds.map(async (h) => {
+      const quiesced = (run.freezeReports.get(h) ?? []).filter((r) => r.quiesced).map((r) => r.domain);
+      const out = await onHost(h).thaw.thawVms.executeWithOptions(
+        { summary: onHostSummary('resume', run.domains(h), h) },
+        [{ snapshotId: run.snapshotId, domains: run.domains(h), quiesced }],
+      );
+      for (const r of out) {
+        if (r.pausedByUs) {
+          // The journal knows even when the freeze report was lost with its worker.
+          run.vm(h, r.domain).pausedByUs = true;
+          run.applyResume(h, r);
+        }
+        if (r.state) run.vm(h, r.domain).state = r.state;
+      }
+    }),
+  );
+}
+
+/**
+ * The freeze's compensation, run even when the workflow is cancelled: resume at once, let every freeze activity
+ * finish (so no host pauses a VM after this), resume again, then undo every overlay this run created (and its
+ * catalog entries). Undo is asked for every planned VM of the host: it checks each disk's chain and only touches
+ * overlays of this run, so a host whose freeze report was lost is covered too.
+ */
+async function undoFreeze(run: SnapshotRun): Promise<void> {
+  await thawAll(run, run.freezeStartedOn).catch((err) => log.warn('thaw failed', { error: errorMessage(err) }));
+  await run.freezesSettled;
+  await thawAll(run, run.freezeStartedOn).catch((err) => log.error('thaw failed', { error: errorMessage(err) }));
+  await Promise.all(
+    run.freezeStartedOn.map(async (h) => {
+      const plans = run.plans.get(h)!;
+      let reports: UndoVmReport[];
+      try {
+        reports = await onHost(h).cleanup.undoSnapshots.executeWithOptions(
+          {
+            summary: onHostSummary(
+              'undo snapshot of',
+              plans.map((p) => p.domain),
+              h,
+            ),
+          },
+          [
+            {
+              snapshotId: run.snapshotId,
+              vms: plans.map((p) => ({ domain: p.domain, disks: p.disks })),
+              leaseOwner: run.leaseOwner,
+            },
+          ],
+        );
+      } catch (err) {
+        for (const p of plans) {
+          const vm = run.vm(h, p.domain);
+          vm.outcome = 'cleanup-pending';
+          vm.cleanupPending = p.disks.map((d) => d.overlay);
+          vm.error = `undo failed: ${errorMessage(err)}`;
+        }
+        return;
+      }
+      for (const r of reports) {
+        const vm = run.vm(h, r.domain);
+        vm.disks = plans.find((p) => p.domain === r.domain)!.disks;
+        if (r.error) {
+          vm.outcome = 'cleanup-pending';
+          vm.cleanupPending = r.cleanupPending;
+          vm.error = vm.error ? `${vm.error}; undo: ${r.error}` : `undo: ${r.error}`;
+        } else {
+          vm.outcome = r.hadSnapshot ? 'rolled-back' : 'not-snapshotted';
+        }
+        if (!r.hadSnapshot && !r.error) vm.disks = [];
+        run.markVm(h, r.domain, r.error ? 'failed' : r.hadSnapshot ? 'rolled-back' : 'resumed');
+      }
+    }),
+  );
+}
+
+function describePlanFailure(h: string, reason: unknown): { message: string; callerFixable: boolean } {
+  const cause = (reason as { cause?: unknown })?.cause;
+  if (cause instanceof ApplicationFailure && cause.type === BAD_INPUT)
+    return { message: cause.message, callerFixable: true };
+  if ((cause as { timeoutType?: number } | undefined)?.timeoutType !== undefined) {
+    return {
+      message: `no worker answered for host ${h} (is 'groupsnap worker --host ${h}' running?)`,
+      callerFixable: true,
+    };
+  }
+  return { message: `host ${h}: ${errorMessage(cause ?? reason)}`, callerFixable: false };
+}
