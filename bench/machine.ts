@@ -10,7 +10,10 @@ export interface MachineDescription {
   memoryGiB: number;
   /** 1, 5 and 15 minute load averages when the run started (absent in results recorded before it was added). */
   loadAvgAtStart?: number[];
-  /** `kvm`, or `qemu` (TCG) when KVM does not work here. */
+  /**
+   * `kvm`, or `qemu` (TCG) when KVM does not work here: what dev/vms.ts fleets run under (`guest` says what the
+   * workload guests run under).
+   */
   virtType: string;
   /** libvirt's version number (major * 1e6 + minor * 1e3 + micro). */
   libvirt: number;
