@@ -65,7 +65,7 @@ function heartbeat(details?: unknown): void {
 }
 
 /** Runs `fn`, heartbeating every second: merges and boots can take a while. */
-async function beating<T>(fn: () => Promise<T>): Promise<T> {
+export async function beating<T>(fn: () => Promise<T>): Promise<T> {
   heartbeat();
   const timer = setInterval(() => heartbeat(), 1000);
   try {

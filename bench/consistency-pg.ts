@@ -10,10 +10,13 @@
  * - `naive`: the data disk (with the root disk) and the WAL disk snapshotted one after the other, without pausing,
  *   `--gap-ms` apart (one-disk external snapshots through the hypervisor); every other one takes the WAL first.
  *
- * Then the load VM is stopped and every snapshot is restored as a throwaway clone (qcow2 overlays on the snapshot
- * images, `gs.mode=check`) and booted: the guest starts PostgreSQL (crash recovery), runs `pg_amcheck --all
- * --heapallindexed` and the pgbench invariant (sum of account, teller and branch balances each equal the sum of
- * history deltas) and prints one `GSPG-RESULT` line on its console, which is read here.
+ * Then the load VM is stopped and every snapshot is restored as a throwaway clone and booted, one at a time: a group
+ * snapshot through groupsnap's own restore (`restoreGroup`, mode `clone`, as users restore; the clone is removed
+ * with the host's `removeClone` activity), a naive one, which groupsnap never catalogued, by hand (qcow2 overlays
+ * on its images and a domain of the same shape). Each clone boots with `gs.mode=check`: the guest starts PostgreSQL
+ * (crash recovery), runs `pg_amcheck --all --heapallindexed` and the pgbench invariant (sum of account, teller and
+ * branch balances each equal the sum of history deltas) and prints one `GSPG-RESULT` line on its console, which is
+ * read here.
  *
  *   npm run build && node dist/bench/consistency-pg.js [--group 6] [--naive 6] [--interval-s 15] [--gap-ms 300]
  *       [--warmup-s 20] [--checkpoint-s 0] [--check-timeout-s 900] [--out <file.json>]
@@ -28,29 +31,49 @@
 import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { snapshotGroup, waitForHostWorkers } from '../client';
+import { restoreGroup, snapshotGroup, waitForHostWorkers } from '../client';
+import { removeClones, serialLogOf, type RestoreHost } from '../dev/consistency-restore';
 import { startDevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
 import { escapeXml } from '../hypervisor/domain-xml';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { createGroupsnapWorker } from '../worker/worker';
+import { describeMachine } from './machine';
+import { benchCommand, integer, integerList, parseBenchOptions } from './options';
 
 const run = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const TARGETS = ['vda', 'vdb', 'vdc'] as const;
 type Target = (typeof TARGETS)[number];
 const HOST = 'pg-host';
+const GROUP = 'consistency-pg';
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1] : fallback;
+interface PgBenchOptions {
+  group: number;
+  naive: number;
+  intervalS: number;
+  gapMs: number[];
+  warmupS: number;
+  checkpointS: number;
+  checkTimeoutS: number;
+  out?: string;
 }
+
+const command = benchCommand('consistency-pg', 'PostgreSQL (data and WAL on two disks) under pgbench: group vs naive')
+  .option('--group <n>', 'group snapshots (groupsnap)', integer(), 6)
+  .option('--naive <n>', 'naive snapshots (one disk after the other, no pause)', integer(), 6)
+  .option('--interval-s <s>', 'time between two snapshots', integer(), 15)
+  .option('--gap-ms <ms,...>', 'gaps between the disks of a naive snapshot, cycled through', integerList(), [300])
+  .option('--warmup-s <s>', 'load time before the first snapshot', integer(), 20)
+  .option('--checkpoint-s <s>', "also CHECKPOINT every S seconds (0: only PostgreSQL's own)", integer(), 0)
+  .option('--check-timeout-s <s>', "a restored clone's time to print its result", integer(1), 900)
+  .option('--out <file.json>', 'raw results (default: bench/results/consistency-pg-<date>.json)');
 
 interface PgImage {
   dir: string;
@@ -102,6 +125,8 @@ interface Snap {
   /** naive: pause between the two disks' snapshots. */
   gapMs?: number;
   at: string;
+  /** group: groupsnap's snapshot id, restored by it. */
+  snapshotId?: string;
   images?: Record<Target, string>;
   error?: string;
   snapshotMs: number;
@@ -172,7 +197,64 @@ async function waitForConsole(
   return false;
 }
 
-async function restoreAndCheck(
+/** Waits for a booted clone's check (`GSPG-END`) on its console and reads its result. */
+async function readCheck(
+  log: string,
+  t0: number,
+  timeoutMs: number,
+  alive: () => Promise<boolean>,
+): Promise<CheckResult> {
+  await waitForConsole(log, /GSPG-END/, timeoutMs, alive);
+  const text = readConsole(log);
+  const line = /GSPG-RESULT ([^\r\n]*)/.exec(text)?.[1];
+  const fields = line
+    ? Object.fromEntries(
+        line
+          .trim()
+          .split(/\s+/)
+          .map((kv) => kv.split('=', 2) as [string, string]),
+      )
+    : undefined;
+  const logLines = text
+    .split(/\r?\n/)
+    .filter((l) => l.startsWith('GSPG-LOG'))
+    .map((l) => l.slice(9));
+  if (!fields) logLines.push(...text.split(/\r?\n/).slice(-20));
+  return { fields, ok: fields?.ok === '1', bootToResultS: (performance.now() - t0) / 1000, log: logLines };
+}
+
+/**
+ * A group snapshot, restored as users restore it: `restoreGroup` (mode `clone`) defines and starts a clone of the VM
+ * on overlays of the snapshot's images; it is removed afterwards with the host's `removeClone` activity.
+ */
+async function restoreGroupSnapshot(
+  s: Snap,
+  o: { client: Client; vm: string; host: RestoreHost; timeoutMs: number },
+): Promise<CheckResult> {
+  const t0 = performance.now();
+  const r = await restoreGroup(o.client, {
+    group: GROUP,
+    snapshotId: s.snapshotId!,
+    mode: 'clone',
+    suffix: `-r${s.index + 1}`,
+  });
+  const made = r.vms.filter((v) => v.clone);
+  let log: string | undefined;
+  try {
+    if (r.status !== 'restored') throw new Error(`restore of ${s.snapshotId} failed: ${r.error}`);
+    const clone = made[0].clone!;
+    log = serialLogOf(await o.host.hypervisor.domainXml(clone));
+    if (!log) throw new Error(`clone ${clone} has no file-backed serial port`);
+    const alive = async () => (await o.host.hypervisor.state(clone)) !== 'shutoff';
+    return await readCheck(log, t0, o.timeoutMs, alive);
+  } finally {
+    await removeClones({ [HOST]: o.host }, made);
+    if (log) await rm(log, { force: true });
+  }
+}
+
+/** A naive snapshot (never catalogued by groupsnap): a clone made by hand, overlays on its images. */
+async function restoreNaive(
   s: Snap,
   image: PgImage,
   domains: Domains,
@@ -186,23 +268,7 @@ async function restoreAndCheck(
   const t0 = performance.now();
   try {
     await domains.start(domainXml(name, image, files, 'check', log), name);
-    await waitForConsole(log, /GSPG-END/, timeoutMs, () => domains.running(name));
-    const text = readConsole(log);
-    const line = /GSPG-RESULT ([^\r\n]*)/.exec(text)?.[1];
-    const fields = line
-      ? Object.fromEntries(
-          line
-            .trim()
-            .split(/\s+/)
-            .map((kv) => kv.split('=', 2) as [string, string]),
-        )
-      : undefined;
-    const logLines = text
-      .split(/\r?\n/)
-      .filter((l) => l.startsWith('GSPG-LOG'))
-      .map((l) => l.slice(9));
-    if (!fields) logLines.push(...text.split(/\r?\n/).slice(-20));
-    return { fields, ok: fields?.ok === '1', bootToResultS: (performance.now() - t0) / 1000, log: logLines };
+    return await readCheck(log, t0, timeoutMs, () => domains.running(name));
   } finally {
     await domains.remove(name);
     await rm(log, { force: true });
@@ -212,24 +278,12 @@ async function restoreAndCheck(
 
 async function main(): Promise<void> {
   Runtime.install({ logger: new DefaultLogger('ERROR') });
-  const groupCount = Number(arg('group', '6'));
-  const naiveCount = Number(arg('naive', '6'));
-  const intervalS = Number(arg('interval-s', '15'));
-  const gaps = arg('gap-ms', '300').split(',').map(Number);
-  const warmupS = Number(arg('warmup-s', '20'));
-  const checkTimeoutS = Number(arg('check-timeout-s', '900'));
-  const checkpointS = Number(arg('checkpoint-s', '0'));
-  const machine = {
-    cores: cpus().length,
-    cpu: cpus()[0]?.model ?? 'unknown',
-    memoryGiB: Math.round(totalmem() / 2 ** 30),
-    loadAvgAtStart: loadavg().map((x) => Number(x.toFixed(2))),
-    guest: 'TCG, 1 vCPU, 512 MiB, Debian 12 + PostgreSQL 15 (scripts/build-guest-pg.sh)',
-    libvirt: libvirt.libvirtVersion(),
-    node: process.version,
-    date: new Date().toISOString(),
-  };
-  console.error(`machine: ${JSON.stringify(machine)}`);
+  const opts = parseBenchOptions<PgBenchOptions>(command);
+  const { intervalS, warmupS, checkTimeoutS, checkpointS } = opts;
+  const groupCount = opts.group;
+  const naiveCount = opts.naive;
+  const gaps = opts.gapMs;
+  const machine = describeMachine('TCG, 1 vCPU, 512 MiB, Debian 12 + PostgreSQL 15 (scripts/build-guest-pg.sh)');
   const t0 = performance.now();
   const image = await ensurePgImage();
   console.error(`guest image: ${image.dir}\n${image.versions}`);
@@ -286,8 +340,9 @@ async function main(): Promise<void> {
       snap.at = new Date().toISOString();
       try {
         if (mode === 'group') {
-          const r = await snapshotGroup(client, { group: 'consistency-pg', vms: [{ domain: vm, host: HOST }] });
+          const r = await snapshotGroup(client, { group: GROUP, vms: [{ domain: vm, host: HOST }] });
           if (r.status !== 'completed') throw new Error(r.error ?? `snapshot ${r.status}`);
+          snap.snapshotId = r.snapshotId;
           snap.images = Object.fromEntries(r.vms[0].disks.map((d) => [d.target, d.image])) as Record<Target, string>;
           snap.freezeMs = r.vms[0].freezeMs;
         } else {
@@ -321,11 +376,19 @@ async function main(): Promise<void> {
     }
     loadS = (performance.now() - tLoad) / 1000;
     loadConsole = readConsole(loadLog);
-    await domains.remove(vm);
+    // The load VM stays defined (restoreGroup clones its definition), powered off and switched to check mode: the
+    // kernel command line is the guest's only switch between its two roles, and a clone inherits it.
+    await hypervisor.destroy(vm);
+    const loadXml = await hypervisor.domainXml(vm);
+    await hypervisor.defineDomain(loadXml.replace(/gs\.mode=load( gs\.checkpoint=\d+)?/, 'gs.mode=check'));
 
-    // Restore every snapshot, one at a time (the load VM is gone; each clone boots alone).
+    // Restore every snapshot, one at a time (the load VM is off; each clone boots alone).
+    const restoreHost: RestoreHost = { hypervisor, stateDir };
     for (const s of snaps.filter((x) => x.images)) {
-      s.result = await restoreAndCheck(s, image, domains, dir, checkTimeoutS * 1000);
+      s.result =
+        s.mode === 'group'
+          ? await restoreGroupSnapshot(s, { client, vm, host: restoreHost, timeoutMs: checkTimeoutS * 1000 })
+          : await restoreNaive(s, image, domains, dir, checkTimeoutS * 1000);
       const f = s.result.fields;
       console.error(
         `  restore ${s.mode}${s.order ? ` (${s.order}, gap ${s.gapMs} ms)` : ''} #${s.index + 1}: ` +
@@ -404,7 +467,7 @@ async function main(): Promise<void> {
     `\ninterval ${intervalS} s, naive gaps ${gaps.join(', ')} ms, forced checkpoint every ${checkpointS || '-'} s, load ${loadS.toFixed(0)} s (pgbench tps per round: ` +
       `${rounds.join(', ') || 'none finished'}), elapsed ${elapsedS.toFixed(0)} s`,
   );
-  const out = arg('out', join(REPO_ROOT, 'bench', 'results', `consistency-pg-${machine.date.slice(0, 10)}.json`));
+  const out = opts.out ?? join(REPO_ROOT, 'bench', 'results', `consistency-pg-${machine.date.slice(0, 10)}.json`);
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(
     out,

@@ -17,9 +17,8 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import * as libvirt from '@groupsnap/libvirt';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { waitForHostWorkers } from '../client';
@@ -38,11 +37,31 @@ import { startDevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { createGroupsnapWorker } from '../worker/worker';
+import { describeMachine } from './machine';
+import { benchCommand, integer, nameList, parseBenchOptions } from './options';
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1] : fallback;
+interface ConsistencyBenchOptions {
+  group: number;
+  naive: number;
+  modes: SnapshotMode[];
+  batch: number;
+  hosts: number;
+  gapMs: number;
+  restore: number;
+  restoreNaive: number;
+  out?: string;
 }
+
+const command = benchCommand('consistency', 'crash consistency of group vs naive snapshots under a running workload')
+  .option('--group <n>', 'group snapshots (groupsnap)', integer(), 200)
+  .option('--naive <n>', 'snapshots per naive mode', integer(), 50)
+  .option('--modes <mode,...>', 'snapshot modes to run', nameList(SNAPSHOT_MODES), [...SNAPSHOT_MODES])
+  .option('--batch <n>', 'snapshots per workload pair (then a fresh pair starts)', integer(1), 50)
+  .option('--hosts <n>', 'the writer and the acker under one host worker (1) or two (2)', integer(1, 2), 2)
+  .option('--gap-ms <ms>', 'pause between the parts of a naive snapshot', integer(), 0)
+  .option('--restore <n>', 'group snapshots restored as clones and checked from inside', integer(), 0)
+  .option('--restore-naive <n>', 'violating naive-vm cuts restored and checked from inside', integer(), 0)
+  .option('--out <file.json>', 'raw per-cut results (default: bench/results/consistency-<date>.json)');
 
 function merge(into: ModeSummary | undefined, s: ModeSummary): ModeSummary {
   if (!into) return s;
@@ -60,28 +79,13 @@ function merge(into: ModeSummary | undefined, s: ModeSummary): ModeSummary {
 
 async function main(): Promise<void> {
   Runtime.install({ logger: new DefaultLogger('ERROR') });
-  const groupCount = Number(arg('group', '200'));
-  const naiveCount = Number(arg('naive', '50'));
-  const modes = arg('modes', SNAPSHOT_MODES.join(',')).split(',') as SnapshotMode[];
-  const batch = Number(arg('batch', '50'));
-  const hostCount = Number(arg('hosts', '2'));
-  const gapMs = Number(arg('gap-ms', '0'));
-  const restoreCounts: Partial<Record<SnapshotMode, number>> = {
-    group: Number(arg('restore', '0')),
-    'naive-vm': Number(arg('restore-naive', '0')),
-  };
-  for (const m of modes) if (!SNAPSHOT_MODES.includes(m)) throw new Error(`unknown mode ${m}`);
-  const machine = {
-    cores: cpus().length,
-    cpu: cpus()[0]?.model ?? 'unknown',
-    memoryGiB: Math.round(totalmem() / 2 ** 30),
-    loadAvgAtStart: loadavg().map((x) => Number(x.toFixed(2))),
-    guests: 'TCG, 1 vCPU, 96 MiB, Debian cloud kernel + busybox-static initramfs',
-    libvirt: libvirt.libvirtVersion(),
-    node: process.version,
-    date: new Date().toISOString(),
-  };
-  console.error(`machine: ${JSON.stringify(machine)}`);
+  const opts = parseBenchOptions<ConsistencyBenchOptions>(command);
+  const { batch, modes, gapMs } = opts;
+  const groupCount = opts.group;
+  const naiveCount = opts.naive;
+  const hostCount = opts.hosts;
+  const restoreCounts: Partial<Record<SnapshotMode, number>> = { group: opts.restore, 'naive-vm': opts.restoreNaive };
+  const machine = describeMachine('TCG, 1 vCPU, 96 MiB, Debian cloud kernel + busybox-static initramfs');
   const t0 = performance.now();
 
   const server = await startDevServer({});
@@ -222,7 +226,7 @@ async function main(): Promise<void> {
     );
   }
   console.log(`\nhosts: ${hostCount}, batch: ${batch}, gap: ${gapMs} ms, elapsed: ${elapsedS.toFixed(0)} s`);
-  const out = arg('out', join(REPO_ROOT, 'bench', 'results', `consistency-${machine.date.slice(0, 10)}.json`));
+  const out = opts.out ?? join(REPO_ROOT, 'bench', 'results', `consistency-${machine.date.slice(0, 10)}.json`);
   mkdirSync(dirname(out), { recursive: true });
   const compact = Object.fromEntries(
     Object.entries(summaries).map(([mode, s]) => [

@@ -8,7 +8,6 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, hostname, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
@@ -18,27 +17,33 @@ import { nowMs } from '../activities/clock';
 import { snapshotGroup, waitForHostWorkers } from '../client';
 import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
-import { virtType, VmFleet } from '../dev/vms';
+import { VmFleet } from '../dev/vms';
 import { FakeHypervisor } from '../hypervisor/fake-hypervisor';
 import { parseDomainXml } from '../hypervisor/domain-xml';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { createGroupsnapWorker, type GroupsnapWorker } from '../worker/worker';
+import { describeMachine } from './machine';
+import { benchCommand, integer, integerList, parseBenchOptions } from './options';
 import { renderReport, type BenchResults, type Sample } from './report';
 
 const run = promisify(execFile);
 
-function listArg(name: string, fallback: number[]): number[] {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1].split(',').map(Number) : fallback;
+interface FreezeBenchOptions {
+  sizes: number[];
+  rounds: number;
+  hosts: number[];
+  depth: number;
+  big: boolean;
+  out: string;
 }
-function strArg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : fallback;
-}
-function numArg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
-}
+
+const command = benchCommand('freeze', 'freeze per VM: groupsnap vs the libvirt floor vs a virsh script')
+  .option('--sizes <n,...>', 'group sizes (VMs)', integerList(1), [1, 2, 4, 8, 16])
+  .option('--rounds <n>', 'rounds per configuration', integer(1), 10)
+  .option('--hosts <n,...>', 'simulated host counts', integerList(1), [1, 2, 4, 8, 16, 32, 64])
+  .option('--depth <n>', 'chain depth reached by snapshot after snapshot', integer(1), 30)
+  .option('--no-big', 'leave out the disk-size comparison (1 GiB vs 32 GiB disks)')
+  .option('--out <dir>', 'where bench/results/ and BENCHMARKS.md are written', REPO_ROOT);
 
 type Contender = 'groupsnap' | 'floor' | 'naive';
 
@@ -312,22 +317,11 @@ async function simulatedHosts(
 
 async function main(): Promise<void> {
   Runtime.install({ logger: new DefaultLogger('ERROR') });
-  const sizes = listArg('sizes', [1, 2, 4, 8, 16]);
-  const rounds = numArg('rounds', 10);
-  const hostCounts = listArg('hosts', [1, 2, 4, 8, 16, 32, 64]);
-  const depth = numArg('depth', 30);
-  const bigDisks = !process.argv.includes('--no-big');
-  const machine = {
-    hostname: hostname(),
-    cores: cpus().length,
-    cpu: cpus()[0]?.model ?? 'unknown',
-    memoryGiB: Math.round(totalmem() / 2 ** 30),
-    virtType: virtType(),
-    libvirt: libvirt.libvirtVersion(),
-    node: process.version,
-    date: new Date().toISOString(),
-  };
-  console.error(`machine: ${JSON.stringify(machine)}`);
+  const opts = parseBenchOptions<FreezeBenchOptions>(command);
+  const { sizes, rounds, depth } = opts;
+  const hostCounts = opts.hosts;
+  const bigDisks = opts.big;
+  const machine = describeMachine();
   // Lets the simulated-host runs use the update barrier at every group size.
   const server = await startDevServer({ dynamicConfig: { 'history.maxInFlightUpdates': 1000 } });
   const connection = await Connection.connect({ address: server.address });
@@ -416,7 +410,7 @@ async function main(): Promise<void> {
     await server.stop();
   }
   const results: BenchResults = { machine, rounds, samples: bench.samples };
-  const outRoot = strArg('out', REPO_ROOT);
+  const outRoot = opts.out;
   const dir = join(outRoot, 'bench', 'results');
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `${machine.date.slice(0, 10)}-${machine.hostname}.json`);

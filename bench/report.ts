@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { REPO_ROOT } from '../dev/tools';
+import type { MachineDescription } from './machine';
 
 export interface Sample {
   config: string;
@@ -24,7 +25,7 @@ export interface Sample {
 }
 
 export interface BenchResults {
-  machine: Record<string, string | number>;
+  machine: MachineDescription;
   rounds: number;
   samples: Sample[];
 }

@@ -4,7 +4,6 @@ import { defaults } from '../common/config';
 import { DEFAULT_MAX_FREEZE_MS } from '../common/names';
 import type { QuiesceMode, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
-import { demoCommand } from './demo';
 import {
   groupCreate,
   groupDelete,
@@ -294,14 +293,6 @@ program
   .option('--libvirt-uri <uri>', 'libvirt URI (default: GROUPSNAP_LIBVIRT_URI or qemu:///system)')
   .option('--json', 'print JSON')
   .action(catalogCommand);
-
-program
-  .command('demo')
-  .description('start a local Temporal dev server and worker, create demo VMs, take a group snapshot')
-  .option('--vms <n>', 'number of demo VMs', parseInteger, 3)
-  .option('--keep', 'keep the server, worker and VMs until Ctrl-C (default when run on a terminal)')
-  .option('--no-keep', 'clean up and exit after the snapshot')
-  .action(demoCommand);
 
 program.parseAsync(process.argv).catch((err) => {
   console.error(`groupsnap: ${err instanceof Error ? err.message : String(err)}`);

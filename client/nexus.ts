@@ -6,7 +6,7 @@
  * Pure (no Node APIs): a caller's workflow imports it to build its Nexus client,
  *
  *   import { createNexusServiceClient } from '@temporalio/workflow';
- *   import { groupsnapNexusService } from 'groupsnap/dist/client/nexus';
+ *   import { groupsnapNexusService } from 'groupsnap/nexus';
  *   const groupsnap = createNexusServiceClient({ endpoint: 'groupsnap', service: groupsnapNexusService });
  *   const run = await groupsnap.executeOperation('snapshotGroup', { group: 'shop', label: 'pre-migration' });
  *
@@ -21,6 +21,8 @@
 import * as nexus from 'nexus-rpc';
 import type { GroupRunResult, GroupSnapshotListing, RestoreInput, RestoreResult } from '../common/groups';
 import type { QuiesceMode } from '../common/types';
+
+export type { GroupRunResult, GroupSnapshotListing, RestoreInput, RestoreResult };
 
 /** Name of groupsnap's Nexus service (the endpoint is named by whoever creates it). */
 export const GROUPSNAP_NEXUS_SERVICE = 'groupsnap';

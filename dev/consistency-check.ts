@@ -24,7 +24,7 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { DEFAULT_RING, type WorkloadRole } from './guest';
+import { DEFAULT_RING, type WorkloadRole } from './workload';
 
 const run = promisify(execFile);
 

@@ -19,13 +19,11 @@ import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
 import { escapeXml } from '../hypervisor/domain-xml';
 import { REPO_ROOT } from './tools';
+import { DEFAULT_RING, type WorkloadRole } from './workload';
 
 const run = promisify(execFile);
 
-export type WorkloadRole = 'writer' | 'acker' | 'solo';
-
-/** Records live at sectors 1..RING of each disk (the guest's `gs.ring`); sector 0 is the header. */
-export const DEFAULT_RING = 60_000;
+export { DEFAULT_RING, type WorkloadRole };
 
 export interface GuestImage {
   dir: string;

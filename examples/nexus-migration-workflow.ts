@@ -9,11 +9,10 @@
  *
  * This file is workflow code (bundled into the caller team's worker); the migration itself is their activity,
  * implementing {@link MigrationActivities}. Outside this repository, import the contract from
- * 'groupsnap/dist/client/nexus' (pure: no Node APIs, so workflow code can import it).
+ * 'groupsnap/nexus' (pure: no Node APIs, so workflow code can import it).
  */
 import { createNexusServiceClient, log, proxyActivities } from '@temporalio/workflow';
-import { groupsnapNexusService } from '../client/nexus';
-import type { GroupRunResult, RestoreResult } from '../common/groups';
+import { groupsnapNexusService, type GroupRunResult, type RestoreResult } from '../client/nexus';
 
 /** The caller team's activities. */
 export interface MigrationActivities {

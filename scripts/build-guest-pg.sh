@@ -9,8 +9,9 @@
 #   wal.qcow2    ext4 (1 GiB) holding /pg/wal/pg_wal
 #
 # Needs root (debootstrap, chroot). Installs debootstrap when missing. Idempotent and cached under
-# $GROUPSNAP_STATE_DIR/guest-pg/<key>/ (key: kernel build + hash of this script and the guest init); prints that
-# directory on stdout, progress on stderr. A first build takes some minutes (debootstrap of about 150 packages).
+# $GROUPSNAP_STATE_DIR/guest-pg/<key>/ (key: kernel build + hash of this script, the guest init and
+# scripts/lib/guest-build.sh, whose locking, packing and module list it shares with scripts/build-guest.sh); prints
+# that directory on stdout, progress on stderr. A first build takes some minutes (debootstrap of about 150 packages).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE_DIR="${GROUPSNAP_STATE_DIR:-/var/lib/groupsnap}"
@@ -18,23 +19,18 @@ PG_DIR="$STATE_DIR/guest-pg"
 INIT="$ROOT/scripts/guest-pg-init.sh"
 MIRROR="${GROUPSNAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
-log() { printf 'build-guest-pg: %s\n' "$*" >&2; }
-die() { printf 'build-guest-pg: error: %s\n' "$*" >&2; exit 1; }
+GUEST_BUILDER=build-guest-pg
+# shellcheck source=lib/guest-build.sh
+source "$ROOT/scripts/lib/guest-build.sh"
 
 KERNEL_DIR="$(bash "$ROOT/scripts/build-guest.sh")"
 [ -f "$KERNEL_DIR/vmlinuz" ] || die "scripts/build-guest.sh gave no kernel"
-mkdir -p "$PG_DIR"
-exec 9>"$PG_DIR/.lock"
-flock 9
+guest_lock "$PG_DIR"
 
-hash="$(cat "$INIT" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
+hash="$(guest_key_hash "$INIT" "${BASH_SOURCE[0]}")"
 key="$(basename "$KERNEL_DIR" | cut -d_ -f1-2)_pg15_$hash"
 OUT="$PG_DIR/$key"
-if [ -f "$OUT/wal.qcow2" ]; then
-  log "cached: $OUT"
-  printf '%s\n' "$OUT"
-  exit 0
-fi
+guest_cached "$OUT" wal.qcow2
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot)"
 if ! command -v debootstrap >/dev/null; then
   log "installing debootstrap"
@@ -103,7 +99,7 @@ mkimg "$root/pg/wal" 1G wal
 rm -rf "$root/pg/data"/* "$root/pg/wal"/*
 mkimg "$root" 2G root
 
-# The initramfs: scripts/build-guest.sh's (busybox, virtio modules) with a switch_root /init.
+# The initramfs: scripts/build-guest.sh's (busybox, virtio modules and their load order) with a switch_root /init.
 mkdir -p "$work/initrd"
 (cd "$work/initrd" && gzip -dc "$KERNEL_DIR/initrd.img" | cpio -id --quiet)
 cat >"$work/initrd/init" <<'INIT'
@@ -114,7 +110,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+for m in $(cat /lib/modules/load-order); do
   insmod "/lib/modules/$m.ko" || echo "gs: insmod $m failed"
 done
 i=0
@@ -130,17 +126,13 @@ mount --move /dev /newroot/dev
 exec switch_root /newroot /sbin/gs-pg-init
 INIT
 chmod 0755 "$work/initrd/init"
-find "$work/initrd" -exec touch -h -d @0 {} +
-(cd "$work/initrd" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 --reproducible) | gzip -9n \
-  >"$work/out/initrd.img"
+guest_pack_initramfs "$work/initrd" "$work/out/initrd.img"
 cp "$KERNEL_DIR/vmlinuz" "$work/out/vmlinuz"
 {
   cat "$KERNEL_DIR/VERSIONS"
   chroot "$root" dpkg-query -W postgresql-15 postgresql-client-15 libc6
   printf 'guest-pg init+builder sha256 %s\n' "$hash"
 } >"$work/out/VERSIONS"
-rm -rf "$OUT"
-mv "$work/out" "$OUT"
-find "$PG_DIR" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name debs ! -name '.build.*' -mmin +1440 -exec rm -rf {} +
+guest_publish "$work/out" "$OUT"
 log "built $OUT ($(du -sh "$OUT" | cut -f1))"
 printf '%s\n' "$OUT"

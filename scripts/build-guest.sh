@@ -4,7 +4,8 @@
 # busybox-static, the kernel's virtio modules and scripts/guest-init.sh as /init.
 #
 # Idempotent and cached: the result lives in $GROUPSNAP_STATE_DIR/guest/<key>/{vmlinuz,initrd.img}, where the key
-# names the package versions and hashes the init script and this builder; a second run only prints the directory.
+# names the package versions and hashes the init script, this builder and scripts/lib/guest-build.sh (module list,
+# locking, packing, shared with scripts/build-guest-pg.sh); a second run only prints the directory.
 # Prints that directory on stdout (progress goes to stderr).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,14 +13,11 @@ STATE_DIR="${GROUPSNAP_STATE_DIR:-/var/lib/groupsnap}"
 GUEST_DIR="$STATE_DIR/guest"
 INIT="$ROOT/scripts/guest-init.sh"
 KERNEL_META="${GROUPSNAP_GUEST_KERNEL:-linux-image-cloud-amd64}"
-MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk)
+GUEST_BUILDER=build-guest
+# shellcheck source=lib/guest-build.sh
+source "$ROOT/scripts/lib/guest-build.sh"
 
-log() { printf 'build-guest: %s\n' "$*" >&2; }
-die() { printf 'build-guest: error: %s\n' "$*" >&2; exit 1; }
-
-mkdir -p "$GUEST_DIR"
-exec 9>"$GUEST_DIR/.lock"
-flock 9 # one build at a time; a waiting run then finds the cache
+guest_lock "$GUEST_DIR"
 
 candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
 
@@ -36,14 +34,10 @@ KERNEL_PKG="$(apt-cache depends --important "$KERNEL_META" 2>/dev/null | awk '/D
 KERNEL_VER="$(candidate "$KERNEL_PKG")"
 for v in "$KERNEL_VER" "$BUSYBOX_VER"; do [ -n "$v" ] && [ "$v" != "(none)" ] || die "no candidate version"; done
 
-hash="$(cat "$INIT" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
+hash="$(guest_key_hash "$INIT" "${BASH_SOURCE[0]}")"
 key="$(printf '%s_%s_busybox-static_%s_%s' "$KERNEL_PKG" "$KERNEL_VER" "$BUSYBOX_VER" "$hash" | tr ':~+' '---')"
 OUT="$GUEST_DIR/$key"
-if [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initrd.img" ]; then
-  log "cached: $OUT"
-  printf '%s\n' "$OUT"
-  exit 0
-fi
+[ -f "$OUT/vmlinuz" ] && guest_cached "$OUT" initrd.img
 
 if ! command -v cpio >/dev/null; then
   [ "$(id -u)" = 0 ] || die "cpio is missing; install it (apt-get install cpio)"
@@ -82,25 +76,17 @@ mkdir -p "$root"/{bin,dev,proc,sys,lib/modules}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 install -m 0755 "$INIT" "$root/init"
-for m in "${MODULES[@]}"; do
-  ko="$(find "$work/kernel/lib/modules" -name "$m.ko" | head -n 1)"
-  [ -n "$ko" ] || die "module $m.ko not found in $KERNEL_PKG"
-  cp "$ko" "$root/lib/modules/"
-done
+guest_copy_modules "$work/kernel" "$root/lib/modules"
 # The kernel opens /dev/console before running /init (devtmpfs is mounted only by /init itself).
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || log "no mknod: /init reopens /dev/console itself"
 
 mkdir -p "$work/out"
 cp "$(find "$work/kernel/boot" -name 'vmlinuz-*' | head -n 1)" "$work/out/vmlinuz"
-# Same inputs, same bytes: fixed file times, sorted entries, no name or time in the gzip header.
-find "$root" -exec touch -h -d @0 {} +
-(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 --reproducible) | gzip -9n >"$work/out/initrd.img"
+guest_pack_initramfs "$root" "$work/out/initrd.img"
 printf 'kernel %s %s\nbusybox-static %s\ninit+builder sha256 %s\n' "$KERNEL_PKG" "$KERNEL_VER" "$BUSYBOX_VER" \
   "$hash" >"$work/out/VERSIONS"
-rm -rf "$OUT"
-mv "$work/out" "$OUT"
-# Older packages are no longer needed; older builds (another checkout may still boot one) after a day.
-find "$GUEST_DIR" -mindepth 1 -maxdepth 1 -type d ! -name debs ! -name "$key" -mmin +1440 -exec rm -rf {} +
+guest_publish "$work/out" "$OUT"
+# Older packages are no longer needed.
 find "$DEBS" -maxdepth 1 -name '*.deb' ! -samefile "$kernel_deb" ! -samefile "$busybox_deb" -delete
 log "built $OUT ($(du -h "$OUT/initrd.img" | cut -f1) initramfs)"
 printf '%s\n' "$OUT"

@@ -32,7 +32,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+# The virtio modules, in the order scripts/lib/guest-build.sh put them in.
+for m in $(cat /lib/modules/load-order); do
   insmod "/lib/modules/$m.ko" || echo "gs: insmod $m failed"
 done
 

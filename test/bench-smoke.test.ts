@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import { REPO_ROOT } from '../dev/tools';
 
 const exec = promisify(execFile);
+const bench = (name: string) => join(REPO_ROOT, `dist/bench/${name}.js`);
 
 /** The benchmark is not a test; this only keeps it runnable (one round of the smallest configurations). */
 describe('npm run bench (smoke)', () => {
@@ -14,16 +15,49 @@ describe('npm run bench (smoke)', () => {
     const out = await mkdtemp(join(tmpdir(), 'groupsnap-bench-smoke-'));
     try {
       await exec(process.execPath, [
-        join(REPO_ROOT, 'dist/bench/freeze.js'),
+        bench('freeze'),
         ...['--sizes', '1,2', '--rounds', '1', '--hosts', '1,2', '--depth', '2', '--no-big', '--out', out],
       ]);
       const report = readFileSync(join(out, 'BENCHMARKS.md'), 'utf8');
       for (const c of ['groupsnap', 'floor', 'naive'])
         expect(report).toMatch(new RegExp(`\\| 2 \\| ${c} \\| \\d+\\.\\d`));
       expect(report).toMatch(/## Simulated hosts/);
+      expect(report).toMatch(/\d+ cores \(.*\), \d+ GiB, VMs under \*\*(KVM|TCG)\*\*/);
       expect(existsSync(join(out, 'bench', 'freeze-vs-size.svg'))).toBe(true);
     } finally {
       await rm(out, { recursive: true, force: true });
+    }
+  });
+});
+
+/** One command line for every benchmark (bench/options.ts): documented options, bad input refused up front. */
+describe.each([
+  ['freeze', ['--sizes', '--rounds', '--hosts', '--depth', '--no-big', '--out'], ['--rounds', '0']],
+  [
+    'consistency',
+    ['--group', '--naive', '--modes', '--batch', '--hosts', '--restore', '--out'],
+    ['--modes', 'group,x'],
+  ],
+  [
+    'consistency-pg',
+    ['--group', '--naive', '--interval-s', '--gap-ms', '--checkpoint-s', '--out'],
+    ['--gap-ms', '3,x'],
+  ],
+])('node dist/bench/%s.js', (name, options, badArgs) => {
+  it('lists its options with --help', async () => {
+    const { stdout } = await exec(process.execPath, [bench(name), '--help']);
+    for (const o of options) expect(stdout).toContain(o);
+  });
+
+  it('exits 2 on a bad value or an unknown option, saying which, before starting anything', async () => {
+    for (const args of [badArgs, ['--bogus']]) {
+      const err = await exec(process.execPath, [bench(name), ...args]).then(
+        () => undefined,
+        (e: { code: number; stderr: string; stdout: string }) => e,
+      );
+      expect(err).toMatchObject({ code: 2, stdout: '' });
+      expect(err!.stderr).toMatch(args[0] === '--bogus' ? /unknown option '--bogus'/ : /argument '.*' is invalid/);
+      expect(err!.stderr).not.toMatch(/machine:/);
     }
   });
 });

@@ -1,14 +1,17 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { join } from 'node:path';
 import * as libvirt from '@groupsnap/libvirt';
-import { CLI } from './helpers/worker-process';
+import { REPO_ROOT } from '../dev/tools';
 
 const exec = promisify(execFile);
 
-/** The README's main job (`npm start` runs `groupsnap demo`), end to end, cleaning up after itself. */
-describe('groupsnap demo (the main job)', () => {
+/** The README's main job (`npm start` runs dev/demo.ts, built), end to end, cleaning up after itself. */
+describe('npm start (the main job)', () => {
   it('snapshots the demo VMs, snapshots the tag group by name, restores it as clones, and leaves no VM behind', async () => {
-    const { stdout } = await exec(process.execPath, [CLI, 'demo', '--no-keep', '--vms', '2'], { timeout: 240_000 });
+    const { stdout } = await exec(process.execPath, [join(REPO_ROOT, 'dist/dev/demo.js'), '--no-keep', '--vms', '2'], {
+      timeout: 240_000,
+    });
     expect(stdout).toMatch(/Completed group snapshot gs-\S+ of demo/);
     expect(stdout).toMatch(
       /Snapshot of group demo-db by name: gs-\S+ completed, members groupsnap-demo-\S+-1, groupsnap-demo-\S+-2/,

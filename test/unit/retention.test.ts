@@ -6,8 +6,8 @@ import {
   type RetentionCandidate,
   type RetentionPlan,
   type RetentionPolicy,
-} from '../common/retention';
-import { badInput } from './helpers/bad-input';
+} from '../../common/retention';
+import { badInput } from '../helpers/bad-input';
 
 const pad = (n: number): string => String(n).padStart(2, '0');
 

@@ -11,8 +11,8 @@ import {
   scheduleIdFor,
   validateCron,
   validateTimezone,
-} from '../common/schedule-spec';
-import { badInput } from './helpers/bad-input';
+} from '../../common/schedule-spec';
+import { badInput } from '../helpers/bad-input';
 
 describe('validateCron', () => {
   test.each([

@@ -1,4 +1,4 @@
-import type { GroupSnapshotResult, SnapshotProgress } from '../common/types';
+import type { GroupSnapshotResult, SnapshotProgress } from '../../common/types';
 import {
   markdownTable,
   onHostSummary,
@@ -7,7 +7,7 @@ import {
   snapshotDetails,
   snapshotSummary,
   truncate,
-} from '../workflows/ui';
+} from '../../workflows/ui';
 
 /** The Markdown groupsnap hands to the Temporal UI (the browser test checks how the UI shows it). */
 describe('Temporal UI texts', () => {

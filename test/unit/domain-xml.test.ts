@@ -1,4 +1,4 @@
-import { parseDomainXml } from '../hypervisor/domain-xml';
+import { parseDomainXml } from '../../hypervisor/domain-xml';
 
 describe('parseDomainXml', () => {
   it('reads a disk whose backing chain is hundreds of layers deep (one nested <backingStore> per layer)', () => {

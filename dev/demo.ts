@@ -3,6 +3,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
+import { Command } from 'commander';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import * as libvirt from '@groupsnap/libvirt';
 import {
@@ -14,14 +15,16 @@ import {
   tagVm,
   waitForHostWorkers,
 } from '../client';
+import { formatResult } from '../cli/format';
+import { parseInteger } from '../cli/parse';
 import { defaults } from '../common/config';
-import { freePort } from '../dev/free-port';
-import { startDevServer } from '../dev/temporal-dev-server';
-import { VmFleet, virtType } from '../dev/vms';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { ensureGuard, runningGuardPid } from '../worker/guard';
 import { createGroupsnapWorker } from '../worker/worker';
-import { formatResult } from './format';
+import { freePort } from './free-port';
+import { startDevServer } from './temporal-dev-server';
+import { REPO_ROOT } from './tools';
+import { VmFleet, virtType } from './vms';
 
 /** `preferred` when it is free (so the usual localhost:7233 / :8233 work), else any free port. */
 async function portOr(preferred: number): Promise<number> {
@@ -33,10 +36,10 @@ async function portOr(preferred: number): Promise<number> {
 }
 
 /**
- * The README's main job: a local Temporal dev server (UI on), a worker for this host, demo VMs, and one real
+ * `npm start`, the README's main job (dev tooling, not part of the shipped `groupsnap` command): a local Temporal dev server (UI on), a worker for this host, demo VMs, and one real
  * group snapshot of them, printed. Everything is torn down at the end (after Ctrl-C with --keep).
  */
-export async function demoCommand(opts: { vms: number; keep?: boolean }): Promise<void> {
+export async function demo(opts: { vms: number; keep?: boolean }): Promise<void> {
   Runtime.install({ logger: new DefaultLogger('ERROR') });
   const keep = opts.keep ?? Boolean(process.stdout.isTTY);
   const port = await portOr(7233);
@@ -55,7 +58,8 @@ export async function demoCommand(opts: { vms: number; keep?: boolean }): Promis
     console.log(`Creating ${opts.vms} demo VMs (no OS, 2 qcow2 disks each, ${virtType()}) ...`);
     fleet = await VmFleet.create({ prefix: 'groupsnap-demo', count: opts.vms, uri: libvirtUri });
     hypervisor = await LibvirtHypervisor.open(libvirtUri);
-    ensureGuard(stateDir, libvirtUri, process.argv[1]);
+    // The guard is the shipped CLI's `guard` command, as `groupsnap worker` starts it.
+    ensureGuard(stateDir, libvirtUri, join(REPO_ROOT, 'dist/cli/main.js'));
     const connectionOptions = { address: server.address };
     worker = await createGroupsnapWorker({
       connectionOptions,
@@ -147,4 +151,17 @@ async function removeClones(fleet: VmFleet): Promise<void> {
       console.error(`cleaning up clone ${d.name}: ${(err as Error).message}`);
     }
   }
+}
+
+if (require.main === module) {
+  const program = new Command('npm start')
+    .description('start a local Temporal dev server and worker, create demo VMs, take a group snapshot')
+    .option('--vms <n>', 'number of demo VMs', parseInteger, 3)
+    .option('--keep', 'keep the server, worker and VMs until Ctrl-C (default when run on a terminal)')
+    .option('--no-keep', 'clean up and exit after the snapshot')
+    .action(demo);
+  program.parseAsync(process.argv).catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
 }
