@@ -24,6 +24,7 @@ import {
   tagCommand,
   type CommonOptions,
 } from './dr-commands';
+import { checkSnapshotTake } from './check-input';
 import { collect, parseInteger, parseQuiesce, parseVmRef } from './parse';
 import { BadInputError } from '../common/validation';
 
@@ -116,6 +117,15 @@ temporalOptions(
         namespace?: string;
       },
     ) => {
+      checkSnapshotTake(group, {
+        vms: opts.vm,
+        group: opts.group,
+        label: opts.label,
+        snapshotId: opts.snapshotId,
+        maxFreezeMs: opts.maxFreeze,
+        quiesce: opts.quiesce,
+        updateBarrierMaxHosts: opts.updateBarrierMaxHosts,
+      });
       if (!opts.vm) {
         if (!group) throw new BadInputError('give a group name, or the VMs of an ad hoc group with --vm');
         await snapshotGroupCommand(
