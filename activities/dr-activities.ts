@@ -23,6 +23,7 @@ import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
 import { ImageNotFoundError } from '../hypervisor/images';
 import { manifestPath, parseVmMetadata, renderVmMetadata, safeFileName, type VmMetadata } from './catalog';
 import { DomainLocks, LockBusyError } from './domain-locks';
+import { createPinActivities } from './pin-activities';
 
 export interface DrActivityDeps {
   hypervisor: Hypervisor;
@@ -81,6 +82,7 @@ const isLive = (state: string): boolean => state === 'running' || state === 'pau
 export function deletionBlockersOf(meta: VmMetadata, domain: string, snap: VmSnapshotRecord): string[] {
   const files = new Set(snap.disks.flatMap((d) => [d.image, d.overlay]));
   const out: string[] = [];
+  if (snap.pinned) out.push(`snapshot ${snap.snapshotId} is pinned on ${domain}: unpin it first`);
   for (const c of meta.clones)
     if (c.disks.some((d) => files.has(d.image)))
       out.push(`clone ${c.name} of ${domain} is built on it (snapshot ${c.snapshotId}): remove the clone first`);
@@ -374,6 +376,9 @@ export function createDrActivities(deps: DrActivityDeps) {
   }
 
   const activities = {
+    // Pins and the release of in-place restore records, through this factory's per-VM metadata queue.
+    ...createPinActivities({ hypervisor, hostId, updateMeta, readMeta, log }),
+
     /** Every VM on this host with its state, tags and groupsnap catalog (snapshots, clones, in-place restores). */
     async listVms(): Promise<HostVm[]> {
       const domains = await hypervisor.listDomains();

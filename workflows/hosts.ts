@@ -2,14 +2,14 @@
 import { ApplicationFailure, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control-activities';
 import type { HostActivities as SagaActivities } from '../activities/host-activities';
-import type { HostDrActivities } from '../common/dr-types';
+import type { HostDrActivities, HostPinActivities } from '../common/dr-types';
 import type { GroupDefinition, Inventory } from '../common/groups';
 import { resolveMembers, selectorText } from '../common/groups';
 import { hostTaskQueue } from '../common/names';
 import type { VmRef } from '../common/types';
 import { BAD_INPUT } from '../common/validation';
 
-type HostActivities = SagaActivities & HostDrActivities;
+type HostActivities = SagaActivities & HostDrActivities & HostPinActivities;
 
 export const control = proxyActivities<ControlActivities>({
   startToCloseTimeout: '30s',
