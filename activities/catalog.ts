@@ -42,6 +42,7 @@ export function parseVmMetadata(xml: string | undefined): VmMetadata {
     ...(s.label !== undefined ? { label: String(s.label) } : {}),
     createdAt: String(s.created),
     ...(s.deleting === 'yes' ? { deleting: true } : {}),
+    ...(s.pinned === 'yes' ? { pinned: true } : {}),
     disks: list(s.disk).map((d) => ({ target: String(d.target), image: String(d.image), overlay: String(d.overlay) })),
   }));
   const clones = list(root.clone).map((c): CloneRecord => ({
@@ -84,7 +85,8 @@ export function renderVmMetadata(meta: VmMetadata): string {
   const snaps = meta.snapshots.map(
     (s) =>
       `<snapshot${attr('id', s.snapshotId)}${attr('group', s.group)}${attr('label', s.label)}${attr('created', s.createdAt)}` +
-      `${attr('deleting', s.deleting ? 'yes' : undefined)}>${disks(s.disks)}</snapshot>`,
+      `${attr('deleting', s.deleting ? 'yes' : undefined)}${attr('pinned', s.pinned ? 'yes' : undefined)}>` +
+      `${disks(s.disks)}</snapshot>`,
   );
   const clones = (meta.clones ?? []).map(
     (c) =>

@@ -2,6 +2,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure, WorkflowNotFoundError } from '@temporalio/client';
 import { groupWorkflowId, HOST_REGISTRY_WORKFLOW_ID, type GroupDefinition } from '../common/groups';
 import { BAD_INPUT } from '../common/validation';
+import { createRetentionActivities } from './retention-activities';
 
 /** A host as the registry knows it. */
 export interface RegisteredHost {
@@ -16,6 +17,7 @@ export interface RegisteredHost {
  */
 export function createControlActivities() {
   return {
+    ...createRetentionActivities(),
     /** Hosts whose worker registered in this namespace (empty before the first worker started). */
     async registeredHosts(): Promise<RegisteredHost[]> {
       const handle = Context.current().client.workflow.getHandle(HOST_REGISTRY_WORKFLOW_ID);

@@ -25,6 +25,7 @@ import { DomainLocks, LockBusyError } from './domain-locks';
 import { badInput, checkDomain, checkName, checkOwner, failIf } from './input-checks';
 import type { VmMetadataStore } from './vm-metadata';
 import { imageChain } from '../hypervisor/chain';
+import { createPinActivities } from './pin-activities';
 
 export interface DrActivityDeps {
   hypervisor: Hypervisor;
@@ -87,6 +88,7 @@ const isLive = (state: string): boolean => state === 'running' || state === 'pau
 export function deletionBlockersOf(meta: VmMetadata, domain: string, snap: VmSnapshotRecord): string[] {
   const files = new Set(snap.disks.flatMap((d) => [d.image, d.overlay]));
   const out: string[] = [];
+  if (snap.pinned) out.push(`snapshot ${snap.snapshotId} is pinned on ${domain}: unpin it first`);
   for (const c of meta.clones)
     if (c.disks.some((d) => files.has(d.image)))
       out.push(`clone ${c.name} of ${domain} is built on it (snapshot ${c.snapshotId}): remove the clone first`);
@@ -350,6 +352,9 @@ export function createDrActivities(deps: DrActivityDeps) {
   }
 
   const activities = {
+    // Pins and the release of in-place restore records, through this factory's per-VM metadata queue.
+    ...createPinActivities({ hypervisor, hostId, updateMeta, readMeta, log }),
+
     /** Every VM on this host with its state, tags and groupsnap catalog (snapshots, clones, in-place restores). */
     async listVms(): Promise<HostVm[]> {
       const domains = await hypervisor.listDomains();

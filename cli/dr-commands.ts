@@ -28,6 +28,14 @@ import { selectorText, type GroupRunResult, type RestoreMode } from '../common/g
 import type { RetentionPolicy } from '../common/retention';
 import type { VmRef } from '../common/types';
 import { BadInputError } from '../common/validation';
+import {
+  checkBackfill,
+  checkGroupCreate,
+  checkNames,
+  checkRestore,
+  checkScheduleCreate,
+  checkTagVm,
+} from './check-input';
 import { EXIT } from './commands';
 import { formatResult } from './format';
 
@@ -67,7 +75,7 @@ const vmText = (v: VmRef): string => `${v.domain}@${v.host}`;
 // ---- groups ----
 
 export function groupCreate(name: string, opts: CommonOptions & { vm?: VmRef[]; tag?: string; description?: string }) {
-  if (opts.vm && opts.tag) throw new BadInputError('give either --vm (repeatable) or --tag, not both');
+  checkGroupCreate(name, opts);
   const selector = opts.tag !== undefined ? { tag: opts.tag } : { vms: opts.vm ?? [] };
   return withClient(
     opts,
@@ -83,6 +91,7 @@ export function groupList(opts: CommonOptions) {
 }
 
 export function groupShow(name: string, opts: CommonOptions) {
+  checkNames([['group name', name]]);
   return withClient(
     opts,
     (c) => showGroup(c, name),
@@ -98,6 +107,7 @@ export function groupShow(name: string, opts: CommonOptions) {
 }
 
 export function groupDelete(name: string, opts: CommonOptions & { withSchedule?: boolean }) {
+  checkNames([['group name', name]]);
   return withClient(
     opts,
     async (c) => {
@@ -111,6 +121,7 @@ export function groupDelete(name: string, opts: CommonOptions & { withSchedule?:
 // ---- tags and hosts ----
 
 export function tagCommand(vm: VmRef, tags: string[], remove: boolean, opts: CommonOptions) {
+  checkTagVm(vm, tags);
   return withClient(
     opts,
     async (c) => ({ vm: vmText(vm), tags: await tagVm(c, vm, remove ? { remove: tags } : { add: tags }) }),
@@ -127,6 +138,7 @@ export function hostList(opts: CommonOptions) {
 }
 
 export function hostForget(hostId: string, opts: CommonOptions) {
+  checkNames([['host id', hostId]]);
   return withClient(
     opts,
     async (c) => {
@@ -161,6 +173,7 @@ export function snapshotGroupCommand(group: string, options: SnapshotNowOptions,
 }
 
 export function snapshotList(group: string, opts: CommonOptions) {
+  checkNames([['group name', group]]);
   return withClient(
     opts,
     (c) => listGroupSnapshots(c, group),
@@ -178,6 +191,10 @@ export function snapshotList(group: string, opts: CommonOptions) {
 }
 
 export function snapshotDelete(group: string, snapshotId: string, opts: CommonOptions) {
+  checkNames([
+    ['group name', group],
+    ['snapshot id', snapshotId],
+  ]);
   return withClient(
     opts,
     (c) => deleteGroupSnapshot(c, group, snapshotId),
@@ -207,6 +224,7 @@ export function restoreCommand(
       'an in-place restore stops the VMs and discards their current state (kept on disk): confirm with --yes',
     );
   const mode: RestoreMode = opts.asClone ? 'clone' : 'in-place';
+  checkRestore({ group, snapshotId, mode, suffix: opts.suffix, restoreId: opts.restoreId });
   return withClient(
     opts,
     (c) =>
@@ -266,6 +284,7 @@ export function scheduleCreate(
       overlap?: string;
     },
 ) {
+  checkScheduleCreate(group, { ...opts, retention: retentionFrom(opts) });
   return withClient(
     opts,
     (c) =>
@@ -293,6 +312,7 @@ export function scheduleList(opts: CommonOptions) {
 }
 
 export function scheduleShow(group: string, opts: CommonOptions) {
+  checkNames([['group name', group]]);
   return withClient(
     opts,
     async (c) => {
@@ -331,6 +351,7 @@ export function scheduleAction(
   group: string,
   opts: CommonOptions & { note?: string },
 ) {
+  checkNames([['group name', group]]);
   return withClient(
     opts,
     async (c) => {
@@ -348,10 +369,9 @@ export function scheduleBackfill(
   group: string,
   opts: CommonOptions & { start: string; end: string; overlap?: string },
 ) {
+  checkBackfill(group, opts);
   const start = new Date(opts.start);
   const end = new Date(opts.end);
-  if (Number.isNaN(start.getTime()) || Number.isNaN(end.getTime()))
-    throw new BadInputError('--start and --end must be ISO times, e.g. 2026-11-24T00:00:00Z');
   return withClient(
     opts,
     async (c) => {

@@ -23,6 +23,8 @@ import {
   tagCommand,
   type CommonOptions,
 } from './dr-commands';
+import { checkSnapshotTake } from './check-input';
+import { restoreList, restoreRelease, snapshotPin } from './pin-commands';
 import { collect, parseInteger, parseQuiesce, parseVmRef } from './parse';
 import { BadInputError } from '../common/validation';
 
@@ -115,6 +117,15 @@ temporalOptions(
         namespace?: string;
       },
     ) => {
+      checkSnapshotTake(group, {
+        vms: opts.vm,
+        group: opts.group,
+        label: opts.label,
+        snapshotId: opts.snapshotId,
+        maxFreezeMs: opts.maxFreeze,
+        quiesce: opts.quiesce,
+        updateBarrierMaxHosts: opts.updateBarrierMaxHosts,
+      });
       if (!opts.vm) {
         if (!group) throw new BadInputError('give a group name, or the VMs of an ad hoc group with --vm');
         await snapshotGroupCommand(
@@ -156,6 +167,21 @@ temporalOptions(
     .argument('<snapshotId>')
     .option('--json', 'print JSON'),
 ).action(act(snapshotDelete));
+
+for (const pinned of [true, false]) {
+  temporalOptions(
+    snapshot
+      .command(pinned ? 'pin' : 'unpin')
+      .description(
+        pinned
+          ? 'pin a group snapshot: retention keeps it and deleting it is refused until unpinned'
+          : 'unpin a group snapshot',
+      )
+      .argument('<group>')
+      .argument('<snapshotId>')
+      .option('--json', 'print JSON'),
+  ).action(act(snapshotPin(pinned)));
+}
 
 const group = program.command('group').description('software-defined groups of VMs');
 temporalOptions(
@@ -272,10 +298,13 @@ temporalOptions(
     .option('--json', 'print JSON'),
 ).action(act(scheduleBackfill));
 
+const restore = program
+  .command('restore')
+  .description('restore a group to one of its snapshots (as clones or in place), list or release restore records');
 temporalOptions(
-  program
-    .command('restore')
-    .description('restore a group to one of its snapshots, as clones or in place; all VMs or none')
+  restore
+    .command('run', { isDefault: true })
+    .description('(default) restore a group to one of its snapshots, as clones or in place; all VMs or none')
     .argument('<group>')
     .argument('<snapshotId>')
     .option('--as-clone', 'new VMs <domain><suffix> on new overlays over the snapshot, beside the originals')
@@ -285,6 +314,29 @@ temporalOptions(
     .option('--restore-id <id>', 'restore id (default: generated)')
     .option('--json', 'print JSON'),
 ).action(act(restoreCommand));
+
+temporalOptions(
+  restore
+    .command('list')
+    .description('clone and in-place restore records (they keep the snapshots they are built on from deletion)')
+    .argument('[group]', "only records of this group's snapshots")
+    .option('--json', 'print JSON'),
+).action(act(restoreList));
+temporalOptions(
+  restore
+    .command('release')
+    .description(
+      'remove clones / make in-place restores final, by clone name or restore id, so their snapshots can be deleted',
+    )
+    .argument('<ids...>', 'clone names and/or restore ids (see restore list)')
+    .option(
+      '--vm <domain@host>',
+      'only the records on this VM (repeat)',
+      collect((v) => parseVmRef(v, defaults.hostId())),
+    )
+    .option('--yes', 'confirm: clones are deleted, in-place restores can no longer be undone')
+    .option('--json', 'print JSON'),
+).action(act(restoreRelease));
 
 program
   .command('catalog')

@@ -23,6 +23,11 @@ export interface VmSnapshotRecord {
    * the snapshot cannot be restored; running the deletion again finishes it.
    */
   deleting?: boolean;
+  /**
+   * Pinned by a user (`groupsnap snapshot pin`): retention never deletes it, and deleting it is refused until it is
+   * unpinned.
+   */
+  pinned?: boolean;
   disks: SnapshotDisk[];
 }
 
@@ -111,3 +116,31 @@ export interface InPlaceReport {
   state: VmPowerState;
   disks: { target: string; image: string; overlay: string; discarded: string }[];
 }
+
+
+export interface PinSnapshotRequest {
+  domain: string;
+  snapshotId: string;
+  /** true: pin; false: unpin. */
+  pinned: boolean;
+}
+
+export interface PinSnapshotReport {
+  domain: string;
+  snapshotId: string;
+  pinned: boolean;
+  /** false when the snapshot already was as asked. */
+  changed: boolean;
+}
+
+export interface ReleaseInPlaceReport {
+  domain: string;
+  restoreId: string;
+  /** `absent`: the VM has no record of that restore (already released, or undone). */
+  outcome: 'released' | 'absent';
+  /** Discarded layers removed from disk. */
+  removed: string[];
+  /** Discarded layers kept because a snapshot (or another record) still uses them. */
+  kept: string[];
+}
+

@@ -19,7 +19,7 @@ export interface GroupDefinition {
 }
 
 /** Words the CLI uses as sub-commands after `snapshot`/`group`: not allowed as group names. */
-const RESERVED = new Set(['list', 'show', 'create', 'delete', 'adhoc']);
+const RESERVED = new Set(['list', 'show', 'create', 'delete', 'adhoc', 'pin', 'unpin', 'release']);
 
 /** Workflow id of a group's entity workflow (its durable definition, and the door for "snapshot now"). */
 export function groupWorkflowId(group: string): string {
@@ -93,6 +93,8 @@ export interface GroupSnapshotListing {
   group: string;
   label?: string;
   createdAt: string;
+  /** Pinned on at least one of its VMs (`groupsnap snapshot pin`): retention keeps it, deletion is refused. */
+  pinned?: boolean;
   vms: { host: string; domain: string; disks: { target: string; image: string }[] }[];
 }
 
@@ -114,6 +116,7 @@ export function groupSnapshotsIn(inventory: Inventory, group: string): GroupSnap
           };
           byId.set(s.snapshotId, listing);
         }
+        if (s.pinned) listing.pinned = true;
         listing.vms.push({
           host: h.host,
           domain: vm.domain,
@@ -122,9 +125,9 @@ export function groupSnapshotsIn(inventory: Inventory, group: string): GroupSnap
       }
     }
   }
-  return [...byId.values()].sort(
-    (a, b) => b.createdAt.localeCompare(a.createdAt) || b.snapshotId.localeCompare(a.snapshotId),
-  );
+  // Code-unit order (not localeCompare): the same on every worker, whatever its locale or ICU data.
+  const cmp = (x: string, y: string): number => (x < y ? -1 : x > y ? 1 : 0);
+  return [...byId.values()].sort((a, b) => cmp(b.createdAt, a.createdAt) || cmp(b.snapshotId, a.snapshotId));
 }
 
 /** Options of one group snapshot taken by name (the group gives the members). */
@@ -145,7 +148,10 @@ export interface GroupRunInput {
 }
 
 export interface RetentionOutcome {
+  /** Kept by the policy. */
   kept: string[];
+  /** Kept whatever the policy: pinned, another label than the schedule's, or a clone or restore built on it. */
+  skipped?: { snapshotId: string; reason: string }[];
   deleted: string[];
   failed: { snapshotId: string; error: string }[];
 }
@@ -238,6 +244,7 @@ export function deletionBlockers(vm: HostVm, snapshotId: string): string[] {
   if (!snap) return [];
   const files = new Set(snap.disks.flatMap((d) => [d.image, d.overlay]));
   const blockers: string[] = [];
+  if (snap.pinned) blockers.push(`snapshot ${snapshotId} is pinned on ${vm.domain}: unpin it first`);
   for (const c of vm.clones)
     if (c.disks.some((d) => files.has(d.image)))
       blockers.push(`clone ${c.name} of ${vm.domain} is built on it: remove the clone first`);

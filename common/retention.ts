@@ -1,7 +1,8 @@
 /**
  * Retention of group snapshots: which to keep and which to delete, grandfather-father-son style as in
- * `restic forget` and `borg prune`. Pure and deterministic (no Node built-ins, no clock, no randomness; only
- * `Intl` for time zones), so workflows can plan with it.
+ * `restic forget` and `borg prune`. Pure (no Node built-ins, no clock, no randomness). Wall-clock buckets need
+ * time-zone data (`Intl`): workflows get them from an activity ({@link retentionBucketsIn}) and pass them to
+ * {@link planRetention}, so a plan never depends on the ICU data of the worker that replays it.
  */
 import { validateTimezone } from './schedule-spec';
 import { BadInputError } from './validation';
@@ -131,7 +132,7 @@ const ISO_DATE_TIME =
   /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(?:(Z)|([+-])(\d{2}):(\d{2}))$/;
 
 /** Milliseconds since the epoch of an ISO 8601 date-time with `Z` or an offset, or undefined if it is not one. */
-function parseIsoMs(text: string): number | undefined {
+export function parseIsoMs(text: string): number | undefined {
   const m = typeof text === 'string' ? ISO_DATE_TIME.exec(text) : null;
   if (!m) return undefined;
   const [year, month, day, hour, minute, second] = [1, 2, 3, 4, 5, 6].map((i) => Number(m[i] ?? 0));
@@ -167,9 +168,64 @@ interface Dated {
   snapshotId: string;
   ms: number;
   reasons: string[];
+  buckets?: RetentionBuckets;
 }
 
 const pad = (n: number, width = 2): string => String(n).padStart(width, '0');
+
+/**
+ * The hour, day, ISO week and month an instant falls in, as wall-clock time in a time zone, e.g.
+ * `{ hourly: '2025-11-24 10:00', daily: '2025-11-24', weekly: '2025-W48', monthly: '2025-11' }`.
+ */
+export type RetentionBuckets = Record<BucketRule, string>;
+
+function formatIn(timezone: string): Intl.DateTimeFormat {
+  return new Intl.DateTimeFormat('en-US-u-ca-gregory-nu-latn', {
+    timeZone: timezone,
+    year: 'numeric',
+    month: '2-digit',
+    day: '2-digit',
+    hour: '2-digit',
+    hourCycle: 'h23',
+  });
+}
+
+/**
+ * The buckets of each of `createdAt` (ISO 8601 date-times with `Z` or an offset) in `timezone`, keyed by the given
+ * text; values that are not such date-times are left out. Uses the time-zone data of the process it runs in
+ * (`Intl`), so workflows take it as an activity result rather than computing it themselves: their replay must not
+ * depend on a worker's ICU version.
+ * @throws BadInputError for an unknown time zone.
+ */
+export function retentionBucketsIn(timezone: string, createdAt: readonly string[]): Record<string, RetentionBuckets> {
+  validateTimezone(timezone);
+  const format = formatIn(timezone);
+  const out: Record<string, RetentionBuckets> = {};
+  for (const text of createdAt) {
+    const ms = parseIsoMs(text);
+    if (ms !== undefined) out[text] = bucketsOf(format, ms);
+  }
+  return out;
+}
+
+const BUCKET_SHAPES: Record<BucketRule, RegExp> = {
+  hourly: /^\d{4}-\d{2}-\d{2} \d{2}:00$/,
+  daily: /^\d{4}-\d{2}-\d{2}$/,
+  weekly: /^\d{4}-W\d{2}$/,
+  monthly: /^\d{4}-\d{2}$/,
+};
+
+function isBuckets(b: unknown): b is RetentionBuckets {
+  return (
+    typeof b === 'object' &&
+    b !== null &&
+    BUCKET_RULES.every(
+      (r) =>
+        typeof (b as Record<string, unknown>)[r] === 'string' &&
+        BUCKET_SHAPES[r].test((b as Record<string, string>)[r]),
+    )
+  );
+}
 
 /** The bucket of each rule for an instant, as wall-clock time in the formatter's time zone. */
 function bucketsOf(format: Intl.DateTimeFormat, ms: number): Record<BucketRule, string> {
@@ -204,11 +260,20 @@ function bucketsOf(format: Intl.DateTimeFormat, ms: number): Record<BucketRule, 
 export function planRetention(
   snapshots: RetentionCandidate[],
   policy: RetentionPolicy,
-  options: { timezone?: string } = {},
+  options: {
+    timezone?: string;
+    /**
+     * Each snapshot's buckets by its `createdAt` (from {@link retentionBucketsIn}, e.g. as an activity result): the
+     * plan then uses no time-zone data of its own and is the same on every worker. Without it, buckets are computed
+     * here with `Intl` in `timezone`.
+     */
+    buckets?: Record<string, RetentionBuckets>;
+  } = {},
 ): RetentionPlan {
   const rules = normalizeRetention(policy);
   const timezone = options.timezone ?? 'UTC';
-  validateTimezone(timezone);
+  const given = options.buckets;
+  if (!given) validateTimezone(timezone);
   if (!Array.isArray(snapshots)) throw new BadInputError('retention needs a list of snapshots');
 
   const problems: string[] = [];
@@ -229,7 +294,13 @@ export function planRetention(
       );
       continue;
     }
-    dated.push({ snapshotId: id, ms, reasons: [] });
+    if (given && !isBuckets(given[s.createdAt])) {
+      problems.push(
+        `snapshot ${id} has no valid ${timezone} hour, day, week and month for createdAt ${show(s.createdAt)}`,
+      );
+      continue;
+    }
+    dated.push({ snapshotId: id, ms, reasons: [], ...(given ? { buckets: given[s.createdAt] } : {}) });
   }
   if (problems.length > 0) {
     const shown = problems.slice(0, 5).join('; ');
@@ -241,15 +312,8 @@ export function planRetention(
 
   dated.slice(0, rules.keepLast ?? 0).forEach((s) => s.reasons.push('last'));
 
-  const format = new Intl.DateTimeFormat('en-US-u-ca-gregory-nu-latn', {
-    timeZone: timezone,
-    year: 'numeric',
-    month: '2-digit',
-    day: '2-digit',
-    hour: '2-digit',
-    hourCycle: 'h23',
-  });
-  const buckets = dated.map((s) => bucketsOf(format, s.ms));
+  const format = given ? undefined : formatIn(timezone);
+  const buckets = dated.map((s) => s.buckets ?? bucketsOf(format!, s.ms));
   for (const rule of BUCKET_RULES) {
     const limit = rules[rule] ?? 0;
     const kept = new Set<string>();

@@ -3,6 +3,11 @@
 # Idempotent: a second run changes nothing and only reports what is already there.
 # Writes the detected virtualisation type (kvm or qemu, i.e. TCG) to $GROUPSNAP_STATE_DIR/virt-type
 # and prints it; set GROUPSNAP_VIRT_TYPE=qemu to force TCG.
+#
+# Never weakens a real hypervisor: the container settings in qemu.conf (security_driver "none", QEMU as root, no
+# cgroup controllers) are written only where this script installed libvirt itself (it leaves a marker file,
+# $GROUPSNAP_LIBVIRT_MARKER, when it installs the packages) or when asked with GROUPSNAP_LIBVIRT_CONFIGURE=1.
+# Where libvirt was installed before, its configuration is left exactly as it is, and the script says so.
 set -euo pipefail
 
 STATE_DIR="${GROUPSNAP_STATE_DIR:-/var/lib/groupsnap}"
@@ -11,6 +16,9 @@ SOCK="${GROUPSNAP_LIBVIRT_SOCK:-/var/run/libvirt/libvirt-sock}"
 LIBVIRTD="${GROUPSNAP_LIBVIRTD:-libvirtd}"
 KVM_DEVICE="${GROUPSNAP_KVM_DEVICE:-/dev/kvm}"
 WAIT_S="${GROUPSNAP_LIBVIRTD_WAIT_S:-10}"
+QEMU_CONF="${GROUPSNAP_QEMU_CONF:-/etc/libvirt/qemu.conf}"
+# Written when this script installed libvirt's packages: only then (or when asked) does it configure libvirt.
+MARKER="${GROUPSNAP_LIBVIRT_MARKER:-/var/lib/groupsnap/libvirt-installed-by-groupsnap}"
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
   python3-libvirt)
 
@@ -35,6 +43,12 @@ install_packages() {
   log "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Only a libvirt this script installed from scratch is ours to configure for a container.
+  if [[ " ${missing[*]} " == *" libvirt-daemon "* ]]; then
+    mkdir -p "$(dirname "$MARKER")"
+    printf 'libvirt installed by groupsnap scripts/setup-libvirt.sh on %s: %s\n' "$(date -u +%FT%TZ)" "${missing[*]}" >"$MARKER"
+    log "installed libvirt here: recorded in $MARKER (this script may configure it for a container)"
+  fi
 }
 
 # Sets `key = value` in qemu.conf, replacing an existing (possibly commented) line; no change when already set.
@@ -49,10 +63,26 @@ set_conf() {
   log "set ${key} = ${value} in ${file}"
 }
 
+# Whether libvirt's configuration is ours to change: installed by this script, or the user asked for it.
+may_configure() {
+  if [ "${GROUPSNAP_LIBVIRT_CONFIGURE:-}" = 1 ]; then
+    log "configuring libvirt for a container as asked (GROUPSNAP_LIBVIRT_CONFIGURE=1): $QEMU_CONF gets security_driver \"none\" and QEMU as root"
+    return 0
+  fi
+  if [ -f "$MARKER" ]; then
+    log "libvirt was installed by this script ($MARKER): configuring it for a container (security_driver \"none\", QEMU as root)"
+    return 0
+  fi
+  log "libvirt was installed before groupsnap's set-up: leaving its configuration ($QEMU_CONF) as it is; in a container without systemd, GROUPSNAP_LIBVIRT_CONFIGURE=1 lets this script configure it for one (security_driver \"none\", QEMU as root)"
+  return 1
+}
+
 configure() {
-  local conf=/etc/libvirt/qemu.conf
+  mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images "$STATE_DIR"
+  may_configure || return 0
+  local conf=$QEMU_CONF
   # Debian's libvirt-daemon-system ships this file; the bare daemon packages do not.
-  mkdir -p /etc/libvirt
+  mkdir -p "$(dirname "$conf")"
   [ -f "$conf" ] || { : >"$conf"; log "created $conf"; }
   # A container has no cgroup delegation, no SELinux/AppArmor and runs QEMU as root.
   set_conf "$conf" security_driver '"none"'
@@ -64,7 +94,12 @@ configure() {
   getent group libvirt >/dev/null || groupadd -r libvirt
   getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
   getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
-  mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images "$STATE_DIR"
+}
+
+# In a container, a libvirt configured for a full host often cannot start QEMU: say what would help.
+hint() {
+  [ -f "$MARKER" ] || [ "${GROUPSNAP_LIBVIRT_CONFIGURE:-}" = 1 ] ||
+    printf '%s' "; if this is a container without systemd, GROUPSNAP_LIBVIRT_CONFIGURE=1 lets this script configure libvirt for it"
 }
 
 start_daemons() {
@@ -77,7 +112,7 @@ start_daemons() {
     return
   fi
   log "starting libvirtd"
-  "$LIBVIRTD" -d || die "libvirtd failed to start (exit $?); see /var/log/libvirt/libvirtd.log or run 'libvirtd -v'"
+  "$LIBVIRTD" -d || die "libvirtd failed to start (exit $?); see /var/log/libvirt/libvirtd.log or run 'libvirtd -v'$(hint)"
   for _ in $(seq 1 $((WAIT_S * 10))); do
     if [ -S "$SOCK" ] && virsh -c qemu:///system version >/dev/null 2>&1; then
       log "libvirtd is up"
@@ -85,7 +120,7 @@ start_daemons() {
     fi
     sleep 0.1
   done
-  die "libvirtd did not come up within ${WAIT_S} s (socket $SOCK); see /var/log/libvirt/libvirtd.log and run 'libvirtd -v' to see why"
+  die "libvirtd did not come up within ${WAIT_S} s (socket $SOCK); see /var/log/libvirt/libvirtd.log and run 'libvirtd -v' to see why$(hint)"
 }
 
 # KVM "works" when QEMU can actually start an accelerated machine, not merely when /dev/kvm exists.

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parse } from 'yaml';
@@ -17,6 +17,7 @@ interface Service {
   ports?: string[];
   volumes?: string[];
   environment?: Record<string, string>;
+  user?: string;
 }
 
 /** No Docker engine runs here, so the deployment files are checked statically. */
@@ -56,7 +57,7 @@ describe('docker-compose.yml', () => {
         else if (!source.startsWith('/') && !source.startsWith('$')) expect(Object.keys(doc.volumes)).toContain(source);
       }
       for (const dep of Object.keys(s.depends_on ?? {})) expect(Object.keys(doc.services)).toContain(dep);
-      published.push(...(s.ports ?? []).map((p) => p.split(':')[0]));
+      published.push(...(s.ports ?? []).map((p) => `${p.slice(0, p.lastIndexOf(':'))}`));
     }
     expect(new Set(published).size).toBe(published.length);
   });
@@ -71,6 +72,65 @@ describe('docker-compose.yml', () => {
     const dockerfile = readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8');
     expect(dockerfile).toContain('"/app/dist/cli/main.js"');
     expect(existsSync(CLI)).toBe(true);
+  });
+
+  it('publishes every port on 127.0.0.1 unless configured otherwise (Temporal frontend, UI, metrics)', () => {
+    const ports = services.flatMap(([name, s]) => (s.ports ?? []).map((p) => [name, p] as const));
+    expect(ports.map(([name]) => name)).toEqual(
+      expect.arrayContaining(['temporal', 'temporal-ui', 'groupsnap-worker', 'groupsnap-worker-b']),
+    );
+    for (const [name, p] of ports) {
+      // '${SOME_BIND:-127.0.0.1}:<host port>:<container port>': an explicit address, localhost by default.
+      const m = /^\$\{([A-Z_]+_BIND):-([^}]+)\}:(\d+):(\d+)$/.exec(p);
+      expect([name, p, m?.[2]]).toEqual([name, p, '127.0.0.1']);
+      expect(text).toContain(m![1]); // documented in the header
+    }
+  });
+
+  it('runs only the worker and guard as root, each with a comment saying libvirt is why', () => {
+    const libvirtServices = services.filter(([, s]) => {
+      const args = Array.isArray(s.command) ? s.command : [];
+      return s.build && (args[0] === 'worker' || args[0] === 'guard');
+    });
+    expect(libvirtServices.map(([n]) => n).sort()).toEqual(
+      ['groupsnap-guard', 'groupsnap-guard-b', 'groupsnap-worker', 'groupsnap-worker-b'].sort(),
+    );
+    const user = (s: Service) => s.user;
+    for (const [name, s] of libvirtServices) {
+      expect([name, user(s)]).toEqual([name, 'root']);
+      // The service's block in the file says why (its own comment, or one pointing at the worker's).
+      const block = text.slice(text.indexOf(`  ${name}:`)).split(/\n {2}\S/)[0];
+      const before = text
+        .slice(0, text.indexOf(`  ${name}:`))
+        .split('\n')
+        .slice(-4)
+        .join('\n');
+      expect(`${before}\n${block}`).toMatch(/root.*libvirt|libvirt.*root|# libvirt/s);
+    }
+    for (const [name, s] of services.filter(([, s]) => !libvirtServices.some(([, l]) => l === s)))
+      expect([name, user(s)]).not.toEqual([name, 'root']);
+    expect(user(doc.services['groupsnap-cli'])).toBe('node');
+  });
+
+  it('shows the TLS / API key settings (commented), with names the Temporal env config reads', () => {
+    const envconfig = readFileSync(require.resolve('@temporalio/envconfig'), 'utf8');
+    const dir = join(require.resolve('@temporalio/envconfig'), '..');
+    const sources = [
+      envconfig,
+      ...readdirSync(dir)
+        .filter((f) => f.endsWith('.js'))
+        .map((f) => readFileSync(join(dir, f), 'utf8')),
+    ].join('\n');
+    for (const name of [
+      'TEMPORAL_TLS_CLIENT_CERT_PATH',
+      'TEMPORAL_TLS_CLIENT_KEY_PATH',
+      'TEMPORAL_TLS_SERVER_CA_CERT_PATH',
+      'TEMPORAL_TLS_SERVER_NAME',
+      'TEMPORAL_API_KEY',
+    ]) {
+      expect(text).toMatch(new RegExp(`^\\s*# ${name}: `, 'm'));
+      expect(sources).toContain(name);
+    }
   });
 
   it("registers exactly groupsnap's search attributes", () => {

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -81,6 +81,76 @@ describe('set-up scripts', () => {
     });
     expect(silent.code).toBe(1);
     expect(silent.stderr).toMatch(/error: libvirtd did not come up within 1 s/);
+  });
+
+  describe('setup-libvirt.sh never weakens a libvirt it did not install', () => {
+    const EXISTING = '# a real host\nsecurity_driver = "apparmor"\n#user = "root"\ncgroup_controllers = [ "cpu" ]\n';
+    let sandbox: string;
+    let conf: string;
+    let marker: string;
+    const env = (more: Record<string, string> = {}) => ({
+      GROUPSNAP_STATE_DIR: stateDir,
+      GROUPSNAP_QEMU_CONF: conf,
+      GROUPSNAP_LIBVIRT_MARKER: marker,
+      GROUPSNAP_VIRT_TYPE: 'qemu',
+      ...more,
+    });
+
+    beforeEach(async () => {
+      sandbox = await mkdtemp(join(tmpdir(), 'groupsnap-setup-conf-'));
+      conf = join(sandbox, 'qemu.conf');
+      marker = join(sandbox, 'state', 'libvirt-installed-by-groupsnap');
+      await writeFile(conf, EXISTING);
+    });
+
+    afterEach(async () => {
+      await rm(sandbox, { recursive: true, force: true });
+    });
+
+    it('leaves the configuration of a libvirt installed before it exactly as it is, and says so', async () => {
+      const run = await script('setup-libvirt.sh', env());
+      expect(run.code).toBe(0);
+      expect(await readFile(conf, 'utf8')).toBe(EXISTING);
+      expect(run.stderr).toContain(
+        `libvirt was installed before groupsnap's set-up: leaving its configuration (${conf})`,
+      );
+      expect(run.stderr).toContain('GROUPSNAP_LIBVIRT_CONFIGURE=1');
+      expect(run.stderr).not.toMatch(/ set security_driver|set user/);
+    });
+
+    it('configures it for a container only when asked (GROUPSNAP_LIBVIRT_CONFIGURE=1), and says so', async () => {
+      const run = await script('setup-libvirt.sh', env({ GROUPSNAP_LIBVIRT_CONFIGURE: '1' }));
+      expect(run.code).toBe(0);
+      expect(run.stderr).toContain('configuring libvirt for a container as asked (GROUPSNAP_LIBVIRT_CONFIGURE=1)');
+      const after = await readFile(conf, 'utf8');
+      expect(after).toMatch(/^security_driver = "none"$/m);
+      expect(after).toMatch(/^user = "root"$/m);
+      expect(after).toMatch(/^group = "root"$/m);
+      expect(after).toMatch(/^cgroup_controllers = \[ \]$/m);
+      expect(after).not.toContain('apparmor');
+    });
+
+    it('configures a libvirt it installed itself (marker written at install), and says so', async () => {
+      // Fake dpkg-query (nothing installed) and apt-get (records what it was asked), ahead of the real tools.
+      const bin = join(sandbox, 'bin');
+      const calls = join(sandbox, 'apt-calls');
+      await mkdir(bin);
+      await writeFile(join(bin, 'dpkg-query'), '#!/bin/sh\nexit 1\n', { mode: 0o755 });
+      await writeFile(join(bin, 'apt-get'), `#!/bin/sh\necho "$*" >>${calls}\n`, { mode: 0o755 });
+      const run = await script('setup-libvirt.sh', env({ PATH: `${bin}:${process.env.PATH}` }));
+      expect(run.code).toBe(0);
+      expect(await readFile(calls, 'utf8')).toMatch(/install .*libvirt-daemon /);
+      expect(await readFile(marker, 'utf8')).toMatch(/libvirt installed by groupsnap scripts\/setup-libvirt.sh/);
+      expect(run.stderr).toContain(`installed libvirt here: recorded in ${marker}`);
+      expect(run.stderr).toContain(`libvirt was installed by this script (${marker}): configuring it for a container`);
+      expect(await readFile(conf, 'utf8')).toMatch(/^security_driver = "none"$/m);
+      // Later runs find the packages and the marker: the configuration stays as the script left it.
+      const configured = await readFile(conf, 'utf8');
+      const again = await script('setup-libvirt.sh', env());
+      expect(again.code).toBe(0);
+      expect(again.stderr).toContain('libvirt was installed by this script');
+      expect(await readFile(conf, 'utf8')).toBe(configured);
+    });
   });
 
   it('ensure-temporal.sh reuses the CLI it found or built', async () => {

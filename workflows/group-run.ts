@@ -1,4 +1,4 @@
-import { ApplicationFailure, executeChild, isCancellation, log, uuid4 } from '@temporalio/workflow';
+import { ApplicationFailure, executeChild, isCancellation, log, patched, uuid4 } from '@temporalio/workflow';
 import {
   deleteSnapshotWorkflowId,
   groupSnapshotsIn,
@@ -8,7 +8,8 @@ import {
 } from '../common/groups';
 import { DEFAULT_MAX_FREEZE_MS, formatSnapshotId, groupSnapshotWorkflowId } from '../common/names';
 import { snapshotDetails, snapshotSummary } from './ui';
-import { normalizeRetention, planRetention, type RetentionPolicy } from '../common/retention';
+import { retentionSkips } from '../common/pins';
+import { normalizeRetention, planRetention, type RetentionPlan, type RetentionPolicy } from '../common/retention';
 import type { GroupSnapshotResult, VmRef } from '../common/types';
 import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
 import { groupSnapshot, SNAPSHOT_FAILED } from './group-snapshot';
@@ -88,12 +89,45 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
   }
 
   const result: GroupRunResult = { group: input.group, members, snapshot };
-  if (retention) result.retention = await applyRetention(input.group, retention, input.timezone);
+  if (retention) {
+    try {
+      result.retention = await applyRetention(input.group, retention, input.timezone, input.label);
+    } catch (err) {
+      // A plan that cannot be made (e.g. a catalog entry with an invalid createdAt) fails the run, not its task:
+      // a workflow task that throws is retried for ever. The snapshot itself completed: it is in the details.
+      if (!(err instanceof BadInputError)) throw err;
+      throw ApplicationFailure.create({
+        message: `snapshot ${snapshotId} completed, but retention of group ${input.group} failed: ${err.message}`,
+        type: RETENTION_FAILED,
+        nonRetryable: true,
+        details: [result],
+      });
+    }
+  }
   return result;
 }
 
-/** Deletes the group's snapshots that `policy` does not keep, oldest first; failures are reported, not thrown. */
-async function applyRetention(group: string, policy: RetentionPolicy, timezone?: string): Promise<RetentionOutcome> {
+/** Failure type of a run whose snapshot completed but whose retention could not be planned. */
+export const RETENTION_FAILED = 'GroupsnapRetentionFailed';
+
+/**
+ * Retention from this patch on: pinned snapshots, snapshots of another label than the run's own (the schedule's
+ * `--label`) and snapshots a clone or in-place restore is built on are never planned for deletion; time-zone
+ * buckets come from an activity (the worker's ICU data is not used in the workflow).
+ */
+const RETENTION_PATCH = 'retention-pins-labels-activity-buckets';
+
+/**
+ * Deletes the group's snapshots that `policy` does not keep, oldest first; deletion failures are reported, not
+ * thrown. `label` is the run's own label: snapshots with another label are kept.
+ * @throws BadInputError when no plan can be made (an invalid `createdAt` in a catalog entry).
+ */
+async function applyRetention(
+  group: string,
+  policy: RetentionPolicy,
+  timezone: string | undefined,
+  label: string | undefined,
+): Promise<RetentionOutcome> {
   const inventory = await takeInventory();
   try {
     requireAllHosts(inventory, `apply retention to group ${group}`);
@@ -101,12 +135,32 @@ async function applyRetention(group: string, policy: RetentionPolicy, timezone?:
     return { kept: [], deleted: [], failed: [{ snapshotId: '*', error: errorMessage(err) }] };
   }
   const listings = groupSnapshotsIn(inventory, group);
-  const plan = planRetention(
-    listings.map((l) => ({ snapshotId: l.snapshotId, createdAt: l.createdAt })),
-    policy,
-    timezone ? { timezone } : undefined,
-  );
-  const outcome: RetentionOutcome = { kept: plan.keep.map((k) => k.snapshotId), deleted: [], failed: [] };
+  let plan: RetentionPlan;
+  let skipped: RetentionOutcome['skipped'];
+  if (patched(RETENTION_PATCH)) {
+    const skips = retentionSkips(inventory, listings, label);
+    skipped = [...skips].map(([snapshotId, reason]) => ({ snapshotId, reason }));
+    const candidates = listings
+      .filter((l) => !skips.has(l.snapshotId))
+      .map((l) => ({ snapshotId: l.snapshotId, createdAt: l.createdAt }));
+    const buckets = await control.retentionBuckets({
+      timezone: timezone ?? 'UTC',
+      createdAt: [...new Set(candidates.map((c) => c.createdAt))],
+    });
+    plan = planRetention(candidates, policy, { ...(timezone ? { timezone } : {}), buckets });
+  } else {
+    plan = planRetention(
+      listings.map((l) => ({ snapshotId: l.snapshotId, createdAt: l.createdAt })),
+      policy,
+      timezone ? { timezone } : undefined,
+    );
+  }
+  const outcome: RetentionOutcome = {
+    kept: plan.keep.map((k) => k.snapshotId),
+    ...(skipped ? { skipped } : {}),
+    deleted: [],
+    failed: [],
+  };
   for (const snapshotId of plan.remove) {
     try {
       await executeChild(deleteGroupSnapshot, {

@@ -1,0 +1,161 @@
+import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { createGroup, listGroupSnapshots, snapshotNamedGroup } from '../client/dr';
+import { parseVmMetadata, renderVmMetadata } from '../activities/catalog';
+import { createRetentionActivities } from '../activities/retention-activities';
+import type { GroupRunResult } from '../common/groups';
+import { WORKFLOW_TASK_QUEUE } from '../common/names';
+import { planRetention, retentionBucketsIn, type RetentionCandidate } from '../common/retention';
+import { BAD_INPUT } from '../common/validation';
+import { FakeHost } from './helpers/fake-hosts';
+import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
+import { startHosts, type RunningHosts } from './helpers/workers';
+
+/** Snapshots every 5 hours over a week, across the Europe/Paris DST change of 2025-10-26. */
+const SNAPSHOTS: RetentionCandidate[] = Array.from({ length: 40 }, (_, i) => ({
+  snapshotId: `s${String(i).padStart(2, '0')}`,
+  createdAt: new Date(Date.UTC(2025, 9, 22, 0) + i * 5 * 3_600_000).toISOString(),
+}));
+
+/**
+ * Retention in workflows does not depend on the worker's time-zone (ICU) data or locale, and a catalog entry it
+ * cannot place in time fails the run at once (item 11 of issue 13).
+ */
+describe('deterministic retention', () => {
+  describe('planning with buckets given (as the workflow does)', () => {
+    const realFormat = Intl.DateTimeFormat;
+    afterEach(() => {
+      Intl.DateTimeFormat = realFormat;
+    });
+
+    it('plans exactly as with Intl, and without using any time-zone data of its own', () => {
+      const policy = { keepLast: 2, hourly: 3, daily: 4, weekly: 2, monthly: 2 };
+      const withIntl = planRetention(SNAPSHOTS, policy, { timezone: 'Europe/Paris' });
+      const buckets = retentionBucketsIn(
+        'Europe/Paris',
+        SNAPSHOTS.map((s) => s.createdAt),
+      );
+      // Any use of Intl.DateTimeFormat now throws: the plan must come from the buckets alone.
+      Intl.DateTimeFormat = function () {
+        throw new Error('Intl.DateTimeFormat used while planning');
+      } as unknown as typeof Intl.DateTimeFormat;
+      expect(planRetention(SNAPSHOTS, policy, { timezone: 'Europe/Paris', buckets })).toEqual(withIntl);
+      expect(() => planRetention(SNAPSHOTS, policy, { timezone: 'Europe/Paris' })).toThrow(
+        /Intl.DateTimeFormat used|not a known IANA time zone/,
+      );
+    });
+
+    it('refuses buckets that are missing or malformed instead of guessing', () => {
+      const buckets = retentionBucketsIn('UTC', [SNAPSHOTS[0].createdAt]);
+      expect(() => planRetention(SNAPSHOTS.slice(0, 2), { daily: 1 }, { buckets })).toThrow(
+        /snapshot s01 has no valid UTC hour, day, week and month/,
+      );
+      const bad = { [SNAPSHOTS[0].createdAt]: { ...buckets[SNAPSHOTS[0].createdAt], daily: '22/10/2025' } };
+      expect(() => planRetention(SNAPSHOTS.slice(0, 1), { daily: 1 }, { buckets: bad })).toThrow(/no valid/);
+    });
+
+    it('the activity gives the buckets, skips values that are not date-times, and refuses an unknown zone', async () => {
+      const { retentionBuckets } = createRetentionActivities();
+      const out = await retentionBuckets({
+        timezone: 'Europe/Paris',
+        createdAt: ['2025-10-26T00:30:00Z', '2025-10-26T01:30:00Z', 'yesterday'],
+      });
+      // 02:30 CEST, then 02:30 CET again: the same wall-clock hour, one hour apart.
+      expect(out).toEqual({
+        '2025-10-26T00:30:00Z': {
+          hourly: '2025-10-26 02:00',
+          daily: '2025-10-26',
+          weekly: '2025-W43',
+          monthly: '2025-10',
+        },
+        '2025-10-26T01:30:00Z': {
+          hourly: '2025-10-26 02:00',
+          daily: '2025-10-26',
+          weekly: '2025-W43',
+          monthly: '2025-10',
+        },
+      });
+      const err = await retentionBuckets({ timezone: 'Mars/Olympus', createdAt: [] }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ApplicationFailure);
+      expect(err).toMatchObject({ type: BAD_INPUT, nonRetryable: true, message: expect.stringMatching(/time zone/) });
+    });
+  });
+
+  describe('in a group run (fake hypervisor, real Temporal)', () => {
+    let connection: Connection;
+    let client: Client;
+    let host: FakeHost;
+    let hosts: RunningHosts;
+
+    beforeAll(async () => {
+      const namespace = await freshNamespace('gsdet');
+      connection = await Connection.connect({ address: testServerAddress() });
+      client = new Client({ connection, namespace });
+      host = new FakeHost(uniqueId('dh'));
+      hosts = await startHosts([host], { namespace });
+    });
+
+    afterAll(async () => {
+      await hosts?.stop();
+      await connection?.close();
+      host?.cleanup();
+    });
+
+    const run = (group: string, timezone = 'Europe/Paris') =>
+      client.workflow.execute('groupSnapshotRun', {
+        taskQueue: WORKFLOW_TASK_QUEUE,
+        workflowId: uniqueId(`group-run/${group}/test`),
+        args: [{ group, trigger: 'schedule', retention: { keepLast: 1 }, timezone }],
+        // Before the fix a bad catalog entry made the workflow task fail and retry for ever: bound the wait.
+        workflowExecutionTimeout: '2m',
+      }) as Promise<GroupRunResult>;
+
+    it('takes the time-zone buckets from an activity, not from the workflow worker', async () => {
+      const vm = uniqueId('d');
+      host.addVm(vm);
+      const group = uniqueId('det');
+      await createGroup(client, { name: group, selector: { vms: [{ domain: vm, host: host.hostId }] } });
+      await snapshotNamedGroup(client, group);
+      const workflowId = uniqueId(`group-run/${group}/test`);
+      const result = (await client.workflow.execute('groupSnapshotRun', {
+        taskQueue: WORKFLOW_TASK_QUEUE,
+        workflowId,
+        args: [{ group, trigger: 'schedule', retention: { keepLast: 1 }, timezone: 'Asia/Tokyo' }],
+      })) as GroupRunResult;
+      expect(result.retention?.deleted).toHaveLength(1);
+      const history = await client.workflow.getHandle(workflowId).fetchHistory();
+      const scheduled = history.events!.filter((e) => e.activityTaskScheduledEventAttributes);
+      expect(scheduled.map((e) => e.activityTaskScheduledEventAttributes!.activityType!.name)).toContain(
+        'retentionBuckets',
+      );
+      const markers = history.events!.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch');
+      expect(markers).toHaveLength(1);
+    });
+
+    it('fails the run with a clear, non-retryable error for an invalid createdAt in a catalog entry', async () => {
+      const vm = uniqueId('c');
+      host.addVm(vm);
+      const group = uniqueId('badcat');
+      await createGroup(client, { name: group, selector: { vms: [{ domain: vm, host: host.hostId }] } });
+      const first = (await snapshotNamedGroup(client, group)).snapshot.snapshotId;
+      // A catalog entry whose createdAt is not a date-time (hand-edited metadata, a bug, a restore of old XML...).
+      const meta = parseVmMetadata(await host.hypervisor.getMetadata(vm));
+      meta.snapshots.find((s) => s.snapshotId === first)!.createdAt = 'last Tuesday';
+      await host.hypervisor.setMetadata(vm, renderVmMetadata(meta));
+
+      const err = await run(group).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+      expect(cause).toBeInstanceOf(ApplicationFailure);
+      expect(cause.type).toBe('GroupsnapRetentionFailed');
+      expect(cause.nonRetryable).toBe(true);
+      expect(cause.message).toMatch(/retention of group .* failed: snapshot .* has createdAt "last Tuesday"/);
+      // The snapshot itself completed and is in the details; nothing was deleted.
+      const details = cause.details?.[0] as GroupRunResult;
+      expect(details.snapshot.status).toBe('completed');
+      expect((await listGroupSnapshots(client, group)).map((s) => s.snapshotId).sort()).toEqual(
+        [first, details.snapshot.snapshotId].sort(),
+      );
+    });
+  });
+});
