@@ -3,6 +3,7 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { groupSnapshotProgress, groupSnapshotResult, startGroupSnapshot } from '../client';
 import { defaults, temporalSettings, type TemporalOverrides } from '../common/config';
+import { defaultImagesDir } from '../common/images-dir';
 import { METRICS_ADDRESS_ENV } from '../common/metrics';
 import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
 import { BadInputError } from '../common/validation';
@@ -24,6 +25,8 @@ export interface WorkerCommandOptions extends TemporalOverrides {
   host?: string;
   libvirtUri?: string;
   stateDir?: string;
+  /** Where restored and cloned disks go on this host. @default defaultImagesDir(libvirtUri) */
+  imagesDir?: string;
   workflows?: boolean;
   guard?: boolean;
   /** Prometheus exporter address (`ip:port`); else `GROUPSNAP_METRICS_ADDRESS`; none: no metrics. */
@@ -42,6 +45,7 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
   const hostId = opts.host ?? defaults.hostId();
   const libvirtUri = opts.libvirtUri ?? defaults.libvirtUri();
   const stateDir = opts.stateDir ?? defaults.stateDir(hostId);
+  const imagesDir = opts.imagesDir ?? defaultImagesDir(libvirtUri);
   const { connectionOptions, namespace } = temporalSettings(opts);
   const hypervisor = await LibvirtHypervisor.open(libvirtUri);
   try {
@@ -55,6 +59,7 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
       hostId,
       hypervisor,
       stateDir,
+      imagesDir,
       workflows: opts.workflows,
       log: (msg, fields) => logLine(msg, { hostId, ...fields }),
     });
@@ -62,6 +67,7 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
     logLine('worker started', {
       hostId,
       libvirtUri,
+      imagesDir,
       address: connectionOptions.address,
       namespace,
       ...(metricsAddress ? { metrics: `http://${metricsAddress}/metrics` } : {}),

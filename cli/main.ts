@@ -57,6 +57,10 @@ temporalOptions(
     .option('--host <id>', 'host id (default: GROUPSNAP_HOST_ID or the hostname)')
     .option('--libvirt-uri <uri>', 'libvirt URI (default: GROUPSNAP_LIBVIRT_URI or qemu:///system)')
     .option('--state-dir <dir>', 'freeze journal and leases (default: /var/lib/groupsnap/hosts/<id>)')
+    .option(
+      '--images-dir <dir>',
+      "where restored and cloned disks go on this host (default: GROUPSNAP_IMAGES_DIR, else libvirt's default pool dir for the URI)",
+    )
     .option('--no-workflows', 'do not also run the workflow worker on the shared queue')
     .option('--no-guard', 'do not start the freeze guard process (VMs stay protected only while the worker lives)')
     .option(

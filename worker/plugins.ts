@@ -49,6 +49,8 @@ export interface GroupsnapHostPluginOptions {
   hypervisor: Hypervisor;
   /** Freeze journal and leases of this host; must survive the worker process. */
   stateDir: string;
+  /** Where restored and cloned disks go on this host. @default defaultImagesDir(hypervisor.uri) */
+  imagesDir?: string;
   log?: Log;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;

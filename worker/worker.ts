@@ -13,6 +13,8 @@ export interface GroupsnapWorkerOptions {
   hypervisor: Hypervisor;
   /** Freeze journal and leases of this host. */
   stateDir: string;
+  /** Where restored and cloned disks go on this host. @default defaultImagesDir(hypervisor.uri) */
+  imagesDir?: string;
   /** Also run the workflow worker on the shared queue. @default true */
   workflows?: boolean;
   /** A pre-built bundle (tests build one per suite); else the workflows are bundled at start. */
@@ -51,6 +53,7 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
       hostId: options.hostId,
       hypervisor: options.hypervisor,
       stateDir: options.stateDir,
+      ...(options.imagesDir ? { imagesDir: options.imagesDir } : {}),
       log,
       ...(options.metricMeter ? { metricMeter: options.metricMeter } : {}),
     });
