@@ -27,6 +27,8 @@ export interface WorkerCommandOptions extends TemporalOverrides {
   stateDir?: string;
   /** Where restored and cloned disks go on this host. @default defaultImagesDir(libvirtUri) */
   imagesDir?: string;
+  /** The off-host repository's key file (export, restore). @default $GROUPSNAP_REPO_KEY_FILE */
+  keyFile?: string;
   workflows?: boolean;
   guard?: boolean;
   /** Prometheus exporter address (`ip:port`); else `GROUPSNAP_METRICS_ADDRESS`; none: no metrics. */
@@ -60,6 +62,7 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
       hypervisor,
       stateDir,
       imagesDir,
+      ...(opts.keyFile ? { repoKeyFile: opts.keyFile } : {}),
       workflows: opts.workflows,
       log: (msg, fields) => logLine(msg, { hostId, ...fields }),
     });

@@ -5,6 +5,7 @@ import { DEFAULT_MAX_FREEZE_MS } from '../common/names';
 import type { QuiesceMode, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
 import { demoCommand } from './demo';
+import { repoRestoreCommand, type RepoRestoreFlags } from './repo-restore-command';
 import {
   groupCreate,
   groupDelete,
@@ -61,6 +62,7 @@ temporalOptions(
       '--images-dir <dir>',
       "where restored and cloned disks go on this host (default: GROUPSNAP_IMAGES_DIR, else libvirt's default pool dir for the URI)",
     )
+    .option('--key-file <file>', "the off-host repository's key file on this host (default: GROUPSNAP_REPO_KEY_FILE)")
     .option('--no-workflows', 'do not also run the workflow worker on the shared queue')
     .option('--no-guard', 'do not start the freeze guard process (VMs stay protected only while the worker lives)')
     .option(
@@ -288,8 +290,30 @@ temporalOptions(
     .option('--in-place', "stop the group's VMs and restart them on the snapshot (discards their current state)")
     .option('--yes', 'confirm an in-place restore')
     .option('--restore-id <id>', 'restore id (default: generated)')
+    .option(
+      '--from-repo <url>',
+      'restore the point from the off-host repository (s3://... or file://...) onto --to-host',
+    )
+    .option('--key-file <file>', 'repository key file (default: GROUPSNAP_REPO_KEY_FILE)')
+    .option('--to-host <id>', 'with --from-repo: the host that rebuilds and runs the VMs')
+    .option('--as-original', 'with --from-repo: keep names, UUIDs and MACs (failover); refuses if any VM exists there')
+    .option(
+      '--map-network <old=new>',
+      'with --from-repo: a network or bridge named differently there (repeat)',
+      collect(String),
+    )
+    .option('--no-network', 'with --from-repo: leave out every network interface (isolated VMs)')
+    .addOption(
+      new Option('--format <format>', 'with --from-repo: format of the rebuilt disks').choices(['qcow2', 'raw']),
+    )
     .option('--json', 'print JSON'),
-).action(act(restoreCommand));
+).action(
+  act((group: string, snapshotId: string, opts: Parameters<typeof restoreCommand>[2] & Partial<RepoRestoreFlags>) =>
+    opts.fromRepo
+      ? repoRestoreCommand(group, snapshotId, opts as RepoRestoreFlags)
+      : restoreCommand(group, snapshotId, opts),
+  ),
+);
 
 program
   .command('catalog')

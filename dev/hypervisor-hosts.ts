@@ -262,9 +262,10 @@ export class HypervisorHosts {
   async worker(
     id: string,
     address: string,
-    options: { args?: string[]; workflows?: boolean } = {},
+    options: { args?: string[]; workflows?: boolean; as?: { id?: string; imagesDir?: string } } = {},
   ): Promise<HostWorker> {
-    const host = this.host(id);
+    // `as`: another host id (and image directory) served by the same hypervisor, e.g. a host with a full disk.
+    const host = { ...this.host(id), ...(options.as ?? {}) };
     const stateDir = await mkdtemp(join(tmpdir(), `groupsnap-state-${id}-`));
     this.giveToHost(id, stateDir);
     const w = new HostWorker(host, stateDir, address, options);

@@ -15,6 +15,8 @@ export interface GroupsnapWorkerOptions {
   stateDir: string;
   /** Where restored and cloned disks go on this host. @default defaultImagesDir(hypervisor.uri) */
   imagesDir?: string;
+  /** The off-host repository's key file on this host. @default $GROUPSNAP_REPO_KEY_FILE */
+  repoKeyFile?: string;
   /** Also run the workflow worker on the shared queue. @default true */
   workflows?: boolean;
   /** A pre-built bundle (tests build one per suite); else the workflows are bundled at start. */
@@ -54,6 +56,7 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
       hypervisor: options.hypervisor,
       stateDir: options.stateDir,
       ...(options.imagesDir ? { imagesDir: options.imagesDir } : {}),
+      ...(options.repoKeyFile ? { repoKeyFile: options.repoKeyFile } : {}),
       log,
       ...(options.metricMeter ? { metricMeter: options.metricMeter } : {}),
     });
