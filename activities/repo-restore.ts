@@ -260,8 +260,11 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
         try {
           const d = await hypervisor.describe(req.domain);
           if (d.uuid.toLowerCase() === req.uuid.toLowerCase()) {
+            // Console logs and sockets the VM wrote in this host's image directory go with it.
+            const own = hostFilesOf(await hypervisor.domainXml(req.domain), imagesDir);
             if (d.state !== 'shutoff') await hypervisor.destroy(req.domain);
             await hypervisor.undefine(req.domain);
+            for (const f of own) rmSync(f, { force: true });
           }
         } catch (err) {
           if (!(err instanceof DomainNotFoundError)) throw err;
@@ -271,6 +274,12 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
       log('restored VM removed', { domain: req.domain, files: req.files });
     },
   };
+}
+
+/** Files of a domain's character devices (serial logs, sockets) inside `dir`, from its XML. */
+function hostFilesOf(xml: string, dir: string): string[] {
+  const paths = [...xml.matchAll(/<(?:source|log)\b[^>]*?\s(?:path|file)=(['"])(\/[^'"]*)\1/g)].map((m) => m[2]);
+  return paths.filter((p) => p.startsWith(`${dir}/`) && !p.slice(dir.length + 1).includes('/'));
 }
 
 export type RepoRestoreActivities = ReturnType<typeof createRepoRestoreActivities>;

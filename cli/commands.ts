@@ -29,6 +29,8 @@ export interface WorkerCommandOptions extends TemporalOverrides {
   imagesDir?: string;
   /** The off-host repository's key file (export, restore). @default $GROUPSNAP_REPO_KEY_FILE */
   keyFile?: string;
+  /** Run DR drills' check commands on this host. */
+  allowDrillChecks?: boolean;
   workflows?: boolean;
   guard?: boolean;
   /** Prometheus exporter address (`ip:port`); else `GROUPSNAP_METRICS_ADDRESS`; none: no metrics. */
@@ -63,6 +65,7 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
       stateDir,
       imagesDir,
       ...(opts.keyFile ? { repoKeyFile: opts.keyFile } : {}),
+      ...(opts.allowDrillChecks ? { allowDrillChecks: true } : {}),
       workflows: opts.workflows,
       log: (msg, fields) => logLine(msg, { hostId, ...fields }),
     });

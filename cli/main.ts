@@ -5,6 +5,7 @@ import { DEFAULT_MAX_FREEZE_MS } from '../common/names';
 import type { QuiesceMode, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
 import { demoCommand } from './demo';
+import { drillCommand } from './drill-command';
 import { repoRestoreCommand, type RepoRestoreFlags } from './repo-restore-command';
 import {
   groupCreate,
@@ -63,6 +64,7 @@ temporalOptions(
       "where restored and cloned disks go on this host (default: GROUPSNAP_IMAGES_DIR, else libvirt's default pool dir for the URI)",
     )
     .option('--key-file <file>', "the off-host repository's key file on this host (default: GROUPSNAP_REPO_KEY_FILE)")
+    .option('--allow-drill-checks', "run DR drills' --check commands on this host (sh -c, as the worker's user)")
     .option('--no-workflows', 'do not also run the workflow worker on the shared queue')
     .option('--no-guard', 'do not start the freeze guard process (VMs stay protected only while the worker lives)')
     .option(
@@ -314,6 +316,24 @@ temporalOptions(
       : restoreCommand(group, snapshotId, opts),
   ),
 );
+
+temporalOptions(
+  program
+    .command('drill')
+    .description(
+      'DR drill: restore a point from the repository as isolated clones on a host, wait until ready, record, tear down',
+    )
+    .argument('<group>')
+    .option('--point <id>', "the point's snapshot id, or latest", 'latest')
+    .option('--repo <url>', 'repository URL (default: GROUPSNAP_REPO)')
+    .option('--to-host <id>', 'the host whose worker restores and boots the clones (its worker holds the key)')
+    .option('--check <command>', 'ready when this exits 0 on the host (worker started with --allow-drill-checks)')
+    .option('--serial-line <regex>', "ready when a matching line appears on every clone's serial console")
+    .option('--timeout <seconds>', 'how long the clones may take to be ready', parseInteger)
+    .option('--cron <expr>', 'instead of drilling now, drill the latest point on this schedule')
+    .option('--timezone <tz>', 'time zone of --cron', 'UTC')
+    .option('--json', 'print JSON'),
+).action(act(drillCommand));
 
 program
   .command('catalog')

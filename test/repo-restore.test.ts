@@ -47,7 +47,7 @@ describe('restore from the repository on another hypervisor', () => {
   const group = 'rr';
   let snapshotId: string;
   /** Per source VM: name, UUID, MAC-less XML; and sha256 of each disk at the point, by `domain/target`. */
-  let sources: { name: string; uuid: string }[] = [];
+  const sources: { name: string; uuid: string }[] = [];
   let sums: Record<string, string> = {};
 
   const domainsOnB = async () => (await connB.listAllDomains()).map((d) => d.name);

@@ -29,6 +29,7 @@ import {
 } from '@temporalio/worker';
 import { createControlActivities } from '../activities/control-activities';
 import { createHost } from '../activities/host-activities';
+import { createDrillActivities } from '../activities/drill';
 import { createRepoRestoreActivities } from '../activities/repo-restore';
 import { defaultImagesDir } from '../common/images-dir';
 import { HOST_REGISTRY_WORKFLOW_ID } from '../common/groups';
@@ -55,6 +56,8 @@ export interface GroupsnapHostPluginOptions {
   imagesDir?: string;
   /** The off-host repository's key file on this host. @default $GROUPSNAP_REPO_KEY_FILE */
   repoKeyFile?: string;
+  /** Run DR drills' check commands on this host (`sh -c`, as the worker's user). @default false */
+  allowDrillChecks?: boolean;
   log?: Log;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;
@@ -175,7 +178,17 @@ export class GroupsnapHostPlugin extends GroupsnapPlugin {
     });
     return {
       ...configured,
-      activities: { ...configured.activities, ...host.activities, ...repoRestore },
+      activities: {
+        ...configured.activities,
+        ...host.activities,
+        ...repoRestore,
+        ...createDrillActivities({
+          hypervisor: this.hostOptions.hypervisor,
+          hostId,
+          ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
+          allowChecks: this.hostOptions.allowDrillChecks ?? false,
+        }),
+      },
       maxConcurrentActivityTaskExecutions:
         configured.maxConcurrentActivityTaskExecutions ?? HOST_MAX_CONCURRENT_ACTIVITIES,
     };

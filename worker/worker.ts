@@ -17,6 +17,8 @@ export interface GroupsnapWorkerOptions {
   imagesDir?: string;
   /** The off-host repository's key file on this host. @default $GROUPSNAP_REPO_KEY_FILE */
   repoKeyFile?: string;
+  /** Run DR drills' check commands on this host. @default false */
+  allowDrillChecks?: boolean;
   /** Also run the workflow worker on the shared queue. @default true */
   workflows?: boolean;
   /** A pre-built bundle (tests build one per suite); else the workflows are bundled at start. */
@@ -57,6 +59,7 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
       stateDir: options.stateDir,
       ...(options.imagesDir ? { imagesDir: options.imagesDir } : {}),
       ...(options.repoKeyFile ? { repoKeyFile: options.repoKeyFile } : {}),
+      ...(options.allowDrillChecks ? { allowDrillChecks: true } : {}),
       log,
       ...(options.metricMeter ? { metricMeter: options.metricMeter } : {}),
     });
