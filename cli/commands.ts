@@ -3,6 +3,7 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { groupSnapshotProgress, groupSnapshotResult, startGroupSnapshot } from '../client';
 import { defaults, temporalSettings, type TemporalOverrides } from '../common/config';
+import { defaultImagesDir } from '../common/images-dir';
 import { METRICS_ADDRESS_ENV } from '../common/metrics';
 import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
 import { BadInputError } from '../common/validation';
@@ -26,6 +27,12 @@ export interface WorkerCommandOptions extends TemporalOverrides {
   host?: string;
   libvirtUri?: string;
   stateDir?: string;
+  /** Where restored and cloned disks go on this host. @default defaultImagesDir(libvirtUri) */
+  imagesDir?: string;
+  /** The off-host repository's key file (export, restore). @default $GROUPSNAP_REPO_KEY_FILE */
+  keyFile?: string;
+  /** Run DR drills' check commands on this host. */
+  allowDrillChecks?: boolean;
   workflows?: boolean;
   guard?: boolean;
   /** Prometheus exporter address (`ip:port`); else `GROUPSNAP_METRICS_ADDRESS`; none: no metrics. */
@@ -44,6 +51,7 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
   const hostId = opts.host ?? defaults.hostId();
   const libvirtUri = opts.libvirtUri ?? defaults.libvirtUri();
   const stateDir = opts.stateDir ?? defaults.stateDir(hostId);
+  const imagesDir = opts.imagesDir ?? defaultImagesDir(libvirtUri);
   const { connectionOptions, namespace } = temporalSettings(opts);
   const hypervisor = await LibvirtHypervisor.open(libvirtUri);
   try {
@@ -62,6 +70,9 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
       hostId,
       hypervisor,
       stateDir,
+      imagesDir,
+      ...(opts.keyFile ? { repoKeyFile: opts.keyFile } : {}),
+      ...(opts.allowDrillChecks ? { allowDrillChecks: true } : {}),
       workflows: opts.workflows,
       log: (msg, fields) => logLine(msg, { hostId, ...fields }),
     });
@@ -69,6 +80,7 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
     logLine('worker started', {
       hostId,
       libvirtUri,
+      imagesDir,
       address: connectionOptions.address,
       namespace,
       ...(metricsAddress ? { metrics: `http://${metricsAddress}/metrics` } : {}),

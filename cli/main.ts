@@ -4,6 +4,8 @@ import { defaults } from '../common/config';
 import { DEFAULT_MAX_FREEZE_MS } from '../common/names';
 import type { QuiesceMode, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
+import { drillCommand } from './drill-command';
+import { repoRestoreCommand, type RepoRestoreFlags } from './repo-restore-command';
 import {
   groupCreate,
   groupDelete,
@@ -58,6 +60,12 @@ temporalOptions(
     .option('--host <id>', 'host id (default: GROUPSNAP_HOST_ID or the hostname)')
     .option('--libvirt-uri <uri>', 'libvirt URI (default: GROUPSNAP_LIBVIRT_URI or qemu:///system)')
     .option('--state-dir <dir>', 'freeze journal and leases (default: /var/lib/groupsnap/hosts/<id>)')
+    .option(
+      '--images-dir <dir>',
+      "where restored and cloned disks go on this host (default: GROUPSNAP_IMAGES_DIR, else libvirt's default pool dir for the URI)",
+    )
+    .option('--key-file <file>', "the off-host repository's key file on this host (default: GROUPSNAP_REPO_KEY_FILE)")
+    .option('--allow-drill-checks', "run DR drills' --check commands on this host (sh -c, as the worker's user)")
     .option('--no-workflows', 'do not also run the workflow worker on the shared queue')
     .option('--no-guard', 'do not start the freeze guard process (VMs stay protected only while the worker lives)')
     .option(
@@ -312,8 +320,48 @@ temporalOptions(
     .option('--in-place', "stop the group's VMs and restart them on the snapshot (discards their current state)")
     .option('--yes', 'confirm an in-place restore')
     .option('--restore-id <id>', 'restore id (default: generated)')
+    .option(
+      '--from-repo <url>',
+      'restore the point from the off-host repository (s3://... or file://...) onto --to-host',
+    )
+    .option('--key-file <file>', 'repository key file (default: GROUPSNAP_REPO_KEY_FILE)')
+    .option('--to-host <id>', 'with --from-repo: the host that rebuilds and runs the VMs')
+    .option('--as-original', 'with --from-repo: keep names, UUIDs and MACs (failover); refuses if any VM exists there')
+    .option(
+      '--map-network <old=new>',
+      'with --from-repo: a network or bridge named differently there (repeat)',
+      collect(String),
+    )
+    .option('--no-network', 'with --from-repo: leave out every network interface (isolated VMs)')
+    .addOption(
+      new Option('--format <format>', 'with --from-repo: format of the rebuilt disks').choices(['qcow2', 'raw']),
+    )
     .option('--json', 'print JSON'),
-).action(act(restoreCommand));
+).action(
+  act((group: string, snapshotId: string, opts: Parameters<typeof restoreCommand>[2] & Partial<RepoRestoreFlags>) =>
+    opts.fromRepo
+      ? repoRestoreCommand(group, snapshotId, opts as RepoRestoreFlags)
+      : restoreCommand(group, snapshotId, opts),
+  ),
+);
+
+temporalOptions(
+  program
+    .command('drill')
+    .description(
+      'DR drill: restore a point from the repository as isolated clones on a host, wait until ready, record, tear down',
+    )
+    .argument('<group>')
+    .option('--point <id>', "the point's snapshot id, or latest", 'latest')
+    .option('--repo <url>', 'repository URL (default: GROUPSNAP_REPO)')
+    .option('--to-host <id>', 'the host whose worker restores and boots the clones (its worker holds the key)')
+    .option('--check <command>', 'ready when this exits 0 on the host (worker started with --allow-drill-checks)')
+    .option('--serial-line <regex>', "ready when a matching line appears on every clone's serial console")
+    .option('--timeout <seconds>', 'how long the clones may take to be ready', parseInteger)
+    .option('--cron <expr>', 'instead of drilling now, drill the latest point on this schedule')
+    .option('--timezone <tz>', 'time zone of --cron', 'UTC')
+    .option('--json', 'print JSON'),
+).action(act(drillCommand));
 
 temporalOptions(
   restore

@@ -67,7 +67,7 @@ export type {
  * Turns a workflow or update failure into what callers handle: a BadInputError for bad input (nothing changed),
  * the result in the failure's details for a failed-and-handled run, else the error itself.
  */
-async function settle<T>(run: Promise<T>): Promise<T> {
+export async function settle<T>(run: Promise<T>): Promise<T> {
   try {
     return await run;
   } catch (err) {

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { chownSync, existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,6 +38,10 @@ export interface VmFleetOptions {
   extraDevices?: string;
   /** GiB of data (a non-zero pattern, so clusters are allocated) to write into every disk. */
   fillGiB?: number;
+  /** Domain type. @default virtType() (a session daemon of an unprivileged user needs 'qemu') */
+  virtType?: 'kvm' | 'qemu';
+  /** Owner to give the image files to before the VMs are defined (QEMU of a session daemon runs as that user). */
+  owner?: { uid: number; gid: number };
 }
 
 export interface FleetVm {
@@ -89,7 +93,9 @@ export class VmFleet {
             }
           }
           fleet.vms.push({ name, disks });
-          const dom = await conn.defineXML(firmwareDomainXml(name, disks, virtType(), options.extraDevices));
+          if (options.owner) for (const f of Object.values(disks)) chownSync(f, options.owner.uid, options.owner.gid);
+          const type = options.virtType ?? virtType();
+          const dom = await conn.defineXML(firmwareDomainXml(name, disks, type, options.extraDevices));
           if (options.start !== false) await dom.create();
           dom.free();
         }),

@@ -29,6 +29,9 @@ import {
 } from '@temporalio/worker';
 import { createControlActivities } from '../activities/control-activities';
 import { createHost } from '../activities/host-activities';
+import { createDrillActivities } from '../activities/drill';
+import { createRepoRestoreActivities } from '../activities/repo-restore';
+import { defaultImagesDir } from '../common/images-dir';
 import { HOST_REGISTRY_WORKFLOW_ID } from '../common/groups';
 import { hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -49,6 +52,12 @@ export interface GroupsnapHostPluginOptions {
   hypervisor: Hypervisor;
   /** Freeze journal and leases of this host; must survive the worker process. */
   stateDir: string;
+  /** Where restored and cloned disks go on this host. @default defaultImagesDir(hypervisor.uri) */
+  imagesDir?: string;
+  /** The off-host repository's key file on this host. @default $GROUPSNAP_REPO_KEY_FILE */
+  repoKeyFile?: string;
+  /** Run DR drills' check commands on this host (`sh -c`, as the worker's user). @default false */
+  allowDrillChecks?: boolean;
   log?: Log;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;
@@ -160,9 +169,26 @@ export class GroupsnapHostPlugin extends GroupsnapPlugin {
     for (const r of recovered)
       log('resumed a VM left paused by an interrupted freeze', { domain: r.domain, snapshotId: r.snapshotId });
     this.host = host;
+    const repoRestore = createRepoRestoreActivities({
+      hypervisor: this.hostOptions.hypervisor,
+      hostId,
+      imagesDir: this.hostOptions.imagesDir ?? defaultImagesDir(this.hostOptions.hypervisor.uri),
+      ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
+      log,
+    });
     return {
       ...configured,
-      activities: { ...configured.activities, ...host.activities },
+      activities: {
+        ...configured.activities,
+        ...host.activities,
+        ...repoRestore,
+        ...createDrillActivities({
+          hypervisor: this.hostOptions.hypervisor,
+          hostId,
+          ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
+          allowChecks: this.hostOptions.allowDrillChecks ?? false,
+        }),
+      },
       maxConcurrentActivityTaskExecutions:
         configured.maxConcurrentActivityTaskExecutions ?? HOST_MAX_CONCURRENT_ACTIVITIES,
     };

@@ -13,6 +13,12 @@ export interface GroupsnapWorkerOptions {
   hypervisor: Hypervisor;
   /** Freeze journal and leases of this host. */
   stateDir: string;
+  /** Where restored and cloned disks go on this host. @default defaultImagesDir(hypervisor.uri) */
+  imagesDir?: string;
+  /** The off-host repository's key file on this host. @default $GROUPSNAP_REPO_KEY_FILE */
+  repoKeyFile?: string;
+  /** Run DR drills' check commands on this host. @default false */
+  allowDrillChecks?: boolean;
   /** Also run the workflow worker on the shared queue. @default true */
   workflows?: boolean;
   /** A pre-built bundle (tests build one per suite); else the workflows are bundled at start. */
@@ -51,6 +57,9 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
       hostId: options.hostId,
       hypervisor: options.hypervisor,
       stateDir: options.stateDir,
+      ...(options.imagesDir ? { imagesDir: options.imagesDir } : {}),
+      ...(options.repoKeyFile ? { repoKeyFile: options.repoKeyFile } : {}),
+      ...(options.allowDrillChecks ? { allowDrillChecks: true } : {}),
       log,
       ...(options.metricMeter ? { metricMeter: options.metricMeter } : {}),
     });

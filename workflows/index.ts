@@ -1,6 +1,8 @@
 export { groupSnapshot, progressQuery, SNAPSHOT_FAILED } from './group-snapshot';
 export { groupEntity, definitionQuery, snapshotNowUpdate, deleteGroupUpdate } from './group-entity';
 export { groupSnapshotRun } from './group-run';
+export { restoreFromRepo } from './repo-restore';
+export { drillGroup } from './drill';
 export { hostRegistry, registerHostSignal, forgetHostUpdate, hostsQuery } from './registry';
 export {
   deleteGroupSnapshot,

@@ -1,0 +1,506 @@
+import { randomBytes } from 'node:crypto';
+import { open as openFile } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import type { S3ClientConfig } from '@aws-sdk/client-s3';
+import {
+  chunkIdOf,
+  deriveKeys,
+  keyCheck,
+  keyCheckMatches,
+  nameTag,
+  readKeyFile,
+  seal,
+  SealError,
+  unseal,
+  type RepositoryKeys,
+} from './crypto';
+import {
+  DamagedObjectError,
+  PointNotFoundError,
+  RepositoryExistsError,
+  RepositoryInputError,
+  RepositoryNotFoundError,
+  WrongKeyError,
+} from './errors';
+import {
+  FORMAT_VERSION,
+  type DiskManifest,
+  type GroupManifest,
+  type RepositoryConfig,
+  type VerificationRecord,
+  type VmManifest,
+} from './manifest';
+import { openStore, type ObjectStore } from './store';
+
+/** Default chunk size: 4 MiB. */
+export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
+
+/** Object keys, relative to the repository root. */
+export const KEYS = {
+  config: 'config',
+  chunksPrefix: 'chunks/',
+  pointsPrefix: 'points/',
+  locksPrefix: 'locks/',
+} as const;
+
+/** Snapshot ids, group names and the like end up in object keys: a conservative character set. */
+const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+export interface OpenOptions {
+  /** An object store to use instead of the one the URL names (tests: fault injection). */
+  store?: ObjectStore;
+  /** Extra `S3Client` settings (e.g. a custom request handler). */
+  s3?: S3ClientConfig;
+}
+
+export interface InitOptions extends OpenOptions {
+  /** @default DEFAULT_CHUNK_SIZE (4 MiB) */
+  chunkSize?: number;
+}
+
+/** One point as `listPoints` reports it. */
+export interface PointSummary {
+  group: string;
+  snapshotId: string;
+  label?: string;
+  snapshotCreatedAt: string;
+  exportedAt: string;
+  vms: { domain: string; host: string; disks: { target: string; virtualSize: number }[] }[];
+  stats: GroupManifest['stats'];
+  /** Object key of the group manifest. */
+  manifest: string;
+  /** The last `repo verify` of this point, if any. */
+  verification?: VerificationRecord;
+}
+
+/** One chunk of a disk as read back. */
+export interface DiskChunk {
+  index: number;
+  offset: number;
+  /** Plaintext; zeros for a zero chunk. */
+  data: Buffer;
+  /** The chunk id, or `null` for a zero chunk. */
+  id: string | null;
+}
+
+/** Result of storing one chunk. */
+export interface PutChunkResult {
+  id: string;
+  /** False when the repository already had it (nothing was sent). */
+  uploaded: boolean;
+  /** Sealed bytes sent (0 when not uploaded). */
+  storedBytes: number;
+}
+
+/**
+ * A groupsnap repository opened with its key. The reader API (open, list points, read manifests, read chunks,
+ * stream a disk back) is what a restore needs; the writer API is what an export and prune use.
+ */
+export class Repository {
+  /** Chunk ids known to exist (from {@link loadChunkIndex} and this instance's own uploads). */
+  private known?: Set<string>;
+
+  private constructor(
+    readonly store: ObjectStore,
+    readonly config: RepositoryConfig,
+    private readonly keys: RepositoryKeys,
+  ) {}
+
+  get url(): string {
+    return this.store.url;
+  }
+
+  get chunkSize(): number {
+    return this.config.chunkSize;
+  }
+
+  /**
+   * Creates a repository at `url` (the bucket or the parent directory must exist) and returns it opened.
+   * @throws RepositoryExistsError when one is already there; BucketNotFoundError, StoreAccessDeniedError
+   */
+  static async init(url: string, key: Buffer, opts: InitOptions = {}): Promise<Repository> {
+    const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    if (!Number.isInteger(chunkSize) || chunkSize < 64 * 1024 || chunkSize > 64 * 1024 * 1024) {
+      throw new RepositoryInputError(`chunk size must be an integer from 64 KiB to 64 MiB, not ${chunkSize}`);
+    }
+    const store = opts.store ?? openStore(url, opts.s3);
+    try {
+      await store.checkLocation();
+      if (await store.exists(KEYS.config)) throw new RepositoryExistsError(store.url);
+      const id = randomBytes(16).toString('hex');
+      const keys = deriveKeys(key, id);
+      const config: RepositoryConfig = {
+        format: 'groupsnap-repository',
+        version: FORMAT_VERSION,
+        id,
+        createdAt: new Date().toISOString(),
+        chunkSize,
+        cipher: 'aes-256-gcm',
+        compression: 'deflate-raw',
+        chunkHash: 'hmac-sha256',
+        keyCheck: keyCheck(keys),
+      };
+      await store.put(KEYS.config, Buffer.from(JSON.stringify(config, null, 2) + '\n'));
+      return new Repository(store, config, keys);
+    } catch (err) {
+      if (!opts.store) store.close();
+      throw err;
+    }
+  }
+
+  /**
+   * Opens the repository at `url` with `key` (32 bytes; see `readKeyFile`).
+   * @throws RepositoryNotFoundError, WrongKeyError, BucketNotFoundError, StoreAccessDeniedError
+   */
+  static async open(url: string, key: Buffer, opts: OpenOptions = {}): Promise<Repository> {
+    const store = opts.store ?? openStore(url, opts.s3);
+    try {
+      const raw = await store.get(KEYS.config);
+      if (!raw) throw new RepositoryNotFoundError(store.url);
+      let config: RepositoryConfig;
+      try {
+        config = JSON.parse(raw.toString('utf8')) as RepositoryConfig;
+      } catch {
+        throw new DamagedObjectError(KEYS.config, 'corrupt', 'not JSON');
+      }
+      if (config.format !== 'groupsnap-repository')
+        throw new DamagedObjectError(KEYS.config, 'corrupt', 'not a groupsnap repository');
+      if (config.version > FORMAT_VERSION) {
+        throw new RepositoryInputError(
+          `repository format ${config.version} is newer than this groupsnap reads (${FORMAT_VERSION})`,
+        );
+      }
+      const keys = deriveKeys(key, config.id);
+      if (!keyCheckMatches(keys, config.keyCheck)) throw new WrongKeyError(store.url);
+      return new Repository(store, config, keys);
+    } catch (err) {
+      if (!opts.store) store.close();
+      throw err;
+    }
+  }
+
+  /** {@link open} with a key file. */
+  static async openWithKeyFile(url: string, keyFile: string, opts: OpenOptions = {}): Promise<Repository> {
+    return Repository.open(url, readKeyFile(keyFile), opts);
+  }
+
+  close(): void {
+    this.store.close();
+  }
+
+  // ---- names ----
+
+  /** Object key prefix of every object of one point. */
+  pointPrefix(group: string, snapshotId: string): string {
+    checkId('group', group);
+    checkId('snapshot id', snapshotId);
+    return `${KEYS.pointsPrefix}${nameTag(this.keys, 'group', group)}/${snapshotId}/`;
+  }
+
+  groupManifestKey(group: string, snapshotId: string): string {
+    return `${this.pointPrefix(group, snapshotId)}group`;
+  }
+
+  vmManifestKey(group: string, snapshotId: string, domain: string): string {
+    return `${this.pointPrefix(group, snapshotId)}vms/${nameTag(this.keys, 'vm', domain)}`;
+  }
+
+  diskManifestKey(group: string, snapshotId: string, domain: string, target: string): string {
+    return `${this.pointPrefix(group, snapshotId)}disks/${nameTag(this.keys, 'vm', domain)}-${nameTag(this.keys, 'disk', target)}`;
+  }
+
+  verificationKey(group: string, snapshotId: string): string {
+    return `${this.pointPrefix(group, snapshotId)}verified`;
+  }
+
+  /** Object key of a chunk: `chunks/<first two hex digits>/<id>`. */
+  static chunkKey(id: string): string {
+    return `${KEYS.chunksPrefix}${id.slice(0, 2)}/${id}`;
+  }
+
+  // ---- chunks ----
+
+  /** The chunk id (keyed hash) of some plaintext. */
+  chunkId(data: Buffer): string {
+    return chunkIdOf(this.keys, data);
+  }
+
+  /** Lists every chunk in the store once, so {@link putChunk} skips those without asking. Returns their ids. */
+  async loadChunkIndex(): Promise<Set<string>> {
+    const known = new Set<string>();
+    for await (const o of this.store.list(KEYS.chunksPrefix)) {
+      const id = o.key.slice(o.key.lastIndexOf('/') + 1);
+      if (/^[0-9a-f]{64}$/.test(id)) known.add(id);
+    }
+    this.known = known;
+    return known;
+  }
+
+  /** Whether the chunk exists (from the loaded index when there is one, else by asking the store). */
+  async hasChunk(id: string): Promise<boolean> {
+    if (this.known?.has(id)) return true;
+    if (this.known) return false;
+    return this.store.exists(Repository.chunkKey(id));
+  }
+
+  /** Forgets a chunk in the loaded index (after it was found missing or deleted). */
+  forgetChunk(id: string): void {
+    this.known?.delete(id);
+  }
+
+  /**
+   * Stores a chunk unless the repository has it: compressed, encrypted, named by its keyed hash.
+   * `knownId` saves hashing again when the caller already did.
+   */
+  async putChunk(data: Buffer, knownId?: string): Promise<PutChunkResult> {
+    const id = knownId ?? this.chunkId(data);
+    if (await this.hasChunk(id)) return { id, uploaded: false, storedBytes: 0 };
+    const sealed = await seal(this.keys, data, id);
+    await this.store.put(Repository.chunkKey(id), sealed);
+    this.known?.add(id);
+    return { id, uploaded: true, storedBytes: sealed.length };
+  }
+
+  /**
+   * Reads, decrypts and checks one chunk.
+   * @throws DamagedObjectError when it is missing, does not decrypt, or its content does not match its name
+   */
+  async readChunk(id: string): Promise<Buffer> {
+    const key = Repository.chunkKey(id);
+    const sealed = await this.store.get(key);
+    if (!sealed) throw new DamagedObjectError(key, 'missing');
+    let plain: Buffer;
+    try {
+      plain = await unseal(this.keys, sealed, id);
+    } catch (err) {
+      if (err instanceof SealError) throw new DamagedObjectError(key, 'corrupt', err.message);
+      throw err;
+    }
+    if (this.chunkId(plain) !== id) throw new DamagedObjectError(key, 'corrupt', 'content does not match its id');
+    return plain;
+  }
+
+  // ---- manifests ----
+
+  /** Seals and writes a JSON document at `key` (the key is authenticated with it). */
+  async writeSealedJson(key: string, doc: unknown): Promise<void> {
+    await this.store.put(key, await seal(this.keys, Buffer.from(JSON.stringify(doc)), key));
+  }
+
+  /**
+   * Reads a sealed JSON document, or `undefined` when absent.
+   * @throws DamagedObjectError when it does not open (a wrong key is caught earlier, at open)
+   */
+  async readSealedJson<T>(key: string): Promise<T | undefined> {
+    const sealed = await this.store.get(key);
+    if (!sealed) return undefined;
+    try {
+      return JSON.parse((await unseal(this.keys, sealed, key)).toString('utf8')) as T;
+    } catch (err) {
+      if (err instanceof SealError || err instanceof SyntaxError) {
+        throw new DamagedObjectError(key, 'corrupt', err.message);
+      }
+      throw err;
+    }
+  }
+
+  /** Writes a disk's manifest; returns its key. */
+  async writeDiskManifest(m: DiskManifest): Promise<string> {
+    const key = this.diskManifestKey(m.group, m.snapshotId, m.domain, m.target);
+    await this.writeSealedJson(key, m);
+    return key;
+  }
+
+  /** Writes a VM's manifest (after its disks'); returns its key. */
+  async writeVmManifest(m: VmManifest): Promise<string> {
+    const key = this.vmManifestKey(m.group, m.snapshotId, m.domain);
+    await this.writeSealedJson(key, m);
+    return key;
+  }
+
+  /**
+   * Writes the group manifest, which makes the point exist: call it last, after every VM and disk manifest and
+   * every chunk they name is stored. Writing it twice with the same content is harmless.
+   */
+  async writeGroupManifest(m: GroupManifest): Promise<string> {
+    const key = this.groupManifestKey(m.group, m.snapshotId);
+    await this.writeSealedJson(key, m);
+    return key;
+  }
+
+  async readGroupManifest(group: string, snapshotId: string): Promise<GroupManifest> {
+    const m = await this.readSealedJson<GroupManifest>(this.groupManifestKey(group, snapshotId));
+    if (!m) throw new PointNotFoundError(group, snapshotId);
+    return m;
+  }
+
+  /** A manifest named by a group or VM manifest. @throws DamagedObjectError when missing or damaged */
+  async readManifestAt<T extends VmManifest | DiskManifest>(key: string): Promise<T> {
+    const m = await this.readSealedJson<T>(key);
+    if (!m) throw new DamagedObjectError(key, 'missing');
+    return m;
+  }
+
+  async readVmManifest(group: string, snapshotId: string, domain: string): Promise<VmManifest> {
+    return this.readManifestAt<VmManifest>(this.vmManifestKey(group, snapshotId, domain));
+  }
+
+  async readDiskManifest(group: string, snapshotId: string, domain: string, target: string): Promise<DiskManifest> {
+    return this.readManifestAt<DiskManifest>(this.diskManifestKey(group, snapshotId, domain, target));
+  }
+
+  /** Whether a point exists (its group manifest does). */
+  async hasPoint(group: string, snapshotId: string): Promise<boolean> {
+    return this.store.exists(this.groupManifestKey(group, snapshotId));
+  }
+
+  async writeVerification(group: string, snapshotId: string, rec: VerificationRecord): Promise<void> {
+    await this.writeSealedJson(this.verificationKey(group, snapshotId), rec);
+  }
+
+  /**
+   * Every point (group manifest) in the repository, or of one group; sorted by group, then snapshot time.
+   * Objects of points without a group manifest (an export in progress or interrupted) are not points.
+   */
+  async listPoints(opts: { group?: string } = {}): Promise<PointSummary[]> {
+    const prefix = opts.group
+      ? `${KEYS.pointsPrefix}${nameTag(this.keys, 'group', checkId('group', opts.group))}/`
+      : KEYS.pointsPrefix;
+    const groups: string[] = [];
+    const verified = new Set<string>();
+    for await (const o of this.store.list(prefix)) {
+      if (o.key.endsWith('/group')) groups.push(o.key);
+      else if (o.key.endsWith('/verified')) verified.add(o.key.slice(0, -'verified'.length));
+    }
+    const points: PointSummary[] = [];
+    for (const key of groups) {
+      const m = await this.readSealedJson<GroupManifest>(key);
+      if (!m) continue; // deleted since the listing
+      const base = key.slice(0, -'group'.length);
+      const verification = verified.has(base)
+        ? await this.readSealedJson<VerificationRecord>(`${base}verified`).catch(() => undefined)
+        : undefined;
+      points.push({
+        group: m.group,
+        snapshotId: m.snapshotId,
+        ...(m.label !== undefined ? { label: m.label } : {}),
+        snapshotCreatedAt: m.snapshotCreatedAt,
+        exportedAt: m.exportedAt,
+        vms: m.vms.map((v) => ({ domain: v.domain, host: v.host, disks: v.disks })),
+        stats: m.stats,
+        manifest: key,
+        ...(verification ? { verification } : {}),
+      });
+    }
+    return points.sort(
+      (a, b) =>
+        a.group.localeCompare(b.group) ||
+        a.snapshotCreatedAt.localeCompare(b.snapshotCreatedAt) ||
+        a.snapshotId.localeCompare(b.snapshotId),
+    );
+  }
+
+  /**
+   * Deletes a point: its group manifest first (the point stops existing), then its other manifests. Chunks stay
+   * until a sweep finds them unreferenced.
+   */
+  async deletePoint(group: string, snapshotId: string): Promise<void> {
+    const prefix = this.pointPrefix(group, snapshotId);
+    await this.store.delete(`${prefix}group`);
+    for await (const o of this.store.list(prefix)) await this.store.delete(o.key);
+  }
+
+  // ---- reading a disk back ----
+
+  /**
+   * The chunks of a disk in order, read `concurrency` at a time ahead of the consumer; zero chunks are yielded as
+   * zero buffers without reading anything.
+   * @throws DamagedObjectError on the first missing or damaged chunk
+   */
+  async *readDisk(m: DiskManifest, opts: { concurrency?: number } = {}): AsyncGenerator<DiskChunk> {
+    const concurrency = Math.max(1, opts.concurrency ?? 4);
+    const inFlight: Promise<DiskChunk>[] = [];
+    const fetch = (index: number): Promise<DiskChunk> => {
+      const offset = index * m.chunkSize;
+      const length = Math.min(m.chunkSize, m.virtualSize - offset);
+      const id = m.chunks[index];
+      if (id === null) return Promise.resolve({ index, offset, id, data: Buffer.alloc(length) });
+      return this.readChunk(id).then((data) => {
+        if (data.length !== length) {
+          throw new DamagedObjectError(
+            Repository.chunkKey(id),
+            'corrupt',
+            `holds ${data.length} bytes, expected ${length}`,
+          );
+        }
+        return { index, offset, id, data };
+      });
+    };
+    let next = 0;
+    try {
+      while (next < m.chunks.length || inFlight.length > 0) {
+        while (next < m.chunks.length && inFlight.length < concurrency) {
+          const p = fetch(next++);
+          p.catch(() => undefined); // handled when awaited in order
+          inFlight.push(p);
+        }
+        yield await (inFlight.shift() as Promise<DiskChunk>);
+      }
+    } finally {
+      await Promise.allSettled(inFlight);
+    }
+  }
+
+  /** The disk's guest-visible content (raw) as a byte stream. */
+  diskStream(m: DiskManifest, opts: { concurrency?: number } = {}): Readable {
+    const chunks = this.readDisk(m, opts);
+    return Readable.from(
+      (async function* () {
+        for await (const c of chunks) yield c.data;
+      })(),
+      { objectMode: false },
+    );
+  }
+
+  /**
+   * Writes the disk's content as a raw, sparse image file at `file` (created or truncated to the virtual size;
+   * zero chunks are left as holes). Convert it with `qemu-img convert -f raw -O qcow2` if needed.
+   */
+  async writeDiskImage(
+    m: DiskManifest,
+    file: string,
+    opts: { concurrency?: number; onProgress?: (bytesDone: number, bytesTotal: number) => void } = {},
+  ): Promise<void> {
+    const fh = await openFile(file, 'w');
+    try {
+      await fh.truncate(m.virtualSize);
+      for await (const c of this.readDisk(m, opts)) {
+        if (c.id !== null && !isZero(c.data)) await fh.write(c.data, 0, c.data.length, c.offset);
+        opts.onProgress?.(c.offset + c.data.length, m.virtualSize);
+      }
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+}
+
+/** Whether a buffer holds only zero bytes. */
+export function isZero(buf: Buffer): boolean {
+  const words = Math.floor(buf.length / 8);
+  const view = new BigUint64Array(buf.buffer, buf.byteOffset, buf.byteOffset % 8 === 0 ? words : 0);
+  if (view.length === words) {
+    for (let i = 0; i < words; i++) if (view[i] !== 0n) return false;
+    for (let i = words * 8; i < buf.length; i++) if (buf[i] !== 0) return false;
+    return true;
+  }
+  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+function checkId(what: string, value: string): string {
+  if (!SAFE_ID.test(value)) {
+    throw new RepositoryInputError(`${what} '${value}' may only hold letters, digits and . _ : - (at most 128)`);
+  }
+  return value;
+}

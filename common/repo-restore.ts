@@ -1,0 +1,202 @@
+/**
+ * Restore of a group point from the off-host repository onto another host: the contract between the workflow,
+ * client, CLI and the target host's activities. Pure (used by workflows). The repository key never appears here:
+ * the target host's worker reads it from its own key file.
+ */
+import type { VmPowerState } from './types';
+import { assertSafeName, BadInputError } from './validation';
+
+export type RepoRestoreMode = 'clone' | 'original';
+export type RestoredDiskFormat = 'raw' | 'qcow2';
+
+export interface RepoRestoreInput {
+  group: string;
+  /** The point's id in the repository (the group snapshot's id). */
+  snapshotId: string;
+  /** Repository URL (`s3://bucket/prefix` or `file:///path`). */
+  repo: string;
+  /** Host id whose worker rebuilds and runs the VMs. */
+  toHost: string;
+  /** `clone`: new names `<domain><suffix>`, UUIDs and MACs; `original`: same identity (failover). @default 'clone' */
+  mode?: RepoRestoreMode;
+  /** Clone name suffix. @default `-<restoreId>` */
+  suffix?: string;
+  /** Networks/bridges renamed on the target. */
+  networkMap?: Record<string, string>;
+  /** Leave out every network interface (isolated clones, e.g. a drill). */
+  noNetwork?: boolean;
+  /** Format of the rebuilt disks. @default 'qcow2' */
+  format?: RestoredDiskFormat;
+  /** Start the VMs (paused, then all resumed together). @default true */
+  start?: boolean;
+  /** @default generated */
+  restoreId?: string;
+}
+
+export interface NormalizedRepoRestoreInput extends Required<Omit<RepoRestoreInput, 'suffix' | 'restoreId'>> {
+  suffix: string | undefined;
+  restoreId: string | undefined;
+}
+
+/** Checks a restore request before anything runs. @throws BadInputError listing every problem */
+export function normalizeRepoRestoreInput(input: RepoRestoreInput): NormalizedRepoRestoreInput {
+  const problems: string[] = [];
+  const check = (fn: () => void) => {
+    try {
+      fn();
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  };
+  check(() => assertSafeName('group', input.group));
+  check(() => assertSafeName('snapshot id', input.snapshotId));
+  check(() => assertSafeName('host id', input.toHost));
+  if (!input.repo || !/^(s3|file):\/\//.test(input.repo))
+    problems.push(`repository URL ${JSON.stringify(input.repo ?? '')} must be s3://bucket[/prefix] or file:///path`);
+  const mode = input.mode ?? 'clone';
+  if (mode !== 'clone' && mode !== 'original') problems.push(`mode must be clone or original, not ${String(mode)}`);
+  if (mode === 'original' && input.suffix !== undefined) problems.push('a suffix applies to clones only');
+  if (input.suffix !== undefined && !/^[A-Za-z0-9._-]{1,40}$/.test(input.suffix))
+    problems.push(`suffix ${JSON.stringify(input.suffix)} may only hold letters, digits and . _ - (at most 40)`);
+  if (input.restoreId !== undefined) check(() => assertSafeName('restore id', input.restoreId!));
+  const format = input.format ?? 'qcow2';
+  if (format !== 'raw' && format !== 'qcow2') problems.push(`disk format must be raw or qcow2, not ${String(format)}`);
+  for (const [from, to] of Object.entries(input.networkMap ?? {})) {
+    if (!/^[A-Za-z0-9._:-]{1,64}$/.test(from) || !/^[A-Za-z0-9._:-]{1,64}$/.test(to))
+      problems.push(`network map ${from}=${to}: names may only hold letters, digits and . _ : -`);
+  }
+  if (input.noNetwork && input.networkMap && Object.keys(input.networkMap).length)
+    problems.push('a network map and no network exclude each other');
+  if (problems.length) throw new BadInputError(problems.join('; '));
+  return {
+    group: input.group,
+    snapshotId: input.snapshotId,
+    repo: input.repo,
+    toHost: input.toHost,
+    mode,
+    suffix: input.suffix,
+    networkMap: input.networkMap ?? {},
+    noNetwork: input.noNetwork ?? false,
+    format,
+    start: input.start ?? true,
+    restoreId: input.restoreId,
+  };
+}
+
+/** Parses `old=new` (CLI `--map-network`). @throws BadInputError */
+export function parseNetworkMapping(value: string): [string, string] {
+  const m = /^([^=]+)=([^=]+)$/.exec(value);
+  if (!m) throw new BadInputError(`--map-network takes old=new, not ${JSON.stringify(value)}`);
+  return [m[1], m[2]];
+}
+
+/** Request of the target host's planning step (reads the point, checks the host; changes nothing). */
+export interface RepoRestorePlanRequest {
+  repo: string;
+  group: string;
+  snapshotId: string;
+  restoreId: string;
+  mode: RepoRestoreMode;
+  suffix: string;
+  format: RestoredDiskFormat;
+}
+
+export interface PlannedDisk {
+  target: string;
+  /** Where the disk is rebuilt on the target host. */
+  file: string;
+  format: RestoredDiskFormat;
+  virtualSize: number;
+  /** Bytes of stored (non-zero) chunks: what gets written. */
+  dataBytes: number;
+}
+
+export interface PlannedVm {
+  /** The VM's name in the point. */
+  source: string;
+  /** Its name on the target. */
+  domain: string;
+  /** Host it was exported from. */
+  sourceHost: string;
+  disks: PlannedDisk[];
+}
+
+export interface RepoRestorePlan {
+  vms: PlannedVm[];
+  imagesDir: string;
+  /** Sum of `dataBytes`, and what the target's image directory has free. */
+  bytesNeeded: number;
+  bytesFree: number;
+  snapshotCreatedAt: string;
+  /** Domain type the VMs get on the target when it differs from the stored one (e.g. `qemu`: no KVM there). */
+  virtType?: 'kvm' | 'qemu';
+}
+
+export interface RebuildDiskRequest {
+  repo: string;
+  group: string;
+  snapshotId: string;
+  domain: string;
+  target: string;
+  file: string;
+  format: RestoredDiskFormat;
+}
+
+export interface RebuildDiskReport {
+  file: string;
+  /** Bytes of data written (zero chunks are holes). */
+  bytesWritten: number;
+  virtualSize: number;
+}
+
+export interface DefineRestoredVmRequest {
+  repo: string;
+  group: string;
+  snapshotId: string;
+  restoreId: string;
+  vm: PlannedVm;
+  mode: RepoRestoreMode;
+  networkMap: Record<string, string>;
+  noNetwork: boolean;
+  virtType?: 'kvm' | 'qemu';
+}
+
+/** Compensation of a restored VM: stop it, undefine it (only when its UUID is the one defined), remove its files. */
+export interface RemoveRestoredVmRequest {
+  domain: string;
+  /** UUID returned when it was defined; undefined: only the files are removed. */
+  uuid?: string;
+  files: string[];
+}
+
+export interface RepoRestoreVmResult {
+  source: string;
+  domain: string;
+  uuid?: string;
+  state?: VmPowerState;
+  disks: { target: string; file: string; format: RestoredDiskFormat; virtualSize: number; bytesWritten?: number }[];
+  error?: string;
+}
+
+export interface RepoRestoreResult {
+  restoreId: string;
+  group: string;
+  snapshotId: string;
+  repo: string;
+  toHost: string;
+  mode: RepoRestoreMode;
+  status: 'restored' | 'failed';
+  error?: string;
+  vms: RepoRestoreVmResult[];
+  /** Data bytes written to the target's disks. */
+  bytesWritten: number;
+  /** Workflow time from start to every VM running (ms). */
+  durationMs?: number;
+  /** Set when the VMs run under another domain type than stored (e.g. TCG: no KVM on the target). */
+  virtType?: 'kvm' | 'qemu';
+}
+
+/** Workflow id of a restore from the repository. */
+export function repoRestoreWorkflowId(group: string, restoreId: string): string {
+  return `groupsnap/repo-restore/${group}/${restoreId}`;
+}

@@ -1,0 +1,181 @@
+import { execFile } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import * as libvirt from '@groupsnap/libvirt';
+import { readDrillRecord } from '../activities/drill';
+import { snapshotGroup } from '../client';
+import { lastDrill, runDrill } from '../client/drill';
+import type { DrillResult } from '../common/drill';
+import { ensureGuestImage, workloadDomainXml } from '../dev/guest';
+import { storePoint } from './helpers/repo-point';
+import { startDrFixture, type DrFixture } from './helpers/dr-fixture';
+import { uniqueId } from './helpers/temporal';
+import { CLI } from './helpers/worker-process';
+
+const run = promisify(execFile);
+
+/**
+ * DR drills on two real hypervisors: a crash-consistency workload guest (kernel + busybox, writing dependent records
+ * to its two disks) runs on host A and is group-snapshotted; the point goes to the repository and host A's VM is
+ * destroyed; drills then restore it on host B as isolated clones, boot them, wait for the guest's boot-time
+ * self-check on its serial console (or a check command), record the outcome and tear the clones down.
+ */
+describe('DR drills of a repository point on another hypervisor', () => {
+  let fx: DrFixture;
+  let connB: libvirt.Connection;
+  const group = 'drill';
+  let snapshotId: string;
+
+  const domainsOnB = async () => (await connB.listAllDomains()).map((d) => d.name).sort();
+  const filesOnB = () => readdirSync(fx.hosts.host(fx.hostB).imagesDir).sort();
+  const cli = (...args: string[]) =>
+    run(process.execPath, [CLI, ...args, '--address', fx.server.address]).then(
+      (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+      (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+    );
+
+  beforeAll(async () => {
+    fx = await startDrFixture({ workerArgsB: ['--allow-drill-checks'] });
+    connB = await libvirt.open(fx.hosts.host(fx.hostB).uri);
+    // Host A: one workload guest, snapshotted while it writes; the point stored; then the VM is gone.
+    const a = fx.hosts.host(fx.hostA);
+    const connA = await libvirt.open(a.uri);
+    const name = uniqueId('gs-drill');
+    const disks = { vda: join(a.imagesDir, `${name}-vda.qcow2`), vdb: join(a.imagesDir, `${name}-vdb.qcow2`) };
+    const consoleLog = join(a.imagesDir, `${name}.console.log`);
+    const repo = await fx.repo();
+    try {
+      for (const f of Object.values(disks)) await run('qemu-img', ['create', '-q', '-f', 'qcow2', f, '64M']);
+      const xml = workloadDomainXml({
+        name,
+        role: 'solo',
+        disks,
+        image: await ensureGuestImage(),
+        consoleLog,
+        ring: 2000,
+      });
+      const dom = await connA.defineXML(xml);
+      await dom.create();
+      // Let the workload write a while.
+      const { readFileSync } = await import('node:fs');
+      const deadline = Date.now() + 120_000;
+      while (!/gs: solo n=\d*[1-9]/.test(readFileSync(consoleLog, 'latin1'))) {
+        if (Date.now() > deadline)
+          throw new Error(`the workload never got going:\n${readFileSync(consoleLog, 'latin1')}`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      const snap = await snapshotGroup(fx.client, { group, vms: [{ domain: name, host: fx.hostA }] });
+      expect(snap.status).toBe('completed');
+      snapshotId = snap.snapshotId;
+      await storePoint(repo, {
+        group,
+        snapshotId,
+        vms: [
+          {
+            domain: name,
+            host: fx.hostA,
+            domainXml: await dom.xml(libvirt.DomainXMLFlags.INACTIVE),
+            disks: snap.vms[0].disks.map((d) => ({ target: d.target, image: d.image })),
+          },
+        ],
+      });
+      await dom.destroy();
+      await dom.undefine();
+      // Host B's worker writes the drill records: the repository is its user's (as a host's would be).
+      const b = fx.hosts.host(fx.hostB).user!;
+      await run('chown', ['-R', `${b.uid}:${b.gid}`, join(fx.dir, 'repo')]);
+    } finally {
+      repo.close();
+      await connA.close();
+      await fx.workerA.stop();
+    }
+  });
+
+  afterAll(async () => {
+    await connB?.close();
+    await fx?.close();
+  });
+
+  it("passes on the guest's boot-time self-check line; records the times beside the point; leaves nothing behind", async () => {
+    const domains = await domainsOnB();
+    const files = filesOnB();
+    const { code, stdout, stderr } = await cli(
+      'drill',
+      group,
+      '--repo',
+      fx.url,
+      '--to-host',
+      fx.hostB,
+      '--serial-line',
+      'GROUPSNAP-RECOVERY .* ok=1',
+      '--timeout',
+      '240',
+      '--json',
+    );
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    const result = JSON.parse(stdout) as DrillResult;
+    expect(result).toMatchObject({ status: 'pass', snapshotId, readiness: 'serial-line' });
+    expect(result.recordError).toBeUndefined();
+    expect(result.evidence).toEqual([expect.stringMatching(/GROUPSNAP-RECOVERY role=solo .* ok=1/)]);
+    expect(result.rtoMs).toBeGreaterThanOrEqual(result.restoreMs! + result.readyMs! - 1);
+    // Isolated: the clone had no network interface.
+    expect(result.restore!.vms[0].domain).toBe(`${result.restore!.vms[0].source}-${result.drillId}`);
+    // Torn down.
+    expect(await domainsOnB()).toEqual(domains);
+    expect(filesOnB()).toEqual(files);
+    // Recorded beside the point in the repository, and findable in Temporal.
+    const repo = await fx.repo();
+    try {
+      expect(await readDrillRecord(repo, group, snapshotId)).toMatchObject({
+        drillId: result.drillId,
+        status: 'pass',
+        rtoMs: result.rtoMs,
+      });
+    } finally {
+      repo.close();
+    }
+    expect((await lastDrill(fx.client, group))?.drillId).toBe(result.drillId);
+  });
+
+  it('fails (and still tears down) when the check command never succeeds', async () => {
+    const domains = await domainsOnB();
+    const result = await runDrill(fx.client, {
+      group,
+      repo: fx.url,
+      toHost: fx.hostB,
+      check: 'echo "VMs: $GROUPSNAP_DRILL_VMS"; exit 3',
+      timeoutMs: 3000,
+    });
+    expect(result.status).toBe('fail');
+    expect(result.error).toMatch(/not ready after 3000 ms: check exited 3: VMs: gs-drill-/);
+    expect(await domainsOnB()).toEqual(domains);
+    const repo = await fx.repo();
+    try {
+      expect(await readDrillRecord(repo, group, snapshotId)).toMatchObject({ drillId: result.drillId, status: 'fail' });
+    } finally {
+      repo.close();
+    }
+  });
+
+  it('passes on a check command run on the target host (virsh of that host sees the clones running)', async () => {
+    const result = await runDrill(fx.client, {
+      group,
+      point: snapshotId,
+      repo: fx.url,
+      toHost: fx.hostB,
+      check:
+        'for vm in $GROUPSNAP_DRILL_VMS; do virsh -c qemu:///session domstate "$vm" | grep -qx running || exit 1; done',
+      timeoutMs: 60_000,
+    });
+    expect(result.error).toBeUndefined();
+    expect(result.status).toBe('pass');
+  });
+
+  it('bad input exits 2: no --to-host, an unknown point', async () => {
+    expect((await cli('drill', group, '--repo', fx.url)).code).toBe(2);
+    const unknown = await cli('drill', group, '--repo', fx.url, '--to-host', fx.hostB, '--point', 'gs-nope');
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/gs-nope/);
+  });
+});

@@ -1,0 +1,323 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import * as libvirt from '@groupsnap/libvirt';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { Repository } from '../backup/repository';
+import { snapshotGroup } from '../client';
+import { restoreFromRepo } from '../client/repo-restore';
+import { BadInputError } from '../common/validation';
+import { HypervisorHosts, type HostWorker } from '../dev/hypervisor-hosts';
+import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
+import { VmFleet } from '../dev/vms';
+import { groupsnapWorkflowsPlugin } from '../worker/plugins';
+import { contentSha256, storePoint, type PointVm } from './helpers/repo-point';
+import { uniqueId } from './helpers/temporal';
+import { CLI } from './helpers/worker-process';
+import { workflowBundle } from './helpers/workers';
+
+const run = promisify(execFile);
+
+/**
+ * Disaster recovery onto another hypervisor: a group snapshot of VMs on host A (the machine's libvirtd) is stored in
+ * the off-host repository; host A's VMs, images and snapshots are destroyed and its worker stopped; the group is
+ * rebuilt on host B (another user's libvirt session daemon) from the repository alone.
+ */
+describe('restore from the repository on another hypervisor', () => {
+  let fixture: HypervisorHosts;
+  let server: DevServer;
+  let hostAddress: string;
+  let connection: Connection;
+  let client: Client;
+  let workflows: { worker: Worker; running: Promise<void>; connection: NativeConnection };
+  let workerA: HostWorker;
+  let workerB: HostWorker;
+  let connB: libvirt.Connection;
+  let dir: string;
+  let url: string;
+  let keyFile: string;
+  const hostA = uniqueId('hva');
+  const hostB = uniqueId('hvb');
+  const group = 'rr';
+  let snapshotId: string;
+  /** Per source VM: name, UUID, MAC-less XML; and sha256 of each disk at the point, by `domain/target`. */
+  const sources: { name: string; uuid: string }[] = [];
+  let sums: Record<string, string> = {};
+
+  const domainsOnB = async () => (await connB.listAllDomains()).map((d) => d.name);
+  const filesOnB = () => readdirSync(fixture.host(hostB).imagesDir);
+  const cli = (...args: string[]) =>
+    run(process.execPath, [CLI, ...args, '--address', server.address]).then(
+      (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+      (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+    );
+  const removeFromB = async (names: string[]) => {
+    for (const n of names) {
+      const d = await connB.lookupByName(n).catch(() => undefined);
+      if (!d) continue;
+      if ((await d.state()).state !== 'shutoff') await d.destroy();
+      await d.undefine();
+    }
+  };
+
+  beforeAll(async () => {
+    fixture = await HypervisorHosts.create({ ids: [hostA, hostB] });
+    server = await startDevServer();
+    hostAddress = await fixture.expose(server.address);
+    connection = await Connection.connect({ address: server.address });
+    client = new Client({ connection });
+    const wfConnection = await NativeConnection.connect({ address: server.address });
+    const plugin = groupsnapWorkflowsPlugin({ workflowBundle: await workflowBundle() });
+    const worker = await Worker.create({ connection: wfConnection, taskQueue: plugin.taskQueue, plugins: [plugin] });
+    workflows = { worker, running: worker.run(), connection: wfConnection };
+
+    // The repository (a directory here, as for NFS users) and the key, readable by host B's user.
+    dir = await mkdtemp(join(tmpdir(), 'gs-rr-'));
+    chmodSync(dir, 0o755);
+    url = pathToFileURL(join(dir, 'repo')).href;
+    const key = randomBytes(32);
+    keyFile = join(dir, 'repo.key');
+    writeFileSync(keyFile, key.toString('base64') + '\n', { mode: 0o600 });
+    fixture.giveToHost(hostB, keyFile);
+    const repo = await Repository.init(url, key, { chunkSize: 1024 * 1024 });
+
+    workerA = await fixture.worker(hostA, hostAddress, { args: ['--key-file', keyFile] });
+    workerB = await fixture.worker(hostB, hostAddress, { args: ['--key-file', keyFile] });
+    await Promise.all([workerA.start(client), workerB.start(client)]);
+    const b = fixture.host(hostB);
+    connB = await libvirt.open(b.uri);
+
+    // Host A: two VMs with data at known places, snapshotted as a group, the point stored in the repository.
+    const fleet = await VmFleet.create({ prefix: 'gs-rr', count: 2, dir: fixture.host(hostA).imagesDir, start: false });
+    try {
+      for (const [i, vm] of fleet.vms.entries()) {
+        await run('qemu-io', ['-f', 'qcow2', '-c', `write -q -P 0x${(0x21 + i).toString(16)} 1M 3M`, vm.disks.vda]);
+        await run('qemu-io', ['-f', 'qcow2', '-c', `write -q -P 0x${(0x41 + i).toString(16)} 20M 5M`, vm.disks.vdb]);
+        await run('qemu-io', ['-f', 'qcow2', '-c', `write -q -P 0x5a 63M 512k`, vm.disks.vdb]);
+        await (await fleet.conn.lookupByName(vm.name)).create();
+      }
+      const snap = await snapshotGroup(client, { group, vms: fleet.names.map((domain) => ({ domain, host: hostA })) });
+      expect(snap.status).toBe('completed');
+      snapshotId = snap.snapshotId;
+      const pointVms: PointVm[] = [];
+      for (const v of snap.vms) {
+        const dom = await fleet.conn.lookupByName(v.domain);
+        sources.push({ name: v.domain, uuid: dom.uuid });
+        pointVms.push({
+          domain: v.domain,
+          host: hostA,
+          domainXml: await dom.xml(libvirt.DomainXMLFlags.INACTIVE),
+          disks: v.disks.map((d) => ({ target: d.target, image: d.image })),
+        });
+        // Written after the point: must not show up in the restore.
+        await run('qemu-io', ['-U', '-f', 'qcow2', '-c', 'write -q -P 0xee 1M 1M', v.disks[0].overlay]).catch(
+          () => undefined,
+        );
+      }
+      sums = await storePoint(repo, { group, snapshotId, vms: pointVms });
+      // A second point whose second VM cannot be defined anywhere (its emulator does not exist): for all-or-none.
+      await storePoint(repo, {
+        group,
+        snapshotId: `${snapshotId}-broken`,
+        vms: pointVms.map((v, i) =>
+          i === 1
+            ? {
+                ...v,
+                domainXml: v.domainXml.replace(/<emulator>[^<]*<\/emulator>/, '<emulator>/nonexistent/qemu</emulator>'),
+              }
+            : v,
+        ),
+      });
+    } finally {
+      repo.close();
+      // Host A is gone: its VMs (and their libvirt state), every image and snapshot layer, and its worker.
+      await fleet.destroy();
+      for (const f of readdirSync(fixture.host(hostA).imagesDir))
+        await rm(join(fixture.host(hostA).imagesDir, f), { force: true });
+      await workerA.stop();
+    }
+  });
+
+  afterAll(async () => {
+    if (connB) {
+      const ours = (await connB.listAllDomains()).filter((d) => d.name.startsWith('gs-rr-'));
+      await removeFromB(ours.map((d) => d.name));
+      await connB.close();
+    }
+    await workerB?.stop();
+    workflows?.worker.shutdown();
+    await workflows?.running;
+    await workflows?.connection.close();
+    await connection?.close();
+    await server?.stop();
+    await fixture?.destroy();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('host A is really gone before the restore: no VM, no image, no worker', async () => {
+    const connA = await libvirt.open('qemu:///system');
+    try {
+      const names = (await connA.listAllDomains()).map((d) => d.name);
+      for (const s of sources) expect(names).not.toContain(s.name);
+    } finally {
+      await connA.close();
+    }
+    expect(readdirSync(fixture.host(hostA).imagesDir)).toEqual([]);
+    expect(Object.keys(sums)).toHaveLength(4);
+  });
+
+  it('rebuilds the group as clones on host B: bit-identical disks, sparse, new names and UUIDs, all running', async () => {
+    const result = await restoreFromRepo(client, { group, snapshotId, repo: url, toHost: hostB }, { keyFile });
+    expect(result.status).toBe('restored');
+    expect(result.vms).toHaveLength(2);
+    const b = fixture.host(hostB);
+    for (const vm of result.vms) {
+      const src = sources.find((s) => s.name === vm.source)!;
+      expect(vm.domain).toBe(`${vm.source}-${result.restoreId}`);
+      expect(vm.state).toBe('running');
+      const dom = await connB.lookupByName(vm.domain);
+      expect((await dom.state()).state).toBe('running');
+      expect(dom.uuid.toLowerCase()).not.toBe(src.uuid.toLowerCase());
+      for (const d of vm.disks) {
+        expect(d.file.startsWith(`${b.imagesDir}/`)).toBe(true);
+        expect(await contentSha256(d.file, d.format)).toBe(sums[`${vm.source}/${d.target}`]);
+        const st = statSync(d.file);
+        expect(st.uid).toBe(b.user!.uid);
+        // Sparse: only the few MiB of data are allocated on a 64 MiB disk.
+        expect(st.blocks * 512).toBeLessThan(16 * 1024 * 1024);
+      }
+    }
+    expect(result.bytesWritten).toBeGreaterThan(0);
+  });
+
+  it('--as-original through the CLI keeps names and UUIDs; a second run is refused up front and changes nothing', async () => {
+    const { code, stdout, stderr } = await cli(
+      'restore',
+      group,
+      snapshotId,
+      '--from-repo',
+      url,
+      '--key-file',
+      keyFile,
+      '--to-host',
+      hostB,
+      '--as-original',
+      '--format',
+      'raw',
+      '--json',
+    );
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    const result = JSON.parse(stdout);
+    expect(result).toMatchObject({ status: 'restored', mode: 'original' });
+    for (const s of sources) {
+      const dom = await connB.lookupByName(s.name);
+      expect(dom.uuid.toLowerCase()).toBe(s.uuid.toLowerCase());
+      expect((await dom.state()).state).toBe('running');
+    }
+    for (const vm of result.vms)
+      for (const d of vm.disks) expect(await contentSha256(d.file, 'raw')).toBe(sums[`${vm.source}/${d.target}`]);
+
+    const domains = await domainsOnB();
+    const files = filesOnB();
+    const again = await cli(
+      'restore',
+      group,
+      snapshotId,
+      '--from-repo',
+      url,
+      '--key-file',
+      keyFile,
+      '--to-host',
+      hostB,
+      '--as-original',
+    );
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/already exists on .*refuses to replace it/);
+    expect(await domainsOnB()).toEqual(domains);
+    expect(filesOnB()).toEqual(files);
+    await removeFromB(sources.map((s) => s.name));
+  });
+
+  it('all or none: when one VM cannot be defined, every VM and disk the restore made on host B is removed', async () => {
+    const domains = await domainsOnB();
+    const files = filesOnB();
+    const result = await restoreFromRepo(
+      client,
+      { group, snapshotId: `${snapshotId}-broken`, repo: url, toHost: hostB, suffix: '-broken' },
+      { keyFile },
+    );
+    expect(result.status).toBe('failed');
+    expect(result.error).toMatch(/nonexistent/);
+    expect(await domainsOnB()).toEqual(domains);
+    expect(filesOnB()).toEqual(files);
+    for (const vm of result.vms) for (const d of vm.disks) expect(existsSync(d.file)).toBe(false);
+  });
+
+  it('a target without enough space is refused before anything is written', async () => {
+    const b = fixture.host(hostB);
+    const small = join(dir, 'small');
+    mkdirSync(small);
+    await run('mount', [
+      '-t',
+      'tmpfs',
+      '-o',
+      `size=2m,uid=${b.user!.uid},gid=${b.user!.gid},mode=0755`,
+      'tmpfs',
+      small,
+    ]);
+    const smallHost = uniqueId('hvsmall');
+    const w = await fixture.worker(hostB, hostAddress, {
+      args: ['--key-file', keyFile],
+      as: { id: smallHost, imagesDir: small },
+    });
+    try {
+      await w.start(client);
+      const domains = await domainsOnB();
+      await expect(
+        restoreFromRepo(client, { group, snapshotId, repo: url, toHost: smallHost }, { keyFile }),
+      ).rejects.toThrow(BadInputError);
+      await expect(
+        restoreFromRepo(client, { group, snapshotId, repo: url, toHost: smallHost }, { keyFile }),
+      ).rejects.toThrow(/not enough space in .* needs \d+ bytes, \d+ are free/);
+      expect(readdirSync(small)).toEqual([]);
+      expect(await domainsOnB()).toEqual(domains);
+    } finally {
+      await w.stop();
+      await run('umount', [small]);
+    }
+  });
+
+  it('bad input exits 2 before anything starts: wrong key, unknown point, no target host', async () => {
+    const wrongKey = join(dir, 'wrong.key');
+    writeFileSync(wrongKey, randomBytes(32).toString('base64'));
+    const base = ['restore', group, snapshotId, '--from-repo', url, '--to-host', hostB];
+    const wrong = await cli(...base, '--key-file', wrongKey);
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toMatch(/key/i);
+    const unknown = await cli(
+      'restore',
+      group,
+      'gs-nope',
+      '--from-repo',
+      url,
+      '--key-file',
+      keyFile,
+      '--to-host',
+      hostB,
+    );
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/no exported point gs-nope/);
+    const noHost = await cli('restore', group, snapshotId, '--from-repo', url, '--key-file', keyFile);
+    expect(noHost.code).toBe(2);
+    expect(noHost.stderr).toMatch(/--to-host/);
+    const { stdout } = await run('find', [fixture.host(hostB).imagesDir, '-name', '*.part']);
+    expect(stdout).toBe('');
+    chownSync(wrongKey, 0, 0);
+  });
+});

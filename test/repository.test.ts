@@ -1,0 +1,312 @@
+/** Unit tests of the repository core (backup/) on the file:// backend: format, crypto, dedup, reading disks back. */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseKey, readKeyFile } from '../backup/crypto';
+import {
+  BucketNotFoundError,
+  DamagedObjectError,
+  PointNotFoundError,
+  RepositoryExistsError,
+  RepositoryInputError,
+  RepositoryNotFoundError,
+  WrongKeyError,
+} from '../backup/errors';
+import { FORMAT_VERSION, sumStats, type DiskExportStats, type DiskManifest } from '../backup/manifest';
+import { Repository } from '../backup/repository';
+import { parseRepositoryUrl } from '../backup/store';
+
+const CHUNK = 64 * 1024;
+const STATS: DiskExportStats = {
+  mode: 'full',
+  bytesRead: 0,
+  bytesNew: 0,
+  bytesUploaded: 0,
+  chunksNew: 0,
+  chunksData: 0,
+};
+
+let dir: string;
+let url: string;
+const key = randomBytes(32);
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'gs-repo-'));
+  url = pathToFileURL(join(dir, 'repo')).href;
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Every file under `root`, relative, sorted. */
+function files(root: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string, rel: string): void => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(d, e.name), `${rel}${e.name}/`);
+      else out.push(`${rel}${e.name}`);
+    }
+  };
+  walk(root, '');
+  return out.sort();
+}
+
+/** Stores `image` as a disk of a point the way an export does, chunk by chunk. */
+async function storeDisk(
+  repo: Repository,
+  image: Buffer,
+  names: { group: string; snapshotId: string; domain: string; target: string },
+): Promise<DiskManifest> {
+  const chunks: (string | null)[] = [];
+  for (let off = 0; off < image.length; off += repo.chunkSize) {
+    const data = image.subarray(off, Math.min(off + repo.chunkSize, image.length));
+    chunks.push(data.every((b) => b === 0) ? null : (await repo.putChunk(data)).id);
+  }
+  const m: DiskManifest = {
+    version: FORMAT_VERSION,
+    ...names,
+    sourceFormat: 'qcow2',
+    sourceImage: `/images/${names.domain}.${names.target}.qcow2`,
+    virtualSize: image.length,
+    chunkSize: repo.chunkSize,
+    chunks,
+    stats: STATS,
+  };
+  await repo.writeDiskManifest(m);
+  return m;
+}
+
+describe('keys', () => {
+  test('a key file may be 32 raw bytes, base64 (as `head -c 32 /dev/urandom | base64` prints) or hex', () => {
+    const raw = randomBytes(32);
+    const f = join(dir, 'k');
+    writeFileSync(f, raw);
+    expect(readKeyFile(f).equals(raw)).toBe(true);
+    writeFileSync(f, raw.toString('base64') + '\n');
+    expect(readKeyFile(f).equals(raw)).toBe(true);
+    writeFileSync(f, raw.toString('hex'));
+    expect(readKeyFile(f).equals(raw)).toBe(true);
+  });
+
+  test('a key of the wrong length or a missing key file is bad input', () => {
+    expect(() => parseKey(Buffer.from('short'))).toThrow(RepositoryInputError);
+    expect(() => parseKey(randomBytes(16).toString('base64') as unknown as Buffer)).toThrow();
+    expect(() => readKeyFile(join(dir, 'nope'))).toThrow(/cannot read key file/);
+  });
+});
+
+describe('repository URLs', () => {
+  test('s3:// and file:// parse; anything else is bad input', () => {
+    expect(parseRepositoryUrl('s3://backups/dr/shop')).toMatchObject({
+      kind: 's3',
+      bucket: 'backups',
+      prefix: 'dr/shop/',
+    });
+    expect(parseRepositoryUrl('s3://backups')).toMatchObject({ kind: 's3', bucket: 'backups', prefix: '' });
+    expect(parseRepositoryUrl('s3://b1k/p?endpoint=http://127.0.0.1:9000')).toMatchObject({
+      endpoint: 'http://127.0.0.1:9000',
+    });
+    expect(parseRepositoryUrl('file:///srv/backups/')).toMatchObject({ kind: 'file', path: '/srv/backups' });
+    for (const bad of ['http://x/y', '/srv/backups', 's3://UPPER/x', 'file://otherhost/x', 'nonsense']) {
+      expect(() => parseRepositoryUrl(bad)).toThrow(RepositoryInputError);
+    }
+  });
+});
+
+describe('init and open', () => {
+  test('init writes only a plain config that holds no key; open checks the key', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    repo.close();
+    expect(files(join(dir, 'repo'))).toEqual(['config']);
+    const config = JSON.parse(readFileSync(join(dir, 'repo', 'config'), 'utf8'));
+    expect(config).toMatchObject({
+      format: 'groupsnap-repository',
+      version: 1,
+      chunkSize: CHUNK,
+      cipher: 'aes-256-gcm',
+    });
+    expect(readFileSync(join(dir, 'repo', 'config'), 'utf8')).not.toContain(key.toString('hex'));
+    expect(readFileSync(join(dir, 'repo', 'config'), 'utf8')).not.toContain(key.toString('base64'));
+
+    const again = await Repository.open(url, key);
+    expect(again.chunkSize).toBe(CHUNK);
+    again.close();
+    await expect(Repository.open(url, randomBytes(32))).rejects.toBeInstanceOf(WrongKeyError);
+  });
+
+  test('init refuses an existing repository; open of an empty place or a missing parent says so', async () => {
+    (await Repository.init(url, key)).close();
+    await expect(Repository.init(url, key)).rejects.toBeInstanceOf(RepositoryExistsError);
+    await expect(Repository.open(pathToFileURL(join(dir, 'empty')).href, key)).rejects.toBeInstanceOf(
+      RepositoryNotFoundError,
+    );
+    await expect(Repository.init(pathToFileURL(join(dir, 'no', 'such', 'repo')).href, key)).rejects.toBeInstanceOf(
+      BucketNotFoundError,
+    );
+    await expect(Repository.init(url + '2', key, { chunkSize: 1000 })).rejects.toBeInstanceOf(RepositoryInputError);
+  });
+});
+
+describe('chunks', () => {
+  test('identical chunks are stored once; names are keyed hashes; content is encrypted', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    const data = Buffer.alloc(CHUNK, 'groupsnap-secret-pattern ');
+    const a = await repo.putChunk(data);
+    const b = await repo.putChunk(Buffer.from(data));
+    expect(a.uploaded).toBe(true);
+    expect(b).toEqual({ id: a.id, uploaded: false, storedBytes: 0 });
+    // Same content in another repository (another id, so other derived keys) gets another name.
+    const other = await Repository.init(pathToFileURL(join(dir, 'other')).href, key, { chunkSize: CHUNK });
+    expect(other.chunkId(data)).not.toBe(a.id);
+    other.close();
+    const { createHash } = await import('node:crypto');
+    expect(a.id).not.toBe(createHash('sha256').update(data).digest('hex'));
+
+    const chunkFiles = files(join(dir, 'repo')).filter((f) => f.startsWith('chunks/'));
+    expect(chunkFiles).toEqual([`chunks/${a.id.slice(0, 2)}/${a.id}`]);
+    const stored = readFileSync(join(dir, 'repo', chunkFiles[0]));
+    expect(stored.subarray(0, 4).toString()).toBe('GSN1');
+    expect(stored.includes(Buffer.from('groupsnap-secret'))).toBe(false);
+    expect(stored.length).toBeLessThan(CHUNK / 10); // compressed before encryption
+    expect((await repo.readChunk(a.id)).equals(data)).toBe(true);
+
+    // Random data does not compress: stored as is (plus the envelope).
+    const noise = await repo.putChunk(randomBytes(CHUNK));
+    expect(noise.storedBytes).toBe(CHUNK + 4 + 2 + 12 + 16);
+    repo.close();
+  });
+
+  test('a flipped byte, a swapped name or a missing chunk is reported as damage of that object', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    const a = await repo.putChunk(randomBytes(CHUNK));
+    const b = await repo.putChunk(randomBytes(CHUNK));
+    const fa = join(dir, 'repo', Repository.chunkKey(a.id));
+    const fb = join(dir, 'repo', Repository.chunkKey(b.id));
+    const bytes = readFileSync(fa);
+    bytes[100] ^= 0x01;
+    writeFileSync(fa, bytes);
+    await expect(repo.readChunk(a.id)).rejects.toThrow(DamagedObjectError);
+    await expect(repo.readChunk(a.id)).rejects.toMatchObject({ problem: 'corrupt', key: Repository.chunkKey(a.id) });
+    // b's bytes under a's name: authenticated with its name, so it does not open.
+    writeFileSync(fa, readFileSync(fb));
+    await expect(repo.readChunk(a.id)).rejects.toMatchObject({ problem: 'corrupt' });
+    rmSync(fb);
+    await expect(repo.readChunk(b.id)).rejects.toMatchObject({ problem: 'missing', key: Repository.chunkKey(b.id) });
+    repo.close();
+  });
+
+  test('with a loaded chunk index, putChunk skips known chunks without asking the store', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    const data = randomBytes(CHUNK);
+    const { id } = await repo.putChunk(data);
+    const fresh = await Repository.open(url, key);
+    expect([...(await fresh.loadChunkIndex())]).toEqual([id]);
+    expect(await fresh.hasChunk(id)).toBe(true);
+    expect((await fresh.putChunk(data)).uploaded).toBe(false);
+    fresh.forgetChunk(id);
+    expect((await fresh.putChunk(data)).uploaded).toBe(true);
+    fresh.close();
+    repo.close();
+  });
+});
+
+describe('points', () => {
+  test('a point exists once its group manifest is written; disks read back byte for byte, zeros as holes', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    const group = 'shop';
+    const snapshotId = 'gs-20261201T100000Z-abc123';
+    // 5.5 chunks: data, zeros, data, data (same as chunk 0), zeros, half a chunk of data.
+    const c0 = randomBytes(CHUNK);
+    const image = Buffer.concat([
+      c0,
+      Buffer.alloc(CHUNK),
+      randomBytes(CHUNK),
+      c0,
+      Buffer.alloc(CHUNK),
+      randomBytes(CHUNK / 2),
+    ]);
+    const disk = await storeDisk(repo, image, { group, snapshotId, domain: 'db 1', target: 'vda' });
+    expect(disk.chunks.map((c) => (c === null ? null : 'id'))).toEqual(['id', null, 'id', 'id', null, 'id']);
+    expect(disk.chunks[3]).toBe(disk.chunks[0]);
+    expect(files(join(dir, 'repo')).filter((f) => f.startsWith('chunks/'))).toHaveLength(3);
+
+    const vmKey = await repo.writeVmManifest({
+      version: FORMAT_VERSION,
+      group,
+      snapshotId,
+      domain: 'db 1',
+      host: 'hv-a',
+      domainXml: '<domain><name>db 1</name></domain>',
+      disks: [
+        {
+          target: 'vda',
+          manifest: repo.diskManifestKey(group, snapshotId, 'db 1', 'vda'),
+          virtualSize: image.length,
+          sourceFormat: 'qcow2',
+          sourceImage: disk.sourceImage,
+          stats: STATS,
+        },
+      ],
+    });
+    // Not yet a point.
+    expect(await repo.listPoints()).toEqual([]);
+    await expect(repo.readGroupManifest(group, snapshotId)).rejects.toBeInstanceOf(PointNotFoundError);
+
+    await repo.writeGroupManifest({
+      version: FORMAT_VERSION,
+      group,
+      snapshotId,
+      label: 'nightly',
+      snapshotCreatedAt: '2026-12-01T10:00:00.000Z',
+      exportedAt: new Date().toISOString(),
+      vms: [{ domain: 'db 1', host: 'hv-a', manifest: vmKey, disks: [{ target: 'vda', virtualSize: image.length }] }],
+      stats: sumStats([{ virtualSize: image.length, stats: STATS }]),
+    });
+    // Names in object keys are keyed hashes: neither the group nor the VM shows in the store.
+    expect(files(join(dir, 'repo')).join('\n')).not.toMatch(/shop|db 1|vda/);
+
+    const reader = await Repository.open(url, key);
+    const [point] = await reader.listPoints({ group });
+    expect(point).toMatchObject({ group, snapshotId, label: 'nightly', vms: [{ domain: 'db 1', host: 'hv-a' }] });
+    expect(await reader.listPoints({ group: 'other' })).toEqual([]);
+    const gm = await reader.readGroupManifest(group, snapshotId);
+    const vm = await reader.readManifestAt<import('../backup/manifest').VmManifest>(gm.vms[0].manifest);
+    expect(vm.domainXml).toContain('db 1');
+    const dm = await reader.readManifestAt<DiskManifest>(vm.disks[0].manifest);
+    expect(dm).toEqual(disk);
+
+    const streamed: Buffer[] = [];
+    for await (const part of reader.diskStream(dm)) streamed.push(part as Buffer);
+    expect(Buffer.concat(streamed).equals(image)).toBe(true);
+
+    const out = join(dir, 'disk.raw');
+    const progress: number[] = [];
+    await reader.writeDiskImage(dm, out, { onProgress: (done) => progress.push(done) });
+    expect(readFileSync(out).equals(image)).toBe(true);
+    expect(progress[progress.length - 1]).toBe(image.length);
+    // Zero chunks are holes: the file uses less space than its size.
+    expect(statSync(out).blocks * 512).toBeLessThan(image.length);
+
+    // Damage names the chunk's offset in the disk when read back.
+    rmSync(join(dir, 'repo', Repository.chunkKey(dm.chunks[2] as string)));
+    await expect(reader.writeDiskImage(dm, out)).rejects.toMatchObject({ problem: 'missing' });
+
+    await reader.deletePoint(group, snapshotId);
+    expect(await reader.listPoints()).toEqual([]);
+    expect(files(join(dir, 'repo')).filter((f) => f.startsWith('points/'))).toEqual([]);
+    reader.close();
+    repo.close();
+  });
+
+  test('manifests are sealed and bound to their key: moving one breaks it', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    await repo.writeSealedJson('points/x/a/group', { hello: 'secret-label' });
+    const raw = readFileSync(join(dir, 'repo', 'points/x/a/group'));
+    expect(raw.includes(Buffer.from('secret-label'))).toBe(false);
+    await expect(repo.readSealedJson('points/x/a/group')).resolves.toEqual({ hello: 'secret-label' });
+    writeFileSync(join(dir, 'repo', 'points/x/b-group'), raw);
+    await expect(repo.readSealedJson('points/x/b-group')).rejects.toBeInstanceOf(DamagedObjectError);
+    expect(() => repo.pointPrefix('shop', '../etc')).toThrow(RepositoryInputError);
+    repo.close();
+  });
+});
