@@ -23,6 +23,7 @@ import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
 import { ImageNotFoundError } from '../hypervisor/images';
 import { manifestPath, parseVmMetadata, renderVmMetadata, safeFileName, type VmMetadata } from './catalog';
 import { DomainLocks, LockBusyError } from './domain-locks';
+import { exportHoldBlockers } from './export-hold';
 
 export interface DrActivityDeps {
   hypervisor: Hypervisor;
@@ -345,6 +346,8 @@ export function createDrActivities(deps: DrActivityDeps) {
     const meta = await updateMeta(domain, (m) => {
       const s = m.snapshots.find((x) => x.snapshotId === snapshotId);
       if (s) blockers = deletionBlockersOf(m, domain, s);
+      // Local retention must not merge a layer an export still reads (activities/export-hold.ts).
+      if (s) blockers.push(...exportHoldBlockers(hostId, domain, s.disks.flatMap((d) => [d.image, d.overlay])));
       if (s && blockers.length === 0) s.deleting = true;
     });
     const snap = meta.snapshots.find((s) => s.snapshotId === snapshotId);

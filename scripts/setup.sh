@@ -9,6 +9,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 bash scripts/setup-libvirt.sh >/dev/null
 bash scripts/ensure-temporal.sh >/dev/null
+# versitygw, a real S3 gateway for the off-host backup tests and the demo (built once into .tools/).
+bash scripts/ensure-versitygw.sh >/dev/null
 # The workload guest of the crash-consistency check (kernel + busybox initramfs from Debian packages, cached).
 bash scripts/build-guest.sh >/dev/null
 # Debian's Chromium, for the browser test of the Temporal UI (playwright-core drives it; no browser download).

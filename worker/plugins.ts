@@ -28,6 +28,7 @@ import {
   type WorkflowBundleOption,
 } from '@temporalio/worker';
 import { createControlActivities } from '../activities/control-activities';
+import { createExportActivities } from '../activities/export-activities';
 import { createHost } from '../activities/host-activities';
 import { HOST_REGISTRY_WORKFLOW_ID } from '../common/groups';
 import { hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
@@ -52,6 +53,8 @@ export interface GroupsnapHostPluginOptions {
   log?: Log;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;
+  /** Key file of the repositories this host exports to. @default `GROUPSNAP_REPO_KEY_FILE` when an export runs */
+  repoKeyFile?: string;
 }
 
 export interface GroupsnapWorkflowsPluginOptions {
@@ -162,7 +165,18 @@ export class GroupsnapHostPlugin extends GroupsnapPlugin {
     this.host = host;
     return {
       ...configured,
-      activities: { ...configured.activities, ...host.activities },
+      activities: {
+        ...configured.activities,
+        ...host.activities,
+        // Off-host exports (activities/export-activities.ts); the key file is read when an export runs.
+        ...createExportActivities({
+          hypervisor: this.hostOptions.hypervisor,
+          hostId,
+          stateDir: this.hostOptions.stateDir,
+          log,
+          ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
+        }),
+      },
       maxConcurrentActivityTaskExecutions:
         configured.maxConcurrentActivityTaskExecutions ?? HOST_MAX_CONCURRENT_ACTIVITIES,
     };

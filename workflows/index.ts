@@ -10,3 +10,4 @@ export {
   DELETE_FAILED,
   RESTORE_FAILED,
 } from './snapshot-admin';
+export { exportGroupSnapshot, exportProgressQuery, exportProgressSignal } from './group-export';
