@@ -49,7 +49,7 @@ function onHostExport(host: string) {
     disk: proxyActivities<ExportActivities>({
       taskQueue,
       startToCloseTimeout: '12h',
-      heartbeatTimeout: '60s',
+      heartbeatTimeout: '20s',
       scheduleToCloseTimeout: '24h',
       retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '1m', nonRetryableErrorTypes: PERMANENT },
     }),
