@@ -30,7 +30,16 @@ import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes
 import { assertSafeName, BadInputError } from '../common/validation';
 import type { exportGroupSnapshot as exportWorkflow } from '../workflows';
 
-export type { ExportInput, ExportResult, DiskProgressReport, PointSummary, PruneOptions, PruneResult, VerifyOptions, VerifyResult };
+export type {
+  ExportInput,
+  ExportResult,
+  DiskProgressReport,
+  PointSummary,
+  PruneOptions,
+  PruneResult,
+  VerifyOptions,
+  VerifyResult,
+};
 export { exportWorkflowId };
 
 export type ExportHandle = WorkflowHandle<typeof exportWorkflow>;
@@ -56,7 +65,10 @@ export function normalizeExportInput(input: ExportInput): ExportInput {
     if (err instanceof RepositoryInputError) throw new BadInputError(err.message);
     throw err;
   }
-  if (input.maxBytesPerSecond !== undefined && !(Number.isInteger(input.maxBytesPerSecond) && input.maxBytesPerSecond > 0))
+  if (
+    input.maxBytesPerSecond !== undefined &&
+    !(Number.isInteger(input.maxBytesPerSecond) && input.maxBytesPerSecond > 0)
+  )
     throw new BadInputError('maxBytesPerSecond must be a positive integer');
   if (input.parallelDisks !== undefined && !(Number.isInteger(input.parallelDisks) && input.parallelDisks > 0))
     throw new BadInputError('parallelDisks must be a positive integer');
@@ -96,7 +108,8 @@ export async function exportResult(handle: ExportHandle): Promise<ExportResult> 
       while (cause instanceof Error && !(cause instanceof ApplicationFailure) && cause.cause) cause = cause.cause;
       if (cause instanceof ApplicationFailure) {
         if (cause.type === 'GroupsnapBadInput') throw new BadInputError(cause.message);
-        if (cause.type === EXPORT_FAILED) throw new ExportFailedError(cause.message, cause.details?.[0] as ExportResult);
+        if (cause.type === EXPORT_FAILED)
+          throw new ExportFailedError(cause.message, cause.details?.[0] as ExportResult);
       }
       throw new ExportFailedError((cause as Error | undefined)?.message ?? err.message, undefined);
     }
@@ -136,7 +149,11 @@ async function withRepository<T>(url: string, keyFile: string, fn: (repo: Reposi
 }
 
 /** Every point in the repository (or of one group), oldest first. */
-export function listRepositoryPoints(url: string, keyFile: string, opts: { group?: string } = {}): Promise<PointSummary[]> {
+export function listRepositoryPoints(
+  url: string,
+  keyFile: string,
+  opts: { group?: string } = {},
+): Promise<PointSummary[]> {
   return withRepository(url, keyFile, (repo) => repo.listPoints(opts));
 }
 
