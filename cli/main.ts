@@ -5,6 +5,7 @@ import { DEFAULT_MAX_FREEZE_MS } from '../common/names';
 import type { QuiesceMode, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
 import { demoCommand } from './demo';
+import { registerBackupCommands, withRepoKeyFile } from './backup-cli';
 import {
   groupCreate,
   groupDelete,
@@ -62,8 +63,12 @@ temporalOptions(
     .option(
       '--metrics <ip:port>',
       'serve Prometheus metrics (Temporal SDK and groupsnap) at http://<ip:port>/metrics, e.g. 0.0.0.0:9464 (default: GROUPSNAP_METRICS_ADDRESS; off)',
+    )
+    .option(
+      '--repo-key-file <file>',
+      'key of the repositories this host exports to (default: GROUPSNAP_REPO_KEY_FILE)',
     ),
-).action(workerCommand);
+).action(withRepoKeyFile(workerCommand));
 
 program
   .command('guard', { hidden: true })
@@ -171,6 +176,7 @@ temporalOptions(
     )
     .option('--tag <tag>', 'members: every VM with this tag, on any registered host, at snapshot time')
     .option('--description <text>')
+    .option('--repo <url>', 'export every snapshot of the group to this repository (s3://bucket/prefix, file:///path)')
     .option('--json', 'print JSON'),
 ).action(act(groupCreate));
 temporalOptions(group.command('list').description('list groups').option('--json', 'print JSON')).action(act(groupList));
@@ -302,6 +308,8 @@ program
   .option('--keep', 'keep the server, worker and VMs until Ctrl-C (default when run on a terminal)')
   .option('--no-keep', 'clean up and exit after the snapshot')
   .action(demoCommand);
+
+registerBackupCommands(program, temporalOptions, act);
 
 program.parseAsync(process.argv).catch((err) => {
   console.error(`groupsnap: ${err instanceof Error ? err.message : String(err)}`);
