@@ -14,7 +14,7 @@ import { Client, Connection } from '@temporalio/client';
 import { Repository } from '../backup/repository';
 import { verifyRepository } from '../backup/verify';
 import { ExportFailedError, exportGroupSnapshot, exportProgress, exportResult, startExport } from '../client/backup';
-import { deleteGroupSnapshot } from '../client/dr';
+import { createGroup, deleteGroup, deleteGroupSnapshot, snapshotNamedGroup } from '../client/dr';
 import { snapshotGroup } from '../client';
 import { REPO_KEY_FILE_ENV, type ExportDiskReport, type ExportResult } from '../common/backup-types';
 import { S3Server } from '../dev/s3-server';
@@ -179,6 +179,30 @@ describe('exports of group snapshots to S3 on real VMs', () => {
     const [r1, r2] = await Promise.all([exportResult(h1), exportResult(h2)]);
     expect(r2).toEqual(r1);
     expect(r1.stats).toMatchObject({ chunksNew: 0, bytesUploaded: 0 });
+  });
+
+  it('a group that names a repository exports each snapshot it takes, after the VMs run again', async () => {
+    const [, v2] = fleet.names;
+    const named = uniqueId('auto');
+    await createGroup(client, {
+      name: named,
+      selector: { vms: [{ domain: v2, host: hostA }] },
+      repository,
+    });
+    try {
+      await writeData(v2, 'vdb', 40, 1, 200);
+      const run = await snapshotNamedGroup(client, named);
+      expect(run.snapshot.status).toBe('completed');
+      expect(run.export).toMatchObject({ repository, status: 'completed' });
+      const repo = await openRepo();
+      const [point] = await repo.listPoints({ group: named });
+      expect(point).toMatchObject({ snapshotId: run.snapshot.snapshotId, vms: [{ domain: v2, host: hostA }] });
+      // A snapshot of another VM's group chain is its first in this group: a full read of what is allocated.
+      expect(point.stats.bytesRead).toBeLessThan(96 * MiB);
+      repo.close();
+    } finally {
+      await deleteGroup(client, named);
+    }
   });
 
   it('a wrong key or a missing bucket fails the export at once with a clear error and writes nothing', async () => {
