@@ -26,6 +26,7 @@ import { badInput, checkDomain, checkName, checkOwner, failIf } from './input-ch
 import type { VmMetadataStore } from './vm-metadata';
 import { imageChain } from '../hypervisor/chain';
 import { createPinActivities } from './pin-activities';
+import { exportHoldBlockers } from './export-hold';
 
 export interface DrActivityDeps {
   hypervisor: Hypervisor;
@@ -302,6 +303,8 @@ export function createDrActivities(deps: DrActivityDeps) {
     const meta = await updateMeta(domain, (m) => {
       const s = m.snapshots.find((x) => x.snapshotId === snapshotId);
       if (s) blockers = deletionBlockersOf(m, domain, s);
+      // Local retention must not merge a layer an export still reads (activities/export-hold.ts).
+      if (s) blockers.push(...exportHoldBlockers(hostId, domain, s.disks.flatMap((d) => [d.image, d.overlay])));
       if (s && blockers.length === 0) s.deleting = true;
     });
     const snap = meta.snapshots.find((s) => s.snapshotId === snapshotId);

@@ -13,7 +13,13 @@ import {
   S3ServiceException,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
-import { BucketNotFoundError, RepositoryError, RepositoryInputError, StoreAccessDeniedError } from './errors';
+import {
+  BucketNotFoundError,
+  DamagedObjectError,
+  RepositoryError,
+  RepositoryInputError,
+  StoreAccessDeniedError,
+} from './errors';
 
 /** One object of a listing. */
 export interface StoredObject {
@@ -215,6 +221,8 @@ export class S3Store implements ObjectStore {
     this.url = loc.url;
     this.bucket = loc.bucket;
     this.prefix = loc.prefix;
+    // groupsnap supports Node >= 20 and pins the SDK: its notice about future SDK releases needing Node 22 is noise.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const endpoint = loc.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
     this.client = new S3Client({
       region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
@@ -233,12 +241,19 @@ export class S3Store implements ObjectStore {
   }
 
   async get(key: string): Promise<Buffer | undefined> {
-    try {
-      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }));
-      return Buffer.from(await (out.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
-    } catch (err) {
-      if (isNotFound(err)) return undefined;
-      throw this.translate(err, key);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }));
+        return Buffer.from(await (out.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
+      } catch (err) {
+        if (isNotFound(err)) return undefined;
+        // The SDK checks the object's stored checksum: a mismatch twice over is damage at rest, not transit.
+        if (err instanceof Error && /checksum mismatch/i.test(err.message)) {
+          if (attempt < 2) continue;
+          throw new DamagedObjectError(key, 'corrupt', err.message);
+        }
+        throw this.translate(err, key);
+      }
     }
   }
 

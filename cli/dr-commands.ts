@@ -74,13 +74,23 @@ const vmText = (v: VmRef): string => `${v.domain}@${v.host}`;
 
 // ---- groups ----
 
-export function groupCreate(name: string, opts: CommonOptions & { vm?: VmRef[]; tag?: string; description?: string }) {
+export function groupCreate(
+  name: string,
+  opts: CommonOptions & { vm?: VmRef[]; tag?: string; description?: string; repo?: string },
+) {
   checkGroupCreate(name, opts);
   const selector = opts.tag !== undefined ? { tag: opts.tag } : { vms: opts.vm ?? [] };
   return withClient(
     opts,
-    (c) => createGroup(c, { name, selector, description: opts.description }),
-    (d) => `created group ${d.name}: ${selectorText(d.selector)}`,
+    (c) =>
+      createGroup(c, {
+        name,
+        selector,
+        description: opts.description,
+        ...(opts.repo !== undefined ? { repository: opts.repo } : {}),
+      }),
+    (d) =>
+      `created group ${d.name}: ${selectorText(d.selector)}` + (d.repository ? `, exported to ${d.repository}` : ''),
   );
 }
 

@@ -6,6 +6,7 @@ import type { QuiesceMode, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
 import { drillCommand } from './drill-command';
 import { repoRestoreCommand, type RepoRestoreFlags } from './repo-restore-command';
+import { registerBackupCommands, withRepoKeyFile } from './backup-cli';
 import {
   groupCreate,
   groupDelete,
@@ -71,8 +72,12 @@ temporalOptions(
     .option(
       '--metrics <ip:port>',
       'serve Prometheus metrics (Temporal SDK and groupsnap) at http://<ip:port>/metrics, e.g. 0.0.0.0:9464 (default: GROUPSNAP_METRICS_ADDRESS; off)',
+    )
+    .option(
+      '--repo-key-file <file>',
+      'key of the repositories this host exports to (default: GROUPSNAP_REPO_KEY_FILE)',
     ),
-).action(workerCommand);
+).action(withRepoKeyFile(workerCommand));
 
 program
   .command('guard', { hidden: true })
@@ -204,6 +209,7 @@ temporalOptions(
     )
     .option('--tag <tag>', 'members: every VM with this tag, on any registered host, at snapshot time')
     .option('--description <text>')
+    .option('--repo <url>', 'export every snapshot of the group to this repository (s3://bucket/prefix, file:///path)')
     .option('--json', 'print JSON'),
 ).action(act(groupCreate));
 temporalOptions(group.command('list').description('list groups').option('--json', 'print JSON')).action(act(groupList));
@@ -393,6 +399,8 @@ program
   .option('--libvirt-uri <uri>', 'libvirt URI (default: GROUPSNAP_LIBVIRT_URI or qemu:///system)')
   .option('--json', 'print JSON')
   .action(catalogCommand);
+
+registerBackupCommands(program, temporalOptions, act);
 
 program.parseAsync(process.argv).catch((err) => {
   console.error(`groupsnap: ${err instanceof Error ? err.message : String(err)}`);

@@ -14,6 +14,11 @@ export interface GroupDefinition {
   name: string;
   selector: GroupSelector;
   description?: string;
+  /**
+   * Repository (`s3://bucket/prefix` or `file:///path`) every completed snapshot of the group is exported to
+   * (each host's worker holds the key). None: snapshots stay on their hosts.
+   */
+  repository?: string;
   /** ISO time the group was created. */
   createdAt?: string;
 }
@@ -61,6 +66,11 @@ export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition 
   } else {
     checkVmRefs(sel.vms!, problems);
   }
+  if (
+    def.repository !== undefined &&
+    !/^(s3:\/\/[a-z0-9][a-z0-9.-]+[a-z0-9](\/.*)?|file:\/\/\/.+)$/.test(def.repository)
+  )
+    problems.push(`repository ${JSON.stringify(def.repository)} is not an s3://bucket/prefix or file:///path URL`);
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   const selector: GroupSelector =
     sel!.tag !== undefined ? { tag: sel!.tag } : { vms: sel!.vms!.map((v) => ({ domain: v.domain, host: v.host })) };
@@ -68,6 +78,7 @@ export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition 
     name: def.name,
     selector,
     ...(def.description ? { description: def.description } : {}),
+    ...(def.repository ? { repository: def.repository } : {}),
     ...(def.createdAt ? { createdAt: def.createdAt } : {}),
   };
 }
@@ -161,6 +172,8 @@ export interface GroupRunResult {
   members: VmRef[];
   snapshot: GroupSnapshotResult;
   retention?: RetentionOutcome;
+  /** The export to the group's repository, when it has one (`exportWorkflowId`, status, error). */
+  export?: { repository: string; workflowId: string; status: 'completed' | 'failed'; error?: string };
 }
 
 export interface DeleteSnapshotInput {

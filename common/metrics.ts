@@ -14,6 +14,14 @@ export const METRICS = {
    * in-process deadline timer), `guard` (the separate guard process), `recovery` (a restarted worker).
    */
   vmsResumedByGuard: 'groupsnap_vms_resumed_by_guard_total',
+  /** Counter, bytes: sealed bytes exports uploaded to repositories. `group`. */
+  exportBytesUploaded: 'groupsnap_export_bytes_uploaded_total',
+  /** Counter, bytes: bytes exports read from disk images. `group`. */
+  exportBytesRead: 'groupsnap_export_bytes_read_total',
+  /** Histogram, ms: duration of completed exports. `group`. */
+  exportDurationMs: 'groupsnap_export_duration_ms',
+  /** Gauge: data chunks of the last exported point over chunks it uploaded new (dedup ratio). `group`. */
+  exportDedupRatio: 'groupsnap_export_dedup_ratio',
 } as const;
 
 /** Bucket boundaries (ms) of {@link METRICS.vmFreezeMs}: from a fast local freeze up to the largest `--max-freeze`. */

@@ -11,6 +11,8 @@ bash scripts/setup-libvirt.sh >/dev/null
 bash scripts/ensure-temporal.sh >/dev/null
 # A second, independent hypervisor (a Unix user's libvirt session daemon) for the two-host tests and DR demo.
 bash scripts/setup-hypervisor-host.sh gshostb >/dev/null
+# versitygw, a real S3 gateway for the off-host backup tests and the demo (built once into .tools/).
+bash scripts/ensure-versitygw.sh >/dev/null
 # The workload guest of the crash-consistency check (kernel + busybox initramfs from Debian packages, cached).
 bash scripts/build-guest.sh >/dev/null
 # Debian's Chromium, for the browser test of the Temporal UI (playwright-core drives it; no browser download).

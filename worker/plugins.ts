@@ -28,6 +28,7 @@ import {
   type WorkflowBundleOption,
 } from '@temporalio/worker';
 import { createControlActivities } from '../activities/control-activities';
+import { createExportActivities } from '../activities/export-activities';
 import { createHost } from '../activities/host-activities';
 import { createDrillActivities } from '../activities/drill';
 import { createRepoRestoreActivities } from '../activities/repo-restore';
@@ -61,6 +62,8 @@ export interface GroupsnapHostPluginOptions {
   log?: Log;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;
+  /** Key file of the repositories this host exports to. @default `GROUPSNAP_REPO_KEY_FILE` when an export runs */
+  repoKeyFile?: string;
 }
 
 export interface GroupsnapWorkflowsPluginOptions {
@@ -187,6 +190,14 @@ export class GroupsnapHostPlugin extends GroupsnapPlugin {
           hostId,
           ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
           allowChecks: this.hostOptions.allowDrillChecks ?? false,
+        }),
+        // Off-host exports (activities/export-activities.ts); the key file is read when an export runs.
+        ...createExportActivities({
+          hypervisor: this.hostOptions.hypervisor,
+          hostId,
+          stateDir: this.hostOptions.stateDir,
+          log,
+          ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
         }),
       },
       maxConcurrentActivityTaskExecutions:

@@ -1,4 +1,6 @@
 import { ApplicationFailure, executeChild, isCancellation, log, patched, uuid4 } from '@temporalio/workflow';
+import { exportWorkflowId } from '../common/backup-types';
+import { exportGroupSnapshot } from './group-export';
 import {
   deleteSnapshotWorkflowId,
   groupSnapshotsIn,
@@ -89,6 +91,10 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
   }
 
   const result: GroupRunResult = { group: input.group, members, snapshot };
+  // A group with a repository exports each completed snapshot off the host (after the VMs run again).
+  if (definition.repository && patched('export-after-snapshot')) {
+    result.export = await exportAfterSnapshot(input.group, snapshot.snapshotId, definition.repository);
+  }
   if (retention) {
     try {
       result.retention = await applyRetention(input.group, retention, input.timezone, input.label);
@@ -175,4 +181,25 @@ async function applyRetention(
   }
   log.info('retention applied', { group, ...outcome });
   return outcome;
+}
+
+/** Exports a completed snapshot to the group's repository; a failure is reported in the run's result, not thrown. */
+async function exportAfterSnapshot(
+  group: string,
+  snapshotId: string,
+  repository: string,
+): Promise<NonNullable<GroupRunResult['export']>> {
+  const workflowId = exportWorkflowId(group, snapshotId, repository);
+  try {
+    await executeChild(exportGroupSnapshot, {
+      workflowId,
+      staticSummary: `Export snapshot ${snapshotId} of group ${group} to ${repository}`,
+      args: [{ group, snapshotId, repository }],
+    });
+    return { repository, workflowId, status: 'completed' };
+  } catch (err) {
+    if (isCancellation(err)) throw err;
+    log.warn('export after snapshot failed', { group, snapshotId, error: errorMessage(err) });
+    return { repository, workflowId, status: 'failed', error: errorMessage(err) };
+  }
 }

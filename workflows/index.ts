@@ -13,3 +13,4 @@ export {
   RESTORE_FAILED,
 } from './snapshot-admin';
 export { pinGroupSnapshot, releaseRestoreRecords } from './snapshot-pins';
+export { exportGroupSnapshot, exportProgressQuery, exportProgressSignal } from './group-export';

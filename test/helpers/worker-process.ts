@@ -17,7 +17,7 @@ export class WorkerProcess {
     readonly stateDir: string,
     readonly address: string,
     /** Extra CLI flags; `workflows` also runs the workflow worker (without it: `--no-workflows`). */
-    readonly options: { args?: string[]; workflows?: boolean } = {},
+    readonly options: { args?: string[]; workflows?: boolean; env?: Record<string, string> } = {},
   ) {}
 
   async start(client: Client, timeoutMs = 60_000): Promise<void> {
@@ -36,7 +36,8 @@ export class WorkerProcess {
         ...(this.options.workflows ? [] : ['--no-workflows']),
         ...(this.options.args ?? []),
       ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
+      // Jest gives a test file its own process.env: pass it on (a child would otherwise get the runner's).
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.options.env } },
     );
     this.child = child;
     child.stdout!.on('data', (d) => (this.output += d));

@@ -1,0 +1,297 @@
+import { createHash } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import { readKeyFile } from '../backup/crypto';
+import { PERMANENT_REPOSITORY_ERRORS, RepositoryError } from '../backup/errors';
+import { exportDisk, type ExportBase } from '../backup/export-disk';
+import { imageChain } from '../backup/image-reader';
+import { RepositoryLock } from '../backup/locks';
+import { FORMAT_VERSION, type DiskManifest } from '../backup/manifest';
+import { Repository } from '../backup/repository';
+import {
+  REPO_KEY_FILE_ENV,
+  REPO_KEY_MISSING,
+  type DiskProgressReport,
+  type ExportDiskReport,
+  type ExportDiskRequest,
+  type WriteGroupManifestRequest,
+  type WriteVmManifestRequest,
+} from '../common/backup-types';
+import { BAD_INPUT } from '../common/validation';
+import { DomainNotFoundError } from '../hypervisor/errors';
+import type { Hypervisor } from '../hypervisor/hypervisor';
+import { parseVmMetadata } from './catalog';
+import { ExportHold, registerExportHoldDir } from './export-hold';
+
+export interface ExportActivityDeps {
+  hypervisor: Hypervisor;
+  hostId: string;
+  /** The host's state dir: export checkpoints and holds live under it. */
+  stateDir: string;
+  /** The repository key file; default `GROUPSNAP_REPO_KEY_FILE` read when an export runs. */
+  keyFile?: string;
+  log?: (message: string, fields?: Record<string, unknown>) => void;
+  /** How often live progress is signalled to the export workflow. @default 5000 */
+  progressSignalMs?: number;
+}
+
+/** Signal through which disk activities report live progress to the export workflow. */
+export const EXPORT_PROGRESS_SIGNAL = 'exportProgress';
+
+const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+/** Repository errors a retry cannot fix become non-retryable failures of the same type; the rest stay retryable. */
+function asFailure(err: unknown): unknown {
+  if (err instanceof RepositoryError && (PERMANENT_REPOSITORY_ERRORS as readonly string[]).includes(err.name)) {
+    return ApplicationFailure.nonRetryable(err.message, err.name);
+  }
+  return err;
+}
+
+function activityContext(): Context | undefined {
+  try {
+    return Context.current();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The host side of exports: one activity per disk (reads the frozen chain, stores chunks, heartbeats its progress
+ * and checkpoints it in the state dir so a retry after a crash goes on where it stopped), then the VM's manifest,
+ * then the group's. The repository key is read from the host's key file when needed, never passed in or logged.
+ */
+export function createExportActivities(deps: ExportActivityDeps) {
+  const { hypervisor, hostId, stateDir } = deps;
+  const log = deps.log ?? (() => {});
+  registerExportHoldDir(hostId, stateDir);
+  const checkpointDir = join(stateDir, 'export-checkpoints');
+
+  function key(): Buffer {
+    const file = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];
+    if (!file) {
+      throw ApplicationFailure.nonRetryable(
+        `host ${hostId} has no repository key: start its worker with ${REPO_KEY_FILE_ENV}=<key file> (or --repo-key-file)`,
+        REPO_KEY_MISSING,
+      );
+    }
+    return readKeyFile(file);
+  }
+
+  async function openRepo(url: string): Promise<Repository> {
+    try {
+      return await Repository.open(url, key());
+    } catch (err) {
+      throw asFailure(err);
+    }
+  }
+
+  async function snapshotRecord(domain: string, snapshotId: string) {
+    let xml: string | undefined;
+    try {
+      xml = await hypervisor.getMetadata(domain);
+    } catch (err) {
+      if (err instanceof DomainNotFoundError) {
+        throw ApplicationFailure.nonRetryable(`VM ${domain} not found on host ${hostId}`, BAD_INPUT);
+      }
+      throw err;
+    }
+    const meta = parseVmMetadata(xml);
+    const snap = meta.snapshots.find((s) => s.snapshotId === snapshotId);
+    if (!snap || snap.deleting) {
+      throw ApplicationFailure.nonRetryable(
+        `snapshot ${snapshotId} of ${domain} ${snap ? 'is being deleted' : 'does not exist'} on host ${hostId}`,
+        BAD_INPUT,
+      );
+    }
+    return { meta, snap };
+  }
+
+  /** The newest earlier point of this disk in the repository whose layer is still below `chain[0]`. */
+  async function findBase(
+    repo: Repository,
+    req: ExportDiskRequest,
+    meta: ReturnType<typeof parseVmMetadata>,
+    createdAt: string,
+    chain: string[],
+  ): Promise<ExportBase | undefined> {
+    const points = (await repo.listPoints({ group: req.group }))
+      .filter((p) => p.snapshotId !== req.snapshotId && p.snapshotCreatedAt <= createdAt)
+      .filter((p) => p.vms.some((v) => v.domain === req.domain && v.disks.some((d) => d.target === req.target)))
+      .reverse();
+    for (const p of points) {
+      const local = meta.snapshots.find((s) => s.snapshotId === p.snapshotId && !s.deleting);
+      const image = local?.disks.find((d) => d.target === req.target)?.image;
+      if (!image || !chain.slice(1).includes(image)) continue;
+      try {
+        const manifest = await repo.readDiskManifest(req.group, p.snapshotId, req.domain, req.target);
+        return { snapshotId: p.snapshotId, image, manifest };
+      } catch (err) {
+        log('export base unreadable, trying an older one', { snapshotId: p.snapshotId, error: message(err) });
+      }
+    }
+    return undefined;
+  }
+
+  return {
+    /** Exports one disk of one VM at one snapshot; safe to retry (resumes from its checkpoint). */
+    async exportVmDisk(req: ExportDiskRequest): Promise<ExportDiskReport> {
+      const ctx = activityContext();
+      const { snap, meta } = await snapshotRecord(req.domain, req.snapshotId);
+      const disk = snap.disks.find((d) => d.target === req.target);
+      if (!disk) {
+        throw ApplicationFailure.nonRetryable(
+          `snapshot ${req.snapshotId} of ${req.domain} has no disk ${req.target}`,
+          BAD_INPUT,
+        );
+      }
+      const repo = await openRepo(req.repository);
+      let lock: RepositoryLock | undefined;
+      let hold: ExportHold | undefined;
+      let signalTimer: NodeJS.Timeout | undefined;
+      try {
+        const chain = await imageChain(disk.image);
+        hold = ExportHold.take(stateDir, {
+          domain: req.domain,
+          snapshotId: req.snapshotId,
+          target: req.target,
+          files: chain.files,
+        });
+        lock = await RepositoryLock.acquire(repo, 'export', hostId);
+        const base = await findBase(repo, req, meta, snap.createdAt, chain.files);
+        const sourceFormat =
+          (await hypervisor.describe(req.domain).catch(() => undefined))?.disks.find((d) => d.target === req.target)
+            ?.format ?? chain.formats[0];
+        mkdirSync(checkpointDir, { recursive: true });
+        const checkpointFile = join(
+          checkpointDir,
+          createHash('sha256')
+            .update(JSON.stringify([req.repository, repo.config.id, req.group, req.snapshotId, req.domain, req.target]))
+            .digest('hex')
+            .slice(0, 32) + '.json',
+        );
+
+        // Live progress: heartbeats (throttled by the SDK) and, every few seconds, a signal to the workflow.
+        let latest: DiskProgressReport | undefined;
+        let sent: string | undefined;
+        const wf = ctx?.info.workflowExecution;
+        const sendProgress = async () => {
+          if (!latest || !wf || !ctx) return;
+          const text = JSON.stringify(latest);
+          if (text === sent) return;
+          sent = text;
+          await ctx.client.workflow
+            .getHandle(wf.workflowId, wf.runId)
+            .signal(EXPORT_PROGRESS_SIGNAL, latest)
+            .catch(() => undefined);
+        };
+        signalTimer = setInterval(() => void sendProgress(), deps.progressSignalMs ?? 5000);
+        const result = await exportDisk({
+          repo,
+          names: { group: req.group, snapshotId: req.snapshotId, domain: req.domain, target: req.target },
+          image: disk.image,
+          format: chain.formats[0],
+          sourceFormat,
+          ...(base ? { base } : {}),
+          checkpointFile,
+          ...(req.maxBytesPerSecond ? { maxBytesPerSecond: req.maxBytesPerSecond } : {}),
+          ...(ctx ? { signal: ctx.cancellationSignal } : {}),
+          onProgress: (p) => {
+            latest = {
+              domain: req.domain,
+              target: req.target,
+              bytesDone: p.bytesDone,
+              bytesTotal: p.bytesTotal,
+              bytesUploaded: p.bytesUploaded,
+            };
+            ctx?.heartbeat(p);
+            hold?.refresh();
+          },
+        });
+        clearInterval(signalTimer);
+        signalTimer = undefined;
+        await sendProgress();
+        log('disk exported', {
+          hostId,
+          domain: req.domain,
+          target: req.target,
+          snapshotId: req.snapshotId,
+          mode: result.manifest.stats.mode,
+          bytesRead: result.manifest.stats.bytesRead,
+          bytesNew: result.manifest.stats.bytesNew,
+          chunksResumed: result.chunksResumed,
+        });
+        return {
+          domain: req.domain,
+          target: req.target,
+          manifestKey: result.manifestKey,
+          virtualSize: result.manifest.virtualSize,
+          sourceFormat: result.manifest.sourceFormat,
+          sourceImage: result.manifest.sourceImage,
+          stats: result.manifest.stats,
+          chunksResumed: result.chunksResumed,
+        };
+      } catch (err) {
+        throw asFailure(err);
+      } finally {
+        if (signalTimer) clearInterval(signalTimer);
+        hold?.release();
+        await lock?.release().catch(() => undefined);
+        repo.close();
+      }
+    },
+
+    /** Writes a VM's manifest (its domain XML and disks) after all its disks are exported. Returns its key. */
+    async writeVmManifest(req: WriteVmManifestRequest): Promise<string> {
+      const repo = await openRepo(req.repository);
+      try {
+        const domainXml = await hypervisor.domainXml(req.domain);
+        return await repo.writeVmManifest({
+          version: FORMAT_VERSION,
+          group: req.group,
+          snapshotId: req.snapshotId,
+          domain: req.domain,
+          host: hostId,
+          domainXml,
+          disks: req.disks,
+        });
+      } catch (err) {
+        if (err instanceof DomainNotFoundError) {
+          throw ApplicationFailure.nonRetryable(`VM ${req.domain} not found on host ${hostId}`, BAD_INPUT);
+        }
+        throw asFailure(err);
+      } finally {
+        repo.close();
+      }
+    },
+
+    /** Writes the group manifest: the point exists from now on. Checks first that every manifest it names exists. */
+    async writeGroupManifest(req: WriteGroupManifestRequest): Promise<string> {
+      const repo = await openRepo(req.repository);
+      try {
+        for (const v of req.vms) {
+          const vm = await repo.readManifestAt<import('../backup/manifest').VmManifest>(v.manifest);
+          for (const d of vm.disks) await repo.readManifestAt<DiskManifest>(d.manifest);
+        }
+        return await repo.writeGroupManifest({
+          version: FORMAT_VERSION,
+          group: req.group,
+          snapshotId: req.snapshotId,
+          ...(req.label !== undefined ? { label: req.label } : {}),
+          snapshotCreatedAt: req.snapshotCreatedAt,
+          exportedAt: new Date().toISOString(),
+          vms: req.vms,
+          stats: req.stats,
+        });
+      } catch (err) {
+        throw asFailure(err);
+      } finally {
+        repo.close();
+      }
+    },
+  };
+}
+
+export type ExportActivities = ReturnType<typeof createExportActivities>;

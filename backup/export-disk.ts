@@ -1,0 +1,264 @@
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { FORMAT_VERSION, type DiskExportStats, type DiskManifest } from './manifest';
+import { ImageReader, imageChain, imageMap, type MapExtent } from './image-reader';
+import { isZero, type Repository } from './repository';
+
+/** Names of one disk of one VM at one point. */
+export interface DiskNames {
+  group: string;
+  snapshotId: string;
+  domain: string;
+  target: string;
+}
+
+/** An earlier exported point of the same disk whose layer is still below this point's layer in the chain. */
+export interface ExportBase {
+  snapshotId: string;
+  /** The image file that holds the earlier point on this host. */
+  image: string;
+  manifest: DiskManifest;
+}
+
+/** Progress of one disk's export. */
+export interface DiskProgress {
+  /** Bytes of the chunks this export has to read, and of those done (including those done before a resume). */
+  bytesDone: number;
+  bytesTotal: number;
+  chunksDone: number;
+  chunksTotal: number;
+  /** Sealed bytes uploaded so far. */
+  bytesUploaded: number;
+}
+
+export interface ExportDiskOptions {
+  repo: Repository;
+  names: DiskNames;
+  /** The file that holds the point (the snapshot's frozen layer) and its format. */
+  image: string;
+  format: string;
+  /** Format of the disk as the VM used it, recorded in the manifest. @default format */
+  sourceFormat?: string;
+  base?: ExportBase;
+  /** Where to keep progress across a crash (a file in the host's state dir); none: no resume. */
+  checkpointFile?: string;
+  /** Chunks read, sealed and uploaded at once. @default 3 */
+  concurrency?: number;
+  /** Bandwidth limit for reading the image, bytes per second. */
+  maxBytesPerSecond?: number;
+  onProgress?: (p: DiskProgress) => void;
+  /** Stops between chunks (the checkpoint keeps what was done). */
+  signal?: AbortSignal;
+}
+
+export interface ExportDiskResult {
+  manifest: DiskManifest;
+  /** Object key of the disk manifest. */
+  manifestKey: string;
+  /** Chunks taken from the checkpoint of an earlier, interrupted attempt (not read again). */
+  chunksResumed: number;
+}
+
+interface Checkpoint {
+  version: number;
+  names: DiskNames;
+  chunkSize: number;
+  virtualSize: number;
+  mode: DiskExportStats['mode'];
+  base?: string;
+  /** Chunk index -> id (or null for zeros) of chunks already stored. */
+  done: Record<string, string | null>;
+  stats: DiskExportStats;
+}
+
+/** Chunk indices touched by extents that satisfy `pred`. */
+function chunksTouched(extents: MapExtent[], chunkSize: number, pred: (e: MapExtent) => boolean): Set<number> {
+  const out = new Set<number>();
+  for (const e of extents) {
+    if (!pred(e) || e.length <= 0) continue;
+    const first = Math.floor(e.start / chunkSize);
+    const last = Math.floor((e.start + e.length - 1) / chunkSize);
+    for (let i = first; i <= last; i++) out.add(i);
+  }
+  return out;
+}
+
+async function loadCheckpoint(file: string | undefined): Promise<Checkpoint | undefined> {
+  if (!file) return undefined;
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as Checkpoint;
+  } catch {
+    return undefined;
+  }
+}
+
+async function saveCheckpoint(file: string, cp: Checkpoint): Promise<void> {
+  const tmp = `${file}.tmp`;
+  await writeFile(tmp, JSON.stringify(cp));
+  await rename(tmp, file);
+}
+
+/**
+ * Exports one disk at one point into the repository: reads only what changed since `base` (when given and still
+ * in the chain) or every allocated extent (first export, or a base merged away), as fixed chunks of the chain read
+ * read-only at the point; stores the chunks the repository lacks; writes the disk manifest (every chunk listed: a
+ * synthetic full). Progress is checkpointed so a retry after a crash reads and uploads only what is left.
+ */
+export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskResult> {
+  const { repo, names } = opts;
+  const chunkSize = repo.chunkSize;
+  const chain = await imageChain(opts.image);
+  const virtualSize = chain.virtualSize;
+  const chunkCount = Math.ceil(virtualSize / chunkSize);
+  const extents = await imageMap(opts.image, opts.format);
+
+  // Incremental only when the base is still a layer below this point and was cut the same way.
+  const baseDepth = opts.base ? chain.files.indexOf(opts.base.image) : -1;
+  const base =
+    opts.base &&
+    baseDepth > 0 &&
+    opts.base.manifest.chunkSize === chunkSize &&
+    opts.base.manifest.virtualSize === virtualSize &&
+    opts.base.manifest.chunks.length === chunkCount
+      ? opts.base
+      : undefined;
+  const mode: DiskExportStats['mode'] = base ? 'incremental' : 'full';
+  const toRead = base
+    ? chunksTouched(extents, chunkSize, (e) => e.present && e.depth < baseDepth)
+    : chunksTouched(extents, chunkSize, (e) => e.data);
+
+  const known = await repo.loadChunkIndex();
+  const chunks: (string | null)[] = new Array<string | null>(chunkCount).fill(null);
+  // Unchanged chunks come from the base's manifest, as long as the repository still has them.
+  if (base) {
+    for (let i = 0; i < chunkCount; i++) {
+      if (toRead.has(i)) continue;
+      const id = base.manifest.chunks[i];
+      if (id !== null && !known.has(id)) toRead.add(i);
+      else chunks[i] = id;
+    }
+  }
+
+  const stats: DiskExportStats = {
+    mode,
+    ...(base ? { base: base.snapshotId } : {}),
+    bytesRead: 0,
+    bytesNew: 0,
+    bytesUploaded: 0,
+    chunksNew: 0,
+    chunksData: 0,
+  };
+  const lengthOf = (i: number): number => Math.min(chunkSize, virtualSize - i * chunkSize);
+
+  // Resume: take what an interrupted attempt of this very export stored, if the repository still has it.
+  const cp: Checkpoint = {
+    version: FORMAT_VERSION,
+    names,
+    chunkSize,
+    virtualSize,
+    mode,
+    ...(base ? { base: base.snapshotId } : {}),
+    done: {},
+    stats,
+  };
+  let chunksResumed = 0;
+  const previous = await loadCheckpoint(opts.checkpointFile);
+  if (
+    previous &&
+    previous.chunkSize === chunkSize &&
+    previous.virtualSize === virtualSize &&
+    JSON.stringify(previous.names) === JSON.stringify(names)
+  ) {
+    for (const [k, id] of Object.entries(previous.done)) {
+      const i = Number(k);
+      if (!toRead.has(i) || (id !== null && !known.has(id))) continue;
+      chunks[i] = id;
+      cp.done[k] = id;
+      toRead.delete(i);
+      chunksResumed++;
+    }
+    for (const f of ['bytesRead', 'bytesNew', 'bytesUploaded', 'chunksNew'] as const) stats[f] = previous.stats[f];
+  }
+
+  const order = [...toRead].sort((a, b) => a - b);
+  let bytesTotal = 0;
+  for (const i of order) bytesTotal += lengthOf(i);
+  let bytesResumed = 0;
+  for (const k of Object.keys(cp.done)) bytesResumed += lengthOf(Number(k));
+  const progress: DiskProgress = {
+    bytesDone: bytesResumed,
+    bytesTotal: bytesTotal + bytesResumed,
+    chunksDone: chunksResumed,
+    chunksTotal: order.length + chunksResumed,
+    bytesUploaded: stats.bytesUploaded,
+  };
+  opts.onProgress?.({ ...progress });
+
+  if (order.length > 0) {
+    const reader = await ImageReader.open(opts.image, opts.format);
+    const started = Date.now();
+    let readThisRun = 0;
+    let lastSave = Date.now();
+    let sinceSave = 0;
+    let saving: Promise<void> = Promise.resolve();
+    try {
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < order.length) {
+          opts.signal?.throwIfAborted();
+          const i = order[next++];
+          const len = lengthOf(i);
+          if (opts.maxBytesPerSecond) {
+            readThisRun += len;
+            const due = started + (readThisRun / opts.maxBytesPerSecond) * 1000;
+            if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()));
+          }
+          const data = await reader.read(i * chunkSize, len);
+          stats.bytesRead += len;
+          let id: string | null = null;
+          if (!isZero(data)) {
+            const put = await repo.putChunk(data);
+            id = put.id;
+            if (put.uploaded) {
+              stats.chunksNew++;
+              stats.bytesNew += len;
+              stats.bytesUploaded += put.storedBytes;
+            }
+          }
+          chunks[i] = id;
+          cp.done[String(i)] = id;
+          progress.bytesDone += len;
+          progress.chunksDone++;
+          progress.bytesUploaded = stats.bytesUploaded;
+          opts.onProgress?.({ ...progress });
+          sinceSave++;
+          if (opts.checkpointFile && (sinceSave >= 8 || Date.now() - lastSave > 2000)) {
+            sinceSave = 0;
+            lastSave = Date.now();
+            const file = opts.checkpointFile;
+            saving = saving.then(() => saveCheckpoint(file, cp));
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 3) }, () => worker()));
+    } finally {
+      await saving.catch(() => undefined);
+      if (opts.checkpointFile) await saveCheckpoint(opts.checkpointFile, cp).catch(() => undefined);
+      await reader.close();
+    }
+  }
+
+  stats.chunksData = chunks.filter((c) => c !== null).length;
+  const manifest: DiskManifest = {
+    version: FORMAT_VERSION,
+    ...names,
+    sourceFormat: opts.sourceFormat ?? opts.format,
+    sourceImage: opts.image,
+    virtualSize,
+    chunkSize,
+    chunks,
+    stats,
+  };
+  const manifestKey = await repo.writeDiskManifest(manifest);
+  if (opts.checkpointFile) await rm(opts.checkpointFile, { force: true });
+  return { manifest, manifestKey, chunksResumed };
+}

@@ -1,0 +1,192 @@
+/**
+ * The repository on a real S3 server (versitygw, posix backend): init/open faults, dedup, verify locating damage,
+ * prune with retention and a chunk sweep that an export lock holds off.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BucketNotFoundError, RepositoryExistsError, StoreAccessDeniedError, WrongKeyError } from '../backup/errors';
+import { RepositoryBusyError, RepositoryLock } from '../backup/locks';
+import { FORMAT_VERSION, sumStats, type DiskExportStats, type DiskManifest } from '../backup/manifest';
+import { pruneRepository } from '../backup/prune';
+import { Repository } from '../backup/repository';
+import { verifyRepository } from '../backup/verify';
+import { S3Server } from '../dev/s3-server';
+
+const CHUNK = 64 * 1024;
+const STATS: DiskExportStats = {
+  mode: 'full',
+  bytesRead: 0,
+  bytesNew: 0,
+  bytesUploaded: 0,
+  chunksNew: 0,
+  chunksData: 0,
+};
+
+let s3: S3Server;
+const saved: Record<string, string | undefined> = {};
+const key = randomBytes(32);
+
+beforeAll(async () => {
+  s3 = await S3Server.start();
+  for (const [k, v] of Object.entries(s3.env)) {
+    saved[k] = process.env[k];
+    process.env[k] = v;
+  }
+  await s3.createBucket('gs-test');
+});
+
+afterAll(async () => {
+  for (const [k, v] of Object.entries(saved)) {
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = v;
+  }
+  await s3?.stop();
+});
+
+/** A point with one VM of one disk made of `chunks` (each a chunk's content, or null for zeros). */
+async function writePoint(
+  repo: Repository,
+  group: string,
+  snapshotId: string,
+  createdAt: string,
+  data: (Buffer | null)[],
+) {
+  const ids: (string | null)[] = [];
+  for (const c of data) ids.push(c ? (await repo.putChunk(c)).id : null);
+  const size = data.length * CHUNK;
+  const disk: DiskManifest = {
+    version: FORMAT_VERSION,
+    group,
+    snapshotId,
+    domain: 'db-1',
+    target: 'vda',
+    sourceFormat: 'qcow2',
+    sourceImage: '/img/db-1.qcow2',
+    virtualSize: size,
+    chunkSize: CHUNK,
+    chunks: ids,
+    stats: STATS,
+  };
+  const dk = await repo.writeDiskManifest(disk);
+  const vk = await repo.writeVmManifest({
+    version: FORMAT_VERSION,
+    group,
+    snapshotId,
+    domain: 'db-1',
+    host: 'hv-a',
+    domainXml: '<domain/>',
+    disks: [
+      { target: 'vda', manifest: dk, virtualSize: size, sourceFormat: 'qcow2', sourceImage: '/img', stats: STATS },
+    ],
+  });
+  await repo.writeGroupManifest({
+    version: FORMAT_VERSION,
+    group,
+    snapshotId,
+    snapshotCreatedAt: createdAt,
+    exportedAt: new Date().toISOString(),
+    vms: [{ domain: 'db-1', host: 'hv-a', manifest: vk, disks: [{ target: 'vda', virtualSize: size }] }],
+    stats: sumStats([{ virtualSize: size, stats: STATS }]),
+  });
+  return ids;
+}
+
+test('init, open with the right key, refuse a wrong key, an existing repository, a missing bucket, bad credentials', async () => {
+  const url = 's3://gs-test/faults';
+  (await Repository.init(url, key, { chunkSize: CHUNK })).close();
+  const repo = await Repository.open(url, key);
+  expect(repo.chunkSize).toBe(CHUNK);
+  repo.close();
+  await expect(Repository.open(url, randomBytes(32))).rejects.toBeInstanceOf(WrongKeyError);
+  await expect(Repository.init(url, key)).rejects.toBeInstanceOf(RepositoryExistsError);
+  await expect(Repository.init('s3://no-such-bucket/x', key)).rejects.toBeInstanceOf(BucketNotFoundError);
+  await expect(Repository.open('s3://no-such-bucket/x', key)).rejects.toBeInstanceOf(BucketNotFoundError);
+  const secret = process.env.AWS_SECRET_ACCESS_KEY;
+  process.env.AWS_SECRET_ACCESS_KEY = 'wrong-secret';
+  try {
+    await expect(Repository.open(url, key)).rejects.toBeInstanceOf(StoreAccessDeniedError);
+  } finally {
+    process.env.AWS_SECRET_ACCESS_KEY = secret;
+  }
+});
+
+test('verify finds a flipped and a deleted chunk and names group, VM, disk and offset; list shows the outcome', async () => {
+  const url = 's3://gs-test/verify';
+  const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+  const [c0, c1, c2] = [randomBytes(CHUNK), randomBytes(CHUNK), randomBytes(CHUNK)];
+  const ids = await writePoint(repo, 'shop', 'gs-20261201T100000Z-aaaaaa', '2026-12-01T10:00:00.000Z', [
+    c0,
+    null,
+    c1,
+    c2,
+  ]);
+  const clean = await verifyRepository(repo, { readData: true });
+  expect(clean).toMatchObject({ ok: true, chunksChecked: 3, problems: [] });
+  expect(clean.bytesRead).toBe(3 * CHUNK);
+
+  // Damage the store behind the repository's back: versitygw's posix backend keeps each object as a file.
+  const file = (id: string) => join(s3.dir, 'gs-test', 'verify', Repository.chunkKey(id));
+  const bytes = readFileSync(file(ids[2]!));
+  bytes[bytes.length - 20] ^= 0xff;
+  writeFileSync(file(ids[2]!), bytes);
+  const client = s3.client();
+  const { DeleteObjectCommand } = await import('@aws-sdk/client-s3');
+  await client.send(new DeleteObjectCommand({ Bucket: 'gs-test', Key: `verify/${Repository.chunkKey(ids[3]!)}` }));
+  client.destroy();
+
+  const quick = await verifyRepository(repo);
+  expect(quick.ok).toBe(false);
+  expect(quick.problems).toEqual([
+    expect.objectContaining({ group: 'shop', domain: 'db-1', target: 'vda', offset: 3 * CHUNK, problem: 'missing' }),
+  ]);
+  const deep = await verifyRepository(repo, { readData: true });
+  expect(deep.problems.map((p) => [p.group, p.snapshotId, p.domain, p.target, p.offset, p.problem])).toEqual([
+    ['shop', 'gs-20261201T100000Z-aaaaaa', 'db-1', 'vda', 2 * CHUNK, 'corrupt'],
+    ['shop', 'gs-20261201T100000Z-aaaaaa', 'db-1', 'vda', 3 * CHUNK, 'missing'],
+  ]);
+  const [listed] = await repo.listPoints();
+  expect(listed.verification).toMatchObject({ ok: false, readData: true, problems: 2 });
+  repo.close();
+});
+
+test('prune keeps the policy set, sweeps only unreferenced chunks, and waits for running exports', async () => {
+  const url = 's3://gs-test/prune';
+  const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+  const shared = randomBytes(CHUNK);
+  const points = [];
+  for (let day = 1; day <= 4; day++) {
+    const id = `gs-2026120${day}T100000Z-00000${day}`;
+    points.push({
+      id,
+      chunks: await writePoint(repo, 'shop', id, `2026-12-0${day}T10:00:00.000Z`, [shared, randomBytes(CHUNK)]),
+    });
+  }
+  expect((await repo.loadChunkIndex()).size).toBe(5);
+
+  // An export in progress holds the sweep off; the points are still forgotten.
+  const exportLock = await RepositoryLock.acquire(repo, 'export', 'hv-test');
+  await expect(RepositoryLock.acquire(repo, 'prune')).rejects.toBeInstanceOf(RepositoryBusyError);
+  const held = await pruneRepository(repo, { policy: { keepLast: 2 } });
+  expect(held.groups).toEqual([expect.objectContaining({ group: 'shop', deleted: [points[0].id, points[1].id] })]);
+  expect(held.sweep).toMatchObject({ done: false, reason: expect.stringContaining('in use by export (hv-test)') });
+  expect((await repo.loadChunkIndex()).size).toBe(5);
+  // ... and an export waits while a sweep runs.
+  await exportLock.release();
+
+  const swept = await pruneRepository(repo, { policy: { keepLast: 2 } });
+  expect(swept.sweep).toEqual({ done: true, chunksBefore: 5, chunksDeleted: 2, bytesFreed: expect.any(Number) });
+  const left = await repo.loadChunkIndex();
+  expect([...left].sort()).toEqual(
+    [shared, ...points.slice(2).map((p) => p.chunks[1]!)]
+      .map((c) => (typeof c === 'string' ? c : repo.chunkId(c)))
+      .sort(),
+  );
+  expect((await repo.listPoints()).map((p) => p.snapshotId)).toEqual([points[2].id, points[3].id]);
+  expect((await verifyRepository(repo, { readData: true })).ok).toBe(true);
+
+  const pruneLock = await RepositoryLock.acquire(repo, 'prune');
+  await expect(RepositoryLock.acquire(repo, 'export')).rejects.toThrow(/being pruned/);
+  await pruneLock.release();
+  repo.close();
+});
