@@ -16,13 +16,14 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { nowMs } from '../activities/clock';
 import { snapshotGroup, waitForHostWorkers } from '../client';
-import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
+import { startDevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
 import { virtType, VmFleet } from '../dev/vms';
 import { FakeHypervisor } from '../hypervisor/fake-hypervisor';
 import { parseDomainXml } from '../hypervisor/domain-xml';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { createGroupsnapWorker, type GroupsnapWorker } from '../worker/worker';
+import { keepClusterSection } from './cluster-report';
 import { renderReport, type BenchResults, type Sample } from './report';
 
 const run = promisify(execFile);
@@ -70,7 +71,7 @@ class EventClock {
   }
 }
 
-class Bench {
+export class Bench {
   readonly samples: Sample[] = [];
   private readonly events = new EventClock();
   private seq = 0;
@@ -211,8 +212,8 @@ class Bench {
   }
 }
 
-async function hostWorker(
-  server: DevServer,
+export async function hostWorker(
+  server: { address: string },
   hostId: string,
   hypervisor: LibvirtHypervisor | FakeHypervisor,
   stateDir: string,
@@ -229,8 +230,8 @@ async function hostWorker(
 }
 
 /** Fake hosts whose latencies are drawn around the real figures measured in this same run. */
-async function simulatedHosts(
-  server: DevServer,
+export async function simulatedHosts(
+  server: { address: string },
   client: Client,
   counts: number[],
   rounds: number,
@@ -421,11 +422,15 @@ async function main(): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `${machine.date.slice(0, 10)}-${machine.hostname}.json`);
   writeFileSync(file, JSON.stringify(results) + '\n');
-  writeFileSync(join(outRoot, 'BENCHMARKS.md'), renderReport(results, file.slice(outRoot.length + 1), outRoot));
+  const report = join(outRoot, 'BENCHMARKS.md');
+  writeFileSync(report, keepClusterSection(report, renderReport(results, file.slice(outRoot.length + 1), outRoot)));
   console.error(`wrote ${file} and BENCHMARKS.md`);
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+// bench/cluster.ts reuses the rounds and the simulated hosts without running this benchmark.
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}
