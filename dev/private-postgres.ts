@@ -9,7 +9,7 @@ import { REPO_ROOT } from './tools';
 const run = promisify(execFile);
 
 export interface PrivatePostgresOptions {
-  /** Directory for the data dir, socket and log (made owned by the `postgres` user). */
+  /** Directory for the data dir, socket and log (made owned by the `postgres` user; its parents must let that user through). */
   dir: string;
   /** Superuser created by initdb. @default 'temporal' */
   user?: string;

@@ -1,12 +1,12 @@
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
-import { freePort } from './free-port';
+import { freePortIn } from './free-port';
 import { startPrivatePostgres, type PrivatePostgres } from './private-postgres';
 import { startSupervised, type SupervisedProcess } from './supervised-process';
 import { startTcpBalancer, type TcpBalancer } from './tcp-balancer';
@@ -147,7 +147,8 @@ async function serverPorts(): Promise<ServerPorts> {
     'workerMembership',
   ];
   const ports = new Set<number>();
-  while (ports.size < keys.length) ports.add(await freePort());
+  // Below the kernel's ephemeral range: the SQL schema stores membership ports as smallint (at most 32767).
+  while (ports.size < keys.length) ports.add(await freePortIn(20000, 32767));
   const list = [...ports];
   return Object.fromEntries(keys.map((k, i) => [k, list[i]])) as unknown as ServerPorts;
 }
@@ -209,6 +210,8 @@ export async function startTemporalCluster(options: TemporalClusterOptions = {})
   const home = await temporalServerHome();
   const cli = temporalCliPath();
   const dir = await mkdtemp(join(tmpdir(), 'groupsnap-cluster-'));
+  // PostgreSQL runs as the `postgres` user, in pg/ below: it must be able to pass through this folder.
+  await chmod(dir, 0o711);
   const namespace = options.namespace ?? CLUSTER_NAMESPACE;
   const count = options.servers ?? 2;
   const startTimeoutMs = options.startTimeoutMs ?? 120_000;
@@ -281,11 +284,12 @@ export async function startTemporalCluster(options: TemporalClusterOptions = {})
         .map((s) => `127.0.0.1:${s.ports.frontendGrpc}`);
     balancer = await startTcpBalancer(live);
     const address = balancer.address;
-    await run('sh', [join(REPO_ROOT, CLUSTER_DEPLOY_FILES.namespace)], {
+    const created = await run('sh', [join(REPO_ROOT, CLUSTER_DEPLOY_FILES.namespace)], {
       env: { ...process.env, PATH: path, TEMPORAL_ADDRESS: address, DEFAULT_NAMESPACE: namespace },
     }).catch((err: { stderr?: string; stdout?: string }) => {
       throw new Error(`${CLUSTER_DEPLOY_FILES.namespace} failed:\n${err.stdout ?? ''}${err.stderr ?? String(err)}`);
     });
+    if (process.env.GROUPSNAP_CLUSTER_DEBUG) console.error(created.stderr);
     await waitNamespaceReady(address, namespace, 60_000);
     return {
       address,
