@@ -223,7 +223,12 @@ describe('groupsnap on a two-process Temporal cluster over PostgreSQL', () => {
     expect(cluster.servers[killed!].running).toBe(false);
     await expectCompletedOrCompensated(result, before);
     expectNoPausePastBound();
-    // The crashed process comes back and joins; the cluster takes snapshots again.
+    // The surviving process alone serves the next snapshot (it took over the crashed one's shards) ...
+    const alone = await groupSnapshotResult(
+      await startGroupSnapshot(client, { group: uniqueId('survivor'), vms: members() }),
+    );
+    expect(alone.status).toBe('completed');
+    // ... and the crashed process comes back and joins.
     await cluster.startServer(killed!);
     const after = await groupSnapshotResult(
       await startGroupSnapshot(client, { group: uniqueId('after'), vms: members() }),
