@@ -7,6 +7,10 @@ export interface ClusterBenchResults {
   /** PostgreSQL, schemas, two server processes, namespace: wall time to a usable cluster. */
   clusterStartMs: number;
   simulatedLatencyMs: { suspend: number; snapshot: number; resume: number };
+  /** Freeze bound given to the simulated groups. */
+  simulatedMaxFreezeMs: number;
+  /** Simulated-host configurations that failed (with the error), if any. */
+  failures: string[];
   /** `contender` is the backend: 'dev-server' or 'cluster'. */
   samples: Sample[];
 }
@@ -88,7 +92,8 @@ export function renderClusterSection(r: ClusterBenchResults, rawFile: string): s
     '',
     `N fake hosts x 8 VMs, each its own worker on its own task queue, with pause/snapshot/resume latencies drawn around`,
     `this run's freeze for one VM (${f1(r.simulatedLatencyMs.suspend + r.simulatedLatencyMs.snapshot + r.simulatedLatencyMs.resume)} ms in all); ` +
-      'the update barrier and thaw activities, interleaved.',
+      `the update barrier and thaw activities, interleaved; freeze bound ${r.simulatedMaxFreezeMs / 1000} s (the default 5 s is`,
+    'too short for 512 VMs on 2 shared cores).',
     '',
     '| hosts | backend | update p50 ms | update p90 ms | thaw p50 ms | thaw p90 ms | end-to-end p50 ms (update) | end-to-end p50 ms (thaw) |',
     '| --- | --- | --- | --- | --- | --- | --- | --- |',
@@ -111,6 +116,7 @@ export function renderClusterSection(r: ClusterBenchResults, rawFile: string): s
   }
   lines.push(
     '',
+    ...(r.failures.length > 0 ? ['Failed:', '', ...r.failures.map((f) => `- ${f}`), ''] : []),
     "All simulated hosts, both Temporal backends and PostgreSQL share this machine's cores, so the absolute figures",
     'at 64 hosts mostly measure CPU contention; on real hosts each worker has its own machine.',
     END,

@@ -237,6 +237,8 @@ export async function simulatedHosts(
   rounds: number,
   latency: { suspend: number; snapshot: number; resume: number },
   samples: Sample[],
+  /** The groups' freeze bound (bench/cluster.ts raises it on a shared, loaded machine). @default 5000 */
+  maxFreezeMs?: number,
 ) {
   const jitter = (ms: number) => () => Math.max(0.5, ms * (0.8 + 0.4 * Math.random()));
   for (const hostsCount of counts) {
@@ -286,6 +288,7 @@ export async function simulatedHosts(
           group: 'sim',
           vms,
           updateBarrierMaxHosts: barrier === 'update' ? 1000 : 0,
+          ...(maxFreezeMs !== undefined ? { maxFreezeMs } : {}),
         });
         const endToEndMs = nowMs() - t0;
         if (result.status !== 'completed') throw new Error(`simulated snapshot failed: ${result.error}`);

@@ -178,7 +178,7 @@ async function waitFrontend(address: string, timeoutMs: number, proc: Supervised
   );
 }
 
-/** Waits until `namespace` answers and has every search attribute groupsnap uses, through `address`. */
+/** Waits until `namespace` answers and has every search attribute groupsnap uses, on the frontend at `address`. */
 async function waitNamespaceReady(address: string, namespace: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   const connection = await Connection.connect({ address });
@@ -290,7 +290,8 @@ export async function startTemporalCluster(options: TemporalClusterOptions = {})
       throw new Error(`${CLUSTER_DEPLOY_FILES.namespace} failed:\n${err.stdout ?? ''}${err.stderr ?? String(err)}`);
     });
     if (process.env.GROUPSNAP_CLUSTER_DEBUG) console.error(created.stderr);
-    await waitNamespaceReady(address, namespace, 60_000);
+    // Each frontend caches namespaces: wait until every one of them knows the new namespace and its attributes.
+    for (const frontend of live()) await waitNamespaceReady(frontend, namespace, 60_000);
     return {
       address,
       namespace,
