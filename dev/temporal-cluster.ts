@@ -326,3 +326,19 @@ export async function startTemporalCluster(options: TemporalClusterOptions = {})
     throw err;
   }
 }
+
+// `node dist/dev/temporal-cluster.js` runs the cluster until Ctrl-C (e.g. to try groupsnap against it by hand).
+if (require.main === module) {
+  void (async () => {
+    const cluster = await startTemporalCluster();
+    console.log(`Temporal cluster at ${cluster.address} (namespace ${cluster.namespace}); logs in ${cluster.dir}`);
+    for (const s of cluster.servers) console.log(`  server ${s.index}: frontend ${s.frontendAddress}, pid ${s.pid}`);
+    console.log(`  PostgreSQL on 127.0.0.1:${cluster.postgres.port}; Ctrl-C stops everything`);
+    const stop = () => void cluster.stop().then(() => process.exit(0));
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  })().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}
