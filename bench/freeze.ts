@@ -15,7 +15,7 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { nowMs } from '../activities/clock';
 import { snapshotGroup, waitForHostWorkers } from '../client';
-import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
+import { startDevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
 import { VmFleet } from '../dev/vms';
 import { FakeHypervisor } from '../hypervisor/fake-hypervisor';
@@ -24,6 +24,7 @@ import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { createGroupsnapWorker, type GroupsnapWorker } from '../worker/worker';
 import { describeMachine } from './machine';
 import { benchCommand, integer, integerList, parseBenchOptions } from './options';
+import { keepClusterSection } from './cluster-report';
 import { renderReport, type BenchResults, type Sample } from './report';
 
 const run = promisify(execFile);
@@ -75,7 +76,7 @@ class EventClock {
   }
 }
 
-class Bench {
+export class Bench {
   readonly samples: Sample[] = [];
   private readonly events = new EventClock();
   private seq = 0;
@@ -216,8 +217,8 @@ class Bench {
   }
 }
 
-async function hostWorker(
-  server: DevServer,
+export async function hostWorker(
+  server: { address: string },
   hostId: string,
   hypervisor: LibvirtHypervisor | FakeHypervisor,
   stateDir: string,
@@ -234,13 +235,15 @@ async function hostWorker(
 }
 
 /** Fake hosts whose latencies are drawn around the real figures measured in this same run. */
-async function simulatedHosts(
-  server: DevServer,
+export async function simulatedHosts(
+  server: { address: string },
   client: Client,
   counts: number[],
   rounds: number,
   latency: { suspend: number; snapshot: number; resume: number },
   samples: Sample[],
+  /** The groups' freeze bound (bench/cluster.ts raises it on a shared, loaded machine). @default 5000 */
+  maxFreezeMs?: number,
 ) {
   const jitter = (ms: number) => () => Math.max(0.5, ms * (0.8 + 0.4 * Math.random()));
   for (const hostsCount of counts) {
@@ -290,6 +293,7 @@ async function simulatedHosts(
           group: 'sim',
           vms,
           updateBarrierMaxHosts: barrier === 'update' ? 1000 : 0,
+          ...(maxFreezeMs !== undefined ? { maxFreezeMs } : {}),
         });
         const endToEndMs = nowMs() - t0;
         if (result.status !== 'completed') throw new Error(`simulated snapshot failed: ${result.error}`);
@@ -415,11 +419,15 @@ async function main(): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `${machine.date.slice(0, 10)}-${machine.hostname}.json`);
   writeFileSync(file, JSON.stringify(results) + '\n');
-  writeFileSync(join(outRoot, 'BENCHMARKS.md'), renderReport(results, file.slice(outRoot.length + 1), outRoot));
+  const report = join(outRoot, 'BENCHMARKS.md');
+  writeFileSync(report, keepClusterSection(report, renderReport(results, file.slice(outRoot.length + 1), outRoot)));
   console.error(`wrote ${file} and BENCHMARKS.md`);
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+// bench/cluster.ts reuses the rounds and the simulated hosts without running this benchmark.
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}

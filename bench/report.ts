@@ -2,6 +2,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { REPO_ROOT } from '../dev/tools';
 import type { MachineDescription } from './machine';
+import { keepClusterSection } from './cluster-report';
 
 export interface Sample {
   config: string;
@@ -333,5 +334,6 @@ export function renderReport(results: BenchResults, rawFile: string, outRoot = R
 if (require.main === module) {
   const file = process.argv[2];
   const results = JSON.parse(readFileSync(file, 'utf8')) as BenchResults;
-  writeFileSync(join(REPO_ROOT, 'BENCHMARKS.md'), renderReport(results, relative(REPO_ROOT, resolve(file))));
+  const report = join(REPO_ROOT, 'BENCHMARKS.md');
+  writeFileSync(report, keepClusterSection(report, renderReport(results, relative(REPO_ROOT, resolve(file)))));
 }

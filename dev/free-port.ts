@@ -13,3 +13,22 @@ export function freePort(): Promise<number> {
     });
   });
 }
+
+/**
+ * A free TCP port on 127.0.0.1 in `[min, max]`, tried at random. For servers that cannot take the kernel's
+ * ephemeral ports (32768 and up here), e.g. Temporal's membership ports, which its SQL schema stores as smallint.
+ * @throws Error when 200 random tries found none free.
+ */
+export async function freePortIn(min: number, max: number): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const port = min + Math.floor(Math.random() * (max - min + 1));
+    const free = await new Promise<boolean>((resolve) => {
+      const srv = createServer();
+      srv.unref();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  throw new Error(`no free port on 127.0.0.1 between ${min} and ${max}`);
+}

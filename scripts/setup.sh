@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Everything groupsnap needs on this machine, idempotent: libvirtd + QEMU, the Temporal CLI, Chromium (UI test),
-# npm dependencies (including the native libvirt binding) and the TypeScript build. Each step is skipped when
-# already done.
+# Everything groupsnap needs on this machine, idempotent: libvirtd + QEMU, the Temporal CLI and server, PostgreSQL,
+# Chromium (UI test), npm dependencies (including the native libvirt binding) and the TypeScript build. Each step is
+# skipped when already done.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,6 +13,10 @@ bash scripts/ensure-temporal.sh >/dev/null
 bash scripts/setup-hypervisor-host.sh gshostb >/dev/null
 # versitygw, a real S3 gateway for the off-host backup tests and the demo (built once into .tools/).
 bash scripts/ensure-versitygw.sh >/dev/null
+# The Temporal server and its SQL schema tool (built once into .tools/) and Debian's PostgreSQL, for the
+# production-shaped two-process cluster of test/temporal-cluster.ts and `npm run bench:cluster`.
+bash scripts/ensure-temporal-server.sh >/dev/null
+bash scripts/ensure-postgres.sh >/dev/null
 # The workload guest of the crash-consistency check (kernel + busybox initramfs from Debian packages, cached).
 bash scripts/build-guest.sh >/dev/null
 # Debian's Chromium, for the browser test of the Temporal UI (playwright-core drives it; no browser download).

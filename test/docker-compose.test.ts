@@ -4,6 +4,13 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parse } from 'yaml';
 import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
+import {
+  CLUSTER_DEPLOY_FILES,
+  CLUSTER_NAMESPACE,
+  serverEnvironment,
+  temporalServerHome,
+  type ServerPorts,
+} from '../dev/temporal-cluster';
 import { REPO_ROOT } from '../dev/tools';
 import { CLI } from './helpers/worker-process';
 
@@ -137,5 +144,73 @@ describe('docker-compose.yml', () => {
     const script = readFileSync(join(REPO_ROOT, 'deploy/create-namespace.sh'), 'utf8');
     const listed = Object.fromEntries([...script.matchAll(/(Groupsnap\w+):(\w+)/g)].map((m) => [m[1], m[2]]));
     expect(listed).toEqual(SEARCH_ATTRIBUTES);
+  });
+});
+
+/** The two-process test cluster (dev/temporal-cluster.ts) must be the compose file's Temporal, run without Docker. */
+describe('docker-compose.yml and the test cluster describe the same Temporal', () => {
+  const compose = parse(readFileSync(join(REPO_ROOT, 'docker-compose.yml'), 'utf8'), { merge: true }) as {
+    services: Record<string, Service>;
+  };
+  const temporal = compose.services.temporal;
+  /** A compose value with its `${VAR:-default}` references replaced by their defaults. */
+  const withDefaults = (v: string) => v.replace(/\$\{[A-Z0-9_]+:-([^}]*)\}/g, '$1');
+  const env = Object.fromEntries(
+    Object.entries(temporal.environment ?? {}).map(([k, v]) => [k, withDefaults(String(v))]),
+  );
+  const ports = Object.fromEntries(
+    ['frontendGrpc', 'frontendHttp', 'frontendMembership', 'historyGrpc', 'historyMembership', 'matchingGrpc']
+      .concat(['matchingMembership', 'workerGrpc', 'workerMembership'])
+      .map((k, i) => [k, 7000 + i]),
+  ) as unknown as ServerPorts;
+  const pg = { host: '127.0.0.1', port: 5432, user: 'temporal', password: 'temporal' };
+  const dynamicConfig = join(REPO_ROOT, CLUSTER_DEPLOY_FILES.dynamicConfig);
+  const clusterEnv = serverEnvironment(pg, ports, dynamicConfig);
+  /** The repository file a compose service mounts at `target` (directly or through a mounted folder). */
+  const mountedFile = (s: Service, target: string): string | undefined => {
+    for (const v of s.volumes ?? []) {
+      const [source, to] = v.split(':');
+      if (!source.startsWith('./')) continue;
+      if (target === to) return source.slice(2);
+      if (target.startsWith(`${to}/`)) return join(source.slice(2), target.slice(to.length + 1));
+    }
+    return undefined;
+  };
+
+  it('gives the server the same database, credentials and dynamic config file', () => {
+    for (const key of ['DB', 'POSTGRES_USER', 'POSTGRES_PWD']) expect([key, clusterEnv[key]]).toEqual([key, env[key]]);
+    expect(mountedFile(temporal, env.DYNAMIC_CONFIG_FILE_PATH)).toBe(CLUSTER_DEPLOY_FILES.dynamicConfig);
+    expect(clusterEnv.DYNAMIC_CONFIG_FILE_PATH).toBe(dynamicConfig);
+    // Everything the compose file sets, the cluster sets too (addresses and ports differ by design).
+    expect(Object.keys(clusterEnv)).toEqual(expect.arrayContaining(Object.keys(env)));
+  });
+
+  it('sets up the schemas, the namespace and its search attributes with the same scripts', () => {
+    const script = (name: string) => {
+      const s = compose.services[name];
+      return mountedFile(s, String(s.command).trim());
+    };
+    expect(script('temporal-schema')).toBe(CLUSTER_DEPLOY_FILES.schema);
+    expect(script('temporal-namespace')).toBe(CLUSTER_DEPLOY_FILES.namespace);
+    expect(withDefaults(compose.services['temporal-namespace'].environment!.DEFAULT_NAMESPACE)).toBe(CLUSTER_NAMESPACE);
+  });
+
+  it('runs the server release the cluster builds', () => {
+    const built = /^VERSION=(\S+)$/m.exec(
+      readFileSync(join(REPO_ROOT, 'scripts/ensure-temporal-server.sh'), 'utf8'),
+    )![1];
+    expect(withDefaults(temporal.image!)).toBe(`temporalio/server:${built}`);
+    for (const name of ['temporal-schema', 'temporal-namespace'])
+      expect(withDefaults(compose.services[name].image!)).toBe(`temporalio/admin-tools:${built}`);
+  });
+
+  it("uses only settings the release's config template reads, and a dynamic config the server accepts", async () => {
+    const home = await temporalServerHome();
+    const template = readFileSync(join(home, 'config/docker.yaml'), 'utf8');
+    const read = new Set([...template.matchAll(/env "([A-Z0-9_]+)"/g)].map((m) => m[1]));
+    for (const key of new Set([...Object.keys(env), ...Object.keys(clusterEnv)]))
+      expect([key, read.has(key)]).toEqual([key, true]);
+    const { stdout } = await exec(join(home, 'bin/temporal-server'), ['validate-dynamic-config', dynamicConfig]);
+    expect(stdout).not.toMatch(/error|warning/);
   });
 });
