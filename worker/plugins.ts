@@ -55,15 +55,13 @@ export interface GroupsnapHostPluginOptions {
   stateDir: string;
   /** Where restored and cloned disks go on this host. @default defaultImagesDir(hypervisor.uri) */
   imagesDir?: string;
-  /** The off-host repository's key file on this host. @default $GROUPSNAP_REPO_KEY_FILE */
+  /** The off-host repository's key file on this host (exports, restores, drills). @default $GROUPSNAP_REPO_KEY_FILE */
   repoKeyFile?: string;
   /** Run DR drills' check commands on this host (`sh -c`, as the worker's user). @default false */
   allowDrillChecks?: boolean;
   log?: Log;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;
-  /** Key file of the repositories this host exports to. @default `GROUPSNAP_REPO_KEY_FILE` when an export runs */
-  repoKeyFile?: string;
 }
 
 export interface GroupsnapWorkflowsPluginOptions {
