@@ -117,7 +117,6 @@ export interface InPlaceReport {
   disks: { target: string; image: string; overlay: string; discarded: string }[];
 }
 
-
 export interface PinSnapshotRequest {
   domain: string;
   snapshotId: string;
@@ -143,4 +142,3 @@ export interface ReleaseInPlaceReport {
   /** Discarded layers kept because a snapshot (or another record) still uses them. */
   kept: string[];
 }
-

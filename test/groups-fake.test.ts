@@ -251,7 +251,12 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
       /exists/,
     );
 
-    const inPlace = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'in-place', confirmInPlace: true });
+    const inPlace = await restoreGroup(client, {
+      group: name,
+      snapshotId: s1.snapshotId,
+      mode: 'in-place',
+      confirmInPlace: true,
+    });
     expect(inPlace.status).toBe('restored');
     const vmA = s1.vms.find((v) => v.domain === a)!;
     const chain = hostA.chain(a);
