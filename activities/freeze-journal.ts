@@ -27,8 +27,8 @@ export interface FreezeRecord {
   fsThawed?: boolean;
   /** When the thaw last failed (epoch ms), so the guard retries it at a slower pace. */
   fsThawFailedAtMs?: number;
-  /** The VM was found paused by someone else: the record is kept (closed) only for its guest's thaw. */
-  pausedByOther?: boolean;
+  /** groupsnap did not pause the VM (someone else had, or the freeze stopped before): kept only for the thaw. */
+  notPausedByUs?: boolean;
 }
 
 /** A record whose VM may still be paused by groupsnap, or whose guest filesystems may still be frozen by it. */

@@ -302,7 +302,7 @@ export function createHost(deps: HostActivityDeps) {
       // Not paused by us: drop the record so nothing resumes the VM on our behalf (a quiesced guest's record stays,
       // closed, for its thaw).
       timers.disarm(snapshotId, vm.domain);
-      if (quiesced) journal.write({ ...record, state: 'resumed', pausedByOther: true });
+      if (quiesced) journal.write({ ...record, state: 'resumed', notPausedByUs: true });
       else journal.remove(snapshotId, vm.domain);
       // Paused by someone else since planning: not ours to resume, and still snapshottable.
       logPhase('pause', snapshotId, vm.domain, state === 'paused' ? { pausedByUs: false } : { error: message(err) });
@@ -339,7 +339,8 @@ export function createHost(deps: HostActivityDeps) {
       let rec = journal.read(snapshotId, vm.domain);
       if (!rec?.fsFrozen || rec.fsThawed) continue;
       timers.disarm(snapshotId, vm.domain);
-      if (rec.state === 'pausing') journal.write((rec = { ...rec, state: 'resumed', resumedAtMs: nowMs() }));
+      if (rec.state === 'pausing')
+        journal.write((rec = { ...rec, state: 'resumed', resumedAtMs: nowMs(), notPausedByUs: true }));
       if (!OPEN_STATES.includes(rec.state)) await thawRecord(hypervisor, journal, rec);
     }
   }
@@ -516,6 +517,9 @@ export function createHost(deps: HostActivityDeps) {
         try {
           reports[i].quiesced = (await hypervisor.fsFreeze(vm.domain)) >= 0;
         } catch (err) {
+          // No agent answered: nothing was frozen, nothing to thaw (any other failure may have frozen something).
+          if (err instanceof GuestAgentUnavailableError)
+            journal.write({ ...record, fsFrozen: false, state: 'resumed', notPausedByUs: true });
           if (req.quiesce === 'agent' || !(err instanceof GuestAgentUnavailableError)) fail(i, err);
           else log('guest agent unavailable, snapshot is crash-consistent', { domain: vm.domain });
         }
@@ -762,7 +766,7 @@ export function createHost(deps: HostActivityDeps) {
           if (rec && before && OPEN_STATES.includes(before.state))
             logPhase('resume', req.snapshotId, domain, resumeFields(rec));
           const state = await hypervisor.state(domain).catch(() => undefined);
-          if (!rec || rec.pausedByOther) return { domain, pausedByUs: false, state };
+          if (!rec || rec.notPausedByUs) return { domain, pausedByUs: false, state };
           return {
             domain,
             pausedByUs: true,
