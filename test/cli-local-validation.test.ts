@@ -62,6 +62,12 @@ const CASES: { args: string[]; message: RegExp }[] = [
   { args: ['restore', 'shop', 's1', '--as-clone', '--suffix', '../x'], message: /clone suffix "..\/x" is not safe/ },
   { args: ['restore', 'shop', '../s1', '--as-clone'], message: /snapshot id "..\/s1" is not safe/ },
   { args: ['restore', 'shop', 's1', '--in-place'], message: /confirm with --yes/ },
+  { args: ['snapshot', 'pin', '../g', 's1'], message: /group name "..\/g" is not safe/ },
+  { args: ['snapshot', 'unpin', 'shop', 'a b'], message: /snapshot id "a b" is not safe/ },
+  { args: ['restore', 'list', '../g'], message: /group name "..\/g" is not safe/ },
+  { args: ['restore', 'release', '../x', '--yes'], message: /clone name or restore id "..\/x" is not safe/ },
+  { args: ['restore', 'release', 'db-1-dr', '--vm', 'a/b@h', '--yes'], message: /VM name "a\/b" is not valid/ },
+  { args: ['restore', 'release', 'db-1-dr'], message: /confirm with --yes/ },
 ];
 
 /**

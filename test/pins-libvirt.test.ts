@@ -167,4 +167,46 @@ describe('snapshot pin / restore release on real VMs', () => {
       expect((await (await fleet.conn.lookupByName(vm)).state()).state).toBe('running');
     }
   }, 900_000);
+
+  it('releases an in-place restore: it no longer blocks retention, and deleting its snapshots cleans up the old layers', async () => {
+    const [a] = fleet.names;
+    const group = uniqueId('inplace');
+    await createGroup(client, { name: group, selector: vmsOf([hostId, a]) });
+    await writeMarker(a, 'vdb', 0x61, 2 * 65536);
+    const t1 = (await snapshotNamedGroup(client, group)).snapshot.snapshotId;
+    await writeMarker(a, 'vdb', 0x62, 3 * 65536);
+    const t2 = (await snapshotNamedGroup(client, group)).snapshot.snapshotId;
+    await writeMarker(a, 'vdb', 0x63, 4 * 65536);
+
+    const ip = await restoreGroup(client, { group, snapshotId: t2, mode: 'in-place' });
+    expect(ip.status).toBe('restored');
+    const discarded = ip.vms[0].disks.find((d) => d.target === 'vdb')!.discarded!;
+    const records = await json<RestoreRecordListing[]>('restore', 'list', group);
+    expect(records).toEqual([
+      // Built on t2's image, which is t1's overlay: it blocks both.
+      expect.objectContaining({ kind: 'in-place', domain: a, id: ip.restoreId, snapshotId: t2 }),
+    ]);
+    expect([...records[0].blocks].sort()).toEqual([t1, t2].sort());
+    const released = await json<ReleaseRestoreRecordsResult>('restore', 'release', ip.restoreId, '--yes');
+    // The discarded layer (written after t2) is t2's overlay: kept until t2 goes.
+    expect(released.released).toEqual([expect.objectContaining({ kind: 'in-place', id: ip.restoreId, removed: [] })]);
+    const allDiscarded = ip.vms[0].disks.map((d) => d.discarded!);
+    expect([...released.released[0].kept].sort()).toEqual(allDiscarded.sort());
+    expect(existsSync(discarded)).toBe(true);
+    expect(await json<RestoreRecordListing[]>('restore', 'list', group)).toEqual([]);
+
+    const r = (await client.workflow.execute('groupSnapshotRun', {
+      taskQueue: WORKFLOW_TASK_QUEUE,
+      workflowId: uniqueId(`group-run/${group}/test`),
+      args: [{ group, trigger: 'schedule', retention: { keepLast: 1 } }],
+    })) as GroupRunResult;
+    expect(r.retention).toMatchObject({ failed: [], skipped: [] });
+    expect(r.retention?.deleted.sort()).toEqual([t1, t2].sort());
+    for (const f of allDiscarded) expect(existsSync(f)).toBe(false);
+    const active = await activeSource(a);
+    expect(await readsMarker(active, 0x61, 2 * 65536)).toBe(true);
+    expect(await readsMarker(active, 0x62, 3 * 65536)).toBe(true);
+    expect(await readsMarker(active, 0x63, 4 * 65536)).toBe(false);
+    expect((await (await fleet.conn.lookupByName(a)).state()).state).toBe('running');
+  }, 900_000);
 });
