@@ -185,6 +185,13 @@ describe('groupsnap through Nexus, from another namespace (real VMs)', () => {
     ]);
     expect(restore.ok).toBe(false);
     expect(JSON.stringify(restore)).toMatch(/snapshot id \\"x\/..\/y\\" is not safe/);
+    // An in-place restore without the explicit confirmation (the CLI's --yes) is refused too.
+    const unconfirmed = await callerWorkflow<Outcome<RestoreResult>>('tryRestoreThroughNexus', [
+      ENDPOINT,
+      { group, snapshotId: 'gs-any', mode: 'in-place' },
+    ]);
+    expect(unconfirmed.ok).toBe(false);
+    expect(JSON.stringify(unconfirmed)).toMatch(/confirmInPlace/);
     // Nothing was started for any of them.
     for (const vm of fleet.names) expect(await state(vm)).toBe('running');
   });

@@ -124,7 +124,12 @@ describe('pinned snapshots and restore records (fake hypervisors, real Temporal)
     const s2 = (await snapshotNamedGroup(client, name)).snapshot;
     const clone = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'clone', suffix: '-c' });
     expect(clone.status).toBe('restored');
-    const inPlace = await restoreGroup(client, { group: name, snapshotId: s2.snapshotId, mode: 'in-place' });
+    const inPlace = await restoreGroup(client, {
+      group: name,
+      snapshotId: s2.snapshotId,
+      mode: 'in-place',
+      confirmInPlace: true,
+    });
     expect(inPlace.status).toBe('restored');
 
     const records = await listRestoreRecords(client, name);

@@ -178,7 +178,7 @@ describe('snapshot pin / restore release on real VMs', () => {
     const t2 = (await snapshotNamedGroup(client, group)).snapshot.snapshotId;
     await writeMarker(a, 'vdb', 0x63, 4 * 65536);
 
-    const ip = await restoreGroup(client, { group, snapshotId: t2, mode: 'in-place' });
+    const ip = await restoreGroup(client, { group, snapshotId: t2, mode: 'in-place', confirmInPlace: true });
     expect(ip.status).toBe('restored');
     const discarded = ip.vms[0].disks.find((d) => d.target === 'vdb')!.discarded!;
     const records = await json<RestoreRecordListing[]>('restore', 'list', group);

@@ -1,4 +1,4 @@
-import { ApplicationFailure, CancellationScope, log, upsertSearchAttributes } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, log, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import { groupSnapshotsIn } from '../common/groups';
 import {
   checkPinInput,
@@ -92,7 +92,8 @@ export async function releaseRestoreRecords(input: ReleaseRestoreRecordsInput): 
   const errors: string[] = [];
   // One record at a time: each holds its VM's lease, and a clone and its source may share a host's storage.
   for (const r of records) {
-    const owner = `release/${r.kind}/${r.id}`;
+    // The lease is this run's (never a name a caller chose).
+    const owner = workflowInfo().runId;
     const host = onHost(r.host);
     try {
       await host.lock.acquireLocks({ owner, domains: [r.domain], ttlMs: 30 * 60_000 });
