@@ -37,13 +37,17 @@ export function badInputFailure(message: string): ApplicationFailure {
   return ApplicationFailure.nonRetryable(message, BAD_INPUT);
 }
 
+/** The one mapping of a thrown error to what a workflow fails with: a {@link BadInputError} becomes BAD_INPUT. */
+export function toFailure(err: unknown): unknown {
+  return err instanceof BadInputError ? badInputFailure(err.message) : err;
+}
+
 /** Runs a check: a {@link BadInputError} it throws becomes the non-retryable BAD_INPUT failure (for workflows). */
 export function checked<T>(fn: () => T): T {
   try {
     return fn();
   } catch (err) {
-    if (err instanceof BadInputError) throw badInputFailure(err.message);
-    throw err;
+    throw toFailure(err);
   }
 }
 

@@ -3,8 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { parseVmMetadata, renderVmMetadata } from '../activities/catalog';
-import { createDrActivities } from '../activities/dr-activities';
-import { DomainLocks } from '../activities/domain-locks';
+import { createHostActivities } from '../activities/host-activities';
 import { BAD_INPUT } from '../common/validation';
 import { FakeHost } from './helpers/fake-hosts';
 import { uniqueId } from './helpers/temporal';
@@ -17,12 +16,12 @@ import { uniqueId } from './helpers/temporal';
 describe('pin and release host activities (fake hypervisor)', () => {
   let host: FakeHost;
   let stateDir: string;
-  let acts: ReturnType<typeof createDrActivities>;
+  let acts: ReturnType<typeof createHostActivities>;
 
   beforeEach(() => {
     host = new FakeHost(uniqueId('pf'));
     stateDir = mkdtempSync(join(tmpdir(), 'groupsnap-pin-state-'));
-    acts = createDrActivities({ hypervisor: host.hypervisor, hostId: 'h1', locks: new DomainLocks(stateDir) });
+    acts = createHostActivities({ hypervisor: host.hypervisor, hostId: 'h1', stateDir });
   });
 
   afterEach(() => {

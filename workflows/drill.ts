@@ -16,7 +16,8 @@ import { normalizeDrillInput, type DrillInput, type DrillReadiness, type DrillRe
 import { hostTaskQueue } from '../common/names';
 import { repoRestoreWorkflowId, type RepoRestoreResult } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
-import { BAD_INPUT, BadInputError } from '../common/validation';
+import { BAD_INPUT } from '../common/validation';
+import { checked } from '../common/failures';
 import { errorMessage, rootType } from './hosts';
 import { restoreFromRepo } from './repo-restore';
 
@@ -27,13 +28,7 @@ import { restoreFromRepo } from './repo-restore';
  * Temporal UI), and always tears the clones down. Can run on a Temporal Schedule.
  */
 export async function drillGroup(rawInput: DrillInput): Promise<DrillResult> {
-  let input;
-  try {
-    input = normalizeDrillInput(rawInput);
-  } catch (err) {
-    if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
-    throw err;
-  }
+  const input = checked(() => normalizeDrillInput(rawInput));
   const drillId = input.drillId ?? `dr-${uuid4().slice(0, 8)}`;
   const taskQueue = hostTaskQueue(input.toHost);
   const host = proxyActivities<DrillActivities>({

@@ -23,6 +23,7 @@ import { groupSnapshotsIn } from '../common/groups';
 import { METRICS } from '../common/metrics';
 import { hostTaskQueue } from '../common/names';
 import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
+import { checked } from '../common/failures';
 import { errorMessage, takeInventory } from './hosts';
 
 /** Repository errors a retry cannot fix (backup/errors.ts), plus bad input and a host without a key. */
@@ -88,16 +89,13 @@ function details(input: ExportInput, progress: Map<string, DiskProgressReport>, 
 export async function exportGroupSnapshot(input: ExportInput): Promise<ExportResult> {
   const started = Date.now();
   const workflowId = workflowInfo().workflowId;
-  try {
+  checked(() => {
     assertSafeName('group name', input.group);
     assertSafeName('snapshot id', input.snapshotId);
     if (typeof input.repository !== 'string' || !/^(s3|file):\/\//.test(input.repository)) {
       throw new BadInputError(`repository must be an s3:// or file:// URL, not ${JSON.stringify(input.repository)}`);
     }
-  } catch (err) {
-    if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
-    throw err;
-  }
+  });
 
   const progress = new Map<string, DiskProgressReport>();
   let phase = 'finding the snapshot';

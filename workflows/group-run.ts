@@ -13,7 +13,8 @@ import { snapshotDetails, snapshotSummary } from './ui';
 import { retentionSkips } from '../common/pins';
 import { normalizeRetention, planRetention, type RetentionPlan, type RetentionPolicy } from '../common/retention';
 import type { GroupSnapshotResult, VmRef } from '../common/types';
-import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
+import { toFailure } from '../common/failures';
+import { assertSafeName, BadInputError } from '../common/validation';
 import { groupSnapshot, SNAPSHOT_FAILED } from './group-snapshot';
 import { control, errorMessage, membersOf, requireAllHosts, rootType, takeInventory } from './hosts';
 import { deleteGroupSnapshot } from './snapshot-admin';
@@ -24,8 +25,7 @@ export function snapshotIdNow(): string {
 }
 
 function badInput(err: unknown): never {
-  if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
-  throw err;
+  throw toFailure(err);
 }
 
 /**

@@ -16,7 +16,8 @@ import {
   type RepoRestoreVmResult,
 } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
-import { BAD_INPUT, BadInputError } from '../common/validation';
+import { BAD_INPUT } from '../common/validation';
+import { checked } from '../common/failures';
 import { errorMessage, rootType } from './hosts';
 import { RESTORE_FAILED } from './snapshot-admin';
 
@@ -67,13 +68,7 @@ function onTarget(hostId: string) {
  * and file it made is removed again.
  */
 export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoRestoreResult> {
-  let input;
-  try {
-    input = normalizeRepoRestoreInput(rawInput);
-  } catch (err) {
-    if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
-    throw err;
-  }
+  const input = checked(() => normalizeRepoRestoreInput(rawInput));
   const started = Date.now();
   const restoreId = input.restoreId ?? `rr-${uuid4().slice(0, 8)}`;
   const suffix = input.suffix ?? `-${restoreId}`;

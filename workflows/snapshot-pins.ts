@@ -10,17 +10,8 @@ import {
   type ReleaseRestoreRecordsResult,
 } from '../common/pins';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
-import { BAD_INPUT, BadInputError } from '../common/validation';
+import { BAD_INPUT, checked } from '../common/failures';
 import { errorMessage, onHost, requireAllHosts, rootType, takeInventory } from './hosts';
-
-function checked(fn: () => void): void {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
-    throw err;
-  }
-}
 
 /**
  * Pins (or unpins) one group snapshot on every VM that holds it: a pinned snapshot is kept by retention and its
