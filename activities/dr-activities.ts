@@ -304,14 +304,8 @@ export function createDrActivities(deps: DrActivityDeps) {
       const s = m.snapshots.find((x) => x.snapshotId === snapshotId);
       if (s) blockers = deletionBlockersOf(m, domain, s);
       // Local retention must not merge a layer an export still reads (activities/export-hold.ts).
-      if (s)
-        blockers.push(
-          ...exportHoldBlockers(
-            hostId,
-            domain,
-            s.disks.flatMap((d) => [d.image, d.overlay]),
-          ),
-        );
+      const files = s?.disks.flatMap((d) => [d.image, d.overlay]) ?? [];
+      if (s) blockers.push(...exportHoldBlockers(hostId, domain, files));
       if (s && blockers.length === 0) s.deleting = true;
     });
     const snap = meta.snapshots.find((s) => s.snapshotId === snapshotId);

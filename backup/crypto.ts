@@ -1,7 +1,7 @@
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { deflateRaw, inflateRaw } from 'node:zlib';
+import { deflateRaw, deflateRawSync, inflateRaw } from 'node:zlib';
 import { RepositoryInputError } from './errors';
 
 /** Length of the user's key and of every derived key, in bytes. */
@@ -90,6 +90,17 @@ const deflate = promisify(deflateRaw);
 const inflate = promisify(inflateRaw);
 const TAG_BYTES = 16;
 
+/**
+ * Whether deflating `data` is worth it, judged on a 64 KiB sample from its middle: random or already compressed
+ * data (encrypted guests, media) costs deflate time for nothing.
+ */
+function looksCompressible(data: Buffer): boolean {
+  if (data.length <= 128 * 1024) return true;
+  const start = Math.floor(data.length / 2) - 32 * 1024;
+  const sample = data.subarray(start, start + 64 * 1024);
+  return deflateRawSync(sample, { level: 1 }).length < sample.length * 0.9;
+}
+
 /** A sealed object could not be opened: wrong key, damaged bytes, or an object moved to another name. */
 export class SealError extends Error {
   override readonly name = 'SealError';
@@ -105,7 +116,7 @@ export class SealError extends Error {
 export async function seal(keys: RepositoryKeys, plain: Buffer, context: string, compress = true): Promise<Buffer> {
   let body = plain;
   let compression: number = COMPRESSION.none;
-  if (compress && plain.length > 0) {
+  if (compress && plain.length > 0 && looksCompressible(plain)) {
     // zlib runs on libuv's thread pool: compression of several chunks proceeds in parallel.
     const packed = await deflate(plain, { level: 1 });
     if (packed.length < plain.length) {

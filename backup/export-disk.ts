@@ -41,7 +41,7 @@ export interface ExportDiskOptions {
   base?: ExportBase;
   /** Where to keep progress across a crash (a file in the host's state dir); none: no resume. */
   checkpointFile?: string;
-  /** Chunks read, sealed and uploaded at once. @default 3 */
+  /** Chunks read, sealed and uploaded at once. @default 6 */
   concurrency?: number;
   /** Bandwidth limit for reading the image, bytes per second. */
   maxBytesPerSecond?: number;
@@ -106,10 +106,23 @@ async function saveCheckpoint(file: string, cp: Checkpoint): Promise<void> {
 export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskResult> {
   const { repo, names } = opts;
   const chunkSize = repo.chunkSize;
-  const chain = await imageChain(opts.image);
+  // The chain, its map, the repository's chunk list and the reader do not depend on each other: start them at once
+  // (on a small incremental export, their latency is most of the time).
+  const readerP = ImageReader.open(opts.image, opts.format);
+  readerP.catch(() => undefined);
+  let chain, extents, known;
+  try {
+    [chain, extents, known] = await Promise.all([
+      imageChain(opts.image),
+      imageMap(opts.image, opts.format),
+      repo.loadChunkIndex(),
+    ]);
+  } catch (err) {
+    await readerP.then((r) => r.close()).catch(() => undefined);
+    throw err;
+  }
   const virtualSize = chain.virtualSize;
   const chunkCount = Math.ceil(virtualSize / chunkSize);
-  const extents = await imageMap(opts.image, opts.format);
 
   // Incremental only when the base is still a layer below this point and was cut the same way.
   const baseDepth = opts.base ? chain.files.indexOf(opts.base.image) : -1;
@@ -126,7 +139,6 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
     ? chunksTouched(extents, chunkSize, (e) => e.present && e.depth < baseDepth)
     : chunksTouched(extents, chunkSize, (e) => e.data);
 
-  const known = await repo.loadChunkIndex();
   const chunks: (string | null)[] = new Array<string | null>(chunkCount).fill(null);
   // Unchanged chunks come from the base's manifest, as long as the repository still has them.
   if (base) {
@@ -193,8 +205,9 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
   };
   opts.onProgress?.({ ...progress });
 
-  if (order.length > 0) {
-    const reader = await ImageReader.open(opts.image, opts.format);
+  const reader = await readerP;
+  if (order.length === 0) await reader.close();
+  else {
     const started = Date.now();
     let readThisRun = 0;
     let lastSave = Date.now();
@@ -239,7 +252,7 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
           }
         }
       };
-      await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 3) }, () => worker()));
+      await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 6) }, () => worker()));
     } finally {
       await saving.catch(() => undefined);
       if (opts.checkpointFile) await saveCheckpoint(opts.checkpointFile, cp).catch(() => undefined);

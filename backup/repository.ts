@@ -485,16 +485,14 @@ export class Repository {
   }
 }
 
-/** Whether a buffer holds only zero bytes. */
+const ZEROS = Buffer.alloc(1024 * 1024);
+
+/** Whether a buffer holds only zero bytes (memcmp against zeros, a MiB at a time). */
 export function isZero(buf: Buffer): boolean {
-  const words = Math.floor(buf.length / 8);
-  const view = new BigUint64Array(buf.buffer, buf.byteOffset, buf.byteOffset % 8 === 0 ? words : 0);
-  if (view.length === words) {
-    for (let i = 0; i < words; i++) if (view[i] !== 0n) return false;
-    for (let i = words * 8; i < buf.length; i++) if (buf[i] !== 0) return false;
-    return true;
+  for (let off = 0; off < buf.length; off += ZEROS.length) {
+    const part = buf.subarray(off, Math.min(off + ZEROS.length, buf.length));
+    if (!part.equals(ZEROS.subarray(0, part.length))) return false;
   }
-  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
   return true;
 }
 

@@ -1,4 +1,5 @@
 import { readFileSync, writeFileSync } from 'node:fs';
+import { keptSections } from './kept-sections';
 import { join, relative, resolve } from 'node:path';
 import { REPO_ROOT } from '../dev/tools';
 import type { MachineDescription } from './machine';
@@ -327,7 +328,7 @@ export function renderReport(results: BenchResults, rawFile: string, outRoot = R
       ),
     );
   }
-  return lines.join('\n') + '\n';
+  return lines.join('\n') + '\n' + keptSections(outRoot);
 }
 
 // `node dist/bench/report.js <results.json>` regenerates BENCHMARKS.md from saved samples.

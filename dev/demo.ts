@@ -25,6 +25,7 @@ import { freePort } from './free-port';
 import { startDevServer } from './temporal-dev-server';
 import { REPO_ROOT } from './tools';
 import { VmFleet, virtType } from './vms';
+import { backupTour } from './demo-backup';
 
 /** `preferred` when it is free (so the usual localhost:7233 / :8233 work), else any free port. */
 async function portOr(preferred: number): Promise<number> {
@@ -133,6 +134,7 @@ async function drTour(client: Client, vms: string[], hostId: string): Promise<vo
   console.log(
     `Restored as clones (${restored.status}): ${restored.vms.map((v) => `${v.clone} ${v.state}`).join(', ')}`,
   );
+  await backupTour(client, 'demo-db', run.snapshot.snapshotId);
 }
 
 /** Restore clones of the demo VMs (named after them) are not part of the fleet: remove them first. */

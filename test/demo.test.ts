@@ -19,6 +19,9 @@ describe('npm start (the main job)', () => {
     expect(stdout).toMatch(
       /Restored as clones \(restored\): groupsnap-demo-\S+-1-restored running, groupsnap-demo-\S+-2-restored running/,
     );
+    // The DR story goes off the host: exported to a real S3 server and verified there.
+    expect(stdout).toMatch(/Exported gs-\S+ to s3:\/\/groupsnap-demo\/dr in /);
+    expect(stdout).toMatch(/groupsnap repo verify --read-data: OK, \d+ chunks checked/);
     const names = stdout.match(/groupsnap-demo-[a-z0-9]+-1/)![0].replace(/-1$/, '');
     const conn = await libvirt.open('qemu:///system');
     try {
