@@ -85,8 +85,8 @@ export function renderClusterSection(r: ClusterBenchResults, rawFile: string): s
   lines.push(
     '',
     'The freeze itself is taken on the host (pause, snapshot, resume through libvirt) and released by one workflow',
-    'Update; what the cluster adds is the round trips to history and matching over gRPC between processes and the',
-    "writes to PostgreSQL, mostly visible in the end-to-end time (workflow start to result), not in the VMs' freeze.",
+    "Update; the cluster's extra cost shows in the end-to-end time (workflow start to result) rather than in the VMs'",
+    'freeze. Where it goes (gRPC between the processes, PostgreSQL writes) is not broken down here.',
     '',
     '### Simulated hosts (cross-host barrier)',
     '',

@@ -225,7 +225,8 @@ export async function startTemporalCluster(options: TemporalClusterOptions = {})
     await balancer?.close();
     await Promise.all(processes.map((p) => p?.stop()));
     await postgres?.stop();
-    await rm(dir, { recursive: true, force: true });
+    // PostgreSQL's last files can still be settling when its postmaster has just exited.
+    await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   };
   try {
     postgres = await startPrivatePostgres({ dir: join(dir, 'pg') });

@@ -1,6 +1,6 @@
 import { Client } from '@temporalio/client';
 import type * as libvirt from '@groupsnap/libvirt';
-import { groupSnapshotResult, startGroupSnapshot } from '../client';
+import { groupSnapshotResult, startGroupSnapshot as startSnapshot, waitForHostWorkers } from '../client';
 import { createGroup, createGroupSchedule, deleteGroup, describeGroupSchedule } from '../client/dr';
 import type { GroupRunResult } from '../common/groups';
 import { GUARD_GRACE_MS, groupSnapshotWorkflowId } from '../common/names';
@@ -71,6 +71,13 @@ describe('groupsnap on a two-process Temporal cluster over PostgreSQL', () => {
     ...fleetB.names.map((domain) => ({ domain, host: hostB })),
   ];
   const conn = () => fleetA.conn;
+  // Matching keeps a task queue's pollers in the memory of the process that owns the queue; when ownership moves
+  // (a process joins, leaves or restarts), the new owner lists the pollers only once they poll again. Wait for them
+  // before each snapshot, as the CLI's own start check would otherwise reject it.
+  const startGroupSnapshot: typeof startSnapshot = async (c, input) => {
+    await waitForHostWorkers(c, [hostA, hostB], 120_000);
+    return startSnapshot(c, input);
+  };
   const state = async (vm: string) => (await (await conn().lookupByName(vm)).state()).state;
   const sources = async (vm: string) =>
     Object.fromEntries(
