@@ -23,6 +23,7 @@ import {
   type RestoreResult,
 } from '../common/groups';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
+import { restoreFromRepoOperation } from './nexus-repo-restore';
 import { GroupsnapGroup } from '../common/search-attributes';
 import { QUIESCE_MODES } from '../common/types';
 import {
@@ -162,5 +163,6 @@ export function groupsnapNexusServiceHandler() {
     snapshotGroup,
     listGroupSnapshots: listSnapshots,
     restoreGroup: restore,
+    restoreFromRepo: restoreFromRepoOperation,
   });
 }
