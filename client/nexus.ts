@@ -20,6 +20,7 @@
  */
 import * as nexus from 'nexus-rpc';
 import type { GroupRunResult, GroupSnapshotListing, RestoreInput, RestoreResult } from '../common/groups';
+import type { RepoRestoreInput, RepoRestoreResult } from '../common/repo-restore';
 import type { QuiesceMode } from '../common/types';
 
 export type { GroupRunResult, GroupSnapshotListing, RestoreInput, RestoreResult };
@@ -51,6 +52,8 @@ export interface NexusGroupSnapshots {
 
 export type NexusRestoreGroupInput = RestoreInput;
 
+export type NexusRestoreFromRepoInput = RepoRestoreInput;
+
 export const groupsnapNexusService = nexus.service(GROUPSNAP_NEXUS_SERVICE, {
   /**
    * Asynchronous, backed by a `groupSnapshotRun` workflow: resolves the members, takes the group snapshot (the saga)
@@ -61,6 +64,11 @@ export const groupsnapNexusService = nexus.service(GROUPSNAP_NEXUS_SERVICE, {
   listGroupSnapshots: nexus.operation<NexusListGroupSnapshotsInput, NexusGroupSnapshots>(),
   /** Asynchronous, backed by a `restoreGroup` workflow: all VMs or none, as clones or in place. */
   restoreGroup: nexus.operation<NexusRestoreGroupInput, RestoreResult>(),
+  /**
+   * Asynchronous, backed by a `restoreFromRepo` workflow: a point of the off-host repository rebuilt on another
+   * host, all VMs or none (the target host's worker holds the repository key).
+   */
+  restoreFromRepo: nexus.operation<NexusRestoreFromRepoInput, RepoRestoreResult>(),
 });
 
 export type GroupsnapNexusService = typeof groupsnapNexusService;

@@ -126,7 +126,7 @@ export class HypervisorHosts {
     const ownedDirs: string[] = [];
     const made: HypervisorHosts = new HypervisorHosts([], `169.254.${n}.1`, bridge, ownedDirs);
     try {
-      await ip('link', 'add', bridge, 'type', 'bridge');
+      await ip('link', 'add', bridge, 'type', 'bridge', 'forward_delay', '0', 'stp_state', '0');
       await ip('addr', 'add', `169.254.${n}.1/24`, 'dev', bridge);
       await ip('link', 'set', bridge, 'up');
       for (const [i, id] of options.ids.entries()) {
@@ -244,9 +244,14 @@ export class HypervisorHosts {
     }
   }
 
-  /** Puts a cut host back on the network. */
-  async reconnect(id: string): Promise<void> {
+  /** Puts a cut host back on the network; with `address`, waits (up to 30 s) until the host reaches it again. */
+  async reconnect(id: string, address?: string): Promise<void> {
     await ip('link', 'set', this.host(id).veth, 'up');
+    const deadline = Date.now() + 30_000;
+    while (address && !(await this.reachable(id, address))) {
+      if (Date.now() > deadline) throw new Error(`host ${id} does not reach ${address} 30 s after reconnecting`);
+      await sleep(200);
+    }
   }
 
   /** Gives a file or directory made by this (root) process to the host's user, so its QEMU and worker can use it. */

@@ -5,7 +5,8 @@ import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
 import { readDrillRecord } from '../activities/drill';
 import { snapshotGroup } from '../client';
-import { lastDrill, runDrill } from '../client/drill';
+import { createDrillSchedule, lastDrill, runDrill } from '../client/drill';
+import { drillScheduleId } from '../common/drill';
 import type { DrillResult } from '../common/drill';
 import { ensureGuestImage, workloadDomainXml } from '../dev/guest';
 import { storePoint } from './helpers/repo-point';
@@ -170,6 +171,30 @@ describe('DR drills of a repository point on another hypervisor', () => {
     });
     expect(result.error).toBeUndefined();
     expect(result.status).toBe('pass');
+  });
+
+  it('runs on a Temporal Schedule: a triggered scheduled drill drills the latest point', async () => {
+    const scheduleId = await createDrillSchedule(
+      fx.client,
+      { group, repo: fx.url, toHost: fx.hostB, timeoutMs: 60_000 },
+      { cron: '0 3 * * *', paused: true },
+    );
+    expect(scheduleId).toBe(drillScheduleId(group));
+    const handle = fx.client.schedule.getHandle(scheduleId);
+    try {
+      await handle.trigger();
+      const deadline = Date.now() + 30_000;
+      let workflowId: string | undefined;
+      while (!workflowId) {
+        workflowId = (await handle.describe()).info.recentActions.at(-1)?.action.workflow.workflowId;
+        if (Date.now() > deadline) throw new Error('the drill schedule started nothing');
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const result = (await fx.client.workflow.getHandle(workflowId).result()) as DrillResult;
+      expect(result).toMatchObject({ status: 'pass', snapshotId, readiness: 'running' });
+    } finally {
+      await handle.delete();
+    }
   });
 
   it('bad input exits 2: no --to-host, an unknown point', async () => {

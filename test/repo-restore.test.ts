@@ -1,28 +1,28 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chownSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
-import { Client, Connection } from '@temporalio/client';
+import { Client } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
-import { Repository } from '../backup/repository';
 import { snapshotGroup } from '../client';
 import { restoreFromRepo } from '../client/repo-restore';
 import { BadInputError } from '../common/validation';
-import { HypervisorHosts, type HostWorker } from '../dev/hypervisor-hosts';
-import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
+import type { HypervisorHosts } from '../dev/hypervisor-hosts';
+import { temporalCliPath } from '../dev/tools';
 import { VmFleet } from '../dev/vms';
-import { groupsnapWorkflowsPlugin } from '../worker/plugins';
+import type { RepoRestoreResult } from '../common/repo-restore';
+import { startDrFixture, type DrFixture } from './helpers/dr-fixture';
+import type { FailureLink, Outcome } from './helpers/nexus-caller-workflows';
 import { contentSha256, storePoint, type PointVm } from './helpers/repo-point';
 import { uniqueId } from './helpers/temporal';
 import { CLI } from './helpers/worker-process';
-import { workflowBundle } from './helpers/workers';
 
 const run = promisify(execFile);
+const CALLER_NS = 'rr-caller';
+const ENDPOINT = 'groupsnap-rr';
 
 /**
  * Disaster recovery onto another hypervisor: a group snapshot of VMs on host A (the machine's libvirtd) is stored in
@@ -30,30 +30,25 @@ const run = promisify(execFile);
  * rebuilt on host B (another user's libvirt session daemon) from the repository alone.
  */
 describe('restore from the repository on another hypervisor', () => {
+  let fx: DrFixture;
   let fixture: HypervisorHosts;
-  let server: DevServer;
-  let hostAddress: string;
-  let connection: Connection;
   let client: Client;
-  let workflows: { worker: Worker; running: Promise<void>; connection: NativeConnection };
-  let workerA: HostWorker;
-  let workerB: HostWorker;
   let connB: libvirt.Connection;
   let dir: string;
   let url: string;
   let keyFile: string;
-  const hostA = uniqueId('hva');
-  const hostB = uniqueId('hvb');
+  let hostA: string;
+  let hostB: string;
   const group = 'rr';
   let snapshotId: string;
-  /** Per source VM: name, UUID, MAC-less XML; and sha256 of each disk at the point, by `domain/target`. */
+  /** The source VMs' names and UUIDs; sha256 of each disk at the point, by `domain/target`. */
   const sources: { name: string; uuid: string }[] = [];
   let sums: Record<string, string> = {};
 
   const domainsOnB = async () => (await connB.listAllDomains()).map((d) => d.name);
   const filesOnB = () => readdirSync(fixture.host(hostB).imagesDir);
   const cli = (...args: string[]) =>
-    run(process.execPath, [CLI, ...args, '--address', server.address]).then(
+    run(process.execPath, [CLI, ...args, '--address', fx.server.address]).then(
       (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
       (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
     );
@@ -67,31 +62,10 @@ describe('restore from the repository on another hypervisor', () => {
   };
 
   beforeAll(async () => {
-    fixture = await HypervisorHosts.create({ ids: [hostA, hostB] });
-    server = await startDevServer();
-    hostAddress = await fixture.expose(server.address);
-    connection = await Connection.connect({ address: server.address });
-    client = new Client({ connection });
-    const wfConnection = await NativeConnection.connect({ address: server.address });
-    const plugin = groupsnapWorkflowsPlugin({ workflowBundle: await workflowBundle() });
-    const worker = await Worker.create({ connection: wfConnection, taskQueue: plugin.taskQueue, plugins: [plugin] });
-    workflows = { worker, running: worker.run(), connection: wfConnection };
-
-    // The repository (a directory here, as for NFS users) and the key, readable by host B's user.
-    dir = await mkdtemp(join(tmpdir(), 'gs-rr-'));
-    chmodSync(dir, 0o755);
-    url = pathToFileURL(join(dir, 'repo')).href;
-    const key = randomBytes(32);
-    keyFile = join(dir, 'repo.key');
-    writeFileSync(keyFile, key.toString('base64') + '\n', { mode: 0o600 });
-    fixture.giveToHost(hostB, keyFile);
-    const repo = await Repository.init(url, key, { chunkSize: 1024 * 1024 });
-
-    workerA = await fixture.worker(hostA, hostAddress, { args: ['--key-file', keyFile] });
-    workerB = await fixture.worker(hostB, hostAddress, { args: ['--key-file', keyFile] });
-    await Promise.all([workerA.start(client), workerB.start(client)]);
-    const b = fixture.host(hostB);
-    connB = await libvirt.open(b.uri);
+    fx = await startDrFixture({ namespaces: [CALLER_NS] });
+    ({ hosts: fixture, client, dir, url, keyFile, hostA, hostB } = fx);
+    const repo = await fx.repo();
+    connB = await libvirt.open(fixture.host(hostB).uri);
 
     // Host A: two VMs with data at known places, snapshotted as a group, the point stored in the repository.
     const fleet = await VmFleet.create({ prefix: 'gs-rr', count: 2, dir: fixture.host(hostA).imagesDir, start: false });
@@ -140,7 +114,7 @@ describe('restore from the repository on another hypervisor', () => {
       await fleet.destroy();
       for (const f of readdirSync(fixture.host(hostA).imagesDir))
         await rm(join(fixture.host(hostA).imagesDir, f), { force: true });
-      await workerA.stop();
+      await fx.workerA.stop();
     }
   });
 
@@ -150,14 +124,7 @@ describe('restore from the repository on another hypervisor', () => {
       await removeFromB(ours.map((d) => d.name));
       await connB.close();
     }
-    await workerB?.stop();
-    workflows?.worker.shutdown();
-    await workflows?.running;
-    await workflows?.connection.close();
-    await connection?.close();
-    await server?.stop();
-    await fixture?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await fx?.close();
   });
 
   it('host A is really gone before the restore: no VM, no image, no worker', async () => {
@@ -272,7 +239,7 @@ describe('restore from the repository on another hypervisor', () => {
       small,
     ]);
     const smallHost = uniqueId('hvsmall');
-    const w = await fixture.worker(hostB, hostAddress, {
+    const w = await fixture.worker(hostB, fx.hostAddress, {
       args: ['--key-file', keyFile],
       as: { id: smallHost, imagesDir: small },
     });
@@ -290,6 +257,58 @@ describe('restore from the repository on another hypervisor', () => {
     } finally {
       await w.stop();
       await run('umount', [small]);
+    }
+  });
+
+  it('through Nexus, from a workflow in another namespace: clones restored and running; bad input is BAD_REQUEST', async () => {
+    await run(temporalCliPath(), [
+      'operator',
+      'nexus',
+      'endpoint',
+      'create',
+      '--address',
+      fx.server.address,
+      '--name',
+      ENDPOINT,
+      '--target-namespace',
+      'default',
+      '--target-task-queue',
+      'groupsnap',
+    ]);
+    const callerConnection = await NativeConnection.connect({ address: fx.server.address });
+    const callerWorker = await Worker.create({
+      connection: callerConnection,
+      namespace: CALLER_NS,
+      taskQueue: 'rr-caller',
+      workflowsPath: require.resolve('./helpers/nexus-caller-workflows'),
+    });
+    const caller = new Client({ connection: fx.client.connection, namespace: CALLER_NS });
+    const callerRun = callerWorker.run();
+    const call = (input: unknown) =>
+      caller.workflow.execute('tryRestoreFromRepoThroughNexus', {
+        taskQueue: 'rr-caller',
+        workflowId: uniqueId('nx-rr'),
+        args: [ENDPOINT, input],
+      }) as Promise<Outcome<RepoRestoreResult>>;
+    try {
+      const ok = await call({ group, snapshotId, repo: url, toHost: hostB, suffix: '-nx' });
+      expect(ok.ok).toBe(true);
+      const result = (ok as { result: RepoRestoreResult }).result;
+      expect(result.status).toBe('restored');
+      for (const vm of result.vms) {
+        expect(vm.domain).toBe(`${vm.source}-nx`);
+        expect((await (await connB.lookupByName(vm.domain)).state()).state).toBe('running');
+        for (const d of vm.disks) expect(await contentSha256(d.file, d.format)).toBe(sums[`${vm.source}/${d.target}`]);
+      }
+      await removeFromB(result.vms.map((v) => v.domain));
+      const badInput = await call({ group, snapshotId, repo: 'http://nope', toHost: hostB });
+      expect(badInput.ok).toBe(false);
+      const failures = (badInput as { failures: FailureLink[] }).failures;
+      expect(failures.some((f) => f.type === 'GroupsnapBadInput' && /repository URL/.test(f.message))).toBe(true);
+    } finally {
+      callerWorker.shutdown();
+      await callerRun;
+      await callerConnection.close();
     }
   });
 

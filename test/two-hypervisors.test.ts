@@ -1,11 +1,13 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { chmodSync, chownSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { groupSnapshotResult, snapshotGroup, startGroupSnapshot } from '../client';
 import { FreezeJournal } from '../activities/freeze-journal';
 import { HypervisorHosts, type HostWorker } from '../dev/hypervisor-hosts';
 import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
+import { REPO_ROOT } from '../dev/tools';
 import { VmFleet } from '../dev/vms';
 import { parseDomainXml } from '../hypervisor/domain-xml';
 import { FakeHost } from './helpers/fake-hosts';
@@ -109,6 +111,14 @@ describe('two independent hypervisors, each host in its own network namespace', 
     }
     const { statSync } = await import('node:fs');
     expect(statSync(`/proc/${workerB.pid}`).uid).toBe(fixture.host(hostB).user!.uid);
+  });
+
+  it('scripts/setup-hypervisor-host.sh run again changes nothing and finds the daemon running', async () => {
+    const { execFile } = await import('node:child_process');
+    const { stdout, stderr } = await promisify(execFile)('bash', [join(REPO_ROOT, 'scripts/setup-hypervisor-host.sh')]);
+    expect(stdout.trim()).toBe(fixture.host(hostB).user!.runtimeDir);
+    expect(stderr).not.toMatch(/created|starting/);
+    expect(stderr).toMatch(/already running/);
   });
 
   it('snapshots a group spanning both hypervisors: the barrier releases, every VM running on its new overlays', async () => {
@@ -245,9 +255,8 @@ describe('two independent hypervisors, each host in its own network namespace', 
       }
       expect(await state(a1)).toBe('running');
     } finally {
-      await fixture.reconnect(hostB);
+      await fixture.reconnect(hostB, hostAddress);
     }
-    expect(await fixture.reachable(hostB, hostAddress)).toBe(true);
     const result = await groupSnapshotResult(handle);
     expect(result.status).toBe('failed');
     for (const vm of [a1, b1, b2]) {

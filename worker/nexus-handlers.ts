@@ -24,6 +24,7 @@ import {
   type RestoreResult,
 } from '../common/groups';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
+import { restoreFromRepoOperation } from './nexus-repo-restore';
 import { GroupsnapGroup } from '../common/search-attributes';
 import { QUIESCE_MODES } from '../common/types';
 import {
@@ -164,5 +165,6 @@ export function groupsnapNexusServiceHandler() {
     snapshotGroup,
     listGroupSnapshots: listSnapshots,
     restoreGroup: restore,
+    restoreFromRepo: restoreFromRepoOperation,
   });
 }

@@ -37,7 +37,9 @@ export interface DrFixture {
   close(): Promise<void>;
 }
 
-export async function startDrFixture(options: { workerArgsB?: string[] } = {}): Promise<DrFixture> {
+export async function startDrFixture(
+  options: { workerArgsB?: string[]; namespaces?: string[] } = {},
+): Promise<DrFixture> {
   const hostA = uniqueId('hva');
   const hostB = uniqueId('hvb');
   const closers: (() => Promise<void>)[] = [];
@@ -47,7 +49,7 @@ export async function startDrFixture(options: { workerArgsB?: string[] } = {}): 
   try {
     const hosts = await HypervisorHosts.create({ ids: [hostA, hostB] });
     closers.push(() => hosts.destroy());
-    const server = await startDevServer();
+    const server = await startDevServer({ namespaces: options.namespaces ?? [] });
     closers.push(() => server.stop());
     const hostAddress = await hosts.expose(server.address);
     const connection = await Connection.connect({ address: server.address });

@@ -3,10 +3,12 @@ import { ApplicationFailure, createNexusServiceClient } from '@temporalio/workfl
 import {
   groupsnapNexusService,
   type NexusGroupSnapshots,
+  type NexusRestoreFromRepoInput,
   type NexusRestoreGroupInput,
   type NexusSnapshotGroupInput,
 } from '../../client/nexus';
 import type { GroupRunResult, RestoreResult } from '../../common/groups';
+import type { RepoRestoreResult } from '../../common/repo-restore';
 
 export { migrateWithGroupsnap } from '../../examples/nexus-migration-workflow';
 
@@ -62,6 +64,13 @@ export function trySnapshotThroughNexus(endpoint: string, input: unknown): Promi
 
 export function tryListThroughNexus(endpoint: string, group: string): Promise<Outcome<NexusGroupSnapshots>> {
   return outcome(() => client(endpoint).executeOperation('listGroupSnapshots', { group }));
+}
+
+export function tryRestoreFromRepoThroughNexus(
+  endpoint: string,
+  input: NexusRestoreFromRepoInput,
+): Promise<Outcome<RepoRestoreResult>> {
+  return outcome(() => client(endpoint).executeOperation('restoreFromRepo', input, { scheduleToCloseTimeout: '10m' }));
 }
 
 export function tryRestoreThroughNexus(

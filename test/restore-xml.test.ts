@@ -1,0 +1,95 @@
+import { normalizeRepoRestoreInput, parseNetworkMapping } from '../common/repo-restore';
+import { normalizeDrillInput } from '../common/drill';
+import { METADATA_NAMESPACE } from '../common/names';
+import { BadInputError } from '../common/validation';
+import { restoredDomainXml } from '../hypervisor/restore-xml';
+
+const SOURCE = `<domain type='kvm'>
+  <name>db-1</name>
+  <uuid>0b8e5a8e-1111-2222-3333-444455556666</uuid>
+  <metadata><gs:vm xmlns:gs='${METADATA_NAMESPACE}'><gs:tags>shop</gs:tags></gs:vm></metadata>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='/srv/a/db-1-vda.gs-1.qcow2'/>
+      <backingStore type='file'><format type='qcow2'/><source file='/srv/a/db-1-vda.qcow2'/><backingStore/></backingStore>
+      <target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/srv/a/install.iso'/>
+      <target dev='sda' bus='sata'/><readonly/></disk>
+    <interface type='network'><mac address='52:54:00:aa:bb:01'/><source network='prod'/><model type='virtio'/></interface>
+    <interface type='bridge'><mac address='52:54:00:aa:bb:02'/><source bridge='br-prod'/><model type='virtio'/></interface>
+    <serial type='file'><source path='/srv/a/db-1.console.log'/><target port='0'/></serial>
+  </devices>
+</domain>`;
+
+const base = {
+  sourceName: 'db-1',
+  imagesDir: '/var/lib/b/images',
+  disks: [{ target: 'vda', file: '/var/lib/b/images/db-1-dr.vda.r1.raw', format: 'raw' as const }],
+  metadataNamespace: METADATA_NAMESPACE,
+};
+
+describe('the domain XML of a VM restored on another host', () => {
+  it('a clone: new name, no UUID or MACs, restored disk without backing chain, host paths moved, networks renamed', () => {
+    const xml = restoredDomainXml(SOURCE, {
+      ...base,
+      name: 'db-1-dr',
+      identity: 'new',
+      networkMap: { prod: 'dr-net', 'br-prod': 'br-dr' },
+      virtType: 'qemu',
+    });
+    expect(xml).toContain('<name>db-1-dr</name>');
+    expect(xml).not.toContain('<uuid>');
+    expect(xml).not.toContain('52:54:00');
+    expect(xml).not.toContain('backingStore');
+    expect(xml).toMatch(
+      /<driver name='qemu' type='raw'\/>\s*<source file='\/var\/lib\/b\/images\/db-1-dr.vda.r1.raw'\/>/,
+    );
+    expect(xml).not.toContain('/srv/a/'); // the CD-ROM of the old host is left out, the console log moved
+    expect(xml).toContain("<source path='/var/lib/b/images/db-1-dr.console.log'/>");
+    expect(xml).toContain("<source network='dr-net'/>");
+    expect(xml).toContain("<source bridge='br-dr'/>");
+    expect(xml).not.toContain('gs:tags');
+    expect(xml).toMatch(/^<domain type='qemu'>/);
+  });
+
+  it('as the original: same name, UUID and MACs; without network when asked', () => {
+    const xml = restoredDomainXml(SOURCE, { ...base, name: 'db-1', identity: 'keep', noNetwork: false });
+    expect(xml).toContain('<name>db-1</name><uuid>0b8e5a8e-1111-2222-3333-444455556666</uuid>');
+    expect(xml).toContain("<interface type='network'><mac address='52:54:00:aa:bb:01'/>");
+    expect(xml).toContain("<interface type='bridge'><mac address='52:54:00:aa:bb:02'/>");
+    expect(xml).toContain("<source network='prod'/>");
+    expect(xml).toMatch(/^<domain type='kvm'>/);
+    const isolated = restoredDomainXml(SOURCE, { ...base, name: 'db-1', identity: 'keep', noNetwork: true });
+    expect(isolated).not.toContain('<interface');
+  });
+});
+
+describe('restore and drill requests', () => {
+  it('are checked before anything runs, every problem at once', () => {
+    expect(() =>
+      normalizeRepoRestoreInput({
+        group: 'g/..',
+        snapshotId: 's',
+        repo: 'http://x',
+        toHost: 'b',
+        mode: 'original',
+        suffix: '-x',
+        format: 'vmdk' as 'raw',
+      }),
+    ).toThrow(/group .*repository URL.*suffix applies to clones only.*disk format/);
+    expect(normalizeRepoRestoreInput({ group: 'g', snapshotId: 's', repo: 'file:///r', toHost: 'b' })).toMatchObject({
+      mode: 'clone',
+      format: 'qcow2',
+      start: true,
+      noNetwork: false,
+    });
+    expect(parseNetworkMapping('prod=dr')).toEqual(['prod', 'dr']);
+    expect(() => parseNetworkMapping('prod')).toThrow(BadInputError);
+    expect(() =>
+      normalizeDrillInput({ group: 'g', repo: 'file:///r', toHost: 'b', serialLine: '(', check: 'true', timeoutMs: 5 }),
+    ).toThrow(/one readiness check.*serial line pattern.*timeout/);
+  });
+});
