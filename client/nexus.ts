@@ -21,6 +21,9 @@
 import * as nexus from 'nexus-rpc';
 import type { GroupRunResult, GroupSnapshotListing, RestoreInput, RestoreResult } from '../common/groups';
 import type { RepoRestoreInput, RepoRestoreResult } from '../common/repo-restore';
+import type { ExportInput, ExportResult } from '../common/backup-types';
+import type { PointSummary } from '../backup/repository';
+import type { VerifyResult } from '../backup/verify';
 import type { QuiesceMode } from '../common/types';
 
 export type { GroupRunResult, GroupSnapshotListing, RestoreInput, RestoreResult };
@@ -54,6 +57,24 @@ export type NexusRestoreGroupInput = RestoreInput;
 
 export type NexusRestoreFromRepoInput = RepoRestoreInput;
 
+export type NexusExportInput = ExportInput;
+
+export interface NexusListRepositoryInput {
+  /** `s3://bucket/prefix` or `file:///path`; the key is the serving worker's `GROUPSNAP_REPO_KEY_FILE`. */
+  repository: string;
+  group?: string;
+}
+
+export interface NexusVerifyRepositoryInput extends NexusListRepositoryInput {
+  /** Also read, decrypt and check every chunk (long for a large repository). @default false */
+  readData?: boolean;
+}
+
+export interface NexusRepositoryPoints {
+  repository: string;
+  points: PointSummary[];
+}
+
 export const groupsnapNexusService = nexus.service(GROUPSNAP_NEXUS_SERVICE, {
   /**
    * Asynchronous, backed by a `groupSnapshotRun` workflow: resolves the members, takes the group snapshot (the saga)
@@ -69,6 +90,15 @@ export const groupsnapNexusService = nexus.service(GROUPSNAP_NEXUS_SERVICE, {
    * host, all VMs or none (the target host's worker holds the repository key).
    */
   restoreFromRepo: nexus.operation<NexusRestoreFromRepoInput, RepoRestoreResult>(),
+  /**
+   * Asynchronous, backed by an `exportGroupSnapshot` workflow: the point copied into the off-host repository (each
+   * VM's host reads its own key file); fails with `ExportFailed` (details: the result) when a disk could not be.
+   */
+  exportGroupSnapshot: nexus.operation<NexusExportInput, ExportResult>(),
+  /** Synchronous: the points of a repository, with their VMs, sizes, bytes new and last verification. */
+  listRepository: nexus.operation<NexusListRepositoryInput, NexusRepositoryPoints>(),
+  /** Synchronous: every point's manifests and chunks checked; damage named by group/VM/disk/offset. */
+  verifyRepository: nexus.operation<NexusVerifyRepositoryInput, VerifyResult>(),
 });
 
 export type GroupsnapNexusService = typeof groupsnapNexusService;

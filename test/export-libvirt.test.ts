@@ -11,6 +11,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import type { NexusRepositoryPoints } from '../client/nexus';
+import type { VerifyResult } from '../backup/verify';
+import { temporalCliPath } from '../dev/tools';
+import type { Outcome } from './helpers/nexus-caller-workflows';
 import { Repository } from '../backup/repository';
 import { verifyRepository } from '../backup/verify';
 import { ExportFailedError, exportGroupSnapshot, exportProgress, exportResult, startExport } from '../client/backup';
@@ -42,6 +47,7 @@ describe('exports of group snapshots to S3 on real VMs', () => {
   let hosts: RunningHosts;
   let hypervisor: LibvirtHypervisor;
   const saved: Record<string, string | undefined> = {};
+  let namespace: string;
   const hostA = uniqueId('exa');
   const prefix = uniqueId('gsexp');
   const group = 'shop';
@@ -101,7 +107,7 @@ describe('exports of group snapshots to S3 on real VMs', () => {
     }
     await s3.createBucket('gs-exports');
     (await Repository.init(repository, key, { chunkSize: CHUNK })).close();
-    const namespace = await freshNamespace('gsexp');
+    namespace = await freshNamespace('gsexp');
     connection = await Connection.connect({ address: testServerAddress() });
     client = new Client({ connection, namespace });
     fleet = await VmFleet.create({ prefix, count: 2, disksPerVm: 2, diskSize: '48M' });
@@ -202,6 +208,71 @@ describe('exports of group snapshots to S3 on real VMs', () => {
       repo.close();
     } finally {
       await deleteGroup(client, named);
+    }
+  });
+
+  it('through Nexus from another namespace: exports a point and lists the repository; bad input is BAD_REQUEST', async () => {
+    const [v1] = fleet.names;
+    const s = await snapshot([{ domain: v1, host: hostA }]);
+    const endpoint = uniqueId('gsexp-nx');
+    await run(temporalCliPath(), [
+      'operator',
+      'nexus',
+      'endpoint',
+      'create',
+      '--address',
+      testServerAddress(),
+      '--name',
+      endpoint,
+      '--target-namespace',
+      namespace,
+      '--target-task-queue',
+      'groupsnap',
+    ]);
+    const callerNs = await freshNamespace('gsexpc');
+    const callerConnection = await NativeConnection.connect({ address: testServerAddress() });
+    const callerWorker = await Worker.create({
+      connection: callerConnection,
+      namespace: callerNs,
+      taskQueue: 'exp-caller',
+      workflowsPath: require.resolve('./helpers/nexus-caller-workflows'),
+    });
+    const caller = new Client({ connection, namespace: callerNs });
+    const callerRun = callerWorker.run();
+    const call = <T>(workflow: string, args: unknown[]) =>
+      caller.workflow.execute(workflow, {
+        taskQueue: 'exp-caller',
+        workflowId: uniqueId('nx-exp'),
+        args,
+      }) as Promise<Outcome<T>>;
+    try {
+      const exported = await call<ExportResult>('tryExportThroughNexus', [
+        endpoint,
+        { group, snapshotId: s.snapshotId, repository },
+      ]);
+      expect(exported).toMatchObject({ ok: true, result: { status: 'completed', snapshotId: s.snapshotId } });
+      const listed = await call<NexusRepositoryPoints>('tryListRepositoryThroughNexus', [
+        endpoint,
+        { repository, group },
+      ]);
+      expect(listed.ok).toBe(true);
+      const points = (listed as { result: NexusRepositoryPoints }).result.points;
+      expect(points.map((p) => p.snapshotId)).toContain(s.snapshotId);
+      const verified = await call<VerifyResult>('tryVerifyRepositoryThroughNexus', [
+        endpoint,
+        { repository, group, readData: true },
+      ]);
+      expect(verified).toMatchObject({ ok: true, result: { ok: true, readData: true, problems: [] } });
+      const bad = await call<ExportResult>('tryExportThroughNexus', [
+        endpoint,
+        { group, snapshotId: '../x', repository },
+      ]);
+      expect(bad.ok).toBe(false);
+      expect(JSON.stringify(bad)).toMatch(/BAD_REQUEST/);
+    } finally {
+      callerWorker.shutdown();
+      await callerRun;
+      await callerConnection.close();
     }
   });
 

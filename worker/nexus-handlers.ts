@@ -24,6 +24,7 @@ import {
   type RestoreResult,
 } from '../common/groups';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
+import { exportOperation, listRepository, verifyRepository } from './nexus-backup';
 import { restoreFromRepoOperation } from './nexus-repo-restore';
 import { GroupsnapGroup } from '../common/search-attributes';
 import { QUIESCE_MODES } from '../common/types';
@@ -166,5 +167,8 @@ export function groupsnapNexusServiceHandler() {
     listGroupSnapshots: listSnapshots,
     restoreGroup: restore,
     restoreFromRepo: restoreFromRepoOperation,
+    exportGroupSnapshot: exportOperation,
+    listRepository,
+    verifyRepository,
   });
 }

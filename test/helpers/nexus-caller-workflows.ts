@@ -2,6 +2,10 @@
 import { ApplicationFailure, createNexusServiceClient } from '@temporalio/workflow';
 import {
   groupsnapNexusService,
+  type NexusExportInput,
+  type NexusListRepositoryInput,
+  type NexusRepositoryPoints,
+  type NexusVerifyRepositoryInput,
   type NexusGroupSnapshots,
   type NexusRestoreFromRepoInput,
   type NexusRestoreGroupInput,
@@ -9,6 +13,8 @@ import {
 } from '../../client/nexus';
 import type { GroupRunResult, RestoreResult } from '../../common/groups';
 import type { RepoRestoreResult } from '../../common/repo-restore';
+import type { ExportResult } from '../../common/backup-types';
+import type { VerifyResult } from '../../backup/verify';
 
 export { migrateWithGroupsnap } from '../../examples/nexus-migration-workflow';
 
@@ -78,4 +84,24 @@ export function tryRestoreThroughNexus(
   input: NexusRestoreGroupInput,
 ): Promise<Outcome<RestoreResult>> {
   return outcome(() => client(endpoint).executeOperation('restoreGroup', input, { scheduleToCloseTimeout: '10m' }));
+}
+
+export function tryExportThroughNexus(endpoint: string, input: NexusExportInput): Promise<Outcome<ExportResult>> {
+  return outcome(() =>
+    client(endpoint).executeOperation('exportGroupSnapshot', input, { scheduleToCloseTimeout: '10m' }),
+  );
+}
+
+export function tryListRepositoryThroughNexus(
+  endpoint: string,
+  input: NexusListRepositoryInput,
+): Promise<Outcome<NexusRepositoryPoints>> {
+  return outcome(() => client(endpoint).executeOperation('listRepository', input, { scheduleToCloseTimeout: '1m' }));
+}
+
+export function tryVerifyRepositoryThroughNexus(
+  endpoint: string,
+  input: NexusVerifyRepositoryInput,
+): Promise<Outcome<VerifyResult>> {
+  return outcome(() => client(endpoint).executeOperation('verifyRepository', input, { scheduleToCloseTimeout: '2m' }));
 }
