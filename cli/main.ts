@@ -75,7 +75,7 @@ temporalOptions(
     )
     .option(
       '--repo-key-file <file>',
-      'key of the repositories this host exports to (default: GROUPSNAP_REPO_KEY_FILE)',
+      'the same as --key-file (the repository key, for exports, restores and drills on this host)',
     ),
 ).action(withRepoKeyFile(workerCommand));
 

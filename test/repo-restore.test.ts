@@ -14,6 +14,7 @@ import type { HypervisorHosts } from '../dev/hypervisor-hosts';
 import { temporalCliPath } from '../dev/tools';
 import { VmFleet } from '../dev/vms';
 import type { RepoRestoreResult } from '../common/repo-restore';
+import { exportGroupSnapshot } from '../client/backup';
 import { startDrFixture, type DrFixture } from './helpers/dr-fixture';
 import type { FailureLink, Outcome } from './helpers/nexus-caller-workflows';
 import { contentSha256, storePoint, type PointVm } from './helpers/repo-point';
@@ -43,7 +44,7 @@ describe('restore from the repository on another hypervisor', () => {
   let snapshotId: string;
   /** The source VMs' names and UUIDs; sha256 of each disk at the point, by `domain/target`. */
   const sources: { name: string; uuid: string }[] = [];
-  let sums: Record<string, string> = {};
+  const sums: Record<string, string> = {};
 
   const domainsOnB = async () => (await connB.listAllDomains()).map((d) => d.name);
   const filesOnB = () => readdirSync(fixture.host(hostB).imagesDir);
@@ -94,7 +95,10 @@ describe('restore from the repository on another hypervisor', () => {
           () => undefined,
         );
       }
-      sums = await storePoint(repo, { group, snapshotId, vms: pointVms });
+      // The point goes off host A the way production does it: groupsnap's export (host A's worker holds the key).
+      const exported = await exportGroupSnapshot(client, { group, snapshotId, repository: url });
+      expect(exported.status).toBe('completed');
+      for (const v of snap.vms) for (const d of v.disks) sums[`${v.domain}/${d.target}`] = await contentSha256(d.image);
       // A second point whose second VM cannot be defined anywhere (its emulator does not exist): for all-or-none.
       await storePoint(repo, {
         group,
