@@ -58,7 +58,7 @@ const message = (err: unknown): string => (err instanceof Error ? err.message : 
 
 const bad = badInput;
 
-function heartbeat(details?: unknown): void {
+export function heartbeat(details?: unknown): void {
   try {
     Context.current().heartbeat(details);
   } catch {
@@ -66,7 +66,7 @@ function heartbeat(details?: unknown): void {
   }
 }
 
-/** Runs `fn`, heartbeating every second: merges and boots can take a while. */
+/** Runs `fn`, heartbeating every second: merges, commits and boots can take a while, and must not be retried while they run. */
 export async function beating<T>(fn: () => Promise<T>): Promise<T> {
   heartbeat();
   const timer = setInterval(() => heartbeat(), 1000);

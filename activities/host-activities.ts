@@ -12,7 +12,7 @@ import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
 import { manifestPath, renderVmMetadata, type CatalogEntry } from './catalog';
 import { nowMs } from './clock';
 import { DomainLocks, LeaseLostError, LockBusyError } from './domain-locks';
-import { createDrActivities } from './dr-activities';
+import { beating, createDrActivities, heartbeat } from './dr-activities';
 import { FreezeJournal, OPEN_STATES, type FreezeRecord } from './freeze-journal';
 import { badInput, checkDomain, checkDomains, checkName, checkOwner, failIf } from './input-checks';
 import { DeadlineTimers, recoverFreezes, resumeFromJournal, thawRecord } from './resume';
@@ -153,25 +153,6 @@ export function overlayPath(image: string, domain: string, target: string, snaps
 
 /** How long leases last between the steps of a run; the activities that work under them renew them meanwhile. */
 export const LEASE_TTL_MS = 15 * 60_000;
-
-function heartbeat(details?: unknown): void {
-  try {
-    Context.current().heartbeat(details);
-  } catch {
-    // called outside an activity (recovery at start)
-  }
-}
-
-/** Runs `fn`, heartbeating every second: block commits can take a while, and must not be retried while they run. */
-async function beating<T>(fn: () => Promise<T>): Promise<T> {
-  heartbeat();
-  const timer = setInterval(() => heartbeat(), 1000);
-  try {
-    return await fn();
-  } finally {
-    clearInterval(timer);
-  }
-}
 
 /** Same disks, same files, same order: what the freeze relies on did not change since planning. */
 function samePlan(a: PlannedVm, b: PlannedVm): boolean {

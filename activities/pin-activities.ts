@@ -1,9 +1,9 @@
+import { imageChain } from '../hypervisor/chain';
 import { ApplicationFailure } from '@temporalio/common';
 import type { PinSnapshotReport, PinSnapshotRequest, ReleaseInPlaceReport } from '../common/dr-types';
 import { assertSafeName, BAD_INPUT } from '../common/validation';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
-import { ImageNotFoundError } from '../hypervisor/images';
 import type { VmMetadata } from './catalog';
 
 export interface PinActivityDeps {
@@ -49,21 +49,7 @@ export function createPinActivities(deps: PinActivityDeps) {
   const { hypervisor, hostId, updateMeta, readMeta } = deps;
   const log = deps.log ?? (() => {});
 
-  /** The files of `file`'s backing chain, `file` first (as far as they exist). */
-  async function chainOf(file: string | undefined): Promise<string[]> {
-    const chain: string[] = [];
-    for (let f = file; f !== undefined && chain.length < 1000;) {
-      try {
-        const info = await hypervisor.imageInfo(f);
-        chain.push(f);
-        f = info.backing;
-      } catch (err) {
-        if (err instanceof ImageNotFoundError) break;
-        throw err;
-      }
-    }
-    return chain;
-  }
+  const chainOf = (file: string | undefined): Promise<string[]> => imageChain(hypervisor, file);
 
   async function orNotFound<T>(domain: string, fn: () => Promise<T>): Promise<T> {
     try {
