@@ -1,5 +1,5 @@
 import { mkdtemp, rm } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureGuard, runningGuardPid, superviseGuard } from '../worker/guard';
@@ -10,6 +10,12 @@ const CLI = join(__dirname, '..', 'dist', 'cli', 'main.js');
 describe('guard supervision', () => {
   let stateDir: string;
 
+  const waitFor = async (cond: () => boolean, ms = 15_000) => {
+    const until = Date.now() + ms;
+    while (!cond() && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    return cond();
+  };
+
   beforeAll(() => {
     if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build`);
   });
@@ -19,16 +25,14 @@ describe('guard supervision', () => {
   });
 
   afterEach(async () => {
+    // Stop the guard and wait until it is gone: it writes in the state dir (its log, the journal) until it exits.
     const pid = runningGuardPid(stateDir);
-    if (pid) process.kill(pid, 'SIGTERM');
-    await rm(stateDir, { recursive: true, force: true });
+    if (pid) {
+      process.kill(pid, 'SIGTERM');
+      await waitFor(() => !existsSync(`/proc/${pid}/cmdline`) || readFileSync(`/proc/${pid}/cmdline`).length === 0);
+    }
+    await rm(stateDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   });
-
-  const waitFor = async (cond: () => boolean, ms = 15_000) => {
-    const until = Date.now() + ms;
-    while (!cond() && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
-    return cond();
-  };
 
   it('a guard that was killed is started again while the worker lives', async () => {
     const first = ensureGuard(stateDir, 'test:///default', CLI);
