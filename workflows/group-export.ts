@@ -17,8 +17,8 @@ import {
   type ExportDiskReport,
   type ExportInput,
   type ExportResult,
-  type PointStats,
 } from '../common/backup-types';
+import { sumStats } from '../backup/manifest';
 import { groupSnapshotsIn } from '../common/groups';
 import { METRICS } from '../common/metrics';
 import { hostTaskQueue } from '../common/names';
@@ -244,22 +244,7 @@ export async function exportGroupSnapshot(input: ExportInput): Promise<ExportRes
       }),
     );
     const all = [...reports.values()] as ExportDiskReport[];
-    const stats: PointStats = {
-      logicalBytes: 0,
-      bytesRead: 0,
-      bytesNew: 0,
-      bytesUploaded: 0,
-      chunksNew: 0,
-      chunksData: 0,
-    };
-    for (const r of all) {
-      stats.logicalBytes += r.virtualSize;
-      stats.bytesRead += r.stats.bytesRead;
-      stats.bytesNew += r.stats.bytesNew;
-      stats.bytesUploaded += r.stats.bytesUploaded;
-      stats.chunksNew += r.stats.chunksNew;
-      stats.chunksData += r.stats.chunksData;
-    }
+    const stats = sumStats(all);
     // The group manifest last, from the first VM's host (any host with the key would do).
     await onHostExport(vms[0].host).manifest.writeGroupManifest.executeWithOptions(
       { summary: `write group manifest of ${input.snapshotId}` },
