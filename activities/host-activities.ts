@@ -603,6 +603,18 @@ export function createHost(deps: HostActivityDeps) {
     }
   }
 
+  /** A non-empty list of VMs, each a valid name with exactly the disks this host makes for `snapshotId`. */
+  function checkVmDisks(vms: unknown, snapshotId: string, problems: string[]): void {
+    if (!Array.isArray(vms) || vms.length === 0) {
+      problems.push('a non-empty list of VMs is required');
+      return;
+    }
+    for (const vm of vms as { domain?: unknown; disks?: unknown }[]) {
+      checkDomain(vm?.domain, problems);
+      if (typeof vm?.domain === 'string') checkDisks(vm.domain, snapshotId, vm.disks, problems);
+    }
+  }
+
   /**
    * Takes the leases again for `owner` (renewing them when it still holds them; compensation may come after they
    * expired), or fails retryably while another run holds one.
@@ -713,12 +725,7 @@ export function createHost(deps: HostActivityDeps) {
       if (!['local', 'barrier', 'thaw'].includes(req.release)) problems.push(`release ${req.release} is not valid`);
       if (!QUIESCE_MODES.includes(req.quiesce))
         problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
-      if (!Array.isArray(req.vms) || req.vms.length === 0) problems.push('a non-empty list of VMs is required');
-      else
-        for (const vm of req.vms) {
-          checkDomain(vm?.domain, problems);
-          if (typeof vm?.domain === 'string') checkDisks(vm.domain, req.snapshotId, vm.disks, problems);
-        }
+      checkVmDisks(req.vms, req.snapshotId, problems);
       failIf(problems);
       heartbeat();
       const beat = setInterval(() => heartbeat(), 500);
@@ -767,12 +774,7 @@ export function createHost(deps: HostActivityDeps) {
       const problems: string[] = [];
       checkSnapshotRequest(req, problems);
       checkOwner(req.leaseOwner, problems);
-      if (!Array.isArray(req.vms) || req.vms.length === 0) problems.push('a non-empty list of VMs is required');
-      else
-        for (const vm of req.vms) {
-          checkDomain(vm?.domain, problems);
-          if (typeof vm?.domain === 'string') checkDisks(vm.domain, req.snapshotId, vm.disks, problems);
-        }
+      checkVmDisks(req.vms, req.snapshotId, problems);
       failIf(problems);
       const domains = req.vms.map((v) => v.domain);
       retake(req.leaseOwner, domains);
@@ -809,12 +811,7 @@ export function createHost(deps: HostActivityDeps) {
       checkOwner(req.leaseOwner, problems);
       if (typeof req.entry?.createdAt !== 'string' || Number.isNaN(Date.parse(req.entry.createdAt)))
         problems.push(`snapshot time ${JSON.stringify(req.entry?.createdAt)} is not valid`);
-      if (!Array.isArray(req.vms) || req.vms.length === 0) problems.push('a non-empty list of VMs is required');
-      else
-        for (const vm of req.vms) {
-          checkDomain(vm?.domain, problems);
-          if (typeof vm?.domain === 'string') checkDisks(vm.domain, req.entry.snapshotId, vm.disks, problems);
-        }
+      checkVmDisks(req.vms, req.entry.snapshotId, problems);
       failIf(problems);
       const { snapshotId } = req.entry;
       for (const vm of req.vms) {
