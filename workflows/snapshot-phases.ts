@@ -3,7 +3,7 @@
  * {@link SnapshotRun}. Read workflows/group-snapshot.ts first: it strings them together.
  */
 import { ApplicationFailure, CancellationScope, condition, log, patched, sleep } from '@temporalio/workflow';
-import type { PlannedVm, UndoVmReport } from '../activities/host-activities';
+import type { PlannedVm, UndoVmReport } from '../common/host-types';
 import { BAD_INPUT, errorMessage } from '../common/failures';
 import { onHost } from './activity-options';
 import type { SnapshotRun } from './snapshot-run';

@@ -14,7 +14,7 @@ import {
   uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { FreezeVmReport, PlannedVm } from '../activities/host-activities';
+import type { FreezeVmReport, PlannedVm } from '../common/host-types';
 import { formatSnapshotId, HOST_FROZEN_UPDATE } from '../common/names';
 import {
   GroupsnapGroup,

@@ -1,0 +1,114 @@
+import { dirname, join } from 'node:path';
+import type { CatalogEntry } from '../activities/catalog';
+import type { DiskSnapshot, QuiesceMode, VmPowerState } from './types';
+
+/**
+ * What the workflows send to a host's activities and what they report back: the host side's contract, shared by
+ * workflows/, activities/ and tests. Pure types plus the one naming rule for overlay files.
+ */
+
+/** Phases of a VM in a snapshot run, each logged as one structured line by its host. */
+export type VmPhase = 'pause' | 'snapshot' | 'resume' | 'undo';
+
+export interface PlanRequest {
+  snapshotId: string;
+  domains: string[];
+  quiesce: QuiesceMode;
+  /** Planning again under the leases: the run (workflow run id) that must hold every VM's lease. */
+  leaseOwner?: string;
+}
+
+/** A VM ready to be frozen: everything decided before the first pause. */
+export interface PlannedVm {
+  domain: string;
+  uuid: string;
+  state: VmPowerState;
+  disks: DiskSnapshot[];
+  /** Disk targets left out of the snapshot (CD-ROMs, read-only or empty drives). */
+  skip: string[];
+  /** Freeze guest filesystems through the agent before pausing. */
+  quiesce: boolean;
+}
+
+export interface FreezeRequest {
+  snapshotId: string;
+  vms: PlannedVm[];
+  maxFreezeMs: number;
+  /**
+   * When the VMs may resume: `local`, right after this host's snapshots (the group lives on this host alone);
+   * `barrier`, once the workflow releases the group, i.e. every host has reported its snapshots through the
+   * workflow's `hostFrozen` update; `thaw`, not in this activity: they stay paused (under their deadline) until
+   * the workflow's `thawVms` (for groups over more hosts than the server lets updates wait at once).
+   */
+  release: 'local' | 'barrier' | 'thaw';
+  /** This host's id, as the workflow's barrier counts hosts. */
+  host: string;
+  quiesce: QuiesceMode;
+  /** The run (workflow run id) that holds the VMs' leases: the freeze refuses to start without them. */
+  leaseOwner: string;
+}
+
+export interface FreezeVmReport {
+  domain: string;
+  pausedByUs: boolean;
+  snapshotted: boolean;
+  quiesced: boolean;
+  pausedAtMs?: number;
+  snapshottedAtMs?: number;
+  /** Set when this activity also resumed the VM. */
+  resumedAtMs?: number;
+  resumedByGuard?: boolean;
+  /** Power state once this activity was done with the VM (set when it resumed, or left, the VM). */
+  state?: VmPowerState;
+  error?: string;
+}
+
+export interface ThawRequest {
+  snapshotId: string;
+  domains: string[];
+  /** Domains whose guest filesystems were frozen. */
+  quiesced: string[];
+}
+
+export interface ThawVmReport {
+  domain: string;
+  pausedByUs: boolean;
+  pausedAtMs?: number;
+  resumedAtMs?: number;
+  resumedByGuard?: boolean;
+  state?: VmPowerState;
+}
+
+export interface UndoRequest {
+  snapshotId: string;
+  vms: { domain: string; disks: DiskSnapshot[] }[];
+  /** The run whose snapshot is undone (its workflow run id): it holds (or takes again) the VMs' leases. */
+  leaseOwner: string;
+}
+
+export interface UndoVmReport {
+  domain: string;
+  /** An overlay of this snapshot was found (active or as a file) and removed. */
+  hadSnapshot: boolean;
+  rolledBack: boolean;
+  cleanupPending: string[];
+  error?: string;
+}
+
+export interface CatalogRequest {
+  entry: Omit<CatalogEntry, 'disks'>;
+  host: string;
+  vms: { domain: string; uuid: string; disks: DiskSnapshot[] }[];
+  /** The run that took the snapshot (workflow run id), holding the VMs' leases. */
+  leaseOwner: string;
+}
+
+/** File-name-safe form of a libvirt domain name (which may contain spaces and more). */
+export function fileSafe(domain: string): string {
+  return domain.replace(/[^A-Za-z0-9._-]/g, '_');
+}
+
+/** The overlay file a snapshot puts over `image`: the only name a host ever creates, or removes, for it. */
+export function overlayPath(image: string, domain: string, target: string, snapshotId: string): string {
+  return join(dirname(image), `${fileSafe(domain)}.${target}.${snapshotId}.qcow2`);
+}
