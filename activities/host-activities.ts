@@ -58,6 +58,18 @@ function resumeFields(rec: FreezeRecord): Record<string, unknown> {
   };
 }
 
+/** Runs `fn` over `items` with at most `limit` calls in flight, in order of the items. */
+async function runBounded<T>(items: T[], limit: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      await fn(items[i], i);
+    }
+  });
+  await Promise.all(lanes);
+}
+
 /** How long leases last between the steps of a run; the activities that work under them renew them meanwhile. */
 export const LEASE_TTL_MS = 15 * 60_000;
 
@@ -200,7 +212,8 @@ export function createHost(deps: HostActivityDeps) {
     journal.write({ ...record, state: 'paused' });
     report.pausedByUs = true;
     report.pausedAtMs = pausedAtMs;
-    logPhase('pause', snapshotId, vm.domain, { pausedAtMs, ms: round(nowMs() - pausedAtMs) });
+    report.pauseReturnedAtMs = nowMs();
+    logPhase('pause', snapshotId, vm.domain, { pausedAtMs, ms: round(report.pauseReturnedAtMs - pausedAtMs) });
   }
 
   async function resumeOurs(snapshotId: string, reports: FreezeVmReport[]): Promise<void> {
@@ -387,10 +400,65 @@ export function createHost(deps: HostActivityDeps) {
       ),
     );
     if (reports.some((r) => r.error)) return reports;
+    const early = req.resumeWhen === 'group-paused';
+    // Outside the window: the overlay files, so that the snapshot inside it only switches the disks over.
+    if (early) await prepareOverlays(vms, fail);
+    if (!reports.some((r) => r.error)) await quiesceAll(req, vms, reports, fail);
+    if (early) await earlyWindow(req, vms, reports, fail);
+    else await classicWindow(req, vms, reports, fail);
+    log('freeze', { snapshotId: req.snapshotId, host: deps.hostId, reports });
+    return reports;
+  }
+
+  /** Makes each VM's overlay files over its active images; a VM whose files cannot all be made fails, nothing left. */
+  async function prepareOverlays(vms: PlannedVm[], fail: (i: number, err: unknown) => void): Promise<void> {
+    await Promise.all(
+      vms.map(async (vm, i) => {
+        const made: string[] = [];
+        try {
+          for (const d of vm.disks) {
+            const format = (await hypervisor.imageInfo(d.image)).format;
+            // Claims the name first: never overwrite a file someone else made since planning.
+            writeFileSync(d.overlay, '', { flag: 'wx' });
+            made.push(d.overlay);
+            await hypervisor.createOverlay(d.overlay, d.image, format);
+          }
+        } catch (err) {
+          fail(i, err);
+          for (const f of made) rmSync(f, { force: true });
+        }
+      }),
+    );
+  }
+
+  /**
+   * Removes the prepared overlays of VMs that were not snapshotted, when no disk uses them (compensation's undo checks
+   * again, for a run whose freeze report was lost).
+   */
+  async function removeUnusedOverlays(vms: PlannedVm[], reports: FreezeVmReport[]): Promise<void> {
+    await Promise.all(
+      vms.map(async (vm, i) => {
+        if (reports[i].snapshotted) return;
+        const active = await hypervisor.describe(vm.domain).then(
+          (d) => new Set(d.disks.map((k) => k.source)),
+          () => undefined,
+        );
+        if (!active) return;
+        for (const d of vm.disks) if (!active.has(d.overlay)) rmSync(d.overlay, { force: true });
+      }),
+    );
+  }
+
+  /** Freezes guest filesystems (when planned) before any pause, journalled first so whoever closes the record thaws. */
+  async function quiesceAll(
+    req: FreezeRequest,
+    vms: PlannedVm[],
+    reports: FreezeVmReport[],
+    fail: (i: number, err: unknown) => void,
+  ): Promise<void> {
     await Promise.all(
       vms.map(async (vm, i) => {
         if (!vm.quiesce) return;
-        // Journalled first: whoever closes this record (release, timer, guard, a restarted worker) thaws the guest.
         const at = nowMs();
         const record: FreezeRecord = {
           snapshotId: req.snapshotId,
@@ -413,50 +481,62 @@ export function createHost(deps: HostActivityDeps) {
         }
       }),
     );
-    const quiesced = () => reports.filter((r) => r.quiesced).map((r) => r.domain);
+  }
+
+  /** Takes one VM's atomic disk-only snapshot and reports when it completed. */
+  async function snapshotOne(req: FreezeRequest, vm: PlannedVm, report: FreezeVmReport, reuse: boolean) {
+    const startedAtMs = nowMs();
+    try {
+      await hypervisor.snapshotDisks(
+        vm.domain,
+        vm.disks.map((d) => ({ target: d.target, file: d.overlay })),
+        vm.skip,
+        reuse ? { reuse } : undefined,
+      );
+      report.snapshotted = true;
+      report.snapshottedAtMs = nowMs();
+      logPhase('snapshot', req.snapshotId, vm.domain, {
+        snapshottedAtMs: report.snapshottedAtMs,
+        ms: round(report.snapshottedAtMs - startedAtMs),
+        disks: vm.disks.length,
+      });
+    } catch (err) {
+      report.error ??= message(err);
+      logPhase('snapshot', req.snapshotId, vm.domain, { error: message(err) });
+    }
+  }
+
+  /** A deadline timer (or the guard) that resumed a VM of ours before this run did broke the cut. */
+  function checkNotResumedByOthers(req: FreezeRequest, r: FreezeVmReport): void {
+    const rec = r.pausedByUs ? journal.read(req.snapshotId, r.domain) : undefined;
+    if (rec && rec.state !== 'paused') {
+      r.resumedByGuard = true;
+      r.resumedAtMs = rec.resumedAtMs;
+      r.error ??= `freeze deadline of ${req.maxFreezeMs} ms passed before the snapshot completed`;
+    }
+  }
+
+  /** Ends the window on this host: thaws guests, closes quiesce records and reads the state each VM is left in. */
+  async function afterWindow(req: FreezeRequest, vms: PlannedVm[], reports: FreezeVmReport[]): Promise<void> {
+    await thawFilesystems(reports.filter((r) => r.quiesced).map((r) => r.domain));
+    await closeQuiesceRecords(req.snapshotId, vms);
+    await Promise.all(reports.map(async (r) => (r.state = await hypervisor.state(r.domain).catch(() => undefined))));
+  }
+
+  /**
+   * The window in the order before `group-paused`: pause every running VM, snapshot all in parallel, wait for the
+   * release (at once for a one-host group, else the workflow's barrier of every host snapshotted), resume all.
+   */
+  async function classicWindow(
+    req: FreezeRequest,
+    vms: PlannedVm[],
+    reports: FreezeVmReport[],
+    fail: (i: number, err: unknown) => void,
+  ): Promise<void> {
     const failed = () => reports.some((r) => r.error !== undefined);
-    if (!failed()) {
-      await Promise.all(
-        vms.map((vm, i) =>
-          vm.state === 'running'
-            ? pauseOne(vm, reports[i], req.snapshotId, req.maxFreezeMs).catch((e) => fail(i, e))
-            : undefined,
-        ),
-      );
-    }
-    if (!failed()) {
-      await Promise.all(
-        vms.map(async (vm, i) => {
-          const startedAtMs = nowMs();
-          try {
-            await hypervisor.snapshotDisks(
-              vm.domain,
-              vm.disks.map((d) => ({ target: d.target, file: d.overlay })),
-              vm.skip,
-            );
-            reports[i].snapshotted = true;
-            reports[i].snapshottedAtMs = nowMs();
-            logPhase('snapshot', req.snapshotId, vm.domain, {
-              snapshottedAtMs: reports[i].snapshottedAtMs,
-              ms: round(reports[i].snapshottedAtMs! - startedAtMs),
-              disks: vm.disks.length,
-            });
-          } catch (err) {
-            fail(i, err);
-            logPhase('snapshot', req.snapshotId, vm.domain, { error: message(err) });
-          }
-        }),
-      );
-    }
-    // A deadline timer that fired mid-window broke the cut.
-    for (const r of reports) {
-      const rec = r.pausedByUs ? journal.read(req.snapshotId, r.domain) : undefined;
-      if (rec && rec.state !== 'paused') {
-        r.resumedByGuard = true;
-        r.resumedAtMs = rec.resumedAtMs;
-        r.error ??= `freeze deadline of ${req.maxFreezeMs} ms passed before the snapshot completed`;
-      }
-    }
+    if (!failed()) await pauseAll(req, vms, reports, fail);
+    if (!failed()) await Promise.all(vms.map((vm, i) => snapshotOne(req, vm, reports[i], false)));
+    for (const r of reports) checkNotResumedByOthers(req, r);
     if (req.release === 'barrier' && !failed()) {
       try {
         // Not released (another host failed, the workflow was cancelled or hit its deadline): the workflow
@@ -468,13 +548,87 @@ export function createHost(deps: HostActivityDeps) {
     }
     if (req.release !== 'thaw' || failed()) {
       await resumeOurs(req.snapshotId, reports);
-      await thawFilesystems(quiesced());
-      await closeQuiesceRecords(req.snapshotId, vms);
-      // Outside the freeze window: the state each VM is left in, for the result.
-      await Promise.all(reports.map(async (r) => (r.state = await hypervisor.state(r.domain).catch(() => undefined))));
+      await afterWindow(req, vms, reports);
     }
-    log('freeze', { snapshotId: req.snapshotId, host: deps.hostId, reports });
-    return reports;
+  }
+
+  async function pauseAll(
+    req: FreezeRequest,
+    vms: PlannedVm[],
+    reports: FreezeVmReport[],
+    fail: (i: number, err: unknown) => void,
+  ): Promise<void> {
+    await Promise.all(
+      vms.map((vm, i) =>
+        vm.state === 'running'
+          ? pauseOne(vm, reports[i], req.snapshotId, req.maxFreezeMs).catch((e) => fail(i, e))
+          : undefined,
+      ),
+    );
+  }
+
+  /**
+   * The window in the `group-paused` order (docs/consistency.md): pause every running VM; report "paused" to the
+   * workflow (for a one-host group, the host's own pauses are the group's); take the snapshots over the prepared
+   * overlays, a bounded number at once; resume each VM as soon as its own snapshot is taken and the group is
+   * released. An abort (another host could not pause, cancellation, deadline) resumes every VM at once and stops
+   * taking snapshots; any failure is reported for the workflow to compensate, exactly as in the old order.
+   */
+  async function earlyWindow(
+    req: FreezeRequest,
+    vms: PlannedVm[],
+    reports: FreezeVmReport[],
+    fail: (i: number, err: unknown) => void,
+  ): Promise<void> {
+    const failed = () => reports.some((r) => r.error !== undefined);
+    if (!failed()) await pauseAll(req, vms, reports, fail);
+    if (failed()) {
+      await resumeOurs(req.snapshotId, reports);
+      await removeUnusedOverlays(vms, reports);
+      await afterWindow(req, vms, reports);
+      return;
+    }
+    // Settles true when the group is released (every VM of every host paused), false on an abort.
+    let aborted = false;
+    const released: Promise<boolean> =
+      req.release === 'local'
+        ? Promise.resolve(true)
+        : req.release === 'barrier'
+          ? waitForRelease(req, reports).then(
+              (ok) => {
+                if (!ok) for (const r of reports) r.error ??= 'the group was not released: aborted by the workflow';
+                return ok;
+              },
+              (err) => {
+                for (const r of reports) r.error ??= `the group was not released: ${message(err)}`;
+                return false;
+              },
+            )
+          : new Promise<boolean>(() => {}); // `thaw`: the workflow's thawVms resumes them
+    void released.then((ok) => (aborted = !ok));
+    const resumeOne = async (i: number): Promise<void> => {
+      checkNotResumedByOthers(req, reports[i]);
+      await resumeOurs(req.snapshotId, [reports[i]]);
+    };
+    await runBounded(vms, Math.max(1, req.snapshotsInFlight ?? 2), async (vm, i) => {
+      if (!aborted) await snapshotOne(req, vm, reports[i], true);
+      if (req.release === 'thaw' && !failed()) return;
+      // Its own snapshot is done (or will not happen): it waits for the release only while the run may still succeed.
+      if (!failed()) await Promise.race([released, deadlineOf(req, reports[i])]);
+      await resumeOne(i);
+    });
+    if (failed()) {
+      // A failure in one VM's snapshot resumes the VMs still waiting for the release (none may wait forever).
+      await resumeOurs(req.snapshotId, reports);
+      await removeUnusedOverlays(vms, reports);
+    }
+    if (req.release !== 'thaw' || failed()) await afterWindow(req, vms, reports);
+  }
+
+  /** Resolves when `report`'s VM reaches its freeze deadline (a safety net: the timers resume it then anyway). */
+  function deadlineOf(req: FreezeRequest, report: FreezeVmReport): Promise<void> {
+    const at = (report.pausedAtMs ?? nowMs()) + req.maxFreezeMs;
+    return new Promise((resolve) => setTimeout(resolve, Math.max(0, at - nowMs())).unref());
   }
 
   /** Input checks of the snapshot activities (see input-checks.ts): nothing is trusted because the workflow checked. */

@@ -26,7 +26,7 @@ import {
 import { temporalSettings, type TemporalOverrides } from '../common/config';
 import { selectorText, type GroupRunResult, type RestoreMode } from '../common/groups';
 import type { RetentionPolicy } from '../common/retention';
-import type { VmRef } from '../common/types';
+import type { ResumeWhen, VmRef } from '../common/types';
 import { BadInputError } from '../common/validation';
 import {
   checkBackfill,
@@ -76,7 +76,7 @@ const vmText = (v: VmRef): string => `${v.domain}@${v.host}`;
 
 export function groupCreate(
   name: string,
-  opts: CommonOptions & { vm?: VmRef[]; tag?: string; description?: string; repo?: string },
+  opts: CommonOptions & { vm?: VmRef[]; tag?: string; description?: string; repo?: string; resumeWhen?: ResumeWhen },
 ) {
   checkGroupCreate(name, opts);
   const selector = opts.tag !== undefined ? { tag: opts.tag } : { vms: opts.vm ?? [] };
@@ -88,6 +88,7 @@ export function groupCreate(
         selector,
         description: opts.description,
         ...(opts.repo !== undefined ? { repository: opts.repo } : {}),
+        ...(opts.resumeWhen !== undefined ? { resumeWhen: opts.resumeWhen } : {}),
       }),
     (d) =>
       `created group ${d.name}: ${selectorText(d.selector)}` + (d.repository ? `, exported to ${d.repository}` : ''),

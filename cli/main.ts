@@ -2,7 +2,7 @@
 import { Command, Option } from 'commander';
 import { defaults } from '../common/config';
 import { DEFAULT_MAX_FREEZE_MS } from '../common/names';
-import type { QuiesceMode, VmRef } from '../common/types';
+import type { QuiesceMode, ResumeWhen, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
 import { drillCommand } from './drill-command';
 import { repoRestoreCommand, type RepoRestoreFlags } from './repo-restore-command';
@@ -28,7 +28,7 @@ import {
 } from './dr-commands';
 import { checkSnapshotTake } from './check-input';
 import { restoreList, restoreRelease, snapshotPin } from './pin-commands';
-import { collect, parseInteger, parseQuiesce, parseVmRef } from './parse';
+import { collect, parseInteger, parseQuiesce, parseResumeWhen, parseVmRef } from './parse';
 import { BadInputError } from '../common/validation';
 
 const program = new Command('groupsnap')
@@ -108,6 +108,12 @@ temporalOptions(
         .default('none'),
     )
     .option(
+      '--resume-when <when>',
+      'group-paused (default): each VM resumes once its snapshot is taken and the whole group is paused; ' +
+        'group-snapshotted: all resume together after every snapshot',
+      parseResumeWhen,
+    )
+    .option(
       '--update-barrier-max-hosts <n>',
       "largest group (hosts) released through the workflow's update barrier; keep under the server's history.maxInFlightUpdates",
       parseInteger,
@@ -124,6 +130,7 @@ temporalOptions(
         snapshotId?: string;
         maxFreeze: number;
         quiesce: QuiesceMode;
+        resumeWhen?: ResumeWhen;
         updateBarrierMaxHosts?: number;
         json?: boolean;
         address?: string;
@@ -137,13 +144,20 @@ temporalOptions(
         snapshotId: opts.snapshotId,
         maxFreezeMs: opts.maxFreeze,
         quiesce: opts.quiesce,
+        resumeWhen: opts.resumeWhen,
         updateBarrierMaxHosts: opts.updateBarrierMaxHosts,
       });
       if (!opts.vm) {
         if (!group) throw new BadInputError('give a group name, or the VMs of an ad hoc group with --vm');
         await snapshotGroupCommand(
           group,
-          { label: opts.label, snapshotId: opts.snapshotId, maxFreezeMs: opts.maxFreeze, quiesce: opts.quiesce },
+          {
+            label: opts.label,
+            snapshotId: opts.snapshotId,
+            maxFreezeMs: opts.maxFreeze,
+            quiesce: opts.quiesce,
+            ...(opts.resumeWhen ? { resumeWhen: opts.resumeWhen } : {}),
+          },
           opts,
         );
         return;
@@ -156,6 +170,7 @@ temporalOptions(
           snapshotId: opts.snapshotId,
           maxFreezeMs: opts.maxFreeze,
           quiesce: opts.quiesce,
+          ...(opts.resumeWhen ? { resumeWhen: opts.resumeWhen } : {}),
           updateBarrierMaxHosts: opts.updateBarrierMaxHosts,
         },
         opts,
@@ -210,6 +225,11 @@ temporalOptions(
     .option('--tag <tag>', 'members: every VM with this tag, on any registered host, at snapshot time')
     .option('--description <text>')
     .option('--repo <url>', 'export every snapshot of the group to this repository (s3://bucket/prefix, file:///path)')
+    .option(
+      '--resume-when <when>',
+      'group-paused (default) or group-snapshotted: see `snapshot --help`',
+      parseResumeWhen,
+    )
     .option('--json', 'print JSON'),
 ).action(act(groupCreate));
 temporalOptions(group.command('list').description('list groups').option('--json', 'print JSON')).action(act(groupList));

@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from 'commander';
-import { QUIESCE_MODES, type QuiesceMode, type VmRef } from '../common/types';
+import { QUIESCE_MODES, RESUME_WHEN, type QuiesceMode, type ResumeWhen, type VmRef } from '../common/types';
 
 /** `domain[@host]`; the host defaults to `defaultHost`. */
 export function parseVmRef(value: string, defaultHost: string): VmRef {
@@ -21,6 +21,13 @@ export function parseQuiesce(value: string): QuiesceMode {
     throw new InvalidArgumentError(`expected one of ${QUIESCE_MODES.join(', ')}`);
   }
   return value as QuiesceMode;
+}
+
+export function parseResumeWhen(value: string): ResumeWhen {
+  if (!(RESUME_WHEN as readonly string[]).includes(value)) {
+    throw new InvalidArgumentError(`expected one of ${RESUME_WHEN.join(', ')}`);
+  }
+  return value as ResumeWhen;
 }
 
 export function collect<T>(parse: (v: string) => T): (value: string, previous: T[] | undefined) => T[] {

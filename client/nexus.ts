@@ -24,7 +24,7 @@ import type { RepoRestoreInput, RepoRestoreResult } from '../common/repo-restore
 import type { ExportInput, ExportResult } from '../common/backup-types';
 import type { PointSummary } from '../backup/repository';
 import type { VerifyResult } from '../backup/verify';
-import type { QuiesceMode } from '../common/types';
+import type { QuiesceMode, ResumeWhen } from '../common/types';
 
 export type { GroupRunResult, GroupSnapshotListing, RestoreInput, RestoreResult };
 
@@ -41,6 +41,8 @@ export interface NexusSnapshotGroupInput {
   maxFreezeMs?: number;
   /** @default 'none' */
   quiesce?: QuiesceMode;
+  /** @default the group's, else 'group-paused' */
+  resumeWhen?: ResumeWhen;
 }
 
 export interface NexusListGroupSnapshotsInput {

@@ -4,7 +4,7 @@
  */
 import type { HostVm } from './dr-types';
 import type { RetentionPolicy } from './retention';
-import type { GroupSnapshotResult, QuiesceMode, VmRef } from './types';
+import { RESUME_WHEN, type GroupSnapshotResult, type QuiesceMode, type ResumeWhen, type VmRef } from './types';
 import { assertSafeName, BadInputError, checkVmRefs, problemList } from './validation';
 
 /** How a group's members are chosen: a fixed list of VMs, or every VM carrying a tag on any registered host. */
@@ -19,6 +19,8 @@ export interface GroupDefinition {
    * (each host's worker holds the key). None: snapshots stay on their hosts.
    */
   repository?: string;
+  /** When its VMs resume in each snapshot (see {@link ResumeWhen}). @default 'group-paused' */
+  resumeWhen?: ResumeWhen;
   /** ISO time the group was created. */
   createdAt?: string;
 }
@@ -71,6 +73,8 @@ export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition 
     !/^(s3:\/\/[a-z0-9][a-z0-9.-]+[a-z0-9](\/.*)?|file:\/\/\/.+)$/.test(def.repository)
   )
     problems.push(`repository ${JSON.stringify(def.repository)} is not an s3://bucket/prefix or file:///path URL`);
+  if (def.resumeWhen !== undefined && !RESUME_WHEN.includes(def.resumeWhen))
+    problems.push(`resume when must be one of ${RESUME_WHEN.join(', ')}, got ${JSON.stringify(def.resumeWhen)}`);
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   const selector: GroupSelector =
     sel!.tag !== undefined ? { tag: sel!.tag } : { vms: sel!.vms!.map((v) => ({ domain: v.domain, host: v.host })) };
@@ -79,6 +83,7 @@ export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition 
     selector,
     ...(def.description ? { description: def.description } : {}),
     ...(def.repository ? { repository: def.repository } : {}),
+    ...(def.resumeWhen ? { resumeWhen: def.resumeWhen } : {}),
     ...(def.createdAt ? { createdAt: def.createdAt } : {}),
   };
 }
@@ -150,6 +155,8 @@ export interface GroupRunInput {
   label?: string;
   maxFreezeMs?: number;
   quiesce?: QuiesceMode;
+  /** @default the group definition's, else 'group-paused' */
+  resumeWhen?: ResumeWhen;
   /** Applied after a completed snapshot: snapshots of the group it does not keep are deleted. */
   retention?: RetentionPolicy;
   /** IANA time zone of the retention's hours, days, weeks and months. @default 'UTC' */

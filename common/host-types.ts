@@ -1,6 +1,6 @@
 import { dirname, join } from 'node:path';
 import type { CatalogEntry } from '../activities/catalog';
-import type { DiskSnapshot, QuiesceMode, VmPowerState } from './types';
+import type { DiskSnapshot, QuiesceMode, ResumeWhen, VmPowerState } from './types';
 
 /**
  * What the workflows send to a host's activities and what they report back: the host side's contract, shared by
@@ -46,6 +46,14 @@ export interface FreezeRequest {
   quiesce: QuiesceMode;
   /** The run (workflow run id) that holds the VMs' leases: the freeze refuses to start without them. */
   leaseOwner: string;
+  /**
+   * `group-paused`: overlays are made before the pause and each VM resumes once its own snapshot is taken and the
+   * group is released, which happens when every VM of the group is paused (the barrier is then a "paused" report).
+   * Absent or `group-snapshotted`: every VM of the host resumes after all of them are snapshotted (the old order).
+   */
+  resumeWhen?: ResumeWhen;
+  /** With `group-paused`: most snapshots taken at once on this host. @default 2 */
+  snapshotsInFlight?: number;
 }
 
 export interface FreezeVmReport {
@@ -54,6 +62,8 @@ export interface FreezeVmReport {
   snapshotted: boolean;
   quiesced: boolean;
   pausedAtMs?: number;
+  /** When the pause call returned: the VM was paused from then on. */
+  pauseReturnedAtMs?: number;
   snapshottedAtMs?: number;
   /** Set when this activity also resumed the VM. */
   resumedAtMs?: number;

@@ -27,7 +27,17 @@ export interface GroupSnapshotInput {
    * `history.maxInFlightUpdates` (10 by default). @default 8
    */
   updateBarrierMaxHosts?: number;
+  /** @default 'group-paused' */
+  resumeWhen?: ResumeWhen;
 }
+
+/**
+ * When the VMs of a group resume. `group-paused` (the default): each VM as soon as its own snapshot is taken and
+ * every VM of the group is paused (the cut needs no more: see docs/consistency.md); its overlays are made before the
+ * pause. `group-snapshotted`: all VMs together once every VM is snapshotted (groupsnap's order before 0.6).
+ */
+export type ResumeWhen = 'group-paused' | 'group-snapshotted';
+export const RESUME_WHEN: readonly ResumeWhen[] = ['group-paused', 'group-snapshotted'];
 
 export type VmPowerState = 'running' | 'paused' | 'shutoff' | 'other';
 
@@ -61,6 +71,13 @@ export interface VmResult {
   pausedByUs: boolean;
   /** Pause issued to resume returned, measured on its host. Absent when it was not paused by us. */
   freezeMs?: number;
+  /**
+   * Host wall-clock times (ms since the epoch): when this run's pause of the VM had taken effect (the call returned),
+   * when its snapshot completed and when its resume returned.
+   */
+  pausedAtMs?: number;
+  snapshottedAtMs?: number;
+  resumedAtMs?: number;
   /** Resumed by the host's deadline guard instead of the workflow. */
   resumedByGuard?: boolean;
   /** Guest filesystems were frozen through the agent. */
@@ -81,6 +98,10 @@ export interface GroupSnapshotResult {
   status: GroupSnapshotStatus;
   /** When the cut was taken (ISO 8601), i.e. when the last VM was snapshotted. */
   createdAt?: string;
+  /** The instant the last VM of the group was paused (host clock, ms since the epoch): the cut. */
+  allPausedAtMs?: number;
+  /** The release order this run used. */
+  resumeWhen?: ResumeWhen;
   /** First pause issued to last resume returned, across the group. */
   groupFreezeMs: number;
   /** Largest per-VM freeze. */

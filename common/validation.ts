@@ -1,5 +1,12 @@
 import { DEFAULT_MAX_FREEZE_MS, DEFAULT_UPDATE_BARRIER_MAX_HOSTS } from './names';
-import { QUIESCE_MODES, type GroupSnapshotInput, type QuiesceMode, type VmRef } from './types';
+import {
+  QUIESCE_MODES,
+  RESUME_WHEN,
+  type GroupSnapshotInput,
+  type QuiesceMode,
+  type ResumeWhen,
+  type VmRef,
+} from './types';
 
 /** Failure type of every bad-input error: never retried, reported with exit code 2 by the CLI. */
 export const BAD_INPUT = 'GroupsnapBadInput';
@@ -79,6 +86,7 @@ export interface NormalizedSnapshotInput {
   maxFreezeMs: number;
   quiesce: QuiesceMode;
   updateBarrierMaxHosts: number;
+  resumeWhen: ResumeWhen;
 }
 
 /**
@@ -107,6 +115,9 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
   if (!Number.isInteger(updateBarrierMaxHosts) || updateBarrierMaxHosts < 0 || updateBarrierMaxHosts > 10_000) {
     problems.push(`update barrier max hosts must be an integer from 0 to 10000, got ${updateBarrierMaxHosts}`);
   }
+  const resumeWhen = input.resumeWhen ?? 'group-paused';
+  if (!RESUME_WHEN.includes(resumeWhen))
+    problems.push(`resume when must be one of ${RESUME_WHEN.join(', ')}, got ${JSON.stringify(resumeWhen)}`);
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   return {
     group,
@@ -116,5 +127,6 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
     maxFreezeMs,
     quiesce,
     updateBarrierMaxHosts,
+    resumeWhen,
   };
 }

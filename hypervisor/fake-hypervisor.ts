@@ -234,21 +234,35 @@ export class FakeHypervisor implements Hypervisor {
     d.state = 'running';
   }
 
-  async snapshotDisks(domain: string, overlays: OverlaySpec[]): Promise<void> {
+  async snapshotDisks(
+    domain: string,
+    overlays: OverlaySpec[],
+    _skip: string[] = [],
+    options: { reuse?: boolean } = {},
+  ): Promise<void> {
     const d = await this.step('snapshot', domain);
     for (const o of overlays) {
-      if (!d.disks.some((k) => k.target === o.target)) throw new HypervisorError(`no disk ${o.target}`, domain);
+      const disk = d.disks.find((k) => k.target === o.target);
+      if (!disk) throw new HypervisorError(`no disk ${o.target}`, domain);
+      const top = disk.chain[disk.chain.length - 1];
+      // As libvirt: a reused overlay must exist; a new one must not (it would be overwritten).
+      const img = this.images.get(o.file);
+      if (options.reuse && img?.backing !== top)
+        throw new HypervisorError(`overlay ${o.file} to reuse does not exist over ${top}`, domain);
+      if (!options.reuse && (img || existsSync(o.file))) throw new HypervisorError(`${o.file} already exists`, domain);
     }
     for (const o of overlays) {
       const disk = d.disks.find((k) => k.target === o.target)!;
-      const touched = this.options.touchFiles !== false;
-      if (touched) closeSync(openSync(o.file, 'wx'));
-      this.images.set(o.file, {
-        format: 'qcow2',
-        backing: disk.chain[disk.chain.length - 1],
-        data: new Map(),
-        touched,
-      });
+      if (!options.reuse) {
+        const touched = this.options.touchFiles !== false;
+        if (touched) closeSync(openSync(o.file, 'wx'));
+        this.images.set(o.file, {
+          format: 'qcow2',
+          backing: disk.chain[disk.chain.length - 1],
+          data: new Map(),
+          touched,
+        });
+      }
       disk.chain.push(o.file);
     }
   }

@@ -60,9 +60,11 @@ export interface Hypervisor {
   resume(domain: string): Promise<void>;
   /**
    * Atomic, disk-only, external snapshot of the listed disks (all switch to their overlays or none do);
-   * disks named in `skip` (e.g. CD-ROMs) are left out of it.
+   * disks named in `skip` (e.g. CD-ROMs) are left out of it. With `reuse`, each overlay file already exists, made
+   * beforehand by {@link createOverlay} over the disk's active image (libvirt's `REUSE_EXT`): the snapshot then
+   * only switches the disks over, which keeps the image creation out of a freeze window.
    */
-  snapshotDisks(domain: string, overlays: OverlaySpec[], skip?: string[]): Promise<void>;
+  snapshotDisks(domain: string, overlays: OverlaySpec[], skip?: string[], options?: { reuse?: boolean }): Promise<void>;
   /**
    * Merges the active overlay of `target` into `base`, its immediate backing image, and pivots the VM back onto
    * `base`. Layers below `base` (older snapshots) are left as they are.

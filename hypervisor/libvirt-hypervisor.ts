@@ -164,10 +164,16 @@ export class LibvirtHypervisor implements Hypervisor {
     return this.withDomain(domain, (d) => d.resume());
   }
 
-  snapshotDisks(domain: string, overlays: OverlaySpec[], skip: string[] = []): Promise<void> {
+  snapshotDisks(
+    domain: string,
+    overlays: OverlaySpec[],
+    skip: string[] = [],
+    options: { reuse?: boolean } = {},
+  ): Promise<void> {
     const xml = diskOnlySnapshotXml(`groupsnap-${Date.now()}`, overlays, skip);
+    const flags = SNAPSHOT_FLAGS | (options.reuse ? libvirt.SnapshotCreateFlags.REUSE_EXT : 0);
     return this.withDomain(domain, async (d) => {
-      await d.snapshotCreateXML(xml, SNAPSHOT_FLAGS);
+      await d.snapshotCreateXML(xml, flags);
     });
   }
 

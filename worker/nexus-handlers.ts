@@ -27,7 +27,7 @@ import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { exportOperation, listRepository, verifyRepository } from './nexus-backup';
 import { restoreFromRepoOperation } from './nexus-repo-restore';
 import { GroupsnapGroup } from '../common/search-attributes';
-import { QUIESCE_MODES } from '../common/types';
+import { QUIESCE_MODES, RESUME_WHEN } from '../common/types';
 import {
   assertSafeName,
   BAD_INPUT,
@@ -84,7 +84,9 @@ function checkSnapshotInput(input: NexusSnapshotGroupInput): void {
     problems.push(`max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${max}`);
   if (input.quiesce !== undefined && !QUIESCE_MODES.includes(input.quiesce))
     problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${input.quiesce}`);
-  const known = new Set(['group', 'label', 'snapshotId', 'maxFreezeMs', 'quiesce']);
+  if (input.resumeWhen !== undefined && !RESUME_WHEN.includes(input.resumeWhen))
+    problems.push(`resume when must be one of ${RESUME_WHEN.join(', ')}, got ${JSON.stringify(input.resumeWhen)}`);
+  const known = new Set(['group', 'label', 'snapshotId', 'maxFreezeMs', 'quiesce', 'resumeWhen']);
   const unknown = Object.keys(input).filter((k) => !known.has(k));
   if (unknown.length > 0) problems.push(`unknown option ${unknown.join(', ')} (known: ${[...known].join(', ')})`);
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
@@ -103,6 +105,7 @@ const snapshotGroup = new WorkflowRunOperationHandler<NexusSnapshotGroupInput, G
     ...(snapshotId !== undefined ? { snapshotId } : {}),
     ...(input.maxFreezeMs !== undefined ? { maxFreezeMs: input.maxFreezeMs } : {}),
     ...(input.quiesce !== undefined ? { quiesce: input.quiesce } : {}),
+    ...(input.resumeWhen !== undefined ? { resumeWhen: input.resumeWhen } : {}),
   };
   try {
     return await startWorkflow<typeof groupSnapshotRun>(ctx, 'groupSnapshotRun', {

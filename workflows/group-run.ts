@@ -70,6 +70,9 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
           ...(input.label !== undefined ? { label: input.label } : {}),
           ...(input.maxFreezeMs !== undefined ? { maxFreezeMs: input.maxFreezeMs } : {}),
           ...(input.quiesce !== undefined ? { quiesce: input.quiesce } : {}),
+          ...((input.resumeWhen ?? definition.resumeWhen) !== undefined
+            ? { resumeWhen: input.resumeWhen ?? definition.resumeWhen }
+            : {}),
         },
       ],
     });

@@ -92,6 +92,9 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   const { hosts, snapshotId, input } = run;
   const { maxFreezeMs, quiesce } = input;
   const release = hosts.length === 1 ? 'local' : hosts.length <= input.updateBarrierMaxHosts ? 'barrier' : 'thaw';
+  // Histories recorded before the `group-paused` order replay with the order they were taken in.
+  run.resumeWhen = patched('resume-when-group-paused') ? input.resumeWhen : 'group-snapshotted';
+  const order = run.resumeWhen === 'group-paused' ? { resumeWhen: run.resumeWhen } : {};
   run.freezeStartedOn = hosts;
   run.compensations.push(() => undoFreeze(run));
   const freezes = hosts.map((h) =>
@@ -105,7 +108,18 @@ export async function freeze(run: SnapshotRun): Promise<void> {
             h,
           ),
         },
-        [{ snapshotId, vms: run.plans.get(h)!, maxFreezeMs, release, host: h, quiesce, leaseOwner: run.leaseOwner }],
+        [
+          {
+            snapshotId,
+            vms: run.plans.get(h)!,
+            maxFreezeMs,
+            release,
+            host: h,
+            quiesce,
+            leaseOwner: run.leaseOwner,
+            ...order,
+          },
+        ],
       )
       .then((reports) => {
         if (reports.some((r) => r.error)) run.barrier = 'abort';
@@ -120,6 +134,8 @@ export async function freeze(run: SnapshotRun): Promise<void> {
           }
           if (r.error) vm.error = r.error;
           if (r.state) vm.state = r.state;
+          if (r.snapshottedAtMs !== undefined) vm.snapshottedAtMs = r.snapshottedAtMs;
+          if (r.pausedByUs) vm.pausedAtMs = r.pauseReturnedAtMs ?? r.pausedAtMs;
           run.markVm(h, r.domain, r.error ? 'failed' : r.snapshotted ? 'snapshotted' : 'paused');
           run.applyResume(h, r);
         }
@@ -158,8 +174,13 @@ export async function freeze(run: SnapshotRun): Promise<void> {
     );
   }
   if (release === 'thaw') await CancellationScope.nonCancellable(() => thawAll(run, run.freezeStartedOn));
-  // The cut: when the last VM's snapshot completed, on its host's clock.
-  const cutMs = Math.max(...[...run.freezeReports.values()].flat().map((r) => r.snapshottedAtMs ?? 0));
+  // The cut: in the `group-paused` order, the instant the last VM was paused (each VM's disks are its state at its
+  // pause, and none ran again before this instant); in the old order, when the last VM's snapshot completed.
+  const reports = [...run.freezeReports.values()].flat();
+  const cutMs =
+    run.resumeWhen === 'group-paused' && run.allPausedAtMs !== undefined
+      ? run.allPausedAtMs
+      : Math.max(...reports.map((r) => r.snapshottedAtMs ?? 0));
   run.createdAt = new Date(cutMs).toISOString();
   for (const v of run.vmResults) if (v.pausedByUs) run.markVm(v.host, v.domain, 'resumed');
   const brokenCut = run.vmResults.filter((v) => v.resumedByGuard);

@@ -22,7 +22,7 @@ import {
   GroupsnapSnapshotId,
   GroupsnapVmCount,
 } from '../common/search-attributes';
-import type { GroupSnapshotResult, SnapshotPhase, SnapshotProgress, VmResult } from '../common/types';
+import type { GroupSnapshotResult, ResumeWhen, SnapshotPhase, SnapshotProgress, VmResult } from '../common/types';
 import type { NormalizedSnapshotInput } from '../common/validation';
 import { progressDetails } from './ui';
 
@@ -55,6 +55,8 @@ export class SnapshotRun {
   barrier: 'waiting' | 'release' | 'abort' = 'waiting';
   readonly frozenHosts = new Set<string>();
   createdAt: string | undefined;
+  /** The release order of this run (set by the freeze). */
+  resumeWhen: ResumeWhen | undefined;
   /** Saga compensations, run newest first when a later step fails. */
   readonly compensations: (() => Promise<void>)[] = [];
 
@@ -84,7 +86,8 @@ export class SnapshotRun {
         return this.barrier === 'release';
       },
       {
-        description: "A host's freeze reports its VMs snapshotted and waits for the group's release (true) or abort",
+        description:
+          "A host's freeze reports its VMs paused (snapshotted, in the old order) and waits for the group's release (true) or abort",
         validator: (h) => {
           if (!this.hosts.includes(h)) throw new Error(`host ${h} is not part of this snapshot`);
         },
@@ -131,10 +134,17 @@ export class SnapshotRun {
     r: { domain: string; pausedAtMs?: number; resumedAtMs?: number; resumedByGuard?: boolean },
   ): void {
     const vm = this.vm(h, r.domain);
+    if (r.resumedAtMs !== undefined) vm.resumedAtMs = r.resumedAtMs;
     if (r.pausedAtMs !== undefined)
       this.times.set(`${r.domain}@${h}`, { pausedAtMs: r.pausedAtMs, resumedAtMs: r.resumedAtMs });
     if (r.pausedAtMs !== undefined && r.resumedAtMs !== undefined) vm.freezeMs = round(r.resumedAtMs - r.pausedAtMs);
     if (r.resumedByGuard) vm.resumedByGuard = true;
+  }
+
+  /** When the last VM this run paused was paused (host clocks), once every VM's pause is known. */
+  get allPausedAtMs(): number | undefined {
+    const paused = this.vmResults.filter((v) => v.pausedByUs && v.pausedAtMs !== undefined);
+    return paused.length > 0 ? Math.max(...paused.map((v) => v.pausedAtMs!)) : undefined;
   }
 
   /** The run's result as it stands, shown in the UI. */
@@ -148,6 +158,8 @@ export class SnapshotRun {
       ...(this.input.label !== undefined ? { label: this.input.label } : {}),
       status,
       ...(this.createdAt ? { createdAt: this.createdAt } : {}),
+      ...(this.resumeWhen ? { resumeWhen: this.resumeWhen } : {}),
+      ...(this.allPausedAtMs !== undefined ? { allPausedAtMs: this.allPausedAtMs } : {}),
       groupFreezeMs: ends.length ? round(Math.max(...ends) - Math.min(...spans.map((t) => t.pausedAtMs))) : 0,
       maxVmFreezeMs: Math.max(0, ...this.vmResults.map((v) => v.freezeMs ?? 0)),
       vms: this.vmResults,

@@ -142,6 +142,10 @@ const PHASE_TEXT: Record<SnapshotProgress['phase'], string> = {
  */
 export function progressDetails(progress: SnapshotProgress, result?: GroupSnapshotResult): string {
   const byVm = new Map(result?.vms.map((v) => [`${v.domain}@${v.host}`, v]));
+  // Pause, snapshot and resume of each VM in ms from the group's first pause: the cut, checkable from the result.
+  const t0 = result ? Math.min(...result.vms.flatMap((v) => (v.pausedAtMs !== undefined ? [v.pausedAtMs] : []))) : NaN;
+  const timed = Number.isFinite(t0);
+  const at = (ms: number | undefined) => (ms === undefined ? undefined : Math.round((ms - t0) * 10) / 10);
   const rows = progress.vms.map((v) => {
     const r = byVm.get(`${v.domain}@${v.host}`);
     return {
@@ -149,6 +153,9 @@ export function progressDetails(progress: SnapshotProgress, result?: GroupSnapsh
       host: v.host,
       state: v.state,
       ...(result ? { outcome: r?.outcome, 'freeze (ms)': r?.freezeMs, error: r?.error } : {}),
+      ...(timed
+        ? { 'paused at': at(r?.pausedAtMs), 'snapshotted at': at(r?.snapshottedAtMs), 'resumed at': at(r?.resumedAtMs) }
+        : {}),
     };
   });
   const anyError = result?.vms.some((v) => v.error) ?? false;
@@ -157,6 +164,7 @@ export function progressDetails(progress: SnapshotProgress, result?: GroupSnapsh
     'host',
     'state',
     ...(result ? ['outcome', 'freeze (ms)'] : []),
+    ...(timed ? ['paused at', 'snapshotted at', 'resumed at'] : []),
     ...(anyError ? ['error'] : []),
   ];
   const phase = !result
@@ -169,6 +177,12 @@ export function progressDetails(progress: SnapshotProgress, result?: GroupSnapsh
     facts.push(
       `**Status** ${result.status}, group freeze ${result.groupFreezeMs} ms, longest VM freeze ${result.maxVmFreezeMs} ms`,
     );
+    if (timed && result.allPausedAtMs !== undefined) {
+      facts.push(
+        `**Cut** every VM paused at ${at(result.allPausedAtMs)} ms (times in ms from the first pause; ` +
+          `resumed ${result.resumeWhen === 'group-paused' ? 'once its snapshot was taken and the group paused' : 'after the whole group was snapshotted'})`,
+      );
+    }
   }
   const head = [facts.join('  \n'), ...(result?.error ? ['', `**Error** ${escapeMarkdown(result.error)}`] : []), ''];
   const text = truncate(head.join('\n'), MAX_DETAILS_BYTES / 4);

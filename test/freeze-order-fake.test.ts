@@ -1,0 +1,145 @@
+import { existsSync, readdirSync } from 'node:fs';
+import { Client } from '@temporalio/client';
+import { snapshotGroup } from '../client';
+import { cutViolations } from '../common/cut';
+import type { GroupSnapshotResult } from '../common/types';
+import { connectTestClient, uniqueId } from './helpers/temporal';
+import { FakeHost } from './helpers/fake-hosts';
+import { startHosts, type RunningHosts } from './helpers/workers';
+import { maybeRecordHistory } from './helpers/histories';
+
+/**
+ * The order inside the freeze (issue 15): by default overlays are made before the pause and each VM resumes as soon
+ * as its own snapshot is taken and the whole group is paused; `resumeWhen: 'group-snapshotted'` keeps the old
+ * order. Real Temporal, fake hypervisors (the same on real VMs: freeze-order-libvirt.test.ts).
+ */
+describe('freeze order (fake hypervisors, real Temporal)', () => {
+  let client: Client;
+  let close: () => Promise<void>;
+  let hostA: FakeHost;
+  let slowB: FakeHost;
+  let hosts: RunningHosts;
+
+  beforeAll(async () => {
+    ({ client, close } = await connectTestClient());
+    hostA = new FakeHost(uniqueId('oa'), { latencyMs: { suspend: 2, snapshot: 30, resume: 2 } });
+    // Host B pauses slowly: host A's VMs must not run again before B's are paused.
+    slowB = new FakeHost(uniqueId('ob'), { latencyMs: { suspend: 400, snapshot: 30, resume: 2 } });
+    hosts = await startHosts([hostA, slowB]);
+  });
+
+  afterAll(async () => {
+    await hosts?.stop();
+    await close?.();
+    hostA?.cleanup();
+    slowB?.cleanup();
+  });
+
+  const vmsOn = (host: FakeHost, names: string[]) => names.map((domain) => ({ domain, host: host.hostId }));
+  const addVms = (host: FakeHost, n: number, prefix: string) =>
+    Array.from({ length: n }, (_, i) => {
+      const vm = uniqueId(`${prefix}${i + 1}`);
+      host.addVm(vm);
+      return vm;
+    });
+  const vmOf = (result: GroupSnapshotResult, domain: string) => result.vms.find((v) => v.domain === domain)!;
+
+  it('by default makes the overlays before the pause and resumes each VM once its own snapshot is taken', async () => {
+    const vms = addVms(hostA, 4, 'e');
+    const before = hostA.hypervisor.calls.length;
+    const result = await snapshotGroup(client, { group: 'early', vms: vmsOn(hostA, vms) });
+
+    expect(result.status).toBe('completed');
+    expect(result.resumeWhen).toBe('group-paused');
+    expect(cutViolations(result)).toEqual([]);
+    const calls = hostA.hypervisor.calls.slice(before);
+    // Every overlay file exists before the first pause; the snapshots reuse them.
+    const firstSuspend = calls.findIndex((c) => c.startsWith('suspend:'));
+    expect(calls.slice(0, firstSuspend).filter((c) => c.startsWith('createOverlay:'))).toHaveLength(8);
+    expect(calls.slice(firstSuspend).some((c) => c.startsWith('createOverlay:'))).toBe(false);
+    // Two snapshots at a time: the first VM is running again before the last one is even snapshotted.
+    const [first, , , last] = vms.map((v) => vmOf(result, v));
+    expect(first.resumedAtMs!).toBeLessThan(last.snapshottedAtMs!);
+    for (const vm of vms) {
+      expect(hostA.state(vm)).toBe('running');
+      const r = vmOf(result, vm);
+      expect(r.resumedAtMs!).toBeGreaterThanOrEqual(result.allPausedAtMs!);
+      for (const d of r.disks) expect(hostA.chain(vm, d.target)).toEqual([d.image, d.overlay]);
+    }
+    expect(new Date(result.createdAt!).getTime()).toBe(Math.floor(result.allPausedAtMs!));
+    await maybeRecordHistory(client, result.workflowId, 'completed-group-paused');
+  });
+
+  it("across hosts, releases no VM before every host's VMs are paused", async () => {
+    const a = addVms(hostA, 2, 'xa');
+    const b = addVms(slowB, 1, 'xb');
+    const result = await snapshotGroup(client, { group: 'cross', vms: [...vmsOn(hostA, a), ...vmsOn(slowB, b)] });
+
+    expect(result.status).toBe('completed');
+    expect(cutViolations(result)).toEqual([]);
+    const bPaused = vmOf(result, b[0]).pausedAtMs!;
+    expect(result.allPausedAtMs).toBe(bPaused);
+    // Host A's VMs were paused (and snapshotted) long before B's pause took effect, and waited for it.
+    for (const vm of a) {
+      expect(vmOf(result, vm).snapshottedAtMs!).toBeLessThan(bPaused);
+      expect(vmOf(result, vm).resumedAtMs!).toBeGreaterThanOrEqual(bPaused);
+    }
+  });
+
+  it("keeps the old order with resumeWhen 'group-snapshotted': every VM resumes after the last snapshot", async () => {
+    const vms = addVms(hostA, 3, 'o');
+    const before = hostA.hypervisor.calls.length;
+    const result = await snapshotGroup(client, { vms: vmsOn(hostA, vms), resumeWhen: 'group-snapshotted' });
+
+    expect(result.status).toBe('completed');
+    expect(result.resumeWhen).toBe('group-snapshotted');
+    const lastSnapshot = Math.max(...result.vms.map((v) => v.snapshottedAtMs!));
+    for (const v of result.vms) expect(v.resumedAtMs!).toBeGreaterThanOrEqual(lastSnapshot);
+    expect(hostA.hypervisor.calls.slice(before).some((c) => c.startsWith('createOverlay:'))).toBe(false);
+  });
+
+  it('compensates a snapshot that fails after other VMs resumed: all running, every overlay merged or removed', async () => {
+    const vms = addVms(hostA, 3, 'f');
+    hostA.hypervisor.failOn('snapshot', vms[2]);
+    const result = await snapshotGroup(client, { vms: vmsOn(hostA, vms) });
+
+    expect(result.status).toBe('failed');
+    expect(result.error).toContain('injected snapshot failure');
+    // The first VM ran again before the third VM's snapshot failed: compensation commits its overlay back.
+    expect(hostA.hypervisor.calls.filter((c) => c.startsWith('commit:')).length).toBeGreaterThanOrEqual(2);
+    for (const vm of vms) {
+      expect(hostA.state(vm)).toBe('running');
+      expect(hostA.chain(vm, 'vda')).toHaveLength(1);
+      expect(hostA.chain(vm, 'vdb')).toHaveLength(1);
+    }
+    expect(vmOf(result, vms[0]).outcome).toBe('rolled-back');
+    expect(vmOf(result, vms[2])).toMatchObject({ outcome: 'not-snapshotted', state: 'running' });
+    // The failed VM's prepared overlays are gone too.
+    expect(readdirSync(hostA.dir).filter((f) => f.includes(result.snapshotId))).toEqual([]);
+  });
+
+  it('removes the prepared overlays and resumes everything when a pause fails', async () => {
+    const vms = addVms(hostA, 3, 'p');
+    hostA.hypervisor.failOn('suspend', vms[1]);
+    const result = await snapshotGroup(client, { vms: vmsOn(hostA, vms) });
+
+    expect(result.status).toBe('failed');
+    expect(result.error).toContain('injected suspend failure');
+    expect(hostA.hypervisor.calls.some((c) => c.startsWith(`snapshot:${vms[0]}`))).toBe(false);
+    for (const vm of vms) {
+      expect(hostA.state(vm)).toBe('running');
+      expect(hostA.chain(vm)).toHaveLength(1);
+    }
+    for (const v of result.vms) for (const d of v.disks) expect(existsSync(d.overlay)).toBe(false);
+    expect(readdirSync(hostA.dir).filter((f) => f.includes(result.snapshotId))).toEqual([]);
+  });
+
+  it('refuses an unknown resumeWhen before anything is done', async () => {
+    const vms = addVms(hostA, 1, 'bad');
+    const before = hostA.hypervisor.calls.length;
+    await expect(snapshotGroup(client, { vms: vmsOn(hostA, vms), resumeWhen: 'later' as never })).rejects.toThrow(
+      /resume when must be one of group-paused, group-snapshotted/,
+    );
+    expect(hostA.hypervisor.calls.slice(before)).toEqual([]);
+  });
+});
