@@ -222,6 +222,7 @@ export function createHost(deps: HostActivityDeps) {
         .filter((r) => r.pausedByUs)
         .map(async (r) => {
           timers.disarm(snapshotId, r.domain);
+          r.resumeIssuedAtMs ??= nowMs();
           const rec = await resumeFromJournal(hypervisor, journal, snapshotId, r.domain, 'resumed');
           r.resumedAtMs = rec?.resumedAtMs;
           r.resumedByGuard = rec !== undefined && rec.state !== 'resumed';

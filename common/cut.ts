@@ -13,7 +13,9 @@ export function cutViolations(result: GroupSnapshotResult): string[] {
   for (const vm of result.vms) {
     if (!vm.pausedByUs || vm.outcome !== 'snapshotted') continue;
     const name = `${vm.domain}@${vm.host}`;
-    const { pausedAtMs: paused, snapshottedAtMs: snap, resumedAtMs: resumed } = vm;
+    // The earliest instant the VM may have run again: when its resume was asked for.
+    const { pausedAtMs: paused, snapshottedAtMs: snap } = vm;
+    const resumed = vm.resumeIssuedAtMs ?? vm.resumedAtMs;
     if (paused === undefined || snap === undefined || resumed === undefined) {
       problems.push(`${name}: pause, snapshot or resume time missing`);
       continue;

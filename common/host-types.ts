@@ -65,6 +65,8 @@ export interface FreezeVmReport {
   /** When the pause call returned: the VM was paused from then on. */
   pauseReturnedAtMs?: number;
   snapshottedAtMs?: number;
+  /** When this activity asked for the VM's resume (the VM may run from then on). */
+  resumeIssuedAtMs?: number;
   /** Set when this activity also resumed the VM. */
   resumedAtMs?: number;
   resumedByGuard?: boolean;

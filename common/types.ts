@@ -78,6 +78,8 @@ export interface VmResult {
   pausedAtMs?: number;
   snapshottedAtMs?: number;
   resumedAtMs?: number;
+  /** When this run asked for the VM's resume: the earliest instant it may have run again. */
+  resumeIssuedAtMs?: number;
   /** Resumed by the host's deadline guard instead of the workflow. */
   resumedByGuard?: boolean;
   /** Guest filesystems were frozen through the agent. */

@@ -136,6 +136,7 @@ export async function freeze(run: SnapshotRun): Promise<void> {
           if (r.state) vm.state = r.state;
           if (r.snapshottedAtMs !== undefined) vm.snapshottedAtMs = r.snapshottedAtMs;
           if (r.pausedByUs) vm.pausedAtMs = r.pauseReturnedAtMs ?? r.pausedAtMs;
+          if (r.resumeIssuedAtMs !== undefined) vm.resumeIssuedAtMs = r.resumeIssuedAtMs;
           run.markVm(h, r.domain, r.error ? 'failed' : r.snapshotted ? 'snapshotted' : 'paused');
           run.applyResume(h, r);
         }
