@@ -620,7 +620,10 @@ export function createHost(deps: HostActivityDeps) {
     });
     if (failed()) {
       // A failure in one VM's snapshot resumes the VMs still waiting for the release (none may wait forever).
-      await resumeOurs(req.snapshotId, reports);
+      await resumeOurs(
+        req.snapshotId,
+        reports.filter((r) => r.resumeIssuedAtMs === undefined),
+      );
       await removeUnusedOverlays(vms, reports);
     }
     if (req.release !== 'thaw' || failed()) await afterWindow(req, vms, reports);

@@ -4,7 +4,13 @@
  * same real VMs, interleaved round by round. Writes raw samples to bench/results/ and regenerates BENCHMARKS.md.
  *
  *   npm run bench -- [--sizes 1,2,4,8,16] [--rounds 10] [--hosts 1,2,4,8,16,32,64] [--depth 30] [--no-big]
- *                    [--out <dir>]   (default: the repository; the smoke test writes to a temp dir)
+ *                    [--bounds 1,2,3,4,8] [--out <dir>]   (default: the repository; the smoke test writes to a temp dir)
+ *
+ * Contenders: groupsnap in its default order (`group-paused`: overlays made before the pause, each VM resumed once
+ * its own snapshot is taken and the group is paused) and in the old one (`groupsnap-old`, `group-snapshotted`);
+ * the old floor (pause all, snapshot all, resume all) and the new floor (`floor-early`: overlays made beforehand,
+ * pause all, at most 2 snapshots in flight with REUSE_EXT, each VM resumed when its own is done), both through the
+ * binding in one process; and the naive virsh script.
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -22,6 +28,7 @@ import { FakeHypervisor } from '../hypervisor/fake-hypervisor';
 import { parseDomainXml } from '../hypervisor/domain-xml';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { createGroupsnapWorker, type GroupsnapWorker } from '../worker/worker';
+import type { ResumeWhen } from '../common/types';
 import { describeMachine } from './machine';
 import { benchCommand, integer, integerList, parseBenchOptions } from './options';
 import { keepClusterSection } from './cluster-report';
@@ -35,6 +42,7 @@ interface FreezeBenchOptions {
   hosts: number[];
   depth: number;
   big: boolean;
+  bounds: number[];
   out: string;
 }
 
@@ -44,9 +52,13 @@ const command = benchCommand('freeze', 'freeze per VM: groupsnap vs the libvirt 
   .option('--hosts <n,...>', 'simulated host counts', integerList(1), [1, 2, 4, 8, 16, 32, 64])
   .option('--depth <n>', 'chain depth reached by snapshot after snapshot', integer(1), 30)
   .option('--no-big', 'leave out the disk-size comparison (1 GiB vs 32 GiB disks)')
+  .option('--bounds <n,...>', 'snapshots in flight tried by the new floor at 8 VMs', integerList(1), [1, 2, 3, 4, 8])
   .option('--out <dir>', 'where bench/results/ and BENCHMARKS.md are written', REPO_ROOT);
 
-type Contender = 'groupsnap' | 'floor' | 'naive';
+type Contender = 'groupsnap' | 'groupsnap-old' | 'floor' | 'floor-early' | 'naive';
+
+/** Every contender of the group-size comparison, in the report's order. */
+export const CONTENDERS: Contender[] = ['groupsnap', 'groupsnap-old', 'floor', 'floor-early', 'naive'];
 
 interface RoundResult {
   /** Per VM: host-measured freeze (pause issued to resume returned), ms. */
@@ -116,11 +128,15 @@ export class Bench {
     }
   }
 
-  async groupsnap(vms: string[]): Promise<RoundResult> {
+  /** Snapshots in flight of the new floor. */
+  bound = 2;
+
+  async groupsnap(vms: string[], resumeWhen: ResumeWhen = 'group-paused'): Promise<RoundResult> {
     const t0 = nowMs();
     const result = await snapshotGroup(this.client, {
       group: 'bench',
       vms: vms.map((domain) => ({ domain, host: this.hostId })),
+      resumeWhen,
     });
     const endToEndMs = nowMs() - t0;
     if (result.status !== 'completed') throw new Error(`groupsnap snapshot failed: ${result.error}`);
@@ -165,6 +181,71 @@ export class Bench {
     };
   }
 
+  'groupsnap-old'(vms: string[]): Promise<RoundResult> {
+    return this.groupsnap(vms, 'group-snapshotted');
+  }
+
+  /**
+   * The floor of the group-paused order: overlays made beforehand (outside the window, not timed), pause all, then
+   * at most `bound` snapshots in flight reusing them, each VM resumed as soon as its own snapshot is done.
+   */
+  async 'floor-early'(vms: string[]): Promise<RoundResult> {
+    const tag = `early${++this.seq}`;
+    const doms = await Promise.all(vms.map((v) => this.fleet.conn.lookupByName(v)));
+    await Promise.all(
+      doms.flatMap((d) =>
+        ['vda', 'vdb'].map(async (t) => {
+          const top = await this.activeImage(d, t);
+          await run('qemu-img', [
+            'create',
+            '-q',
+            '-f',
+            'qcow2',
+            '-b',
+            top,
+            '-F',
+            'qcow2',
+            this.overlay(d.name, t, tag),
+          ]);
+        }),
+      ),
+    );
+    const xml = (d: libvirt.Domain) =>
+      `<domainsnapshot><name>${tag}</name><disks>` +
+      ['vda', 'vdb']
+        .map((t) => `<disk name='${t}' snapshot='external'><source file='${this.overlay(d.name, t, tag)}'/></disk>`)
+        .join('') +
+      `</disks></domainsnapshot>`;
+    const paused: Record<string, number> = {};
+    const resumed: Record<string, number> = {};
+    const t0 = nowMs();
+    await Promise.all(
+      doms.map((d) => {
+        paused[d.name] = nowMs();
+        return d.suspend();
+      }),
+    );
+    let next = 0;
+    const flags = libvirt.DISK_ONLY | libvirt.ATOMIC | libvirt.NO_METADATA | libvirt.REUSE_EXT;
+    await Promise.all(
+      Array.from({ length: Math.min(this.bound, doms.length) }, async () => {
+        while (next < doms.length) {
+          const d = doms[next++];
+          await d.snapshotCreateXML(xml(d), flags);
+          await d.resume();
+          resumed[d.name] = nowMs();
+        }
+      }),
+    );
+    const endToEndMs = nowMs() - t0;
+    for (const d of doms) d.free();
+    return { freezeMs: Object.fromEntries(vms.map((v) => [v, resumed[v] - paused[v]])), endToEndMs };
+  }
+
+  private async activeImage(d: libvirt.Domain, target: string): Promise<string> {
+    return parseDomainXml(await d.xml()).disks.find((k) => k.target === target)!.source!;
+  }
+
   async naive(vms: string[]): Promise<RoundResult> {
     const tag = `naive${++this.seq}`;
     const lines = [
@@ -190,7 +271,7 @@ export class Bench {
 
   /** One round of each contender, in a rotating order, recording samples under `config`. */
   async round(
-    config: Pick<Sample, 'config' | 'size' | 'disk'>,
+    config: Pick<Sample, 'config' | 'size' | 'disk' | 'bound'>,
     vms: string[],
     round: number,
     contenders: Contender[],
@@ -283,16 +364,20 @@ export async function simulatedHosts(
     }
     try {
       await waitForHostWorkers(client, [...new Set(vms.map((v) => v.host))], 120_000);
-      // Both barriers, interleaved: the update barrier for every size (the bench's server allows 1000 updates in
-      // flight), and thaw activities (what groups over updateBarrierMaxHosts get).
-      for (let n = 0; n < rounds * 2; n++) {
-        const round = Math.floor(n / 2);
-        const barrier = (n + round) % 2 === 0 ? 'update' : 'thaw';
+      // Both barriers and both release orders, interleaved: the update barrier for every size (the bench's server
+      // allows 1000 updates in flight), and thaw activities (what groups over updateBarrierMaxHosts get).
+      const kinds = (['update', 'thaw'] as const).flatMap((barrier) =>
+        (['group-paused', 'group-snapshotted'] as const).map((resumeWhen) => ({ barrier, resumeWhen })),
+      );
+      for (let n = 0; n < rounds * kinds.length; n++) {
+        const round = Math.floor(n / kinds.length);
+        const { barrier, resumeWhen } = kinds[(n + round) % kinds.length];
         const t0 = nowMs();
         const result = await snapshotGroup(client, {
           group: 'sim',
           vms,
           updateBarrierMaxHosts: barrier === 'update' ? 1000 : 0,
+          resumeWhen,
           ...(maxFreezeMs !== undefined ? { maxFreezeMs } : {}),
         });
         const endToEndMs = nowMs() - t0;
@@ -302,6 +387,7 @@ export async function simulatedHosts(
             config: 'hosts',
             hosts: hostsCount,
             barrier,
+            resumeWhen,
             contender: 'groupsnap',
             round,
             vm: `${v.domain}@${v.host}`,
@@ -342,13 +428,25 @@ async function main(): Promise<void> {
   await bench.init();
   try {
     // Warm-up: bundle caches, connections, the server's first workflow.
-    await bench.round({ config: 'warmup' }, fleet.names.slice(0, 1), 0, ['groupsnap', 'floor', 'naive']);
+    await bench.round({ config: 'warmup' }, fleet.names.slice(0, 1), 0, CONTENDERS);
     for (const size of sizes) {
       for (let round = 0; round < rounds; round++) {
-        await bench.round({ config: 'size', size }, fleet.names.slice(0, size), round, ['groupsnap', 'floor', 'naive']);
+        await bench.round({ config: 'size', size }, fleet.names.slice(0, size), round, CONTENDERS);
       }
       console.error(`  group of ${size}: done`);
     }
+    // The new floor's bound: snapshots in flight at 8 VMs (or the largest group below it).
+    const boundSize = Math.max(...sizes.filter((s) => s <= 8));
+    for (let round = 0; round < rounds; round++) {
+      for (const bound of opts.bounds) {
+        bench.bound = bound;
+        await bench.round({ config: 'bound', size: boundSize, bound }, fleet.names.slice(0, boundSize), round, [
+          'floor-early',
+        ]);
+      }
+    }
+    bench.bound = 2;
+    console.error(`  snapshots in flight ${opts.bounds.join(', ')}: done`);
     // Disk size: 1 GiB empty disks vs 32 GiB disks with 4 GiB written, interleaved.
     if (bigDisks) {
       let small: VmFleet | undefined;

@@ -8,6 +8,11 @@
 # cgroup controllers) are written only where this script installed libvirt itself (it leaves a marker file,
 # $GROUPSNAP_LIBVIRT_MARKER, when it installs the packages) or when asked with GROUPSNAP_LIBVIRT_CONFIGURE=1.
 # Where libvirt was installed before, its configuration is left exactly as it is, and the script says so.
+#
+# Two hypervisor stacks are supported: Debian 12's libvirt 9.0 / QEMU 7.2 (the default) and bookworm-backports'
+# libvirt 11.3 / QEMU 10.0 (what Debian 13 ships). GROUPSNAP_LIBVIRT_STACK=backports adds the bookworm-backports
+# source, installs (or upgrades to) that stack and restarts libvirtd on it (running VMs keep running; libvirtd
+# reconnects to them). Going back is a downgrade with apt, left to the operator.
 set -euo pipefail
 
 STATE_DIR="${GROUPSNAP_STATE_DIR:-/var/lib/groupsnap}"
@@ -21,6 +26,8 @@ QEMU_CONF="${GROUPSNAP_QEMU_CONF:-/etc/libvirt/qemu.conf}"
 MARKER="${GROUPSNAP_LIBVIRT_MARKER:-/var/lib/groupsnap/libvirt-installed-by-groupsnap}"
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
   python3-libvirt)
+STACK="${GROUPSNAP_LIBVIRT_STACK:-debian}"
+BACKPORTS_LIST="${GROUPSNAP_BACKPORTS_LIST:-/etc/apt/sources.list.d/bookworm-backports.list}"
 
 log() { printf 'setup-libvirt: %s\n' "$*" >&2; }
 die() { printf 'setup-libvirt: error: %s\n' "$*" >&2; exit 1; }
@@ -48,6 +55,38 @@ install_packages() {
     mkdir -p "$(dirname "$MARKER")"
     printf 'libvirt installed by groupsnap scripts/setup-libvirt.sh on %s: %s\n' "$(date -u +%FT%TZ)" "${missing[*]}" >"$MARKER"
     log "installed libvirt here: recorded in $MARKER (this script may configure it for a container)"
+  fi
+}
+
+# The bookworm-backports stack (libvirt 11.x / QEMU 10.x): added as a source, installed with -t, libvirtd restarted.
+use_backports() {
+  case "$STACK" in
+    debian) return 0 ;;
+    backports) ;;
+    *) die "GROUPSNAP_LIBVIRT_STACK must be debian or backports, not '$STACK'" ;;
+  esac
+  need_root
+  local version
+  version=$(dpkg-query -W -f='${Version}' libvirt-daemon 2>/dev/null || true)
+  if [[ "$version" == *bpo* ]]; then
+    log "libvirt from bookworm-backports already installed ($version)"
+    return 0
+  fi
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf 'deb http://deb.debian.org/debian bookworm-backports main\n' >"$BACKPORTS_LIST"
+    log "added the bookworm-backports source ($BACKPORTS_LIST)"
+  fi
+  apt-get update -qq
+  log "installing libvirt and QEMU from bookworm-backports (was ${version:-not installed})"
+  # qemu.conf as it is (a prompt about the conffile would stop dpkg half-configured).
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+    -o Dpkg::Options::=--force-confold "${PACKAGES[@]}" >/dev/null
+  if pgrep -x libvirtd >/dev/null; then
+    log "restarting libvirtd on $(libvirtd --version)"
+    pkill -x libvirtd
+    for _ in $(seq 1 100); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+    # virtlogd re-executes itself on SIGUSR1, keeping its open logs.
+    pkill -USR1 -x virtlogd || true
   fi
 }
 
@@ -147,6 +186,7 @@ detect_virt_type() {
 }
 
 install_packages
+use_backports
 need_root
 configure
 start_daemons

@@ -19,8 +19,10 @@ describe('npm run bench (smoke)', () => {
         ...['--sizes', '1,2', '--rounds', '1', '--hosts', '1,2', '--depth', '2', '--no-big', '--out', out],
       ]);
       const report = readFileSync(join(out, 'BENCHMARKS.md'), 'utf8');
-      for (const c of ['groupsnap', 'floor', 'naive'])
+      for (const c of ['groupsnap', 'groupsnap-old', 'floor', 'floor-early', 'naive'])
         expect(report).toMatch(new RegExp(`\\| 2 \\| ${c} \\| \\d+\\.\\d`));
+      expect(report).toMatch(/The new floor by snapshots in flight/);
+      expect(report).toMatch(/\| hosts \| update, group-paused \| update, group-snapshotted/);
       expect(report).toMatch(/## Simulated hosts/);
       expect(report).toMatch(/\d+ cores \(.*\), \d+ GiB, VMs under \*\*(KVM|TCG)\*\*/);
       expect(existsSync(join(out, 'bench', 'freeze-vs-size.svg'))).toBe(true);
@@ -32,7 +34,7 @@ describe('npm run bench (smoke)', () => {
 
 /** One command line for every benchmark (bench/options.ts): documented options, bad input refused up front. */
 describe.each([
-  ['freeze', ['--sizes', '--rounds', '--hosts', '--depth', '--no-big', '--out'], ['--rounds', '0']],
+  ['freeze', ['--sizes', '--rounds', '--hosts', '--depth', '--no-big', '--bounds', '--out'], ['--rounds', '0']],
   [
     'consistency',
     ['--group', '--naive', '--modes', '--batch', '--hosts', '--restore', '--out'],

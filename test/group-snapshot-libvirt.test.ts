@@ -194,7 +194,9 @@ describe('group snapshot saga on real VMs', () => {
     let slowHosts: RunningHosts;
 
     beforeAll(async () => {
-      slow = new FakeHost(uniqueId('slow'), { latencyMs: { snapshot: 3000 } });
+      // Slow to pause: the real VMs wait, paused, at the barrier (it releases once every VM of the
+      // group is paused, or, in the old order, snapshotted).
+      slow = new FakeHost(uniqueId('slow'), { latencyMs: { suspend: 3000 } });
       slowHosts = await startHosts([slow], { workflows: false });
     });
 
@@ -303,7 +305,7 @@ describe('group snapshot saga on real VMs', () => {
     let server = await startDevServer({ dbFilename });
     const port = server.port;
     const real = uniqueId('hr');
-    const slow = new FakeHost(uniqueId('slow'), { latencyMs: { snapshot: 2500 } });
+    const slow = new FakeHost(uniqueId('slow'), { latencyMs: { suspend: 2500 } });
     const outageHosts = await startHosts(
       [
         { hostId: real, hypervisor: await openHypervisor() },

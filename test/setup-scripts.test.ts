@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -81,6 +82,18 @@ describe('set-up scripts', () => {
     });
     expect(silent.code).toBe(1);
     expect(silent.stderr).toMatch(/error: libvirtd did not come up within 1 s/);
+  });
+
+  it('refuses an unknown hypervisor stack before changing anything, and names the two it supports', async () => {
+    const list = join(stateDir, 'backports.list');
+    const run = await script('setup-libvirt.sh', {
+      GROUPSNAP_STATE_DIR: stateDir,
+      GROUPSNAP_LIBVIRT_STACK: 'trixie',
+      GROUPSNAP_BACKPORTS_LIST: list,
+    });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain("GROUPSNAP_LIBVIRT_STACK must be debian or backports, not 'trixie'");
+    expect(existsSync(list)).toBe(false);
   });
 
   describe('setup-libvirt.sh never weakens a libvirt it did not install', () => {

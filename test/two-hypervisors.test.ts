@@ -82,7 +82,7 @@ describe('two independent hypervisors, each host in its own network namespace', 
     workerB = await fixture.worker(hostB, hostAddress);
     await Promise.all([workerA.start(client), workerB.start(client)]);
     // The workflows, and a fake third host that holds the cross-host barrier while a real host is hurt.
-    slow = new FakeHost(uniqueId('slow'), { latencyMs: { snapshot: 4000 } });
+    slow = new FakeHost(uniqueId('slow'), { latencyMs: { suspend: 4000 } });
     inProcess = await startHosts([slow], { address: server.address });
   });
 
