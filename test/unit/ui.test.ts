@@ -110,4 +110,44 @@ describe('Temporal UI texts', () => {
       'error',
     );
   });
+
+  it("shows each VM's pause, snapshot and resume from the first pause, and the instant the group was all paused", () => {
+    const progress: SnapshotProgress = {
+      phase: 'done',
+      snapshotId: 'gs-2',
+      vms: [
+        { domain: 'db-1', host: 'hv-a', state: 'resumed' },
+        { domain: 'db-2', host: 'hv-a', state: 'resumed' },
+      ],
+    };
+    const vm = (domain: string, p: number, s: number, r: number) => ({
+      domain,
+      host: 'hv-a',
+      outcome: 'snapshotted' as const,
+      pausedByUs: true,
+      freezeMs: r - p,
+      disks: [],
+      pausedAtMs: 1_000_000 + p,
+      snapshottedAtMs: 1_000_000 + s,
+      resumedAtMs: 1_000_000 + r,
+    });
+    const text = progressDetails(progress, {
+      snapshotId: 'gs-2',
+      workflowId: 'w',
+      group: 'shop',
+      status: 'completed',
+      resumeWhen: 'group-paused',
+      allPausedAtMs: 1_000_004.25,
+      groupFreezeMs: 60,
+      maxVmFreezeMs: 56,
+      vms: [vm('db-1', 0, 30, 33), vm('db-2', 4.25, 57, 60)],
+    });
+    expect(text).toContain('**Cut** every VM paused at 4.3 ms');
+    expect(text).toContain('once its snapshot was taken and the group paused');
+    expect(text).toContain(
+      '| domain | host | state | outcome | freeze (ms) | paused at | snapshotted at | resumed at |',
+    );
+    expect(text).toContain('| db-1 | hv-a | resumed | snapshotted | 33 | 0 | 30 | 33 |');
+    expect(text).toContain('| db-2 | hv-a | resumed | snapshotted | 55.75 | 4.3 | 57 | 60 |');
+  });
 });
