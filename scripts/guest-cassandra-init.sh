@@ -24,6 +24,9 @@ LIMIT=1800
 for w in $(cat /proc/cmdline); do case "$w" in gs.limit=*) LIMIT=${w#*=} ;; esac; done
 echo "GSCASS-T init $(up)"
 ip link set lo up
+# Cassandra resolves the host's own name at start (InetAddress.getLocalHost()).
+hostname gscass
+printf '127.0.0.1 localhost gscass\n' >/etc/hosts
 mount -t ext4 /dev/vdb /cass/data && mount -t ext4 /dev/vdc /cass/commitlog || {
   echo "GSCASS-T no-disks $(up)"
   off
@@ -51,7 +54,7 @@ grep -q 'Startup complete' /var/log/cassandra.log || {
   echo "GSCASS-T gave-up $(up)"
   tail -n 5 /var/log/cassandra.log
 }
-echo "GSCASS-MEM $(free -m | grep Mem:) java-rss-kb $(ps -o rss= -p $pid 2>/dev/null)"
+echo "GSCASS-MEM $(free -m | grep Mem:) java-rss-kb $(ps -o rss= -p $pid 2>/dev/null || echo -)"
 echo "GSCASS-END"
 kill $pid 2>/dev/null
 off
