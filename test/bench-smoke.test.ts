@@ -45,6 +45,11 @@ describe.each([
     ['--group', '--naive', '--interval-s', '--gap-ms', '--checkpoint-s', '--out'],
     ['--gap-ms', '3,x'],
   ],
+  [
+    'consistency-multivm',
+    ['--rounds', '--modes', '--interval-s', '--gap-ms', '--checkpoint-s', '--out'],
+    ['--modes', 'group,naive'],
+  ],
 ])('node dist/bench/%s.js', (name, options, badArgs) => {
   it('lists its options with --help', async () => {
     const { stdout } = await exec(process.execPath, [bench(name), '--help']);

@@ -1,0 +1,511 @@
+/**
+ * Crash consistency of a multi-VM application (docs/consistency.md, part 3; issue 19): a replicated PostgreSQL
+ * across three TCG VMs (scripts/build-guest-pgrep.sh, scripts/guest-pgrep-init.sh):
+ *
+ * - `primary`: PostgreSQL 15, data (vdb) and WAL (vdc) on separate disks, synchronous_standby_names = 'standby',
+ *   synchronous_commit = on;
+ * - `standby`: a synchronous streaming standby (same disks layout);
+ * - `client`: runs pgbench-like transactions against the primary, each also inserting its commit id n, and writes
+ *   "acknowledged n" to its own disk (vdb, O_DIRECT + fsync) once COMMIT returned, before starting n + 1.
+ *
+ * The VMs are linked by QEMU UDP socket links on 127.0.0.1 (`<interface type='udp'>`: primary eth0 <-> standby,
+ * primary eth1 <-> client), with link-local addresses in the guests; no bridge, no routed network, and a VM can
+ * start before its peer (a TCP `client` link would need its `server` up first).
+ *
+ * While the client runs, every round takes, --interval-s apart:
+ * - `group`: groupsnap's saga, `snapshotGroup` of the three VMs (real Temporal dev server, in-process host worker,
+ *   real libvirt): all paused, all disks switched, all resumed;
+ * - `naive db-first`: one-VM snapshots (`snapshotGroup` of one VM each, so each VM is consistent in itself) one after
+ *   the other, primary, standby, then client, `--gap-ms` apart: the order of an operator snapshotting the database tier
+ *   before the application tier;
+ * - `naive client-first`: the same, client first (a control: this order cannot lose an acknowledged commit).
+ *
+ * Then the three VMs are stopped (as in a disaster; their clones reuse their UDP ports, see "Port collisions" in
+ * docs/consistency.md) and redefined with gs.mode=check, which their clones inherit, and every snapshot is restored
+ * through groupsnap's restore (`restoreGroup`, mode `clone`; a naive cut: one call per VM snapshot), one cut at a
+ * time, its three clones booting side by side: the client's clone reports its acknowledged id, the primary's
+ * recovers, the standby's recovers and is promoted (the failover drill), both run pg_amcheck, pgbench's balance
+ * invariant and count their commit ids (dev/consistency-multivm-check.ts evaluates them). The clones are removed
+ * with the host's `removeClone` activity.
+ *
+ *   npm run bench:consistency-multivm -- [--rounds 2] [--modes group,naive-db-first,naive-client-first]
+ *       [--interval-s 10] [--gap-ms 0] [--warmup-s 20] [--checkpoint-s 0] [--out <file.json>]
+ *
+ * Needs root (libvirt qemu:///system, the image build). Exit status 1 when a restored group snapshot violated an
+ * invariant.
+ */
+import { execFile } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { restoreGroup, snapshotGroup, waitForHostWorkers, type RestoreResult } from '../client';
+import {
+  evaluateMultiVmCut,
+  formatMultiVmCut,
+  parseMultiVmResult,
+  type MultiVmCutReport,
+} from '../dev/consistency-multivm-check';
+import { removeClones, serialLogOf, type RestoreHost } from '../dev/consistency-restore';
+import { startDevServer } from '../dev/temporal-dev-server';
+import { REPO_ROOT } from '../dev/tools';
+import { escapeXml } from '../hypervisor/domain-xml';
+import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
+import { createGroupsnapWorker } from '../worker/worker';
+import { describeMachine } from './machine';
+import { benchCommand, integer, nameList, parseBenchOptions } from './options';
+
+const run = promisify(execFile);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const HOST = 'mv-host';
+const GROUP = 'consistency-multivm';
+const NAIVE_GROUP = 'consistency-multivm-naive';
+const ROLES = ['primary', 'standby', 'client'] as const;
+type Role = (typeof ROLES)[number];
+const MODES = ['group', 'naive-db-first', 'naive-client-first'] as const;
+type Mode = (typeof MODES)[number];
+const NAIVE_ORDER: Record<Exclude<Mode, 'group'>, Role[]> = {
+  'naive-db-first': ['primary', 'standby', 'client'],
+  'naive-client-first': ['client', 'primary', 'standby'],
+};
+
+interface Options {
+  rounds: number;
+  modes: Mode[];
+  intervalS: number;
+  gapMs: number;
+  warmupS: number;
+  checkpointS: number;
+  checkTimeoutS: number;
+  out?: string;
+}
+
+const command = benchCommand(
+  'consistency-multivm',
+  'replicated PostgreSQL on three VMs (primary, synchronous standby, client): group vs naive per-VM snapshots',
+)
+  .option('--rounds <n>', 'rounds, each one snapshot of every mode', integer(1), 2)
+  .option('--modes <list>', `modes, of ${MODES.join(', ')}`, nameList(MODES), [...MODES])
+  .option('--interval-s <s>', 'time between two snapshots', integer(), 10)
+  .option(
+    '--gap-ms <ms>',
+    'naive: pause between two VMs snapshots (on top of the snapshot calls themselves)',
+    integer(),
+    0,
+  )
+  .option('--warmup-s <s>', 'client load time before the first snapshot', integer(), 20)
+  .option(
+    '--checkpoint-s <s>',
+    "the primary also runs CHECKPOINT every S seconds (0: only PostgreSQL's own)",
+    integer(),
+    0,
+  )
+  .option('--check-timeout-s <s>', "a restored cut's time to print its results", integer(1), 1200)
+  .option('--out <file.json>', 'raw results (default: bench/results/consistency-multivm-<date>.json)');
+
+interface Image {
+  dir: string;
+  versions: string;
+}
+
+/** The guest image (scripts/build-guest-pgrep.sh: cached after the first build). */
+export async function ensureMultiVmImage(): Promise<Image> {
+  const { stdout } = await run('bash', [join(REPO_ROOT, 'scripts/build-guest-pgrep.sh')], { maxBuffer: 1 << 20 });
+  const dir = stdout.trim().split('\n').pop()!;
+  return { dir, versions: readFileSync(join(dir, 'VERSIONS'), 'utf8').trim() };
+}
+
+/** A UDP port on 127.0.0.1 that nothing is bound to now. */
+function freeUdpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createSocket('udp4');
+    s.once('error', reject);
+    s.bind(0, '127.0.0.1', () => {
+      const port = s.address().port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+interface Link {
+  local: number;
+  remote: number;
+}
+
+interface VmSpec {
+  role: Role;
+  name: string;
+  disks: Record<string, string>;
+  links: Link[];
+  cmdline: string;
+  memoryMiB: number;
+  log: string;
+}
+
+function domainXml(image: Image, vm: VmSpec): string {
+  const disks = Object.entries(vm.disks)
+    .map(
+      ([t, file]) =>
+        `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>` +
+        `<source file='${escapeXml(file)}'/><target dev='${t}' bus='virtio'/></disk>`,
+    )
+    .join('');
+  const nics = vm.links
+    .map(
+      (l) =>
+        `<interface type='udp'><source address='127.0.0.1' port='${l.remote}'>` +
+        `<local address='127.0.0.1' port='${l.local}'/></source><model type='virtio'/></interface>`,
+    )
+    .join('');
+  return (
+    `<domain type='qemu'><name>${escapeXml(vm.name)}</name><memory unit='MiB'>${vm.memoryMiB}</memory><vcpu>1</vcpu>` +
+    `<os><type arch='x86_64' machine='q35'>hvm</type><kernel>${escapeXml(join(image.dir, 'vmlinuz'))}</kernel>` +
+    `<initrd>${escapeXml(join(image.dir, 'initrd.img'))}</initrd><cmdline>${escapeXml(vm.cmdline)}</cmdline></os>` +
+    `<features><acpi/><apic/></features><on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>` +
+    `<devices>${disks}${nics}<serial type='file'><source path='${escapeXml(vm.log)}'/><target port='0'/></serial>` +
+    `<controller type='usb' model='none'/><memballoon model='none'/></devices></domain>`
+  );
+}
+
+function readConsole(file: string): string {
+  try {
+    return readFileSync(file, 'latin1');
+  } catch {
+    return '';
+  }
+}
+
+async function waitForConsole(file: string, pattern: RegExp, timeoutMs: number, alive: () => Promise<boolean>) {
+  const deadline = Date.now() + timeoutMs;
+  for (let i = 0; Date.now() < deadline; i++) {
+    if (pattern.test(readConsole(file))) return true;
+    if (i % 10 === 9 && !(await alive())) return pattern.test(readConsole(file));
+    await sleep(500);
+  }
+  return false;
+}
+
+/** The client's newest acknowledged id it printed on its console (every 20 commits). */
+function ackedOnConsole(text: string): number {
+  const all = [...text.matchAll(/GSMV-LOAD acked (\d+)/g)];
+  return all.length ? Number(all[all.length - 1][1]) : 0;
+}
+
+interface Snap {
+  mode: Mode;
+  round: number;
+  at: string;
+  /** The client's console progress when the snapshot started (a lower bound of its acknowledged id). */
+  ackedBefore: number;
+  /** group: one id; naive: one per VM, in the order taken. */
+  snapshots: { group: string; snapshotId: string; roles: Role[] }[];
+  snapshotMs: number;
+  freezeMs?: number;
+  error?: string;
+  results?: Partial<Record<Role, Record<string, string>>>;
+  report?: MultiVmCutReport;
+  restoreS?: number;
+  logs?: Partial<Record<Role, string[]>>;
+}
+
+async function main(): Promise<void> {
+  Runtime.install({ logger: new DefaultLogger('ERROR') });
+  const opts = parseBenchOptions<Options>(command);
+  const machine = describeMachine(
+    'TCG, 1 vCPU each; primary and standby 384 MiB, client 192 MiB; Debian 12 + PostgreSQL 15 (scripts/build-guest-pgrep.sh)',
+  );
+  const t0 = performance.now();
+  const image = await ensureMultiVmImage();
+  console.error(`guest image: ${image.dir}`);
+  const dir = await mkdtemp(join(tmpdir(), 'gs-mv-'));
+  const server = await startDevServer({});
+  const connection = await Connection.connect({ address: server.address });
+  const client = new Client({ connection });
+  const hypervisor = await LibvirtHypervisor.open('qemu:///system');
+  const stateDir = join(dir, 'state');
+  mkdirSync(stateDir);
+  const worker = await createGroupsnapWorker({
+    connectionOptions: { address: server.address },
+    namespace: 'default',
+    hostId: HOST,
+    hypervisor,
+    stateDir,
+    workflows: true,
+  });
+  const workerRun = worker.run();
+  const defined = new Set<string>();
+  const made: RestoreResult['vms'] = [];
+  const restoreHost: RestoreHost = { hypervisor, stateDir };
+  const snaps: Snap[] = [];
+  let loadS = 0;
+  let clientConsole = '';
+  const bootS: Partial<Record<Role, number>> = {};
+  try {
+    await waitForHostWorkers(client, [HOST], 120_000);
+    const id = Math.random().toString(36).slice(2, 8);
+    const [p1, p2, p3, p4] = await Promise.all([freeUdpPort(), freeUdpPort(), freeUdpPort(), freeUdpPort()]);
+    const common = `console=ttyS0 quiet panic=-1 gs.mode=load gs.checkpoint=${opts.checkpointS}`;
+    const vms: Record<Role, VmSpec> = {
+      primary: {
+        role: 'primary',
+        name: `gs-mv-${id}-primary`,
+        disks: {},
+        links: [
+          { local: p1, remote: p2 },
+          { local: p3, remote: p4 },
+        ],
+        cmdline: `${common} gs.role=primary gs.net=eth0:169.254.1.1/24,eth1:169.254.2.1/24`,
+        memoryMiB: 384,
+        log: join(dir, 'primary.console.log'),
+      },
+      standby: {
+        role: 'standby',
+        name: `gs-mv-${id}-standby`,
+        disks: {},
+        links: [{ local: p2, remote: p1 }],
+        cmdline: `${common} gs.role=standby gs.net=eth0:169.254.1.2/24 gs.primary=169.254.1.1`,
+        memoryMiB: 384,
+        log: join(dir, 'standby.console.log'),
+      },
+      client: {
+        role: 'client',
+        name: `gs-mv-${id}-client`,
+        disks: {},
+        links: [{ local: p4, remote: p3 }],
+        cmdline: `${common} gs.role=client gs.net=eth0:169.254.2.3/24 gs.primary=169.254.2.1`,
+        memoryMiB: 192,
+        log: join(dir, 'client.console.log'),
+      },
+    };
+    for (const vm of Object.values(vms)) {
+      const f = (t: string) => join(dir, `${vm.role}.${t}.qcow2`);
+      vm.disks.vda = f('vda');
+      await run('qemu-img', [
+        'create',
+        '-q',
+        '-f',
+        'qcow2',
+        '-b',
+        join(image.dir, 'root.qcow2'),
+        '-F',
+        'qcow2',
+        f('vda'),
+      ]);
+      vm.disks.vdb = f('vdb');
+      if (vm.role === 'client') {
+        await run('qemu-img', ['create', '-q', '-f', 'qcow2', f('vdb'), '64M']);
+      } else {
+        for (const [t, base] of [
+          ['vdb', 'data.qcow2'],
+          ['vdc', 'wal.qcow2'],
+        ]) {
+          vm.disks[t] = f(t);
+          await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', join(image.dir, base), '-F', 'qcow2', f(t)]);
+        }
+      }
+    }
+    const tBoot = performance.now();
+    for (const vm of Object.values(vms)) {
+      defined.add(vm.name);
+      await hypervisor.defineDomain(domainXml(image, vm));
+      await hypervisor.start(vm.name);
+    }
+    const alive = (name: string) => async () => (await hypervisor.state(name)) !== 'shutoff';
+    await Promise.all(
+      ROLES.map(async (role) => {
+        const pattern = role === 'client' ? /GSMV-LOAD acked \d+/ : /GSMV-LOAD started/;
+        if (!(await waitForConsole(vms[role].log, pattern, 1_800_000, alive(vms[role].name))))
+          throw new Error(`the ${role} VM did not start its load:\n${readConsole(vms[role].log).slice(-3000)}`);
+        bootS[role] = Math.round((performance.now() - tBoot) / 1000);
+        console.error(`${role} running after ${bootS[role]} s`);
+      }),
+    );
+    console.error(`warm-up ${opts.warmupS} s`);
+    const tLoad = performance.now();
+    await sleep(opts.warmupS * 1000);
+
+    for (let round = 0; round < opts.rounds; round++) {
+      for (const mode of opts.modes) {
+        if (snaps.length > 0) await sleep(opts.intervalS * 1000);
+        const snap: Snap = {
+          mode,
+          round,
+          at: new Date().toISOString(),
+          ackedBefore: ackedOnConsole(readConsole(vms.client.log)),
+          snapshots: [],
+          snapshotMs: 0,
+        };
+        const ts = performance.now();
+        try {
+          if (mode === 'group') {
+            const r = await snapshotGroup(client, {
+              group: GROUP,
+              vms: ROLES.map((role) => ({ domain: vms[role].name, host: HOST })),
+            });
+            if (r.status !== 'completed') throw new Error(r.error ?? `snapshot ${r.status}`);
+            snap.snapshots.push({ group: GROUP, snapshotId: r.snapshotId, roles: [...ROLES] });
+            snap.freezeMs = r.groupFreezeMs;
+          } else {
+            for (const [k, role] of NAIVE_ORDER[mode].entries()) {
+              if (k > 0 && opts.gapMs) await sleep(opts.gapMs);
+              const r = await snapshotGroup(client, {
+                group: NAIVE_GROUP,
+                vms: [{ domain: vms[role].name, host: HOST }],
+              });
+              if (r.status !== 'completed') throw new Error(r.error ?? `snapshot ${r.status}`);
+              snap.snapshots.push({ group: NAIVE_GROUP, snapshotId: r.snapshotId, roles: [role] });
+            }
+          }
+        } catch (err) {
+          snap.error = (err as Error).message;
+        }
+        snap.snapshotMs = Math.round(performance.now() - ts);
+        snaps.push(snap);
+        console.error(
+          `  round ${round + 1} ${mode}: ${snap.error ? `not taken: ${snap.error}` : `taken in ${snap.snapshotMs} ms`}` +
+            ` (client had acknowledged >= ${snap.ackedBefore})`,
+        );
+      }
+    }
+    loadS = (performance.now() - tLoad) / 1000;
+    clientConsole = readConsole(vms.client.log);
+
+    // The disaster: the three VMs stop. They stay defined (restoreGroup clones their definitions), switched to
+    // check mode, which their clones inherit; their clones reuse their UDP ports, free now.
+    for (const vm of Object.values(vms)) {
+      await hypervisor.destroy(vm.name);
+      const xml = await hypervisor.domainXml(vm.name);
+      await hypervisor.defineDomain(xml.replace('gs.mode=load', 'gs.mode=check'));
+    }
+
+    for (const s of snaps.filter((x) => !x.error)) {
+      const tr = performance.now();
+      const clones: RestoreResult['vms'] = [];
+      try {
+        for (const snapshot of s.snapshots) {
+          const r = await restoreGroup(client, {
+            group: snapshot.group,
+            snapshotId: snapshot.snapshotId,
+            mode: 'clone',
+            suffix: `-r${snaps.indexOf(s) + 1}`,
+          });
+          const ours = r.vms.filter((v) => v.clone);
+          made.push(...ours);
+          clones.push(...ours);
+          if (r.status !== 'restored') throw new Error(`restore of ${snapshot.snapshotId} failed: ${r.error}`);
+        }
+        const results: Partial<Record<Role, Record<string, string>>> = {};
+        const logs: Partial<Record<Role, string[]>> = {};
+        await Promise.all(
+          clones.map(async (c) => {
+            const role = ROLES.find((r) => vms[r].name === c.domain)!;
+            const log = serialLogOf(await hypervisor.domainXml(c.clone!));
+            if (!log) throw new Error(`clone ${c.clone} has no file-backed serial port`);
+            await waitForConsole(log, /GSMV-END/, opts.checkTimeoutS * 1000, alive(c.clone!));
+            const text = readConsole(log);
+            results[role] = parseMultiVmResult(text);
+            const lines = text.split(/\r?\n/).filter((l) => l.startsWith('GSMV-LOG'));
+            if (!results[role]) lines.push(...text.split(/\r?\n/).slice(-15));
+            if (lines.length) logs[role] = lines;
+            await rm(log, { force: true });
+          }),
+        );
+        s.results = results;
+        s.logs = logs;
+        s.report = evaluateMultiVmCut(results);
+      } catch (err) {
+        s.error = `restore: ${(err as Error).message}`;
+      } finally {
+        await removeClones({ [HOST]: restoreHost }, clones);
+      }
+      s.restoreS = Math.round((performance.now() - tr) / 1000);
+      console.error(
+        `  restored round ${s.round + 1} ${s.mode}: ${s.report ? formatMultiVmCut(s.report) : s.error} (${s.restoreS} s)` +
+          (s.report && !s.report.ok && s.logs && Object.keys(s.logs).length
+            ? `\n    ${Object.entries(s.logs)
+                .flatMap(([r, l]) => l!.slice(-6).map((x) => `${r}: ${x}`))
+                .join('\n    ')}`
+            : ''),
+      );
+    }
+  } finally {
+    await removeClones({ [HOST]: restoreHost }, made).catch(() => undefined);
+    for (const name of defined) {
+      if ((await hypervisor.state(name).catch(() => 'shutoff')) !== 'shutoff')
+        await hypervisor.destroy(name).catch(() => undefined);
+      await hypervisor.undefine(name).catch((err: Error) => console.error(`cannot undefine ${name}: ${err.message}`));
+    }
+    worker.shutdown();
+    await workerRun;
+    await hypervisor.close();
+    await connection.close();
+    await server.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  const elapsedS = (performance.now() - t0) / 1000;
+  const rows = opts.modes.map((mode) => {
+    const list = snaps.filter((s) => s.mode === mode);
+    const checked = list.filter((s) => s.report);
+    const count = (inv: string) => checked.filter((s) => s.report!.violations.some((v) => v.invariant === inv)).length;
+    const lost = checked.map((s) => Math.max(s.report!.lost.primary, s.report!.lost.standby));
+    return {
+      mode,
+      taken: list.filter((s) => s.snapshots.length && !s.error?.startsWith('snapshot')).length,
+      checked: checked.length,
+      violating: checked.filter((s) => !s.report!.ok).length,
+      acked: count('acked'),
+      start: count('start'),
+      amcheck: count('amcheck'),
+      balance: count('balance'),
+      contiguous: count('contiguous'),
+      maxLost: lost.length ? Math.max(...lost) : 0,
+      errors: list.filter((s) => s.error).length,
+    };
+  });
+  console.log(
+    '| mode | cuts checked | violating | `acked` | `start` | `amcheck` | `balance` | `contiguous` | most acknowledged commits lost | errors |',
+  );
+  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of rows)
+    console.log(
+      `| ${r.mode} | ${r.checked} | ${r.violating} | ${r.acked} | ${r.start} | ${r.amcheck} | ${r.balance} | ` +
+        `${r.contiguous} | ${r.maxLost} | ${r.errors} |`,
+    );
+  const finalAcked = ackedOnConsole(clientConsole);
+  console.log(
+    `\nboot to load ${ROLES.map((r) => `${r} ${bootS[r]} s`).join(', ')}; load ${loadS.toFixed(0)} s, client acknowledged ` +
+      `>= ${finalAcked} commits (${(finalAcked / Math.max(loadS, 1)).toFixed(1)}/s); elapsed ${elapsedS.toFixed(0)} s`,
+  );
+  const out = opts.out ?? join(REPO_ROOT, 'bench', 'results', `consistency-multivm-${machine.date.slice(0, 10)}.json`);
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(
+    out,
+    JSON.stringify(
+      {
+        machine,
+        guest: image.versions,
+        options: opts,
+        bootS,
+        loadS,
+        finalAcked,
+        elapsedS,
+        summary: rows,
+        snapshots: snaps,
+      },
+      null,
+      1,
+    ) + '\n',
+  );
+  console.error(`raw results: ${out}`);
+  if (rows.some((r) => r.mode === 'group' && (r.violating > 0 || r.errors > 0))) process.exitCode = 1;
+}
+
+main().catch((err: Error) => {
+  console.error(err);
+  process.exit(2);
+});
