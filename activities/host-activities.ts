@@ -116,7 +116,18 @@ export function createHost(deps: HostActivityDeps) {
     resumedByDeadline.add(1, { host: deps.hostId, by });
   }
 
-  function planOne(d: DomainDescription, snapshotId: string, quiesce: QuiesceMode, problems: string[]): PlannedVm {
+  /**
+   * Plans one VM. With `prepared` (the run made this snapshot's overlays under its lease, see `planVms`), a running
+   * or paused VM's overlay files must exist (they are used as they are); otherwise no overlay file may exist yet.
+   */
+  function planOne(
+    d: DomainDescription,
+    snapshotId: string,
+    quiesce: QuiesceMode,
+    problems: string[],
+    prepared = false,
+  ): PlannedVm {
+    const reuse = prepared && d.state !== 'shutoff';
     if (d.state === 'other') problems.push(`VM ${d.name} is in a state that cannot be snapshotted`);
     const disks: DiskSnapshot[] = [];
     const skip: string[] = [];
@@ -133,7 +144,10 @@ export function createHost(deps: HostActivityDeps) {
         continue;
       }
       const overlay = overlayPath(disk.source, d.name, disk.target, snapshotId);
-      if (existsSync(overlay)) problems.push(`VM ${d.name} disk ${disk.target}: overlay ${overlay} already exists`);
+      if (reuse && !existsSync(overlay))
+        problems.push(`VM ${d.name} disk ${disk.target}: prepared overlay ${overlay} is missing`);
+      if (!reuse && existsSync(overlay))
+        problems.push(`VM ${d.name} disk ${disk.target}: overlay ${overlay} already exists`);
       disks.push({ target: disk.target, image: disk.source, overlay });
     }
     if (disks.length === 0) problems.push(`VM ${d.name} has no disk to snapshot`);
@@ -147,6 +161,7 @@ export function createHost(deps: HostActivityDeps) {
       disks,
       skip,
       quiesce: quiesce !== 'none' && d.hasGuestAgent && d.state === 'running',
+      ...(reuse ? { prepared: true } : {}),
     };
   }
 
@@ -358,14 +373,14 @@ export function createHost(deps: HostActivityDeps) {
    */
   async function replan(planned: PlannedVm, snapshotId: string, quiesce: QuiesceMode): Promise<PlannedVm> {
     const problems: string[] = [];
-    const now = planOne(await hypervisor.describe(planned.domain), snapshotId, quiesce, problems);
+    const now = planOne(await hypervisor.describe(planned.domain), snapshotId, quiesce, problems, planned.prepared);
     if (problems.length > 0) throw new Error(problems.join('; '));
     if (!samePlan(planned, now)) {
       const was = planned.disks.map((d) => `${d.target}:${d.image}`).join(', ');
       const is = now.disks.map((d) => `${d.target}:${d.image}`).join(', ');
       throw new Error(`the disks of ${planned.domain} changed since planning (planned ${was}; now ${is})`);
     }
-    if ((planned.state === 'shutoff') !== (now.state === 'shutoff'))
+    if (planned.prepared !== now.prepared || (planned.state === 'shutoff') !== (now.state === 'shutoff'))
       throw new Error(`${planned.domain} was ${planned.state} when planned and is ${now.state} now`);
     return now;
   }
@@ -401,35 +416,41 @@ export function createHost(deps: HostActivityDeps) {
       ),
     );
     if (reports.some((r) => r.error)) return reports;
-    const early = req.resumeWhen === 'group-paused';
-    // Outside the window: the overlay files, so that the snapshot inside it only switches the disks over.
-    if (early) await prepareOverlays(vms, fail);
-    if (!reports.some((r) => r.error)) await quiesceAll(req, vms, reports, fail);
-    if (early) await earlyWindow(req, vms, reports, fail);
+    await quiesceAll(req, vms, reports, fail);
+    if (req.resumeWhen === 'group-paused') await earlyWindow(req, vms, reports, fail);
     else await classicWindow(req, vms, reports, fail);
     log('freeze', { snapshotId: req.snapshotId, host: deps.hostId, reports });
     return reports;
   }
 
-  /** Makes each VM's overlay files over its active images; a VM whose files cannot all be made fails, nothing left. */
-  async function prepareOverlays(vms: PlannedVm[], fail: (i: number, err: unknown) => void): Promise<void> {
+  /**
+   * Makes the overlay files of every running or paused VM over its active images, before any pause (the snapshot
+   * then only switches the disks over). All or nothing: on any failure every file made here is removed again.
+   */
+  async function prepareOverlays(vms: PlannedVm[]): Promise<void> {
+    const made: string[] = [];
+    const errors: string[] = [];
     await Promise.all(
-      vms.map(async (vm, i) => {
-        const made: string[] = [];
-        try {
-          for (const d of vm.disks) {
-            const format = (await hypervisor.imageInfo(d.image)).format;
-            // Claims the name first: never overwrite a file someone else made since planning.
-            writeFileSync(d.overlay, '', { flag: 'wx' });
-            made.push(d.overlay);
-            await hypervisor.createOverlay(d.overlay, d.image, format);
-          }
-        } catch (err) {
-          fail(i, err);
-          for (const f of made) rmSync(f, { force: true });
-        }
-      }),
+      vms
+        .filter((vm) => vm.prepared)
+        .flatMap((vm) =>
+          vm.disks.map(async (d) => {
+            try {
+              const format = (await hypervisor.imageInfo(d.image)).format;
+              // Claims the name first: never overwrite a file someone else made since planning.
+              writeFileSync(d.overlay, '', { flag: 'wx' });
+              made.push(d.overlay);
+              await hypervisor.createOverlay(d.overlay, d.image, format);
+            } catch (err) {
+              errors.push(`VM ${vm.domain} disk ${d.target}: cannot make overlay ${d.overlay}: ${message(err)}`);
+            }
+          }),
+        ),
     );
+    if (errors.length > 0) {
+      for (const f of made) rmSync(f, { force: true });
+      throw new Error(errors.join('; '));
+    }
   }
 
   /**
@@ -612,7 +633,7 @@ export function createHost(deps: HostActivityDeps) {
       await resumeOurs(req.snapshotId, [reports[i]]);
     };
     await runBounded(vms, Math.max(1, req.snapshotsInFlight ?? 2), async (vm, i) => {
-      if (!aborted) await snapshotOne(req, vm, reports[i], true);
+      if (!aborted) await snapshotOne(req, vm, reports[i], vm.prepared === true);
       if (req.release === 'thaw' && !failed()) return;
       // Its own snapshot is done (or will not happen): it waits for the release only while the run may still succeed.
       if (!failed()) await Promise.race([released, deadlineOf(req, reports[i])]);
@@ -730,6 +751,8 @@ export function createHost(deps: HostActivityDeps) {
       if (!QUIESCE_MODES.includes(req.quiesce))
         problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
       if (req.leaseOwner !== undefined) checkOwner(req.leaseOwner, problems);
+      if (req.prepareOverlays && req.leaseOwner === undefined)
+        problems.push('overlays are prepared only under the leases (give leaseOwner)');
       failIf(problems);
       if (req.leaseOwner !== undefined) {
         try {
@@ -754,6 +777,10 @@ export function createHost(deps: HostActivityDeps) {
         .map((d) => planOne(d, req.snapshotId, req.quiesce, problems));
       checkSpace(planned, problems);
       if (problems.length > 0) throw badInput(problems);
+      if (req.prepareOverlays) {
+        for (const vm of planned) if (vm.state !== 'shutoff') vm.prepared = true;
+        await prepareOverlays(planned);
+      }
       return planned;
     },
 

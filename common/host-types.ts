@@ -16,6 +16,11 @@ export interface PlanRequest {
   quiesce: QuiesceMode;
   /** Planning again under the leases: the run (workflow run id) that must hold every VM's lease. */
   leaseOwner?: string;
+  /**
+   * Under the leases: also make the overlay files of every running or paused VM now, before any host pauses
+   * (the `group-paused` order); the freeze then reuses them. All or nothing on this host.
+   */
+  prepareOverlays?: boolean;
 }
 
 /** A VM ready to be frozen: everything decided before the first pause. */
@@ -28,6 +33,8 @@ export interface PlannedVm {
   skip: string[];
   /** Freeze guest filesystems through the agent before pausing. */
   quiesce: boolean;
+  /** Its overlay files were made when it was planned under the lease; the snapshot reuses them. */
+  prepared?: boolean;
 }
 
 export interface FreezeRequest {

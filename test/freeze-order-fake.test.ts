@@ -134,6 +134,26 @@ describe('freeze order (fake hypervisors, real Temporal)', () => {
     expect(readdirSync(hostA.dir).filter((f) => f.includes(result.snapshotId))).toEqual([]);
   });
 
+  it("removes every host's prepared overlays when another host cannot make its own, pausing nothing", async () => {
+    const a = addVms(hostA, 2, 'pa');
+    const b = addVms(slowB, 1, 'pb');
+    const [beforeA, beforeB] = [hostA.hypervisor.calls.length, slowB.hypervisor.calls.length];
+    // Every attempt of host B's plan under the lease (3, each making 2 overlays) fails.
+    for (let i = 0; i < 6; i++) slowB.hypervisor.failOn('createOverlay', undefined);
+    const result = await snapshotGroup(client, { vms: [...vmsOn(hostA, a), ...vmsOn(slowB, b)] });
+
+    expect(result.status).toBe('failed');
+    expect(result.error).toContain('injected createOverlay failure');
+    // Host A made its overlays, then they were removed; nobody was paused.
+    expect(hostA.hypervisor.calls.slice(beforeA).filter((c) => c.startsWith('createOverlay:'))).toHaveLength(4);
+    expect([...hostA.hypervisor.calls.slice(beforeA), ...slowB.hypervisor.calls.slice(beforeB)]).not.toContainEqual(
+      expect.stringMatching(/^suspend:/),
+    );
+    for (const dir of [hostA.dir, slowB.dir])
+      expect(readdirSync(dir).filter((f) => f.includes(result.snapshotId))).toEqual([]);
+    for (const vm of a) expect(hostA.chain(vm)).toHaveLength(1);
+  });
+
   it('refuses an unknown resumeWhen before anything is done', async () => {
     const vms = addVms(hostA, 1, 'bad');
     const before = hostA.hypervisor.calls.length;

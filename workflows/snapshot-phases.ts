@@ -58,14 +58,67 @@ export async function lease(run: SnapshotRun): Promise<void> {
     ]);
   }
   if (!patched('plan-under-lease')) return;
+  // Histories recorded before the `group-paused` order replay with the order they were taken in.
+  run.resumeWhen = patched('resume-when-group-paused') ? run.input.resumeWhen : 'group-snapshotted';
+  // In the group-paused order every host makes its overlay files now, before any host pauses: removed again by
+  // this compensation when the run fails before its freeze (the freeze's own compensation covers it after that).
+  const prepare = run.resumeWhen === 'group-paused';
+  if (prepare) run.compensations.push(() => removePreparedOverlays(run));
   const replanned = await Promise.all(
     run.hosts.map((h) =>
-      onHost(h).plan.planVms.executeWithOptions({ summary: onHostSummary('plan under lease', run.domains(h), h) }, [
-        { snapshotId: run.snapshotId, domains: run.domains(h), quiesce: run.input.quiesce, leaseOwner: run.leaseOwner },
-      ]),
+      onHost(h).plan.planVms.executeWithOptions(
+        {
+          summary: onHostSummary(
+            prepare ? 'plan under lease, make overlays of' : 'plan under lease',
+            run.domains(h),
+            h,
+          ),
+        },
+        [
+          {
+            snapshotId: run.snapshotId,
+            domains: run.domains(h),
+            quiesce: run.input.quiesce,
+            leaseOwner: run.leaseOwner,
+            ...(prepare ? { prepareOverlays: true } : {}),
+          },
+        ],
+      ),
     ),
   );
   replanned.forEach((vms, i) => adoptPlans(run, run.hosts[i], vms));
+}
+
+/**
+ * Removes the overlay files made under the leases on hosts whose freeze never started (undo checks each disk's
+ * chain and only removes files no disk uses); failures are left in the result as files to clean up.
+ */
+async function removePreparedOverlays(run: SnapshotRun): Promise<void> {
+  await Promise.all(
+    run.hosts
+      .filter((h) => !run.freezeStartedOn.includes(h) && run.plans.has(h))
+      .map(async (h) => {
+        const plans = run.plans.get(h)!;
+        try {
+          await onHost(h).cleanup.undoSnapshots.executeWithOptions(
+            { summary: onHostSummary('remove prepared overlays of', run.domains(h), h) },
+            [
+              {
+                snapshotId: run.snapshotId,
+                vms: plans.map((p) => ({ domain: p.domain, disks: p.disks })),
+                leaseOwner: run.leaseOwner,
+              },
+            ],
+          );
+        } catch (err) {
+          for (const p of plans) {
+            const vm = run.vm(h, p.domain);
+            vm.cleanupPending = p.disks.map((d) => d.overlay);
+            vm.error = `removing prepared overlays failed: ${errorMessage(err)}`;
+          }
+        }
+      }),
+  );
 }
 
 /** Releases the leases this run asked for (whatever happened; they would expire by themselves). */
@@ -92,9 +145,9 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   const { hosts, snapshotId, input } = run;
   const { maxFreezeMs, quiesce } = input;
   const release = hosts.length === 1 ? 'local' : hosts.length <= input.updateBarrierMaxHosts ? 'barrier' : 'thaw';
-  // Histories recorded before the `group-paused` order replay with the order they were taken in.
-  run.resumeWhen = patched('resume-when-group-paused') ? input.resumeWhen : 'group-snapshotted';
-  const order = run.resumeWhen === 'group-paused' ? { resumeWhen: run.resumeWhen } : {};
+  run.resumeWhen ??= 'group-snapshotted'; // set by the lease phase; runs from before `plan-under-lease` use the old order
+  const early = run.resumeWhen === 'group-paused';
+  const order = early ? { resumeWhen: run.resumeWhen } : {};
   run.freezeStartedOn = hosts;
   run.compensations.push(() => undoFreeze(run));
   const freezes = hosts.map((h) =>
@@ -151,13 +204,17 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   const allFrozen = CancellationScope.nonCancellable(() => Promise.all(freezes));
   // Awaited below on the success path; failures are also seen through freezesSettled by compensation.
   allFrozen.catch(() => undefined);
-  const deadline = sleep(maxFreezeMs, { summary: `freeze deadline (${maxFreezeMs} ms)` }).then(
-    () => 'deadline' as const,
-  );
   const barrierPassed =
     release === 'barrier'
       ? condition(() => run.frozenHosts.size === hosts.length || run.barrier === 'abort')
       : allFrozen;
+  // The workflow's own bound on reaching the release. In the group-paused order a one-host group is released on its
+  // host, which bounds each VM's pause itself (deadline timers, reported as resumed by the guard); its activity
+  // also covers VMs already running again, so it is not a freeze to bound.
+  const deadline =
+    early && release === 'local'
+      ? new Promise<'deadline'>(() => {})
+      : sleep(maxFreezeMs, { summary: `freeze deadline (${maxFreezeMs} ms)` }).then(() => 'deadline' as const);
   if ((await Promise.race([barrierPassed, deadline])) === 'deadline') {
     run.barrier = 'abort';
     throw ApplicationFailure.nonRetryable(
