@@ -9,7 +9,7 @@ import { DomainNotFoundError, GuestAgentUnavailableError, InvalidStateError } fr
 import { QUIESCE_MODES } from '../common/types';
 import { imageChain } from '../hypervisor/chain';
 import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
-import { manifestPath, renderVmMetadata, type CatalogEntry } from './catalog';
+import { manifestPath, renderVmMetadata, type CatalogEntry } from '../common/catalog';
 import { nowMs } from './clock';
 import { DomainLocks, LeaseLostError, LockBusyError } from './domain-locks';
 import { beating, createDrActivities, heartbeat } from './dr-activities';

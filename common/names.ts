@@ -11,6 +11,14 @@ export function groupSnapshotWorkflowId(group: string, snapshotId: string): stri
   return `group-snapshot/${group}/${snapshotId}`;
 }
 
+/**
+ * File-name-safe form of a libvirt domain name (which may contain spaces and more): the one rule for every file a
+ * host names after a VM (overlays, manifests, restore layers, export holds).
+ */
+export function safeFileName(domain: string): string {
+  return domain.replace(/[^A-Za-z0-9._-]/g, '_');
+}
+
 /** XML namespace of groupsnap's libvirt domain metadata. */
 export const METADATA_NAMESPACE = 'https://groupsnap.dev/xmlns/groupsnap/1';
 /** Prefix bound to {@link METADATA_NAMESPACE} in the domain XML. */

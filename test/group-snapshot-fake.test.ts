@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { Client } from '@temporalio/client';
 import { BadInputError, groupSnapshotResult, snapshotGroup, startGroupSnapshot } from '../client';
-import { parseVmMetadata } from '../activities/catalog';
+import { parseVmMetadata } from '../common/catalog';
 import { FreezeJournal } from '../activities/freeze-journal';
 import { connectTestClient, uniqueId } from './helpers/temporal';
 import { FakeHost } from './helpers/fake-hosts';

@@ -15,7 +15,7 @@ import { groupRunWorkflowId, type GroupDefinition, type GroupRunInput, type Grou
 import { GroupsnapGroup } from '../common/search-attributes';
 import { assertSafeName, BAD_INPUT } from '../common/validation';
 import { groupSnapshotRun, snapshotIdNow } from './group-run';
-import { rootType, errorMessage } from './hosts';
+import { errorMessage, rootType } from '../common/failures';
 import { SNAPSHOT_FAILED } from './group-snapshot';
 
 /** Options of a "snapshot now" request on a group. */

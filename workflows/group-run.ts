@@ -13,10 +13,11 @@ import { snapshotDetails, snapshotSummary } from './ui';
 import { retentionSkips } from '../common/pins';
 import { normalizeRetention, planRetention, type RetentionPlan, type RetentionPolicy } from '../common/retention';
 import type { GroupSnapshotResult, VmRef } from '../common/types';
-import { toFailure } from '../common/failures';
+import { errorMessage, rootType, toFailure } from '../common/failures';
 import { assertSafeName, BadInputError } from '../common/validation';
 import { groupSnapshot, SNAPSHOT_FAILED } from './group-snapshot';
-import { control, errorMessage, membersOf, requireAllHosts, rootType, takeInventory } from './hosts';
+import { control } from './activity-options';
+import { membersOf, requireAllHosts, takeInventory } from './inventory';
 import { deleteGroupSnapshot } from './snapshot-admin';
 
 /** A new snapshot id at the workflow's current time (deterministic in a workflow). */
