@@ -148,7 +148,7 @@ export function createHost(deps: HostActivityDeps) {
         const free = st.bavail * st.bsize;
         if (free < count * MIN_FREE_BYTES_PER_OVERLAY) {
           problems.push(
-            `not enough free space in ${dir}: ${Math.floor(free / 2 ** 20)} MiB free, need ${count * 64} MiB`,
+            `not enough free space in ${dir}: ${Math.floor(free / 2 ** 20)} MiB free, need ${(count * MIN_FREE_BYTES_PER_OVERLAY) / 2 ** 20} MiB`,
           );
         }
       } catch (err) {

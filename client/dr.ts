@@ -34,6 +34,7 @@ import {
   type Inventory,
   type RestoreInput,
   type RestoreResult,
+  type SnapshotNowOptions,
 } from '../common/groups';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { describeRetention, normalizeRetention, type RetentionPolicy } from '../common/retention';
@@ -48,7 +49,7 @@ import {
 import { GroupsnapGroup } from '../common/search-attributes';
 import type { VmRef } from '../common/types';
 import { BAD_INPUT, BadInputError, resultOf, rootFailure } from '../common/failures';
-import { assertSafeName } from '../common/validation';
+import { assertSafeName, assertSnapshotOptions } from '../common/validation';
 
 export type {
   DeleteSnapshotResult,
@@ -61,6 +62,7 @@ export type {
   RegisteredHost,
   RetentionPolicy,
   OverlapName,
+  SnapshotNowOptions,
 };
 
 /**
@@ -223,8 +225,6 @@ export function forgetHost(client: Client, hostId: string): Promise<boolean> {
 
 // ---- snapshots of a named group ----
 
-export type SnapshotNowOptions = Omit<GroupRunInput, 'group' | 'definition' | 'retention'>;
-
 /**
  * "Snapshot now" on a named group: an Update on the group's entity workflow that returns the outcome of the group
  * snapshot; concurrent requests for the same group join the one in flight. A failed-and-compensated snapshot is a
@@ -344,7 +344,7 @@ export async function createGroupSchedule(client: Client, options: GroupSchedule
   const catchupWindow = parseDuration(options.catchupWindow ?? '1m', 'catch-up window');
   const jitter = options.jitter !== undefined ? parseDuration(options.jitter, 'jitter') : undefined;
   const retention = options.retention ? normalizeRetention(options.retention) : undefined;
-  if (options.label !== undefined) assertSafeName('label', options.label);
+  assertSnapshotOptions({ label: options.label, maxFreezeMs: options.maxFreezeMs });
   await getGroup(client, options.group);
   const scheduleId = scheduleIdFor(options.group);
   const input: GroupRunInput = {

@@ -158,6 +158,9 @@ export interface GroupRunInput {
   trigger?: string;
 }
 
+/** Options of a "snapshot now" request on a named group (its entity workflow's `snapshotNow` update). */
+export type SnapshotNowOptions = Omit<GroupRunInput, 'group' | 'definition' | 'retention'>;
+
 export interface RetentionOutcome {
   /** Kept by the policy. */
   kept: string[];

@@ -14,7 +14,7 @@ import { retentionSkips } from '../common/pins';
 import { normalizeRetention, planRetention, type RetentionPlan, type RetentionPolicy } from '../common/retention';
 import type { GroupSnapshotResult, VmRef } from '../common/types';
 import { errorMessage, rootType, toFailure } from '../common/failures';
-import { assertSafeName, BadInputError } from '../common/validation';
+import { assertSafeName, assertSnapshotOptions, BadInputError } from '../common/validation';
 import { groupSnapshot, SNAPSHOT_FAILED } from './group-snapshot';
 import { control } from './activity-options';
 import { membersOf, requireAllHosts, takeInventory } from './inventory';
@@ -38,8 +38,8 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
   let retention: RetentionPolicy | undefined;
   try {
     assertSafeName('group name', input.group);
-    if (input.label !== undefined) assertSafeName('label', input.label);
-    if (input.snapshotId !== undefined) assertSafeName('snapshot id', input.snapshotId);
+    // Max freeze and quiesce are checked by the group snapshot itself (as before, so recorded runs replay).
+    assertSnapshotOptions({ label: input.label, snapshotId: input.snapshotId });
     if (input.retention) retention = normalizeRetention(input.retention);
   } catch (err) {
     badInput(err);
