@@ -34,6 +34,13 @@ export function groupWorkflowId(group: string): string {
 /** Workflow id of the one host registry of a namespace. */
 export const HOST_REGISTRY_WORKFLOW_ID = 'groupsnap-hosts';
 
+/** A host as the registry knows it. */
+export interface RegisteredHost {
+  hostId: string;
+  registeredAt: string;
+  lastSeenAt: string;
+}
+
 export function groupRunWorkflowId(group: string, snapshotId: string): string {
   return `group-run/${group}/${snapshotId}`;
 }

@@ -6,7 +6,8 @@
 import { ApplicationFailure, WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
 import { getClient, startWorkflow, WorkflowRunOperationHandler } from '@temporalio/nexus';
 import * as nexus from 'nexus-rpc';
-import { getGroup, listGroupSnapshots } from '../client/dr';
+import { getGroup } from '../client/groups';
+import { listGroupSnapshots } from '../client/snapshots';
 import {
   groupsnapNexusService,
   type NexusGroupSnapshots,
