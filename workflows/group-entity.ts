@@ -19,7 +19,8 @@ import {
 } from '../common/groups';
 import { GroupsnapGroup } from '../common/search-attributes';
 import { BAD_INPUT, assertSnapshotOptions } from '../common/validation';
-import { groupSnapshotRun, snapshotIdNow } from './group-run';
+import { groupSnapshotRun } from './group-run';
+import { snapshotIdNow } from './snapshot-id';
 import { checked, errorMessage, rootType } from '../common/failures';
 import { SNAPSHOT_FAILED } from './group-snapshot';
 

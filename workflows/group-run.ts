@@ -1,4 +1,4 @@
-import { ApplicationFailure, executeChild, isCancellation, log, patched, uuid4 } from '@temporalio/workflow';
+import { ApplicationFailure, executeChild, isCancellation, log, patched } from '@temporalio/workflow';
 import { exportWorkflowId } from '../common/backup-types';
 import { exportGroupSnapshot } from './group-export';
 import {
@@ -8,7 +8,7 @@ import {
   type GroupRunResult,
   type RetentionOutcome,
 } from '../common/groups';
-import { DEFAULT_MAX_FREEZE_MS, formatSnapshotId, groupSnapshotWorkflowId } from '../common/names';
+import { DEFAULT_MAX_FREEZE_MS, groupSnapshotWorkflowId } from '../common/names';
 import { snapshotDetails, snapshotSummary } from './ui';
 import { retentionSkips } from '../common/pins';
 import { normalizeRetention, planRetention, type RetentionPlan, type RetentionPolicy } from '../common/retention';
@@ -19,11 +19,7 @@ import { groupSnapshot, SNAPSHOT_FAILED } from './group-snapshot';
 import { control } from './activity-options';
 import { membersOf, requireAllHosts, takeInventory } from './inventory';
 import { deleteGroupSnapshot } from './snapshot-admin';
-
-/** A new snapshot id at the workflow's current time (deterministic in a workflow). */
-export function snapshotIdNow(): string {
-  return formatSnapshotId(new Date(), uuid4().slice(0, 6));
-}
+import { snapshotIdNow } from './snapshot-id';
 
 function badInput(err: unknown): never {
   throw toFailure(err);
