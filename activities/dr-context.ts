@@ -29,6 +29,20 @@ export const errorText = (err: unknown): string => (err instanceof Error ? err.m
 
 export const isLive = (state: string): boolean => state === 'running' || state === 'paused';
 
+/** `probe`'s answer, or `fallback` when it throws a `missing` error (any other error is thrown). */
+async function orIfMissing<T, F>(
+  missing: abstract new (...args: never[]) => Error,
+  fallback: F,
+  probe: () => Promise<T>,
+): Promise<T | F> {
+  try {
+    return await probe();
+  } catch (err) {
+    if (err instanceof missing) return fallback;
+    throw err;
+  }
+}
+
 /** The dependencies with their defaults, and the lookups every one of these activities uses. */
 export function drContext(deps: DrActivityDeps) {
   const { hypervisor, hostId, metadata } = deps;
@@ -43,44 +57,15 @@ export function drContext(deps: DrActivityDeps) {
     }
   }
 
-  async function domainExists(domain: string): Promise<boolean> {
-    try {
-      await hypervisor.state(domain);
-      return true;
-    } catch (err) {
-      if (err instanceof DomainNotFoundError) return false;
-      throw err;
-    }
-  }
-
-  async function imageExists(file: string): Promise<boolean> {
-    try {
-      await hypervisor.imageInfo(file);
-      return true;
-    } catch (err) {
-      if (err instanceof ImageNotFoundError) return false;
-      throw err;
-    }
-  }
-
-  async function backingOf(file: string): Promise<string | undefined> {
-    try {
-      return (await hypervisor.imageInfo(file)).backing;
-    } catch (err) {
-      if (err instanceof ImageNotFoundError) return undefined;
-      throw err;
-    }
-  }
-
+  const domainExists = (domain: string): Promise<boolean> =>
+    orIfMissing(DomainNotFoundError, false, () => hypervisor.state(domain).then(() => true));
+  const imageExists = (file: string): Promise<boolean> =>
+    orIfMissing(ImageNotFoundError, false, () => hypervisor.imageInfo(file).then(() => true));
+  const backingOf = (file: string): Promise<string | undefined> =>
+    orIfMissing(ImageNotFoundError, undefined, async () => (await hypervisor.imageInfo(file)).backing);
   /** A VM's metadata, or undefined when the VM is gone (a compensation of something already removed). */
-  async function readMetaIfAny(domain: string): Promise<VmMetadata | undefined> {
-    try {
-      return await metadata.read(domain);
-    } catch (err) {
-      if (err instanceof DomainNotFoundError) return undefined;
-      throw err;
-    }
-  }
+  const readMetaIfAny = (domain: string): Promise<VmMetadata | undefined> =>
+    orIfMissing(DomainNotFoundError, undefined, () => metadata.read(domain));
 
   return {
     ...deps,
