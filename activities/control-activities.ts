@@ -1,15 +1,13 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure, WorkflowNotFoundError } from '@temporalio/client';
-import { groupWorkflowId, HOST_REGISTRY_WORKFLOW_ID, type GroupDefinition } from '../common/groups';
+import {
+  groupWorkflowId,
+  HOST_REGISTRY_WORKFLOW_ID,
+  type GroupDefinition,
+  type RegisteredHost,
+} from '../common/groups';
 import { BAD_INPUT } from '../common/validation';
 import { createRetentionActivities } from './retention-activities';
-
-/** A host as the registry knows it. */
-export interface RegisteredHost {
-  hostId: string;
-  registeredAt: string;
-  lastSeenAt: string;
-}
 
 /**
  * Activities of the control plane, run by the workflow worker on the shared queue: they read the durable state kept

@@ -10,6 +10,7 @@ import type { DrillRecord, WaitReadyRequest } from '../common/drill';
 import { BAD_INPUT } from '../common/validation';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { REPO_KEY_FILE_ENV } from './repo-restore';
+import { heartbeat } from './heartbeat';
 
 const run = promisify(execFile);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -20,14 +21,6 @@ export interface DrillDeps {
   keyFile?: string;
   /** Whether this host runs drill check commands (`--allow-drill-checks`). @default false */
   allowChecks?: boolean;
-}
-
-function heartbeat(details?: unknown): void {
-  try {
-    Context.current().heartbeat(details);
-  } catch {
-    // outside an activity
-  }
 }
 
 function cancelled(): boolean {

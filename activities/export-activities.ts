@@ -22,7 +22,7 @@ import {
 import { BAD_INPUT } from '../common/validation';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
-import { parseVmMetadata } from './catalog';
+import { parseVmMetadata } from '../common/catalog';
 import { ExportHold, registerExportHoldDir } from './export-hold';
 
 export interface ExportActivityDeps {

@@ -1,6 +1,6 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { safeFileName } from './catalog';
+import { safeFileName } from '../common/names';
 
 /**
  * Export holds: while a disk of a snapshot is being exported, the image files its export reads (the snapshot's

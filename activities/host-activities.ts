@@ -9,10 +9,11 @@ import { DomainNotFoundError, GuestAgentUnavailableError, InvalidStateError } fr
 import { QUIESCE_MODES } from '../common/types';
 import { imageChain } from '../hypervisor/chain';
 import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
-import { manifestPath, renderVmMetadata, type CatalogEntry } from './catalog';
+import { manifestPath, renderVmMetadata, type CatalogEntry } from '../common/catalog';
 import { nowMs } from './clock';
 import { DomainLocks, LeaseLostError, LockBusyError } from './domain-locks';
-import { beating, createDrActivities, heartbeat } from './dr-activities';
+import { createDrActivities } from './dr-activities';
+import { beating, heartbeat } from './heartbeat';
 import { FreezeJournal, OPEN_STATES, type FreezeRecord } from './freeze-journal';
 import { badInput, checkDomain, checkDomains, checkName, checkOwner, failIf } from './input-checks';
 import { DeadlineTimers, recoverFreezes, resumeFromJournal, thawRecord } from './resume';
@@ -175,7 +176,7 @@ export function createHost(deps: HostActivityDeps) {
         const free = st.bavail * st.bsize;
         if (free < count * MIN_FREE_BYTES_PER_OVERLAY) {
           problems.push(
-            `not enough free space in ${dir}: ${Math.floor(free / 2 ** 20)} MiB free, need ${count * 64} MiB`,
+            `not enough free space in ${dir}: ${Math.floor(free / 2 ** 20)} MiB free, need ${(count * MIN_FREE_BYTES_PER_OVERLAY) / 2 ** 20} MiB`,
           );
         }
       } catch (err) {

@@ -4,7 +4,7 @@ import type { PinSnapshotReport, PinSnapshotRequest, ReleaseInPlaceReport } from
 import { assertSafeName, BAD_INPUT } from '../common/validation';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
-import type { VmMetadata } from './catalog';
+import type { VmMetadata } from '../common/catalog';
 
 export interface PinActivityDeps {
   hypervisor: Hypervisor;

@@ -3,7 +3,6 @@ import { accessSync, constants, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
 import {
@@ -30,6 +29,7 @@ import { BAD_INPUT } from '../common/validation';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { restoredDomainXml } from '../hypervisor/restore-xml';
+import { heartbeat } from './heartbeat';
 
 const run = promisify(execFile);
 
@@ -47,14 +47,6 @@ export interface RepoRestoreDeps {
 }
 
 const bad = (msg: string) => ApplicationFailure.nonRetryable(msg, BAD_INPUT);
-
-function heartbeat(details?: unknown): void {
-  try {
-    Context.current().heartbeat(details);
-  } catch {
-    // outside an activity (unit tests)
-  }
-}
 
 /** Whether QEMU started by this host's libvirt can use KVM (its user can open /dev/kvm). */
 function kvmUsable(): boolean {

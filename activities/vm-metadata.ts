@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { assertSafeName } from '../common/validation';
 import type { Hypervisor } from '../hypervisor/hypervisor';
-import { parseVmMetadata, renderVmMetadata, type VmMetadata } from './catalog';
+import { parseVmMetadata, renderVmMetadata, type VmMetadata } from '../common/catalog';
 
 /**
  * groupsnap's metadata on the VMs of one host (catalog, tags, clone and restore records), read and changed through

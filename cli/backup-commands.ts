@@ -18,7 +18,7 @@ import { REPO_ENV, REPO_KEY_FILE_ENV, type DiskProgressReport, type ExportResult
 import type { RetentionPolicy } from '../common/retention';
 import { BadInputError } from '../common/validation';
 import { EXIT } from './commands';
-import { withClient, type CommonOptions } from './dr-commands';
+import { withClient, type CommonOptions } from './with-client';
 
 export interface RepoOptions {
   keyFile?: string;

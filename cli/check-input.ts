@@ -11,13 +11,11 @@ import type { GroupSnapshotInput, VmRef } from '../common/types';
 import {
   assertSafeName,
   BadInputError,
+  checkSnapshotOptions,
   checkVmRefs,
-  MAX_MAX_FREEZE_MS,
-  MIN_MAX_FREEZE_MS,
   normalizeSnapshotInput,
   problemList,
 } from '../common/validation';
-import { QUIESCE_MODES } from '../common/types';
 
 type Problems = ReturnType<typeof problemList>;
 
@@ -32,11 +30,6 @@ export function checkNames(names: [what: string, value: string | undefined][]): 
   done(p);
 }
 
-function checkMaxFreeze(ms: number | undefined, p: Problems): void {
-  if (ms !== undefined && (!Number.isInteger(ms) || ms < MIN_MAX_FREEZE_MS || ms > MAX_MAX_FREEZE_MS))
-    p.problems.push(`--max-freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${ms}`);
-}
-
 /** `snapshot <group>` (a named group) or `snapshot --vm ...` (an ad hoc group). */
 export function checkSnapshotTake(
   group: string | undefined,
@@ -49,11 +42,7 @@ export function checkSnapshotTake(
   if (!group) throw new BadInputError('give a group name, or the VMs of an ad hoc group with --vm');
   const p = problemList();
   p.check(() => assertSafeName('group name', group));
-  if (input.label !== undefined) p.check(() => assertSafeName('label', input.label!));
-  if (input.snapshotId !== undefined) p.check(() => assertSafeName('snapshot id', input.snapshotId!));
-  checkMaxFreeze(input.maxFreezeMs, p);
-  if (input.quiesce !== undefined && !QUIESCE_MODES.includes(input.quiesce))
-    p.problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${input.quiesce}`);
+  checkSnapshotOptions(input, p.problems);
   done(p);
 }
 
@@ -98,8 +87,7 @@ export function checkScheduleCreate(
   if (opts.catchup !== undefined) p.check(() => parseDuration(opts.catchup!, 'catch-up window'));
   if (opts.jitter !== undefined) p.check(() => parseDuration(opts.jitter!, 'jitter'));
   if (opts.retention) p.check(() => normalizeRetention(opts.retention!));
-  if (opts.label !== undefined) p.check(() => assertSafeName('label', opts.label!));
-  checkMaxFreeze(opts.maxFreezeMs, p);
+  checkSnapshotOptions({ label: opts.label, maxFreezeMs: opts.maxFreezeMs }, p.problems);
   done(p);
 }
 

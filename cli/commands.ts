@@ -7,7 +7,7 @@ import { defaultImagesDir } from '../common/images-dir';
 import { METRICS_ADDRESS_ENV } from '../common/metrics';
 import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
 import { BadInputError } from '../common/validation';
-import { parseVmMetadata } from '../activities/catalog';
+import { parseVmMetadata } from '../common/catalog';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { claimGuardPidFile, ensureGuard, runGuard, runningGuardPid, superviseGuard } from '../worker/guard';
 import { checkMetricsAddress, prometheusTelemetry } from '../worker/telemetry';

@@ -1,7 +1,7 @@
 import { createDrillSchedule, runDrill } from '../client/drill';
 import type { DrillInput, DrillResult } from '../common/drill';
 import { BadInputError } from '../common/validation';
-import { withClient, type CommonOptions } from './dr-commands';
+import { withClient, type CommonOptions } from './with-client';
 
 export interface DrillFlags extends CommonOptions {
   point?: string;

@@ -1,4 +1,6 @@
-import type { GroupSnapshotResult, SnapshotProgress } from '../common/types';
+import type { GroupSnapshotResult, SnapshotProgress, VmRef } from '../common/types';
+
+export const vmText = (v: VmRef): string => `${v.domain}@${v.host}`;
 
 export function formatProgress(p: SnapshotProgress): string {
   const count = (s: string) => p.vms.filter((v) => v.state === s).length;

@@ -7,25 +7,12 @@ import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } fr
 import { drillCommand } from './drill-command';
 import { repoRestoreCommand, type RepoRestoreFlags } from './repo-restore-command';
 import { registerBackupCommands, withRepoKeyFile } from './backup-cli';
-import {
-  groupCreate,
-  groupDelete,
-  groupList,
-  groupShow,
-  hostForget,
-  hostList,
-  restoreCommand,
-  scheduleAction,
-  scheduleBackfill,
-  scheduleCreate,
-  scheduleList,
-  scheduleShow,
-  snapshotDelete,
-  snapshotGroupCommand,
-  snapshotList,
-  tagCommand,
-  type CommonOptions,
-} from './dr-commands';
+import { groupCreate, groupDelete, groupList, groupShow } from './group-commands';
+import { hostForget, hostList, tagCommand } from './host-commands';
+import { restoreCommand } from './restore-command';
+import { scheduleAction, scheduleBackfill, scheduleCreate, scheduleList, scheduleShow } from './schedule-commands';
+import { snapshotDelete, snapshotGroupCommand, snapshotList } from './snapshot-commands';
+import type { CommonOptions } from './with-client';
 import { checkSnapshotTake } from './check-input';
 import { restoreList, restoreRelease, snapshotPin } from './pin-commands';
 import { collect, parseInteger, parseQuiesce, parseResumeWhen, parseVmRef } from './parse';

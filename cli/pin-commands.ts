@@ -3,7 +3,7 @@ import { listRestoreRecords, pinGroupSnapshot, releaseRestoreRecords, unpinGroup
 import { checkPinInput, checkReleaseInput } from '../common/pins';
 import type { VmRef } from '../common/types';
 import { assertSafeName, BadInputError } from '../common/validation';
-import { withClient, type CommonOptions } from './dr-commands';
+import { withClient, type CommonOptions } from './with-client';
 
 export function snapshotPin(pinned: boolean) {
   return (group: string, snapshotId: string, opts: CommonOptions) => {

@@ -1,7 +1,7 @@
 import { restoreFromRepo } from '../client/repo-restore';
 import { parseNetworkMapping, type RepoRestoreResult } from '../common/repo-restore';
 import { BadInputError } from '../common/validation';
-import { withClient, type CommonOptions } from './dr-commands';
+import { withClient, type CommonOptions } from './with-client';
 
 export interface RepoRestoreFlags extends CommonOptions {
   fromRepo: string;

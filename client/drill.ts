@@ -12,7 +12,7 @@ import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { validateCron, validateTimezone } from '../common/schedule-spec';
 import { GroupsnapGroup } from '../common/search-attributes';
 import { BadInputError } from '../common/validation';
-import { settle } from './dr';
+import { settle } from './settle';
 import { hostsWithoutWorker } from './index';
 
 export type { DrillInput, DrillResult, DrillRecord } from '../common/drill';

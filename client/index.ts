@@ -13,7 +13,8 @@ import { BAD_INPUT, BadInputError, resultOf, rootFailure } from '../common/failu
 import { normalizeSnapshotInput } from '../common/validation';
 import type { groupSnapshot } from '../workflows';
 import { snapshotDetails, snapshotSummary } from '../workflows/ui';
-import { snapshotNamedGroup, type SnapshotNowOptions } from './dr';
+import type { SnapshotNowOptions } from '../common/groups';
+import { snapshotNamedGroup } from './snapshots';
 
 export * from '../common/types';
 export { BadInputError } from '../common/validation';

@@ -16,7 +16,7 @@ import {
 } from '../common/pins';
 import { GroupsnapGroup } from '../common/search-attributes';
 import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
-import { inventory } from './dr';
+import { inventory } from './hosts';
 
 export type { PinGroupSnapshotResult, ReleaseRestoreRecordsInput, ReleaseRestoreRecordsResult, RestoreRecordListing };
 

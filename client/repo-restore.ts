@@ -14,7 +14,7 @@ import {
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
 import { BadInputError } from '../common/validation';
 import { hostsWithoutWorker } from './index';
-import { settle } from './dr';
+import { settle } from './settle';
 
 export type { RepoRestoreInput, RepoRestoreResult } from '../common/repo-restore';
 

@@ -102,6 +102,13 @@ export interface CloneVmReport {
   disks: { target: string; image: string; overlay: string }[];
 }
 
+export interface RemoveCloneRequest {
+  /** The VM the clone was made from (its catalog holds the clone record). */
+  domain: string;
+  /** The clone's name. */
+  clone: string;
+}
+
 export interface InPlaceRequest {
   restoreId: string;
   snapshotId: string;
@@ -115,6 +122,11 @@ export interface InPlaceReport {
   stateBefore: VmPowerState;
   state: VmPowerState;
   disks: { target: string; image: string; overlay: string; discarded: string }[];
+}
+
+export interface UndoInPlaceRequest {
+  restoreId: string;
+  domain: string;
 }
 
 export interface PinSnapshotRequest {

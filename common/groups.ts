@@ -36,6 +36,13 @@ export function groupWorkflowId(group: string): string {
 /** Workflow id of the one host registry of a namespace. */
 export const HOST_REGISTRY_WORKFLOW_ID = 'groupsnap-hosts';
 
+/** A host as the registry knows it. */
+export interface RegisteredHost {
+  hostId: string;
+  registeredAt: string;
+  lastSeenAt: string;
+}
+
 export function groupRunWorkflowId(group: string, snapshotId: string): string {
   return `group-run/${group}/${snapshotId}`;
 }
@@ -165,6 +172,9 @@ export interface GroupRunInput {
   trigger?: string;
 }
 
+/** Options of a "snapshot now" request on a named group (its entity workflow's `snapshotNow` update). */
+export type SnapshotNowOptions = Omit<GroupRunInput, 'group' | 'definition' | 'retention'>;
+
 export interface RetentionOutcome {
   /** Kept by the policy. */
   kept: string[];
@@ -257,9 +267,13 @@ export function normalizeRestoreInput(input: RestoreInput): RestoreInput {
 
 /**
  * Why snapshot `snapshotId` cannot be deleted on `vm` (empty when it can): deleting merges the layer above each
- * snapshot image into it and removes that layer, which would corrupt a clone or an in-place restore built on either.
+ * snapshot image into it and removes that layer, which would corrupt a clone or an in-place restore built on either;
+ * a pinned snapshot is kept until unpinned. The one rule, checked by the workflows and again by the host.
  */
-export function deletionBlockers(vm: HostVm, snapshotId: string): string[] {
+export function deletionBlockers(
+  vm: Pick<HostVm, 'domain' | 'snapshots' | 'clones' | 'restores'>,
+  snapshotId: string,
+): string[] {
   const snap = vm.snapshots.find((s) => s.snapshotId === snapshotId);
   if (!snap) return [];
   const files = new Set(snap.disks.flatMap((d) => [d.image, d.overlay]));
@@ -267,9 +281,14 @@ export function deletionBlockers(vm: HostVm, snapshotId: string): string[] {
   if (snap.pinned) blockers.push(`snapshot ${snapshotId} is pinned on ${vm.domain}: unpin it first`);
   for (const c of vm.clones)
     if (c.disks.some((d) => files.has(d.image)))
-      blockers.push(`clone ${c.name} of ${vm.domain} is built on it: remove the clone first`);
+      blockers.push(
+        `clone ${c.name} of ${vm.domain} is built on it (snapshot ${c.snapshotId}): remove the clone first`,
+      );
   for (const r of vm.restores)
     if (r.disks.some((d) => files.has(d.image)))
-      blockers.push(`the in-place restore ${r.restoreId} of ${vm.domain} (to ${r.snapshotId}) is built on it`);
+      blockers.push(
+        `the in-place restore ${r.restoreId} of ${vm.domain} (to snapshot ${r.snapshotId}) is built on it: ` +
+          `remove that restore record first`,
+      );
   return blockers;
 }

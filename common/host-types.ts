@@ -1,5 +1,6 @@
 import { dirname, join } from 'node:path';
-import type { CatalogEntry } from '../activities/catalog';
+import type { CatalogEntry } from './catalog';
+import { safeFileName } from './names';
 import type { DiskSnapshot, QuiesceMode, ResumeWhen, VmPowerState } from './types';
 
 /**
@@ -122,12 +123,7 @@ export interface CatalogRequest {
   leaseOwner: string;
 }
 
-/** File-name-safe form of a libvirt domain name (which may contain spaces and more). */
-export function fileSafe(domain: string): string {
-  return domain.replace(/[^A-Za-z0-9._-]/g, '_');
-}
-
 /** The overlay file a snapshot puts over `image`: the only name a host ever creates, or removes, for it. */
 export function overlayPath(image: string, domain: string, target: string, snapshotId: string): string {
-  return join(dirname(image), `${fileSafe(domain)}.${target}.${snapshotId}.qcow2`);
+  return join(dirname(image), `${safeFileName(domain)}.${target}.${snapshotId}.qcow2`);
 }

@@ -11,6 +11,14 @@ export function groupSnapshotWorkflowId(group: string, snapshotId: string): stri
   return `group-snapshot/${group}/${snapshotId}`;
 }
 
+/**
+ * File-name-safe form of a libvirt domain name (which may contain spaces and more): the one rule for every file a
+ * host names after a VM (overlays, manifests, restore layers, export holds).
+ */
+export function safeFileName(domain: string): string {
+  return domain.replace(/[^A-Za-z0-9._-]/g, '_');
+}
+
 /** XML namespace of groupsnap's libvirt domain metadata. */
 export const METADATA_NAMESPACE = 'https://groupsnap.dev/xmlns/groupsnap/1';
 /** Prefix bound to {@link METADATA_NAMESPACE} in the domain XML. */
@@ -18,8 +26,11 @@ export const METADATA_KEY = 'groupsnap';
 
 /** Default bound on how long a VM stays paused by groupsnap. Documented in the README. */
 export const DEFAULT_MAX_FREEZE_MS = 5_000;
-/** The host guard resumes a VM at most this long after its freeze deadline. */
-export const GUARD_GRACE_MS = 1_000;
+/**
+ * Head start the worker's own deadline timer gets before the host guard resumes a VM past its freeze deadline
+ * (the guard's default `graceMs`).
+ */
+export const GUARD_GRACE_MS = 250;
 
 /** Update through which each host's freeze reports its snapshots and waits for the group to be released. */
 export const HOST_FROZEN_UPDATE = 'hostFrozen';

@@ -77,6 +77,58 @@ export function checkVmRefs(vms: readonly VmRef[], problems: string[]): void {
 export const MIN_MAX_FREEZE_MS = 100;
 export const MAX_MAX_FREEZE_MS = 600_000;
 
+/** The options of one group snapshot, however it is asked for: ad hoc, on a group, by a schedule, through Nexus. */
+export interface SnapshotOptions {
+  label?: string;
+  snapshotId?: string;
+  maxFreezeMs?: number;
+  quiesce?: QuiesceMode;
+  updateBarrierMaxHosts?: number;
+  resumeWhen?: ResumeWhen;
+}
+
+/**
+ * Adds to `problems` what is wrong with a snapshot's options: the one check of them, made by the CLI, the client,
+ * the Nexus handler and the workflows alike. An option left out is not checked (its default is valid).
+ */
+export function checkSnapshotOptions(options: SnapshotOptions, problems: string[]): void {
+  const { label, snapshotId, maxFreezeMs, quiesce, updateBarrierMaxHosts, resumeWhen } = options;
+  const check = (fn: () => void) => {
+    try {
+      fn();
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  };
+  if (label !== undefined) check(() => assertSafeName('label', String(label)));
+  if (snapshotId !== undefined) check(() => assertSafeName('snapshot id', String(snapshotId)));
+  if (
+    maxFreezeMs !== undefined &&
+    (!Number.isInteger(maxFreezeMs) || maxFreezeMs < MIN_MAX_FREEZE_MS || maxFreezeMs > MAX_MAX_FREEZE_MS)
+  ) {
+    problems.push(
+      `max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${maxFreezeMs}`,
+    );
+  }
+  if (quiesce !== undefined && !QUIESCE_MODES.includes(quiesce))
+    problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${quiesce}`);
+  if (
+    updateBarrierMaxHosts !== undefined &&
+    (!Number.isInteger(updateBarrierMaxHosts) || updateBarrierMaxHosts < 0 || updateBarrierMaxHosts > 10_000)
+  ) {
+    problems.push(`update barrier max hosts must be an integer from 0 to 10000, got ${updateBarrierMaxHosts}`);
+  }
+  if (resumeWhen !== undefined && !RESUME_WHEN.includes(resumeWhen))
+    problems.push(`resume when must be one of ${RESUME_WHEN.join(', ')}, got ${JSON.stringify(resumeWhen)}`);
+}
+
+/** {@link checkSnapshotOptions}, throwing. @throws BadInputError listing every problem found. */
+export function assertSnapshotOptions(options: SnapshotOptions): void {
+  const problems: string[] = [];
+  checkSnapshotOptions(options, problems);
+  if (problems.length > 0) throw new BadInputError(problems.join('; '));
+}
+
 /** A group snapshot request with every default applied. */
 export interface NormalizedSnapshotInput {
   group: string;
@@ -98,26 +150,14 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
   const { problems, check } = problemList();
   const group = input.group ?? 'adhoc';
   check(() => assertSafeName('group name', group));
-  if (input.label !== undefined) check(() => assertSafeName('label', input.label!));
-  if (input.snapshotId !== undefined) check(() => assertSafeName('snapshot id', input.snapshotId!));
+  checkSnapshotOptions({ label: input.label, snapshotId: input.snapshotId }, problems);
   const vms = input.vms ?? [];
   checkVmRefs(vms, problems);
   const maxFreezeMs = input.maxFreezeMs ?? DEFAULT_MAX_FREEZE_MS;
-  if (!Number.isInteger(maxFreezeMs) || maxFreezeMs < MIN_MAX_FREEZE_MS || maxFreezeMs > MAX_MAX_FREEZE_MS) {
-    problems.push(
-      `max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${maxFreezeMs}`,
-    );
-  }
   const quiesce = input.quiesce ?? 'none';
-  if (!QUIESCE_MODES.includes(quiesce))
-    problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${quiesce}`);
   const updateBarrierMaxHosts = input.updateBarrierMaxHosts ?? DEFAULT_UPDATE_BARRIER_MAX_HOSTS;
-  if (!Number.isInteger(updateBarrierMaxHosts) || updateBarrierMaxHosts < 0 || updateBarrierMaxHosts > 10_000) {
-    problems.push(`update barrier max hosts must be an integer from 0 to 10000, got ${updateBarrierMaxHosts}`);
-  }
   const resumeWhen = input.resumeWhen ?? 'group-paused';
-  if (!RESUME_WHEN.includes(resumeWhen))
-    problems.push(`resume when must be one of ${RESUME_WHEN.join(', ')}, got ${JSON.stringify(resumeWhen)}`);
+  checkSnapshotOptions({ maxFreezeMs, quiesce, updateBarrierMaxHosts, resumeWhen }, problems);
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   return {
     group,

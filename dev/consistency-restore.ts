@@ -16,7 +16,8 @@
 import { readFileSync } from 'node:fs';
 import type { Client } from '@temporalio/client';
 import { createHostActivities } from '../activities/host-activities';
-import { restoreGroup, type RestoreResult } from '../client/dr';
+import type { RestoreResult } from '../common/groups';
+import { restoreGroup } from '../client/restore';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { evaluateCut, formatCut, type CutReport, type DiskState, type VmState } from './consistency-check';
 import type { CheckedCut } from './consistency-run';

@@ -41,7 +41,7 @@ const CASES: { args: string[]; message: RegExp }[] = [
   { args: ['snapshot', '--vm', 'x@h', '--max-freeze', '5'], message: /max freeze must be an integer from 100/ },
   { args: ['snapshot', 'shop', '--label', 'a/b'], message: /label "a\/b" is not safe/ },
   { args: ['snapshot', 'shop', '--snapshot-id', '../../etc'], message: /snapshot id "..\/..\/etc" is not safe/ },
-  { args: ['snapshot', 'shop', '--max-freeze', '700000'], message: /--max-freeze must be an integer from 100/ },
+  { args: ['snapshot', 'shop', '--max-freeze', '700000'], message: /max freeze must be an integer from 100/ },
   { args: ['snapshot', 'list', 'a b'], message: /group name "a b" is not safe/ },
   { args: ['snapshot', 'delete', 'shop', '../x'], message: /snapshot id "..\/x" is not safe/ },
   { args: ['tag', 'a@h', 'bad/tag'], message: /tag "bad\/tag" is not safe/ },

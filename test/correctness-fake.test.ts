@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
-import { parseVmMetadata } from '../activities/catalog';
+import { parseVmMetadata } from '../common/catalog';
 import { DomainLocks, LeaseLostError, LockBusyError } from '../activities/domain-locks';
 import { FreezeJournal } from '../activities/freeze-journal';
 import { createHost } from '../activities/host-activities';

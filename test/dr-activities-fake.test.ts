@@ -1,7 +1,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseVmMetadata } from '../activities/catalog';
+import { parseVmMetadata } from '../common/catalog';
 import { createHost } from '../activities/host-activities';
 import type { SnapshotDisk } from '../common/dr-types';
 import { BAD_INPUT } from '../common/validation';

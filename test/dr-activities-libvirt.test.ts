@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as libvirt from '@groupsnap/libvirt';
-import { parseVmMetadata } from '../activities/catalog';
+import { parseVmMetadata } from '../common/catalog';
 import { createHost } from '../activities/host-activities';
 import type { SnapshotDisk } from '../common/dr-types';
 import { BAD_INPUT } from '../common/validation';

@@ -1,20 +1,21 @@
 import { existsSync } from 'node:fs';
 import { Client } from '@temporalio/client';
 import { BadInputError, groupSnapshotResult, snapshotGroup, startGroupSnapshot } from '../client';
-import { parseVmMetadata } from '../activities/catalog';
+import { parseVmMetadata } from '../common/catalog';
 import { FreezeJournal } from '../activities/freeze-journal';
 import { connectTestClient, uniqueId } from './helpers/temporal';
 import { FakeHost } from './helpers/fake-hosts';
-import { startHosts, type RunningHosts } from './helpers/workers';
+import { startHosts, WIRINGS, type RunningHosts } from './helpers/workers';
 import { maybeRecordHistory } from './helpers/histories';
 import { DEFAULT_UPDATE_BARRIER_MAX_HOSTS as UPDATE_BARRIER_MAX_HOSTS } from '../common/names';
 
 /**
  * The saga against a real Temporal server, with in-memory hypervisors standing in for two hosts: fast, and able
  * to inject failures and latency at any step. The same behaviours are proven on real VMs in
- * group-snapshot-libvirt.test.ts.
+ * group-snapshot-libvirt.test.ts. Every flow runs on both worker wirings: groupsnap's own worker, and plain SDK
+ * workers with groupsnap's plugins (test/plugins.test.ts keeps what only the plugins do).
  */
-describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
+describe.each(WIRINGS)('group snapshot saga (fake hypervisors, real Temporal, %s workers)', (wiring) => {
   let client: Client;
   let close: () => Promise<void>;
   let hostA: FakeHost;
@@ -25,7 +26,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
     ({ client, close } = await connectTestClient());
     hostA = new FakeHost(uniqueId('fa'), { latencyMs: { suspend: 2, snapshot: 20, resume: 2 } });
     hostB = new FakeHost(uniqueId('fb'), { latencyMs: { suspend: 2, snapshot: 20, resume: 2 } });
-    hosts = await startHosts([hostA, hostB]);
+    hosts = await startHosts([hostA, hostB], { wiring });
   });
 
   afterAll(async () => {
@@ -72,7 +73,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
     }
     expect(result.groupFreezeMs).toBeGreaterThanOrEqual(result.maxVmFreezeMs);
     expect(result.workflowId).toBe(`group-snapshot/g1/${result.snapshotId}`);
-    await maybeRecordHistory(client, result.workflowId, 'completed-two-hosts');
+    if (wiring === 'plain') await maybeRecordHistory(client, result.workflowId, 'completed-two-hosts');
   });
 
   it('resumes every paused VM and undoes taken snapshots when one VM snapshot fails', async () => {
@@ -98,7 +99,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
     expect(result.vms.find((v) => v.domain === b1)!.error).toContain('injected snapshot failure');
     // No overlay file of the failed run is left behind.
     for (const v of result.vms) for (const d of v.disks) expect(existsSync(d.overlay)).toBe(false);
-    await maybeRecordHistory(client, result.workflowId, 'failed-compensated');
+    if (wiring === 'plain') await maybeRecordHistory(client, result.workflowId, 'failed-compensated');
   });
 
   it("undoes only its own overlay, keeping the VM's earlier snapshots in the chain", async () => {
@@ -162,7 +163,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
 
   it(`releases a group over more than ${UPDATE_BARRIER_MAX_HOSTS} hosts through thaw activities`, async () => {
     const many = Array.from({ length: UPDATE_BARRIER_MAX_HOSTS + 1 }, (_, i) => new FakeHost(uniqueId(`m${i}`)));
-    const extra = await startHosts(many, { workflows: false });
+    const extra = await startHosts(many, { workflows: false, wiring });
     try {
       const vms = many.map((h) => {
         const vm = uniqueId('vm');
@@ -273,7 +274,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
   /** Runs `fn` with an extra fake host whose snapshots take `snapshotMs`, holding the cross-host barrier. */
   async function withSlowHost(snapshotMs: number, fn: (slow: FakeHost, extra: RunningHosts) => Promise<void>) {
     const slow = new FakeHost(uniqueId('slow'), { latencyMs: { snapshot: snapshotMs } });
-    const extra = await startHosts([slow], { workflows: false });
+    const extra = await startHosts([slow], { workflows: false, wiring });
     try {
       await fn(slow, extra);
     } finally {
@@ -296,7 +297,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
       expect(slow.state(s1)).toBe('running');
       expect(hostA.chain(a1)).toHaveLength(1);
       expect(slow.chain(s1)).toHaveLength(1);
-      await maybeRecordHistory(client, handle.workflowId, 'cancelled-mid-freeze');
+      if (wiring === 'plain') await maybeRecordHistory(client, handle.workflowId, 'cancelled-mid-freeze');
     });
   });
 
@@ -322,7 +323,7 @@ describe('group snapshot saga (fake hypervisors, real Temporal)', () => {
           expect(r.resumedAtMs! - r.pausedAtMs).toBeLessThan(400 + 1000);
         }
       }
-      await maybeRecordHistory(client, result.workflowId, 'failed-deadline');
+      if (wiring === 'plain') await maybeRecordHistory(client, result.workflowId, 'failed-deadline');
     });
   });
 });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { groupSnapshotResult, snapshotGroup, startGroupSnapshot } from '../client';
-import { parseVmMetadata } from '../activities/catalog';
+import { parseVmMetadata } from '../common/catalog';
 import { FreezeJournal } from '../activities/freeze-journal';
 import { startDevServer } from '../dev/temporal-dev-server';
 import { backingChain, VmFleet } from '../dev/vms';

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { Connection } from '@temporalio/client';
 import { createHost } from '../activities/host-activities';
 import { FreezeJournal } from '../activities/freeze-journal';
+import { GUARD_GRACE_MS } from '../common/names';
 import { SEARCH_ATTRIBUTES } from '../common/search-attributes';
 import { startDevServer } from '../dev/temporal-dev-server';
 import { FakeHypervisor } from '../hypervisor/fake-hypervisor';
@@ -66,7 +67,13 @@ describe('freezes interrupted by a crash', () => {
     journal.write({ snapshotId: 's2', domain: 'stuck', state: 'paused', pausedAtMs: now - 400, deadlineMs: now + 100 });
     journal.write({ snapshotId: 's2', domain: 'fresh', state: 'paused', pausedAtMs: now, deadlineMs: now + 60_000 });
     const controller = new AbortController();
-    const guard = runGuard({ hypervisor: hv, stateDir, pollMs: 20, graceMs: 250, signal: controller.signal });
+    const guard = runGuard({
+      hypervisor: hv,
+      stateDir,
+      pollMs: 20,
+      graceMs: GUARD_GRACE_MS,
+      signal: controller.signal,
+    });
     try {
       const deadline = Date.now() + 5000;
       while (hv.domains.get('stuck')!.state !== 'running' && Date.now() < deadline)

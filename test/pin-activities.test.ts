@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
-import { parseVmMetadata, renderVmMetadata } from '../activities/catalog';
+import { parseVmMetadata, renderVmMetadata } from '../common/catalog';
 import { createHostActivities } from '../activities/host-activities';
 import { BAD_INPUT } from '../common/validation';
 import { FakeHost } from './helpers/fake-hosts';

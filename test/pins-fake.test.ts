@@ -4,7 +4,7 @@ import { listRestoreRecords, pinGroupSnapshot, releaseRestoreRecords, unpinGroup
 import type { GroupRunInput, GroupRunResult } from '../common/groups';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { BadInputError } from '../common/validation';
-import { parseVmMetadata } from '../activities/catalog';
+import { parseVmMetadata } from '../common/catalog';
 import { FakeHost } from './helpers/fake-hosts';
 import { vmsOf } from './helpers/schedules';
 import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';

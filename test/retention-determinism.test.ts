@@ -1,7 +1,7 @@
 import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { createGroup, listGroupSnapshots, snapshotNamedGroup } from '../client/dr';
-import { parseVmMetadata, renderVmMetadata } from '../activities/catalog';
+import { parseVmMetadata, renderVmMetadata } from '../common/catalog';
 import { createRetentionActivities } from '../activities/retention-activities';
 import type { GroupRunResult } from '../common/groups';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';

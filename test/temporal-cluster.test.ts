@@ -20,7 +20,7 @@ const MAX_FREEZE_MS = 3_000;
 // How late past its deadline a VM may be resumed on this loaded 2-core machine: the host's own timer resumes it at
 // the deadline (the guard GUARD_GRACE_MS later); what must never happen is a VM left paused while Temporal
 // recovers, which takes far longer than this.
-const LATE_SLACK_MS = 2_000;
+const LATE_SLACK_MS = 2_750;
 
 /** Every pause of every VM, from QEMU's lifecycle events (suspended to resumed), as libvirt reports them. */
 class PauseLog {

@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'no
 import { join, resolve } from 'node:path';
 import { FreezeJournal } from '../activities/freeze-journal';
 import { recoverFreezes } from '../activities/resume';
+import { GUARD_GRACE_MS } from '../common/names';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 
 export interface GuardOptions {
@@ -10,7 +11,7 @@ export interface GuardOptions {
   stateDir: string;
   /** How often the journal is scanned. @default 100 */
   pollMs?: number;
-  /** Head start given to the worker's own deadline timer before the guard steps in. @default 250 */
+  /** Head start given to the worker's own deadline timer before the guard steps in. @default GUARD_GRACE_MS */
   graceMs?: number;
   signal?: AbortSignal;
   log?: (message: string, fields?: Record<string, unknown>) => void;
@@ -21,7 +22,7 @@ export interface GuardOptions {
  * its own, so a VM paused by groupsnap is resumed even when the worker is killed or Temporal is unreachable.
  */
 export async function runGuard(options: GuardOptions): Promise<void> {
-  const { hypervisor, pollMs = 100, graceMs = 250, signal } = options;
+  const { hypervisor, pollMs = 100, graceMs = GUARD_GRACE_MS, signal } = options;
   const log = options.log ?? (() => {});
   const journal = new FreezeJournal(options.stateDir);
   let lastPrune = 0;

@@ -6,7 +6,8 @@
 import { ApplicationFailure, WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
 import { getClient, startWorkflow, WorkflowRunOperationHandler } from '@temporalio/nexus';
 import * as nexus from 'nexus-rpc';
-import { getGroup, listGroupSnapshots } from '../client/dr';
+import { getGroup } from '../client/groups';
+import { listGroupSnapshots } from '../client/snapshots';
 import {
   groupsnapNexusService,
   type NexusGroupSnapshots,
@@ -27,15 +28,7 @@ import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { exportOperation, listRepository, verifyRepository } from './nexus-backup';
 import { restoreFromRepoOperation } from './nexus-repo-restore';
 import { GroupsnapGroup } from '../common/search-attributes';
-import { QUIESCE_MODES, RESUME_WHEN } from '../common/types';
-import {
-  assertSafeName,
-  BAD_INPUT,
-  BadInputError,
-  MAX_MAX_FREEZE_MS,
-  MIN_MAX_FREEZE_MS,
-  problemList,
-} from '../common/validation';
+import { assertSafeName, BAD_INPUT, BadInputError, checkSnapshotOptions, problemList } from '../common/validation';
 import type { groupSnapshotRun, restoreGroup } from '../workflows';
 
 /** A non-retryable `BAD_REQUEST` that carries the message (and groupsnap's bad-input failure type) to the caller. */
@@ -77,15 +70,8 @@ function checkSnapshotInput(input: NexusSnapshotGroupInput): void {
   requireObject(input, 'snapshotGroup');
   const { problems, check } = problemList();
   check(() => requireGroupName(input as unknown as Record<string, unknown>));
-  if (input.label !== undefined) check(() => assertSafeName('label', String(input.label)));
-  if (input.snapshotId !== undefined) check(() => assertSafeName('snapshot id', String(input.snapshotId)));
-  const max = input.maxFreezeMs;
-  if (max !== undefined && (!Number.isInteger(max) || max < MIN_MAX_FREEZE_MS || max > MAX_MAX_FREEZE_MS))
-    problems.push(`max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${max}`);
-  if (input.quiesce !== undefined && !QUIESCE_MODES.includes(input.quiesce))
-    problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${input.quiesce}`);
-  if (input.resumeWhen !== undefined && !RESUME_WHEN.includes(input.resumeWhen))
-    problems.push(`resume when must be one of ${RESUME_WHEN.join(', ')}, got ${JSON.stringify(input.resumeWhen)}`);
+  const { label, snapshotId, maxFreezeMs, quiesce, resumeWhen } = input;
+  checkSnapshotOptions({ label, snapshotId, maxFreezeMs, quiesce, resumeWhen }, problems);
   const known = new Set(['group', 'label', 'snapshotId', 'maxFreezeMs', 'quiesce', 'resumeWhen']);
   const unknown = Object.keys(input).filter((k) => !known.has(k));
   if (unknown.length > 0) problems.push(`unknown option ${unknown.join(', ')} (known: ${[...known].join(', ')})`);

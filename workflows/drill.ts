@@ -17,8 +17,7 @@ import { hostTaskQueue } from '../common/names';
 import { repoRestoreWorkflowId, type RepoRestoreResult } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
 import { BAD_INPUT } from '../common/validation';
-import { checked } from '../common/failures';
-import { errorMessage, rootType } from './hosts';
+import { checked, errorMessage, rootType } from '../common/failures';
 import { restoreFromRepo } from './repo-restore';
 
 /**

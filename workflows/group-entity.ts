@@ -11,15 +11,18 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import { groupRunWorkflowId, type GroupDefinition, type GroupRunInput, type GroupRunResult } from '../common/groups';
+import {
+  groupRunWorkflowId,
+  type GroupDefinition,
+  type GroupRunResult,
+  type SnapshotNowOptions,
+} from '../common/groups';
 import { GroupsnapGroup } from '../common/search-attributes';
-import { assertSafeName, BAD_INPUT } from '../common/validation';
-import { groupSnapshotRun, snapshotIdNow } from './group-run';
-import { rootType, errorMessage } from './hosts';
+import { BAD_INPUT, assertSnapshotOptions } from '../common/validation';
+import { groupSnapshotRun } from './group-run';
+import { snapshotIdNow } from './snapshot-id';
+import { checked, errorMessage, rootType } from '../common/failures';
 import { SNAPSHOT_FAILED } from './group-snapshot';
-
-/** Options of a "snapshot now" request on a group. */
-export type SnapshotNowOptions = Omit<GroupRunInput, 'group' | 'definition' | 'retention'>;
 
 export const definitionQuery = defineQuery<GroupDefinition>('definition');
 /**
@@ -73,12 +76,8 @@ export async function groupEntity(state: { definition: GroupDefinition }): Promi
     {
       validator: (options) => {
         if (deleted) throw badInput(`group ${definition.name} is being deleted`);
-        try {
-          if (options.label !== undefined) assertSafeName('label', options.label);
-          if (options.snapshotId !== undefined) assertSafeName('snapshot id', options.snapshotId);
-        } catch (err) {
-          throw badInput((err as Error).message);
-        }
+        const { label, snapshotId, maxFreezeMs, quiesce } = options;
+        checked(() => assertSnapshotOptions({ label, snapshotId, maxFreezeMs, quiesce }));
       },
     },
   );

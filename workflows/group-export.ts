@@ -23,8 +23,8 @@ import { groupSnapshotsIn } from '../common/groups';
 import { METRICS } from '../common/metrics';
 import { hostTaskQueue } from '../common/names';
 import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
-import { checked } from '../common/failures';
-import { errorMessage, takeInventory } from './hosts';
+import { checked, errorMessage } from '../common/failures';
+import { takeInventory } from './inventory';
 
 /** Repository errors a retry cannot fix (backup/errors.ts), plus bad input and a host without a key. */
 const PERMANENT = [

@@ -1,4 +1,4 @@
-import { ApplicationFailure, executeChild, isCancellation, log, patched, uuid4 } from '@temporalio/workflow';
+import { ApplicationFailure, executeChild, isCancellation, log, patched } from '@temporalio/workflow';
 import { exportWorkflowId } from '../common/backup-types';
 import { exportGroupSnapshot } from './group-export';
 import {
@@ -8,21 +8,18 @@ import {
   type GroupRunResult,
   type RetentionOutcome,
 } from '../common/groups';
-import { DEFAULT_MAX_FREEZE_MS, formatSnapshotId, groupSnapshotWorkflowId } from '../common/names';
+import { DEFAULT_MAX_FREEZE_MS, groupSnapshotWorkflowId } from '../common/names';
 import { snapshotDetails, snapshotSummary } from './ui';
 import { retentionSkips } from '../common/pins';
 import { normalizeRetention, planRetention, type RetentionPlan, type RetentionPolicy } from '../common/retention';
 import type { GroupSnapshotResult, VmRef } from '../common/types';
-import { toFailure } from '../common/failures';
-import { assertSafeName, BadInputError } from '../common/validation';
+import { errorMessage, rootType, toFailure } from '../common/failures';
+import { assertSafeName, assertSnapshotOptions, BadInputError } from '../common/validation';
 import { groupSnapshot, SNAPSHOT_FAILED } from './group-snapshot';
-import { control, errorMessage, membersOf, requireAllHosts, rootType, takeInventory } from './hosts';
+import { control } from './activity-options';
+import { membersOf, requireAllHosts, takeInventory } from './inventory';
 import { deleteGroupSnapshot } from './snapshot-admin';
-
-/** A new snapshot id at the workflow's current time (deterministic in a workflow). */
-export function snapshotIdNow(): string {
-  return formatSnapshotId(new Date(), uuid4().slice(0, 6));
-}
+import { snapshotIdNow } from './snapshot-id';
 
 function badInput(err: unknown): never {
   throw toFailure(err);
@@ -37,8 +34,8 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
   let retention: RetentionPolicy | undefined;
   try {
     assertSafeName('group name', input.group);
-    if (input.label !== undefined) assertSafeName('label', input.label);
-    if (input.snapshotId !== undefined) assertSafeName('snapshot id', input.snapshotId);
+    // Max freeze and quiesce are checked by the group snapshot itself (as before, so recorded runs replay).
+    assertSnapshotOptions({ label: input.label, snapshotId: input.snapshotId });
     if (input.retention) retention = normalizeRetention(input.retention);
   } catch (err) {
     badInput(err);

@@ -8,7 +8,7 @@ import {
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { RegisteredHost } from '../activities/control-activities';
+import type { RegisteredHost } from '../common/groups';
 
 export const registerHostSignal = defineSignal<[{ hostId: string; at: string }]>('registerHost');
 export const forgetHostUpdate = defineUpdate<boolean, [string]>('forgetHost');

@@ -17,8 +17,7 @@ import {
 } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
 import { BAD_INPUT } from '../common/validation';
-import { checked } from '../common/failures';
-import { errorMessage, rootType } from './hosts';
+import { checked, errorMessage, rootType } from '../common/failures';
 import { RESTORE_FAILED } from './snapshot-admin';
 
 /** The target host's restore activities, with timeouts per kind of work. */

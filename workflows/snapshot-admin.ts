@@ -12,9 +12,10 @@ import {
 import type { SetTagsRequest } from '../common/dr-types';
 import { GroupsnapGroup, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
 import { upsertSearchAttributes } from '@temporalio/workflow';
-import { BAD_INPUT, checked, FAILURE, isBadInput } from '../common/failures';
+import { BAD_INPUT, checked, errorMessage, FAILURE, isBadInput } from '../common/failures';
 import { assertSafeName } from '../common/validation';
-import { errorMessage, onHost, requireAllHosts, takeInventory } from './hosts';
+import { onHost } from './activity-options';
+import { requireAllHosts, takeInventory } from './inventory';
 
 /** Failure types that carry the per-VM result in their details. */
 export const DELETE_FAILED = FAILURE.deleteFailed;

@@ -10,8 +10,9 @@ import {
   type ReleaseRestoreRecordsResult,
 } from '../common/pins';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
-import { BAD_INPUT, checked } from '../common/failures';
-import { errorMessage, onHost, requireAllHosts, rootType, takeInventory } from './hosts';
+import { BAD_INPUT, checked, errorMessage, rootType } from '../common/failures';
+import { onHost } from './activity-options';
+import { requireAllHosts, takeInventory } from './inventory';
 
 /**
  * Pins (or unpins) one group snapshot on every VM that holds it: a pinned snapshot is kept by retention and its

@@ -1,6 +1,6 @@
 import { CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { beating } from '../../activities/dr-activities';
+import { beating } from '../../activities/heartbeat';
 
 /**
  * Heartbeats of long host activities (block commits, clone boots) in a real activity context, the SDK's

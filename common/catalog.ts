@@ -1,8 +1,13 @@
+/**
+ * groupsnap's catalog on a VM: its libvirt metadata XML (tags, snapshots, clones, in-place restores) and the
+ * manifest file names. Pure: the CLI, workflows' shared types and the host activities use it.
+ */
 import { join } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
 import { escapeXml } from '../hypervisor/domain-xml';
-import type { CloneRecord, InPlaceRestoreRecord, VmSnapshotRecord } from '../common/dr-types';
-import type { VmPowerState } from '../common/types';
+import type { CloneRecord, InPlaceRestoreRecord, VmSnapshotRecord } from './dr-types';
+import { safeFileName } from './names';
+import type { VmPowerState } from './types';
 
 /** One group snapshot as recorded on each member VM. */
 export type CatalogEntry = VmSnapshotRecord;
@@ -101,15 +106,7 @@ export function renderVmMetadata(meta: VmMetadata): string {
   return `<groupsnap>${tags.join('')}${snaps.join('')}${clones.join('')}${restores.join('')}</groupsnap>`;
 }
 
-/** File-name-safe form of a libvirt domain name (which may contain spaces and more); as `fileSafe` of the snapshot. */
-export function safeFileName(domain: string): string {
-  return domain.replace(/[^A-Za-z0-9._-]/g, '_');
-}
-
-/**
- * The manifest file of snapshot `snapshotId` of `domain` in `imageDir` (beside the first disk's image). Same name
- * as `recordCatalog` writes (`fileSafe(domain)`).
- */
+/** The manifest file of snapshot `snapshotId` of `domain` in `imageDir` (beside the first disk's image). */
 export function manifestPath(imageDir: string, domain: string, snapshotId: string): string {
   return join(imageDir, `${safeFileName(domain)}.${snapshotId}.manifest.json`);
 }

@@ -1,18 +1,11 @@
-/** Activity proxies shared by groupsnap's administrative workflows, and the inventory fan-out over hosts. */
+/** The inventory of the registered hosts (what each one's VMs are), and a group's members resolved over it. */
 import { ApplicationFailure } from '@temporalio/workflow';
 import { control, onHost } from './activity-options';
+import { errorMessage } from '../common/failures';
 import type { GroupDefinition, Inventory } from '../common/groups';
 import { resolveMembers, selectorText } from '../common/groups';
 import type { VmRef } from '../common/types';
 import { BAD_INPUT } from '../common/validation';
-
-// One set of activity presets for every workflow (activity-options.ts).
-export { control, onHost } from './activity-options';
-
-// One failure model for every workflow (common/failures.ts).
-import { errorMessage } from '../common/failures';
-
-export { errorMessage, rootType } from '../common/failures';
 
 /** Every registered host's VMs (or of `hosts`), in parallel; hosts that do not answer are listed as unreachable. */
 export async function takeInventory(hosts?: string[]): Promise<Inventory> {
