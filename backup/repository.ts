@@ -30,7 +30,8 @@ import {
   type VerificationRecord,
   type VmManifest,
 } from './manifest';
-import { openStore, type ObjectStore } from './store';
+import { ChunkIdMismatchError, SealPool } from './seal-pool';
+import { FileStore, openStore, S3Store, type ObjectStore } from './store';
 
 /** Default chunk size: 4 MiB. */
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
@@ -99,6 +100,8 @@ export interface PutChunkResult {
 export class Repository {
   /** Chunk ids known to exist (from {@link loadChunkIndex} and this instance's own uploads). */
   private known?: Set<string>;
+  /** Threads for chunk hashing and sealing (started on the first chunk). */
+  private pool?: SealPool;
 
   private constructor(
     readonly store: ObjectStore,
@@ -185,7 +188,13 @@ export class Repository {
   }
 
   close(): void {
+    void this.pool?.close();
+    this.pool = undefined;
     this.store.close();
+  }
+
+  private sealPool(): SealPool {
+    return (this.pool ??= new SealPool(this.keys));
   }
 
   // ---- names ----
@@ -250,10 +259,27 @@ export class Repository {
 
   /**
    * Stores a chunk unless the repository has it: compressed, encrypted, named by its keyed hash.
-   * `knownId` saves hashing again when the caller already did.
+   * `knownId` saves hashing again when the caller already did. Without it, the hashing, sealing and the digests of
+   * the request body run on the repository's worker threads (./seal-pool.ts); `detach` lets `data`'s memory move
+   * there instead of being copied (the caller must not use `data` afterwards).
    */
-  async putChunk(data: Buffer, knownId?: string): Promise<PutChunkResult> {
-    const id = knownId ?? this.chunkId(data);
+  async putChunk(data: Buffer, knownId?: string, opts: { detach?: boolean } = {}): Promise<PutChunkResult> {
+    if (knownId === undefined) {
+      let present = false;
+      const { id, sealed } = await this.sealPool().hashAndSeal(
+        data,
+        async (id) => {
+          present = await this.hasChunk(id);
+          return !present;
+        },
+        opts,
+      );
+      if (present || !sealed) return { id, uploaded: false, storedBytes: 0 };
+      await this.store.put(Repository.chunkKey(id), sealed.sealed, { sha256: sealed.sha256, crc32: sealed.crc32 });
+      this.known?.add(id);
+      return { id, uploaded: true, storedBytes: sealed.sealed.length };
+    }
+    const id = knownId;
     if (await this.hasChunk(id)) return { id, uploaded: false, storedBytes: 0 };
     const sealed = await seal(this.keys, data, id);
     await this.store.put(Repository.chunkKey(id), sealed);
@@ -262,22 +288,24 @@ export class Repository {
   }
 
   /**
-   * Reads, decrypts and checks one chunk.
+   * Reads, decrypts and checks one chunk (on the repository's worker threads).
    * @throws DamagedObjectError when it is missing, does not decrypt, or its content does not match its name
    */
   async readChunk(id: string): Promise<Buffer> {
     const key = Repository.chunkKey(id);
     const sealed = await this.store.get(key);
     if (!sealed) throw new DamagedObjectError(key, 'missing');
-    let plain: Buffer;
+    // The built-in stores return a fresh buffer per get, which can move to the worker; another store (a test's)
+    // may hand out what it keeps, so that is copied.
+    const own = this.store instanceof S3Store || this.store instanceof FileStore;
     try {
-      plain = await unseal(this.keys, sealed, id);
+      return await this.sealPool().open(own ? sealed : Buffer.from(sealed), id);
     } catch (err) {
       if (err instanceof SealError) throw new DamagedObjectError(key, 'corrupt', err.message);
+      if (err instanceof ChunkIdMismatchError)
+        throw new DamagedObjectError(key, 'corrupt', 'content does not match its id');
       throw err;
     }
-    if (this.chunkId(plain) !== id) throw new DamagedObjectError(key, 'corrupt', 'content does not match its id');
-    return plain;
   }
 
   // ---- manifests ----

@@ -39,14 +39,25 @@ export interface ObjectStore {
   /** Fails with a clear error when the bucket/directory that should hold the repository does not exist. */
   checkLocation(): Promise<void>;
   get(key: string): Promise<Buffer | undefined>;
-  /** Writes the whole object at once: readers see the old object, no object, or the new one, never part. */
-  put(key: string, body: Buffer): Promise<void>;
+  /**
+   * Writes the whole object at once: readers see the old object, no object, or the new one, never part. `digests`
+   * of `body`, when the caller has them, save the store computing them again.
+   */
+  put(key: string, body: Buffer, digests?: BodyDigests): Promise<void>;
   exists(key: string): Promise<boolean>;
   /** Every object whose key starts with `prefix`, in no particular order. */
   list(prefix: string): AsyncIterable<StoredObject>;
   /** Removes an object; no error when it is already gone. */
   delete(key: string): Promise<void>;
   close(): void;
+}
+
+/** Digests of an object's body computed off the main thread (./seal-pool.ts). */
+export interface BodyDigests {
+  /** SHA-256, hex: the SigV4 payload hash. */
+  sha256?: string;
+  /** CRC32, base64 of the big-endian value: the S3 flexible checksum. */
+  crc32?: string;
 }
 
 /** A repository URL taken apart. */
@@ -257,9 +268,28 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async put(key: string, body: Buffer): Promise<void> {
+  async put(key: string, body: Buffer, digests: BodyDigests = {}): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Body: body }));
+      const command = new PutObjectCommand({
+        Bucket: this.bucket,
+        Key: this.prefix + key,
+        Body: body,
+        // A checksum given is sent as is (the SDK computes CRC32 itself otherwise).
+        ...(digests.crc32 ? { ChecksumCRC32: digests.crc32 } : {}),
+      });
+      const sha256 = digests.sha256;
+      if (sha256) {
+        // The signer takes the payload hash from this header instead of hashing the body again.
+        command.middlewareStack.add(
+          (next) => async (args) => {
+            const req = args.request as { headers?: Record<string, string> };
+            if (req.headers) req.headers['x-amz-content-sha256'] = sha256;
+            return next(args);
+          },
+          { step: 'build', name: 'groupsnapPayloadHash' },
+        );
+      }
+      await this.client.send(command);
     } catch (err) {
       throw this.translate(err, key);
     }
