@@ -61,7 +61,9 @@ function open(sealed, context) {
   decipher.setAuthTag(sealed.subarray(sealed.length - 16));
   let body;
   try {
-    body = Buffer.concat([decipher.update(sealed.subarray(18, sealed.length - 16)), decipher.final()]);
+    body = decipher.update(sealed.subarray(18, sealed.length - 16));
+    const rest = decipher.final();
+    if (rest.length) body = Buffer.concat([body, rest]);
   } catch {
     throw { kind: 'seal', message: 'authentication failed (damaged, or sealed under another key or name)' };
   }
@@ -147,8 +149,8 @@ export class SealPool {
 
   constructor(
     private readonly keys: RepositoryKeys,
-    /** @default one thread per core beyond the first, from 1 to 4 */
-    readonly threads = Math.max(1, Math.min(4, availableParallelism() - 1)),
+    /** @default one thread per core beyond the first, from 2 to 4 */
+    readonly threads = Math.max(2, Math.min(4, availableParallelism() - 1)),
   ) {}
 
   private slot(): Slot {
