@@ -196,19 +196,19 @@ async function main(): Promise<void> {
     const target = (what: string, round: number) => join(b.imagesDir, `bench-restore-${what}-${round}`);
     const kinds: { what: string; once: (round: number) => Promise<void> }[] = [
       {
-        what: 'groupsnap restore, raw (rebuildDisk activity: parallel chunk reads, sparse writes)',
+        what: 'groupsnap restore, raw (rebuildDisk activity: 8 chunks in flight, sparse writes, fsync)',
         once: async (round) => {
           await activities.rebuildDisk({ repo: url, ...names, file: target('gs-raw', round), format: 'raw' });
         },
       },
       {
-        what: 'groupsnap restore, qcow2 (the default format)',
+        what: 'groupsnap restore, qcow2 (the default format: raw as above, then qemu-img convert)',
         once: async (round) => {
           await activities.rebuildDisk({ repo: url, ...names, file: target('gs-qcow2', round), format: 'qcow2' });
         },
       },
       {
-        what: 'plain SDK download of the same bytes (4 MiB GetObject, 4 in flight, sparse positional writes)',
+        what: 'plain SDK download of the same bytes (4 MiB GetObject, 4 in flight, SDK defaults, sparse positional writes, fsync)',
         once: async (round) => {
           const fh = await openFile(target('plain', round), 'w');
           try {
@@ -233,13 +233,15 @@ async function main(): Promise<void> {
       ...(bin
         ? [
             {
-              what: `restic restore${resticSparse ? ' --sparse' : ''} of the image file (${resticVersion?.split(' ').slice(0, 2).join(' ')})`,
+              what: `restic restore${resticSparse ? ' --sparse' : ''} of the image file, then sync of it (${resticVersion?.split(' ').slice(0, 2).join(' ')})`,
               once: async (round: number) => {
                 const sparse = resticSparse ? ['--sparse'] : [];
                 await run(bin, ['restore', 'latest', ...sparse, '--target', target('restic', round)], {
                   env: resticEnv,
                   maxBuffer: 64 * MiB,
                 });
+                // restic does not fsync what it restored; groupsnap and the plain download do: the same footing.
+                await run('sync', [join(target('restic', round), image)]);
               },
             },
           ]
