@@ -422,7 +422,10 @@ export function renderSection(r: Results, rawFile: string): string {
       "(the session libvirt host of dev/hypervisor-hosts.ts) by the restore's `rebuildDisk` activity code (in this " +
       'process, without the Temporal round trips); beside it the same bytes as plain objects downloaded with the same ' +
       'SDK from the same server into a sparse file, and restic restoring its backup of the image file from the same ' +
-      'server. MiB/s counts disk data (the allocated chunks) for every row.',
+      'server (then `sync` of the restored file: groupsnap and the plain download fsync theirs). groupsnap opens ' +
+      "chunks (AES-256-GCM, inflate, keyed-hash check) on worker threads and reads them without the SDK's response " +
+      'CRC32, which GCM and the keyed hash make redundant; the plain download keeps the SDK defaults. MiB/s counts ' +
+      'disk data (the allocated chunks) for every row.',
     '',
     '| what | seconds per round | median s | MiB/s |',
     '| --- | --- | --- | --- |',
