@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
-import { Repository } from '../backup/repository';
+import { DRILL_RECORD, Repository } from '../backup/repository';
 import type { DrillRecord, WaitReadyRequest } from '../common/drill';
 import { BAD_INPUT } from '../common/validation';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -139,7 +139,10 @@ export function createDrillActivities(deps: DrillDeps) {
     async recordDrill(req: { repo: string; record: DrillRecord }): Promise<void> {
       const repo = await openRepo(req.repo);
       try {
-        await repo.writeSealedJson(`${repo.pointPrefix(req.record.group, req.record.snapshotId)}drill`, req.record);
+        await repo.writeSealedJson(
+          `${repo.pointPrefix(req.record.group, req.record.snapshotId)}${DRILL_RECORD}`,
+          req.record,
+        );
       } finally {
         repo.close();
       }
@@ -163,5 +166,5 @@ export type DrillActivities = ReturnType<typeof createDrillActivities>;
 
 /** The last drill recorded beside a point, if any. */
 export async function readDrillRecord(repo: Repository, group: string, snapshotId: string) {
-  return repo.readSealedJson<DrillRecord>(`${repo.pointPrefix(group, snapshotId)}drill`);
+  return repo.readSealedJson<DrillRecord>(`${repo.pointPrefix(group, snapshotId)}${DRILL_RECORD}`);
 }

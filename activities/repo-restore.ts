@@ -180,7 +180,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
         try {
           rmSync(raw, { force: true });
           await repo.writeDiskImage(disk, raw, {
-            concurrency: 4,
+            concurrency: 8,
             onProgress: (done, total) => heartbeat({ done, total }),
           });
           bytesWritten = disk.chunks.reduce(

@@ -229,7 +229,7 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
           stats.bytesRead += len;
           let id: string | null = null;
           if (!isZero(data)) {
-            const put = await repo.putChunk(data);
+            const put = await repo.putChunk(data, undefined, { detach: true });
             id = put.id;
             if (put.uploaded) {
               stats.chunksNew++;

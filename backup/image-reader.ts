@@ -1,6 +1,6 @@
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -80,12 +80,22 @@ const NBD = {
   cmdDisc: 2,
 } as const;
 
+/** How long `open` waits for qemu-nbd to listen, and `close` for it to exit after the disconnect. */
+const LISTEN_TIMEOUT_MS = 60_000;
+const EXIT_GRACE_MS = 2_000;
+
 /**
  * A read-only view of an image as it is (the chain at a frozen snapshot layer), served by `qemu-nbd -r` on a
  * private Unix socket and read over NBD (a minimal client: fixed newstyle handshake, simple replies, pipelined
  * reads). qemu-nbd serves one client and exits when it disconnects, so it does not outlive a killed reader.
+ *
+ * qemu-nbd runs as this process's own child (not `--fork`ed away): its exit is seen at once, and it is reaped by
+ * this process rather than left a zombie for whatever init the machine has (which made every close wait a second
+ * for a process that had already stopped). Replies are copied once, from the socket straight into the buffer each
+ * read returns.
  */
 export class ImageReader {
+  /** Handshake bytes not consumed yet. */
   private buffered: Buffer[] = [];
   private bufferedBytes = 0;
   private waiter: (() => void) | undefined;
@@ -95,11 +105,17 @@ export class ImageReader {
     { length: number; resolve: (b: Buffer) => void; reject: (e: Error) => void }
   >();
   private nextHandle = 1n;
-  private reading = false;
+  /** Reply parsing (after the handshake): a partial header, then the reply whose data is being copied. */
+  private replies = false;
+  private header = Buffer.alloc(16);
+  private headerFill = 0;
+  private current: { data: Buffer; fill: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+  private closing = false;
 
   private constructor(
     private readonly socket: Socket,
-    private readonly pidFile: string,
+    private readonly child: ChildProcess,
+    private readonly exited: Promise<void>,
     private readonly dir: string,
     readonly size: number,
   ) {}
@@ -111,42 +127,63 @@ export class ImageReader {
   static async open(file: string, format: string): Promise<ImageReader> {
     const dir = await mkdtemp(join(tmpdir(), 'groupsnap-nbd-'));
     const sock = join(dir, 'nbd.sock');
-    const pidFile = join(dir, 'qemu-nbd.pid');
     const opts = `driver=${format},force-share=on,read-only=on,file.driver=file,file.filename=${file.replace(/,/g, ',,')}`;
+    const child = spawn('qemu-nbd', ['-r', '--image-opts', '-k', sock, opts], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr?.on('data', (d) => (stderr += d));
+    let exitCode: number | null | undefined;
+    const exited = new Promise<void>((resolve) => {
+      child.once('exit', (code, signal) => {
+        exitCode = code ?? (signal ? -1 : null);
+        resolve();
+      });
+      child.once('error', (err) => {
+        stderr += err.message;
+        exitCode = -1;
+        resolve();
+      });
+    });
     try {
-      // --fork returns once the socket listens.
-      await new Promise<void>((resolve, reject) => {
-        const child = spawn('qemu-nbd', ['-r', '--image-opts', '-k', sock, '--fork', '--pid-file', pidFile, opts], {
-          stdio: ['ignore', 'ignore', 'pipe'],
+      // qemu-nbd listens once the socket accepts a connection: try until it does, or until it exits.
+      const deadline = Date.now() + LISTEN_TIMEOUT_MS;
+      let socket: Socket | undefined;
+      while (!socket) {
+        if (exitCode !== undefined) throw new Error(`qemu-nbd on ${file} failed (${exitCode}): ${stderr.trim()}`);
+        if (Date.now() > deadline) throw new Error(`qemu-nbd on ${file} did not listen within ${LISTEN_TIMEOUT_MS} ms`);
+        socket = await new Promise<Socket | undefined>((resolve) => {
+          const s = connect(sock, () => resolve(s));
+          s.once('error', () => {
+            s.destroy();
+            setTimeout(() => resolve(undefined), 5);
+          });
         });
-        let stderr = '';
-        child.stderr.on('data', (d) => (stderr += d));
-        child.on('error', reject);
-        child.on('exit', (code) =>
-          code === 0 ? resolve() : reject(new Error(`qemu-nbd on ${file} failed (${code}): ${stderr.trim()}`)),
-        );
-      });
-      const socket = await new Promise<Socket>((resolve, reject) => {
-        const s = connect(sock, () => resolve(s));
-        s.once('error', reject);
-      });
-      const reader = new ImageReader(socket, pidFile, dir, 0);
+      }
+      const reader = new ImageReader(socket, child, exited, dir, 0);
       socket.on('data', (d: Buffer) => reader.onData(d));
       socket.on('error', (e) => reader.fail(e));
       socket.on('close', () => reader.fail(new Error('NBD connection closed')));
       const size = await reader.handshake();
       (reader as { size: number }).size = size;
-      reader.reading = true;
-      void reader.replyLoop();
+      reader.startReplies();
       return reader;
     } catch (err) {
-      await killPidFile(pidFile);
+      if (exitCode === undefined) child.kill('SIGTERM');
+      await exited;
       await rm(dir, { recursive: true, force: true });
       throw err;
     }
   }
 
   private onData(d: Buffer): void {
+    if (this.replies) {
+      try {
+        this.parseReplies(d);
+      } catch (err) {
+        this.fail(err as Error);
+        this.socket.destroy();
+      }
+      return;
+    }
     this.buffered.push(d);
     this.bufferedBytes += d.length;
     const w = this.waiter;
@@ -155,15 +192,17 @@ export class ImageReader {
   }
 
   private fail(err: Error): void {
-    if (!this.failure) this.failure = err;
+    if (!this.failure) this.failure = this.closing ? new Error('image reader closed') : err;
     const w = this.waiter;
     this.waiter = undefined;
     w?.();
+    this.current?.reject(this.failure);
+    this.current = undefined;
     for (const p of this.pending.values()) p.reject(this.failure);
     this.pending.clear();
   }
 
-  /** Exactly `n` bytes from the socket. */
+  /** Exactly `n` bytes from the socket (handshake only). */
   private async take(n: number): Promise<Buffer> {
     while (this.bufferedBytes < n) {
       if (this.failure) throw this.failure;
@@ -195,21 +234,45 @@ export class ImageReader {
     return Number(reply.readBigUInt64BE(0));
   }
 
-  private async replyLoop(): Promise<void> {
-    try {
-      while (this.reading) {
-        const head = await this.take(16);
-        if (head.readUInt32BE(0) !== NBD.replyMagic) throw new Error('bad NBD reply magic');
-        const error = head.readUInt32BE(4);
-        const handle = head.readBigUInt64BE(8);
-        const p = this.pending.get(handle);
-        if (!p) throw new Error(`NBD reply for unknown handle ${handle}`);
-        this.pending.delete(handle);
-        if (error !== 0) p.reject(new Error(`NBD read failed with error ${error}`));
-        else p.resolve(Buffer.from(await this.take(p.length)));
+  /** From now on replies are parsed as they arrive (whatever the handshake left over first). */
+  private startReplies(): void {
+    this.replies = true;
+    const rest = this.buffered;
+    this.buffered = [];
+    this.bufferedBytes = 0;
+    for (const d of rest) this.onData(d);
+  }
+
+  /** Simple replies: a 16-byte header, then (for a successful read) the data, copied into the read's buffer. */
+  private parseReplies(d: Buffer): void {
+    let pos = 0;
+    while (pos < d.length) {
+      const cur = this.current;
+      if (cur) {
+        const n = Math.min(cur.data.length - cur.fill, d.length - pos);
+        d.copy(cur.data, cur.fill, pos, pos + n);
+        cur.fill += n;
+        pos += n;
+        if (cur.fill === cur.data.length) {
+          this.current = undefined;
+          cur.resolve(cur.data);
+        }
+        continue;
       }
-    } catch (err) {
-      if (this.reading) this.fail(err as Error);
+      const n = Math.min(16 - this.headerFill, d.length - pos);
+      d.copy(this.header, this.headerFill, pos, pos + n);
+      this.headerFill += n;
+      pos += n;
+      if (this.headerFill < 16) return;
+      this.headerFill = 0;
+      if (this.header.readUInt32BE(0) !== NBD.replyMagic) throw new Error('bad NBD reply magic');
+      const error = this.header.readUInt32BE(4);
+      const handle = this.header.readBigUInt64BE(8);
+      const p = this.pending.get(handle);
+      if (!p) throw new Error(`NBD reply for unknown handle ${handle}`);
+      this.pending.delete(handle);
+      if (error !== 0) p.reject(new Error(`NBD read failed with error ${error}`));
+      else this.current = { data: Buffer.allocUnsafe(p.length), fill: 0, resolve: p.resolve, reject: p.reject };
     }
   }
 
@@ -233,9 +296,9 @@ export class ImageReader {
     });
   }
 
-  /** Disconnects; qemu-nbd then exits (it is also killed, in case it did not). */
+  /** Disconnects; qemu-nbd then exits (it is killed if it has not within a grace period). */
   async close(): Promise<void> {
-    this.reading = false;
+    this.closing = true;
     if (!this.socket.destroyed) {
       const req = Buffer.alloc(28);
       req.writeUInt32BE(NBD.requestMagic, 0);
@@ -244,31 +307,13 @@ export class ImageReader {
       await new Promise<void>((r) => this.socket.end(req, () => r()));
       this.socket.destroy();
     }
-    await killPidFile(this.pidFile);
-    await rm(this.dir, { recursive: true, force: true });
-  }
-}
-
-async function killPidFile(pidFile: string): Promise<void> {
-  let pid: number;
-  try {
-    pid = Number((await readFile(pidFile, 'utf8')).trim());
-  } catch {
-    return;
-  }
-  if (!Number.isInteger(pid) || pid <= 1) return;
-  // Give it a moment to exit on its own after the disconnect, then make sure.
-  for (let i = 0; i < 20; i++) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), EXIT_GRACE_MS)));
+    if ((await Promise.race([this.exited, late])) === 'late') {
+      this.child.kill('SIGTERM');
+      await this.exited;
     }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    // already gone
+    clearTimeout(timer);
+    await rm(this.dir, { recursive: true, force: true });
   }
 }

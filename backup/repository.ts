@@ -30,7 +30,8 @@ import {
   type VerificationRecord,
   type VmManifest,
 } from './manifest';
-import { openStore, type ObjectStore } from './store';
+import { ChunkIdMismatchError, SealPool } from './seal-pool';
+import { FileStore, openStore, S3Store, type ObjectStore } from './store';
 
 /** Default chunk size: 4 MiB. */
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
@@ -71,7 +72,28 @@ export interface PointSummary {
   manifest: string;
   /** The last `repo verify` of this point, if any. */
   verification?: VerificationRecord;
+  /** The last DR drill of this point (`groupsnap drill`, recorded beside it), if any. */
+  lastDrill?: PointDrillSummary;
 }
+
+/** What a listing shows of a point's last drill (the full record: `DrillRecord` in common/drill.ts). */
+export interface PointDrillSummary {
+  drillId: string;
+  status: 'pass' | 'fail';
+  /** When the drill started (ISO 8601). */
+  startedAt: string;
+  toHost: string;
+  /** Restore requested -> ready signal (ms): the drill's time to ready, an RTO estimate. */
+  rtoMs?: number;
+  /** Restore requested -> every VM running (ms). */
+  restoreMs?: number;
+  /** Every VM running -> ready signal (ms). */
+  readyMs?: number;
+  error?: string;
+}
+
+/** Object key suffix, under a point's prefix, of its last drill's record (written by activities/drill.ts). */
+export const DRILL_RECORD = 'drill';
 
 /** One chunk of a disk as read back. */
 export interface DiskChunk {
@@ -99,6 +121,8 @@ export interface PutChunkResult {
 export class Repository {
   /** Chunk ids known to exist (from {@link loadChunkIndex} and this instance's own uploads). */
   private known?: Set<string>;
+  /** Threads for chunk hashing and sealing (started on the first chunk). */
+  private pool?: SealPool;
 
   private constructor(
     readonly store: ObjectStore,
@@ -185,7 +209,13 @@ export class Repository {
   }
 
   close(): void {
+    void this.pool?.close();
+    this.pool = undefined;
     this.store.close();
+  }
+
+  private sealPool(): SealPool {
+    return (this.pool ??= new SealPool(this.keys));
   }
 
   // ---- names ----
@@ -250,10 +280,27 @@ export class Repository {
 
   /**
    * Stores a chunk unless the repository has it: compressed, encrypted, named by its keyed hash.
-   * `knownId` saves hashing again when the caller already did.
+   * `knownId` saves hashing again when the caller already did. Without it, the hashing, sealing and the digests of
+   * the request body run on the repository's worker threads (./seal-pool.ts); `detach` lets `data`'s memory move
+   * there instead of being copied (the caller must not use `data` afterwards).
    */
-  async putChunk(data: Buffer, knownId?: string): Promise<PutChunkResult> {
-    const id = knownId ?? this.chunkId(data);
+  async putChunk(data: Buffer, knownId?: string, opts: { detach?: boolean } = {}): Promise<PutChunkResult> {
+    if (knownId === undefined) {
+      let present = false;
+      const { id, sealed } = await this.sealPool().hashAndSeal(
+        data,
+        async (id) => {
+          present = await this.hasChunk(id);
+          return !present;
+        },
+        opts,
+      );
+      if (present || !sealed) return { id, uploaded: false, storedBytes: 0 };
+      await this.store.put(Repository.chunkKey(id), sealed.sealed, { sha256: sealed.sha256, crc32: sealed.crc32 });
+      this.known?.add(id);
+      return { id, uploaded: true, storedBytes: sealed.sealed.length };
+    }
+    const id = knownId;
     if (await this.hasChunk(id)) return { id, uploaded: false, storedBytes: 0 };
     const sealed = await seal(this.keys, data, id);
     await this.store.put(Repository.chunkKey(id), sealed);
@@ -262,22 +309,32 @@ export class Repository {
   }
 
   /**
-   * Reads, decrypts and checks one chunk.
+   * Reads, decrypts and checks one chunk (on the repository's worker threads).
    * @throws DamagedObjectError when it is missing, does not decrypt, or its content does not match its name
    */
   async readChunk(id: string): Promise<Buffer> {
     const key = Repository.chunkKey(id);
-    const sealed = await this.store.get(key);
-    if (!sealed) throw new DamagedObjectError(key, 'missing');
-    let plain: Buffer;
-    try {
-      plain = await unseal(this.keys, sealed, id);
-    } catch (err) {
-      if (err instanceof SealError) throw new DamagedObjectError(key, 'corrupt', err.message);
-      throw err;
+    // The built-in stores return a fresh buffer per get, which can move to the worker; another store (a test's)
+    // may hand out what it keeps, so that is copied.
+    const own = this.store instanceof S3Store || this.store instanceof FileStore;
+    for (let attempt = 1; ; attempt++) {
+      const sealed = await this.store.get(key);
+      if (!sealed) throw new DamagedObjectError(key, 'missing');
+      try {
+        return await this.sealPool().open(own ? sealed : Buffer.from(sealed), id);
+      } catch (err) {
+        const damage =
+          err instanceof SealError
+            ? err.message
+            : err instanceof ChunkIdMismatchError
+              ? 'content does not match its id'
+              : undefined;
+        if (damage === undefined) throw err;
+        // Read once more before calling it damage at rest (the S3 store does not check chunk reads' CRC32).
+        if (attempt < 2) continue;
+        throw new DamagedObjectError(key, 'corrupt', damage);
+      }
     }
-    if (this.chunkId(plain) !== id) throw new DamagedObjectError(key, 'corrupt', 'content does not match its id');
-    return plain;
   }
 
   // ---- manifests ----
@@ -368,9 +425,11 @@ export class Repository {
       : KEYS.pointsPrefix;
     const groups: string[] = [];
     const verified = new Set<string>();
+    const drilled = new Set<string>();
     for await (const o of this.store.list(prefix)) {
       if (o.key.endsWith('/group')) groups.push(o.key);
       else if (o.key.endsWith('/verified')) verified.add(o.key.slice(0, -'verified'.length));
+      else if (o.key.endsWith(`/${DRILL_RECORD}`)) drilled.add(o.key.slice(0, -DRILL_RECORD.length));
     }
     const points: PointSummary[] = [];
     for (const key of groups) {
@@ -379,6 +438,9 @@ export class Repository {
       const base = key.slice(0, -'group'.length);
       const verification = verified.has(base)
         ? await this.readSealedJson<VerificationRecord>(`${base}verified`).catch(() => undefined)
+        : undefined;
+      const drill = drilled.has(base)
+        ? await this.readSealedJson<PointDrillSummary>(`${base}${DRILL_RECORD}`).catch(() => undefined)
         : undefined;
       points.push({
         group: m.group,
@@ -390,6 +452,7 @@ export class Repository {
         stats: m.stats,
         manifest: key,
         ...(verification ? { verification } : {}),
+        ...(drill ? { lastDrill: drillSummary(drill) } : {}),
       });
     }
     return points.sort(
@@ -464,7 +527,8 @@ export class Repository {
 
   /**
    * Writes the disk's content as a raw, sparse image file at `file` (created or truncated to the virtual size;
-   * zero chunks are left as holes). Convert it with `qemu-img convert -f raw -O qcow2` if needed.
+   * zero chunks are left as holes). Convert it with `qemu-img convert -f raw -O qcow2` if needed. `concurrency`
+   * chunks are fetched at once and each is written at its offset as soon as it is opened (in no particular order).
    */
   async writeDiskImage(
     m: DiskManifest,
@@ -474,15 +538,58 @@ export class Repository {
     const fh = await openFile(file, 'w');
     try {
       await fh.truncate(m.virtualSize);
-      for await (const c of this.readDisk(m, opts)) {
-        if (c.id !== null && !isZero(c.data)) await fh.write(c.data, 0, c.data.length, c.offset);
-        opts.onProgress?.(c.offset + c.data.length, m.virtualSize);
-      }
+      const todo = m.chunks.map((id, i) => (id === null ? -1 : i)).filter((i) => i >= 0);
+      let next = 0;
+      let done = 0;
+      let failed = false;
+      const worker = async (): Promise<void> => {
+        while (next < todo.length && !failed) {
+          const index = todo[next++];
+          const id = m.chunks[index] as string;
+          const offset = index * m.chunkSize;
+          const length = Math.min(m.chunkSize, m.virtualSize - offset);
+          const data = await this.readChunk(id).catch((err: unknown) => {
+            failed = true;
+            throw err;
+          });
+          if (data.length !== length) {
+            failed = true;
+            throw new DamagedObjectError(
+              Repository.chunkKey(id),
+              'corrupt',
+              `holds ${data.length} bytes, expected ${length}`,
+            );
+          }
+          if (!isZero(data)) await fh.write(data, 0, data.length, offset);
+          done += length;
+          opts.onProgress?.(done, m.virtualSize);
+        }
+      };
+      const results = await Promise.allSettled(
+        Array.from({ length: Math.max(1, opts.concurrency ?? 6) }, () => worker()),
+      );
+      const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failure) throw failure.reason;
+      opts.onProgress?.(m.virtualSize, m.virtualSize);
       await fh.sync();
     } finally {
       await fh.close();
     }
   }
+}
+
+/** The listing's fields of a stored drill record (which holds more: evidence, clones, readiness). */
+function drillSummary(r: PointDrillSummary): PointDrillSummary {
+  return {
+    drillId: r.drillId,
+    status: r.status,
+    startedAt: r.startedAt,
+    toHost: r.toHost,
+    ...(r.rtoMs !== undefined ? { rtoMs: r.rtoMs } : {}),
+    ...(r.restoreMs !== undefined ? { restoreMs: r.restoreMs } : {}),
+    ...(r.readyMs !== undefined ? { readyMs: r.readyMs } : {}),
+    ...(r.error !== undefined ? { error: r.error } : {}),
+  };
 }
 
 const ZEROS = Buffer.alloc(1024 * 1024);

@@ -39,14 +39,25 @@ export interface ObjectStore {
   /** Fails with a clear error when the bucket/directory that should hold the repository does not exist. */
   checkLocation(): Promise<void>;
   get(key: string): Promise<Buffer | undefined>;
-  /** Writes the whole object at once: readers see the old object, no object, or the new one, never part. */
-  put(key: string, body: Buffer): Promise<void>;
+  /**
+   * Writes the whole object at once: readers see the old object, no object, or the new one, never part. `digests`
+   * of `body`, when the caller has them, save the store computing them again.
+   */
+  put(key: string, body: Buffer, digests?: BodyDigests): Promise<void>;
   exists(key: string): Promise<boolean>;
   /** Every object whose key starts with `prefix`, in no particular order. */
   list(prefix: string): AsyncIterable<StoredObject>;
   /** Removes an object; no error when it is already gone. */
   delete(key: string): Promise<void>;
   close(): void;
+}
+
+/** Digests of an object's body computed off the main thread (./seal-pool.ts). */
+export interface BodyDigests {
+  /** SHA-256, hex: the SigV4 payload hash. */
+  sha256?: string;
+  /** CRC32, base64 of the big-endian value: the S3 flexible checksum. */
+  crc32?: string;
 }
 
 /** A repository URL taken apart. */
@@ -214,6 +225,7 @@ export class FileStore implements ObjectStore {
 export class S3Store implements ObjectStore {
   readonly url: string;
   readonly client: S3Client;
+  private readonly clientConfig: S3ClientConfig;
   private readonly bucket: string;
   private readonly prefix: string;
 
@@ -224,12 +236,13 @@ export class S3Store implements ObjectStore {
     // groupsnap supports Node >= 20 and pins the SDK: its notice about future SDK releases needing Node 22 is noise.
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const endpoint = loc.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
-    this.client = new S3Client({
+    this.clientConfig = {
       region: process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
       ...(endpoint ? { endpoint, forcePathStyle: true } : {}),
       maxAttempts: 4,
       ...config,
-    });
+    };
+    this.client = new S3Client(this.clientConfig);
   }
 
   async checkLocation(): Promise<void> {
@@ -241,10 +254,15 @@ export class S3Store implements ObjectStore {
   }
 
   async get(key: string): Promise<Buffer | undefined> {
+    // Chunks are authenticated end to end (AES-GCM, then their keyed hash; Repository.readChunk re-reads one that
+    // fails once), so their reads skip the SDK's CRC32 of the response, a main-thread pass over every byte that
+    // catches nothing those checks miss. Everything else (config, manifests, locks) keeps it.
+    const chunk = key.startsWith('chunks/');
+    const client = chunk ? this.chunkClient() : this.client;
     for (let attempt = 1; ; attempt++) {
       try {
-        const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }));
-        return Buffer.from(await (out.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
+        const out = await client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }));
+        return await collectBody(out.Body, out.ContentLength);
       } catch (err) {
         if (isNotFound(err)) return undefined;
         // The SDK checks the object's stored checksum: a mismatch twice over is damage at rest, not transit.
@@ -257,9 +275,35 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async put(key: string, body: Buffer): Promise<void> {
+  private chunkReads?: S3Client;
+
+  /** The client chunk reads use: the same settings without response checksum validation. */
+  private chunkClient(): S3Client {
+    return (this.chunkReads ??= new S3Client({ ...this.clientConfig, responseChecksumValidation: 'WHEN_REQUIRED' }));
+  }
+
+  async put(key: string, body: Buffer, digests: BodyDigests = {}): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Body: body }));
+      const command = new PutObjectCommand({
+        Bucket: this.bucket,
+        Key: this.prefix + key,
+        Body: body,
+        // A checksum given is sent as is (the SDK computes CRC32 itself otherwise).
+        ...(digests.crc32 ? { ChecksumCRC32: digests.crc32 } : {}),
+      });
+      const sha256 = digests.sha256;
+      if (sha256) {
+        // The signer takes the payload hash from this header instead of hashing the body again.
+        command.middlewareStack.add(
+          (next) => async (args) => {
+            const req = args.request as { headers?: Record<string, string> };
+            if (req.headers) req.headers['x-amz-content-sha256'] = sha256;
+            return next(args);
+          },
+          { step: 'build', name: 'groupsnapPayloadHash' },
+        );
+      }
+      await this.client.send(command);
     } catch (err) {
       throw this.translate(err, key);
     }
@@ -305,6 +349,7 @@ export class S3Store implements ObjectStore {
 
   close(): void {
     this.client.destroy();
+    this.chunkReads?.destroy();
   }
 
   private translate(err: unknown, what: string): Error {
@@ -322,6 +367,28 @@ export class S3Store implements ObjectStore {
     // Network failures (connection refused, reset, timeouts) stay as they are: retryable.
     return err as Error;
   }
+}
+
+/**
+ * A GetObject body as one Buffer: copied once into a buffer of the announced length as it streams in (the SDK's
+ * `transformToByteArray` gathers the pieces, then concatenates them, then the caller copied again).
+ */
+async function collectBody(body: unknown, length: number | undefined): Promise<Buffer> {
+  const stream = body as AsyncIterable<Uint8Array> & { transformToByteArray?: () => Promise<Uint8Array> };
+  if (length === undefined || typeof stream?.[Symbol.asyncIterator] !== 'function') {
+    const bytes = await (body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray();
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+  const out = Buffer.allocUnsafeSlow(length);
+  let pos = 0;
+  for await (const piece of stream) {
+    if (pos + piece.length > length)
+      throw new RepositoryError(`S3 response longer than its Content-Length (${length})`);
+    out.set(piece, pos);
+    pos += piece.length;
+  }
+  if (pos !== length) throw new RepositoryError(`S3 response ended after ${pos} of ${length} bytes`);
+  return out;
 }
 
 function isNotFound(err: unknown): boolean {

@@ -143,6 +143,17 @@ export async function repoList(url: string | undefined, opts: RepoOptions & { gr
               problems: p.verification.problems,
             }
           : null,
+        lastDrill: p.lastDrill
+          ? {
+              result: p.lastDrill.status,
+              at: p.lastDrill.startedAt,
+              toHost: p.lastDrill.toHost,
+              timeToReadyMs: p.lastDrill.rtoMs ?? null,
+              restoreMs: p.lastDrill.restoreMs ?? null,
+              drillId: p.lastDrill.drillId,
+              ...(p.lastDrill.error !== undefined ? { error: p.lastDrill.error } : {}),
+            }
+          : null,
       }));
     },
     (points) =>
@@ -156,6 +167,13 @@ export async function repoList(url: string | undefined, opts: RepoOptions & { gr
                 (p.verified
                   ? `verified ${p.verified.ok ? 'ok' : `DAMAGED (${p.verified.problems})`}${p.verified.readData ? ' with data' : ''}`
                   : 'not verified') +
+                ', ' +
+                (p.lastDrill
+                  ? `last drill ${p.lastDrill.result === 'pass' ? 'passed' : 'FAILED'} ${p.lastDrill.at} on ${p.lastDrill.toHost}` +
+                    (p.lastDrill.timeToReadyMs !== null
+                      ? ` (ready in ${(p.lastDrill.timeToReadyMs / 1000).toFixed(1)} s)`
+                      : '')
+                  : 'never drilled') +
                 '\n' +
                 p.vms
                   .map(

@@ -267,7 +267,13 @@ export class HypervisorHosts {
   async worker(
     id: string,
     address: string,
-    options: { args?: string[]; workflows?: boolean; as?: { id?: string; imagesDir?: string } } = {},
+    options: {
+      args?: string[];
+      workflows?: boolean;
+      as?: { id?: string; imagesDir?: string };
+      /** Extra environment of the worker (e.g. the `AWS_*` settings of an S3 repository). */
+      env?: Record<string, string>;
+    } = {},
   ): Promise<HostWorker> {
     // `as`: another host id (and image directory) served by the same hypervisor, e.g. a host with a full disk.
     const host = { ...this.host(id), ...(options.as ?? {}) };
@@ -304,7 +310,7 @@ export class HostWorker {
     readonly host: HypervisorHost,
     readonly stateDir: string,
     readonly address: string,
-    readonly options: { args?: string[]; workflows?: boolean } = {},
+    readonly options: { args?: string[]; workflows?: boolean; env?: Record<string, string> } = {},
   ) {}
 
   get pid(): number | undefined {
@@ -345,7 +351,8 @@ export class HostWorker {
           `XDG_RUNTIME_DIR=${user.runtimeDir}`,
         ]
       : ['env', `GROUPSNAP_LIBVIRT_URI=${host.workerUri}`];
-    return ['ip', 'netns', 'exec', host.netns, ...asUser, process.execPath, ...worker];
+    const extraEnv = Object.entries(this.options.env ?? {}).map(([k, v]) => `${k}=${v}`);
+    return ['ip', 'netns', 'exec', host.netns, ...asUser, ...extraEnv, process.execPath, ...worker];
   }
 
   /** Starts the worker; resolves once it polls its host queue. */

@@ -50,6 +50,8 @@ describe.each([
     ['--rounds', '--modes', '--interval-s', '--gap-ms', '--checkpoint-s', '--out'],
     ['--modes', 'group,naive'],
   ],
+  ['backup', ['--disk', '--data', '--delta', '--rounds', '--out'], ['--rounds', '0']],
+  ['restore', ['--disk', '--data', '--rounds', '--vms', '--vm-data', '--out'], ['--vms', 'x']],
 ])('node dist/bench/%s.js', (name, options, badArgs) => {
   it('lists its options with --help', async () => {
     const { stdout } = await exec(process.execPath, [bench(name), '--help']);

@@ -1,0 +1,253 @@
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { SealError, type RepositoryKeys } from './crypto';
+
+/**
+ * Chunk work off the main thread: the keyed hash that names a chunk, sealing (deflate when worth it, AES-256-GCM)
+ * and the two digests the S3 request needs of the sealed body (SHA-256 for the SigV4 payload hash, CRC32 for the
+ * flexible checksum), which the SDK would otherwise compute on the main thread; and the reverse for reads
+ * (open, inflate, check the name). An export's main thread is left with the NBD reads and the HTTP writes, so on
+ * a machine with a spare core the crypto runs beside them instead of in turn.
+ *
+ * The sealed layout is the one of `seal`/`unseal` in ./crypto.ts (docs/repository-format.md); test/unit/seal-pool.test.ts
+ * checks the two against each other both ways. The worker's source is inline (node built-ins only) so the same
+ * code runs from dist/ and under ts-jest.
+ */
+const WORKER_SOURCE = String.raw`
+const { parentPort, workerData } = require('node:worker_threads');
+const { createHmac, createCipheriv, createDecipheriv, createHash, randomBytes } = require('node:crypto');
+const zlib = require('node:zlib');
+const encKey = Buffer.from(workerData.encryption);
+const idKey = Buffer.from(workerData.chunkId);
+const MAGIC = Buffer.from('GSN1', 'ascii');
+const held = new Map();
+const own = (b) => (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? [b.buffer] : []);
+const asBuffer = (u) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+const chunkId = (data) => createHmac('sha256', idKey).update(data).digest('hex');
+function compressible(data) {
+  if (data.length <= 128 * 1024) return true;
+  const start = Math.floor(data.length / 2) - 8 * 1024;
+  const sample = data.subarray(start, start + 16 * 1024);
+  return zlib.deflateRawSync(sample, { level: 1 }).length < sample.length * 0.9;
+}
+function seal(plain, context, compress) {
+  let body = plain;
+  let compression = 0;
+  if (compress && plain.length > 0 && compressible(plain)) {
+    const packed = zlib.deflateRawSync(plain, { level: 1 });
+    if (packed.length < plain.length) { body = packed; compression = 1; }
+  }
+  const header = Buffer.concat([MAGIC, Buffer.from([1, compression])]);
+  const nonce = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', encKey, nonce);
+  cipher.setAAD(Buffer.concat([header, Buffer.from(context, 'utf8')]));
+  const out = Buffer.allocUnsafeSlow(header.length + nonce.length + body.length + 16);
+  header.copy(out, 0);
+  nonce.copy(out, header.length);
+  let pos = header.length + nonce.length;
+  pos += cipher.update(body).copy(out, pos);
+  pos += cipher.final().copy(out, pos);
+  cipher.getAuthTag().copy(out, pos);
+  return out;
+}
+function open(sealed, context) {
+  if (sealed.length < 6 + 12 + 16 || !sealed.subarray(0, 4).equals(MAGIC)) throw { kind: 'seal', message: 'not a groupsnap object (bad header)' };
+  const header = sealed.subarray(0, 6);
+  if (header[4] !== 1) throw { kind: 'seal', message: 'unknown algorithm ' + header[4] };
+  const compression = header[5];
+  if (compression !== 0 && compression !== 1) throw { kind: 'seal', message: 'unknown compression ' + compression };
+  const decipher = createDecipheriv('aes-256-gcm', encKey, sealed.subarray(6, 18));
+  decipher.setAAD(Buffer.concat([header, Buffer.from(context, 'utf8')]));
+  decipher.setAuthTag(sealed.subarray(sealed.length - 16));
+  let body;
+  try {
+    body = decipher.update(sealed.subarray(18, sealed.length - 16));
+    const rest = decipher.final();
+    if (rest.length) body = Buffer.concat([body, rest]);
+  } catch {
+    throw { kind: 'seal', message: 'authentication failed (damaged, or sealed under another key or name)' };
+  }
+  if (compression === 0) return body;
+  try {
+    return zlib.inflateRawSync(body);
+  } catch {
+    throw { kind: 'seal', message: 'compressed body does not inflate' };
+  }
+}
+parentPort.on('message', (m) => {
+  try {
+    if (m.op === 'hash') {
+      const data = asBuffer(m.data);
+      held.set(m.job, data);
+      parentPort.postMessage({ job: m.job, id: chunkId(data) });
+    } else if (m.op === 'seal') {
+      const data = held.get(m.job);
+      held.delete(m.job);
+      const sealed = seal(data, m.context, m.compress);
+      const sha256 = createHash('sha256').update(sealed).digest('hex');
+      let crc32;
+      if (typeof zlib.crc32 === 'function') {
+        const c = Buffer.alloc(4);
+        c.writeUInt32BE(zlib.crc32(sealed) >>> 0);
+        crc32 = c.toString('base64');
+      }
+      parentPort.postMessage({ job: m.job, sealed, sha256, crc32 }, own(sealed));
+    } else if (m.op === 'drop') {
+      held.delete(m.job);
+    } else if (m.op === 'open') {
+      const plain = open(asBuffer(m.sealed), m.id);
+      if (chunkId(plain) !== m.id) throw { kind: 'id', message: 'content does not match its id' };
+      const out = own(plain).length ? plain : Buffer.from(plain);
+      parentPort.postMessage({ job: m.job, plain: out }, own(out));
+    }
+  } catch (err) {
+    held.delete(m.job);
+    parentPort.postMessage({ job: m.job, error: { kind: err.kind || 'other', message: String(err.message || err) } });
+  }
+});
+`;
+
+/** A chunk sealed by the pool, with the digests an S3 PUT of it needs. */
+export interface SealedChunk {
+  sealed: Buffer;
+  /** SHA-256 of `sealed`, hex (SigV4 payload hash). */
+  sha256: string;
+  /** CRC32 of `sealed`, base64 of the big-endian value (S3 flexible checksum); absent on Node without zlib.crc32. */
+  crc32?: string;
+}
+
+/** A chunk whose content did not match its id when opened. */
+export class ChunkIdMismatchError extends Error {
+  override readonly name = 'ChunkIdMismatchError';
+}
+
+type Reply = {
+  job: number;
+  id?: string;
+  sealed?: Uint8Array;
+  sha256?: string;
+  crc32?: string;
+  plain?: Uint8Array;
+  error?: { kind: 'seal' | 'id' | 'other'; message: string };
+};
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+}
+
+const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+/** Whether `b` is the whole of its ArrayBuffer (then it can be moved to another thread instead of copied). */
+const ownsMemory = (b: Buffer): boolean => b.byteOffset === 0 && b.byteLength === b.buffer.byteLength;
+
+/** Threads for chunk crypto, started on first use; `close` stops them. */
+export class SealPool {
+  private slots: Slot[] = [];
+  private nextJob = 1;
+  private readonly waiting = new Map<number, { resolve: (r: Reply) => void; reject: (e: Error) => void }>();
+  private closed = false;
+
+  constructor(
+    private readonly keys: RepositoryKeys,
+    /** @default one thread per core beyond the first, from 2 to 4 */
+    readonly threads = Math.max(2, Math.min(4, availableParallelism() - 1)),
+  ) {}
+
+  private slot(): Slot {
+    if (this.closed) throw new Error('seal pool closed');
+    if (this.slots.length < this.threads) {
+      const worker = new Worker(WORKER_SOURCE, {
+        eval: true,
+        workerData: { encryption: this.keys.encryption, chunkId: this.keys.chunkId },
+      });
+      worker.unref();
+      const slot: Slot = { worker, busy: 0 };
+      worker.on('message', (r: Reply) => this.settle(slot, r));
+      worker.on('error', (err) => this.failAll(err));
+      worker.on('exit', (code) => {
+        if (!this.closed) this.failAll(new Error(`seal worker exited (${code})`));
+      });
+      this.slots.push(slot);
+      return slot;
+    }
+    return this.slots.reduce((a, b) => (b.busy < a.busy ? b : a));
+  }
+
+  private settle(slot: Slot, r: Reply): void {
+    const w = this.waiting.get(r.job);
+    if (!w) return;
+    this.waiting.delete(r.job);
+    if (--slot.busy === 0) slot.worker.unref();
+    w.resolve(r);
+  }
+
+  private failAll(err: Error): void {
+    for (const w of this.waiting.values()) w.reject(err);
+    this.waiting.clear();
+    for (const s of this.slots) s.busy = 0;
+  }
+
+  private call(slot: Slot, msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<Reply> {
+    const job = msg.job as number;
+    return new Promise<Reply>((resolve, reject) => {
+      this.waiting.set(job, { resolve, reject });
+      if (slot.busy++ === 0) slot.worker.ref();
+      slot.worker.postMessage(msg, transfer);
+    }).then((r) => {
+      if (r.error) {
+        if (r.error.kind === 'seal') throw new SealError(r.error.message);
+        if (r.error.kind === 'id') throw new ChunkIdMismatchError(r.error.message);
+        throw new Error(r.error.message);
+      }
+      return r;
+    });
+  }
+
+  /**
+   * Names `data` by its keyed hash, then seals it if `wanted(id)` says so (else drops it). With `detach`, `data`'s
+   * memory moves to the worker (the caller must not use it afterwards) instead of being copied.
+   */
+  async hashAndSeal(
+    data: Buffer,
+    wanted: (id: string) => boolean | Promise<boolean>,
+    opts: { detach?: boolean; compress?: boolean } = {},
+  ): Promise<{ id: string; sealed?: SealedChunk }> {
+    const slot = this.slot();
+    const job = this.nextJob++;
+    const transfer = opts.detach && ownsMemory(data) ? [data.buffer as ArrayBuffer] : [];
+    const { id } = (await this.call(slot, { op: 'hash', job, data }, transfer)) as { id: string };
+    let want: boolean;
+    try {
+      want = await wanted(id);
+    } catch (err) {
+      slot.worker.postMessage({ op: 'drop', job });
+      throw err;
+    }
+    if (!want) {
+      slot.worker.postMessage({ op: 'drop', job });
+      return { id };
+    }
+    const r = await this.call(slot, { op: 'seal', job, context: id, compress: opts.compress ?? true });
+    return { id, sealed: { sealed: asBuffer(r.sealed as Uint8Array), sha256: r.sha256 as string, crc32: r.crc32 } };
+  }
+
+  /**
+   * Opens a sealed chunk named `id` and checks its content against the name.
+   * @throws SealError when it does not open; ChunkIdMismatchError when its content is not what `id` names
+   */
+  async open(sealed: Buffer, id: string): Promise<Buffer> {
+    const slot = this.slot();
+    const job = this.nextJob++;
+    const transfer = ownsMemory(sealed) ? [sealed.buffer as ArrayBuffer] : [];
+    const r = await this.call(slot, { op: 'open', job, sealed, id }, transfer);
+    return asBuffer(r.plain as Uint8Array);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const slots = this.slots;
+    this.slots = [];
+    this.failAll(new Error('seal pool closed'));
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+  }
+}

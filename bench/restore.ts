@@ -1,0 +1,455 @@
+/**
+ * Restore benchmark (issue 17): how fast a point comes back from the repository onto the second hypervisor host
+ * (dev/hypervisor-hosts.ts: a session libvirt daemon of another Unix user), side by side in one run with a plain
+ * download of the same bytes with the same SDK from the same S3 server (versitygw on 127.0.0.1) and with restic's
+ * restore of the same image file; then the RTO figure: time from "restore requested" to "all VMs running" for a
+ * group of `--vms` VMs restored on host B by the real workflow, after host A's VMs and worker are gone.
+ *
+ *   npm run bench:restore -- [--disk 4] [--data 1024] [--rounds 2] [--vms 4] [--vm-data 64] [--out <dir>]
+ *
+ * Writes bench/results/restore-<date>.json and the "Restore from the repository" section of BENCHMARKS.md.
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtemp, open as openFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import * as libvirt from '@groupsnap/libvirt';
+import { Client, Connection } from '@temporalio/client';
+import { createRepoRestoreActivities } from '../activities/repo-restore';
+import { exportDisk } from '../backup/export-disk';
+import { ImageReader } from '../backup/image-reader';
+import { Repository } from '../backup/repository';
+import { snapshotGroup } from '../client';
+import { exportGroupSnapshot } from '../client/backup';
+import { restoreFromRepo } from '../client/repo-restore';
+import { HypervisorHosts } from '../dev/hypervisor-hosts';
+import { S3Server } from '../dev/s3-server';
+import { startDevServer } from '../dev/temporal-dev-server';
+import { REPO_ROOT } from '../dev/tools';
+import { VmFleet } from '../dev/vms';
+import type { Hypervisor } from '../hypervisor/hypervisor';
+import { describeMachine, type MachineDescription } from './machine';
+import { benchCommand, integer, parseBenchOptions } from './options';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+
+interface Options {
+  disk: number;
+  data: number;
+  rounds: number;
+  vms: number;
+  vmData: number;
+  out: string;
+}
+
+const command = benchCommand('restore', 'Restore throughput and RTO from the off-host repository onto another host')
+  .option('--disk <GiB>', 'virtual size of the throughput disk', integer(1, 1024), 4)
+  .option('--data <MiB>', 'random data in it (a multiple of 64)', integer(64), 1024)
+  .option('--rounds <n>', 'timed rounds of each restore kind, in alternating order', integer(1, 10), 2)
+  .option('--vms <n>', 'VMs of the RTO group (0: no RTO run)', integer(0, 16), 4)
+  .option('--vm-data <MiB>', 'random data in each disk of each RTO VM (two 1 GiB disks per VM)', integer(0, 1024), 64)
+  .option('--out <dir>', 'where bench/results/ and BENCHMARKS.md are written', REPO_ROOT);
+
+async function timed<T>(fn: () => Promise<T>): Promise<{ value: T; seconds: number }> {
+  const t0 = process.hrtime.bigint();
+  const value = await fn();
+  return { value, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
+}
+
+/** Writes `mib` MiB of random data into a qcow2 `image` from `offsetMiB`, 64 MiB per qemu-io call. */
+async function writeRandom(image: string, offsetMiB: number, mib: number, scratch: string): Promise<void> {
+  for (let done = 0; done < mib; done += 64) {
+    const piece = Math.min(64, mib - done);
+    await writeFile(scratch, randomBytes(piece * MiB));
+    await run('qemu-io', [
+      '-f',
+      'qcow2',
+      image,
+      '-c',
+      `write -q -s ${scratch} ${(offsetMiB + done) * MiB} ${piece * MiB}`,
+    ]);
+  }
+  await rm(scratch, { force: true });
+}
+
+function resticPath(): string | undefined {
+  const local = join(REPO_ROOT, '.tools/bin/restic');
+  return existsSync(local) ? local : undefined;
+}
+
+interface Row {
+  what: string;
+  seconds: number[];
+  /** Disk data bytes restored (allocated chunks), the same for every row. */
+  bytes: number;
+}
+
+interface Results {
+  machine: MachineDescription;
+  options: Omit<Options, 'out'>;
+  throughput: { dataBytes: number; rows: Row[]; resticVersion?: string };
+  rto?: {
+    vms: number;
+    disksPerVm: number;
+    dataBytesPerDisk: number;
+    seconds: number;
+    workflowMs?: number;
+    bytesWritten: number;
+    virtType?: string;
+    states: string[];
+  };
+}
+
+async function main(): Promise<void> {
+  const opts = parseBenchOptions<Options>(command);
+  if (opts.data % 64 !== 0 || opts.data > opts.disk * 1024) {
+    console.error('--data must be a multiple of 64 MiB and fit in --disk');
+    process.exit(2);
+  }
+  const machine = describeMachine();
+  const dir = await mkdtemp('/var/tmp/groupsnap-bench-restore-');
+  chmodSync(dir, 0o755);
+  const hostA = `bench-a-${randomBytes(3).toString('hex')}`;
+  const hostB = `bench-b-${randomBytes(3).toString('hex')}`;
+  const closers: (() => Promise<unknown>)[] = [];
+  try {
+    console.error('starting two hypervisor hosts and versitygw ...');
+    const hosts = await HypervisorHosts.create({ ids: [hostA, hostB] });
+    closers.push(() => hosts.destroy());
+    mkdirSync(join(dir, 's3'));
+    const s3 = await S3Server.start({ dir: join(dir, 's3') });
+    closers.push(() => s3.stop());
+    Object.assign(process.env, s3.env);
+    const client = s3.client();
+    closers.push(async () => client.destroy());
+    await s3.createBucket('bench');
+    const key = randomBytes(32);
+    const keyFile = join(dir, 'repo.key');
+    writeFileSync(keyFile, key.toString('base64') + '\n', { mode: 0o600 });
+    hosts.giveToHost(hostB, keyFile);
+    const b = hosts.host(hostB);
+
+    // ---- throughput: one disk, restored to host B's image directory by groupsnap, a plain download, restic ----
+    console.error(`preparing a ${opts.disk} GiB disk with ${opts.data} MiB of random data ...`);
+    const image = join(dir, 'vm.vda.qcow2');
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', image, `${opts.disk}G`]);
+    await writeRandom(image, 0, opts.data, join(dir, 'random.bin'));
+    const url = 's3://bench/groupsnap';
+    const names = { group: 'bench', snapshotId: 'p1', domain: 'vm', target: 'vda' };
+    {
+      const repo = await Repository.init(url, key);
+      try {
+        await exportDisk({ repo, names, image, format: 'qcow2' });
+        // groupsnap's restore reads the point by its group manifest; the throughput run reads the disk manifest.
+      } finally {
+        repo.close();
+      }
+    }
+    const manifest = await (async () => {
+      const repo = await Repository.open(url, key);
+      try {
+        return await repo.readDiskManifest(names.group, names.snapshotId, names.domain, names.target);
+      } finally {
+        repo.close();
+      }
+    })();
+    const dataChunks = manifest.chunks.map((c, i) => (c === null ? -1 : i)).filter((i) => i >= 0);
+    const dataBytes = dataChunks.reduce(
+      (sum, i) => sum + Math.min(manifest.chunkSize, manifest.virtualSize - i * manifest.chunkSize),
+      0,
+    );
+    // The same bytes as plain objects (what a plain download fetches): each data chunk's raw content.
+    {
+      const reader = await ImageReader.open(image, 'qcow2');
+      try {
+        for (const i of dataChunks) {
+          const len = Math.min(manifest.chunkSize, manifest.virtualSize - i * manifest.chunkSize);
+          const body = await reader.read(i * manifest.chunkSize, len);
+          await client.send(new PutObjectCommand({ Bucket: 'bench', Key: `plain/${i}`, Body: body }));
+        }
+      } finally {
+        await reader.close();
+      }
+    }
+    const bin = resticPath();
+    const resticEnv = { ...process.env, RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: `s3:${s3.endpoint}/bench/restic` };
+    let resticVersion: string | undefined;
+    let resticSparse = false;
+    if (bin) {
+      resticSparse = (await run(bin, ['restore', '--help'], { env: resticEnv })).stdout.includes('--sparse');
+      resticVersion = (await run(bin, ['version'], { env: resticEnv })).stdout.trim();
+      await run(bin, ['init'], { env: resticEnv });
+      await run(bin, ['backup', '-q', '--host', 'bench', image], { env: resticEnv, maxBuffer: 64 * MiB });
+    } else console.error('restic not found in .tools/bin: its row is skipped');
+
+    const activities = createRepoRestoreActivities({
+      // rebuildDisk reads the repository and writes files; it does not touch libvirt.
+      hypervisor: {} as Hypervisor,
+      hostId: hostB,
+      imagesDir: b.imagesDir,
+      keyFile,
+    });
+    const target = (what: string, round: number) => join(b.imagesDir, `bench-restore-${what}-${round}`);
+    const kinds: { what: string; once: (round: number) => Promise<void> }[] = [
+      {
+        what: 'groupsnap restore, raw (rebuildDisk activity: 8 chunks in flight, sparse writes, fsync)',
+        once: async (round) => {
+          await activities.rebuildDisk({ repo: url, ...names, file: target('gs-raw', round), format: 'raw' });
+        },
+      },
+      {
+        what: 'groupsnap restore, qcow2 (the default format: raw as above, then qemu-img convert)',
+        once: async (round) => {
+          await activities.rebuildDisk({ repo: url, ...names, file: target('gs-qcow2', round), format: 'qcow2' });
+        },
+      },
+      {
+        what: 'plain SDK download of the same bytes (4 MiB GetObject, 4 in flight, SDK defaults, sparse positional writes, fsync)',
+        once: async (round) => {
+          const fh = await openFile(target('plain', round), 'w');
+          try {
+            await fh.truncate(manifest.virtualSize);
+            let next = 0;
+            await Promise.all(
+              [0, 1, 2, 3].map(async () => {
+                while (next < dataChunks.length) {
+                  const i = dataChunks[next++];
+                  const out = await client.send(new GetObjectCommand({ Bucket: 'bench', Key: `plain/${i}` }));
+                  const body = Buffer.from(await out.Body!.transformToByteArray());
+                  await fh.write(body, 0, body.length, i * manifest.chunkSize);
+                }
+              }),
+            );
+            await fh.sync();
+          } finally {
+            await fh.close();
+          }
+        },
+      },
+      ...(bin
+        ? [
+            {
+              what: `restic restore${resticSparse ? ' --sparse' : ''} of the image file, then sync of it (${resticVersion?.split(' ').slice(0, 2).join(' ')})`,
+              once: async (round: number) => {
+                const sparse = resticSparse ? ['--sparse'] : [];
+                await run(bin, ['restore', 'latest', ...sparse, '--target', target('restic', round)], {
+                  env: resticEnv,
+                  maxBuffer: 64 * MiB,
+                });
+                // restic does not fsync what it restored; groupsnap and the plain download do: the same footing.
+                await run('sync', [join(target('restic', round), image)]);
+              },
+            },
+          ]
+        : []),
+    ];
+    // Warm-up, untimed: this process's first restore and first download load and compile code a worker that has
+    // restored before would not (a small point of its own, and a few plain objects).
+    {
+      const warm = join(dir, 'warm.qcow2');
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', warm, '256M']);
+      await writeRandom(warm, 0, 64, join(dir, 'random.bin'));
+      const repo = await Repository.open(url, key);
+      try {
+        await exportDisk({ repo, names: { ...names, snapshotId: 'warm' }, image: warm, format: 'qcow2' });
+      } finally {
+        repo.close();
+      }
+      for (const format of ['raw', 'qcow2'] as const) {
+        const file = target(`warm-${format}`, 0);
+        await activities.rebuildDisk({ repo: url, ...names, snapshotId: 'warm', file, format });
+        await rm(file, { force: true });
+      }
+      for (const i of dataChunks.slice(0, 8)) {
+        const out = await client.send(new GetObjectCommand({ Bucket: 'bench', Key: `plain/${i}` }));
+        await out.Body!.transformToByteArray();
+      }
+    }
+    const rows: Row[] = kinds.map((k) => ({ what: k.what, seconds: [], bytes: dataBytes }));
+    for (let round = 0; round < opts.rounds; round++) {
+      const order = kinds.map((_, i) => i);
+      if (round % 2 === 1) order.reverse();
+      for (const i of order) {
+        console.error(`round ${round + 1}: ${kinds[i].what} ...`);
+        const t = await timed(() => kinds[i].once(round));
+        rows[i].seconds.push(t.seconds);
+        console.error(`  ${t.seconds.toFixed(2)} s, ${(dataBytes / MiB / t.seconds).toFixed(1)} MiB/s`);
+      }
+      for (const w of ['gs-raw', 'gs-qcow2', 'plain', 'restic'])
+        await rm(target(w, round), { recursive: true, force: true });
+    }
+
+    // ---- RTO: a group of VMs snapshotted and exported on host A, restored on host B after A is gone ----
+    let rto: Results['rto'];
+    if (opts.vms > 0) {
+      console.error(`RTO: ${opts.vms} VMs on host A, exported, restored on host B ...`);
+      const server = await startDevServer({});
+      closers.push(() => server.stop());
+      const hostAddress = await hosts.expose(server.address);
+      const s3Address = await hosts.expose(`127.0.0.1:${s3.port}`);
+      const connection = await Connection.connect({ address: server.address });
+      closers.push(() => connection.close());
+      const temporal = new Client({ connection });
+      const env = { ...s3.env, AWS_ENDPOINT_URL_S3: `http://${s3Address}` };
+      const rtoUrl = 's3://bench/rto';
+      (await Repository.init(rtoUrl, key)).close();
+      const workerA = await hosts.worker(hostA, hostAddress, { args: ['--key-file', keyFile], env });
+      const workerB = await hosts.worker(hostB, hostAddress, { args: ['--key-file', keyFile], env, workflows: true });
+      await Promise.all([workerA.start(temporal), workerB.start(temporal)]);
+      const a = hosts.host(hostA);
+      const fleet = await VmFleet.create({
+        prefix: 'gs-bench-rto',
+        count: opts.vms,
+        dir: a.imagesDir,
+        start: false,
+        diskSize: '1G',
+      });
+      let snapshotId: string;
+      try {
+        for (const vm of fleet.vms)
+          for (const [t, disk] of Object.entries(vm.disks))
+            await writeRandom(disk, t === 'vda' ? 1 : 0, opts.vmData, join(dir, 'random.bin'));
+        for (const vm of fleet.vms) await (await fleet.conn.lookupByName(vm.name)).create();
+        const snap = await snapshotGroup(temporal, {
+          group: 'rto',
+          vms: fleet.names.map((domain) => ({ domain, host: hostA })),
+        });
+        if (snap.status !== 'completed') throw new Error(`group snapshot ${snap.status}`);
+        snapshotId = snap.snapshotId;
+        const exported = await exportGroupSnapshot(temporal, { group: 'rto', snapshotId, repository: rtoUrl });
+        if (exported.status !== 'completed') throw new Error(`export ${exported.status}`);
+      } finally {
+        // Host A is gone: its VMs, images and worker.
+        await fleet.destroy();
+        await workerA.stop();
+      }
+      const connB = await libvirt.open(b.uri);
+      closers.push(() => connB.close());
+      const t = await timed(() =>
+        restoreFromRepo(temporal, { group: 'rto', snapshotId, repo: rtoUrl, toHost: hostB }, { keyFile }),
+      );
+      const result = t.value;
+      const states: string[] = [];
+      for (const vm of result.vms) {
+        const dom = await connB.lookupByName(vm.domain).catch(() => undefined);
+        states.push(dom ? (await dom.state()).state : 'missing');
+      }
+      if (result.status !== 'restored') throw new Error(`restore ${result.status}: ${result.error}`);
+      rto = {
+        vms: opts.vms,
+        disksPerVm: 2,
+        dataBytesPerDisk: opts.vmData * MiB,
+        seconds: t.seconds,
+        ...(result.durationMs !== undefined ? { workflowMs: result.durationMs } : {}),
+        bytesWritten: result.bytesWritten,
+        ...(result.virtType ? { virtType: result.virtType } : {}),
+        states,
+      };
+      console.error(`  RTO ${t.seconds.toFixed(2)} s (${states.join(', ')})`);
+      for (const vm of result.vms) {
+        const dom = await connB.lookupByName(vm.domain).catch(() => undefined);
+        if (dom) {
+          if ((await dom.state()).state !== 'shutoff') await dom.destroy();
+          await dom.undefine();
+        }
+        for (const d of vm.disks) await rm(d.file, { force: true });
+      }
+      await workerB.stop();
+    }
+
+    const results: Results = {
+      machine,
+      options: { disk: opts.disk, data: opts.data, rounds: opts.rounds, vms: opts.vms, vmData: opts.vmData },
+      throughput: { dataBytes, rows, ...(resticVersion ? { resticVersion } : {}) },
+      ...(rto ? { rto } : {}),
+    };
+    const resultsDir = join(opts.out, 'bench/results');
+    mkdirSync(resultsDir, { recursive: true });
+    const file = join(resultsDir, `restore-${machine.date.slice(0, 10)}.json`);
+    writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+    const section = renderSection(results, file.slice(opts.out.length + 1));
+    const mdFile = join(opts.out, 'BENCHMARKS.md');
+    let md = existsSync(mdFile) ? readFileSync(mdFile, 'utf8') : '# Benchmarks\n';
+    const begin = '<!-- restore:begin -->';
+    const end = '<!-- restore:end -->';
+    md = md.includes(begin)
+      ? md.slice(0, md.indexOf(begin)) + section + md.slice(md.indexOf(end) + end.length)
+      : md.trimEnd() + '\n\n' + section + '\n';
+    writeFileSync(mdFile, md);
+    console.log(section);
+  } finally {
+    for (const c of closers.reverse()) await c().catch((err: unknown) => console.error(err));
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((x, y) => x - y);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+export function renderSection(r: Results, rawFile: string): string {
+  const mibs = (bytes: number, s: number) => (bytes / MiB / s).toFixed(1);
+  const rows = r.throughput.rows.map(
+    (row) =>
+      `| ${row.what} | ${row.seconds.map((s) => s.toFixed(2)).join(', ')} | ${median(row.seconds).toFixed(2)} | ${mibs(row.bytes, median(row.seconds))} |`,
+  );
+  const plain = r.throughput.rows.find((row) => row.what.startsWith('plain'));
+  const ratio = (row: Row | undefined) =>
+    row && plain ? (median(plain.seconds) / median(row.seconds)).toFixed(2) : '?';
+  const raw = r.throughput.rows.find((row) => row.what.includes(', raw'));
+  const qcow2 = r.throughput.rows.find((row) => row.what.includes(', qcow2'));
+  const restic = r.throughput.rows.find((row) => row.what.startsWith('restic'));
+  const m = r.machine;
+  const o = r.options;
+  return [
+    '<!-- restore:begin -->',
+    '## Restore from the repository (issue 17)',
+    '',
+    `Generated by \`npm run bench:restore -- --disk ${o.disk} --data ${o.data} --rounds ${o.rounds} --vms ${o.vms} ` +
+      `--vm-data ${o.vmData}\` (bench/restore.ts) from \`${rawFile}\`; run ${m.date} on ${m.hostname}: ${m.cores} cores ` +
+      `(${m.cpu}), ${m.memoryGiB} GiB, libvirt ${m.libvirt}, Node ${m.node}, load average ` +
+      `${(m.loadAvgAtStart ?? []).join(' / ')} at the start. **A shared 2-core machine**: other agents ran tests and ` +
+      'VMs at the same time, so absolute figures are rough; the kinds run in the same run, interleaved round by ' +
+      'round in alternating order, and the ratios compare medians.',
+    '',
+    `Throughput: a ${o.disk} GiB qcow2 disk with ${o.data} MiB of random data, exported by groupsnap (4 MiB chunks) ` +
+      `to versitygw on 127.0.0.1 (posix backend), then restored ${o.rounds} times into host B's image directory ` +
+      "(the session libvirt host of dev/hypervisor-hosts.ts) by the restore's `rebuildDisk` activity code (in this " +
+      'process, without the Temporal round trips); beside it the same bytes as plain objects downloaded with the same ' +
+      'SDK from the same server into a sparse file, and restic restoring its backup of the image file from the same ' +
+      'server (then `sync` of the restored file: groupsnap and the plain download fsync theirs). groupsnap opens ' +
+      "chunks (AES-256-GCM, inflate, keyed-hash check) on worker threads and reads them without the SDK's response " +
+      'CRC32, which GCM and the keyed hash make redundant; the plain download keeps the SDK defaults. MiB/s counts ' +
+      'disk data (the allocated chunks) for every row.',
+    '',
+    '| what | seconds per round | median s | MiB/s |',
+    '| --- | --- | --- | --- |',
+    ...rows,
+    '',
+    `- groupsnap raw restore: ${ratio(raw)}x the plain download's throughput (target >= 0.7x); qcow2: ${ratio(qcow2)}x` +
+      (restic ? `; restic: ${ratio(restic)}x` : ''),
+    ...(r.rto
+      ? [
+          `- **RTO**: ${r.rto.vms} VMs (${r.rto.disksPerVm} disks of 1 GiB each, ${r.rto.dataBytesPerDisk / MiB} MiB ` +
+            `of random data per disk) snapshotted and exported on host A, host A's VMs, images and worker removed, ` +
+            `then \`restoreFromRepo\` to host B: **${r.rto.seconds.toFixed(1)} s** from the request to every VM running ` +
+            `(the workflow's own figure: ${r.rto.workflowMs !== undefined ? (r.rto.workflowMs / 1000).toFixed(1) + ' s' : '?'}; ` +
+            `${(r.rto.bytesWritten / MiB).toFixed(0)} MiB written as qcow2; VMs under ${r.rto.virtType ?? 'the stored domain type'}; ` +
+            `states after: ${r.rto.states.join(', ')}).`,
+        ]
+      : []),
+    '<!-- restore:end -->',
+  ].join('\n');
+}
+
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,110 @@
+/**
+ * `groupsnap repo list` shows each point's last DR drill (result, when, where, time to ready), read from the record
+ * the drill's `recordDrill` activity stores beside the point; through the built CLI on a file:// repository.
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { createDrillActivities } from '../activities/drill';
+import { Repository } from '../backup/repository';
+import type { DrillRecord } from '../common/drill';
+import type { Hypervisor } from '../hypervisor/hypervisor';
+import { writeTestPoint } from './helpers/repo-points';
+import { CLI } from './helpers/worker-process';
+
+function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+let dir: string;
+let url: string;
+let keyFile: string;
+const key = randomBytes(32);
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'gs-repo-list-drill-'));
+  url = pathToFileURL(join(dir, 'repo')).href;
+  keyFile = join(dir, 'key');
+  writeFileSync(keyFile, key.toString('base64') + '\n');
+  const repo = await Repository.init(url, key, { chunkSize: 64 * 1024 });
+  try {
+    await writeTestPoint(repo, 'shop', 'gs-1', '2026-12-01T10:00:00.000Z', [randomBytes(64 * 1024), null]);
+    await writeTestPoint(repo, 'shop', 'gs-2', '2026-12-01T11:00:00.000Z', [randomBytes(64 * 1024), null]);
+  } finally {
+    repo.close();
+  }
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const record = (over: Partial<DrillRecord>): DrillRecord => ({
+  drillId: 'd1',
+  group: 'shop',
+  snapshotId: 'gs-1',
+  toHost: 'hv-b',
+  status: 'pass',
+  readiness: 'serial-line',
+  startedAt: '2026-12-01T12:00:00.000Z',
+  restoreMs: 4200,
+  readyMs: 8100,
+  rtoMs: 12300,
+  evidence: ['ready'],
+  vms: [{ source: 'db-1', clone: 'db-1-d1' }],
+  ...over,
+});
+
+test('repo list shows each point its last drill: result, when, where, time to ready; "never drilled" otherwise', async () => {
+  // Stored the way a drill stores it: the drill's recordDrill activity on the target host, with that host's key.
+  const drills = createDrillActivities({ hypervisor: {} as Hypervisor, hostId: 'hv-b', keyFile });
+  await drills.recordDrill({ repo: url, record: record({}) });
+
+  const listed = await cli(['repo', 'list', url, '--key-file', keyFile, '--json']);
+  expect({ code: listed.code, stderr: listed.stderr }).toEqual({ code: 0, stderr: '' });
+  const points = JSON.parse(listed.stdout) as { snapshotId: string; lastDrill: unknown }[];
+  expect(points.map((p) => p.snapshotId)).toEqual(['gs-1', 'gs-2']);
+  expect(points[0].lastDrill).toEqual({
+    result: 'pass',
+    at: '2026-12-01T12:00:00.000Z',
+    toHost: 'hv-b',
+    timeToReadyMs: 12300,
+    restoreMs: 4200,
+    drillId: 'd1',
+  });
+  expect(points[1].lastDrill).toBeNull();
+
+  const text = await cli(['repo', 'list', url, '--key-file', keyFile]);
+  expect(text.code).toBe(0);
+  const [first, second] = text.stdout.split('\n').filter((l) => l.startsWith('shop '));
+  expect(first).toContain('last drill passed 2026-12-01T12:00:00.000Z on hv-b (ready in 12.3 s)');
+  expect(second).toContain('never drilled');
+
+  // A later drill that failed replaces it in the listing.
+  await drills.recordDrill({
+    repo: url,
+    record: record({
+      drillId: 'd2',
+      status: 'fail',
+      startedAt: '2026-12-01T13:00:00.000Z',
+      rtoMs: undefined,
+      readyMs: undefined,
+      error: 'no ready line within 300 s',
+    }),
+  });
+  const again = JSON.parse((await cli(['repo', 'list', url, '--key-file', keyFile, '--json'])).stdout) as {
+    lastDrill: Record<string, unknown> | null;
+  }[];
+  expect(again[0].lastDrill).toMatchObject({
+    result: 'fail',
+    at: '2026-12-01T13:00:00.000Z',
+    timeToReadyMs: null,
+    error: 'no ready line within 300 s',
+  });
+  const failedText = (await cli(['repo', 'list', url, '--key-file', keyFile])).stdout;
+  expect(failedText).toContain('last drill FAILED 2026-12-01T13:00:00.000Z on hv-b');
+});
