@@ -352,12 +352,14 @@ export async function simulatedHosts(
             format: 'qcow2',
             type: 'file',
             device: 'disk',
-            chain: [`${stateRoot}/${hostId}-${domain}-${target}.qcow2`],
+            // Each host's images in a directory of its own, as on separate machines (overlays are made beside them).
+            chain: [`${stateRoot}/${hostId}-images/${domain}-${target}.qcow2`],
           })),
         });
         vms.push({ domain, host: hostId });
       }
       mkdirSync(`${stateRoot}/${hostId}`, { recursive: true });
+      mkdirSync(`${stateRoot}/${hostId}-images`, { recursive: true });
       const w = await hostWorker(server, hostId, fake, `${stateRoot}/${hostId}`, false);
       workers.push(w);
       runs.push(w.run());
