@@ -1,6 +1,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
-import { chmodSync, chownSync, existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, chownSync, existsSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { groupSnapshotResult, snapshotGroup, startGroupSnapshot } from '../client';
@@ -167,20 +167,32 @@ describe('two independent hypervisors, each host in its own network namespace', 
     await dom.create();
     const before = { [a3]: await sources(a3), [b3]: await sources(b3) };
     try {
-      const result = await snapshotGroup(client, {
-        vms: [
-          { domain: a3, host: hostA },
-          { domain: b3, host: hostB },
-        ],
-      });
+      const vms = [
+        { domain: a3, host: hostA },
+        { domain: b3, host: hostB },
+      ];
+      // The old order: libvirt on host B fails to create the overlay inside the freeze, after host A snapshotted.
+      const result = await snapshotGroup(client, { vms, resumeWhen: 'group-snapshotted' });
       expect(result.status).toBe('failed');
       expect(result.vms.find((v) => v.domain === b3)!.error).toMatch(/permission|denied|could not open/i);
       expect(result.vms.find((v) => v.domain === a3)!.outcome).toBe('rolled-back');
+      // The default order makes the overlays before anyone pauses: host B cannot, so nothing is paused at all and
+      // host A's prepared overlays are removed again.
+      const early = await snapshotGroup(client, { vms });
+      expect(early.status).toBe('failed');
+      expect(early.error).toMatch(new RegExp(`${b3} disk vdb: cannot make overlay .*(permission|denied)`, 'i'));
+      expect(early.vms.every((v) => v.outcome === 'not-snapshotted' && v.pausedAtMs === undefined)).toBe(true);
       for (const vm of [a3, b3]) {
         expect(await state(vm)).toBe('running');
         expect(await sources(vm)).toEqual(before[vm]);
       }
-      for (const v of result.vms) for (const d of v.disks) expect(existsSync(d.overlay)).toBe(false);
+      for (const r of [result, early])
+        for (const v of r.vms) for (const d of v.disks) expect(existsSync(d.overlay)).toBe(false);
+      expect(
+        readdirSync(dirname(fleetA.vms.find((v) => v.name === a3)!.disks.vda)).filter((f) =>
+          f.includes(early.snapshotId),
+        ),
+      ).toEqual([]);
     } finally {
       await dom.destroy().catch(() => undefined);
       renameSync(newVdb, oldVdb);

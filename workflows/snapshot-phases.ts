@@ -224,6 +224,8 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   }
   if (run.barrier === 'waiting') run.barrier = 'release';
   await allFrozen;
+  // A cancellation that arrived during the window (the hosts then saw their waits cancelled) ends the run cancelled.
+  if (CancellationScope.current().consideredCancelled) await CancellationScope.current().cancelRequested;
   const failures = run.vmResults.filter((v) => v.error);
   if (failures.length > 0) {
     throw ApplicationFailure.nonRetryable(
