@@ -5,6 +5,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type {
   CloneRecord,
   CloneVmReport,
+  ChooseSocketPortsRequest,
   CloneVmRequest,
   DeleteSnapshotRequest,
   DeleteVmReport,
@@ -17,6 +18,8 @@ import type {
 } from '../common/dr-types';
 import { METADATA_NAMESPACE } from '../common/names';
 import { cloneDomainXml } from '../hypervisor/clone-xml';
+import { chooseSocketPorts } from './socket-ports';
+import type { SocketPortChoice } from '../common/socket-ports';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { DomainDescription, Hypervisor } from '../hypervisor/hypervisor';
 import { ImageNotFoundError } from '../hypervisor/images';
@@ -444,6 +447,26 @@ export function createDrActivities(deps: DrActivityDeps) {
     },
 
     /**
+     * Fresh ports for the socket links of this host's VMs about to be cloned: ports they bind get ports free on this
+     * host, ports they only send or connect to get unused ones (see activities/socket-ports.ts).
+     */
+    async chooseSocketPorts(req: ChooseSocketPortsRequest): Promise<SocketPortChoice> {
+      const problems: string[] = [];
+      for (const d of req.domains) checkDomain(d, problems);
+      failIf(problems);
+      const xmls: string[] = [];
+      for (const d of req.domains) {
+        try {
+          xmls.push(await hypervisor.domainXml(d));
+        } catch (err) {
+          if (err instanceof DomainNotFoundError) throw bad(`VM ${d} does not exist on host ${hostId}`);
+          throw err;
+        }
+      }
+      return chooseSocketPorts(xmls, req.avoid ?? []);
+    },
+
+    /**
      * Restores a VM's snapshot as a new VM `cloneName` beside it: its definition without uuid, MACs and groupsnap
      * metadata, each snapshotted disk on a new qcow2 overlay `<image dir>/<cloneName>.<target>.qcow2` over the
      * snapshot's image; started unless `start: false`. Recorded on the source VM (deletion of the snapshot is then
@@ -478,6 +501,7 @@ export function createDrActivities(deps: DrActivityDeps) {
           cloneName,
           disks: (record ?? { disks }).disks.map((d) => ({ target: d.target, file: d.overlay })),
           metadataNamespace: METADATA_NAMESPACE,
+          ...(req.socketPorts ? { socketPorts: req.socketPorts } : {}),
         });
         if (!record) {
           // Recorded first: a retry, and the compensation, find everything this call may have created.
