@@ -1,11 +1,20 @@
 import { dirname, join } from 'node:path';
-import type { CloneRecord, CloneVmReport, CloneVmRequest, RemoveCloneRequest } from '../common/dr-types';
+import type {
+  ChooseSocketPortsRequest,
+  CloneRecord,
+  CloneVmReport,
+  CloneVmRequest,
+  RemoveCloneRequest,
+} from '../common/dr-types';
+import type { SocketPortChoice } from '../common/socket-ports';
 import { METADATA_NAMESPACE } from '../common/names';
 import { cloneDomainXml } from '../hypervisor/clone-xml';
+import { DomainNotFoundError } from '../hypervisor/errors';
 import { isLive, type DrContext } from './dr-context';
 import { beating } from './heartbeat';
 import { badInput, checkDomain, checkName, checkOwner, failIf } from './input-checks';
 import { restoreSteps } from './restore-steps';
+import { chooseSocketPorts } from './socket-ports';
 
 /** Restore as clones: a new VM beside the source on overlays over the snapshot's images, and its removal. */
 export function createCloneActivities(ctx: DrContext) {
@@ -13,6 +22,26 @@ export function createCloneActivities(ctx: DrContext) {
   const { restorable, underLease, ensureOverlay } = restoreSteps(ctx);
 
   return {
+    /**
+     * Fresh ports for the socket links of this host's VMs about to be cloned: ports they bind get ports free on this
+     * host, ports they only send or connect to get unused ones (see activities/socket-ports.ts).
+     */
+    async chooseSocketPorts(req: ChooseSocketPortsRequest): Promise<SocketPortChoice> {
+      const problems: string[] = [];
+      for (const d of req.domains) checkDomain(d, problems);
+      failIf(problems);
+      const xmls: string[] = [];
+      for (const d of req.domains) {
+        try {
+          xmls.push(await hypervisor.domainXml(d));
+        } catch (err) {
+          if (err instanceof DomainNotFoundError) throw badInput(`VM ${d} does not exist on host ${hostId}`);
+          throw err;
+        }
+      }
+      return chooseSocketPorts(xmls, req.avoid ?? []);
+    },
+
     /**
      * Restores a VM's snapshot as a new VM `cloneName` beside it: its definition without uuid, MACs and groupsnap
      * metadata, each snapshotted disk on a new qcow2 overlay `<image dir>/<cloneName>.<target>.qcow2` over the
@@ -51,6 +80,7 @@ export function createCloneActivities(ctx: DrContext) {
           cloneName,
           disks: (record ?? { disks }).disks.map((d) => ({ target: d.target, file: d.overlay })),
           metadataNamespace: METADATA_NAMESPACE,
+          ...(req.socketPorts ? { socketPorts: req.socketPorts } : {}),
         });
         if (!record) {
           // Recorded first: a retry, and the compensation, find everything this call may have created.

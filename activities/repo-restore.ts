@@ -30,6 +30,9 @@ import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { restoredDomainXml } from '../hypervisor/restore-xml';
 import { heartbeat } from './heartbeat';
+import { socketLinkPorts } from '../hypervisor/socket-links';
+import { mergeSocketPortChoices } from '../common/socket-ports';
+import { chooseSocketPorts } from './socket-ports';
 
 const run = promisify(execFile);
 
@@ -115,8 +118,10 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
         const problems: string[] = [];
         const vms: PlannedVm[] = [];
         let bytesNeeded = 0;
+        const xmls: string[] = [];
         for (const v of group.vms) {
           const vm = await repo.readManifestAt<VmManifest>(v.manifest);
+          xmls.push(vm.domainXml);
           const domain = req.mode === 'clone' ? `${v.domain}${req.suffix}` : v.domain;
           if (names.has(domain))
             problems.push(
@@ -157,6 +162,12 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           (await repo.readManifestAt<VmManifest>(group.vms[0].manifest)).domainXml,
         )?.[2];
         const virtType = storedType === 'kvm' && !kvmUsable() ? 'qemu' : undefined;
+        // Clones' socket links get fresh ports free on this host (every VM of the restore lands here), one map for
+        // the whole group; a restore as the original keeps its ports (the originals are gone).
+        const socketPorts =
+          req.mode === 'clone' && xmls.some((x) => socketLinkPorts(x).length > 0)
+            ? mergeSocketPortChoices([await chooseSocketPorts(xmls)])
+            : undefined;
         return {
           vms,
           imagesDir,
@@ -164,6 +175,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           bytesFree,
           snapshotCreatedAt: group.snapshotCreatedAt,
           ...(virtType ? { virtType } : {}),
+          ...(socketPorts ? { socketPorts } : {}),
         };
       });
     },
@@ -222,6 +234,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           imagesDir,
           networkMap: req.networkMap,
           noNetwork: req.noNetwork,
+          ...(req.socketPorts ? { socketPorts: req.socketPorts } : {}),
           metadataNamespace: METADATA_NAMESPACE,
           ...(req.virtType ? { virtType: req.virtType } : {}),
         });

@@ -92,6 +92,18 @@ export interface CloneVmRequest {
   start?: boolean;
   /** The restore run holding the source VM's lease (its workflow run id): renewed while the clone is made. */
   leaseOwner?: string;
+  /**
+   * Socket-link ports (UDP/TCP/multicast `<interface>`s) mapped to fresh ones, the same map for every clone of the
+   * restore (hypervisor/socket-links.ts); without it the clone keeps its source's ports (runs before the fix).
+   */
+  socketPorts?: Record<string, number>;
+}
+
+export interface ChooseSocketPortsRequest {
+  /** VMs of this host being cloned. */
+  domains: string[];
+  /** Fresh ports already chosen on other hosts of the same restore. */
+  avoid?: number[];
 }
 
 export interface CloneVmReport {

@@ -130,6 +130,11 @@ export interface RepoRestorePlan {
   snapshotCreatedAt: string;
   /** Domain type the VMs get on the target when it differs from the stored one (e.g. `qemu`: no KVM there). */
   virtType?: 'kvm' | 'qemu';
+  /**
+   * Clones only: every socket-link port (UDP/TCP/multicast interfaces) of the group's VMs -> a fresh port free on
+   * the target, one map for all the VMs so the clones pair with each other, not with the originals.
+   */
+  socketPorts?: Record<string, number>;
 }
 
 export interface RebuildDiskRequest {
@@ -159,6 +164,8 @@ export interface DefineRestoredVmRequest {
   networkMap: Record<string, string>;
   noNetwork: boolean;
   virtType?: 'kvm' | 'qemu';
+  /** The plan's fresh socket-link ports (clones only). */
+  socketPorts?: Record<string, number>;
 }
 
 /** Compensation of a restored VM: stop it, undefine it (only when its UUID is the one defined), remove its files. */

@@ -1,5 +1,6 @@
 import { basename, dirname, join } from 'node:path';
 import { escapeXml, stripBackingStore } from './domain-xml';
+import { remapSocketLinkPorts } from './socket-links';
 
 export interface CloneXmlOptions {
   /** The source domain's name (file names containing it get the clone's name instead). */
@@ -9,6 +10,11 @@ export interface CloneXmlOptions {
   disks: { target: string; file: string }[];
   /** Namespace URI of groupsnap's metadata element, dropped from the clone. */
   metadataNamespace: string;
+  /**
+   * Socket-link ports (`<interface type='udp'|'server'|'client'|'mcast'>`) mapped to fresh ones, the same map for
+   * every clone of one restore (see socket-links.ts); without it the clone keeps its source's ports.
+   */
+  socketPorts?: Record<string, number>;
 }
 
 export interface CloneXml {
@@ -53,8 +59,9 @@ function unescapeXml(s: string): string {
  * join its groups), file-backed serial/console/log outputs, listening unix sockets of serial ports and consoles, and
  * the NVRAM file moved to clone-specific paths, fixed graphics ports made automatic, bind-mode virtio channel
  * sockets left for libvirt to name, and each cloned disk pointed at its new qcow2 overlay. Writable disks that are
- * not cloned are left out; CD-ROMs and read-only disks are kept.
- * @throws Error when a disk to clone is not in the XML
+ * not cloned are left out; CD-ROMs and read-only disks are kept. Socket-link ports are mapped through
+ * `socketPorts` when given.
+ * @throws Error when a disk to clone is not in the XML, or a socket-link port is not in `socketPorts`
  */
 export function cloneDomainXml(xml: string, options: CloneXmlOptions): CloneXml {
   const { sourceName, cloneName } = options;
@@ -125,5 +132,6 @@ export function cloneDomainXml(xml: string, options: CloneXmlOptions): CloneXml 
     return d;
   });
   if (wanted.size > 0) throw new Error(`disk(s) ${[...wanted.keys()].join(', ')} not found in the domain XML`);
+  if (options.socketPorts) out = remapSocketLinkPorts(out, options.socketPorts);
   return { xml: out, droppedDisks };
 }

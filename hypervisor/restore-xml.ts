@@ -19,6 +19,8 @@ export interface RestoreXmlOptions {
   noNetwork?: boolean;
   /** Domain type on the target, e.g. `qemu` (TCG) where KVM is not available; default: as stored. */
   virtType?: 'kvm' | 'qemu';
+  /** Socket-link ports mapped to fresh ones (clones only: a failover keeps its ports, the originals are gone). */
+  socketPorts?: Record<string, number>;
   /** groupsnap's metadata namespace (the source's catalog and tags are not carried over). */
   metadataNamespace: string;
 }
@@ -38,6 +40,7 @@ export function restoredDomainXml(xml: string, o: RestoreXmlOptions): string {
     cloneName: o.name,
     disks: o.disks.map((d) => ({ target: d.target, file: d.file })),
     metadataNamespace: o.metadataNamespace,
+    ...(o.identity === 'new' && o.socketPorts ? { socketPorts: o.socketPorts } : {}),
   }).xml;
   if (o.identity === 'keep') {
     const uuid = /<uuid>([^<]*)<\/uuid>/.exec(xml)?.[1];

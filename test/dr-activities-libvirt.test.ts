@@ -1,4 +1,5 @@
-import { existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +12,9 @@ import { backingChain, VmFleet } from '../dev/vms';
 import { parseDomainXml } from '../hypervisor/domain-xml';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { readsMarker, writeMarker } from './helpers/markers';
+import { mergeSocketPortChoices } from '../common/socket-ports';
+import { freePort } from '../dev/free-port';
+import { socketLinkPorts } from '../hypervisor/socket-links';
 
 /**
  * Snapshot deletion (online and offline block commits), clone and in-place restores on real libvirtd + QEMU VMs,
@@ -78,7 +82,7 @@ describe('DR host activities on real VMs', () => {
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'gs-drl-'));
     stateDir = await mkdtemp(join(tmpdir(), 'gs-drl-state-'));
-    fleet = await VmFleet.create({ prefix: 'gs-drl', count: 4, dir });
+    fleet = await VmFleet.create({ prefix: 'gs-drl', count: 6, dir });
     hv = await LibvirtHypervisor.open('qemu:///system');
     host = createHost({ hypervisor: hv, hostId: 'h', stateDir });
     acts = host.activities;
@@ -192,6 +196,63 @@ describe('DR host activities on real VMs', () => {
     for (const d of r.disks) expect(existsSync(d.overlay)).toBe(false);
     expect((await meta(vm)).clones).toEqual([]);
     expect(await state(vm)).toBe('running');
+  });
+
+  it('clones of two VMs wired by a UDP link, made while the originals run, bind fresh ports and stay paired', async () => {
+    const [v1, v2] = [fleet.names[4], fleet.names[5]];
+    const [p1, p2] = [await freePort(), await freePort()];
+    const udp = (local: number, remote: number) =>
+      `<interface type='udp'><source address='127.0.0.1' port='${remote}'>` +
+      `<local address='127.0.0.1' port='${local}'/></source><model type='e1000'/></interface>`;
+    for (const [vm, local, remote] of [
+      [v1, p1, p2],
+      [v2, p2, p1],
+    ] as const) {
+      const d = await dom(vm);
+      await d.destroy();
+      const xml = await d.xml(libvirt.DomainXMLFlags.INACTIVE | libvirt.DomainXMLFlags.SECURE);
+      await (await fleet.conn.defineXML(xml.replace('</devices>', `${udp(local, remote)}</devices>`))).create();
+      await snap(vm, 'sl1');
+    }
+    /** Local UDP ports held by a running VM's QEMU process. */
+    const boundBy = (vm: string) => {
+      const pid = readFileSync(`/run/libvirt/qemu/${vm}.pid`, 'utf8').trim();
+      return execFileSync('ss', ['-Huanp'], { encoding: 'utf8' })
+        .split('\n')
+        .filter((l) => l.includes(`pid=${pid},`))
+        .map((l) => Number(/:(\d+)\s/.exec(l.split(/\s+/).slice(3).join(' '))?.[1]));
+    };
+    expect(boundBy(v1)).toContain(p1);
+    expect(boundBy(v2)).toContain(p2);
+
+    const socketPorts = mergeSocketPortChoices([await acts.chooseSocketPorts({ domains: [v1, v2] })]);
+    const clones = [];
+    for (const vm of [v1, v2]) {
+      const r = await acts.cloneVm({ snapshotId: 'sl1', domain: vm, cloneName: `${vm}-sl`, socketPorts });
+      expect(r.state).toBe('running');
+      clones.push(r.clone);
+    }
+    const links = async (vm: string) => socketLinkPorts(await (await dom(vm)).xml());
+    const [c1, c2] = [await links(clones[0]), await links(clones[1])];
+    const bind = (ls: typeof c1) => ls.find((l) => l.role === 'bind')!.port;
+    const connect = (ls: typeof c1) => ls.find((l) => l.role === 'connect')!.port;
+    // Fresh ports, not the originals'; each clone sends to the other clone's port.
+    expect([bind(c1), bind(c2)]).not.toContain(p1);
+    expect([bind(c1), bind(c2)]).not.toContain(p2);
+    expect(connect(c1)).toBe(bind(c2));
+    expect(connect(c2)).toBe(bind(c1));
+    expect(c1.map((l) => l.address)).toEqual(['127.0.0.1', '127.0.0.1']);
+    // QEMU of each clone holds its own fresh port; the originals keep theirs.
+    expect(boundBy(clones[0])).toContain(bind(c1));
+    expect(boundBy(clones[1])).toContain(bind(c2));
+    expect(boundBy(clones[0])).not.toContain(p1);
+    expect(boundBy(v1)).toContain(p1);
+    expect(boundBy(v2)).toContain(p2);
+    for (const [vm, clone] of [
+      [v1, clones[0]],
+      [v2, clones[1]],
+    ])
+      await acts.removeClone({ domain: vm, clone });
   });
 
   it('restores a VM in place to S1 and back (undo); deleting snapshots of the discarded branch works while it runs', async () => {

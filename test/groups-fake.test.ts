@@ -17,6 +17,7 @@ import {
   tagVm,
 } from '../client/dr';
 import { BadInputError } from '../common/validation';
+import { socketLinkPorts } from '../hypervisor/socket-links';
 import { migrateWithSnapshot } from '../examples/snapshot-before-migration';
 import { scheduleIdFor } from '../common/schedule-spec';
 import { FakeHost } from './helpers/fake-hosts';
@@ -266,6 +267,38 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     expect(hostA.state(a)).toBe('running');
     await rejects(restoreGroup(client, { group: name, snapshotId: 'gs-nope', mode: 'clone' }), /has no snapshot/);
   });
+  it('restores VMs wired by socket links across two hosts as clones wired to each other on fresh ports', async () => {
+    const [a, b] = [uniqueId('sl1'), uniqueId('sl2')];
+    hostA.addVm(a, 'running', 1);
+    hostB.addVm(b, 'running', 1);
+    // a <-> b: a UDP pair (each binds its local port, sends to the other's) and a TCP link (a listens, b connects).
+    hostA.hypervisor.domains.get(a)!.devicesXml =
+      `<interface type='udp'><source address='127.0.0.1' port='40102'><local address='127.0.0.1' port='40101'/></source></interface>` +
+      `<interface type='server'><source address='169.254.9.1' port='40110'/></interface>`;
+    hostB.hypervisor.domains.get(b)!.devicesXml =
+      `<interface type='udp'><source address='127.0.0.1' port='40101'><local address='127.0.0.1' port='40102'/></source></interface>` +
+      `<interface type='client'><source address='169.254.9.1' port='40110'/></interface>`;
+    const name = uniqueId('sock');
+    await createGroup(client, { name, selector: vmsOf([hostA.hostId, a], [hostB.hostId, b]) });
+    const s1 = (await snapshotNamedGroup(client, name)).snapshot;
+    const r = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'clone', suffix: '-sl' });
+    expect(r.status).toBe('restored');
+    const links = (host: FakeHost, vm: string) =>
+      socketLinkPorts(host.hypervisor.domains.get(vm)!.definedXml!).map((l) => ({ ...l, key: `${l.type}:${l.role}` }));
+    const ca = links(hostA, `${a}-sl`);
+    const cb = links(hostB, `${b}-sl`);
+    const port = (ls: typeof ca, key: string) => ls.find((l) => l.key === key)!.port;
+    // No original port is left in a clone...
+    for (const l of [...ca, ...cb]) expect([40101, 40102, 40110]).not.toContain(l.port);
+    // ...addresses are kept...
+    expect(ca.map((l) => l.address)).toEqual(['127.0.0.1', '127.0.0.1', '169.254.9.1']);
+    // ...and the clones still pair with each other: the same map on both hosts.
+    expect(port(ca, 'udp:bind')).toBe(port(cb, 'udp:connect'));
+    expect(port(cb, 'udp:bind')).toBe(port(ca, 'udp:connect'));
+    expect(port(ca, 'server:bind')).toBe(port(cb, 'client:connect'));
+    expect(new Set([port(ca, 'udp:bind'), port(cb, 'udp:bind'), port(ca, 'server:bind')]).size).toBe(3);
+  });
+
   it('rolls a restore back on every VM when one VM fails (all or none), and retries a half-failed deletion', async () => {
     const [a, b] = [uniqueId('x1'), uniqueId('x2')];
     hostA.addVm(a);

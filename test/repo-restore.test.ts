@@ -15,6 +15,7 @@ import { temporalCliPath } from '../dev/tools';
 import { VmFleet } from '../dev/vms';
 import type { RepoRestoreResult } from '../common/repo-restore';
 import { exportGroupSnapshot } from '../client/backup';
+import { socketLinkPorts } from '../hypervisor/socket-links';
 import { startDrFixture, type DrFixture } from './helpers/dr-fixture';
 import type { FailureLink, Outcome } from './helpers/nexus-caller-workflows';
 import { contentSha256, storePoint, type PointVm } from './helpers/repo-point';
@@ -99,6 +100,18 @@ describe('restore from the repository on another hypervisor', () => {
       const exported = await exportGroupSnapshot(client, { group, snapshotId, repository: url });
       expect(exported.status).toBe('completed');
       for (const v of snap.vms) for (const d of v.disks) sums[`${v.domain}/${d.target}`] = await contentSha256(d.image);
+      // A third point whose VMs are wired by a UDP socket link (0 <-> 1): clones must get fresh, paired ports.
+      const udp = (local: number, remote: number) =>
+        `<interface type='udp'><source address='127.0.0.1' port='${remote}'>` +
+        `<local address='127.0.0.1' port='${local}'/></source><model type='e1000'/></interface>`;
+      await storePoint(repo, {
+        group,
+        snapshotId: `${snapshotId}-sock`,
+        vms: pointVms.map((v, i) => ({
+          ...v,
+          domainXml: v.domainXml.replace('</devices>', `${i === 0 ? udp(40201, 40202) : udp(40202, 40201)}</devices>`),
+        })),
+      });
       // A second point whose second VM cannot be defined anywhere (its emulator does not exist): for all-or-none.
       await storePoint(repo, {
         group,
@@ -213,6 +226,24 @@ describe('restore from the repository on another hypervisor', () => {
     expect(await domainsOnB()).toEqual(domains);
     expect(filesOnB()).toEqual(files);
     await removeFromB(sources.map((s) => s.name));
+  });
+
+  it('clones of socket-linked VMs get fresh ports from the plan on host B, still paired with each other', async () => {
+    const sid = `${snapshotId}-sock`;
+    const result = await restoreFromRepo(
+      client,
+      { group, snapshotId: sid, repo: url, toHost: hostB, suffix: '-sock', start: false },
+      { keyFile },
+    );
+    expect(result.status).toBe('restored');
+    const links = async (domain: string) => socketLinkPorts(await (await connB.lookupByName(domain)).xml());
+    const [c0, c1] = [await links(result.vms[0].domain), await links(result.vms[1].domain)];
+    const port = (ls: typeof c0, role: 'bind' | 'connect') => ls.find((l) => l.role === role)!.port;
+    for (const l of [...c0, ...c1]) expect([40201, 40202]).not.toContain(l.port);
+    expect(port(c0, 'connect')).toBe(port(c1, 'bind'));
+    expect(port(c1, 'connect')).toBe(port(c0, 'bind'));
+    await removeFromB(result.vms.map((v) => v.domain));
+    for (const v of result.vms) for (const d of v.disks) await rm(d.file, { force: true });
   });
 
   it('all or none: when one VM cannot be defined, every VM and disk the restore made on host B is removed', async () => {

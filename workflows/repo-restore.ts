@@ -143,6 +143,8 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
           networkMap: input.networkMap,
           noNetwork: input.noNetwork,
           ...(plan.virtType ? { virtType: plan.virtType } : {}),
+          // Fresh socket-link ports chosen by the plan on the target, the same map for every VM (clones only).
+          ...(plan.socketPorts && mode === 'clone' ? { socketPorts: plan.socketPorts } : {}),
         },
       ]);
       made.find((m) => m.domain === v.domain)!.uuid = defined.uuid;

@@ -1,4 +1,4 @@
-import { ApplicationFailure, CancellationScope, log, uuid4, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, log, patched, uuid4, workflowInfo } from '@temporalio/workflow';
 import {
   deletionBlockers,
   groupSnapshotsIn,
@@ -16,6 +16,7 @@ import { BAD_INPUT, checked, errorMessage, FAILURE, isBadInput } from '../common
 import { assertSafeName } from '../common/validation';
 import { onHost } from './activity-options';
 import { requireAllHosts, takeInventory } from './inventory';
+import { mergeSocketPortChoices, type SocketPortChoice } from '../common/socket-ports';
 
 /** Failure types that carry the per-VM result in their details. */
 export const DELETE_FAILED = FAILURE.deleteFailed;
@@ -177,6 +178,26 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
       locked.push(h);
       await onHost(h).lock.acquireLocks({ owner, domains: byHost.get(h)!, ttlMs: 30 * 60_000 });
     }
+    // Socket links (UDP/TCP/multicast interfaces wired through host ports): clones get fresh ports, one map for the
+    // whole restore, so clones pair with each other and never with the originals still running. The ports are
+    // chosen on the hosts, not here: each host picks ports free on itself for the ports its VMs bind (a UDP local
+    // port, a TCP server), so a port bound on host A and connected to from host B's VM gets A's choice in B's clone
+    // too; hosts are asked in turn, each avoiding ports the others chose. The map is an activity result, so a
+    // replay reuses it.
+    let socketPorts: Record<string, number> | undefined;
+    if (mode === 'clone' && patched('clone-socket-ports')) {
+      const choices: SocketPortChoice[] = [];
+      for (const h of hosts) {
+        const avoid: number[] = choices.flatMap((c) => [...Object.values(c.bound), ...Object.values(c.connected)]);
+        choices.push(
+          await onHost(h).plan.chooseSocketPorts.executeWithOptions(
+            { summary: `choose fresh socket-link ports for the clones on ${h}` },
+            [{ domains: byHost.get(h)!, avoid }],
+          ),
+        );
+      }
+      socketPorts = mergeSocketPortChoices(choices);
+    }
     const outcomes = await Promise.allSettled(
       listing.vms.map(async (v) => {
         attempted.push(v);
@@ -192,6 +213,7 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
                   cloneName: `${v.domain}${suffix}`,
                   start: true,
                   leaseOwner: owner,
+                  ...(socketPorts ? { socketPorts } : {}),
                 },
               ],
             );
