@@ -102,6 +102,15 @@ export function createHost(deps: HostActivityDeps) {
     if (rec?.state === 'resumed-by-timer') resumedByDeadline.add(1, { host: deps.hostId, by: 'timer' });
   });
 
+  /**
+   * Freezes running in this process, by snapshot id, and the snapshots whose undo has started. A freeze the
+   * workflow gave up on (its heartbeat timed out on a starved worker) may still be running here when compensation's
+   * undo arrives: undo then stops it from taking more snapshots and waits for it, so it never removes an overlay file
+   * that a snapshot still in flight is about to put under a VM.
+   */
+  const runningFreezes = new Map<string, Promise<unknown>>();
+  const undoing = new Set<string>();
+
   /** One JSON log line per VM and phase, with the snapshot, host and domain. */
   const logPhase = (phase: VmPhase, snapshotId: string, domain: string, fields: Record<string, unknown> = {}) =>
     log('vm phase', { snapshotId, host: deps.hostId, domain, phase, ...fields });
@@ -558,6 +567,7 @@ export function createHost(deps: HostActivityDeps) {
   ): Promise<void> {
     const failed = () => reports.some((r) => r.error !== undefined);
     if (!failed()) await pauseAll(req, vms, reports, fail);
+    if (!failed() && undoing.has(req.snapshotId)) for (const r of reports) r.error ??= 'the run is being undone';
     if (!failed()) await Promise.all(vms.map((vm, i) => snapshotOne(req, vm, reports[i], false)));
     for (const r of reports) checkNotResumedByOthers(req, r);
     if (req.release === 'barrier' && !failed()) {
@@ -634,7 +644,8 @@ export function createHost(deps: HostActivityDeps) {
       await resumeOurs(req.snapshotId, [reports[i]]);
     };
     await runBounded(vms, Math.max(1, req.snapshotsInFlight ?? 2), async (vm, i) => {
-      if (!aborted) await snapshotOne(req, vm, reports[i], vm.prepared === true);
+      if (undoing.has(req.snapshotId)) reports[i].error ??= 'the run is being undone';
+      if (!aborted && !undoing.has(req.snapshotId)) await snapshotOne(req, vm, reports[i], vm.prepared === true);
       if (req.release === 'thaw' && !failed()) return;
       // Its own snapshot is done (or will not happen): it waits for the release only while the run may still succeed.
       if (!failed()) await Promise.race([released, deadlineOf(req, reports[i])]);
@@ -822,10 +833,13 @@ export function createHost(deps: HostActivityDeps) {
       failIf(problems);
       heartbeat();
       const beat = setInterval(() => heartbeat(), 500);
+      const running = freeze(req);
+      runningFreezes.set(req.snapshotId, running);
       try {
-        return await freeze(req);
+        return await running;
       } finally {
         clearInterval(beat);
+        if (runningFreezes.get(req.snapshotId) === running) runningFreezes.delete(req.snapshotId);
       }
     },
 
@@ -876,6 +890,12 @@ export function createHost(deps: HostActivityDeps) {
       );
       try {
         return await beating(async () => {
+          undoing.add(req.snapshotId);
+          const running = runningFreezes.get(req.snapshotId);
+          if (running) {
+            log('undo waits for a freeze of the same snapshot still running here', { snapshotId: req.snapshotId });
+            await running.catch(() => undefined);
+          }
           const out: UndoVmReport[] = [];
           for (const vm of req.vms) {
             // Out of the catalog first (and barred from coming back), then out of the chain.

@@ -1,4 +1,7 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createHost } from '../activities/host-activities';
 import { Client } from '@temporalio/client';
 import { snapshotGroup } from '../client';
 import { cutViolations } from '../common/cut';
@@ -161,5 +164,53 @@ describe('freeze order (fake hypervisors, real Temporal)', () => {
       /resume when must be one of group-paused, group-snapshotted/,
     );
     expect(hostA.hypervisor.calls.slice(before)).toEqual([]);
+  });
+});
+
+/**
+ * A freeze the workflow gave up on (its heartbeat timed out on a starved worker) can still be running on the host
+ * when compensation's undo arrives there. Found by the 1,000-snapshot consistency run: undo removed a prepared
+ * overlay that a snapshot still in flight then put under the VM, which went on running on a deleted file.
+ */
+describe('undo against a freeze still running on the same host', () => {
+  it('stops the freeze from taking more snapshots, waits for it, then undoes what it took', async () => {
+    const fake = new FakeHost('undo-race', { latencyMs: { snapshot: 300 } });
+    const stateDir = mkdtempSync(join(tmpdir(), 'groupsnap-undo-race-'));
+    try {
+      const vms = ['r1', 'r2', 'r3'];
+      for (const vm of vms) fake.addVm(vm);
+      const a = createHost({ hypervisor: fake.hypervisor, hostId: 'undo-race', stateDir }).activities;
+      await a.acquireLocks({ owner: 'run', domains: vms, ttlMs: 60_000 });
+      const base = { snapshotId: 's1', quiesce: 'none' as const, leaseOwner: 'run' };
+      const plans = await a.planVms({ ...base, domains: vms, prepareOverlays: true });
+      const freezing = a.freezeVms({
+        ...base,
+        vms: plans,
+        maxFreezeMs: 5000,
+        release: 'local',
+        host: 'undo-race',
+        resumeWhen: 'group-paused',
+      });
+      // Two snapshots are in flight (at most 2 at a time) when the undo arrives.
+      await new Promise((r) => setTimeout(r, 100));
+      const undone = await a.undoSnapshots({ ...base, vms: plans.map((p) => ({ domain: p.domain, disks: p.disks })) });
+      const reports = await freezing;
+
+      expect(reports.find((r) => r.domain === 'r3')).toMatchObject({
+        snapshotted: false,
+        error: 'the run is being undone',
+      });
+      expect(undone.every((u) => u.rolledBack)).toBe(true);
+      for (const vm of vms) {
+        expect(fake.state(vm)).toBe('running');
+        // Every disk back on its image: nothing runs on an overlay, let alone a removed one.
+        expect(fake.chain(vm, 'vda')).toHaveLength(1);
+        expect(fake.chain(vm, 'vdb')).toHaveLength(1);
+      }
+      expect(readdirSync(fake.dir).filter((f) => f.includes('s1'))).toEqual([]);
+    } finally {
+      fake.cleanup();
+      rmSync(stateDir, { recursive: true, force: true });
+    }
   });
 });
