@@ -146,21 +146,10 @@ export class Bench {
   async floor(vms: string[]): Promise<RoundResult> {
     const tag = `floor${++this.seq}`;
     const doms = await Promise.all(vms.map((v) => this.fleet.conn.lookupByName(v)));
-    const xml = (d: libvirt.Domain) =>
-      `<domainsnapshot><name>${tag}</name><disks>` +
-      ['vda', 'vdb']
-        .map((t) => `<disk name='${t}' snapshot='external'><source file='${this.overlay(d.name, t, tag)}'/></disk>`)
-        .join('') +
-      `</disks></domainsnapshot>`;
-    const paused: Record<string, number> = {};
+    const xml = (d: libvirt.Domain) => this.snapshotXml(d.name, tag);
     const resumed: Record<string, number> = {};
     const t0 = nowMs();
-    await Promise.all(
-      doms.map((d) => {
-        paused[d.name] = nowMs();
-        return d.suspend();
-      }),
-    );
+    const paused = await this.pauseAll(doms);
     const t1 = nowMs();
     await Promise.all(
       doms.map((d) => d.snapshotCreateXML(xml(d), libvirt.DISK_ONLY | libvirt.ATOMIC | libvirt.NO_METADATA)),
@@ -210,21 +199,10 @@ export class Bench {
         }),
       ),
     );
-    const xml = (d: libvirt.Domain) =>
-      `<domainsnapshot><name>${tag}</name><disks>` +
-      ['vda', 'vdb']
-        .map((t) => `<disk name='${t}' snapshot='external'><source file='${this.overlay(d.name, t, tag)}'/></disk>`)
-        .join('') +
-      `</disks></domainsnapshot>`;
-    const paused: Record<string, number> = {};
+    const xml = (d: libvirt.Domain) => this.snapshotXml(d.name, tag);
     const resumed: Record<string, number> = {};
     const t0 = nowMs();
-    await Promise.all(
-      doms.map((d) => {
-        paused[d.name] = nowMs();
-        return d.suspend();
-      }),
-    );
+    const paused = await this.pauseAll(doms);
     let next = 0;
     const flags = libvirt.DISK_ONLY | libvirt.ATOMIC | libvirt.NO_METADATA | libvirt.REUSE_EXT;
     await Promise.all(
@@ -240,6 +218,29 @@ export class Bench {
     const endToEndMs = nowMs() - t0;
     for (const d of doms) d.free();
     return { freezeMs: Object.fromEntries(vms.map((v) => [v, resumed[v] - paused[v]])), endToEndMs };
+  }
+
+  /** A disk-only snapshot of both disks onto this bench's overlay files for `tag`. */
+  private snapshotXml(vm: string, tag: string): string {
+    return (
+      `<domainsnapshot><name>${tag}</name><disks>` +
+      ['vda', 'vdb']
+        .map((t) => `<disk name='${t}' snapshot='external'><source file='${this.overlay(vm, t, tag)}'/></disk>`)
+        .join('') +
+      `</disks></domainsnapshot>`
+    );
+  }
+
+  /** Pauses every VM at once; returns when each pause was issued. */
+  private async pauseAll(doms: libvirt.Domain[]): Promise<Record<string, number>> {
+    const paused: Record<string, number> = {};
+    await Promise.all(
+      doms.map((d) => {
+        paused[d.name] = nowMs();
+        return d.suspend();
+      }),
+    );
+    return paused;
   }
 
   private async activeImage(d: libvirt.Domain, target: string): Promise<string> {
