@@ -4,8 +4,8 @@
  */
 import type { HostVm } from './dr-types';
 import type { RetentionPolicy } from './retention';
-import { RESUME_WHEN, type GroupSnapshotResult, type QuiesceMode, type ResumeWhen, type VmRef } from './types';
-import { assertSafeName, BadInputError, checkVmRefs, problemList } from './validation';
+import type { GroupSnapshotResult, QuiesceMode, ResumeWhen, VmRef } from './types';
+import { assertSafeName, BadInputError, checkSnapshotOptions, checkVmRefs, problemList } from './validation';
 
 /** How a group's members are chosen: a fixed list of VMs, or every VM carrying a tag on any registered host. */
 export type GroupSelector = { vms: VmRef[] } | { tag: string };
@@ -80,8 +80,7 @@ export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition 
     !/^(s3:\/\/[a-z0-9][a-z0-9.-]+[a-z0-9](\/.*)?|file:\/\/\/.+)$/.test(def.repository)
   )
     problems.push(`repository ${JSON.stringify(def.repository)} is not an s3://bucket/prefix or file:///path URL`);
-  if (def.resumeWhen !== undefined && !RESUME_WHEN.includes(def.resumeWhen))
-    problems.push(`resume when must be one of ${RESUME_WHEN.join(', ')}, got ${JSON.stringify(def.resumeWhen)}`);
+  checkSnapshotOptions({ resumeWhen: def.resumeWhen }, problems);
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   const selector: GroupSelector =
     sel!.tag !== undefined ? { tag: sel!.tag } : { vms: sel!.vms!.map((v) => ({ domain: v.domain, host: v.host })) };
