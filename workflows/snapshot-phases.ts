@@ -100,16 +100,7 @@ async function removePreparedOverlays(run: SnapshotRun): Promise<void> {
       .map(async (h) => {
         const plans = run.plans.get(h)!;
         try {
-          await onHost(h).cleanup.undoSnapshots.executeWithOptions(
-            { summary: onHostSummary('remove prepared overlays of', run.domains(h), h) },
-            [
-              {
-                snapshotId: run.snapshotId,
-                vms: plans.map((p) => ({ domain: p.domain, disks: p.disks })),
-                leaseOwner: run.leaseOwner,
-              },
-            ],
-          );
+          await undoOnHost(run, h, onHostSummary('remove prepared overlays of', run.domains(h), h));
         } catch (err) {
           for (const p of plans) {
             const vm = run.vm(h, p.domain);
@@ -119,6 +110,18 @@ async function removePreparedOverlays(run: SnapshotRun): Promise<void> {
         }
       }),
   );
+}
+
+/** Undoes this run's snapshot on every planned VM of host `h` (only this run's overlays are touched). */
+function undoOnHost(run: SnapshotRun, h: string, summary: string): Promise<UndoVmReport[]> {
+  const plans = run.plans.get(h)!;
+  return onHost(h).cleanup.undoSnapshots.executeWithOptions({ summary }, [
+    {
+      snapshotId: run.snapshotId,
+      vms: plans.map((p) => ({ domain: p.domain, disks: p.disks })),
+      leaseOwner: run.leaseOwner,
+    },
+  ]);
 }
 
 /** Releases the leases this run asked for (whatever happened; they would expire by themselves). */
@@ -322,21 +325,14 @@ async function undoFreeze(run: SnapshotRun): Promise<void> {
       const plans = run.plans.get(h)!;
       let reports: UndoVmReport[];
       try {
-        reports = await onHost(h).cleanup.undoSnapshots.executeWithOptions(
-          {
-            summary: onHostSummary(
-              'undo snapshot of',
-              plans.map((p) => p.domain),
-              h,
-            ),
-          },
-          [
-            {
-              snapshotId: run.snapshotId,
-              vms: plans.map((p) => ({ domain: p.domain, disks: p.disks })),
-              leaseOwner: run.leaseOwner,
-            },
-          ],
+        reports = await undoOnHost(
+          run,
+          h,
+          onHostSummary(
+            'undo snapshot of',
+            plans.map((p) => p.domain),
+            h,
+          ),
         );
       } catch (err) {
         for (const p of plans) {
