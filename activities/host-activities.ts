@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure, noopMetricMeter, type MetricMeter } from '@temporalio/common';
 import { METRICS } from '../common/metrics';
-import { HOST_FROZEN_UPDATE } from '../common/names';
+import { HOST_FROZEN_UPDATE, HOST_PAUSED_SIGNAL } from '../common/names';
 import type { DiskSnapshot, QuiesceMode, VmPowerState } from '../common/types';
 import { DomainNotFoundError, GuestAgentUnavailableError, InvalidStateError } from '../hypervisor/errors';
 import { QUIESCE_MODES } from '../common/types';
@@ -17,6 +17,7 @@ import { beating, heartbeat } from './heartbeat';
 import { FreezeJournal, OPEN_STATES, type FreezeRecord } from './freeze-journal';
 import { badInput, checkDomain, checkDomains, checkName, checkOwner, failIf } from './input-checks';
 import { DeadlineTimers, recoverFreezes, resumeFromJournal, thawRecord } from './resume';
+import { ReleaseGates } from './release-gates';
 import { VmMetadataStore } from './vm-metadata';
 import {
   overlayPath,
@@ -25,6 +26,7 @@ import {
   type FreezeVmReport,
   type PlannedVm,
   type PlanRequest,
+  type ReleaseRequest,
   type ThawRequest,
   type ThawVmReport,
   type UndoRequest,
@@ -71,6 +73,9 @@ async function runBounded<T>(items: T[], limit: number, fn: (item: T, i: number)
   await Promise.all(lanes);
 }
 
+/** How long a host remembers that a snapshot's undo started (a freeze activity lives at most ~10.5 minutes). */
+export const UNDO_MEMORY_MS = 60 * 60_000;
+
 /** How long leases last between the steps of a run; the activities that work under them renew them meanwhile. */
 export const LEASE_TTL_MS = 15 * 60_000;
 
@@ -106,10 +111,21 @@ export function createHost(deps: HostActivityDeps) {
    * Freezes running in this process, by snapshot id, and the snapshots whose undo has started. A freeze the
    * workflow gave up on (its heartbeat timed out on a starved worker) may still be running here when compensation's
    * undo arrives: undo then stops it from taking more snapshots and waits for it, so it never removes an overlay file
-   * that a snapshot still in flight is about to put under a VM.
+   * that a snapshot still in flight is about to put under a VM. An undo is remembered for `UNDO_MEMORY_MS`, far
+   * longer than a freeze activity may live, then forgotten.
    */
   const runningFreezes = new Map<string, Promise<unknown>>();
-  const undoing = new Set<string>();
+  const undoStarted = new Map<string, number>();
+  const undoing = {
+    has: (snapshotId: string) => undoStarted.has(snapshotId),
+    add(snapshotId: string): void {
+      const now = nowMs();
+      for (const [id, at] of undoStarted) if (now - at > UNDO_MEMORY_MS) undoStarted.delete(id);
+      undoStarted.set(snapshotId, now);
+    },
+  };
+  /** The `signal` barrier's releases, from the workflow's `releaseFreeze` to the freeze waiting here. */
+  const releases = new ReleaseGates(nowMs);
 
   /** One JSON log line per VM and phase, with the snapshot, host and domain. */
   const logPhase = (phase: VmPhase, snapshotId: string, domain: string, fields: Record<string, unknown> = {}) =>
@@ -372,6 +388,19 @@ export function createHost(deps: HostActivityDeps) {
   }
 
   /**
+   * The `signal` barrier: tells the workflow this host's VMs are paused, then waits for its `releaseFreeze` on this
+   * host. Resolves true on release, false on an abort.
+   */
+  async function signalPausedAndWait(req: FreezeRequest): Promise<boolean> {
+    const ctx = Context.current();
+    const workflow = ctx.info.workflowExecution;
+    if (!workflow) throw new Error('the cross-host barrier needs the activity to run for a workflow');
+    const decision = releases.wait(req.snapshotId);
+    await ctx.client.workflow.getHandle(workflow.workflowId, workflow.runId).signal(HOST_PAUSED_SIGNAL, req.host);
+    return decision;
+  }
+
+  /**
    * The freeze window on this host: quiesce (optional), pause every running VM in parallel, take each VM's
    * atomic disk-only snapshot, wait for the release (at once for a one-host group, else the workflow's
    * cross-host barrier), and resume. On any failure it resumes at once and reports which snapshots were taken,
@@ -623,11 +652,17 @@ export function createHost(deps: HostActivityDeps) {
     }
     // Settles true when the group is released (every VM of every host paused), false on an abort.
     let aborted = false;
+    const barrier =
+      req.release === 'barrier'
+        ? waitForRelease(req, reports)
+        : req.release === 'signal'
+          ? signalPausedAndWait(req)
+          : undefined;
     const released: Promise<boolean> =
       req.release === 'local'
         ? Promise.resolve(true)
-        : req.release === 'barrier'
-          ? waitForRelease(req, reports).then(
+        : barrier
+          ? barrier.then(
               (ok) => {
                 if (!ok) for (const r of reports) r.error ??= 'the group was not released: aborted by the workflow';
                 return ok;
@@ -826,7 +861,10 @@ export function createHost(deps: HostActivityDeps) {
       checkOwner(req.leaseOwner, problems);
       if (!Number.isInteger(req.maxFreezeMs) || req.maxFreezeMs < 1 || req.maxFreezeMs > 600_000)
         problems.push(`max freeze ${JSON.stringify(req.maxFreezeMs)} ms is not valid`);
-      if (!['local', 'barrier', 'thaw'].includes(req.release)) problems.push(`release ${req.release} is not valid`);
+      if (!['local', 'barrier', 'thaw', 'signal'].includes(req.release))
+        problems.push(`release ${req.release} is not valid`);
+      if (req.release === 'signal' && req.resumeWhen !== 'group-paused')
+        problems.push('the signal release needs the group-paused order');
       if (!QUIESCE_MODES.includes(req.quiesce))
         problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
       checkVmDisks(req.vms, req.snapshotId, problems);
@@ -839,8 +877,24 @@ export function createHost(deps: HostActivityDeps) {
         return await running;
       } finally {
         clearInterval(beat);
-        if (runningFreezes.get(req.snapshotId) === running) runningFreezes.delete(req.snapshotId);
+        if (runningFreezes.get(req.snapshotId) === running) {
+          runningFreezes.delete(req.snapshotId);
+          releases.close(req.snapshotId);
+        }
       }
+    },
+
+    /**
+     * The workflow's decision for the `signal` barrier: releases (or aborts) the freeze of `snapshotId` waiting on
+     * this host, or the one that will wait. Changes nothing else; a second decision is ignored.
+     */
+    async releaseFreeze(req: ReleaseRequest): Promise<void> {
+      const problems: string[] = [];
+      checkSnapshotRequest(req, problems);
+      if (typeof req.release !== 'boolean')
+        problems.push(`release must be true or false, got ${JSON.stringify(req.release)}`);
+      failIf(problems);
+      releases.decide(req.snapshotId, req.release);
     },
 
     /** Resumes the VMs this snapshot paused on this host (no-op for those already resumed), then thaws. */

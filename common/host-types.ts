@@ -46,9 +46,11 @@ export interface FreezeRequest {
    * When the VMs may resume: `local`, right after this host's snapshots (the group lives on this host alone);
    * `barrier`, once the workflow releases the group, i.e. every host has reported its snapshots through the
    * workflow's `hostFrozen` update; `thaw`, not in this activity: they stay paused (under their deadline) until
-   * the workflow's `thawVms` (for groups over more hosts than the server lets updates wait at once).
+   * the workflow's `thawVms` (for groups over more hosts than the server lets updates wait at once); `signal`, in
+   * the `group-paused` order for those groups: the host signals `hostPaused` to the workflow once its VMs are
+   * paused, and its VMs resume once the workflow's `releaseFreeze` activity on this host has released the group.
    */
-  release: 'local' | 'barrier' | 'thaw';
+  release: 'local' | 'barrier' | 'thaw' | 'signal';
   /** This host's id, as the workflow's barrier counts hosts. */
   host: string;
   quiesce: QuiesceMode;
@@ -62,6 +64,13 @@ export interface FreezeRequest {
   resumeWhen?: ResumeWhen;
   /** With `group-paused`: most snapshots taken at once on this host. @default 2 */
   snapshotsInFlight?: number;
+}
+
+/** The workflow's decision for the `signal` barrier, handed to the freeze waiting on one host. */
+export interface ReleaseRequest {
+  snapshotId: string;
+  /** `true`: every VM of the group is paused, resume; `false`: the run is aborted, resume and take no more snapshots. */
+  release: boolean;
 }
 
 export interface FreezeVmReport {

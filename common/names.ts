@@ -35,6 +35,12 @@ export const GUARD_GRACE_MS = 250;
 /** Update through which each host's freeze reports its snapshots and waits for the group to be released. */
 export const HOST_FROZEN_UPDATE = 'hostFrozen';
 
+/**
+ * Signal each host's freeze sends once its VMs are paused, for groups over `updateBarrierMaxHosts` hosts in the
+ * `group-paused` order; the workflow releases them with the `releaseFreeze` activity on each host.
+ */
+export const HOST_PAUSED_SIGNAL = 'hostPaused';
+
 /** Default of `updateBarrierMaxHosts`: under Temporal's default of 10 updates in flight per workflow. */
 export const DEFAULT_UPDATE_BARRIER_MAX_HOSTS = 8;
 

@@ -78,6 +78,23 @@ export function freezeOptions(maxFreezeMs: number): ActivityOptions {
   };
 }
 
+/**
+ * The `signal` barrier's release: fast retries, given up once every VM it would release has passed its freeze
+ * deadline anyway.
+ */
+export function releaseOptions(maxFreezeMs: number): ActivityOptions {
+  return {
+    startToCloseTimeout: '10s',
+    scheduleToCloseTimeout: maxFreezeMs + 30_000,
+    retry: {
+      initialInterval: '50ms',
+      backoffCoefficient: 2,
+      maximumInterval: '1s',
+      nonRetryableErrorTypes: [BAD_INPUT],
+    },
+  };
+}
+
 /** Activities on `hostId`'s own queue, one proxy per kind of work. */
 export function onHost(hostId: string) {
   const taskQueue = hostTaskQueue(hostId);
@@ -92,6 +109,7 @@ export function onHost(hostId: string) {
     thaw: proxy('thaw'),
     cleanup: proxy('cleanup'),
     freeze: (maxFreezeMs: number) => proxyActivities<HostActivities>({ taskQueue, ...freezeOptions(maxFreezeMs) }),
+    release: (maxFreezeMs: number) => proxyActivities<HostActivities>({ taskQueue, ...releaseOptions(maxFreezeMs) }),
   };
 }
 

@@ -3,7 +3,7 @@
  * {@link SnapshotRun}. Read workflows/group-snapshot.ts first: it strings them together.
  */
 import { ApplicationFailure, CancellationScope, condition, log, patched, sleep } from '@temporalio/workflow';
-import type { PlannedVm, UndoVmReport } from '../common/host-types';
+import type { FreezeRequest, PlannedVm, UndoVmReport } from '../common/host-types';
 import { BAD_INPUT, errorMessage } from '../common/failures';
 import { onHost } from './activity-options';
 import type { SnapshotRun } from './snapshot-run';
@@ -141,15 +141,19 @@ export async function releaseLeases(run: SnapshotRun): Promise<void> {
 /**
  * 3-4. The freeze window and the cross-host barrier: pause + snapshot on every host; a one-host group resumes on its
  * host at once; with the update barrier, hosts resume the moment the last host has reported; above
- * `updateBarrierMaxHosts` hosts (Temporal caps updates in flight per workflow) `thawVms` activities release them.
+ * `updateBarrierMaxHosts` hosts (Temporal caps updates in flight per workflow), hosts signal their pauses and
+ * `releaseFreeze` activities release them (`group-paused` order), or `thawVms` activities resume them (old order).
  * Registers the compensation (resume, then undo) before the first host may pause.
  */
 export async function freeze(run: SnapshotRun): Promise<void> {
   const { hosts, snapshotId, input } = run;
   const { maxFreezeMs, quiesce } = input;
-  const release = hosts.length === 1 ? 'local' : hosts.length <= input.updateBarrierMaxHosts ? 'barrier' : 'thaw';
   run.resumeWhen ??= 'group-snapshotted'; // set by the lease phase; runs from before `plan-under-lease` use the old order
   const early = run.resumeWhen === 'group-paused';
+  let release: FreezeRequest['release'] =
+    hosts.length === 1 ? 'local' : hosts.length <= input.updateBarrierMaxHosts ? 'barrier' : 'thaw';
+  if (release === 'thaw' && early && patched('release-on-pause-signal')) release = 'signal';
+  run.release = release;
   const order = early ? { resumeWhen: run.resumeWhen } : {};
   run.freezeStartedOn = hosts;
   run.compensations.push(() => undoFreeze(run));
@@ -210,7 +214,9 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   const barrierPassed =
     release === 'barrier'
       ? condition(() => run.frozenHosts.size === hosts.length || run.barrier === 'abort')
-      : allFrozen;
+      : release === 'signal'
+        ? condition(() => run.pausedHosts.size === hosts.length || run.barrier === 'abort')
+        : allFrozen;
   // The workflow's own bound on reaching the release. In the group-paused order a one-host group is released on its
   // host, which bounds each VM's pause itself (deadline timers, reported as resumed by the guard); its activity
   // also covers VMs already running again, so it is not a freeze to bound.
@@ -226,7 +232,10 @@ export async function freeze(run: SnapshotRun): Promise<void> {
     );
   }
   if (run.barrier === 'waiting') run.barrier = 'release';
+  // Not awaited before the freezes: a host that died meanwhile fails its freeze at once, its release only later.
+  const released = release === 'signal' ? releaseHosts(run, run.barrier === 'release') : Promise.resolve();
   await allFrozen;
+  await released;
   // A cancellation that arrived during the window (the hosts then saw their waits cancelled) ends the run cancelled.
   if (CancellationScope.current().consideredCancelled) await CancellationScope.current().cancelRequested;
   const failures = run.vmResults.filter((v) => v.error);
@@ -289,6 +298,27 @@ export async function compensate(run: SnapshotRun): Promise<void> {
   }
 }
 
+/**
+ * The `signal` barrier's decision, sent to every host whose freeze started: `true` releases the group, `false`
+ * aborts it (those hosts resume at once and take no more snapshots). Failures are logged: a host that cannot be
+ * reached has a failed freeze (its VMs resume by their deadline), which fails the run.
+ */
+async function releaseHosts(run: SnapshotRun, release: boolean): Promise<void> {
+  await CancellationScope.nonCancellable(() =>
+    Promise.all(
+      run.freezeStartedOn.map((h) =>
+        onHost(h)
+          .release(run.input.maxFreezeMs)
+          .releaseFreeze.executeWithOptions(
+            { summary: onHostSummary(release ? 'release' : 'abort the freeze of', run.domains(h), h) },
+            [{ snapshotId: run.snapshotId, release }],
+          )
+          .catch((err) => log.warn('releasing a host failed', { host: h, release, error: errorMessage(err) })),
+      ),
+    ),
+  );
+}
+
 /** Resumes what this run paused on `hostIds` (a no-op for VMs already resumed), then thaws guest filesystems. */
 async function thawAll(run: SnapshotRun, hostIds: string[]): Promise<void> {
   await Promise.all(
@@ -317,6 +347,7 @@ async function thawAll(run: SnapshotRun, hostIds: string[]): Promise<void> {
  * overlays of this run, so a host whose freeze report was lost is covered too.
  */
 async function undoFreeze(run: SnapshotRun): Promise<void> {
+  if (run.release === 'signal') await releaseHosts(run, false);
   await thawAll(run, run.freezeStartedOn).catch((err) => log.warn('thaw failed', { error: errorMessage(err) }));
   await run.freezesSettled;
   await thawAll(run, run.freezeStartedOn).catch((err) => log.error('thaw failed', { error: errorMessage(err) }));

@@ -6,6 +6,7 @@
 import {
   condition,
   defineQuery,
+  defineSignal,
   defineUpdate,
   log,
   setCurrentDetails,
@@ -14,8 +15,8 @@ import {
   uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { FreezeVmReport, PlannedVm } from '../common/host-types';
-import { formatSnapshotId, HOST_FROZEN_UPDATE } from '../common/names';
+import type { FreezeRequest, FreezeVmReport, PlannedVm } from '../common/host-types';
+import { formatSnapshotId, HOST_FROZEN_UPDATE, HOST_PAUSED_SIGNAL } from '../common/names';
 import {
   GroupsnapGroup,
   GroupsnapMaxFreezeMs,
@@ -33,6 +34,12 @@ export const progressQuery = defineQuery<SnapshotProgress>('progress');
  * in it; all calls return together, `true` when every host has reported (release) or `false` (abort).
  */
 export const hostFrozenUpdate = defineUpdate<boolean, [string]>(HOST_FROZEN_UPDATE);
+
+/**
+ * The barrier above `updateBarrierMaxHosts` hosts in the `group-paused` order: each host's freeze signals once its
+ * VMs are paused; the workflow then releases every host with its `releaseFreeze` activity.
+ */
+export const hostPausedSignal = defineSignal<[string]>(HOST_PAUSED_SIGNAL);
 
 export class SnapshotRun {
   readonly snapshotId: string;
@@ -54,6 +61,10 @@ export class SnapshotRun {
   readonly times = new Map<string, { pausedAtMs: number; resumedAtMs?: number }>();
   barrier: 'waiting' | 'release' | 'abort' = 'waiting';
   readonly frozenHosts = new Set<string>();
+  /** Hosts whose `hostPaused` signal arrived (the `signal` barrier). */
+  readonly pausedHosts = new Set<string>();
+  /** How the hosts are released (set by the freeze). */
+  release: FreezeRequest['release'] | undefined;
   createdAt: string | undefined;
   /** The release order of this run (set by the freeze). */
   resumeWhen: ResumeWhen | undefined;
@@ -92,6 +103,14 @@ export class SnapshotRun {
           if (!this.hosts.includes(h)) throw new Error(`host ${h} is not part of this snapshot`);
         },
       },
+    );
+    setHandler(
+      hostPausedSignal,
+      (h) => {
+        if (this.hosts.includes(h)) this.pausedHosts.add(h);
+        else log.warn('hostPaused signal from a host not in this snapshot', { host: h });
+      },
+      { description: "A host's freeze reports its VMs paused (groups over updateBarrierMaxHosts hosts)" },
     );
     upsertSearchAttributes([
       { key: GroupsnapGroup, value: this.input.group },
