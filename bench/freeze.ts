@@ -5,6 +5,9 @@
  *
  *   npm run bench -- [--sizes 1,2,4,8,16] [--rounds 10] [--hosts 1,2,4,8,16,32,64] [--depth 30] [--no-big]
  *                    [--bounds 1,2,3,4,8] [--out <dir>]   (default: the repository; the smoke test writes to a temp dir)
+ *   npm run bench -- --hosts-only bench/results/<run>.json [--hosts 2,4,8,16,32,64] [--rounds 6] [--max-freeze-ms 60000]
+ *                    runs only the simulated hosts, with latencies drawn around that run's 1-VM floor, and writes
+ *                    that run's samples with its simulated-host samples replaced (`hostsRun` says when and how).
  *
  * Contenders: groupsnap in its default order (`group-paused`: overlays made before the pause, each VM resumed once
  * its own snapshot is taken and the group is paused) and in the old one (`groupsnap-old`, `group-snapshotted`);
@@ -13,8 +16,8 @@
  * binding in one process; and the naive virsh script.
  */
 import { execFile } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
 import { Client, Connection } from '@temporalio/client';
@@ -44,6 +47,8 @@ interface FreezeBenchOptions {
   big: boolean;
   bounds: number[];
   out: string;
+  hostsOnly?: string;
+  maxFreezeMs?: number;
 }
 
 const command = benchCommand('freeze', 'freeze per VM: groupsnap vs the libvirt floor vs a virsh script')
@@ -53,7 +58,9 @@ const command = benchCommand('freeze', 'freeze per VM: groupsnap vs the libvirt 
   .option('--depth <n>', 'chain depth reached by snapshot after snapshot', integer(1), 30)
   .option('--no-big', 'leave out the disk-size comparison (1 GiB vs 32 GiB disks)')
   .option('--bounds <n,...>', 'snapshots in flight tried by the new floor at 8 VMs', integerList(1), [1, 2, 3, 4, 8])
-  .option('--out <dir>', 'where bench/results/ and BENCHMARKS.md are written', REPO_ROOT);
+  .option('--out <dir>', 'where bench/results/ and BENCHMARKS.md are written', REPO_ROOT)
+  .option('--hosts-only <results.json>', "run only the simulated hosts, over an earlier run's real-VM samples")
+  .option('--max-freeze-ms <n>', "the simulated groups' freeze bound (default 5000)", integer(1));
 
 type Contender = 'groupsnap' | 'groupsnap-old' | 'floor' | 'floor-early' | 'naive';
 
@@ -326,6 +333,8 @@ export async function simulatedHosts(
   samples: Sample[],
   /** The groups' freeze bound (bench/cluster.ts raises it on a shared, loaded machine). @default 5000 */
   maxFreezeMs?: number,
+  /** The first simulated host's worker also runs the workflows (when no other worker does). */
+  workflows = false,
 ) {
   const jitter = (ms: number) => () => Math.max(0.5, ms * (0.8 + 0.4 * Math.random()));
   for (const hostsCount of counts) {
@@ -361,7 +370,7 @@ export async function simulatedHosts(
       }
       mkdirSync(`${stateRoot}/${hostId}`, { recursive: true });
       mkdirSync(`${stateRoot}/${hostId}-images`, { recursive: true });
-      const w = await hostWorker(server, hostId, fake, `${stateRoot}/${hostId}`, false);
+      const w = await hostWorker(server, hostId, fake, `${stateRoot}/${hostId}`, workflows && h === 0);
       workers.push(w);
       runs.push(w.run());
     }
@@ -408,9 +417,70 @@ export async function simulatedHosts(
   }
 }
 
+/** 1-VM floor p50 of a run: the simulated hosts' latencies are drawn around it. */
+function floorOfOneVm(samples: Sample[]): number {
+  const xs = samples
+    .filter((s) => s.config === 'size' && s.size === 1 && s.contender === 'floor')
+    .map((s) => s.freezeMs)
+    .sort((a, b) => a - b);
+  if (xs.length === 0) throw new Error('the run has no 1-VM floor samples (run it with --sizes including 1)');
+  return xs[Math.floor(xs.length / 2)];
+}
+
+const simLatency = (floor1: number) => ({ suspend: floor1 * 0.15, snapshot: floor1 * 0.7, resume: floor1 * 0.15 });
+
+/** Writes the raw samples to bench/results/ and regenerates BENCHMARKS.md from them. */
+function writeResults(results: BenchResults, outRoot: string, name: string): void {
+  const dir = join(outRoot, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, name);
+  writeFileSync(file, JSON.stringify(results) + '\n');
+  const report = join(outRoot, 'BENCHMARKS.md');
+  writeFileSync(report, keepClusterSection(report, renderReport(results, file.slice(outRoot.length + 1), outRoot)));
+  console.error(`wrote ${file} and BENCHMARKS.md`);
+}
+
+/** `--hosts-only`: the simulated hosts alone, their samples put in place of an earlier run's. */
+async function hostsOnly(opts: FreezeBenchOptions, from: string): Promise<void> {
+  const earlier = JSON.parse(readFileSync(from, 'utf8')) as BenchResults;
+  const machine = describeMachine();
+  const server = await startDevServer({ dynamicConfig: { 'history.maxInFlightUpdates': 1000 } });
+  const connection = await Connection.connect({ address: server.address });
+  const samples: Sample[] = [];
+  try {
+    const client = new Client({ connection });
+    await simulatedHosts(
+      server,
+      client,
+      opts.hosts,
+      opts.rounds,
+      simLatency(floorOfOneVm(earlier.samples)),
+      samples,
+      opts.maxFreezeMs,
+      true,
+    );
+  } finally {
+    await connection.close();
+    await server.stop();
+  }
+  const results: BenchResults = {
+    ...earlier,
+    samples: [...earlier.samples.filter((s) => s.config !== 'hosts'), ...samples],
+    hostsRun: {
+      date: machine.date,
+      ...(machine.loadAvgAtStart ? { loadAvgAtStart: machine.loadAvgAtStart } : {}),
+      rounds: opts.rounds,
+      from: basename(from),
+      ...(opts.maxFreezeMs !== undefined ? { maxFreezeMs: opts.maxFreezeMs } : {}),
+    },
+  };
+  writeResults(results, opts.out, basename(from).replace(/\.json$/, '') + '-hosts.json');
+}
+
 async function main(): Promise<void> {
   Runtime.install({ logger: new DefaultLogger('ERROR') });
   const opts = parseBenchOptions<FreezeBenchOptions>(command);
+  if (opts.hostsOnly) return hostsOnly(opts, opts.hostsOnly);
   const { sizes, rounds, depth } = opts;
   const hostCounts = opts.hosts;
   const bigDisks = opts.big;
@@ -490,21 +560,14 @@ async function main(): Promise<void> {
         });
     }
     console.error(`  chain depth 1..${depth}: done`);
-    const measured = (c: string, field: 'freezeMs') => {
-      const xs = bench.samples
-        .filter((s) => s.config === 'size' && s.size === 1 && s.contender === c)
-        .map((s) => s[field])
-        .sort((a, b) => a - b);
-      return xs[Math.floor(xs.length / 2)];
-    };
-    const floor1 = measured('floor', 'freezeMs');
     await simulatedHosts(
       server,
       client,
       hostCounts,
       Math.max(3, Math.floor(rounds / 2)),
-      { suspend: floor1 * 0.15, snapshot: floor1 * 0.7, resume: floor1 * 0.15 },
+      simLatency(floorOfOneVm(bench.samples)),
       bench.samples,
+      opts.maxFreezeMs,
     );
   } finally {
     worker.shutdown();
@@ -514,15 +577,11 @@ async function main(): Promise<void> {
     await connection.close();
     await server.stop();
   }
-  const results: BenchResults = { machine, rounds, samples: bench.samples };
-  const outRoot = opts.out;
-  const dir = join(outRoot, 'bench', 'results');
-  mkdirSync(dir, { recursive: true });
-  const file = join(dir, `${machine.date.slice(0, 10)}-${machine.hostname}.json`);
-  writeFileSync(file, JSON.stringify(results) + '\n');
-  const report = join(outRoot, 'BENCHMARKS.md');
-  writeFileSync(report, keepClusterSection(report, renderReport(results, file.slice(outRoot.length + 1), outRoot)));
-  console.error(`wrote ${file} and BENCHMARKS.md`);
+  writeResults(
+    { machine, rounds, samples: bench.samples },
+    opts.out,
+    `${machine.date.slice(0, 10)}-${machine.hostname}.json`,
+  );
 }
 
 // bench/cluster.ts reuses the rounds and the simulated hosts without running this benchmark.

@@ -34,6 +34,8 @@ export interface BenchResults {
   machine: MachineDescription;
   rounds: number;
   samples: Sample[];
+  /** Set when the simulated-host samples come from a later `--hosts-only` run over this run's real-VM samples. */
+  hostsRun?: { date: string; loadAvgAtStart?: number[]; rounds: number; from: string; maxFreezeMs?: number };
 }
 
 function libvirtVersion(v: number): string {
@@ -356,15 +358,29 @@ export function renderReport(results: BenchResults, rawFile: string, outRoot = R
         p,
       );
     const share = (h: number, b: string) => 1 - local / q(h, b, 0.5);
+    const hr = results.hostsRun;
     lines.push(
       '## Simulated hosts (cross-host barrier through Temporal)',
       '',
+      ...(hr
+        ? [
+            `From a separate run on ${hr.date.slice(0, 16).replace('T', ' ')} UTC (\`npm run bench -- --hosts-only ` +
+              `bench/results/${hr.from}\`, ${hr.rounds} rounds` +
+              (hr.maxFreezeMs !== undefined ? `, freeze bound ${hr.maxFreezeMs} ms` : '') +
+              (hr.loadAvgAtStart ? `, load average ${hr.loadAvgAtStart[0].toFixed(1)} at the start` : '') +
+              '), over the real-VM run above.',
+            '',
+          ]
+        : []),
       `N fake hosts x 8 VMs, each host a separate worker on its own task queue, with pause/snapshot/resume latencies drawn`,
       `around this run's floor for one VM (${f1(local)} ms in all). A one-host group resumes on its host (no barrier).`,
-      "Across hosts, two releases, interleaved: the **update** barrier (each host waits in the workflow's `hostFrozen`",
+      "Across hosts, two barriers, interleaved: the **update** barrier (each host waits in the workflow's `hostFrozen`",
       'update until the last one reports; used up to `updateBarrierMaxHosts`, 8 by default, because the server caps',
-      'updates in flight per workflow; this run raised the cap to use it at every size) and **thaw** activities',
-      '(what larger groups get). Barrier share = 1 - local work / freeze.',
+      'updates in flight per workflow; this run raised the cap to use it at every size) and the barrier of larger',
+      'groups, here called **thaw** (`updateBarrierMaxHosts: 0`): in the `group-paused` order each host signals',
+      "`hostPaused` and the workflow's `releaseFreeze` activities release every host once all have signalled; in the",
+      "old order the hosts' freezes end with the VMs paused and `thawVms` activities resume them.",
+      'Barrier share = 1 - local work / freeze.',
       '',
       '| hosts | VMs | update p50 ms | update p90 ms | thaw p50 ms | thaw p90 ms | share (update) | share (thaw) | end-to-end p50 ms |',
       '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
@@ -393,11 +409,9 @@ export function renderReport(results: BenchResults, rawFile: string, outRoot = R
             `${f1(qo(h, 'thaw', 'group-paused'))} | ${f1(qo(h, 'thaw', 'group-snapshotted'))} |`,
         ),
         '',
-        'With thaw activities (groups over `updateBarrierMaxHosts` hosts) VMs stay paused until every host is',
-        'snapshotted in both orders; only the prepared overlays and the bounded snapshots differ there. The fake',
-        "hosts' snapshots do not share CPU (each is a timer), so the group-paused order's 2 snapshots in flight only",
-        'serialize them here and its per-VM freeze comes out longer; on real hosts snapshots share the cores, and the',
-        'same bound is what makes the new order faster (the group-size table above).',
+        "The fake hosts' snapshots do not share CPU (each is a timer), so the group-paused order's 2 snapshots in",
+        'flight only serialize them here and its per-VM freeze can come out longer; on real hosts snapshots share the',
+        'cores, and the same bound is what makes the new order faster (the group-size table above).',
       );
     }
     const lo = counts.find((h) => h >= 2);

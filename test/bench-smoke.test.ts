@@ -32,9 +32,50 @@ describe('npm run bench (smoke)', () => {
   });
 });
 
+describe('npm run bench -- --hosts-only (smoke)', () => {
+  it("runs only the simulated hosts and keeps the earlier run's real-VM samples", async () => {
+    const out = await mkdtemp(join(tmpdir(), 'groupsnap-bench-hosts-'));
+    const from = join(REPO_ROOT, 'bench/results/2026-12-01-vm.json');
+    try {
+      await exec(process.execPath, [
+        bench('freeze'),
+        '--hosts-only',
+        from,
+        '--hosts',
+        '2',
+        '--rounds',
+        '1',
+        '--out',
+        out,
+      ]);
+      type Results = { samples: { config: string; hosts?: number }[]; hostsRun?: { from: string } };
+      const earlier = JSON.parse(readFileSync(from, 'utf8')) as Results;
+      const written = JSON.parse(readFileSync(join(out, 'bench/results/2026-12-01-vm-hosts.json'), 'utf8')) as Results;
+      expect(written.samples.filter((s) => s.config !== 'hosts')).toEqual(
+        earlier.samples.filter((s) => s.config !== 'hosts'),
+      );
+      // 2 hosts x 8 VMs, both barriers, both orders, one round.
+      expect(written.samples.filter((s) => s.config === 'hosts' && s.hosts === 2)).toHaveLength(64);
+      expect(written.samples.some((s) => s.config === 'hosts' && s.hosts !== 2)).toBe(false);
+      expect(written.hostsRun?.from).toBe('2026-12-01-vm.json');
+      const report = readFileSync(join(out, 'BENCHMARKS.md'), 'utf8');
+      expect(report).toMatch(
+        /From a separate run on .* UTC \(`npm run bench -- --hosts-only bench\/results\/2026-12-01-vm.json`/,
+      );
+      expect(report).toMatch(/\| 2 \| groupsnap \| \d+\.\d/);
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
+  });
+});
+
 /** One command line for every benchmark (bench/options.ts): documented options, bad input refused up front. */
 describe.each([
-  ['freeze', ['--sizes', '--rounds', '--hosts', '--depth', '--no-big', '--bounds', '--out'], ['--rounds', '0']],
+  [
+    'freeze',
+    ['--sizes', '--rounds', '--hosts', '--depth', '--no-big', '--bounds', '--out', '--hosts-only', '--max-freeze-ms'],
+    ['--rounds', '0'],
+  ],
   [
     'consistency',
     ['--group', '--naive', '--modes', '--batch', '--hosts', '--restore', '--out'],
