@@ -101,4 +101,40 @@ describe('freeze order on real VMs', () => {
     // No file of the failed run is left, the failed VM's prepared overlays included.
     expect(readdirSync(fleet.dir).filter((f) => f.includes(result.snapshotId))).toEqual([]);
   });
+
+  it('releases a group above updateBarrierMaxHosts on pauses too: hosts signal, releaseFreeze activities release', async () => {
+    hook = async () => {};
+    // Two more host workers on the same libvirtd, two VMs each: a 2-host group, above a limit of 1 host.
+    const [x, y] = [uniqueId('hx'), uniqueId('hy')];
+    const more = await startHosts(
+      [
+        { hostId: x, hypervisor },
+        { hostId: y, hypervisor },
+      ],
+      { workflows: false },
+    );
+    try {
+      const vms = fleet.names.map((domain, i) => ({ domain, host: i < 2 ? x : y }));
+      const result = await snapshotGroup(client, { group: 'order-signal', vms, updateBarrierMaxHosts: 1 });
+
+      expect(result.status).toBe('completed');
+      expect(cutViolations(result)).toEqual([]);
+      for (const vm of result.vms) {
+        expect(await state(vm.domain)).toBe('running');
+        expect(vm.resumedByGuard).toBeFalsy();
+        for (const d of vm.disks) {
+          expect((await sources(vm.domain))[d.target]).toBe(d.overlay);
+          expect((await backingChain(d.overlay))[1]).toBe(d.image);
+        }
+      }
+      const history = await client.workflow.getHandle(result.workflowId).fetchHistory();
+      const activities = (history.events ?? [])
+        .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
+        .filter((n) => n !== undefined);
+      expect(activities.filter((n) => n === 'releaseFreeze')).toHaveLength(2);
+      expect(activities).not.toContain('thawVms');
+    } finally {
+      await more.stop();
+    }
+  });
 });
