@@ -35,7 +35,7 @@ import type { ResumeWhen } from '../common/types';
 import { describeMachine } from './machine';
 import { benchCommand, integer, integerList, parseBenchOptions } from './options';
 import { keepClusterSection } from './cluster-report';
-import { renderReport, type BenchResults, type Sample } from './report';
+import { renderReport, type BenchResults, type HypervisorStack, type Sample } from './report';
 
 const run = promisify(execFile);
 
@@ -306,6 +306,40 @@ export class Bench {
   }
 }
 
+/**
+ * The hypervisor stack a run measured (issue 15 benchmarks two: Debian 12's libvirt 9.0 / QEMU 7.2 and
+ * bookworm-backports' libvirt 11.3 / QEMU 10.0). `machine.libvirt` is only the library this process loaded; this
+ * records the daemon's and QEMU's versions as `virsh version --daemon` reports them, and the Debian packages. A
+ * field that cannot be read is left out rather than failing the run.
+ */
+
+export async function describeStack(uri = 'qemu:///system'): Promise<HypervisorStack> {
+  const stack: HypervisorStack = {};
+  try {
+    const { stdout } = await run('virsh', ['-c', uri, 'version', '--daemon']);
+    stack.libvirtd = /Running against daemon: (\S+)/.exec(stdout)?.[1];
+    stack.qemu = /Running hypervisor: QEMU (\S+)/.exec(stdout)?.[1];
+  } catch {
+    // virsh missing or the daemon not answering: the run itself will say so.
+  }
+  // dpkg-query exits 1 when a package is missing but still prints the others.
+  const dpkg = await run('dpkg-query', [
+    '-W',
+    '-f=${Package} ${Version}\\n',
+    'libvirt-daemon',
+    'libvirt0',
+    'qemu-system-x86',
+    'qemu-utils',
+  ]).catch((err: { stdout?: string }) => ({ stdout: err.stdout ?? '' }));
+  const packages = dpkg.stdout
+    .trim()
+    .split('\n')
+    .map((l) => l.split(' '))
+    .filter((f) => f.length === 2 && f[1] !== '');
+  if (packages.length > 0) stack.packages = Object.fromEntries(packages);
+  return stack;
+}
+
 export async function hostWorker(
   server: { address: string },
   hostId: string,
@@ -485,6 +519,8 @@ async function main(): Promise<void> {
   const hostCounts = opts.hosts;
   const bigDisks = opts.big;
   const machine = describeMachine();
+  const stack = await describeStack();
+  console.error(`stack: ${JSON.stringify(stack)}`);
   // Lets the simulated-host runs use the update barrier at every group size.
   const server = await startDevServer({ dynamicConfig: { 'history.maxInFlightUpdates': 1000 } });
   const connection = await Connection.connect({ address: server.address });
@@ -578,7 +614,7 @@ async function main(): Promise<void> {
     await server.stop();
   }
   writeResults(
-    { machine, rounds, samples: bench.samples },
+    { machine, stack, rounds, samples: bench.samples },
     opts.out,
     `${machine.date.slice(0, 10)}-${machine.hostname}.json`,
   );

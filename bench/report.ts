@@ -30,8 +30,19 @@ export interface Sample {
   phasesMs?: { pause: number; snapshot: number; resume: number };
 }
 
+export interface HypervisorStack {
+  /** libvirtd's version, e.g. `11.3.0`. */
+  libvirtd?: string;
+  /** The QEMU libvirt runs, e.g. `10.0.2`. */
+  qemu?: string;
+  /** Installed Debian package versions of the stack. */
+  packages?: Record<string, string>;
+}
+
 export interface BenchResults {
   machine: MachineDescription;
+  /** The daemon's and QEMU's versions (runs before issue 15's second stack have only `machine.libvirt`). */
+  stack?: HypervisorStack;
   rounds: number;
   samples: Sample[];
   /** Set when the simulated-host samples come from a later `--hosts-only` run over this run's real-VM samples. */
@@ -134,7 +145,10 @@ export function renderReport(results: BenchResults, rawFile: string, outRoot = R
     '## Machine',
     '',
     `${machine.cores} cores (${machine.cpu}), ${machine.memoryGiB} GiB, VMs under **${machine.virtType === 'kvm' ? 'KVM' : 'TCG'}**, ` +
-      `libvirt ${libvirtVersion(Number(machine.libvirt))}, Node ${machine.node}; run ${machine.date}` +
+      (results.stack?.libvirtd && results.stack.qemu
+        ? `libvirtd ${results.stack.libvirtd} / QEMU ${results.stack.qemu}, `
+        : `libvirt ${libvirtVersion(Number(machine.libvirt))}, `) +
+      `Node ${machine.node}; run ${machine.date}` +
       (machine.loadAvgAtStart
         ? `, load average ${machine.loadAvgAtStart[0].toFixed(1)} at the start (a shared machine: other work ran at the same time).`
         : '.'),

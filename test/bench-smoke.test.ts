@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +26,15 @@ describe('npm run bench (smoke)', () => {
       expect(report).toMatch(/## Simulated hosts/);
       expect(report).toMatch(/\d+ cores \(.*\), \d+ GiB, VMs under \*\*(KVM|TCG)\*\*/);
       expect(existsSync(join(out, 'bench', 'freeze-vs-size.svg'))).toBe(true);
+      // The raw results name the hypervisor stack measured (issue 15 benchmarks two), as the tools report it.
+      const [raw] = readdirSync(join(out, 'bench', 'results')).filter((f) => f.endsWith('.json'));
+      const { stack } = JSON.parse(readFileSync(join(out, 'bench', 'results', raw), 'utf8'));
+      const daemon = (await exec('virsh', ['-c', 'qemu:///system', 'version', '--daemon'])).stdout;
+      const qemu = (await exec('qemu-system-x86_64', ['--version'])).stdout;
+      expect(stack.libvirtd).toMatch(/^\d+\.\d+\.\d+$/);
+      expect(daemon).toContain(`Running against daemon: ${stack.libvirtd}`);
+      expect(qemu).toMatch(new RegExp(`^QEMU emulator version ${stack.qemu.replace(/\./g, '\\.')}[ (]`));
+      expect(stack.packages['libvirt-daemon']).toMatch(new RegExp(`^${stack.libvirtd.replace(/\./g, '\\.')}-`));
     } finally {
       await rm(out, { recursive: true, force: true });
     }
