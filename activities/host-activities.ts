@@ -73,6 +73,9 @@ async function runBounded<T>(items: T[], limit: number, fn: (item: T, i: number)
   await Promise.all(lanes);
 }
 
+/** A run's own snapshot on this host: its lease owner (the workflow run) and snapshot id. */
+const runKey = (req: { leaseOwner: string; snapshotId: string }): string => `${req.leaseOwner}/${req.snapshotId}`;
+
 /** How long a host remembers that a snapshot's undo started (a freeze activity lives at most ~10.5 minutes). */
 export const UNDO_MEMORY_MS = 60 * 60_000;
 
@@ -112,7 +115,8 @@ export function createHost(deps: HostActivityDeps) {
    * workflow gave up on (its heartbeat timed out on a starved worker) may still be running here when compensation's
    * undo arrives: undo then stops it from taking more snapshots and waits for it, so it never removes an overlay file
    * that a snapshot still in flight is about to put under a VM. An undo is remembered for `UNDO_MEMORY_MS`, far
-   * longer than a freeze activity may live, then forgotten.
+   * longer than a freeze activity may live, then forgotten. All are keyed by run and snapshot id (`runKey`): a
+   * caller may give a new run the snapshot id of one that failed.
    */
   const runningFreezes = new Map<string, Promise<unknown>>();
   const undoStarted = new Map<string, number>();
@@ -395,7 +399,7 @@ export function createHost(deps: HostActivityDeps) {
     const ctx = Context.current();
     const workflow = ctx.info.workflowExecution;
     if (!workflow) throw new Error('the cross-host barrier needs the activity to run for a workflow');
-    const decision = releases.wait(req.snapshotId);
+    const decision = releases.wait(runKey(req));
     await ctx.client.workflow.getHandle(workflow.workflowId, workflow.runId).signal(HOST_PAUSED_SIGNAL, req.host);
     return decision;
   }
@@ -596,7 +600,7 @@ export function createHost(deps: HostActivityDeps) {
   ): Promise<void> {
     const failed = () => reports.some((r) => r.error !== undefined);
     if (!failed()) await pauseAll(req, vms, reports, fail);
-    if (!failed() && undoing.has(req.snapshotId)) for (const r of reports) r.error ??= 'the run is being undone';
+    if (!failed() && undoing.has(runKey(req))) for (const r of reports) r.error ??= 'the run is being undone';
     if (!failed()) await Promise.all(vms.map((vm, i) => snapshotOne(req, vm, reports[i], false)));
     for (const r of reports) checkNotResumedByOthers(req, r);
     if (req.release === 'barrier' && !failed()) {
@@ -679,8 +683,8 @@ export function createHost(deps: HostActivityDeps) {
       await resumeOurs(req.snapshotId, [reports[i]]);
     };
     await runBounded(vms, Math.max(1, req.snapshotsInFlight ?? 2), async (vm, i) => {
-      if (undoing.has(req.snapshotId)) reports[i].error ??= 'the run is being undone';
-      if (!aborted && !undoing.has(req.snapshotId)) await snapshotOne(req, vm, reports[i], vm.prepared === true);
+      if (undoing.has(runKey(req))) reports[i].error ??= 'the run is being undone';
+      if (!aborted && !undoing.has(runKey(req))) await snapshotOne(req, vm, reports[i], vm.prepared === true);
       if (req.release === 'thaw' && !failed()) return;
       // Its own snapshot is done (or will not happen): it waits for the release only while the run may still succeed.
       if (!failed()) await Promise.race([released, deadlineOf(req, reports[i])]);
@@ -872,14 +876,14 @@ export function createHost(deps: HostActivityDeps) {
       heartbeat();
       const beat = setInterval(() => heartbeat(), 500);
       const running = freeze(req);
-      runningFreezes.set(req.snapshotId, running);
+      runningFreezes.set(runKey(req), running);
       try {
         return await running;
       } finally {
         clearInterval(beat);
-        if (runningFreezes.get(req.snapshotId) === running) {
-          runningFreezes.delete(req.snapshotId);
-          releases.close(req.snapshotId);
+        if (runningFreezes.get(runKey(req)) === running) {
+          runningFreezes.delete(runKey(req));
+          releases.close(runKey(req));
         }
       }
     },
@@ -891,10 +895,11 @@ export function createHost(deps: HostActivityDeps) {
     async releaseFreeze(req: ReleaseRequest): Promise<void> {
       const problems: string[] = [];
       checkSnapshotRequest(req, problems);
+      checkOwner(req.leaseOwner, problems);
       if (typeof req.release !== 'boolean')
         problems.push(`release must be true or false, got ${JSON.stringify(req.release)}`);
       failIf(problems);
-      releases.decide(req.snapshotId, req.release);
+      releases.decide(runKey(req), req.release);
     },
 
     /** Resumes the VMs this snapshot paused on this host (no-op for those already resumed), then thaws. */
@@ -944,8 +949,8 @@ export function createHost(deps: HostActivityDeps) {
       );
       try {
         return await beating(async () => {
-          undoing.add(req.snapshotId);
-          const running = runningFreezes.get(req.snapshotId);
+          undoing.add(runKey(req));
+          const running = runningFreezes.get(runKey(req));
           if (running) {
             log('undo waits for a freeze of the same snapshot still running here', { snapshotId: req.snapshotId });
             await running.catch(() => undefined);

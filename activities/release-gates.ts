@@ -14,35 +14,35 @@ export class ReleaseGates {
     private readonly keepMs = 60 * 60_000,
   ) {}
 
-  /** Settles with the workflow's decision for `snapshotId` on this host. */
-  wait(snapshotId: string): Promise<boolean> {
-    return this.gate(snapshotId).decision;
+  /** Settles with the workflow's decision for the freeze `key` (its run and snapshot) on this host. */
+  wait(key: string): Promise<boolean> {
+    return this.gate(key).decision;
   }
 
-  /** Hands the workflow's decision to the freeze of `snapshotId` (now or when it starts to wait). */
-  decide(snapshotId: string, release: boolean): void {
-    this.gate(snapshotId).decide(release);
+  /** Hands the workflow's decision to the freeze `key` (now or when it starts to wait). */
+  decide(key: string, release: boolean): void {
+    this.gate(key).decide(release);
   }
 
-  /** Forgets `snapshotId` once its freeze has ended (a later decision for it is dropped after `keepMs`). */
-  close(snapshotId: string): void {
-    this.gates.delete(snapshotId);
+  /** Forgets `key` once its freeze has ended (a later decision for it is dropped after `keepMs`). */
+  close(key: string): void {
+    this.gates.delete(key);
   }
 
-  /** How many snapshots have a gate (open or decided and not yet picked up). */
+  /** How many freezes have a gate (open, or decided and not yet picked up). */
   get size(): number {
     return this.gates.size;
   }
 
-  private gate(snapshotId: string): Gate {
+  private gate(key: string): Gate {
     const now = this.now();
-    for (const [id, g] of this.gates) if (now - g.createdAtMs > this.keepMs) this.gates.delete(id);
-    let g = this.gates.get(snapshotId);
+    for (const [k, g] of this.gates) if (now - g.createdAtMs > this.keepMs) this.gates.delete(k);
+    let g = this.gates.get(key);
     if (!g) {
       let decide!: (release: boolean) => void;
       const decision = new Promise<boolean>((resolve) => (decide = resolve));
       g = { createdAtMs: now, decision, decide };
-      this.gates.set(snapshotId, g);
+      this.gates.set(key, g);
     }
     return g;
   }

@@ -69,6 +69,8 @@ export interface FreezeRequest {
 /** The workflow's decision for the `signal` barrier, handed to the freeze waiting on one host. */
 export interface ReleaseRequest {
   snapshotId: string;
+  /** The run (workflow run id) whose freeze is released. */
+  leaseOwner: string;
   /** `true`: every VM of the group is paused, resume; `false`: the run is aborted, resume and take no more snapshots. */
   release: boolean;
 }

@@ -213,4 +213,46 @@ describe('undo against a freeze still running on the same host', () => {
       rmSync(stateDir, { recursive: true, force: true });
     }
   });
+
+  it('lets a new run reuse the snapshot id of a run that was undone (a caller may retry with the same id)', async () => {
+    const fake = new FakeHost('undo-reuse');
+    const stateDir = mkdtempSync(join(tmpdir(), 'groupsnap-undo-reuse-'));
+    try {
+      const vms = ['u1', 'u2'];
+      for (const vm of vms) fake.addVm(vm);
+      const a = createHost({ hypervisor: fake.hypervisor, hostId: 'undo-reuse', stateDir }).activities;
+      const attempt = async (owner: string) => {
+        await a.acquireLocks({ owner, domains: vms, ttlMs: 60_000 });
+        const base = { snapshotId: 'nightly', quiesce: 'none' as const, leaseOwner: owner };
+        const plans = await a.planVms({ ...base, domains: vms, prepareOverlays: true });
+        const reports = await a.freezeVms({
+          ...base,
+          vms: plans,
+          maxFreezeMs: 5000,
+          release: 'local',
+          host: 'undo-reuse',
+          resumeWhen: 'group-paused',
+        });
+        return { plans, reports };
+      };
+      // The first run snapshots, then fails later and is undone.
+      const first = await attempt('run-1');
+      await a.undoSnapshots({
+        snapshotId: 'nightly',
+        leaseOwner: 'run-1',
+        vms: first.plans.map((p) => ({ domain: p.domain, disks: p.disks })),
+      });
+      await a.releaseLocks({ owner: 'run-1', domains: vms });
+      // The retry, same snapshot id, another run: its snapshots are taken.
+      const retry = await attempt('run-2');
+      expect(retry.reports.map((r) => [r.domain, r.snapshotted, r.error])).toEqual([
+        ['u1', true, undefined],
+        ['u2', true, undefined],
+      ]);
+      for (const vm of vms) expect(fake.chain(vm, 'vda')).toHaveLength(2);
+    } finally {
+      fake.cleanup();
+      rmSync(stateDir, { recursive: true, force: true });
+    }
+  });
 });

@@ -311,7 +311,7 @@ async function releaseHosts(run: SnapshotRun, release: boolean): Promise<void> {
           .release(run.input.maxFreezeMs)
           .releaseFreeze.executeWithOptions(
             { summary: onHostSummary(release ? 'release' : 'abort the freeze of', run.domains(h), h) },
-            [{ snapshotId: run.snapshotId, release }],
+            [{ snapshotId: run.snapshotId, leaseOwner: run.leaseOwner, release }],
           )
           .catch((err) => log.warn('releasing a host failed', { host: h, release, error: errorMessage(err) })),
       ),
