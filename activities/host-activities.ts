@@ -27,6 +27,8 @@ import {
   type PlannedVm,
   type PlanRequest,
   type ReleaseRequest,
+  checkSnapshotsInFlight,
+  DEFAULT_SNAPSHOTS_IN_FLIGHT,
   type ThawRequest,
   type ThawVmReport,
   type UndoRequest,
@@ -45,6 +47,11 @@ export interface HostActivityDeps {
   log?: (message: string, fields?: Record<string, unknown>) => void;
   /** Meter for groupsnap's host metrics (VMs resumed by a deadline), e.g. `Runtime.instance().metricMeter`. */
   metrics?: MetricMeter;
+  /**
+   * Most snapshots taken at once in the `group-paused` order (the host's cores share them: 2 was best on 2 cores,
+   * BENCHMARKS.md). @default DEFAULT_SNAPSHOTS_IN_FLIGHT
+   */
+  snapshotsInFlight?: number;
 }
 
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
@@ -95,6 +102,7 @@ function samePlan(a: PlannedVm, b: PlannedVm): boolean {
  */
 export function createHost(deps: HostActivityDeps) {
   const { hypervisor } = deps;
+  const inFlight = checkSnapshotsInFlight(deps.snapshotsInFlight ?? DEFAULT_SNAPSHOTS_IN_FLIGHT);
   const log = deps.log ?? (() => {});
   const journal = new FreezeJournal(deps.stateDir);
   const locks = new DomainLocks(deps.stateDir);
@@ -682,7 +690,7 @@ export function createHost(deps: HostActivityDeps) {
       checkNotResumedByOthers(req, reports[i]);
       await resumeOurs(req.snapshotId, [reports[i]]);
     };
-    await runBounded(vms, Math.max(1, req.snapshotsInFlight ?? 2), async (vm, i) => {
+    await runBounded(vms, Math.max(1, req.snapshotsInFlight ?? inFlight), async (vm, i) => {
       if (undoing.has(runKey(req))) reports[i].error ??= 'the run is being undone';
       if (!aborted && !undoing.has(runKey(req))) await snapshotOne(req, vm, reports[i], vm.prepared === true);
       if (req.release === 'thaw' && !failed()) return;

@@ -37,6 +37,8 @@ export interface WorkerCommandOptions extends TemporalOverrides {
   guard?: boolean;
   /** Prometheus exporter address (`ip:port`); else `GROUPSNAP_METRICS_ADDRESS`; none: no metrics. */
   metrics?: string;
+  /** Most snapshots taken at once in the `group-paused` order. @default 2 */
+  snapshotsInFlight?: number;
 }
 
 /** `groupsnap worker`: the host's worker, plus its guard process. Runs until SIGINT/SIGTERM. */
@@ -73,6 +75,7 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
       imagesDir,
       ...(opts.keyFile ? { repoKeyFile: opts.keyFile } : {}),
       ...(opts.allowDrillChecks ? { allowDrillChecks: true } : {}),
+      ...(opts.snapshotsInFlight !== undefined ? { snapshotsInFlight: opts.snapshotsInFlight } : {}),
       workflows: opts.workflows,
       log: (msg, fields) => logLine(msg, { hostId, ...fields }),
     });

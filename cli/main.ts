@@ -15,7 +15,7 @@ import { snapshotDelete, snapshotGroupCommand, snapshotList } from './snapshot-c
 import type { CommonOptions } from './with-client';
 import { checkSnapshotTake } from './check-input';
 import { restoreList, restoreRelease, snapshotPin } from './pin-commands';
-import { collect, parseInteger, parseQuiesce, parseResumeWhen, parseVmRef } from './parse';
+import { collect, parseInteger, parseQuiesce, parseResumeWhen, parseSnapshotsInFlight, parseVmRef } from './parse';
 import { BadInputError } from '../common/validation';
 
 const program = new Command('groupsnap')
@@ -56,6 +56,11 @@ temporalOptions(
     .option('--allow-drill-checks', "run DR drills' --check commands on this host (sh -c, as the worker's user)")
     .option('--no-workflows', 'do not also run the workflow worker on the shared queue')
     .option('--no-guard', 'do not start the freeze guard process (VMs stay protected only while the worker lives)')
+    .option(
+      '--snapshots-in-flight <n>',
+      'most snapshots this host takes at once while its VMs are paused (1-64; default 2, the best measured on 2 cores)',
+      parseSnapshotsInFlight,
+    )
     .option(
       '--metrics <ip:port>',
       'serve Prometheus metrics (Temporal SDK and groupsnap) at http://<ip:port>/metrics, e.g. 0.0.0.0:9464 (default: GROUPSNAP_METRICS_ADDRESS; off)',

@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from 'commander';
 import { QUIESCE_MODES, RESUME_WHEN, type QuiesceMode, type ResumeWhen, type VmRef } from '../common/types';
+import { checkSnapshotsInFlight } from '../common/host-types';
 
 /** `domain[@host]`; the host defaults to `defaultHost`. */
 export function parseVmRef(value: string, defaultHost: string): VmRef {
@@ -14,6 +15,15 @@ export function parseInteger(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n)) throw new InvalidArgumentError(`expected an integer, got ${JSON.stringify(value)}`);
   return n;
+}
+
+/** `--snapshots-in-flight`: a whole number from 1 to 64. */
+export function parseSnapshotsInFlight(value: string): number {
+  try {
+    return checkSnapshotsInFlight(parseInteger(value));
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }
 
 export function parseQuiesce(value: string): QuiesceMode {

@@ -62,7 +62,7 @@ export interface FreezeRequest {
    * Absent or `group-snapshotted`: every VM of the host resumes after all of them are snapshotted (the old order).
    */
   resumeWhen?: ResumeWhen;
-  /** With `group-paused`: most snapshots taken at once on this host. @default 2 */
+  /** With `group-paused`: most snapshots taken at once on this host. @default the worker's (2 unless set) */
   snapshotsInFlight?: number;
 }
 
@@ -137,4 +137,14 @@ export interface CatalogRequest {
 /** The overlay file a snapshot puts over `image`: the only name a host ever creates, or removes, for it. */
 export function overlayPath(image: string, domain: string, target: string, snapshotId: string): string {
   return join(dirname(image), `${safeFileName(domain)}.${target}.${snapshotId}.qcow2`);
+}
+
+/** Snapshots a host takes at once in the `group-paused` order unless its worker says otherwise. */
+export const DEFAULT_SNAPSHOTS_IN_FLIGHT = 2;
+
+/** The worker's `snapshotsInFlight`, refused unless a whole number from 1 to 64. */
+export function checkSnapshotsInFlight(n: unknown): number {
+  if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 64)
+    throw new RangeError(`snapshots in flight must be a whole number from 1 to 64, got ${JSON.stringify(n)}`);
+  return n as number;
 }

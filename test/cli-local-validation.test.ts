@@ -38,6 +38,11 @@ const CASES: { args: string[]; message: RegExp }[] = [
   { args: ['snapshot', '--vm', 'x/y@h'], message: /VM name "x\/y" is not valid/ },
   { args: ['snapshot', '--vm', 'x@h/../z'], message: /host id "h\/..\/z" is not safe/ },
   { args: ['snapshot', '--vm', 'x@'], message: /expected <domain>\[@<host>\]/ },
+  {
+    args: ['worker', '--snapshots-in-flight', '0'],
+    message: /snapshots in flight must be a whole number from 1 to 64, got 0/,
+  },
+  { args: ['worker', '--snapshots-in-flight', '2.5'], message: /expected an integer, got "2.5"/ },
   { args: ['snapshot', '--vm', 'x@h', '--max-freeze', '5'], message: /max freeze must be an integer from 100/ },
   { args: ['snapshot', 'shop', '--label', 'a/b'], message: /label "a\/b" is not safe/ },
   { args: ['snapshot', 'shop', '--snapshot-id', '../../etc'], message: /snapshot id "..\/..\/etc" is not safe/ },

@@ -167,6 +167,64 @@ describe('freeze order (fake hypervisors, real Temporal)', () => {
   });
 });
 
+/** The host's bound on snapshots taken at once in the group-paused order (`groupsnap worker --snapshots-in-flight`). */
+describe('snapshots in flight', () => {
+  it.each([1, 3])('takes at most %i snapshots at once when its worker says so', async (bound) => {
+    const fake = new FakeHost(`in-flight-${bound}`, { latencyMs: { snapshot: 60 } });
+    const stateDir = mkdtempSync(join(tmpdir(), 'groupsnap-in-flight-'));
+    try {
+      const vms = ['f1', 'f2', 'f3', 'f4', 'f5', 'f6'];
+      for (const vm of vms) fake.addVm(vm);
+      let now = 0;
+      let most = 0;
+      const snapshotDisks = fake.hypervisor.snapshotDisks.bind(fake.hypervisor);
+      fake.hypervisor.snapshotDisks = async (...args: Parameters<typeof snapshotDisks>) => {
+        most = Math.max(most, ++now);
+        try {
+          return await snapshotDisks(...args);
+        } finally {
+          now--;
+        }
+      };
+      const host = fake.hostId;
+      const a = createHost({
+        hypervisor: fake.hypervisor,
+        hostId: host,
+        stateDir,
+        snapshotsInFlight: bound,
+      }).activities;
+      await a.acquireLocks({ owner: 'run', domains: vms, ttlMs: 60_000 });
+      const base = { snapshotId: 's1', quiesce: 'none' as const, leaseOwner: 'run' };
+      const plans = await a.planVms({ ...base, domains: vms, prepareOverlays: true });
+      const reports = await a.freezeVms({
+        ...base,
+        vms: plans,
+        maxFreezeMs: 10_000,
+        release: 'local',
+        host,
+        resumeWhen: 'group-paused',
+      });
+
+      expect(reports.every((r) => r.snapshotted && !r.error)).toBe(true);
+      expect(most).toBe(bound);
+    } finally {
+      fake.cleanup();
+      rmSync(stateDir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a bound outside 1-64 when the host is created', () => {
+    const fake = new FakeHost('in-flight-bad');
+    try {
+      expect(() =>
+        createHost({ hypervisor: fake.hypervisor, hostId: 'in-flight-bad', stateDir: fake.dir, snapshotsInFlight: 0 }),
+      ).toThrow(/snapshots in flight must be a whole number from 1 to 64, got 0/);
+    } finally {
+      fake.cleanup();
+    }
+  });
+});
+
 /**
  * A freeze the workflow gave up on (its heartbeat timed out on a starved worker) can still be running on the host
  * when compensation's undo arrives there. Found by the 1,000-snapshot consistency run: undo removed a prepared

@@ -62,6 +62,8 @@ export interface GroupsnapHostPluginOptions {
   log?: Log;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;
+  /** Most snapshots this host takes at once in the `group-paused` order (1-64). @default 2 */
+  snapshotsInFlight?: number;
 }
 
 export interface GroupsnapWorkflowsPluginOptions {
@@ -165,6 +167,9 @@ export class GroupsnapHostPlugin extends GroupsnapPlugin {
       stateDir: this.hostOptions.stateDir,
       log,
       metrics: this.hostOptions.metricMeter ?? Runtime.instance().metricMeter,
+      ...(this.hostOptions.snapshotsInFlight !== undefined
+        ? { snapshotsInFlight: this.hostOptions.snapshotsInFlight }
+        : {}),
     });
     const recovered = await host.recover();
     for (const r of recovered)

@@ -28,6 +28,8 @@ export interface GroupsnapWorkerOptions {
   log?: (message: string, fields?: Record<string, unknown>) => void;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;
+  /** Most snapshots this host takes at once in the `group-paused` order (1-64). @default 2 */
+  snapshotsInFlight?: number;
 }
 
 export interface GroupsnapWorker {
@@ -62,6 +64,7 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
       ...(options.allowDrillChecks ? { allowDrillChecks: true } : {}),
       log,
       ...(options.metricMeter ? { metricMeter: options.metricMeter } : {}),
+      ...(options.snapshotsInFlight !== undefined ? { snapshotsInFlight: options.snapshotsInFlight } : {}),
     });
     workers.push(
       await Worker.create({ connection, namespace: options.namespace, taskQueue: host.taskQueue, plugins: [host] }),
