@@ -77,8 +77,10 @@ describe('the signal barrier (groups above updateBarrierMaxHosts)', () => {
     // every host's freeze (with thaw activities no VM resumes before every snapshot of the group is taken).
     expect(vmOf(result, a[0].domain).resumedAtMs!).toBeLessThan(vmOf(result, a[3].domain).snapshottedAtMs!);
     const steps = await scheduled(result.workflowId);
+    // One release per host, each naming this run (the leases' owner) and its snapshot.
+    const { runId } = await client.workflow.getHandle(result.workflowId).describe();
     expect(steps.filter((s) => s.type === 'releaseFreeze').map((s) => s.input)).toEqual(
-      [hostA, slowB, hostC].map(() => ({ snapshotId: result.snapshotId, release: true })),
+      [hostA, slowB, hostC].map(() => ({ snapshotId: result.snapshotId, leaseOwner: runId, release: true })),
     );
     expect(steps.some((s) => s.type === 'thawVms')).toBe(false);
     for (const vm of a) expect(hostA.state(vm.domain)).toBe('running');
