@@ -1,7 +1,7 @@
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createHost } from '../activities/host-activities';
+import { createHost, type HostActivities } from '../activities/host-activities';
 import { Client } from '@temporalio/client';
 import { snapshotGroup } from '../client';
 import { cutViolations } from '../common/cut';
@@ -167,6 +167,22 @@ describe('freeze order (fake hypervisors, real Temporal)', () => {
   });
 });
 
+/** One run on a host's activities alone: its leases, its plan (overlays prepared) and its freeze, one-host release. */
+async function leasePlanFreeze(a: HostActivities, host: string, vms: string[], owner: string, snapshotId: string) {
+  await a.acquireLocks({ owner, domains: vms, ttlMs: 60_000 });
+  const base = { snapshotId, quiesce: 'none' as const, leaseOwner: owner };
+  const plans = await a.planVms({ ...base, domains: vms, prepareOverlays: true });
+  const reports = await a.freezeVms({
+    ...base,
+    vms: plans,
+    maxFreezeMs: 10_000,
+    release: 'local',
+    host,
+    resumeWhen: 'group-paused',
+  });
+  return { plans, reports };
+}
+
 /** The host's bound on snapshots taken at once in the group-paused order (`groupsnap worker --snapshots-in-flight`). */
 describe('snapshots in flight', () => {
   it.each([1, 3])('takes at most %i snapshots at once when its worker says so', async (bound) => {
@@ -193,17 +209,7 @@ describe('snapshots in flight', () => {
         stateDir,
         snapshotsInFlight: bound,
       }).activities;
-      await a.acquireLocks({ owner: 'run', domains: vms, ttlMs: 60_000 });
-      const base = { snapshotId: 's1', quiesce: 'none' as const, leaseOwner: 'run' };
-      const plans = await a.planVms({ ...base, domains: vms, prepareOverlays: true });
-      const reports = await a.freezeVms({
-        ...base,
-        vms: plans,
-        maxFreezeMs: 10_000,
-        release: 'local',
-        host,
-        resumeWhen: 'group-paused',
-      });
+      const { reports } = await leasePlanFreeze(a, host, vms, 'run', 's1');
 
       expect(reports.every((r) => r.snapshotted && !r.error)).toBe(true);
       expect(most).toBe(bound);
@@ -279,20 +285,7 @@ describe('undo against a freeze still running on the same host', () => {
       const vms = ['u1', 'u2'];
       for (const vm of vms) fake.addVm(vm);
       const a = createHost({ hypervisor: fake.hypervisor, hostId: 'undo-reuse', stateDir }).activities;
-      const attempt = async (owner: string) => {
-        await a.acquireLocks({ owner, domains: vms, ttlMs: 60_000 });
-        const base = { snapshotId: 'nightly', quiesce: 'none' as const, leaseOwner: owner };
-        const plans = await a.planVms({ ...base, domains: vms, prepareOverlays: true });
-        const reports = await a.freezeVms({
-          ...base,
-          vms: plans,
-          maxFreezeMs: 5000,
-          release: 'local',
-          host: 'undo-reuse',
-          resumeWhen: 'group-paused',
-        });
-        return { plans, reports };
-      };
+      const attempt = (owner: string) => leasePlanFreeze(a, 'undo-reuse', vms, owner, 'nightly');
       // The first run snapshots, then fails later and is undone.
       const first = await attempt('run-1');
       await a.undoSnapshots({
