@@ -28,6 +28,7 @@ import { S3Server } from '../dev/s3-server';
 import { REPO_ROOT } from '../dev/tools';
 import { describeMachine, type MachineDescription } from './machine';
 import { benchCommand, integer, parseBenchOptions } from './options';
+import { writeSection } from './kept-sections';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -274,19 +275,7 @@ async function main(): Promise<void> {
     const file = join(resultsDir, `backup-${results.date.slice(0, 10)}.json`);
     writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
     const section = renderSection(results, file.slice(outRoot.length + 1));
-    const mdFile = join(outRoot, 'BENCHMARKS.md');
-    let md = '';
-    try {
-      md = readFileSync(mdFile, 'utf8');
-    } catch {
-      md = '# Benchmarks\n';
-    }
-    const begin = '<!-- backup:begin -->';
-    const end = '<!-- backup:end -->';
-    md = md.includes(begin)
-      ? md.slice(0, md.indexOf(begin)) + section + md.slice(md.indexOf(end) + end.length)
-      : md.trimEnd() + '\n\n' + section + '\n';
-    writeFileSync(mdFile, md);
+    writeSection(outRoot, 'backup', section);
     console.log(section);
   } finally {
     client.destroy();

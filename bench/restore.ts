@@ -11,7 +11,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, open as openFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -33,6 +33,7 @@ import { VmFleet } from '../dev/vms';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { describeMachine, type MachineDescription } from './machine';
 import { benchCommand, integer, parseBenchOptions } from './options';
+import { writeSection } from './kept-sections';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -372,14 +373,7 @@ async function main(): Promise<void> {
     const file = join(resultsDir, `restore-${machine.date.slice(0, 10)}.json`);
     writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
     const section = renderSection(results, file.slice(opts.out.length + 1));
-    const mdFile = join(opts.out, 'BENCHMARKS.md');
-    let md = existsSync(mdFile) ? readFileSync(mdFile, 'utf8') : '# Benchmarks\n';
-    const begin = '<!-- restore:begin -->';
-    const end = '<!-- restore:end -->';
-    md = md.includes(begin)
-      ? md.slice(0, md.indexOf(begin)) + section + md.slice(md.indexOf(end) + end.length)
-      : md.trimEnd() + '\n\n' + section + '\n';
-    writeFileSync(mdFile, md);
+    writeSection(opts.out, 'restore', section);
     console.log(section);
   } finally {
     for (const c of closers.reverse()) await c().catch((err: unknown) => console.error(err));

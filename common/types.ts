@@ -22,9 +22,9 @@ export interface GroupSnapshotInput {
   /** @default 'none' */
   quiesce?: QuiesceMode;
   /**
-   * Largest group, in hosts, released through the workflow's `hostFrozen` update barrier; larger groups are
-   * released by `thawVms` activities (one more round trip). Keep it below the server's
-   * `history.maxInFlightUpdates` (10 by default). @default 8
+   * Largest group, in hosts, released through the workflow's `hostFrozen` update barrier; in larger groups each
+   * host signals `hostPaused` and is released by a `releaseFreeze` activity (`thawVms` in the `group-snapshotted`
+   * order): one more round trip. Keep it below the server's `history.maxInFlightUpdates` (10 by default). @default 8
    */
   updateBarrierMaxHosts?: number;
   /** @default 'group-paused' */

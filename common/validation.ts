@@ -78,14 +78,7 @@ export const MIN_MAX_FREEZE_MS = 100;
 export const MAX_MAX_FREEZE_MS = 600_000;
 
 /** The options of one group snapshot, however it is asked for: ad hoc, on a group, by a schedule, through Nexus. */
-export interface SnapshotOptions {
-  label?: string;
-  snapshotId?: string;
-  maxFreezeMs?: number;
-  quiesce?: QuiesceMode;
-  updateBarrierMaxHosts?: number;
-  resumeWhen?: ResumeWhen;
-}
+export type SnapshotOptions = Omit<GroupSnapshotInput, 'group' | 'vms'>;
 
 /**
  * Adds to `problems` what is wrong with a snapshot's options: the one check of them, made by the CLI, the client,
