@@ -73,14 +73,25 @@ async function ip(...args: string[]): Promise<string> {
   }
 }
 
-/** A 169.254.N.0/24 subnet no interface of the root namespace uses yet. */
+/** 169.254.169.0/24 holds cloud metadata services (169.254.169.254): test traffic never goes there. */
+export const RESERVED_LINK_LOCAL_SUBNETS: readonly number[] = [169, 254];
+
+/**
+ * The third octet of a 169.254.N.0/24 subnet that no address in `used` (the output of `ip -o -4 addr show`) is in
+ * and that is not reserved; `random` in [0, 1) as Math.random.
+ * @throws Error when every candidate is taken
+ */
+export function pickTestSubnet(used: string, random: () => number = Math.random): number {
+  const candidates = Array.from({ length: 150 }, (_, i) => 100 + i).filter(
+    (n) => !RESERVED_LINK_LOCAL_SUBNETS.includes(n) && !used.includes(` 169.254.${n}.`),
+  );
+  if (candidates.length === 0) throw new Error('no free 169.254.N.0/24 subnet');
+  return candidates[Math.floor(random() * candidates.length)];
+}
+
+/** A 169.254.N.0/24 subnet no interface of the root namespace uses yet (never 169.254.169.0/24). */
 async function freeSubnet(): Promise<number> {
-  const used = await ip('-o', '-4', 'addr', 'show');
-  for (let tries = 0; tries < 200; tries++) {
-    const n = 100 + Math.floor(Math.random() * 150);
-    if (!used.includes(` 169.254.${n}.`)) return n;
-  }
-  throw new Error('no free 169.254.N.0/24 subnet');
+  return pickTestSubnet(await ip('-o', '-4', 'addr', 'show'));
 }
 
 /**
