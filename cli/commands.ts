@@ -9,7 +9,14 @@ import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
 import { BadInputError } from '../common/validation';
 import { parseVmMetadata } from '../common/catalog';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
-import { claimGuardPidFile, ensureGuard, runGuard, runningGuardPid, superviseGuard } from '../worker/guard';
+import {
+  claimGuardPidFile,
+  ensureGuard,
+  runGuard,
+  runningGuardPid,
+  stopIdleGuard,
+  superviseGuard,
+} from '../worker/guard';
 import { checkMetricsAddress, prometheusTelemetry } from '../worker/telemetry';
 import { createGroupsnapWorker } from '../worker/worker';
 import { formatProgress, formatResult } from './format';
@@ -58,6 +65,8 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
   const hypervisor = await LibvirtHypervisor.open(libvirtUri);
   try {
     let stopSupervising = () => {};
+    // A guard that was already running (e.g. the compose file's own guard service) is not this worker's to stop.
+    const ownsGuard = opts.guard !== false && runningGuardPid(stateDir) === undefined;
     if (opts.guard !== false) {
       const pid = ensureGuard(stateDir, libvirtUri, process.argv[1]);
       logLine('host guard running', { hostId, pid, stateDir });
@@ -92,6 +101,12 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
       await worker.run();
     } finally {
       stopSupervising();
+    }
+    // A clean stop (a crash throws above and leaves the guard, as designed) with nothing open ends our guard.
+    if (ownsGuard) {
+      const stopped = await stopIdleGuard(stateDir);
+      if (stopped) logLine('host guard stopped: no freeze is open', { hostId, pid: stopped });
+      else if (runningGuardPid(stateDir)) logLine('host guard left running: a freeze is still open', { hostId });
     }
   } finally {
     await hypervisor.close();

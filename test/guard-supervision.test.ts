@@ -1,8 +1,11 @@
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensureGuard, runningGuardPid, superviseGuard } from '../worker/guard';
+import { FreezeJournal } from '../activities/freeze-journal';
+import { ensureGuard, runningGuardPid, stopIdleGuard, superviseGuard } from '../worker/guard';
+import { testServerAddress, uniqueId } from './helpers/temporal';
 
 const CLI = join(__dirname, '..', 'dist', 'cli', 'main.js');
 
@@ -46,4 +49,58 @@ describe('guard supervision', () => {
       stop();
     }
   }, 60_000);
+
+  it('a guard with nothing open is ended by stopIdleGuard; one guarding an open freeze is left running', async () => {
+    const pid = ensureGuard(stateDir, 'test:///default', CLI);
+    expect(await waitFor(() => runningGuardPid(stateDir) === pid)).toBe(true);
+    const journal = new FreezeJournal(stateDir);
+    const open = { snapshotId: 's1', domain: 'vm', state: 'paused' as const, pausedAtMs: Date.now() };
+    journal.write({ ...open, deadlineMs: Date.now() + 3_600_000 });
+    expect(await stopIdleGuard(stateDir)).toBeUndefined();
+    expect(runningGuardPid(stateDir)).toBe(pid);
+    journal.write({ ...open, state: 'resumed', deadlineMs: Date.now(), resumedAtMs: Date.now() });
+    expect(await stopIdleGuard(stateDir)).toBe(pid);
+    expect(runningGuardPid(stateDir)).toBeUndefined();
+  }, 60_000);
+
+  it('groupsnap worker stopped with SIGTERM and nothing open ends the guard it started', async () => {
+    const imagesDir = join(stateDir, 'images');
+    const worker = spawn(
+      process.execPath,
+      [
+        CLI,
+        'worker',
+        '--host',
+        uniqueId('guard-stop'),
+        '--libvirt-uri',
+        'test:///default',
+        '--state-dir',
+        stateDir,
+        '--images-dir',
+        imagesDir,
+        '--no-workflows',
+        '--address',
+        testServerAddress(),
+        '--namespace',
+        'groupsnap-test',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    worker.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    worker.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => worker.on('exit', (code) => r(code)));
+    try {
+      expect(await waitFor(() => out.includes('worker started'), 60_000)).toBe(true);
+      expect(await waitFor(() => runningGuardPid(stateDir) !== undefined)).toBe(true);
+      const guard = runningGuardPid(stateDir);
+      worker.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(out).toContain('host guard stopped: no freeze is open');
+      expect(runningGuardPid(stateDir)).toBeUndefined();
+      expect(existsSync(`/proc/${guard}/cmdline`) && readFileSync(`/proc/${guard}/cmdline`).length > 0).toBe(false);
+    } finally {
+      if (worker.exitCode === null) worker.kill('SIGKILL');
+    }
+  }, 120_000);
 });

@@ -122,3 +122,21 @@ export function ensureGuard(stateDir: string, libvirtUri: string, cliEntry: stri
   child.unref();
   return child.pid!;
 }
+
+/**
+ * Ends the guard of `stateDir` when no freeze record is open, after a clean stop of the worker that started it
+ * (there is nothing left for it to protect). With an open record the guard is left running: it resumes that VM at
+ * its deadline. Waits up to `waitMs` for it to exit. Returns the pid stopped, if any.
+ */
+export async function stopIdleGuard(stateDir: string, waitMs = 5_000): Promise<number | undefined> {
+  const pid = runningGuardPid(stateDir);
+  if (pid === undefined || new FreezeJournal(stateDir).listOpen().length > 0) return undefined;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return undefined; // gone meanwhile
+  }
+  const until = Date.now() + waitMs;
+  while (runningGuardPid(stateDir) === pid && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  return pid;
+}
