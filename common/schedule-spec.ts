@@ -34,11 +34,14 @@ import { BadInputError, assertSafeName } from './validation';
 export function validateTimezone(tz: string): void {
   const bad = (why: string): BadInputError => new BadInputError(`time zone ${JSON.stringify(tz)} is not valid: ${why}`);
   if (typeof tz !== 'string' || tz === '') throw bad('give an IANA name such as UTC or Europe/Paris');
+  const notIana = 'not a known IANA time zone name (e.g. UTC, Europe/Paris, America/New_York)';
+  // Node 22+ (newer ICU) accepts UTC offsets such as +01:00 as a time zone; the server's schedules do not.
+  if (/^[+-]/.test(tz)) throw bad(notIana);
   let resolved: string;
   try {
     resolved = new Intl.DateTimeFormat('en-US', { timeZone: tz }).resolvedOptions().timeZone;
   } catch {
-    throw bad('not a known IANA time zone name (e.g. UTC, Europe/Paris, America/New_York)');
+    throw bad(notIana);
   }
   // Every IANA name (zone or link) has segments starting with an upper-case letter: UTC, Etc/GMT+5, US/Pacific.
   const wrongCase =

@@ -18,6 +18,8 @@ cd "$ROOT"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 bash scripts/setup-libvirt.sh >/dev/null
+# Node 24 LTS, what the demo and the tests run on (scripts/with-node.sh), when the machine's node is another major.
+bash scripts/ensure-node.sh >/dev/null
 bash scripts/ensure-temporal.sh >/dev/null
 # versitygw, a real S3 gateway for the off-host backup tests and the demo (built once into .tools/).
 bash scripts/ensure-versitygw.sh >/dev/null

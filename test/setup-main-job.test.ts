@@ -48,6 +48,7 @@ describe('set-up for the main job and for the tests (issue 25: first run)', () =
     expect(code).toBe(0);
     expect(steps).toEqual([
       'setup-libvirt.sh',
+      'ensure-node.sh',
       'ensure-temporal.sh',
       'ensure-versitygw.sh',
       'npm ci --no-audit --no-fund',
@@ -60,6 +61,7 @@ describe('set-up for the main job and for the tests (issue 25: first run)', () =
     expect(code).toBe(0);
     expect(steps).toEqual([
       'setup-libvirt.sh',
+      'ensure-node.sh',
       'ensure-temporal.sh',
       'ensure-versitygw.sh',
       'setup-hypervisor-host.sh',
@@ -83,7 +85,20 @@ describe('set-up for the main job and for the tests (issue 25: first run)', () =
     const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as {
       scripts: Record<string, string>;
     };
-    expect(pkg.scripts.start).toMatch(/^bash scripts\/setup\.sh --main-job && /);
+    expect(pkg.scripts.start).toBe(
+      'bash scripts/setup.sh --main-job && bash scripts/with-node.sh node dist/dev/demo.js',
+    );
     expect(pkg.scripts.test).toMatch(/^bash scripts\/setup\.sh && /);
+  });
+});
+
+describe('the Node.js the suite runs on (issue 25: runtime)', () => {
+  it('is a supported major (22 or 24): run the tests through npm test or bash scripts/with-node.sh', () => {
+    expect(['22', '24']).toContain(process.versions.node.split('.')[0]);
+  });
+
+  it('scripts/with-node.sh runs a command on Node 24', async () => {
+    const { stdout } = await exec('bash', [join(REPO_ROOT, 'scripts', 'with-node.sh'), 'node', '--version']);
+    expect(stdout.trim()).toMatch(/^v24\./);
   });
 });
