@@ -17,6 +17,7 @@ import { promisify } from 'node:util';
 import type { Client } from '@temporalio/client';
 import { hostsWithoutWorker } from '../client';
 import { runningGuardPid } from '../worker/guard';
+import { installedHostPackage, type HostPackage } from './host-package';
 import { REPO_ROOT } from './tools';
 
 const run = promisify(execFile);
@@ -316,6 +317,8 @@ export class HostWorker {
   private child: ChildProcess | undefined;
   /** stdout + stderr of the current process. */
   output = '';
+  /** The installed package a host of another Unix user runs (set by start()). */
+  private installed: HostPackage | undefined;
 
   constructor(
     readonly host: HypervisorHost,
@@ -332,7 +335,7 @@ export class HostWorker {
   private command(): string[] {
     const { host } = this;
     const worker = [
-      CLI_ENTRY,
+      this.installed?.cli ?? CLI_ENTRY,
       'worker',
       '--host',
       host.id,
@@ -363,12 +366,15 @@ export class HostWorker {
         ]
       : ['env', `GROUPSNAP_LIBVIRT_URI=${host.workerUri}`];
     const extraEnv = Object.entries(this.options.env ?? {}).map(([k, v]) => `${k}=${v}`);
-    return ['ip', 'netns', 'exec', host.netns, ...asUser, ...extraEnv, process.execPath, ...worker];
+    const node = this.installed?.node ?? process.execPath;
+    return ['ip', 'netns', 'exec', host.netns, ...asUser, ...extraEnv, node, ...worker];
   }
 
   /** Starts the worker; resolves once it polls its host queue. */
   async start(client: Client, timeoutMs = 90_000): Promise<void> {
     if (!existsSync(CLI_ENTRY)) throw new Error(`${CLI_ENTRY} is missing: run 'npm run build'`);
+    // Another user cannot read a checkout in a private directory: it runs the packed package, as a real host would.
+    if (this.host.user) this.installed ??= await installedHostPackage();
     const [cmd, ...args] = this.command();
     this.output = '';
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });

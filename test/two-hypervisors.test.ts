@@ -1,15 +1,17 @@
 import { mkdtemp, rm } from 'node:fs/promises';
-import { chmodSync, chownSync, existsSync, readdirSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { groupSnapshotResult, snapshotGroup, startGroupSnapshot } from '../client';
 import { FreezeJournal } from '../activities/freeze-journal';
+import { HOST_PACKAGE_ROOT } from '../dev/host-package';
 import { HypervisorHosts, type HostWorker } from '../dev/hypervisor-hosts';
 import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
 import { VmFleet } from '../dev/vms';
 import { parseDomainXml } from '../hypervisor/domain-xml';
+import { runningGuardPid } from '../worker/guard';
 import { FakeHost } from './helpers/fake-hosts';
 import { uniqueId } from './helpers/temporal';
 import { startHosts, type RunningHosts } from './helpers/workers';
@@ -111,6 +113,16 @@ describe('two independent hypervisors, each host in its own network namespace', 
     }
     const { statSync } = await import('node:fs');
     expect(statSync(`/proc/${workerB.pid}`).uid).toBe(fixture.host(hostB).user!.uid);
+  });
+
+  it('host B runs the packed package installed where its user can read it, nothing of the checkout (issue 25)', () => {
+    const args = readFileSync(`/proc/${workerB.pid}/cmdline`, 'utf8').split('\0');
+    expect(args[0]).toMatch(new RegExp(`^${HOST_PACKAGE_ROOT}/node-v[\\d.]+/bin/node$`));
+    expect(args[1]).toMatch(new RegExp(`^${HOST_PACKAGE_ROOT}/deps-\\w+/node_modules/groupsnap/dist/cli/main\\.js$`));
+    expect(args.filter((a) => a.startsWith(REPO_ROOT))).toEqual([]);
+    // Its guard too, started by the installed command.
+    const guard = readFileSync(`/proc/${runningGuardPid(workerB.stateDir)}/cmdline`, 'utf8').split('\0');
+    expect(guard[1]).toBe(args[1]);
   });
 
   it('scripts/setup-hypervisor-host.sh run again changes nothing and finds the daemon running', async () => {
