@@ -8,6 +8,7 @@
  */
 import type { FreezeRequest, FreezeVmReport, PlannedVm } from '../../common/host-types';
 import { QUIESCE_MODES } from '../../common/types';
+import { checkMaxFreezeMs } from '../../common/validation';
 import { GuestAgentUnavailableError, InvalidStateError } from '../../hypervisor/errors';
 import type { FreezeRecord } from '../freeze-journal';
 import { heartbeat } from '../heartbeat';
@@ -337,8 +338,7 @@ export function createFreezeActivities(ctx: HostContext) {
       const problems: string[] = [];
       checkName('snapshot id', req.snapshotId, problems);
       checkOwner(req.leaseOwner, problems);
-      if (!Number.isInteger(req.maxFreezeMs) || req.maxFreezeMs < 1 || req.maxFreezeMs > 600_000)
-        problems.push(`max freeze ${JSON.stringify(req.maxFreezeMs)} ms is not valid`);
+      checkMaxFreezeMs(req.maxFreezeMs, problems);
       if (!['local', 'barrier', 'thaw', 'signal'].includes(req.release))
         problems.push(`release ${req.release} is not valid`);
       if (req.release === 'signal' && req.resumeWhen !== 'group-paused')
