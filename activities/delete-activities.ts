@@ -11,149 +11,160 @@ import { beating, heartbeat } from './heartbeat';
 import { badInput, checkDomain, checkName, checkOwner, failIf } from './input-checks';
 import { planLayerMerge, type MergeStep } from './merge-plan';
 
+/** Rewrites the manifests of the snapshots in `changed` with their disks as the catalog now has them. */
+function rewriteManifests(ctx: DrContext, domain: string, meta: VmMetadata, changed: Set<string>): void {
+  for (const s of meta.snapshots) {
+    if (!changed.has(s.snapshotId) || s.disks.length === 0) continue;
+    const file = manifestPath(dirname(s.disks[0].image), domain, s.snapshotId);
+    try {
+      if (!existsSync(file)) continue;
+      const doc = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+      writeFileSync(file, JSON.stringify({ ...doc, disks: s.disks }, null, 2) + '\n');
+    } catch (err) {
+      ctx.log('cannot rewrite snapshot manifest', { file, error: errorText(err) });
+    }
+  }
+}
+
+/** Runs one step of a {@link planLayerMerge} plan. */
+async function runStep(
+  ctx: DrContext,
+  step: MergeStep,
+  domain: string,
+  target: string,
+  image: string,
+  overlay: string,
+) {
+  switch (step.op) {
+    case 'commitActive':
+      return ctx.hypervisor.commitActive(domain, target, image);
+    case 'commitLayer':
+      return ctx.hypervisor.commitLayer(domain, target, overlay, image);
+    case 'commitImage':
+      return ctx.hypervisor.commitImage(overlay, image);
+    case 'redefineDisk':
+      return ctx.hypervisor.redefineDiskSources(domain, [{ target, from: overlay, to: image }]);
+    case 'rebase':
+      return ctx.hypervisor.rebaseImage(step.file, image, (await ctx.hypervisor.imageInfo(image)).format);
+  }
+}
+
+/**
+ * Merges the layer above snapshot `snap`'s image of one disk into that image, points whatever used the layer at the
+ * image, removes the layer and records it in the catalog (the disk leaves the snapshot's record). Converges when
+ * retried after a crash at any point.
+ * @returns the files removed
+ */
+async function deleteDisk(ctx: DrContext, domain: string, snap: VmSnapshotRecord, target: string): Promise<string[]> {
+  const disk = snap.disks.find((d) => d.target === target)!;
+  const { image, overlay } = disk;
+  const { hypervisor, log, readMeta, updateMeta } = ctx;
+  const meta = await readMeta(domain);
+  let desc = await hypervisor.describe(domain);
+  if (isLive(desc.state)) {
+    // A commit a dead worker left running on this disk is finished (or aborted) before a new one starts.
+    await ctx.settleBlockJob(domain, target);
+    desc = await hypervisor.describe(domain);
+  }
+  const chain = await ctx.chainOf(desc.disks.find((k) => k.target === target)?.source);
+  const next = meta.snapshots.find(
+    (s) => s.snapshotId !== snap.snapshotId && s.disks.some((d) => d.target === target && d.image === overlay),
+  );
+  const childFile = next?.disks.find((d) => d.target === target)!.overlay;
+  const child =
+    childFile === undefined
+      ? undefined
+      : { file: childFile, exists: await ctx.imageExists(childFile), backing: await ctx.backingOf(childFile) };
+  const plan = planLayerMerge({
+    image,
+    overlay,
+    chain,
+    live: isLive(desc.state),
+    child,
+    overlayExists: await ctx.imageExists(overlay),
+  });
+  heartbeat({ domain, target });
+  for (const step of plan) await runStep(ctx, step, domain, target, image, overlay);
+  // Merged: nothing may read the layer any more.
+  const after = await ctx.chainOf((await hypervisor.describe(domain)).disks.find((k) => k.target === target)?.source);
+  if (after.includes(overlay)) throw new Error(`${overlay} is still in the chain of ${domain} ${target}`);
+  const removed: string[] = [];
+  if (await ctx.imageExists(overlay)) {
+    await hypervisor.removeImage(overlay);
+    removed.push(overlay);
+  }
+  const changed = new Set<string>();
+  const updated = await updateMeta(domain, (m) => {
+    for (const s of m.snapshots) {
+      if (s.snapshotId === snap.snapshotId) {
+        s.disks = s.disks.filter((d) => d.target !== target);
+        continue;
+      }
+      for (const d of s.disks)
+        if (d.target === target && d.image === overlay) {
+          d.image = image;
+          changed.add(s.snapshotId);
+        }
+    }
+    for (const r of m.restores)
+      for (const d of r.disks) if (d.target === target && d.discarded === overlay) d.discarded = image;
+  });
+  rewriteManifests(ctx, domain, updated, changed);
+  log('snapshot layer merged', { domain, snapshotId: snap.snapshotId, target, image, overlay });
+  return removed;
+}
+
+/** Deletes the snapshot of one VM under its lease: marks it, merges each disk's layer, then drops it from the catalog. */
+async function deleteLocked(ctx: DrContext, req: DeleteSnapshotRequest): Promise<DeleteVmReport> {
+  const { hostId, log, updateMeta } = ctx;
+  const { domain, snapshotId } = req;
+  const removed: string[] = [];
+  // Checked again under the lease, and marked: restores refuse it from now on.
+  let blockers: string[] = [];
+  const meta = await updateMeta(domain, (m) => {
+    const s = m.snapshots.find((x) => x.snapshotId === snapshotId);
+    if (!s) return;
+    blockers = deletionBlockers({ domain, ...m }, snapshotId);
+    // Local retention must not merge a layer an export still reads (activities/export-hold.ts).
+    blockers.push(
+      ...exportHoldBlockers(
+        hostId,
+        domain,
+        s.disks.flatMap((d) => [d.image, d.overlay]),
+      ),
+    );
+    if (blockers.length === 0) s.deleting = true;
+  });
+  const snap = meta.snapshots.find((s) => s.snapshotId === snapshotId);
+  if (!snap) return { domain, outcome: 'absent', removed };
+  if (blockers.length > 0) throw badInput(`snapshot ${snapshotId} cannot be deleted: ${blockers.join('; ')}`);
+  const dirs = [...new Set(snap.disks.map((d) => dirname(d.image)))];
+  for (const d of [...snap.disks]) {
+    try {
+      removed.push(...(await deleteDisk(ctx, domain, snap, d.target)));
+    } catch (err) {
+      log('snapshot deletion failed', { domain, snapshotId, target: d.target, error: errorText(err) });
+      return { domain, outcome: 'failed', removed, error: `disk ${d.target}: ${errorText(err)}` };
+    }
+  }
+  await updateMeta(domain, (m) => {
+    m.snapshots = m.snapshots.filter((s) => s.snapshotId !== snapshotId);
+  });
+  for (const dir of dirs) {
+    const manifest = manifestPath(dir, domain, snapshotId);
+    if (existsSync(manifest)) {
+      rmSync(manifest, { force: true });
+      removed.push(manifest);
+    }
+  }
+  log('snapshot deleted', { domain, snapshotId, removed });
+  return { domain, outcome: 'deleted', removed };
+}
+
 /** Deletion of a snapshot on one VM: its layers merged into its images, one disk at a time, under the VM's lease. */
 export function createDeleteActivities(ctx: DrContext) {
-  const { hypervisor, locks, hostId, log, readMeta, updateMeta } = ctx;
+  const { locks, log, readMeta } = ctx;
   const leaseMs = ctx.deleteLeaseMs ?? 600_000;
-
-  function rewriteManifests(domain: string, meta: VmMetadata, changed: Set<string>): void {
-    for (const s of meta.snapshots) {
-      if (!changed.has(s.snapshotId) || s.disks.length === 0) continue;
-      const file = manifestPath(dirname(s.disks[0].image), domain, s.snapshotId);
-      try {
-        if (!existsSync(file)) continue;
-        const doc = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
-        writeFileSync(file, JSON.stringify({ ...doc, disks: s.disks }, null, 2) + '\n');
-      } catch (err) {
-        log('cannot rewrite snapshot manifest', { file, error: errorText(err) });
-      }
-    }
-  }
-
-  /** Runs one step of a {@link planLayerMerge} plan. */
-  async function runStep(step: MergeStep, domain: string, target: string, image: string, overlay: string) {
-    switch (step.op) {
-      case 'commitActive':
-        return hypervisor.commitActive(domain, target, image);
-      case 'commitLayer':
-        return hypervisor.commitLayer(domain, target, overlay, image);
-      case 'commitImage':
-        return hypervisor.commitImage(overlay, image);
-      case 'redefineDisk':
-        return hypervisor.redefineDiskSources(domain, [{ target, from: overlay, to: image }]);
-      case 'rebase':
-        return hypervisor.rebaseImage(step.file, image, (await hypervisor.imageInfo(image)).format);
-    }
-  }
-
-  /**
-   * Merges the layer above snapshot `snap`'s image of one disk into that image, points whatever used the layer at the
-   * image, removes the layer and records it in the catalog (the disk leaves the snapshot's record). Converges when
-   * retried after a crash at any point.
-   * @returns the files removed
-   */
-  async function deleteDisk(domain: string, snap: VmSnapshotRecord, target: string): Promise<string[]> {
-    const disk = snap.disks.find((d) => d.target === target)!;
-    const { image, overlay } = disk;
-    const meta = await readMeta(domain);
-    let desc = await hypervisor.describe(domain);
-    if (isLive(desc.state)) {
-      // A commit a dead worker left running on this disk is finished (or aborted) before a new one starts.
-      await ctx.settleBlockJob(domain, target);
-      desc = await hypervisor.describe(domain);
-    }
-    const chain = await ctx.chainOf(desc.disks.find((k) => k.target === target)?.source);
-    const next = meta.snapshots.find(
-      (s) => s.snapshotId !== snap.snapshotId && s.disks.some((d) => d.target === target && d.image === overlay),
-    );
-    const childFile = next?.disks.find((d) => d.target === target)!.overlay;
-    const child =
-      childFile === undefined
-        ? undefined
-        : { file: childFile, exists: await ctx.imageExists(childFile), backing: await ctx.backingOf(childFile) };
-    const plan = planLayerMerge({
-      image,
-      overlay,
-      chain,
-      live: isLive(desc.state),
-      child,
-      overlayExists: await ctx.imageExists(overlay),
-    });
-    heartbeat({ domain, target });
-    for (const step of plan) await runStep(step, domain, target, image, overlay);
-    // Merged: nothing may read the layer any more.
-    const after = await ctx.chainOf((await hypervisor.describe(domain)).disks.find((k) => k.target === target)?.source);
-    if (after.includes(overlay)) throw new Error(`${overlay} is still in the chain of ${domain} ${target}`);
-    const removed: string[] = [];
-    if (await ctx.imageExists(overlay)) {
-      await hypervisor.removeImage(overlay);
-      removed.push(overlay);
-    }
-    const changed = new Set<string>();
-    const updated = await updateMeta(domain, (m) => {
-      for (const s of m.snapshots) {
-        if (s.snapshotId === snap.snapshotId) {
-          s.disks = s.disks.filter((d) => d.target !== target);
-          continue;
-        }
-        for (const d of s.disks)
-          if (d.target === target && d.image === overlay) {
-            d.image = image;
-            changed.add(s.snapshotId);
-          }
-      }
-      for (const r of m.restores)
-        for (const d of r.disks) if (d.target === target && d.discarded === overlay) d.discarded = image;
-    });
-    rewriteManifests(domain, updated, changed);
-    log('snapshot layer merged', { domain, snapshotId: snap.snapshotId, target, image, overlay });
-    return removed;
-  }
-
-  async function deleteLocked(req: DeleteSnapshotRequest): Promise<DeleteVmReport> {
-    const { domain, snapshotId } = req;
-    const removed: string[] = [];
-    // Checked again under the lease, and marked: restores refuse it from now on.
-    let blockers: string[] = [];
-    const meta = await updateMeta(domain, (m) => {
-      const s = m.snapshots.find((x) => x.snapshotId === snapshotId);
-      if (!s) return;
-      blockers = deletionBlockers({ domain, ...m }, snapshotId);
-      // Local retention must not merge a layer an export still reads (activities/export-hold.ts).
-      blockers.push(
-        ...exportHoldBlockers(
-          hostId,
-          domain,
-          s.disks.flatMap((d) => [d.image, d.overlay]),
-        ),
-      );
-      if (blockers.length === 0) s.deleting = true;
-    });
-    const snap = meta.snapshots.find((s) => s.snapshotId === snapshotId);
-    if (!snap) return { domain, outcome: 'absent', removed };
-    if (blockers.length > 0) throw badInput(`snapshot ${snapshotId} cannot be deleted: ${blockers.join('; ')}`);
-    const dirs = [...new Set(snap.disks.map((d) => dirname(d.image)))];
-    for (const d of [...snap.disks]) {
-      try {
-        removed.push(...(await deleteDisk(domain, snap, d.target)));
-      } catch (err) {
-        log('snapshot deletion failed', { domain, snapshotId, target: d.target, error: errorText(err) });
-        return { domain, outcome: 'failed', removed, error: `disk ${d.target}: ${errorText(err)}` };
-      }
-    }
-    await updateMeta(domain, (m) => {
-      m.snapshots = m.snapshots.filter((s) => s.snapshotId !== snapshotId);
-    });
-    for (const dir of dirs) {
-      const manifest = manifestPath(dir, domain, snapshotId);
-      if (existsSync(manifest)) {
-        rmSync(manifest, { force: true });
-        removed.push(manifest);
-      }
-    }
-    log('snapshot deleted', { domain, snapshotId, removed });
-    return { domain, outcome: 'deleted', removed };
-  }
 
   return {
     /**
@@ -189,7 +200,7 @@ export function createDeleteActivities(ctx: DrContext) {
         log('cannot renew the lease', { domain, owner, error: errorText(err) }),
       );
       try {
-        return await beating(() => deleteLocked(req));
+        return await beating(() => deleteLocked(ctx, req));
       } finally {
         stop();
         if (!held) locks.release(owner, [domain]);

@@ -77,6 +77,21 @@ export function checkVmRefs(vms: readonly VmRef[], problems: string[]): void {
 export const MIN_MAX_FREEZE_MS = 100;
 export const MAX_MAX_FREEZE_MS = 600_000;
 
+/**
+ * Adds a problem unless `maxFreezeMs` is a whole number of ms from {@link MIN_MAX_FREEZE_MS} to
+ * {@link MAX_MAX_FREEZE_MS}: the one check of a max freeze, by the CLI, client, Nexus handler, workflows and host.
+ */
+export function checkMaxFreezeMs(maxFreezeMs: unknown, problems: string[]): void {
+  if (
+    !Number.isInteger(maxFreezeMs) ||
+    (maxFreezeMs as number) < MIN_MAX_FREEZE_MS ||
+    (maxFreezeMs as number) > MAX_MAX_FREEZE_MS
+  )
+    problems.push(
+      `max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${maxFreezeMs}`,
+    );
+}
+
 /** The options of one group snapshot, however it is asked for: ad hoc, on a group, by a schedule, through Nexus. */
 export type SnapshotOptions = Omit<GroupSnapshotInput, 'group' | 'vms'>;
 
@@ -95,14 +110,7 @@ export function checkSnapshotOptions(options: SnapshotOptions, problems: string[
   };
   if (label !== undefined) check(() => assertSafeName('label', String(label)));
   if (snapshotId !== undefined) check(() => assertSafeName('snapshot id', String(snapshotId)));
-  if (
-    maxFreezeMs !== undefined &&
-    (!Number.isInteger(maxFreezeMs) || maxFreezeMs < MIN_MAX_FREEZE_MS || maxFreezeMs > MAX_MAX_FREEZE_MS)
-  ) {
-    problems.push(
-      `max freeze must be an integer from ${MIN_MAX_FREEZE_MS} to ${MAX_MAX_FREEZE_MS} ms, got ${maxFreezeMs}`,
-    );
-  }
+  if (maxFreezeMs !== undefined) checkMaxFreezeMs(maxFreezeMs, problems);
   if (quiesce !== undefined && !QUIESCE_MODES.includes(quiesce))
     problems.push(`quiesce must be one of ${QUIESCE_MODES.join(', ')}, got ${quiesce}`);
   if (

@@ -1,0 +1,64 @@
+/**
+ * The cross-host barrier, host side (docs/adr/0001, 0006): a freeze tells the workflow its VMs are paused (or
+ * snapshotted) and waits for the group's release, through the workflow's `hostFrozen` Update, or, in groups over more
+ * hosts than updates may wait at once, through the `hostPaused` signal and the workflow's `releaseFreeze` activity.
+ */
+import { Context } from '@temporalio/activity';
+import type { FreezeRequest, FreezeVmReport, ReleaseRequest } from '../../common/host-types';
+import { HOST_FROZEN_UPDATE, HOST_PAUSED_SIGNAL } from '../../common/names';
+import { checkName, checkOwner, failIf } from '../input-checks';
+import type { HostContext } from './context';
+import { freezeDeadline } from './freeze-deadline';
+import { runKey } from './undo-memory';
+
+/**
+ * Waits for the workflow to release the group (every host snapshotted), at most until the earliest freeze
+ * deadline of this host's VMs. Resolves true on release, false when the workflow aborted the cut.
+ */
+export async function waitForRelease(
+  ctx: HostContext,
+  req: FreezeRequest,
+  reports: FreezeVmReport[],
+): Promise<boolean> {
+  const activity = Context.current();
+  const starts = reports.map((r) => r.pausedAtMs).filter((t): t is number => t !== undefined);
+  const deadline = freezeDeadline(ctx, req.maxFreezeMs, starts.length ? Math.min(...starts) : undefined);
+  const workflow = activity.info.workflowExecution;
+  if (!workflow) throw new Error('the cross-host barrier needs the activity to run for a workflow');
+  const handle = activity.client.workflow.getHandle(workflow.workflowId);
+  return activity.client.withDeadline(deadline, () =>
+    handle.executeUpdate<boolean, [string]>(HOST_FROZEN_UPDATE, { args: [req.host] }),
+  );
+}
+
+/**
+ * The `signal` barrier: tells the workflow this host's VMs are paused, then waits for its `releaseFreeze` on this
+ * host. Resolves true on release, false on an abort.
+ */
+export async function signalPausedAndWait(ctx: HostContext, req: FreezeRequest): Promise<boolean> {
+  const activity = Context.current();
+  const workflow = activity.info.workflowExecution;
+  if (!workflow) throw new Error('the cross-host barrier needs the activity to run for a workflow');
+  const decision = ctx.releases.wait(runKey(req));
+  await activity.client.workflow.getHandle(workflow.workflowId, workflow.runId).signal(HOST_PAUSED_SIGNAL, req.host);
+  return decision;
+}
+
+/** The `signal` barrier's activity, `releaseFreeze`. */
+export function createBarrierActivities(ctx: HostContext) {
+  return {
+    /**
+     * The workflow's decision for the `signal` barrier: releases (or aborts) the freeze of `snapshotId` waiting on
+     * this host, or the one that will wait. Changes nothing else; a second decision is ignored.
+     */
+    async releaseFreeze(req: ReleaseRequest): Promise<void> {
+      const problems: string[] = [];
+      checkName('snapshot id', req.snapshotId, problems);
+      checkOwner(req.leaseOwner, problems);
+      if (typeof req.release !== 'boolean')
+        problems.push(`release must be true or false, got ${JSON.stringify(req.release)}`);
+      failIf(problems);
+      ctx.releases.decide(runKey(req), req.release);
+    },
+  };
+}
