@@ -1,8 +1,8 @@
-import { normalizeRepoRestoreInput, parseNetworkMapping } from '../common/repo-restore';
-import { normalizeDrillInput } from '../common/drill';
-import { METADATA_NAMESPACE } from '../common/names';
-import { BadInputError } from '../common/validation';
-import { restoredDomainXml } from '../hypervisor/restore-xml';
+import { normalizeRepoRestoreInput, parseNetworkMapping } from '../../common/repo-restore';
+import { normalizeDrillInput } from '../../common/drill';
+import { METADATA_NAMESPACE } from '../../common/names';
+import { BadInputError } from '../../common/validation';
+import { buildRestoredDomain, HostResourceError, restoredDomainXml } from '../../hypervisor/restore-xml';
 
 const SOURCE = `<domain type='kvm'>
   <name>db-1</name>
@@ -29,9 +29,21 @@ const base = {
   imagesDir: '/var/lib/b/images',
   disks: [{ target: 'vda', file: '/var/lib/b/images/db-1-dr.vda.r1.raw', format: 'raw' as const }],
   metadataNamespace: METADATA_NAMESPACE,
+  // SOURCE's CD-ROM is a file of the old host: refused unless stripped (see the first case).
+  stripHostDevices: true,
 };
 
 describe('the domain XML of a VM restored on another host', () => {
+  it("refuses the old host's CD-ROM unless asked to strip it, then lists it as removed", () => {
+    expect(() =>
+      restoredDomainXml(SOURCE, { ...base, stripHostDevices: false, name: 'db-1-dr', identity: 'new' }),
+    ).toThrow(HostResourceError);
+    const r = buildRestoredDomain(SOURCE, { ...base, name: 'db-1-dr', identity: 'new' });
+    expect(r.removed).toEqual([
+      expect.stringMatching(/^devices\/<disk .*device="cdrom".*install\.iso.*not a restored file/),
+    ]);
+  });
+
   it('a clone: new name, no UUID or MACs, restored disk without backing chain, host paths moved, networks renamed', () => {
     const xml = restoredDomainXml(SOURCE, {
       ...base,
