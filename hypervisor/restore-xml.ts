@@ -88,7 +88,8 @@ function describe(e: XmlElement): string {
       .filter(([k]) => !k.startsWith('xmlns'))
       .map(([k, v]) => `${k}=${JSON.stringify(v)}`)
       .join(' ');
-  const head = `<${e.name}${Object.keys(e.attrs).length ? ` ${attrs(e)}` : ''}>`;
+  const own = attrs(e);
+  const head = `<${e.name}${own ? ` ${own}` : ''}>`;
   const inner = elements(e)
     .filter((c) => ['source', 'target'].includes(c.name) && Object.keys(c.attrs).length)
     .map((c) => `${c.name} ${attrs(c)}`);
@@ -103,10 +104,11 @@ function relocate(w: Walk, decoded: string, kind: string): string {
   const known = w.relocated.get(decoded);
   if (known) return known;
   let base = posix.basename(decoded.replace(/\/+$/, ''));
+  if (/^\.*$/.test(base)) base = kind;
   if (base.includes(w.o.sourceName)) base = base.replace(w.o.sourceName, w.o.name);
   else if (w.o.name !== w.o.sourceName) base = `${w.o.name}.${base}`;
   base = base.replace(/[^A-Za-z0-9._+@-]/g, '_').slice(0, 200);
-  if (/^\.*$/.test(base) || base === `${w.o.name}.`) base = `${w.o.name}.${kind}`;
+  if (/^\.*$/.test(base)) base = `${w.o.name}.${kind}`;
   let file = posix.join(w.o.imagesDir, base);
   for (let i = 1; w.used.has(file); i++) file = posix.join(w.o.imagesDir, `${base}.${i}`);
   w.used.add(file);
@@ -132,7 +134,8 @@ function offend(w: Walk, what: string): false {
 function fixChardev(w: Walk, e: XmlElement): boolean {
   const type = e.attrs.type ?? 'pty';
   const source = child(e, 'source');
-  const label = () => `${describe(e)}: character device reaching a host resource`;
+  const described = `${describe(e)}: character device reaching a host resource`;
+  const label = () => described;
   for (const log of elements(e).filter((c) => c.name === 'log'))
     if (log.attrs.file !== undefined) log.attrs.file = relocate(w, log.attrs.file, `${e.name}.log`);
   // A source path is only kept where the type uses one, and then relocated.
@@ -264,6 +267,16 @@ const FIXES: Record<string, (w: Walk, e: XmlElement) => boolean> = {
   'domain/os': fixOs,
 };
 
+/** Text that is the guest's, not a host path (the guest kernel's command line, names, descriptions). */
+const FREE_TEXT = new Set(['cmdline', 'name', 'title', 'description']);
+
+/** A value this build put in place: a file in the image directory, a checked boot file, the host's RNG. */
+function placed(w: Walk, v: string): boolean {
+  if (v === '/dev/urandom' || v === '/dev/random') return true;
+  if (posix.normalize(v) !== v) return false;
+  return v.startsWith(`${w.o.imagesDir.replace(/\/+$/, '')}/`) || insideAny(v, w.bootDirs);
+}
+
 /** Walks `e` against `rule`: whatever the allow-list does not name is recorded (and left out). */
 function walk(w: Walk, e: XmlElement, rule: Rule, where: string): void {
   for (const [k, v] of Object.entries(e.attrs)) {
@@ -273,6 +286,7 @@ function walk(w: Walk, e: XmlElement, rule: Rule, where: string): void {
       why = v === QEMU_NAMESPACE ? 'binds the QEMU namespace (command-line passthrough)' : 'namespace declaration';
     else if (check === undefined) why = 'attribute not in the restore allow-list';
     else if (check !== true) why = check(v, e);
+    else if (v.includes('/') && !placed(w, v)) why = 'a path of the host';
     if (rule.free && why === undefined && v.includes('/')) why = 'a path';
     if (why !== undefined) {
       // Namespace declarations go silently when nothing uses them (every prefixed name is refused on its own).
@@ -283,7 +297,9 @@ function walk(w: Walk, e: XmlElement, rule: Rule, where: string): void {
   const kept: (XmlElement | string)[] = [];
   for (const c of e.children) {
     if (typeof c === 'string') {
-      const check = rule.free ? (c.includes('/') ? () => 'a path' : true) : rule.text;
+      const freeText = FREE_TEXT.has(e.name) && !rule.free;
+      const pathy = c.includes('/') && !freeText && !placed(w, c.trim());
+      const check = pathy ? () => 'a path of the host' : rule.free ? true : rule.text;
       if (c.trim() === '' && !rule.text) continue;
       const why = !check ? 'text not in the restore allow-list' : check === true ? undefined : check(c.trim(), e);
       if (why === undefined) kept.push(c);
