@@ -81,6 +81,22 @@ export function restoredDiskPath(imagesDir: string, domain: string, target: stri
   return join(imagesDir, `${domain}.${target}.${restoreId}.${format}`);
 }
 
+type DefinitionOptions = Omit<RestoreXmlOptions, 'imagesDir' | 'metadataNamespace' | 'bootFileDirs'>;
+
+/**
+ * A VM's definition for this host, from its stored XML through the restore allow-list (the same build in the plan
+ * and at define time). @throws BAD_INPUT naming every offending element when it names host resources
+ */
+function definitionFor(domainXml: string, o: DefinitionOptions, imagesDir: string, bootFileDirs: string[]) {
+  try {
+    return buildRestoredDomain(domainXml, { ...o, imagesDir, metadataNamespace: METADATA_NAMESPACE, bootFileDirs });
+  } catch (err) {
+    if (err instanceof HostResourceError || err instanceof DomainXmlError)
+      throw bad(`VM ${o.sourceName}: ${err.message}`);
+    throw err;
+  }
+}
+
 /**
  * The target host's side of a restore from the repository: plan (read the point, check names, files and space;
  * changes nothing), rebuild one disk from its chunks (sparse), define a VM from the stored XML, and remove what a
@@ -95,22 +111,8 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
     ...(deps.bootFileDirs ?? []),
   ];
 
-  /**
-   * A VM's definition for this host, from its stored XML through the restore allow-list (the same build in the plan
-   * and at define time). @throws BAD_INPUT naming every offending element when it names host resources
-   */
-  function restoredDefinition(
-    domainXml: string,
-    o: Omit<RestoreXmlOptions, 'imagesDir' | 'metadataNamespace' | 'bootFileDirs'>,
-  ): RestoredDomain {
-    try {
-      return buildRestoredDomain(domainXml, { ...o, imagesDir, metadataNamespace: METADATA_NAMESPACE, bootFileDirs });
-    } catch (err) {
-      if (err instanceof HostResourceError || err instanceof DomainXmlError)
-        throw bad(`VM ${o.sourceName}: ${err.message}`);
-      throw err;
-    }
-  }
+  const restoredDefinition = (domainXml: string, o: DefinitionOptions) =>
+    definitionFor(domainXml, o, imagesDir, bootFileDirs);
 
   async function openRepo(url: string): Promise<Repository> {
     const keyFile = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];

@@ -37,7 +37,9 @@ describe('DR drills of a repository point on another hypervisor', () => {
     );
 
   beforeAll(async () => {
-    fx = await startDrFixture({ workerArgsB: ['--allow-drill-checks'] });
+    // The guest boots its kernel directly: host B's worker allows that directory's read-only boot files.
+    const bootDir = (await ensureGuestImage()).dir;
+    fx = await startDrFixture({ workerArgsB: ['--allow-drill-checks', '--boot-files-dir', bootDir] });
     connB = await libvirt.open(fx.hosts.host(fx.hostB).uri);
     // Host A: one workload guest, snapshotted while it writes; the point stored; then the VM is gone.
     const a = fx.hosts.host(fx.hostA);
