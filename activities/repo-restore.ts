@@ -157,6 +157,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
         let bytesNeeded = 0;
         const xmls: string[] = [];
         const storedTypes: string[] = [];
+        const planned = new Set<string>();
         for (const v of group.vms) {
           const vm = await repo.readManifestAt<VmManifest>(v.manifest);
           const domain = req.mode === 'clone' ? `${v.domain}${req.suffix}` : v.domain;
@@ -174,7 +175,8 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
               0,
             );
             const file = restoredDiskPath(imagesDir, domain, d.target, req.restoreId, req.format);
-            if (existsSync(file)) problems.push(`file ${file} already exists on ${deps.hostId}`);
+            if (existsSync(file) || planned.has(file)) problems.push(`file ${file} already exists on ${deps.hostId}`);
+            planned.add(file);
             bytesNeeded += dataBytes;
             disks.push({ target: d.target, file, format: req.format, virtualSize: d.virtualSize, dataBytes });
           }
@@ -197,6 +199,13 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
             continue;
           }
           xmls.push(def.xml);
+          // A file the VM would write (a serial log, a socket) must be new: not another VM's disk, not one of this
+          // restore's other files (the stored definition chose its name).
+          for (const f of def.files) {
+            if (existsSync(f) || planned.has(f))
+              problems.push(`file ${f} of ${domain} already exists on ${deps.hostId}`);
+            planned.add(f);
+          }
           storedTypes.push(parseDomainTree(vm.domainXml).attrs.type);
           const uuid = def.uuid?.toLowerCase();
           if (req.mode === 'original' && uuid && uuids.has(uuid) && !names.has(domain))

@@ -54,6 +54,8 @@ export interface RestoreXmlOptions {
 export interface RestoredDomain {
   xml: string;
   removed: string[];
+  /** Files of the VM moved into the image directory (serial logs, sockets, NVRAM): the plan checks they are new. */
+  files: string[];
   /** The stored UUID (checked form), for a failover's collision check. */
   uuid?: string;
 }
@@ -75,7 +77,10 @@ interface Walk {
   bootDirs: string[];
   /** Decoded source path -> its file in the image directory (a serial and its console share one). */
   relocated: Map<string, string>;
+  /** Files in the image directory this build named (restored disks, relocated files). */
   used: Set<string>;
+  /** Boot files checked against the boot-file directories. */
+  bootFiles: Set<string>;
   diskFiles: Map<string, { file: string; format: string }>;
 }
 
@@ -121,7 +126,9 @@ function bootFile(w: Walk, value: string): string | undefined {
   const p = value.trim();
   if (!p.startsWith('/')) return undefined;
   const file = posix.normalize(p);
-  return insideAny(file, w.bootDirs) ? file : undefined;
+  if (!insideAny(file, w.bootDirs)) return undefined;
+  w.bootFiles.add(file);
+  return file;
 }
 
 /** Removes or refuses `e`: records it; `false` tells the caller to leave it out. */
@@ -272,9 +279,7 @@ const FREE_TEXT = new Set(['cmdline', 'name', 'title', 'description']);
 
 /** A value this build put in place: a file in the image directory, a checked boot file, the host's RNG. */
 function placed(w: Walk, v: string): boolean {
-  if (v === '/dev/urandom' || v === '/dev/random') return true;
-  if (posix.normalize(v) !== v) return false;
-  return v.startsWith(`${w.o.imagesDir.replace(/\/+$/, '')}/`) || insideAny(v, w.bootDirs);
+  return v === '/dev/urandom' || v === '/dev/random' || w.used.has(v) || w.bootFiles.has(v);
 }
 
 /** Walks `e` against `rule`: whatever the allow-list does not name is recorded (and left out). */
@@ -350,6 +355,7 @@ export function buildRestoredDomain(xml: string, o: RestoreXmlOptions): Restored
     bootDirs: o.bootFileDirs ?? DEFAULT_BOOT_FILE_DIRS,
     relocated: new Map(),
     used: new Set(o.disks.map((d) => d.file)),
+    bootFiles: new Set(),
     diskFiles: new Map(o.disks.map((d) => [d.target, { file: d.file, format: d.format }])),
   };
   const uuidEl = child(dom, 'uuid');
@@ -368,7 +374,8 @@ export function buildRestoredDomain(xml: string, o: RestoreXmlOptions): Restored
   dom.children = [...head, ...dom.children];
   let out = serializeDomainTree(dom);
   if (o.identity === 'new' && o.socketPorts) out = remapSocketLinkPorts(out, o.socketPorts);
-  return { xml: out, removed: w.offending, ...(uuid ? { uuid } : {}) };
+  const files = [...new Set(w.relocated.values())];
+  return { xml: out, removed: w.offending, files, ...(uuid ? { uuid } : {}) };
 }
 
 /** {@link buildRestoredDomain}'s XML. */

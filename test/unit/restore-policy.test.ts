@@ -257,6 +257,17 @@ describe('restored definitions: what names a host resource is refused, or stripp
     for (const p of pathsOf(parseDomainTree(r.xml))) expect(allowed(p)).toBe(true);
   });
 
+  it('lists the files it moved into the image directory (the plan refuses existing ones: another VM may own them)', () => {
+    const xml = vm(
+      `<serial type='file'><source path='/x/other-vm.vda.qcow2'/><target port='0'/></serial>` +
+        `<console type='file'><source path='/x/other-vm.vda.qcow2'/></console>` +
+        `<serial type='file'><source path='/y/vm-dr.vda.r1.qcow2'/><target port='1'/></serial>`,
+    );
+    const r = buildRestoredDomain(xml, { ...opts, name: 'vm', identity: 'keep' });
+    // Never the VM's own restored disk: a clash gets a suffix.
+    expect(r.files).toEqual([`${IMAGES}/other-vm.vda.qcow2`, `${IMAGES}/vm-dr.vda.r1.qcow2.1`]);
+  });
+
   it('keeps read-only boot files from the allowed directories, refuses the others and writable firmware', () => {
     const os = (inner: string) => `<os><type arch='x86_64'>hvm</type>${inner}</os>`;
     const ok = buildRestoredDomain(

@@ -3,6 +3,7 @@ import { normalizeDrillInput } from '../../common/drill';
 import { METADATA_NAMESPACE } from '../../common/names';
 import { BadInputError } from '../../common/validation';
 import { buildRestoredDomain, HostResourceError, restoredDomainXml } from '../../hypervisor/restore-xml';
+import { restoreCommand } from '../../cli/restore-command';
 
 const SOURCE = `<domain type='kvm'>
   <name>db-1</name>
@@ -103,5 +104,23 @@ describe('restore and drill requests', () => {
     expect(() =>
       normalizeDrillInput({ group: 'g', repo: 'file:///r', toHost: 'b', serialLine: '(', check: 'true', timeoutMs: 5 }),
     ).toThrow(/one readiness check.*serial line pattern.*timeout/);
+  });
+});
+
+describe('--strip-host-devices', () => {
+  it('is checked like the other flags: a boolean, and only for a restore from the repository', () => {
+    const req = { group: 'g', snapshotId: 's', repo: 'file:///r', toHost: 'b' };
+    expect(normalizeRepoRestoreInput(req).stripHostDevices).toBe(false);
+    expect(normalizeRepoRestoreInput({ ...req, stripHostDevices: true }).stripHostDevices).toBe(true);
+    expect(() => normalizeRepoRestoreInput({ ...req, stripHostDevices: 'yes' as unknown as boolean })).toThrow(
+      /stripHostDevices must be true or false/,
+    );
+    expect(() =>
+      normalizeDrillInput({ group: 'g', repo: 'file:///r', toHost: 'b', stripHostDevices: 1 as unknown as boolean }),
+    ).toThrow(/stripHostDevices must be true or false/);
+    // A restore on the VMs' own host (snapshots, not the repository) has no stored definition to strip.
+    expect(() => restoreCommand('g', 's', { asClone: true, stripHostDevices: true })).toThrow(
+      /--strip-host-devices applies to a restore from the repository \(--from-repo\) only/,
+    );
   });
 });
