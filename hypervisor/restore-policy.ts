@@ -85,7 +85,11 @@ export const HOST_RESOURCE_LABELS: Record<string, string> = {
 
 /** Character device children (serial, console, parallel, channel); the source is checked by type in restore-xml. */
 const chardevChildren: Record<string, Rule> = {
-  source: { attrs: { path: true, mode: oneOf('bind', 'connect'), host: loopback, service: true, append: true } },
+  source: {
+    attrs: { path: true, mode: oneOf('bind', 'connect'), host: loopback, service: true, append: true },
+    // The old host's labelling of the file: the target's confinement applies.
+    children: { seclabel: { drop: true } },
+  },
   target: {
     attrs: { type: true, port: true, name: noSlash, state: true, address: loopback },
     children: { model: { attrs: { name: true } } },

@@ -293,13 +293,15 @@ describe('restored definitions: what names a host resource is refused, or stripp
       `<graphics type='vnc' port='5901' autoport='no' listen='127.0.0.1'><listen type='address' address='127.0.0.1'/></graphics>` +
         `<console type='pty'><target type='serial' port='0'/></console><memballoon model='virtio'/>` +
         `<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>` +
-        `<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/><protocol type='telnet'/><target port='2'/></serial>`,
+        `<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/><protocol type='telnet'/><target port='2'/></serial>` +
+        `<serial type='file'><source path='/x/vm.log'><seclabel model='dac' relabel='no'/></source><target port='3'/></serial>`,
     );
     const r = buildRestoredDomain(xml, opts);
     expect(r.removed).toEqual([]);
     expect(r.xml).toContain(`<graphics type='vnc' autoport='yes' listen='127.0.0.1'>`);
     expect(r.xml).toContain(`<backend model='random'>/dev/urandom</backend>`);
     expect(r.xml).toMatch(/^<domain type='kvm'><name>vm-dr<\/name><memory/);
+    expect(r.xml).toContain(`<source path='${IMAGES}/vm-dr.log'/>`); // the old host's label is not kept
   });
 
   it('refuses a domain type other than kvm/qemu, malformed XML and a missing restored disk', () => {
