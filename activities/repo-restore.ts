@@ -26,15 +26,26 @@ import type {
 } from '../common/repo-restore';
 import type { VmPowerState } from '../common/types';
 import { BAD_INPUT } from '../common/validation';
+import { parseDomainTree } from '../hypervisor/domain-tree';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
-import { restoredDomainXml } from '../hypervisor/restore-xml';
+import {
+  buildRestoredDomain,
+  DEFAULT_BOOT_FILE_DIRS,
+  DomainXmlError,
+  HostResourceError,
+  type RestoredDomain,
+  type RestoreXmlOptions,
+} from '../hypervisor/restore-xml';
 import { heartbeat } from './heartbeat';
 import { socketLinkPorts } from '../hypervisor/socket-links';
 import { mergeSocketPortChoices } from '../common/socket-ports';
 import { chooseSocketPorts } from './socket-ports';
 
 const run = promisify(execFile);
+
+/** Colon-separated directories restored VMs may boot read-only files from, added to the firmware directories. */
+export const BOOT_FILE_DIRS_ENV = 'GROUPSNAP_BOOT_FILE_DIRS';
 
 /** Environment variable naming the repository key file on a host (the worker's `--key-file` sets it). */
 export const REPO_KEY_FILE_ENV = 'GROUPSNAP_REPO_KEY_FILE';
@@ -46,6 +57,8 @@ export interface RepoRestoreDeps {
   imagesDir: string;
   /** The repository key file on this host. @default $GROUPSNAP_REPO_KEY_FILE */
   keyFile?: string;
+  /** More directories restored VMs may boot read-only files from (added to the firmware dirs and $GROUPSNAP_BOOT_FILE_DIRS). */
+  bootFileDirs?: string[];
   log?: (message: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -68,6 +81,22 @@ export function restoredDiskPath(imagesDir: string, domain: string, target: stri
   return join(imagesDir, `${domain}.${target}.${restoreId}.${format}`);
 }
 
+type DefinitionOptions = Omit<RestoreXmlOptions, 'imagesDir' | 'metadataNamespace' | 'bootFileDirs'>;
+
+/**
+ * A VM's definition for this host, from its stored XML through the restore allow-list (the same build in the plan
+ * and at define time). @throws BAD_INPUT naming every offending element when it names host resources
+ */
+function definitionFor(domainXml: string, o: DefinitionOptions, imagesDir: string, bootFileDirs: string[]) {
+  try {
+    return buildRestoredDomain(domainXml, { ...o, imagesDir, metadataNamespace: METADATA_NAMESPACE, bootFileDirs });
+  } catch (err) {
+    if (err instanceof HostResourceError || err instanceof DomainXmlError)
+      throw bad(`VM ${o.sourceName}: ${err.message}`);
+    throw err;
+  }
+}
+
 /**
  * The target host's side of a restore from the repository: plan (read the point, check names, files and space;
  * changes nothing), rebuild one disk from its chunks (sparse), define a VM from the stored XML, and remove what a
@@ -76,6 +105,14 @@ export function restoredDiskPath(imagesDir: string, domain: string, target: stri
 export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
   const { hypervisor, imagesDir } = deps;
   const log = deps.log ?? (() => {});
+  const bootFileDirs = [
+    ...DEFAULT_BOOT_FILE_DIRS,
+    ...(process.env[BOOT_FILE_DIRS_ENV] ?? '').split(':').filter((d) => d.startsWith('/')),
+    ...(deps.bootFileDirs ?? []),
+  ];
+
+  const restoredDefinition = (domainXml: string, o: DefinitionOptions) =>
+    definitionFor(domainXml, o, imagesDir, bootFileDirs);
 
   async function openRepo(url: string): Promise<Repository> {
     const keyFile = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];
@@ -119,9 +156,10 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
         const vms: PlannedVm[] = [];
         let bytesNeeded = 0;
         const xmls: string[] = [];
+        const storedTypes: string[] = [];
+        const planned = new Set<string>();
         for (const v of group.vms) {
           const vm = await repo.readManifestAt<VmManifest>(v.manifest);
-          xmls.push(vm.domainXml);
           const domain = req.mode === 'clone' ? `${v.domain}${req.suffix}` : v.domain;
           if (names.has(domain))
             problems.push(
@@ -129,11 +167,6 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
                 ? `VM ${domain} already exists on ${deps.hostId} (choose another suffix)`
                 : `VM ${domain} already exists on ${deps.hostId}: a restore as the original refuses to replace it`,
             );
-          if (req.mode === 'original') {
-            const uuid = /<uuid>([^<]*)<\/uuid>/.exec(vm.domainXml)?.[1]?.trim().toLowerCase();
-            if (uuid && uuids.has(uuid) && !names.has(domain))
-              problems.push(`a VM with the UUID of ${v.domain} (${uuid}) already exists on ${deps.hostId}`);
-          }
           const disks = [];
           for (const d of vm.disks) {
             const disk = await repo.readManifestAt<DiskManifest>(d.manifest);
@@ -142,11 +175,48 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
               0,
             );
             const file = restoredDiskPath(imagesDir, domain, d.target, req.restoreId, req.format);
-            if (existsSync(file)) problems.push(`file ${file} already exists on ${deps.hostId}`);
+            if (existsSync(file) || planned.has(file)) problems.push(`file ${file} already exists on ${deps.hostId}`);
+            planned.add(file);
             bytesNeeded += dataBytes;
             disks.push({ target: d.target, file, format: req.format, virtualSize: d.virtualSize, dataBytes });
           }
-          vms.push({ source: v.domain, domain, sourceHost: v.host, disks });
+          // The stored definition is built here too: one naming host resources is refused before a disk is written.
+          let def: RestoredDomain;
+          try {
+            def = restoredDefinition(vm.domainXml, {
+              sourceName: v.domain,
+              name: domain,
+              identity: req.mode === 'original' ? 'keep' : 'new',
+              disks,
+              networkMap: req.networkMap ?? {},
+              noNetwork: req.noNetwork ?? false,
+              stripHostDevices: req.stripHostDevices ?? false,
+            });
+          } catch (err) {
+            // Every VM's offending elements in one answer.
+            if (!(err instanceof ApplicationFailure) || err.type !== BAD_INPUT) throw err;
+            problems.push(err.message);
+            continue;
+          }
+          xmls.push(def.xml);
+          // A file the VM would write (a serial log, a socket) must be new: not another VM's disk, not one of this
+          // restore's other files (the stored definition chose its name).
+          for (const f of def.files) {
+            if (existsSync(f) || planned.has(f))
+              problems.push(`file ${f} of ${domain} already exists on ${deps.hostId}`);
+            planned.add(f);
+          }
+          storedTypes.push(parseDomainTree(vm.domainXml).attrs.type);
+          const uuid = def.uuid?.toLowerCase();
+          if (req.mode === 'original' && uuid && uuids.has(uuid) && !names.has(domain))
+            problems.push(`a VM with the UUID of ${v.domain} (${uuid}) already exists on ${deps.hostId}`);
+          vms.push({
+            source: v.domain,
+            domain,
+            sourceHost: v.host,
+            disks,
+            ...(def.removed.length ? { removed: def.removed } : {}),
+          });
         }
         mkdirSync(imagesDir, { recursive: true });
         const fs = await statfs(imagesDir);
@@ -158,9 +228,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
             `not enough space in ${imagesDir} on ${deps.hostId}: the point needs ${peak} bytes, ${bytesFree} are free`,
           );
         if (problems.length) throw bad(problems.join('; '));
-        const storedType = /<domain\b[^>]*?\stype=(['"])(\w+)\1/.exec(
-          (await repo.readManifestAt<VmManifest>(group.vms[0].manifest)).domainXml,
-        )?.[2];
+        const storedType = storedTypes[0];
         const virtType = storedType === 'kvm' && !kvmUsable() ? 'qemu' : undefined;
         // Clones' socket links get fresh ports free on this host (every VM of the restore lands here), one map for
         // the whole group; a restore as the original keeps its ports (the originals are gone).
@@ -226,17 +294,16 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
     async defineRestoredVm(req: DefineRestoredVmRequest): Promise<{ domain: string; uuid: string }> {
       return withRepo(req.repo, async (repo) => {
         const vm = await repo.readVmManifest(req.group, req.snapshotId, req.vm.source);
-        const xml = restoredDomainXml(vm.domainXml, {
+        const { xml } = restoredDefinition(vm.domainXml, {
           sourceName: req.vm.source,
           name: req.vm.domain,
           identity: req.mode === 'original' ? 'keep' : 'new',
           disks: req.vm.disks.map((d) => ({ target: d.target, file: d.file, format: d.format })),
-          imagesDir,
           networkMap: req.networkMap,
           noNetwork: req.noNetwork,
           ...(req.socketPorts ? { socketPorts: req.socketPorts } : {}),
-          metadataNamespace: METADATA_NAMESPACE,
           ...(req.virtType ? { virtType: req.virtType } : {}),
+          stripHostDevices: req.stripHostDevices ?? false,
         });
         const existing = (await hypervisor.listDomains()).find((d) => d.name === req.vm.domain);
         if (existing) throw bad(`VM ${req.vm.domain} already exists on ${deps.hostId}`);

@@ -40,6 +40,8 @@ export interface WorkerCommandOptions extends TemporalOverrides {
   keyFile?: string;
   /** Run DR drills' check commands on this host. */
   allowDrillChecks?: boolean;
+  /** More directories restored VMs may boot read-only files from (docs/restore-policy.md). */
+  bootFilesDir?: string[];
   workflows?: boolean;
   guard?: boolean;
   /** Prometheus exporter address (`ip:port`); else `GROUPSNAP_METRICS_ADDRESS`; none: no metrics. */
@@ -84,6 +86,7 @@ export async function workerCommand(opts: WorkerCommandOptions): Promise<void> {
       imagesDir,
       ...(opts.keyFile ? { repoKeyFile: opts.keyFile } : {}),
       ...(opts.allowDrillChecks ? { allowDrillChecks: true } : {}),
+      ...(opts.bootFilesDir?.length ? { bootFileDirs: opts.bootFilesDir } : {}),
       ...(opts.snapshotsInFlight !== undefined ? { snapshotsInFlight: opts.snapshotsInFlight } : {}),
       workflows: opts.workflows,
       log: (msg, fields) => logLine(msg, { hostId, ...fields }),

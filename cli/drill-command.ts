@@ -12,6 +12,7 @@ export interface DrillFlags extends CommonOptions {
   timeout?: number;
   cron?: string;
   timezone?: string;
+  stripHostDevices?: boolean;
 }
 
 /** `groupsnap drill <group> --to-host <id> [--point latest] [--check cmd | --serial-line re] [--cron expr]`. */
@@ -31,6 +32,7 @@ export function drillCommand(group: string, opts: DrillFlags) {
     ...(opts.check !== undefined ? { check: opts.check } : {}),
     ...(opts.serialLine !== undefined ? { serialLine: opts.serialLine } : {}),
     ...(opts.timeout !== undefined ? { timeoutMs: opts.timeout * 1000 } : {}),
+    ...(opts.stripHostDevices ? { stripHostDevices: true } : {}),
   };
   if (opts.cron) {
     const cron = opts.cron;
@@ -55,6 +57,7 @@ export function renderDrill(r: DrillResult): string {
       (r.error ? ` (${r.error})` : ''),
     `  restore ${s(r.restoreMs)}, ready (${r.readiness}) ${s(r.readyMs)} later, RTO ${s(r.rtoMs)}`,
     ...r.vms.map((v) => `  ${v.source} -> ${v.clone} (torn down)`),
+    ...(r.restore?.vms ?? []).flatMap((v) => (v.removed ?? []).map((x) => `  ${v.source}: removed ${x}`)),
     ...(r.evidence ?? []).map((e) => `  ${e}`),
   ].join('\n');
 }

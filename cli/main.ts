@@ -54,6 +54,11 @@ temporalOptions(
     )
     .option('--key-file <file>', "the off-host repository's key file on this host (default: GROUPSNAP_REPO_KEY_FILE)")
     .option('--allow-drill-checks', "run DR drills' --check commands on this host (sh -c, as the worker's user)")
+    .option(
+      '--boot-files-dir <dir>',
+      'a directory restored VMs may boot read-only files from (kernel, initrd, firmware; repeat; added to the firmware dirs and GROUPSNAP_BOOT_FILE_DIRS)',
+      collect(String),
+    )
     .option('--no-workflows', 'do not also run the workflow worker on the shared queue')
     .option('--no-guard', 'do not start the freeze guard process (VMs stay protected only while the worker lives)')
     .option(
@@ -351,6 +356,10 @@ temporalOptions(
       collect(String),
     )
     .option('--no-network', 'with --from-repo: leave out every network interface (isolated VMs)')
+    .option(
+      '--strip-host-devices',
+      'with --from-repo: remove what names a host resource (host shares and devices, other disks, ...) instead of refusing; each removal is listed',
+    )
     .addOption(
       new Option('--format <format>', 'with --from-repo: format of the rebuilt disks').choices(['qcow2', 'raw']),
     )
@@ -378,6 +387,10 @@ temporalOptions(
     .option('--timeout <seconds>', 'how long the clones may take to be ready', parseInteger)
     .option('--cron <expr>', 'instead of drilling now, drill the latest point on this schedule')
     .option('--timezone <tz>', 'time zone of --cron', 'UTC')
+    .option(
+      '--strip-host-devices',
+      'remove what names a host resource in the stored definitions (host shares and devices, other disks, ...) instead of failing; each removal is listed',
+    )
     .option('--json', 'print JSON'),
 ).action(act(drillCommand));
 

@@ -16,6 +16,7 @@ export interface RepoRestoreFlags extends CommonOptions {
   network?: boolean;
   format?: string;
   restoreId?: string;
+  stripHostDevices?: boolean;
 }
 
 /** `groupsnap restore <group> <snapshotId> --from-repo <url> --to-host <id> ...`: a point rebuilt on another host. */
@@ -52,6 +53,7 @@ export function repoRestoreCommand(group: string, snapshotId: string, opts: Repo
           ...(opts.suffix !== undefined ? { suffix: opts.suffix } : {}),
           ...(Object.keys(networkMap).length ? { networkMap } : {}),
           ...(opts.network === false ? { noNetwork: true } : {}),
+          ...(opts.stripHostDevices ? { stripHostDevices: true } : {}),
           ...(opts.format ? { format: opts.format as 'raw' | 'qcow2' } : {}),
           ...(opts.restoreId ? { restoreId: opts.restoreId } : {}),
         },
@@ -70,7 +72,10 @@ export function renderRepoRestore(r: RepoRestoreResult): string {
     ...r.vms.map(
       (v) =>
         `  ${v.source} -> ${v.domain}${v.state ? ` ${v.state}` : ''}${v.error ? ` (${v.error})` : ''}` +
-        v.disks.map((d) => `\n    ${d.target}: ${d.file} (${d.format}, ${d.bytesWritten ?? 0} bytes written)`).join(''),
+        v.disks
+          .map((d) => `\n    ${d.target}: ${d.file} (${d.format}, ${d.bytesWritten ?? 0} bytes written)`)
+          .join('') +
+        (v.removed ?? []).map((r) => `\n    removed: ${r}`).join(''),
     ),
     ...(r.durationMs !== undefined ? [`  ${r.bytesWritten} bytes in ${(r.durationMs / 1000).toFixed(1)} s`] : []),
   ].join('\n');

@@ -8,8 +8,17 @@ import { withClient, type CommonOptions } from './with-client';
 export function restoreCommand(
   group: string,
   snapshotId: string,
-  opts: CommonOptions & { asClone?: boolean; inPlace?: boolean; suffix?: string; yes?: boolean; restoreId?: string },
+  opts: CommonOptions & {
+    asClone?: boolean;
+    inPlace?: boolean;
+    suffix?: string;
+    yes?: boolean;
+    restoreId?: string;
+    stripHostDevices?: boolean;
+  },
 ) {
+  if (opts.stripHostDevices)
+    throw new BadInputError('--strip-host-devices applies to a restore from the repository (--from-repo) only');
   if (Boolean(opts.asClone) === Boolean(opts.inPlace))
     throw new BadInputError('give exactly one of --as-clone and --in-place');
   if (opts.inPlace && !opts.yes)

@@ -15,6 +15,8 @@ export interface DrillInput {
    * listing the clones; the worker must be started with `--allow-drill-checks`). Retried until the timeout.
    */
   check?: string;
+  /** Remove what names a host resource from the stored definitions instead of failing (see RepoRestoreInput). */
+  stripHostDevices?: boolean;
   /** Readiness deadline after the VMs run. @default 300000 */
   timeoutMs?: number;
   /** @default generated */
@@ -82,6 +84,8 @@ export function normalizeDrillInput(input: DrillInput): Required<Pick<DrillInput
       problems.push(`serial line pattern: ${(err as Error).message}`);
     }
   }
+  if (input.stripHostDevices !== undefined && typeof input.stripHostDevices !== 'boolean')
+    problems.push(`stripHostDevices must be true or false, not ${JSON.stringify(input.stripHostDevices)}`);
   const timeoutMs = input.timeoutMs ?? 300_000;
   if (!Number.isInteger(timeoutMs) || timeoutMs < 1000 || timeoutMs > 6 * 3600_000)
     problems.push('the readiness timeout must be 1 s to 6 h');

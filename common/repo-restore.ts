@@ -25,6 +25,12 @@ export interface RepoRestoreInput {
   networkMap?: Record<string, string>;
   /** Leave out every network interface (isolated clones, e.g. a drill). */
   noNetwork?: boolean;
+  /**
+   * Remove what in the stored definitions names a resource of the target host (host shares and devices, disks that
+   * are not restored files, chardevs reaching host files or networks, non-loopback listeners, QEMU passthrough),
+   * listed per VM in the result, instead of refusing the restore (docs/restore-policy.md). @default false
+   */
+  stripHostDevices?: boolean;
   /** Format of the rebuilt disks. @default 'qcow2' */
   format?: RestoredDiskFormat;
   /** Start the VMs (paused, then all resumed together). @default true */
@@ -65,6 +71,8 @@ export function normalizeRepoRestoreInput(input: RepoRestoreInput): NormalizedRe
     if (!/^[A-Za-z0-9._:-]{1,64}$/.test(from) || !/^[A-Za-z0-9._:-]{1,64}$/.test(to))
       problems.push(`network map ${from}=${to}: names may only hold letters, digits and . _ : -`);
   }
+  if (input.stripHostDevices !== undefined && typeof input.stripHostDevices !== 'boolean')
+    problems.push(`stripHostDevices must be true or false, not ${JSON.stringify(input.stripHostDevices)}`);
   if (input.noNetwork && input.networkMap && Object.keys(input.networkMap).length)
     problems.push('a network map and no network exclude each other');
   if (problems.length) throw new BadInputError(problems.join('; '));
@@ -77,6 +85,7 @@ export function normalizeRepoRestoreInput(input: RepoRestoreInput): NormalizedRe
     suffix: input.suffix,
     networkMap: input.networkMap ?? {},
     noNetwork: input.noNetwork ?? false,
+    stripHostDevices: input.stripHostDevices ?? false,
     format,
     start: input.start ?? true,
     restoreId: input.restoreId,
@@ -99,6 +108,10 @@ export interface RepoRestorePlanRequest {
   mode: RepoRestoreMode;
   suffix: string;
   format: RestoredDiskFormat;
+  /** The definitions are built (and checked) in the plan with the options the VMs are defined with. */
+  networkMap?: Record<string, string>;
+  noNetwork?: boolean;
+  stripHostDevices?: boolean;
 }
 
 export interface PlannedDisk {
@@ -119,6 +132,8 @@ export interface PlannedVm {
   /** Host it was exported from. */
   sourceHost: string;
   disks: PlannedDisk[];
+  /** What `stripHostDevices` removes from its stored definition (each element named). */
+  removed?: string[];
 }
 
 export interface RepoRestorePlan {
@@ -166,6 +181,7 @@ export interface DefineRestoredVmRequest {
   virtType?: 'kvm' | 'qemu';
   /** The plan's fresh socket-link ports (clones only). */
   socketPorts?: Record<string, number>;
+  stripHostDevices?: boolean;
 }
 
 /** Compensation of a restored VM: stop it, undefine it (only when its UUID is the one defined), remove its files. */
@@ -182,6 +198,8 @@ export interface RepoRestoreVmResult {
   uuid?: string;
   state?: VmPowerState;
   disks: { target: string; file: string; format: RestoredDiskFormat; virtualSize: number; bytesWritten?: number }[];
+  /** Removed from the stored definition (`stripHostDevices`), each element named. */
+  removed?: string[];
   error?: string;
 }
 

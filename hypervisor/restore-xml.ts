@@ -1,6 +1,27 @@
-import { basename, join } from 'node:path';
-import { cloneDomainXml } from './clone-xml';
-import { escapeXml } from './domain-xml';
+import { posix } from 'node:path';
+import {
+  child,
+  DomainXmlError,
+  elements,
+  parseDomainTree,
+  serializeDomainTree,
+  textOf,
+  type XmlElement,
+} from './domain-tree';
+import {
+  BOOT_FILE_ELEMENTS,
+  DEFAULT_BOOT_FILE_DIRS,
+  DOMAIN_RULE,
+  HOST_RESOURCE_LABELS,
+  insideAny,
+  isLoopback,
+  QEMU_NAMESPACE,
+  type Rule,
+} from './restore-policy';
+import { remapSocketLinkPorts, SOCKET_LINK_TYPES } from './socket-links';
+
+export { DEFAULT_BOOT_FILE_DIRS } from './restore-policy';
+export { DomainXmlError } from './domain-tree';
 
 export interface RestoreXmlOptions {
   /** The VM's name in the stored XML. */
@@ -21,81 +42,343 @@ export interface RestoreXmlOptions {
   virtType?: 'kvm' | 'qemu';
   /** Socket-link ports mapped to fresh ones (clones only: a failover keeps its ports, the originals are gone). */
   socketPorts?: Record<string, number>;
-  /** groupsnap's metadata namespace (the source's catalog and tags are not carried over). */
+  /** groupsnap's metadata namespace (kept for callers; every `<metadata>` is left out of a restored VM). */
   metadataNamespace: string;
+  /** Remove what names a host resource (listed in `removed`) instead of refusing the definition. */
+  stripHostDevices?: boolean;
+  /** Directories read-only boot files may come from. @default DEFAULT_BOOT_FILE_DIRS */
+  bootFileDirs?: string[];
 }
 
-const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/** A restored VM's definition: the XML to define, and what `stripHostDevices` removed. */
+export interface RestoredDomain {
+  xml: string;
+  removed: string[];
+  /** Files of the VM moved into the image directory (serial logs, sockets, NVRAM): the plan checks they are new. */
+  files: string[];
+  /** The stored UUID (checked form), for a failover's collision check. */
+  uuid?: string;
+}
+
+/** The stored definition names host resources (each one listed); nothing may be defined from it as it is. */
+export class HostResourceError extends Error {
+  override readonly name = 'HostResourceError';
+  constructor(readonly offending: string[]) {
+    super(
+      `the stored definition names resources of the host (refused; --strip-host-devices removes them): ` +
+        offending.join('; '),
+    );
+  }
+}
+
+interface Walk {
+  o: RestoreXmlOptions;
+  offending: string[];
+  bootDirs: string[];
+  /** Decoded source path -> its file in the image directory (a serial and its console share one). */
+  relocated: Map<string, string>;
+  /** Files in the image directory this build named (restored disks, relocated files). */
+  used: Set<string>;
+  /** Boot files checked against the boot-file directories. */
+  bootFiles: Set<string>;
+  diskFiles: Map<string, { file: string; format: string }>;
+}
+
+const UUID = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
+
+/** `<filesystem type='mount'> (source dir=/srv; target dir=x)`: an element named for a message. */
+function describe(e: XmlElement): string {
+  const attrs = (x: XmlElement) =>
+    Object.entries(x.attrs)
+      .filter(([k]) => !k.startsWith('xmlns'))
+      .map(([k, v]) => `${k}=${JSON.stringify(v)}`)
+      .join(' ');
+  const own = attrs(e);
+  const head = `<${e.name}${own ? ` ${own}` : ''}>`;
+  const inner = elements(e)
+    .filter((c) => ['source', 'target'].includes(c.name) && Object.keys(c.attrs).length)
+    .map((c) => `${c.name} ${attrs(c)}`);
+  return inner.length ? `${head} (${inner.join('; ')})` : head;
+}
 
 /**
- * The definition of a VM restored on another host from its stored inactive XML: disks on the restored files (no
- * backing chain), every other host path moved into the target's image directory, groupsnap's metadata (the source
- * host's catalog) dropped, networks renamed or removed. A clone also gets a new name and no UUID or MAC addresses
- * (libvirt generates them); a failover (`identity: 'keep'`) keeps name, UUID and MACs.
- * @throws Error when a disk to restore is not in the XML
+ * A file of the VM moved into the image directory: its decoded base name (the source VM's name in it becomes the
+ * clone's), reduced to safe characters; never `.`/`..`, never a separator, so it cannot leave the directory.
  */
-export function restoredDomainXml(xml: string, o: RestoreXmlOptions): string {
-  let out = cloneDomainXml(xml, {
-    sourceName: o.sourceName,
-    cloneName: o.name,
-    disks: o.disks.map((d) => ({ target: d.target, file: d.file })),
-    metadataNamespace: o.metadataNamespace,
-    ...(o.identity === 'new' && o.socketPorts ? { socketPorts: o.socketPorts } : {}),
-  }).xml;
-  if (o.identity === 'keep') {
-    const uuid = /<uuid>([^<]*)<\/uuid>/.exec(xml)?.[1];
-    if (uuid) out = out.replace(/(<\/name>)/, `$1<uuid>${uuid}</uuid>`);
-    // MACs back on their interfaces, in document order (cloneDomainXml removed them in the same order).
-    const macs = [...xml.matchAll(/<interface\b[\s\S]*?<\/interface>/g)].map(
-      (m) => /<mac\b[^>]*?\baddress=(['"])([^'"]*)\1/.exec(m[0])?.[2],
-    );
-    let i = 0;
-    out = out.replace(/<interface\b[^>]*>/g, (open) => {
-      const mac = macs[i++];
-      return mac ? `${open}<mac address='${escapeXml(mac)}'/>` : open;
-    });
-  }
-  // Restored disks: the format written, not the clone's qcow2 overlay.
-  for (const d of o.disks) {
-    out = out.replace(/<disk\b[\s\S]*?<\/disk>/g, (disk) =>
-      new RegExp(`<target\\b[^>]*?\\bdev=(['"])${escapeRegExp(d.target)}\\1`).test(disk)
-        ? disk.replace(/(<driver\b[^>]*?\stype=)(['"])[^'"]*\2/, `$1'${d.format}'`)
-        : disk,
-    );
-  }
-  // Paths of the source host (serial logs and sockets, NVRAM) into the target's image directory.
-  const relocate = (p: string) => join(o.imagesDir, basename(p));
-  out = out.replace(
-    /(<(?:source|log)\b[^>]*?\s(?:path|file)=)(['"])(\/[^'"]*)\2/g,
-    (m, head: string, q: string, p: string) =>
-      o.disks.some((d) => d.file === p) ? m : `${head}${q}${escapeXml(relocate(p))}${q}`,
-  );
-  out = out.replace(
-    /(<nvram\b[^>]*>)([^<]+)(<\/nvram>)/,
-    (_m, a: string, p: string, b: string) => `${a}${escapeXml(relocate(p.trim()))}${b}`,
-  );
-  // CD-ROMs and read-only disks kept by the clone XML point at files of the source host: left out.
-  out = out.replace(/\s*<disk\b[^>]*>[\s\S]*?<\/disk>/g, (disk) => {
-    const file = /<source\b[^>]*?\bfile=(['"])([^'"]*)\1/.exec(disk)?.[2];
-    return file === undefined || o.disks.some((d) => d.file === file) ? disk : '';
-  });
-  if (o.noNetwork) out = out.replace(/\s*<interface\b[\s\S]*?<\/interface>/g, '');
-  else if (o.networkMap) {
-    for (const [from, to] of Object.entries(o.networkMap)) {
-      out = out.replace(
-        new RegExp(`(<source\\b[^>]*?\\s(?:network|bridge)=)(['"])${escapeRegExp(escapeXml(from))}\\2`, 'g'),
-        `$1$2${escapeXml(to)}$2`,
-      );
-    }
-  }
-  if (o.virtType) out = out.replace(/(<domain\b[^>]*?\stype=)(['"])[^'"]*\2/, `$1'${o.virtType}'`);
-  return out;
+function relocate(w: Walk, decoded: string, kind: string): string {
+  const known = w.relocated.get(decoded);
+  if (known) return known;
+  let base = posix.basename(decoded.replace(/\/+$/, ''));
+  if (/^\.*$/.test(base)) base = kind;
+  if (base.includes(w.o.sourceName)) base = base.replace(w.o.sourceName, w.o.name);
+  else if (w.o.name !== w.o.sourceName) base = `${w.o.name}.${base}`;
+  base = base.replace(/[^A-Za-z0-9._+@-]/g, '_').slice(0, 200);
+  if (/^\.*$/.test(base)) base = `${w.o.name}.${kind}`;
+  let file = posix.join(w.o.imagesDir, base);
+  for (let i = 1; w.used.has(file); i++) file = posix.join(w.o.imagesDir, `${base}.${i}`);
+  w.used.add(file);
+  w.relocated.set(decoded, file);
+  return file;
 }
 
-/** Networks and bridges the VM's interfaces use (for checking a network map against the target). */
-export function interfaceSources(xml: string): { kind: 'network' | 'bridge'; name: string }[] {
-  return [...xml.matchAll(/<interface\b[\s\S]*?<\/interface>/g)].flatMap((m) => {
-    const s = /<source\b[^>]*?\s(network|bridge)=(['"])([^'"]*)\2/.exec(m[0]);
-    return s ? [{ kind: s[1] as 'network' | 'bridge', name: s[3] }] : [];
+/** A read-only boot file: normalized, inside the boot-file directories, else undefined. */
+function bootFile(w: Walk, value: string): string | undefined {
+  const p = value.trim();
+  if (!p.startsWith('/')) return undefined;
+  const file = posix.normalize(p);
+  if (!insideAny(file, w.bootDirs)) return undefined;
+  w.bootFiles.add(file);
+  return file;
+}
+
+/** Removes or refuses `e`: records it; `false` tells the caller to leave it out. */
+function offend(w: Walk, what: string): false {
+  w.offending.push(what);
+  return false;
+}
+
+/** A character device (serial, console, parallel, channel): by type; files and listening sockets relocated. */
+function fixChardev(w: Walk, e: XmlElement): boolean {
+  const type = e.attrs.type ?? 'pty';
+  const source = child(e, 'source');
+  const described = `${describe(e)}: character device reaching a host resource`;
+  const label = () => described;
+  for (const log of elements(e).filter((c) => c.name === 'log'))
+    if (log.attrs.file !== undefined) log.attrs.file = relocate(w, log.attrs.file, `${e.name}.log`);
+  // A source path is only kept where the type uses one, and then relocated.
+  const path = source?.attrs.path;
+  for (const s of elements(e)) if (s.name === 'source') delete s.attrs.path;
+  switch (type) {
+    case 'pty': // a live pty's name, host-specific
+    case 'null':
+    case 'vc':
+    case 'spicevmc':
+    case 'qemu-vdagent':
+      return true;
+    case 'file':
+      if (!source || !path) return offend(w, label());
+      source.attrs.path = relocate(w, path, `${e.name}.log`);
+      return true;
+    case 'unix': {
+      // Listening sockets only: connecting would reach a socket of the recovery host.
+      if (!source || source.attrs.mode !== 'bind') return offend(w, label());
+      // libvirt names a virtio channel's socket itself when the path is left out.
+      const virtio = e.name === 'channel' && child(e, 'target')?.attrs.type === 'virtio';
+      if (!virtio && path) source.attrs.path = relocate(w, path, `${e.name}.sock`);
+      return true;
+    }
+    case 'tcp':
+    case 'udp': {
+      const sources = elements(e).filter((c) => c.name === 'source');
+      if (!sources.length || sources.some((s) => !isLoopback(s.attrs.host ?? ''))) return offend(w, label());
+      return true;
+    }
+    default:
+      return offend(w, label());
+  }
+}
+
+/** An interface: network/bridge (renamed by the map) or a loopback socket link; MACs dropped for clones. */
+function fixInterface(w: Walk, e: XmlElement): boolean {
+  const type = e.attrs.type ?? '';
+  const linkish = (SOCKET_LINK_TYPES as readonly string[]).includes(type);
+  if (!['network', 'bridge', 'user'].includes(type) && !linkish)
+    return offend(w, `${describe(e)}: interface on a host device`);
+  if (linkish) {
+    const ends = elements(e)
+      .filter((c) => c.name === 'source')
+      .flatMap((s) => [s, ...elements(s).filter((c) => c.name === 'local')]);
+    if (type === 'mcast' || !ends.length || ends.some((s) => !isLoopback(s.attrs.address ?? '')))
+      return offend(w, `${describe(e)}: socket link to a non-loopback address`);
+  }
+  if (w.o.identity === 'new') e.children = e.children.filter((c) => typeof c === 'string' || c.name !== 'mac');
+  const source = child(e, 'source');
+  for (const k of ['network', 'bridge'] as const) {
+    const to = source?.attrs[k] !== undefined ? w.o.networkMap?.[source.attrs[k]] : undefined;
+    if (source && to !== undefined) source.attrs[k] = to;
+  }
+  return true;
+}
+
+/** A restored disk on its new file (no backing chain); any other disk names a host resource. */
+function fixDisk(w: Walk, e: XmlElement): boolean {
+  const dev = child(e, 'target')?.attrs.dev ?? '';
+  const restored = w.diskFiles.get(dev);
+  if (!restored) return offend(w, `${describe(e)}: disk that is not a restored file`);
+  w.diskFiles.delete(dev);
+  e.attrs.type = 'file';
+  if ((e.attrs.device ?? 'disk') !== 'disk') e.attrs.device = 'disk';
+  const keep = e.children.filter(
+    (c): c is XmlElement =>
+      typeof c !== 'string' && !['source', 'backingStore', 'driver', 'mirror', 'reservations'].includes(c.name),
+  );
+  const driver = child(e, 'driver') ?? { name: 'driver', attrs: {}, children: [] };
+  driver.attrs = { ...driver.attrs, name: 'qemu', type: restored.format };
+  const source = { name: 'source', attrs: { file: restored.file }, children: [] };
+  e.children = [driver, source, ...keep];
+  return true;
+}
+
+/** Graphics: VNC/SPICE on loopback only; a fixed port becomes automatic (the target picks a free one). */
+function fixGraphics(w: Walk, e: XmlElement): boolean {
+  if (e.attrs.autoport === 'no') {
+    for (const k of ['port', 'tlsPort', 'websocket']) delete e.attrs[k];
+    e.attrs.autoport = 'yes';
+  }
+  for (const l of elements(e).filter((c) => c.name === 'listen'))
+    if (l.attrs.socket !== undefined) l.attrs.socket = relocate(w, l.attrs.socket, 'graphics.sock');
+  e.children = e.children.filter(
+    (g) =>
+      typeof g === 'string' ||
+      g.name !== 'gl' ||
+      g.attrs.rendernode === undefined ||
+      offend(w, `${describe(e)}: render node ${g.attrs.rendernode} of the host`),
+  );
+  return true;
+}
+
+/** `<os>`: boot files only from the boot-file directories, read-only; NVRAM moved into the image directory. */
+function fixOs(w: Walk, e: XmlElement): boolean {
+  const outside = `outside the boot-file directories (${w.bootDirs.join(', ')})`;
+  e.children = e.children.filter((c) => {
+    if (typeof c === 'string') return true;
+    if (BOOT_FILE_ELEMENTS.has(c.name) && textOf(c).trim() !== '') {
+      const file = bootFile(w, textOf(c));
+      if (c.name === 'loader' && c.attrs.type === 'pflash' && c.attrs.readonly !== 'yes')
+        return offend(w, `os/${describe(c)} ${JSON.stringify(textOf(c))}: writable firmware file of the host`);
+      if (file === undefined) return offend(w, `os/<${c.name}> ${JSON.stringify(textOf(c))}: boot file ${outside}`);
+      c.children = [file];
+    }
+    if (c.name === 'nvram') {
+      if (c.attrs.template !== undefined) {
+        const t = bootFile(w, c.attrs.template);
+        if (t === undefined) return offend(w, `os/<nvram template=${JSON.stringify(c.attrs.template)}>: ${outside}`);
+        c.attrs.template = t;
+      }
+      if (textOf(c).trim() !== '') c.children = [relocate(w, textOf(c).trim(), 'nvram.fd')];
+    }
+    return true;
   });
+  return true;
+}
+
+/** Checks and rewrites beyond the allow-list, by `parent/element`. */
+const FIXES: Record<string, (w: Walk, e: XmlElement) => boolean> = {
+  'devices/serial': fixChardev,
+  'devices/console': fixChardev,
+  'devices/parallel': fixChardev,
+  'devices/channel': fixChardev,
+  'devices/interface': fixInterface,
+  'devices/disk': fixDisk,
+  'devices/graphics': fixGraphics,
+  'domain/os': fixOs,
+};
+
+/** Text that is the guest's, not a host path (the guest kernel's command line, names, descriptions). */
+const FREE_TEXT = new Set(['cmdline', 'name', 'title', 'description']);
+
+/** A value this build put in place: a file in the image directory, a checked boot file, the host's RNG. */
+function placed(w: Walk, v: string): boolean {
+  return v === '/dev/urandom' || v === '/dev/random' || w.used.has(v) || w.bootFiles.has(v);
+}
+
+/** Walks `e` against `rule`: whatever the allow-list does not name is recorded (and left out). */
+function walk(w: Walk, e: XmlElement, rule: Rule, where: string): void {
+  for (const [k, v] of Object.entries(e.attrs)) {
+    const check = rule.free ? (k.includes(':') ? undefined : true) : rule.attrs?.[k];
+    let why: string | undefined;
+    if (k === 'xmlns' || k.startsWith('xmlns:'))
+      why = v === QEMU_NAMESPACE ? 'binds the QEMU namespace (command-line passthrough)' : 'namespace declaration';
+    else if (check === undefined) why = 'attribute not in the restore allow-list';
+    else if (check !== true) why = check(v, e);
+    else if (v.includes('/') && !placed(w, v)) why = 'a path of the host';
+    if (rule.free && why === undefined && v.includes('/')) why = 'a path';
+    if (why !== undefined) {
+      // Namespace declarations go silently when nothing uses them (every prefixed name is refused on its own).
+      if (why !== 'namespace declaration') offend(w, `${where}<${e.name} ${k}=${JSON.stringify(v)}>: ${why}`);
+      delete e.attrs[k];
+    }
+  }
+  const kept: (XmlElement | string)[] = [];
+  for (const c of e.children) {
+    if (typeof c === 'string') {
+      const freeText = FREE_TEXT.has(e.name) && !rule.free;
+      const pathy = c.includes('/') && !freeText && !placed(w, c.trim());
+      const check = pathy ? () => 'a path of the host' : rule.free ? true : rule.text;
+      if (c.trim() === '' && !rule.text) continue;
+      const why = !check ? 'text not in the restore allow-list' : check === true ? undefined : check(c.trim(), e);
+      if (why === undefined) kept.push(c);
+      else offend(w, `${where}<${e.name}> text ${JSON.stringify(c.trim().slice(0, 80))}: ${why}`);
+      continue;
+    }
+    const sub = rule.free ? (c.name.includes(':') ? undefined : { free: true }) : rule.children?.[c.name];
+    if (e.name === 'devices' && c.name === 'interface' && w.o.noNetwork) continue;
+    if (sub?.drop) continue;
+    if (sub === undefined) {
+      const label =
+        HOST_RESOURCE_LABELS[c.name] ??
+        (c.name.includes(':') ? 'namespaced extension' : 'not in the restore allow-list');
+      offend(w, `${where}${e.name === 'domain' ? '' : `${e.name}/`}${describe(c)}: ${label}`);
+      continue;
+    }
+    const fix = rule.free ? undefined : FIXES[`${e.name}/${c.name}`];
+    const here = `${where}${e.name === 'domain' ? '' : `${e.name}/`}`;
+    const before = w.offending.length;
+    const keep = !fix || fix(w, c);
+    for (let i = before; i < w.offending.length; i++) w.offending[i] = `${here}${w.offending[i]}`;
+    if (!keep) continue;
+    walk(w, c, sub, here);
+    kept.push(c);
+  }
+  e.children = kept;
+}
+
+/**
+ * The definition of a VM restored on another host, built from its stored XML through an allow-list (see
+ * docs/restore-policy.md): restored disks on their new files (no backing chain), serial logs, listening sockets
+ * and NVRAM moved into the target's image directory, boot files only from `bootFileDirs`, the emulator and
+ * metadata left to the target, networks renamed or removed. A clone gets a new name and no UUID or MACs (libvirt
+ * generates them); a failover (`identity: 'keep'`) keeps name, UUID and MACs. Anything naming a host resource
+ * (host shares and devices, other disks, chardevs reaching host files/devices/networks, non-loopback listeners,
+ * QEMU passthrough) is refused, or removed and listed with `stripHostDevices`.
+ * @throws DomainXmlError when the XML is malformed, declares a DOCTYPE, or a disk to restore is missing
+ * @throws HostResourceError naming every offending element (without `stripHostDevices`)
+ */
+export function buildRestoredDomain(xml: string, o: RestoreXmlOptions): RestoredDomain {
+  const dom = parseDomainTree(xml);
+  const stored = dom.attrs.type;
+  if (stored !== 'kvm' && stored !== 'qemu')
+    throw new DomainXmlError(`domain type ${JSON.stringify(stored ?? '')} cannot be restored (kvm or qemu only)`);
+  const w: Walk = {
+    o,
+    offending: [],
+    bootDirs: o.bootFileDirs ?? DEFAULT_BOOT_FILE_DIRS,
+    relocated: new Map(),
+    used: new Set(o.disks.map((d) => d.file)),
+    bootFiles: new Set(),
+    diskFiles: new Map(o.disks.map((d) => [d.target, { file: d.file, format: d.format }])),
+  };
+  const uuidEl = child(dom, 'uuid');
+  const uuid = uuidEl && UUID.test(textOf(uuidEl).trim()) ? textOf(uuidEl).trim() : undefined;
+  if (uuidEl && !uuid) throw new DomainXmlError(`stored UUID ${JSON.stringify(textOf(uuidEl))} is not a UUID`);
+  walk(w, dom, DOMAIN_RULE, '');
+  if (w.diskFiles.size > 0)
+    throw new DomainXmlError(`disk(s) ${[...w.diskFiles.keys()].join(', ')} not found in the domain XML`);
+  if (w.offending.length && !o.stripHostDevices) throw new HostResourceError(w.offending);
+  // Identity: the target's name; the stored UUID only for a failover; no runtime id.
+  delete dom.attrs.id;
+  dom.attrs.type = o.virtType ?? stored;
+  dom.children = dom.children.filter((c) => typeof c === 'string' || (c.name !== 'uuid' && c.name !== 'name'));
+  const head: XmlElement[] = [{ name: 'name', attrs: {}, children: [o.name] }];
+  if (o.identity === 'keep' && uuid) head.push({ name: 'uuid', attrs: {}, children: [uuid] });
+  dom.children = [...head, ...dom.children];
+  let out = serializeDomainTree(dom);
+  if (o.identity === 'new' && o.socketPorts) out = remapSocketLinkPorts(out, o.socketPorts);
+  const files = [...new Set(w.relocated.values())];
+  return { xml: out, removed: w.offending, files, ...(uuid ? { uuid } : {}) };
+}
+
+/** {@link buildRestoredDomain}'s XML. */
+export function restoredDomainXml(xml: string, o: RestoreXmlOptions): string {
+  return buildRestoredDomain(xml, o).xml;
 }

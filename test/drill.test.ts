@@ -26,6 +26,7 @@ describe('DR drills of a repository point on another hypervisor', () => {
   let fx: DrFixture;
   let connB: libvirt.Connection;
   const group = 'drill';
+  const shareGroup = 'drill-share';
   let snapshotId: string;
 
   const domainsOnB = async () => (await connB.listAllDomains()).map((d) => d.name).sort();
@@ -37,7 +38,9 @@ describe('DR drills of a repository point on another hypervisor', () => {
     );
 
   beforeAll(async () => {
-    fx = await startDrFixture({ workerArgsB: ['--allow-drill-checks'] });
+    // The guest boots its kernel directly: host B's worker allows that directory's read-only boot files.
+    const bootDir = (await ensureGuestImage()).dir;
+    fx = await startDrFixture({ workerArgsB: ['--allow-drill-checks', '--boot-files-dir', bootDir] });
     connB = await libvirt.open(fx.hosts.host(fx.hostB).uri);
     // Host A: one workload guest, snapshotted while it writes; the point stored; then the VM is gone.
     const a = fx.hosts.host(fx.hostA);
@@ -69,17 +72,20 @@ describe('DR drills of a repository point on another hypervisor', () => {
       const snap = await snapshotGroup(fx.client, { group, vms: [{ domain: name, host: fx.hostA }] });
       expect(snap.status).toBe('completed');
       snapshotId = snap.snapshotId;
+      const stored = {
+        domain: name,
+        host: fx.hostA,
+        domainXml: await dom.xml(libvirt.DomainXMLFlags.INACTIVE),
+        disks: snap.vms[0].disks.map((d) => ({ target: d.target, image: d.image })),
+      };
+      await storePoint(repo, { group, snapshotId, vms: [stored] });
+      // The same point in another group, its stored definition also sharing a host directory (injected, as any
+      // holder of the key could write it): a drill refuses it, or strips the share when asked.
+      const share = `<filesystem type='mount'><source dir='${fx.dir}'/><target dir='hostshare'/></filesystem>`;
       await storePoint(repo, {
-        group,
+        group: shareGroup,
         snapshotId,
-        vms: [
-          {
-            domain: name,
-            host: fx.hostA,
-            domainXml: await dom.xml(libvirt.DomainXMLFlags.INACTIVE),
-            disks: snap.vms[0].disks.map((d) => ({ target: d.target, image: d.image })),
-          },
-        ],
+        vms: [{ ...stored, domainXml: stored.domainXml.replace('</devices>', `${share}</devices>`) }],
       });
       await dom.destroy();
       await dom.undefine();
@@ -195,6 +201,34 @@ describe('DR drills of a repository point on another hypervisor', () => {
     } finally {
       await handle.delete();
     }
+  });
+
+  it('a stored host directory share: refused with exit 2 (nothing made); with --strip-host-devices the drill passes and lists it', async () => {
+    const domains = await domainsOnB();
+    const files = filesOnB();
+    const args = ['drill', shareGroup, '--repo', fx.url, '--to-host', fx.hostB, '--point', snapshotId];
+    const refused = await cli(...args);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/<filesystem type="mount".*host directory share/);
+    expect(await domainsOnB()).toEqual(domains);
+    expect(filesOnB()).toEqual(files);
+    const { code, stdout, stderr } = await cli(
+      ...args,
+      '--strip-host-devices',
+      '--serial-line',
+      'GROUPSNAP-RECOVERY .* ok=1',
+      '--timeout',
+      '240',
+      '--json',
+    );
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    const result = JSON.parse(stdout) as DrillResult;
+    expect(result.status).toBe('pass');
+    expect(result.restore!.vms[0].removed).toEqual([
+      expect.stringMatching(/<filesystem type="mount".*host directory share/),
+    ]);
+    expect(await domainsOnB()).toEqual(domains);
+    expect(filesOnB()).toEqual(files);
   });
 
   it('bad input exits 2: no --to-host, an unknown point', async () => {

@@ -54,6 +54,8 @@ describe('restore from the repository on another hypervisor', () => {
       (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
       (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
     );
+  /** A directory of the recovery host a stored definition shares into the VM. */
+  let hostShare: string;
   const removeFromB = async (names: string[]) => {
     for (const n of names) {
       const d = await connB.lookupByName(n).catch(() => undefined);
@@ -68,6 +70,8 @@ describe('restore from the repository on another hypervisor', () => {
     ({ hosts: fixture, client, dir, url, keyFile, hostA, hostB } = fx);
     const repo = await fx.repo();
     connB = await libvirt.open(fixture.host(hostB).uri);
+    hostShare = join(dir, 'host-share');
+    mkdirSync(hostShare, { recursive: true });
 
     // Host A: two VMs with data at known places, snapshotted as a group, the point stored in the repository.
     const fleet = await VmFleet.create({ prefix: 'gs-rr', count: 2, dir: fixture.host(hostA).imagesDir, start: false });
@@ -112,7 +116,18 @@ describe('restore from the repository on another hypervisor', () => {
           domainXml: v.domainXml.replace('</devices>', `${i === 0 ? udp(40201, 40202) : udp(40202, 40201)}</devices>`),
         })),
       });
-      // A second point whose second VM cannot be defined anywhere (its emulator does not exist): for all-or-none.
+      // A second point whose second VM cannot be defined anywhere (a machine type no QEMU has; the stored emulator is
+      // not honoured any more: a restored VM runs the target's default): for all-or-none.
+      // A point whose VMs' definitions (real ones, from host A's libvirt) also share a host directory and log their
+      // serial console: the share is injected into the stored definition, as any holder of the key could write it.
+      const share =
+        `<filesystem type='mount' accessmode='passthrough'><source dir='${hostShare}'/><target dir='hostshare'/></filesystem>` +
+        `<serial type='file'><source path='/var/log/${'gs-rr'}-console.log'/><target port='0'/></serial>`;
+      await storePoint(repo, {
+        group,
+        snapshotId: `${snapshotId}-share`,
+        vms: pointVms.map((v) => ({ ...v, domainXml: v.domainXml.replace('</devices>', `${share}</devices>`) })),
+      });
       await storePoint(repo, {
         group,
         snapshotId: `${snapshotId}-broken`,
@@ -120,7 +135,7 @@ describe('restore from the repository on another hypervisor', () => {
           i === 1
             ? {
                 ...v,
-                domainXml: v.domainXml.replace(/<emulator>[^<]*<\/emulator>/, '<emulator>/nonexistent/qemu</emulator>'),
+                domainXml: v.domainXml.replace(/machine='[^']*'/, "machine='nonexistent'"),
               }
             : v,
         ),
@@ -242,6 +257,57 @@ describe('restore from the repository on another hypervisor', () => {
     for (const l of [...c0, ...c1]) expect([40201, 40202]).not.toContain(l.port);
     expect(port(c0, 'connect')).toBe(port(c1, 'bind'));
     expect(port(c1, 'connect')).toBe(port(c0, 'bind'));
+    await removeFromB(result.vms.map((v) => v.domain));
+    for (const v of result.vms) for (const d of v.disks) await rm(d.file, { force: true });
+  });
+
+  it('a stored host directory share is refused before anything is written (CLI exit 2, BAD_INPUT), stripped when asked', async () => {
+    const sid = `${snapshotId}-share`;
+    const domains = await domainsOnB();
+    const files = filesOnB();
+    const refused = await cli('restore', group, sid, '--from-repo', url, '--key-file', keyFile, '--to-host', hostB);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/<filesystem type="mount".*source dir=".*host-share".*host directory share/);
+    expect(await domainsOnB()).toEqual(domains);
+    expect(filesOnB()).toEqual(files);
+    await expect(
+      restoreFromRepo(client, { group, snapshotId: sid, repo: url, toHost: hostB, suffix: '-sh' }, { keyFile }),
+    ).rejects.toThrow(BadInputError);
+    expect(await domainsOnB()).toEqual(domains);
+    expect(filesOnB()).toEqual(files);
+
+    const { code, stdout, stderr } = await cli(
+      'restore',
+      group,
+      sid,
+      '--from-repo',
+      url,
+      '--key-file',
+      keyFile,
+      '--to-host',
+      hostB,
+      '--suffix',
+      '-strip',
+      '--strip-host-devices',
+      '--json',
+    );
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    const result = JSON.parse(stdout) as RepoRestoreResult;
+    expect(result.status).toBe('restored');
+    const images = fixture.host(hostB).imagesDir;
+    for (const vm of result.vms) {
+      expect(vm.removed).toEqual([expect.stringMatching(/<filesystem type="mount".*host directory share/)]);
+      const dom = await connB.lookupByName(vm.domain);
+      expect((await dom.state()).state).toBe('running');
+      const live = await dom.xml();
+      expect(live).not.toContain('<filesystem');
+      expect(live).not.toContain(hostShare);
+      // Every host file the running VM names lies in host B's image directory (the serial log moved there).
+      const paths = [...live.matchAll(/\s(?:file|path|dir)='([^']*)'/g)].map((m) => m[1]);
+      expect(paths.length).toBeGreaterThan(0);
+      for (const p of paths) expect(p.startsWith(`${images}/`)).toBe(true);
+      expect(live).toContain(`${images}/${vm.domain}.gs-rr-console.log`);
+    }
     await removeFromB(result.vms.map((v) => v.domain));
     for (const v of result.vms) for (const d of v.disks) await rm(d.file, { force: true });
   });

@@ -59,6 +59,11 @@ export interface GroupsnapHostPluginOptions {
   repoKeyFile?: string;
   /** Run DR drills' check commands on this host (`sh -c`, as the worker's user). @default false */
   allowDrillChecks?: boolean;
+  /**
+   * More directories restored VMs may boot read-only files from (kernel, initrd, firmware), added to
+   * `DEFAULT_BOOT_FILE_DIRS` and `$GROUPSNAP_BOOT_FILE_DIRS` (docs/restore-policy.md).
+   */
+  bootFileDirs?: string[];
   log?: Log;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;
@@ -180,6 +185,7 @@ export class GroupsnapHostPlugin extends GroupsnapPlugin {
       hostId,
       imagesDir: this.hostOptions.imagesDir ?? defaultImagesDir(this.hostOptions.hypervisor.uri),
       ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
+      ...(this.hostOptions.bootFileDirs ? { bootFileDirs: this.hostOptions.bootFileDirs } : {}),
       log,
     });
     return {

@@ -19,6 +19,8 @@ export interface GroupsnapWorkerOptions {
   repoKeyFile?: string;
   /** Run DR drills' check commands on this host. @default false */
   allowDrillChecks?: boolean;
+  /** More directories restored VMs may boot read-only files from (added to the firmware directories). */
+  bootFileDirs?: string[];
   /** Also run the workflow worker on the shared queue. @default true */
   workflows?: boolean;
   /** A pre-built bundle (tests build one per suite); else the workflows are bundled at start. */
@@ -62,6 +64,7 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
       ...(options.imagesDir ? { imagesDir: options.imagesDir } : {}),
       ...(options.repoKeyFile ? { repoKeyFile: options.repoKeyFile } : {}),
       ...(options.allowDrillChecks ? { allowDrillChecks: true } : {}),
+      ...(options.bootFileDirs?.length ? { bootFileDirs: options.bootFileDirs } : {}),
       log,
       ...(options.metricMeter ? { metricMeter: options.metricMeter } : {}),
       ...(options.snapshotsInFlight !== undefined ? { snapshotsInFlight: options.snapshotsInFlight } : {}),

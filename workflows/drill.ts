@@ -85,6 +85,7 @@ export async function drillGroup(rawInput: DrillInput): Promise<DrillResult> {
             suffix: `-${drillId}`,
             noNetwork: true,
             restoreId: drillId,
+            ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
           },
         ],
         staticSummary: `drill ${drillId}: restore ${input.group} ${snapshotId} on ${input.toHost}`,

@@ -97,6 +97,10 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
     mode,
     suffix,
     format: input.format,
+    // The stored definitions are checked here, before any disk is written (refused: bad input, nothing made).
+    networkMap: input.networkMap,
+    noNetwork: input.noNetwork,
+    ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
   });
   upsertSearchAttributes([{ key: GroupsnapVmCount, value: plan.vms.length }]);
   if (plan.virtType) result.virtType = plan.virtType;
@@ -104,6 +108,7 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
     source: v.source,
     domain: v.domain,
     disks: v.disks.map((d) => ({ target: d.target, file: d.file, format: d.format, virtualSize: d.virtualSize })),
+    ...(v.removed?.length ? { removed: v.removed } : {}),
   }));
   const vmResult = (domain: string) => result.vms.find((v) => v.domain === domain)!;
   // What was (or may have been) made, by VM: compensation removes it, newest first.
@@ -145,6 +150,7 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
           ...(plan.virtType ? { virtType: plan.virtType } : {}),
           // Fresh socket-link ports chosen by the plan on the target, the same map for every VM (clones only).
           ...(plan.socketPorts && mode === 'clone' ? { socketPorts: plan.socketPorts } : {}),
+          ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
         },
       ]);
       made.find((m) => m.domain === v.domain)!.uuid = defined.uuid;

@@ -94,13 +94,18 @@ describe('socket-link interfaces of clones', () => {
       metadataNamespace: METADATA_NAMESPACE,
       socketPorts: map,
     };
-    const asClone = restoredDomainXml(vm('a', UDP_A + TCP_SERVER), { ...base, name: 'a-dr', identity: 'new' });
+    // A restored VM's socket links stay on loopback: a listener on another address of the recovery host is refused.
+    expect(() => restoredDomainXml(vm('a', TCP_SERVER), { ...base, name: 'a-dr', identity: 'new' })).toThrow(
+      /<interface type="server">.*socket link to a non-loopback address/,
+    );
+    const LOOPBACK_SERVER = TCP_SERVER.replace('169.254.7.1', '127.0.0.1');
+    const asClone = restoredDomainXml(vm('a', UDP_A + LOOPBACK_SERVER), { ...base, name: 'a-dr', identity: 'new' });
     expect(ports(asClone)).toEqual([
       'udp:connect:127.0.0.1:51002',
       'udp:bind:127.0.0.1:51001',
-      'server:bind:169.254.7.1:51010',
+      'server:bind:127.0.0.1:51010',
     ]);
-    const original = vm('a', UDP_A + TCP_SERVER);
+    const original = vm('a', UDP_A + LOOPBACK_SERVER);
     const asOriginal = restoredDomainXml(original, { ...base, name: 'a', identity: 'keep' });
     expect(ports(asOriginal)).toEqual(ports(original));
     // A drill drops every interface, socket links included: an isolated clone talks to nothing.

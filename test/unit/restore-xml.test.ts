@@ -1,8 +1,9 @@
-import { normalizeRepoRestoreInput, parseNetworkMapping } from '../common/repo-restore';
-import { normalizeDrillInput } from '../common/drill';
-import { METADATA_NAMESPACE } from '../common/names';
-import { BadInputError } from '../common/validation';
-import { restoredDomainXml } from '../hypervisor/restore-xml';
+import { normalizeRepoRestoreInput, parseNetworkMapping } from '../../common/repo-restore';
+import { normalizeDrillInput } from '../../common/drill';
+import { METADATA_NAMESPACE } from '../../common/names';
+import { BadInputError } from '../../common/validation';
+import { buildRestoredDomain, HostResourceError, restoredDomainXml } from '../../hypervisor/restore-xml';
+import { restoreCommand } from '../../cli/restore-command';
 
 const SOURCE = `<domain type='kvm'>
   <name>db-1</name>
@@ -29,9 +30,21 @@ const base = {
   imagesDir: '/var/lib/b/images',
   disks: [{ target: 'vda', file: '/var/lib/b/images/db-1-dr.vda.r1.raw', format: 'raw' as const }],
   metadataNamespace: METADATA_NAMESPACE,
+  // SOURCE's CD-ROM is a file of the old host: refused unless stripped (see the first case).
+  stripHostDevices: true,
 };
 
 describe('the domain XML of a VM restored on another host', () => {
+  it("refuses the old host's CD-ROM unless asked to strip it, then lists it as removed", () => {
+    expect(() =>
+      restoredDomainXml(SOURCE, { ...base, stripHostDevices: false, name: 'db-1-dr', identity: 'new' }),
+    ).toThrow(HostResourceError);
+    const r = buildRestoredDomain(SOURCE, { ...base, name: 'db-1-dr', identity: 'new' });
+    expect(r.removed).toEqual([
+      expect.stringMatching(/^devices\/<disk .*device="cdrom".*install\.iso.*not a restored file/),
+    ]);
+  });
+
   it('a clone: new name, no UUID or MACs, restored disk without backing chain, host paths moved, networks renamed', () => {
     const xml = restoredDomainXml(SOURCE, {
       ...base,
@@ -91,5 +104,23 @@ describe('restore and drill requests', () => {
     expect(() =>
       normalizeDrillInput({ group: 'g', repo: 'file:///r', toHost: 'b', serialLine: '(', check: 'true', timeoutMs: 5 }),
     ).toThrow(/one readiness check.*serial line pattern.*timeout/);
+  });
+});
+
+describe('--strip-host-devices', () => {
+  it('is checked like the other flags: a boolean, and only for a restore from the repository', () => {
+    const req = { group: 'g', snapshotId: 's', repo: 'file:///r', toHost: 'b' };
+    expect(normalizeRepoRestoreInput(req).stripHostDevices).toBe(false);
+    expect(normalizeRepoRestoreInput({ ...req, stripHostDevices: true }).stripHostDevices).toBe(true);
+    expect(() => normalizeRepoRestoreInput({ ...req, stripHostDevices: 'yes' as unknown as boolean })).toThrow(
+      /stripHostDevices must be true or false/,
+    );
+    expect(() =>
+      normalizeDrillInput({ group: 'g', repo: 'file:///r', toHost: 'b', stripHostDevices: 1 as unknown as boolean }),
+    ).toThrow(/stripHostDevices must be true or false/);
+    // A restore on the VMs' own host (snapshots, not the repository) has no stored definition to strip.
+    expect(() => restoreCommand('g', 's', { asClone: true, stripHostDevices: true })).toThrow(
+      /--strip-host-devices applies to a restore from the repository \(--from-repo\) only/,
+    );
   });
 });
