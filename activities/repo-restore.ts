@@ -1,7 +1,8 @@
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, relative, resolve, sep } from 'node:path';
 import { promisify } from 'node:util';
 import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
@@ -25,6 +26,7 @@ import type {
   RepoRestorePlanRequest,
 } from '../common/repo-restore';
 import type { VmPowerState } from '../common/types';
+import { diskTarget, domainName, isDomainName, safeName, uuid as uuidSchema } from '../common/host-requests';
 import { BAD_INPUT } from '../common/validation';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -33,6 +35,7 @@ import { heartbeat } from './heartbeat';
 import { socketLinkPorts } from '../hypervisor/socket-links';
 import { mergeSocketPortChoices } from '../common/socket-ports';
 import { chooseSocketPorts } from './socket-ports';
+import { PRIVATE_FILE_MODE, RestoreRecords } from './restore-records';
 
 const run = promisify(execFile);
 
@@ -44,6 +47,8 @@ export interface RepoRestoreDeps {
   hostId: string;
   /** Where restored disks go on this host. */
   imagesDir: string;
+  /** This host's state dir: the records of what each restore planned and wrote (see RestoreRecords). */
+  stateDir: string;
   /** The repository key file on this host. @default $GROUPSNAP_REPO_KEY_FILE */
   keyFile?: string;
   log?: (message: string, fields?: Record<string, unknown>) => void;
@@ -63,9 +68,46 @@ function kvmUsable(): boolean {
   }
 }
 
-/** A restored disk's file: `<imagesDir>/<domain>.<target>.<restoreId>.<format>`. */
+/**
+ * A restored disk's file: `<imagesDir>/<domain>.<target>.<restoreId>.<format>`, only ever a file directly in
+ * `imagesDir`.
+ * @throws BadInputError-like ApplicationFailure (BAD_INPUT) for a name that is not one, or a path that would leave it.
+ */
 export function restoredDiskPath(imagesDir: string, domain: string, target: string, restoreId: string, format: string) {
-  return join(imagesDir, `${domain}.${target}.${restoreId}.${format}`);
+  const problems: string[] = [];
+  if (!isDomainName(domain)) problems.push(`VM name ${JSON.stringify(domain)} is not valid`);
+  if (!diskTarget.safeParse(target).success) problems.push(`disk target ${JSON.stringify(target)} is not valid`);
+  const id = safeName('restore id').safeParse(restoreId);
+  if (!id.success) problems.push(id.error.issues[0].message);
+  if (format !== 'raw' && format !== 'qcow2') problems.push(`disk format ${JSON.stringify(format)} is not valid`);
+  if (problems.length) throw bad(problems.join('; '));
+  const file = join(imagesDir, `${domain}.${target}.${restoreId}.${format}`);
+  const rel = relative(resolve(imagesDir), resolve(file));
+  if (rel === '' || rel.startsWith('..') || rel.includes(sep))
+    throw bad(`restored disk ${JSON.stringify(file)} would not be a file of ${imagesDir}`);
+  return file;
+}
+
+/** Problems of a name read from a repository manifest (data, not trusted: it becomes part of file names here). */
+function manifestNameProblems(what: string, value: unknown, schema: { safeParse(v: unknown): { success: boolean } }) {
+  return schema.safeParse(value).success ? [] : [`the point's ${what} ${JSON.stringify(value)} is not valid`];
+}
+
+/** Makes `file` (empty) with mode 0600, or sets an existing one to it: data written into it stays private. */
+function privateFile(file: string): void {
+  writeFileSync(file, '', { mode: PRIVATE_FILE_MODE, flag: 'w' });
+  chmodSync(file, PRIVATE_FILE_MODE);
+}
+
+/** The stored domain XML's UUID (a restore as the original keeps it). */
+function storedUuid(xml: string): string | undefined {
+  return /<uuid>([^<]*)<\/uuid>/.exec(xml)?.[1]?.trim().toLowerCase();
+}
+
+/** `xml` with its `<uuid>` set to `uuid` (added after `<name>` when it has none). */
+function withUuid(xml: string, uuid: string): string {
+  if (/<uuid>[^<]*<\/uuid>/.test(xml)) return xml.replace(/<uuid>[^<]*<\/uuid>/, `<uuid>${uuid}</uuid>`);
+  return xml.replace(/(<name>[^<]*<\/name>)/, `$1<uuid>${uuid}</uuid>`);
 }
 
 /**
@@ -76,6 +118,7 @@ export function restoredDiskPath(imagesDir: string, domain: string, target: stri
 export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
   const { hypervisor, imagesDir } = deps;
   const log = deps.log ?? (() => {});
+  const records = new RestoreRecords(deps.stateDir);
 
   async function openRepo(url: string): Promise<Repository> {
     const keyFile = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];
@@ -109,6 +152,33 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
     return { names: new Set(all.map((d) => d.name)), uuids: new Set(all.map((d) => d.uuid.toLowerCase())) };
   }
 
+  /**
+   * The restore that planned `req.file` for this disk, after deriving the file again from the recorded names: a
+   * host writes no other file. @throws BAD_INPUT otherwise (nothing written).
+   */
+  function plannedRestoreOf(req: RebuildDiskRequest): string {
+    for (const rec of records.all()) {
+      for (const vm of rec.vms) {
+        if (vm.source !== req.domain) continue;
+        const disk = vm.disks.find((d) => d.target === req.target && d.file === req.file && d.format === req.format);
+        if (disk && restoredDiskPath(imagesDir, vm.domain, disk.target, rec.restoreId, disk.format) === req.file)
+          return rec.restoreId;
+      }
+    }
+    throw bad(`${req.file} is not a disk a restore planned on ${deps.hostId} for ${req.domain} ${req.target}`);
+  }
+
+  /** The UUID planned for `domain` by restore `restoreId` (the record's, which must agree with the request's). */
+  function plannedUuidOf(restoreId: string, domain: string, requested: string | undefined): string | undefined {
+    const recorded = records
+      .get(restoreId)
+      ?.vms.find((v) => v.domain === domain)
+      ?.uuid?.toLowerCase();
+    if (requested && recorded && requested.toLowerCase() !== recorded)
+      throw bad(`VM ${domain} of restore ${restoreId} was planned with UUID ${recorded}, not ${requested}`);
+    return recorded ?? requested?.toLowerCase();
+  }
+
   return {
     /** Reads the point and checks the target: names free, files absent, enough space. Changes nothing. */
     async repoRestorePlan(req: RepoRestorePlanRequest): Promise<RepoRestorePlan> {
@@ -123,6 +193,21 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           const vm = await repo.readManifestAt<VmManifest>(v.manifest);
           xmls.push(vm.domainXml);
           const domain = req.mode === 'clone' ? `${v.domain}${req.suffix}` : v.domain;
+          // Names read from the repository become file names here: checked like any request.
+          const nameProblems = [
+            ...manifestNameProblems('VM name', v.domain, domainName),
+            ...manifestNameProblems('restored VM name', domain, domainName),
+            ...manifestNameProblems('host id', v.host, safeName('host id')),
+            ...vm.disks.flatMap((d) => manifestNameProblems(`disk target of ${v.domain}`, d.target, diskTarget)),
+          ];
+          if (nameProblems.length) {
+            problems.push(...nameProblems);
+            continue;
+          }
+          const stored = storedUuid(vm.domainXml);
+          // The UUID the VM gets here, chosen now so that a retried define, and compensation, know it.
+          const uuid =
+            req.mode === 'original' && stored && uuidSchema.safeParse(stored).success ? stored : randomUUID();
           if (names.has(domain))
             problems.push(
               req.mode === 'clone'
@@ -130,9 +215,8 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
                 : `VM ${domain} already exists on ${deps.hostId}: a restore as the original refuses to replace it`,
             );
           if (req.mode === 'original') {
-            const uuid = /<uuid>([^<]*)<\/uuid>/.exec(vm.domainXml)?.[1]?.trim().toLowerCase();
-            if (uuid && uuids.has(uuid) && !names.has(domain))
-              problems.push(`a VM with the UUID of ${v.domain} (${uuid}) already exists on ${deps.hostId}`);
+            if (stored && uuids.has(stored) && !names.has(domain))
+              problems.push(`a VM with the UUID of ${v.domain} (${stored}) already exists on ${deps.hostId}`);
           }
           const disks = [];
           for (const d of vm.disks) {
@@ -146,7 +230,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
             bytesNeeded += dataBytes;
             disks.push({ target: d.target, file, format: req.format, virtualSize: d.virtualSize, dataBytes });
           }
-          vms.push({ source: v.domain, domain, sourceHost: v.host, disks });
+          vms.push({ source: v.domain, domain, sourceHost: v.host, uuid, disks });
         }
         mkdirSync(imagesDir, { recursive: true });
         const fs = await statfs(imagesDir);
@@ -158,6 +242,16 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
             `not enough space in ${imagesDir} on ${deps.hostId}: the point needs ${peak} bytes, ${bytesFree} are free`,
           );
         if (problems.length) throw bad(problems.join('; '));
+        // What this restore may write, and later remove, on this host.
+        records.plan(
+          req.restoreId,
+          vms.map((v) => ({
+            source: v.source,
+            domain: v.domain,
+            uuid: v.uuid!,
+            disks: v.disks.map((d) => ({ target: d.target, file: d.file, format: d.format })),
+          })),
+        );
         const storedType = /<domain\b[^>]*?\stype=(['"])(\w+)\1/.exec(
           (await repo.readManifestAt<VmManifest>(group.vms[0].manifest)).domainXml,
         )?.[2];
@@ -185,12 +279,15 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
      * (`qemu-img convert` skips zeros). Starts over when retried; heartbeats its progress.
      */
     async rebuildDisk(req: RebuildDiskRequest): Promise<RebuildDiskReport> {
+      const restoreId = plannedRestoreOf(req);
       return withRepo(req.repo, async (repo) => {
         const disk = await repo.readDiskManifest(req.group, req.snapshotId, req.domain, req.target);
         const raw = req.format === 'raw' ? req.file : `${req.file}.raw.part`;
         let bytesWritten = 0;
+        records.created(restoreId, req.file);
         try {
           rmSync(raw, { force: true });
+          privateFile(raw);
           await repo.writeDiskImage(disk, raw, {
             concurrency: 8,
             onProgress: (done, total) => heartbeat({ done, total }),
@@ -201,6 +298,8 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           );
           if (req.format === 'qcow2') {
             rmSync(req.file, { force: true });
+            // qemu-img keeps the mode of the file it converts into: made private first.
+            privateFile(req.file);
             const convert = run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, req.file]);
             const beat = setInterval(() => heartbeat({ converting: req.file }), 1000);
             try {
@@ -208,6 +307,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
             } finally {
               clearInterval(beat);
             }
+            chmodSync(req.file, PRIVATE_FILE_MODE);
           }
         } finally {
           if (raw !== req.file) rmSync(raw, { force: true });
@@ -238,9 +338,17 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           metadataNamespace: METADATA_NAMESPACE,
           ...(req.virtType ? { virtType: req.virtType } : {}),
         });
+        const planned = plannedUuidOf(req.restoreId, req.vm.domain, req.vm.uuid);
         const existing = (await hypervisor.listDomains()).find((d) => d.name === req.vm.domain);
-        if (existing) throw bad(`VM ${req.vm.domain} already exists on ${deps.hostId}`);
-        const defined = await hypervisor.defineDomain(xml);
+        if (existing) {
+          // A retry after a define whose completion was lost: the VM with the planned name and UUID is this one.
+          if (planned && existing.uuid.toLowerCase() === planned) {
+            log('restored VM already defined (retry)', { domain: existing.name, uuid: existing.uuid });
+            return { domain: existing.name, uuid: existing.uuid };
+          }
+          throw bad(`VM ${req.vm.domain} already exists on ${deps.hostId}`);
+        }
+        const defined = await hypervisor.defineDomain(planned ? withUuid(xml, planned) : xml);
         log('restored VM defined', { domain: defined.name, uuid: defined.uuid, restoreId: req.restoreId });
         return { domain: defined.name, uuid: defined.uuid };
       });
@@ -261,15 +369,30 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
 
     /** Compensation: power off and undefine the VM (only the one with the recorded UUID), then remove its files. */
     async removeRestoredVm(req: RemoveRestoredVmRequest): Promise<void> {
-      if (req.uuid) {
+      const own = records.all().filter((r) => r.vms.some((v) => v.domain === req.domain));
+      const ownFiles = new Set(
+        own.flatMap((r) => r.vms.filter((v) => v.domain === req.domain)).flatMap((v) => v.disks.map((d) => d.file)),
+      );
+      const foreign = req.files.filter((f) => !ownFiles.has(f));
+      if (foreign.length)
+        throw bad(
+          `files not made by a restore of ${req.domain} on ${deps.hostId} are not removed: ${foreign.join(', ')}`,
+        );
+      // The UUID defined, else the one planned: a define whose completion was lost still made that VM.
+      const uuids = new Set(
+        [req.uuid, ...own.flatMap((r) => r.vms.filter((v) => v.domain === req.domain).map((v) => v.uuid))]
+          .filter((u): u is string => !!u)
+          .map((u) => u.toLowerCase()),
+      );
+      if (uuids.size) {
         try {
           const d = await hypervisor.describe(req.domain);
-          if (d.uuid.toLowerCase() === req.uuid.toLowerCase()) {
+          if (uuids.has(d.uuid.toLowerCase())) {
             // Console logs and sockets the VM wrote in this host's image directory go with it.
-            const own = hostFilesOf(await hypervisor.domainXml(req.domain), imagesDir);
+            const consoles = hostFilesOf(await hypervisor.domainXml(req.domain), imagesDir);
             if (d.state !== 'shutoff') await hypervisor.destroy(req.domain);
             await hypervisor.undefine(req.domain);
-            for (const f of own) rmSync(f, { force: true });
+            for (const f of consoles) rmSync(f, { force: true });
           }
         } catch (err) {
           if (!(err instanceof DomainNotFoundError)) throw err;
