@@ -9,6 +9,7 @@
  * Host-only at run time: workflows import the inferred types, never this module's values.
  */
 import { z } from 'zod';
+import type { DiskExportStats, PointStats } from './backup-types';
 import { assertSafeName } from './validation';
 
 /** A name that becomes part of a file name (ids, labels, tags): {@link assertSafeName}'s rule. */
@@ -84,9 +85,14 @@ const networkName = z.string().regex(/^[A-Za-z0-9._:-]{1,64}$/, { message: 'a ne
 
 const diskSnapshot = z.object({ target: diskTarget, image: absolutePath, overlay: absolutePath });
 
+/** A record of figures passed through as data (statistics): an object, typed as `T`. */
+function record<T>() {
+  return z.custom<T>((v) => typeof v === 'object' && v !== null && !Array.isArray(v), { message: 'an object' });
+}
+
 // ---- snapshots (activities/host-activities.ts; types in common/host-types.ts) ----
 
-const hostPlannedVm = z.looseObject({
+const hostPlannedVm = z.object({
   domain: domainName,
   uuid,
   state: powerState,
@@ -154,7 +160,7 @@ export const vmStatesRequest = z.object({ domains: z.array(domainName) });
 
 export const noRequest = z.undefined();
 
-const tag = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:=-]{0,99}$/, { message: 'a tag' });
+const tag = safeName('tag');
 export const setTagsRequest = z.object({
   domain: domainName,
   add: z.array(tag).optional(),
@@ -174,7 +180,7 @@ export const cloneVmRequest = z.object({
   socketPorts: socketPorts.optional(),
 });
 export const chooseSocketPortsRequest = z.object({ domains: z.array(domainName), avoid: z.array(port).optional() });
-export const removeCloneRequest = z.object({ domain: domainName, clone: safeName('clone name') });
+export const removeCloneRequest = z.object({ domain: domainName, clone: domainName });
 export const inPlaceRequest = z.object({
   restoreId: safeName('restore id'),
   snapshotId: safeName('snapshot id'),
@@ -201,21 +207,30 @@ export const exportDiskRequest = z.object({
 export const writeVmManifestRequest = z.object({
   ...repoPoint,
   domain: domainName,
-  disks: z.array(z.looseObject({ target: diskTarget, manifest: z.string().min(1).max(1024) })),
+  disks: z.array(
+    z.object({
+      target: diskTarget,
+      manifest: z.string().min(1).max(1024),
+      virtualSize: z.number().int().nonnegative(),
+      sourceFormat: z.string().max(64),
+      sourceImage: z.string().max(4096),
+      stats: record<DiskExportStats>(),
+    }),
+  ),
 });
 export const writeGroupManifestRequest = z.object({
   ...repoPoint,
   label: z.string().max(200).optional(),
   snapshotCreatedAt: z.string().max(64),
   vms: z.array(
-    z.looseObject({
+    z.object({
       domain: domainName,
       host: safeName('host id'),
       manifest: z.string().min(1).max(1024),
-      disks: z.array(z.looseObject({ target: diskTarget, virtualSize: z.number().int().nonnegative() })),
+      disks: z.array(z.object({ target: diskTarget, virtualSize: z.number().int().nonnegative() })),
     }),
   ),
-  stats: z.looseObject({}),
+  stats: record<PointStats>(),
 });
 
 // ---- restores from the repository (activities/repo-restore.ts; types in common/repo-restore.ts) ----
