@@ -9,9 +9,12 @@ import { Repository } from '../backup/repository';
 import { createRepoRestoreActivities, restoredDiskPath } from '../activities/repo-restore';
 import type { RepoRestorePlanRequest } from '../common/repo-restore';
 import { BAD_INPUT } from '../common/validation';
+import { restoreFromRepo } from '../client/repo-restore';
+import type { Hypervisor } from '../hypervisor/hypervisor';
 import { FakeHost } from './helpers/fake-hosts';
 import { storePoint } from './helpers/repo-point';
-import { uniqueId } from './helpers/temporal';
+import { connectTestClient, uniqueId } from './helpers/temporal';
+import { startHosts, type RunningHosts } from './helpers/workers';
 
 /** A stored VM: one raw disk with data, a serial console file. */
 const domainXml = (name: string) => `<domain type='kvm'>
@@ -111,6 +114,84 @@ describe('restore from the repository: the host side (fake hypervisor)', () => {
   });
 
   afterEach(() => host.cleanup());
+
+  /**
+   * The fake, whose `defineDomain` defines the VM and then fails as a lost completion would (the worker dies before
+   * reporting it): `times` times, or, with `forever`, every later look at the host fails too (so define never
+   * completes and the restore is compensated).
+   */
+  const losingDefine = (inner: Hypervisor, opts: { forever?: boolean } = {}) => {
+    let defined = 0;
+    return new Proxy(inner, {
+      get(target, prop, receiver) {
+        if (prop === 'defineDomain')
+          return async (xml: string) => {
+            const r = await target.defineDomain(xml);
+            defined++;
+            if (defined === 1 || opts.forever) throw new Error('connection to the worker lost (injected)');
+            return r;
+          };
+        if (prop === 'listDomains' && opts.forever)
+          return async () => {
+            if (defined > 0) throw new Error('libvirt unreachable (injected)');
+            return target.listDomains();
+          };
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+  };
+
+  describe('through the workflow', () => {
+    let running: RunningHosts | undefined;
+    let temporal: Awaited<ReturnType<typeof connectTestClient>>;
+    const env = { ...process.env };
+
+    beforeAll(async () => {
+      temporal = await connectTestClient();
+    });
+    afterAll(async () => {
+      await temporal.close();
+    });
+    afterEach(async () => {
+      await running?.stop();
+      running = undefined;
+      process.env = { ...env };
+    });
+
+    /** An in-process worker for `host` over `hypervisor`, with the repository key and images dir of this test. */
+    const serve = async (hypervisor: Hypervisor) => {
+      process.env.GROUPSNAP_REPO_KEY_FILE = keyFile;
+      process.env.GROUPSNAP_IMAGES_DIR = imagesDir;
+      running = await startHosts([{ hostId: host.hostId, hypervisor }]);
+    };
+
+    it('a define whose completion was lost is retried to success: the retry finds its own VM', async () => {
+      await serve(losingDefine(host.hypervisor));
+      const result = await restoreFromRepo(
+        temporal.client,
+        { group, snapshotId, repo: url, toHost: host.hostId, format: 'raw', noNetwork: true, start: false },
+        { keyFile },
+      );
+      expect(result.status).toBe('restored');
+      const vm = result.vms[0];
+      expect(host.hypervisor.domains.get(vm.domain)?.uuid).toBe(vm.uuid);
+      expect(statSync(vm.disks[0].file).mode & 0o777).toBe(0o600);
+    });
+
+    it('compensation after a lost define completion removes the VM it made, by the planned UUID', async () => {
+      await serve(losingDefine(host.hypervisor, { forever: true }));
+      const result = await restoreFromRepo(
+        temporal.client,
+        { group, snapshotId, repo: url, toHost: host.hostId, format: 'raw', noNetwork: true, start: false },
+        { keyFile },
+      );
+      // Something was made (and rolled back): a failed restore, not bad input.
+      expect(result.status).toBe('failed');
+      expect([...host.hypervisor.domains.keys()]).toEqual([]);
+      for (const d of result.vms[0].disks) expect(existsSync(d.file)).toBe(false);
+    });
+  });
 
   const planReq = (restoreId: string, over: Partial<RepoRestorePlanRequest> = {}): RepoRestorePlanRequest => ({
     repo: url,
