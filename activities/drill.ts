@@ -58,7 +58,6 @@ export function checkEnvironment(domains: string[]): Record<string, string> {
 /** `text` made fit for history: printable ASCII only, its last {@link TAIL_LINES} lines, at most `max` bytes. */
 export function boundedTail(text: string, max = TAIL_BYTES): string {
   const lines = text
-    // eslint-disable-next-line no-control-regex
     .replace(/[^\x20-\x7e\n]/g, '?')
     .split('\n')
     .map((l) => l.trim())

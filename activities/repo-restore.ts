@@ -111,6 +111,57 @@ function withUuid(xml: string, uuid: string): string {
 }
 
 /**
+ * The restore that planned `req.file` for this disk, after deriving the file again from the recorded names: a
+ * host writes no other file. @throws BAD_INPUT otherwise (nothing written).
+ */
+function plannedRestoreOf(records: RestoreRecords, imagesDir: string, hostId: string, req: RebuildDiskRequest): string {
+  for (const rec of records.all()) {
+    for (const vm of rec.vms) {
+      if (vm.source !== req.domain) continue;
+      const disk = vm.disks.find((d) => d.target === req.target && d.file === req.file && d.format === req.format);
+      if (disk && restoredDiskPath(imagesDir, vm.domain, disk.target, rec.restoreId, disk.format) === req.file)
+        return rec.restoreId;
+    }
+  }
+  throw bad(`${req.file} is not a disk a restore planned on ${hostId} for ${req.domain} ${req.target}`);
+}
+
+/** The UUID planned for `domain` by restore `restoreId` (the record's, which must agree with the request's). */
+function plannedUuidOf(
+  records: RestoreRecords,
+  restoreId: string,
+  domain: string,
+  requested: string | undefined,
+): string | undefined {
+  const recorded = records
+    .get(restoreId)
+    ?.vms.find((v) => v.domain === domain)
+    ?.uuid?.toLowerCase();
+  if (requested && recorded && requested.toLowerCase() !== recorded)
+    throw bad(`VM ${domain} of restore ${restoreId} was planned with UUID ${recorded}, not ${requested}`);
+  return recorded ?? requested?.toLowerCase();
+}
+
+/** The files and UUIDs restores recorded for a VM named `domain` on this host. */
+function recordedVm(records: RestoreRecords, domain: string): { files: Set<string>; uuids: Set<string> } {
+  const vms = records.all().flatMap((r) => r.vms.filter((v) => v.domain === domain));
+  return {
+    files: new Set(vms.flatMap((v) => v.disks.map((d) => d.file))),
+    uuids: new Set(vms.map((v) => v.uuid.toLowerCase())),
+  };
+}
+
+/** What is wrong with the names a point's manifests give a VM (they become file names here), and its name here. */
+function vmNameProblems(v: { domain: string; host: string }, vm: VmManifest, domain: string): string[] {
+  return [
+    ...manifestNameProblems('VM name', v.domain, domainName),
+    ...manifestNameProblems('restored VM name', domain, domainName),
+    ...manifestNameProblems('host id', v.host, safeName('host id')),
+    ...vm.disks.flatMap((d) => manifestNameProblems(`disk target of ${v.domain}`, d.target, diskTarget)),
+  ];
+}
+
+/**
  * The target host's side of a restore from the repository: plan (read the point, check names, files and space;
  * changes nothing), rebuild one disk from its chunks (sparse), define a VM from the stored XML, and remove what a
  * failed restore made. The key file is read here, on the host: it never passes through Temporal.
@@ -152,33 +203,6 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
     return { names: new Set(all.map((d) => d.name)), uuids: new Set(all.map((d) => d.uuid.toLowerCase())) };
   }
 
-  /**
-   * The restore that planned `req.file` for this disk, after deriving the file again from the recorded names: a
-   * host writes no other file. @throws BAD_INPUT otherwise (nothing written).
-   */
-  function plannedRestoreOf(req: RebuildDiskRequest): string {
-    for (const rec of records.all()) {
-      for (const vm of rec.vms) {
-        if (vm.source !== req.domain) continue;
-        const disk = vm.disks.find((d) => d.target === req.target && d.file === req.file && d.format === req.format);
-        if (disk && restoredDiskPath(imagesDir, vm.domain, disk.target, rec.restoreId, disk.format) === req.file)
-          return rec.restoreId;
-      }
-    }
-    throw bad(`${req.file} is not a disk a restore planned on ${deps.hostId} for ${req.domain} ${req.target}`);
-  }
-
-  /** The UUID planned for `domain` by restore `restoreId` (the record's, which must agree with the request's). */
-  function plannedUuidOf(restoreId: string, domain: string, requested: string | undefined): string | undefined {
-    const recorded = records
-      .get(restoreId)
-      ?.vms.find((v) => v.domain === domain)
-      ?.uuid?.toLowerCase();
-    if (requested && recorded && requested.toLowerCase() !== recorded)
-      throw bad(`VM ${domain} of restore ${restoreId} was planned with UUID ${recorded}, not ${requested}`);
-    return recorded ?? requested?.toLowerCase();
-  }
-
   return {
     /** Reads the point and checks the target: names free, files absent, enough space. Changes nothing. */
     async repoRestorePlan(req: RepoRestorePlanRequest): Promise<RepoRestorePlan> {
@@ -194,12 +218,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           xmls.push(vm.domainXml);
           const domain = req.mode === 'clone' ? `${v.domain}${req.suffix}` : v.domain;
           // Names read from the repository become file names here: checked like any request.
-          const nameProblems = [
-            ...manifestNameProblems('VM name', v.domain, domainName),
-            ...manifestNameProblems('restored VM name', domain, domainName),
-            ...manifestNameProblems('host id', v.host, safeName('host id')),
-            ...vm.disks.flatMap((d) => manifestNameProblems(`disk target of ${v.domain}`, d.target, diskTarget)),
-          ];
+          const nameProblems = vmNameProblems(v, vm, domain);
           if (nameProblems.length) {
             problems.push(...nameProblems);
             continue;
@@ -279,7 +298,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
      * (`qemu-img convert` skips zeros). Starts over when retried; heartbeats its progress.
      */
     async rebuildDisk(req: RebuildDiskRequest): Promise<RebuildDiskReport> {
-      const restoreId = plannedRestoreOf(req);
+      const restoreId = plannedRestoreOf(records, imagesDir, deps.hostId, req);
       return withRepo(req.repo, async (repo) => {
         const disk = await repo.readDiskManifest(req.group, req.snapshotId, req.domain, req.target);
         const raw = req.format === 'raw' ? req.file : `${req.file}.raw.part`;
@@ -338,7 +357,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           metadataNamespace: METADATA_NAMESPACE,
           ...(req.virtType ? { virtType: req.virtType } : {}),
         });
-        const planned = plannedUuidOf(req.restoreId, req.vm.domain, req.vm.uuid);
+        const planned = plannedUuidOf(records, req.restoreId, req.vm.domain, req.vm.uuid);
         const existing = (await hypervisor.listDomains()).find((d) => d.name === req.vm.domain);
         if (existing) {
           // A retry after a define whose completion was lost: the VM with the planned name and UUID is this one.
@@ -369,21 +388,14 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
 
     /** Compensation: power off and undefine the VM (only the one with the recorded UUID), then remove its files. */
     async removeRestoredVm(req: RemoveRestoredVmRequest): Promise<void> {
-      const own = records.all().filter((r) => r.vms.some((v) => v.domain === req.domain));
-      const ownFiles = new Set(
-        own.flatMap((r) => r.vms.filter((v) => v.domain === req.domain)).flatMap((v) => v.disks.map((d) => d.file)),
-      );
-      const foreign = req.files.filter((f) => !ownFiles.has(f));
+      const { files, uuids } = recordedVm(records, req.domain);
+      const foreign = req.files.filter((f) => !files.has(f));
       if (foreign.length)
         throw bad(
           `files not made by a restore of ${req.domain} on ${deps.hostId} are not removed: ${foreign.join(', ')}`,
         );
       // The UUID defined, else the one planned: a define whose completion was lost still made that VM.
-      const uuids = new Set(
-        [req.uuid, ...own.flatMap((r) => r.vms.filter((v) => v.domain === req.domain).map((v) => v.uuid))]
-          .filter((u): u is string => !!u)
-          .map((u) => u.toLowerCase()),
-      );
+      if (req.uuid) uuids.add(req.uuid.toLowerCase());
       if (uuids.size) {
         try {
           const d = await hypervisor.describe(req.domain);

@@ -23,7 +23,6 @@ export function safeName(what: string) {
   });
 }
 
-// eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
 /** Whether `name` may be a libvirt domain name here: 1-200 characters, no '/', no control characters, not `.`/`..`. */
