@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { lstatSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { userInfo } from 'node:os';
 import { dirname, resolve } from 'node:path';
@@ -9,6 +9,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
 import { DRILL_RECORD, Repository } from '../backup/repository';
 import type { DrillRecord, ReadyVerdict, WaitReadyRequest } from '../common/drill';
+import { safeName } from '../common/host-requests';
 import { BAD_INPUT } from '../common/validation';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { REPO_KEY_FILE_ENV } from './repo-restore';
@@ -142,6 +143,13 @@ export function createDrillActivities(deps: DrillDeps) {
         const points = await repo.listPoints({ group: req.group });
         const latest = points.at(-1);
         if (!latest) throw ApplicationFailure.nonRetryable(`group ${req.group} has no point in ${req.repo}`, BAD_INPUT);
+        // Read from the repository, not trusted: it names the restore's point (and its files) next.
+        const id = safeName('snapshot id').safeParse(latest.snapshotId);
+        if (!id.success)
+          throw ApplicationFailure.nonRetryable(
+            `the repository's newest point of ${req.group}: ${id.error.issues[0].message}`,
+            BAD_INPUT,
+          );
         return latest.snapshotId;
       } finally {
         repo.close();
@@ -221,6 +229,8 @@ export function createDrillActivities(deps: DrillDeps) {
 
 function safeRead(file: string): string {
   try {
+    // A console log libvirt wrote, not a link planted to another file.
+    if (!lstatSync(file).isFile()) return '';
     return readFileSync(file, 'latin1').slice(-65536);
   } catch {
     return '';

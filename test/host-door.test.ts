@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CHECK_PATH, createDrillActivities, TAIL_BYTES } from '../activities/drill';
@@ -129,6 +129,21 @@ describe('drill readiness on the host (fake hypervisor)', () => {
       timeoutMs: 1000,
     });
     expect(v).toEqual({ ready: false, reason: 'not ready after 1000 ms: serial line /READY/ seen on 0/1 VMs' });
+  });
+
+  it('reads no link planted in the images dir to a file elsewhere', async () => {
+    const outside = join(host.dir, 'elsewhere.log');
+    writeFileSync(outside, 'READY\n');
+    const link = join(imagesDir, 'c1.console.log');
+    symlinkSync(outside, link);
+    await restored('c1', link);
+    const v = await drills().waitReady({
+      domains: ['c1'],
+      readiness: 'serial-line',
+      serialLine: 'READY',
+      timeoutMs: 1000,
+    });
+    expect(v.ready).toBe(false);
   });
 
   it('watches only VMs a restore made on this host', async () => {
