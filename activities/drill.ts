@@ -1,16 +1,20 @@
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { lstatSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
+import { userInfo } from 'node:os';
+import { dirname, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
 import { DRILL_RECORD, Repository } from '../backup/repository';
-import type { DrillRecord, WaitReadyRequest } from '../common/drill';
+import type { DrillRecord, ReadyVerdict, WaitReadyRequest } from '../common/drill';
+import { safeName } from '../common/host-requests';
 import { BAD_INPUT } from '../common/validation';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { REPO_KEY_FILE_ENV } from './repo-restore';
 import { heartbeat } from './heartbeat';
+import { RestoreRecords } from './restore-records';
 
 const run = promisify(execFile);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -21,6 +25,47 @@ export interface DrillDeps {
   keyFile?: string;
   /** Whether this host runs drill check commands (`--allow-drill-checks`). @default false */
   allowChecks?: boolean;
+  /** Where restored VMs' files are: the only serial outputs a readiness wait reads. Needed by `waitReady`. */
+  imagesDir?: string;
+  /** This host's state dir, with the records of the restores made here. Needed by `waitReady`. */
+  stateDir?: string;
+}
+
+/** PATH of a drill's check command: fixed, not the worker's. */
+export const CHECK_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** Most lines, and bytes, of a check's output kept in a verdict (and so in workflow history). */
+export const TAIL_LINES = 5;
+export const TAIL_BYTES = 512;
+
+/**
+ * The environment of a drill's check command: a fixed PATH, the clones' names, and who and where the user is (so
+ * e.g. `virsh` finds the user's libvirt); nothing else of the worker's (no key file path, no S3 credentials).
+ */
+export function checkEnvironment(domains: string[]): Record<string, string> {
+  const user = userInfo();
+  const env: Record<string, string> = {
+    PATH: CHECK_PATH,
+    HOME: user.homedir,
+    USER: user.username,
+    LOGNAME: user.username,
+    LANG: 'C.UTF-8',
+    GROUPSNAP_DRILL_VMS: domains.join(' '),
+  };
+  const runtimeDir = process.env.XDG_RUNTIME_DIR;
+  if (runtimeDir && /^\/[\w./-]*$/.test(runtimeDir)) env.XDG_RUNTIME_DIR = runtimeDir;
+  return env;
+}
+
+/** `text` made fit for history: printable ASCII only, its last {@link TAIL_LINES} lines, at most `max` bytes. */
+export function boundedTail(text: string, max = TAIL_BYTES): string {
+  const lines = text
+    .replace(/[^\x20-\x7e\n]/g, '?')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .slice(-TAIL_LINES)
+    .join(' | ');
+  return lines.length > max ? `...${lines.slice(-(max - 3))}` : lines;
 }
 
 function cancelled(): boolean {
@@ -49,8 +94,41 @@ function readSocket(path: string, into: { text: string }, stop: Promise<void>): 
   void stop.then(() => s.destroy());
 }
 
+/** A verdict whose reason is bounded and printable (it goes to workflow history). */
+function verdict(ready: boolean, reason: string): ReadyVerdict {
+  return { ready, reason: boundedTail(reason, 1024) };
+}
+
 /** The drill's steps on the target host: find the latest point, wait for readiness, record the outcome. */
 export function createDrillActivities(deps: DrillDeps) {
+  /**
+   * The serial outputs of each VM in `req` (files and sockets directly in the images dir); every VM must be one a
+   * restore made on this host. @throws BAD_INPUT naming the others
+   */
+  async function restoredConsoles(req: WaitReadyRequest) {
+    if (!deps.stateDir || !deps.imagesDir)
+      throw new Error(`host ${deps.hostId}: waitReady needs the host's state and images dirs`);
+    const imagesDir = resolve(deps.imagesDir);
+    const records = new RestoreRecords(deps.stateDir);
+    const foreign = req.domains.filter((d) => !records.vmNamed(d));
+    if (foreign.length)
+      throw ApplicationFailure.nonRetryable(
+        `not VMs a restore made on ${deps.hostId}: ${foreign.map((d) => JSON.stringify(d)).join(', ')}`,
+        BAD_INPUT,
+      );
+    const consoles = new Map<string, { text: string; files: string[]; sockets: string[] }>();
+    for (const d of req.domains) {
+      const outs = req.readiness === 'serial-line' ? serialOutputs(await deps.hypervisor.domainXml(d)) : [];
+      const inside = (p: string) => dirname(resolve(p)) === imagesDir;
+      consoles.set(d, {
+        text: '',
+        files: outs.flatMap((o) => (o.file && inside(o.file) ? [o.file] : [])),
+        sockets: outs.flatMap((o) => (o.socket && inside(o.socket) ? [o.socket] : [])),
+      });
+    }
+    return consoles;
+  }
+
   const openRepo = async (url: string) => {
     const keyFile = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];
     if (!keyFile)
@@ -65,6 +143,13 @@ export function createDrillActivities(deps: DrillDeps) {
         const points = await repo.listPoints({ group: req.group });
         const latest = points.at(-1);
         if (!latest) throw ApplicationFailure.nonRetryable(`group ${req.group} has no point in ${req.repo}`, BAD_INPUT);
+        // Read from the repository, not trusted: it names the restore's point (and its files) next.
+        const id = safeName('snapshot id').safeParse(latest.snapshotId);
+        if (!id.success)
+          throw ApplicationFailure.nonRetryable(
+            `the repository's newest point of ${req.group}: ${id.error.issues[0].message}`,
+            BAD_INPUT,
+          );
         return latest.snapshotId;
       } finally {
         repo.close();
@@ -73,26 +158,21 @@ export function createDrillActivities(deps: DrillDeps) {
 
     /**
      * Waits until the clones are ready: all running (and still running after 2 s), a line matching on every VM's
-     * serial console, or a check command exiting 0. Returns what it saw; throws on timeout, with the evidence.
+     * serial console, or a check command exiting 0. Returns a verdict with a short reason, never what a console or
+     * command printed beyond a bounded, sanitised tail; `ready: false` once the timeout passed. Only VMs a restore
+     * made on this host are watched, and only their serial outputs inside the images dir are read.
      */
-    async waitReady(req: WaitReadyRequest): Promise<{ evidence: string[] }> {
+    async waitReady(req: WaitReadyRequest): Promise<ReadyVerdict> {
       const deadline = Date.now() + req.timeoutMs;
       if (req.readiness === 'command' && !deps.allowChecks)
         throw ApplicationFailure.nonRetryable(
           `host ${deps.hostId} does not run drill check commands: start its worker with --allow-drill-checks`,
           BAD_INPUT,
         );
+      const consoles = await restoredConsoles(req);
       let stopReading!: () => void;
       const stop = new Promise<void>((r) => (stopReading = r));
-      const consoles = new Map<string, { text: string; files: string[] }>();
-      if (req.readiness === 'serial-line') {
-        for (const d of req.domains) {
-          const outs = serialOutputs(await deps.hypervisor.domainXml(d));
-          const c = { text: '', files: outs.flatMap((o) => (o.file ? [o.file] : [])) };
-          for (const o of outs) if (o.socket) readSocket(o.socket, c, stop);
-          consoles.set(d, c);
-        }
-      }
+      for (const c of consoles.values()) for (const sock of c.sockets) readSocket(sock, c, stop);
       const pattern = req.serialLine !== undefined ? new RegExp(req.serialLine) : undefined;
       let last = '';
       try {
@@ -103,31 +183,28 @@ export function createDrillActivities(deps: DrillDeps) {
           const down = req.domains.filter((_, k) => states[k] !== 'running');
           if (down.length) last = `not running: ${down.join(', ')}`;
           else if (req.readiness === 'running') {
-            if (i > 0) return { evidence: req.domains.map((d) => `${d}: running`) };
+            if (i > 0) return verdict(true, `${req.domains.length} VMs running`);
           } else if (req.readiness === 'serial-line') {
-            const seen: string[] = [];
-            for (const d of req.domains) {
+            const seen = req.domains.filter((d) => {
               const c = consoles.get(d)!;
               const text = c.text + c.files.map((f) => safeRead(f)).join('\n');
-              const line = text.split(/\r?\n/).find((l) => pattern!.test(l));
-              if (line !== undefined) seen.push(`${d}: ${line.trim()}`);
-            }
-            if (seen.length === req.domains.length) return { evidence: seen };
+              return text.split(/\r?\n/).some((l) => pattern!.test(l));
+            });
             last = `serial line /${req.serialLine}/ seen on ${seen.length}/${req.domains.length} VMs`;
+            if (seen.length === req.domains.length) return verdict(true, last);
           } else {
             try {
               const r = await run('sh', ['-c', req.check!], {
                 timeout: Math.max(1000, Math.min(60_000, deadline - Date.now())),
-                env: { ...process.env, GROUPSNAP_DRILL_VMS: req.domains.join(' ') },
+                env: checkEnvironment(req.domains),
               });
-              return { evidence: [`check exited 0`, ...lastLines(r.stdout)] };
+              return verdict(true, `check exited 0: ${boundedTail(r.stdout)}`);
             } catch (err) {
               const e = err as { code?: number; stdout?: string; stderr?: string };
-              last = `check exited ${e.code ?? '?'}: ${lastLines(`${e.stdout ?? ''}${e.stderr ?? ''}`).join(' | ')}`;
+              last = `check exited ${e.code ?? '?'}: ${boundedTail(`${e.stdout ?? ''}${e.stderr ?? ''}`)}`;
             }
           }
-          if (Date.now() > deadline)
-            throw ApplicationFailure.nonRetryable(`not ready after ${req.timeoutMs} ms: ${last}`, 'DrillNotReady');
+          if (Date.now() > deadline) return verdict(false, `not ready after ${req.timeoutMs} ms: ${last}`);
           await sleep(req.readiness === 'command' ? 2000 : 500);
         }
       } finally {
@@ -152,14 +229,12 @@ export function createDrillActivities(deps: DrillDeps) {
 
 function safeRead(file: string): string {
   try {
+    // A console log libvirt wrote, not a link planted to another file.
+    if (!lstatSync(file).isFile()) return '';
     return readFileSync(file, 'latin1').slice(-65536);
   } catch {
     return '';
   }
-}
-
-function lastLines(text: string): string[] {
-  return text.trim().split('\n').filter(Boolean).slice(-5);
 }
 
 export type DrillActivities = ReturnType<typeof createDrillActivities>;

@@ -1,7 +1,8 @@
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, relative, resolve, sep } from 'node:path';
 import { promisify } from 'node:util';
 import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
@@ -25,6 +26,7 @@ import type {
   RepoRestorePlanRequest,
 } from '../common/repo-restore';
 import type { VmPowerState } from '../common/types';
+import { diskTarget, domainName, isDomainName, safeName, uuid as uuidSchema } from '../common/host-requests';
 import { BAD_INPUT } from '../common/validation';
 import { parseDomainTree } from '../hypervisor/domain-tree';
 import { DomainNotFoundError } from '../hypervisor/errors';
@@ -41,6 +43,7 @@ import { heartbeat } from './heartbeat';
 import { socketLinkPorts } from '../hypervisor/socket-links';
 import { mergeSocketPortChoices } from '../common/socket-ports';
 import { chooseSocketPorts } from './socket-ports';
+import { PRIVATE_FILE_MODE, RestoreRecords } from './restore-records';
 
 const run = promisify(execFile);
 
@@ -55,6 +58,8 @@ export interface RepoRestoreDeps {
   hostId: string;
   /** Where restored disks go on this host. */
   imagesDir: string;
+  /** This host's state dir: the records of what each restore planned and wrote (see RestoreRecords). */
+  stateDir: string;
   /** The repository key file on this host. @default $GROUPSNAP_REPO_KEY_FILE */
   keyFile?: string;
   /** More directories restored VMs may boot read-only files from (added to the firmware dirs and $GROUPSNAP_BOOT_FILE_DIRS). */
@@ -76,9 +81,91 @@ function kvmUsable(): boolean {
   }
 }
 
-/** A restored disk's file: `<imagesDir>/<domain>.<target>.<restoreId>.<format>`. */
+/**
+ * A restored disk's file: `<imagesDir>/<domain>.<target>.<restoreId>.<format>`, only ever a file directly in
+ * `imagesDir`.
+ * @throws BadInputError-like ApplicationFailure (BAD_INPUT) for a name that is not one, or a path that would leave it.
+ */
 export function restoredDiskPath(imagesDir: string, domain: string, target: string, restoreId: string, format: string) {
-  return join(imagesDir, `${domain}.${target}.${restoreId}.${format}`);
+  const problems: string[] = [];
+  if (!isDomainName(domain)) problems.push(`VM name ${JSON.stringify(domain)} is not valid`);
+  if (!diskTarget.safeParse(target).success) problems.push(`disk target ${JSON.stringify(target)} is not valid`);
+  const id = safeName('restore id').safeParse(restoreId);
+  if (!id.success) problems.push(id.error.issues[0].message);
+  if (format !== 'raw' && format !== 'qcow2') problems.push(`disk format ${JSON.stringify(format)} is not valid`);
+  if (problems.length) throw bad(problems.join('; '));
+  const file = join(imagesDir, `${domain}.${target}.${restoreId}.${format}`);
+  const rel = relative(resolve(imagesDir), resolve(file));
+  if (rel === '' || rel.startsWith('..') || rel.includes(sep))
+    throw bad(`restored disk ${JSON.stringify(file)} would not be a file of ${imagesDir}`);
+  return file;
+}
+
+/** Problems of a name read from a repository manifest (data, not trusted: it becomes part of file names here). */
+function manifestNameProblems(what: string, value: unknown, schema: { safeParse(v: unknown): { success: boolean } }) {
+  return schema.safeParse(value).success ? [] : [`the point's ${what} ${JSON.stringify(value)} is not valid`];
+}
+
+/** Makes `file` (empty) with mode 0600, or sets an existing one to it: data written into it stays private. */
+function privateFile(file: string): void {
+  writeFileSync(file, '', { mode: PRIVATE_FILE_MODE, flag: 'w' });
+  chmodSync(file, PRIVATE_FILE_MODE);
+}
+
+/** The stored domain XML's UUID (a restore as the original keeps it). */
+function storedUuid(xml: string): string | undefined {
+  return /<uuid>([^<]*)<\/uuid>/.exec(xml)?.[1]?.trim().toLowerCase();
+}
+
+/**
+ * The restore that planned `req.file` for this disk, after deriving the file again from the recorded names: a
+ * host writes no other file. @throws BAD_INPUT otherwise (nothing written).
+ */
+function plannedRestoreOf(records: RestoreRecords, imagesDir: string, hostId: string, req: RebuildDiskRequest): string {
+  for (const rec of records.all()) {
+    for (const vm of rec.vms) {
+      if (vm.source !== req.domain) continue;
+      const disk = vm.disks.find((d) => d.target === req.target && d.file === req.file && d.format === req.format);
+      if (disk && restoredDiskPath(imagesDir, vm.domain, disk.target, rec.restoreId, disk.format) === req.file)
+        return rec.restoreId;
+    }
+  }
+  throw bad(`${req.file} is not a disk a restore planned on ${hostId} for ${req.domain} ${req.target}`);
+}
+
+/** The UUID planned for `domain` by restore `restoreId` (the record's, which must agree with the request's). */
+function plannedUuidOf(
+  records: RestoreRecords,
+  restoreId: string,
+  domain: string,
+  requested: string | undefined,
+): string | undefined {
+  const recorded = records
+    .get(restoreId)
+    ?.vms.find((v) => v.domain === domain)
+    ?.uuid?.toLowerCase();
+  if (requested && recorded && requested.toLowerCase() !== recorded)
+    throw bad(`VM ${domain} of restore ${restoreId} was planned with UUID ${recorded}, not ${requested}`);
+  return recorded ?? requested?.toLowerCase();
+}
+
+/** The files and UUIDs restores recorded for a VM named `domain` on this host. */
+function recordedVm(records: RestoreRecords, domain: string): { files: Set<string>; uuids: Set<string> } {
+  const vms = records.all().flatMap((r) => r.vms.filter((v) => v.domain === domain));
+  return {
+    files: new Set(vms.flatMap((v) => v.disks.map((d) => d.file))),
+    uuids: new Set(vms.map((v) => v.uuid.toLowerCase())),
+  };
+}
+
+/** What is wrong with the names a point's manifests give a VM (they become file names here), and its name here. */
+function vmNameProblems(v: { domain: string; host: string }, vm: VmManifest, domain: string): string[] {
+  return [
+    ...manifestNameProblems('VM name', v.domain, domainName),
+    ...manifestNameProblems('restored VM name', domain, domainName),
+    ...manifestNameProblems('host id', v.host, safeName('host id')),
+    ...vm.disks.flatMap((d) => manifestNameProblems(`disk target of ${v.domain}`, d.target, diskTarget)),
+  ];
 }
 
 type DefinitionOptions = Omit<RestoreXmlOptions, 'imagesDir' | 'metadataNamespace' | 'bootFileDirs'>;
@@ -113,6 +200,8 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
 
   const restoredDefinition = (domainXml: string, o: DefinitionOptions) =>
     definitionFor(domainXml, o, imagesDir, bootFileDirs);
+
+  const records = new RestoreRecords(deps.stateDir);
 
   async function openRepo(url: string): Promise<Repository> {
     const keyFile = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];
@@ -161,12 +250,26 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
         for (const v of group.vms) {
           const vm = await repo.readManifestAt<VmManifest>(v.manifest);
           const domain = req.mode === 'clone' ? `${v.domain}${req.suffix}` : v.domain;
+          // Names read from the repository become file names here: checked like any request.
+          const nameProblems = vmNameProblems(v, vm, domain);
+          if (nameProblems.length) {
+            problems.push(...nameProblems);
+            continue;
+          }
+          const stored = storedUuid(vm.domainXml);
+          // The UUID the VM gets here, chosen now so that a retried define, and compensation, know it.
+          const uuid =
+            req.mode === 'original' && stored && uuidSchema.safeParse(stored).success ? stored : randomUUID();
           if (names.has(domain))
             problems.push(
               req.mode === 'clone'
                 ? `VM ${domain} already exists on ${deps.hostId} (choose another suffix)`
                 : `VM ${domain} already exists on ${deps.hostId}: a restore as the original refuses to replace it`,
             );
+          if (req.mode === 'original') {
+            if (stored && uuids.has(stored) && !names.has(domain))
+              problems.push(`a VM with the UUID of ${v.domain} (${stored}) already exists on ${deps.hostId}`);
+          }
           const disks = [];
           for (const d of vm.disks) {
             const disk = await repo.readManifestAt<DiskManifest>(d.manifest);
@@ -207,13 +310,11 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
             planned.add(f);
           }
           storedTypes.push(parseDomainTree(vm.domainXml).attrs.type);
-          const uuid = def.uuid?.toLowerCase();
-          if (req.mode === 'original' && uuid && uuids.has(uuid) && !names.has(domain))
-            problems.push(`a VM with the UUID of ${v.domain} (${uuid}) already exists on ${deps.hostId}`);
           vms.push({
             source: v.domain,
             domain,
             sourceHost: v.host,
+            uuid,
             disks,
             ...(def.removed.length ? { removed: def.removed } : {}),
           });
@@ -228,6 +329,16 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
             `not enough space in ${imagesDir} on ${deps.hostId}: the point needs ${peak} bytes, ${bytesFree} are free`,
           );
         if (problems.length) throw bad(problems.join('; '));
+        // What this restore may write, and later remove, on this host.
+        records.plan(
+          req.restoreId,
+          vms.map((v) => ({
+            source: v.source,
+            domain: v.domain,
+            uuid: v.uuid!,
+            disks: v.disks.map((d) => ({ target: d.target, file: d.file, format: d.format })),
+          })),
+        );
         const storedType = storedTypes[0];
         const virtType = storedType === 'kvm' && !kvmUsable() ? 'qemu' : undefined;
         // Clones' socket links get fresh ports free on this host (every VM of the restore lands here), one map for
@@ -253,12 +364,15 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
      * (`qemu-img convert` skips zeros). Starts over when retried; heartbeats its progress.
      */
     async rebuildDisk(req: RebuildDiskRequest): Promise<RebuildDiskReport> {
+      const restoreId = plannedRestoreOf(records, imagesDir, deps.hostId, req);
       return withRepo(req.repo, async (repo) => {
         const disk = await repo.readDiskManifest(req.group, req.snapshotId, req.domain, req.target);
         const raw = req.format === 'raw' ? req.file : `${req.file}.raw.part`;
         let bytesWritten = 0;
+        records.created(restoreId, req.file);
         try {
           rmSync(raw, { force: true });
+          privateFile(raw);
           await repo.writeDiskImage(disk, raw, {
             concurrency: 8,
             onProgress: (done, total) => heartbeat({ done, total }),
@@ -269,6 +383,8 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           );
           if (req.format === 'qcow2') {
             rmSync(req.file, { force: true });
+            // qemu-img keeps the mode of the file it converts into: made private first.
+            privateFile(req.file);
             const convert = run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, req.file]);
             const beat = setInterval(() => heartbeat({ converting: req.file }), 1000);
             try {
@@ -276,6 +392,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
             } finally {
               clearInterval(beat);
             }
+            chmodSync(req.file, PRIVATE_FILE_MODE);
           }
         } finally {
           if (raw !== req.file) rmSync(raw, { force: true });
@@ -294,7 +411,9 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
     async defineRestoredVm(req: DefineRestoredVmRequest): Promise<{ domain: string; uuid: string }> {
       return withRepo(req.repo, async (repo) => {
         const vm = await repo.readVmManifest(req.group, req.snapshotId, req.vm.source);
+        const planned = plannedUuidOf(records, req.restoreId, req.vm.domain, req.vm.uuid);
         const { xml } = restoredDefinition(vm.domainXml, {
+          ...(planned ? { assignUuid: planned } : {}),
           sourceName: req.vm.source,
           name: req.vm.domain,
           identity: req.mode === 'original' ? 'keep' : 'new',
@@ -306,7 +425,14 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           stripHostDevices: req.stripHostDevices ?? false,
         });
         const existing = (await hypervisor.listDomains()).find((d) => d.name === req.vm.domain);
-        if (existing) throw bad(`VM ${req.vm.domain} already exists on ${deps.hostId}`);
+        if (existing) {
+          // A retry after a define whose completion was lost: the VM with the planned name and UUID is this one.
+          if (planned && existing.uuid.toLowerCase() === planned) {
+            log('restored VM already defined (retry)', { domain: existing.name, uuid: existing.uuid });
+            return { domain: existing.name, uuid: existing.uuid };
+          }
+          throw bad(`VM ${req.vm.domain} already exists on ${deps.hostId}`);
+        }
         const defined = await hypervisor.defineDomain(xml);
         log('restored VM defined', { domain: defined.name, uuid: defined.uuid, restoreId: req.restoreId });
         return { domain: defined.name, uuid: defined.uuid };
@@ -328,15 +454,23 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
 
     /** Compensation: power off and undefine the VM (only the one with the recorded UUID), then remove its files. */
     async removeRestoredVm(req: RemoveRestoredVmRequest): Promise<void> {
-      if (req.uuid) {
+      const { files, uuids } = recordedVm(records, req.domain);
+      const foreign = req.files.filter((f) => !files.has(f));
+      if (foreign.length)
+        throw bad(
+          `files not made by a restore of ${req.domain} on ${deps.hostId} are not removed: ${foreign.join(', ')}`,
+        );
+      // The UUID defined, else the one planned: a define whose completion was lost still made that VM.
+      if (req.uuid) uuids.add(req.uuid.toLowerCase());
+      if (uuids.size) {
         try {
           const d = await hypervisor.describe(req.domain);
-          if (d.uuid.toLowerCase() === req.uuid.toLowerCase()) {
+          if (uuids.has(d.uuid.toLowerCase())) {
             // Console logs and sockets the VM wrote in this host's image directory go with it.
-            const own = hostFilesOf(await hypervisor.domainXml(req.domain), imagesDir);
+            const consoles = hostFilesOf(await hypervisor.domainXml(req.domain), imagesDir);
             if (d.state !== 'shutoff') await hypervisor.destroy(req.domain);
             await hypervisor.undefine(req.domain);
-            for (const f of own) rmSync(f, { force: true });
+            for (const f of consoles) rmSync(f, { force: true });
           }
         } catch (err) {
           if (!(err instanceof DomainNotFoundError)) throw err;

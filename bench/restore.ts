@@ -10,7 +10,7 @@
  * Writes bench/results/restore-<date>.json and the "Restore from the repository" section of BENCHMARKS.md.
  */
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, open as openFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -18,7 +18,8 @@ import { promisify } from 'node:util';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import * as libvirt from '@groupsnap/libvirt';
 import { Client, Connection } from '@temporalio/client';
-import { createRepoRestoreActivities } from '../activities/repo-restore';
+import { createRepoRestoreActivities, restoredDiskPath } from '../activities/repo-restore';
+import { RestoreRecords } from '../activities/restore-records';
 import { exportDisk } from '../backup/export-disk';
 import { ImageReader } from '../backup/image-reader';
 import { Repository } from '../backup/repository';
@@ -192,20 +193,35 @@ async function main(): Promise<void> {
       hypervisor: {} as Hypervisor,
       hostId: hostB,
       imagesDir: b.imagesDir,
+      stateDir: join(dir, 'state'),
       keyFile,
     });
     const target = (what: string, round: number) => join(b.imagesDir, `bench-restore-${what}-${round}`);
+    // rebuildDisk writes only files a restore planned on the host: each timed rebuild is planned as its own restore.
+    const records = new RestoreRecords(join(dir, 'state'));
+    const planned = (what: string, round: number, format: 'raw' | 'qcow2') => {
+      const restoreId = `bench-${what}-${round}`;
+      const file = restoredDiskPath(b.imagesDir, 'bench', names.target, restoreId, format);
+      const disks = [{ target: names.target, file, format }];
+      records.plan(restoreId, [{ source: names.domain, domain: 'bench', uuid: randomUUID(), disks }]);
+      return file;
+    };
     const kinds: { what: string; once: (round: number) => Promise<void> }[] = [
       {
         what: 'groupsnap restore, raw (rebuildDisk activity: 8 chunks in flight, sparse writes, fsync)',
         once: async (round) => {
-          await activities.rebuildDisk({ repo: url, ...names, file: target('gs-raw', round), format: 'raw' });
+          await activities.rebuildDisk({ repo: url, ...names, file: planned('gs-raw', round, 'raw'), format: 'raw' });
         },
       },
       {
         what: 'groupsnap restore, qcow2 (the default format: raw as above, then qemu-img convert)',
         once: async (round) => {
-          await activities.rebuildDisk({ repo: url, ...names, file: target('gs-qcow2', round), format: 'qcow2' });
+          await activities.rebuildDisk({
+            repo: url,
+            ...names,
+            file: planned('gs-qcow2', round, 'qcow2'),
+            format: 'qcow2',
+          });
         },
       },
       {
@@ -261,7 +277,7 @@ async function main(): Promise<void> {
         repo.close();
       }
       for (const format of ['raw', 'qcow2'] as const) {
-        const file = target(`warm-${format}`, 0);
+        const file = planned(`warm-${format}`, 0, format);
         await activities.rebuildDisk({ repo: url, ...names, snapshotId: 'warm', file, format });
         await rm(file, { force: true });
       }
@@ -280,8 +296,12 @@ async function main(): Promise<void> {
         rows[i].seconds.push(t.seconds);
         console.error(`  ${t.seconds.toFixed(2)} s, ${(dataBytes / MiB / t.seconds).toFixed(1)} MiB/s`);
       }
-      for (const w of ['gs-raw', 'gs-qcow2', 'plain', 'restic'])
-        await rm(target(w, round), { recursive: true, force: true });
+      for (const w of ['plain', 'restic']) await rm(target(w, round), { recursive: true, force: true });
+      for (const [w, f] of [
+        ['gs-raw', 'raw'],
+        ['gs-qcow2', 'qcow2'],
+      ] as const)
+        await rm(restoredDiskPath(b.imagesDir, 'bench', names.target, `bench-${w}-${round}`, f), { force: true });
     }
 
     // ---- RTO: a group of VMs snapshotted and exported on host A, restored on host B after A is gone ----

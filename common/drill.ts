@@ -1,4 +1,6 @@
 /** DR drills: restore a group point from the repository as isolated clones, boot, check, record, tear down. Pure. */
+import type { z } from 'zod';
+import type * as schemas from './host-requests';
 import type { RepoRestoreResult } from './repo-restore';
 import { assertSafeName, BadInputError } from './validation';
 
@@ -51,12 +53,12 @@ export interface DrillResult extends DrillRecord {
   recordError?: string;
 }
 
-export interface WaitReadyRequest {
-  domains: string[];
-  readiness: DrillReadiness;
-  serialLine?: string;
-  check?: string;
-  timeoutMs: number;
+export type WaitReadyRequest = z.infer<typeof schemas.waitReadyRequest>;
+
+/** What a readiness wait reports: a verdict and a short, sanitised reason (never a console's or command's output). */
+export interface ReadyVerdict {
+  ready: boolean;
+  reason: string;
 }
 
 /** Checks a drill request. @throws BadInputError */

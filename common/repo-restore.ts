@@ -3,6 +3,8 @@
  * client, CLI and the target host's activities. Pure (used by workflows). The repository key never appears here:
  * the target host's worker reads it from its own key file.
  */
+import type { z } from 'zod';
+import type * as schemas from './host-requests';
 import type { VmPowerState } from './types';
 import { assertSafeName, BadInputError } from './validation';
 
@@ -100,41 +102,17 @@ export function parseNetworkMapping(value: string): [string, string] {
 }
 
 /** Request of the target host's planning step (reads the point, checks the host; changes nothing). */
-export interface RepoRestorePlanRequest {
-  repo: string;
-  group: string;
-  snapshotId: string;
-  restoreId: string;
-  mode: RepoRestoreMode;
-  suffix: string;
-  format: RestoredDiskFormat;
-  /** The definitions are built (and checked) in the plan with the options the VMs are defined with. */
-  networkMap?: Record<string, string>;
-  noNetwork?: boolean;
-  stripHostDevices?: boolean;
-}
+export type RepoRestorePlanRequest = z.infer<typeof schemas.repoRestorePlanRequest>;
 
-export interface PlannedDisk {
-  target: string;
-  /** Where the disk is rebuilt on the target host. */
-  file: string;
-  format: RestoredDiskFormat;
-  virtualSize: number;
-  /** Bytes of stored (non-zero) chunks: what gets written. */
-  dataBytes: number;
-}
+/** A disk of a planned VM: where it is rebuilt on the target host, its size and the bytes of stored data. */
+export type PlannedDisk = z.infer<typeof schemas.plannedDisk>;
 
-export interface PlannedVm {
-  /** The VM's name in the point. */
-  source: string;
-  /** Its name on the target. */
-  domain: string;
-  /** Host it was exported from. */
-  sourceHost: string;
-  disks: PlannedDisk[];
-  /** What `stripHostDevices` removes from its stored definition (each element named). */
-  removed?: string[];
-}
+/**
+ * A VM of the plan: its name in the point (`source`) and on the target (`domain`), the host it was exported from,
+ * the UUID it gets on the target (chosen by the plan: a fresh one for clones, the stored one as the original) and
+ * its disks.
+ */
+export type PlannedVm = z.infer<typeof schemas.plannedRestoredVm>;
 
 export interface RepoRestorePlan {
   vms: PlannedVm[];
@@ -152,15 +130,7 @@ export interface RepoRestorePlan {
   socketPorts?: Record<string, number>;
 }
 
-export interface RebuildDiskRequest {
-  repo: string;
-  group: string;
-  snapshotId: string;
-  domain: string;
-  target: string;
-  file: string;
-  format: RestoredDiskFormat;
-}
+export type RebuildDiskRequest = z.infer<typeof schemas.rebuildDiskRequest>;
 
 export interface RebuildDiskReport {
   file: string;
@@ -169,28 +139,13 @@ export interface RebuildDiskReport {
   virtualSize: number;
 }
 
-export interface DefineRestoredVmRequest {
-  repo: string;
-  group: string;
-  snapshotId: string;
-  restoreId: string;
-  vm: PlannedVm;
-  mode: RepoRestoreMode;
-  networkMap: Record<string, string>;
-  noNetwork: boolean;
-  virtType?: 'kvm' | 'qemu';
-  /** The plan's fresh socket-link ports (clones only). */
-  socketPorts?: Record<string, number>;
-  stripHostDevices?: boolean;
-}
+export type DefineRestoredVmRequest = z.infer<typeof schemas.defineRestoredVmRequest>;
 
-/** Compensation of a restored VM: stop it, undefine it (only when its UUID is the one defined), remove its files. */
-export interface RemoveRestoredVmRequest {
-  domain: string;
-  /** UUID returned when it was defined; undefined: only the files are removed. */
-  uuid?: string;
-  files: string[];
-}
+/**
+ * Compensation of a restored VM: stop it, undefine it (only when its UUID is the one planned or defined), remove its
+ * files (only those the host recorded for the restore).
+ */
+export type RemoveRestoredVmRequest = z.infer<typeof schemas.removeRestoredVmRequest>;
 
 export interface RepoRestoreVmResult {
   source: string;

@@ -30,6 +30,8 @@ export interface RestoreXmlOptions {
   name: string;
   /** `keep`: same UUID and MAC addresses (failover); `new`: libvirt generates new ones (clone). */
   identity: 'keep' | 'new';
+  /** The UUID the VM is defined with (chosen by the restore's plan, so a retried define finds its own VM). */
+  assignUuid?: string;
   /** Each restored disk's new file and format, by target. */
   disks: { target: string; file: string; format: 'raw' | 'qcow2' }[];
   /** Target host's image directory: every other file the VM writes (serial logs, sockets, NVRAM) goes there. */
@@ -370,7 +372,10 @@ export function buildRestoredDomain(xml: string, o: RestoreXmlOptions): Restored
   dom.attrs.type = o.virtType ?? stored;
   dom.children = dom.children.filter((c) => typeof c === 'string' || (c.name !== 'uuid' && c.name !== 'name'));
   const head: XmlElement[] = [{ name: 'name', attrs: {}, children: [o.name] }];
-  if (o.identity === 'keep' && uuid) head.push({ name: 'uuid', attrs: {}, children: [uuid] });
+  if (o.assignUuid !== undefined && !UUID.test(o.assignUuid))
+    throw new DomainXmlError(`UUID ${JSON.stringify(o.assignUuid)} is not a UUID`);
+  const given = o.assignUuid ?? (o.identity === 'keep' ? uuid : undefined);
+  if (given) head.push({ name: 'uuid', attrs: {}, children: [given] });
   dom.children = [...head, ...dom.children];
   let out = serializeDomainTree(dom);
   if (o.identity === 'new' && o.socketPorts) out = remapSocketLinkPorts(out, o.socketPorts);

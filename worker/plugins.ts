@@ -34,10 +34,12 @@ import { createDrillActivities } from '../activities/drill';
 import { createRepoRestoreActivities } from '../activities/repo-restore';
 import { defaultImagesDir } from '../common/images-dir';
 import { HOST_REGISTRY_WORKFLOW_ID } from '../common/groups';
+import { HOST_ACTIVITY_SCHEMAS } from '../common/host-requests';
 import { hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { groupsnapNexusServiceHandler } from './nexus-handlers';
 import { ensureSearchAttributes } from './search-attributes';
+import { guardActivities } from './activity-door';
 
 type Log = (message: string, fields?: Record<string, unknown>) => void;
 
@@ -146,6 +148,47 @@ abstract class GroupsnapPlugin implements WorkerPlugin, BundlerPlugin {
 }
 
 /**
+ * Every activity a host serves, unguarded (the plugin wraps them in their schemas), and the host whose freezes
+ * `recover()` finishes. Exported for the test that every one of them has a request schema.
+ */
+export function hostActivities(options: GroupsnapHostPluginOptions) {
+  const { hypervisor, hostId, stateDir, log = () => {} } = options;
+  const keyFile = options.repoKeyFile ? { keyFile: options.repoKeyFile } : {};
+  const imagesDir = options.imagesDir ?? defaultImagesDir(hypervisor.uri);
+  const host = createHost({
+    hypervisor,
+    hostId,
+    stateDir,
+    log,
+    metrics: options.metricMeter ?? Runtime.instance().metricMeter,
+    ...(options.snapshotsInFlight !== undefined ? { snapshotsInFlight: options.snapshotsInFlight } : {}),
+  });
+  const activities = {
+    ...host.activities,
+    ...createRepoRestoreActivities({
+      hypervisor,
+      hostId,
+      imagesDir,
+      stateDir,
+      ...keyFile,
+      ...(options.bootFileDirs ? { bootFileDirs: options.bootFileDirs } : {}),
+      log,
+    }),
+    ...createDrillActivities({
+      hypervisor,
+      hostId,
+      imagesDir,
+      stateDir,
+      ...keyFile,
+      allowChecks: options.allowDrillChecks ?? false,
+    }),
+    // Off-host exports (activities/export-activities.ts); the key file is read when an export runs.
+    ...createExportActivities({ hypervisor, hostId, stateDir, log, ...keyFile }),
+  };
+  return { host, activities };
+}
+
+/**
  * groupsnap on one hypervisor host: its activities over `hypervisor`, on the host's task queue. When the worker is
  * created, the host registers itself in the namespace's host registry and finishes the freezes a crashed
  * predecessor left open (resuming VMs it left paused), before the worker polls for anything. One worker per plugin.
@@ -166,49 +209,15 @@ export class GroupsnapHostPlugin extends GroupsnapPlugin {
     await withConnection(options, (connection) =>
       registerHost(new Client({ connection, namespace: options.namespace ?? 'default' }), hostId),
     );
-    const host = createHost({
-      hypervisor: this.hostOptions.hypervisor,
-      hostId,
-      stateDir: this.hostOptions.stateDir,
-      log,
-      metrics: this.hostOptions.metricMeter ?? Runtime.instance().metricMeter,
-      ...(this.hostOptions.snapshotsInFlight !== undefined
-        ? { snapshotsInFlight: this.hostOptions.snapshotsInFlight }
-        : {}),
-    });
+    const { host, activities } = hostActivities(this.hostOptions);
     const recovered = await host.recover();
     for (const r of recovered)
       log('resumed a VM left paused by an interrupted freeze', { domain: r.domain, snapshotId: r.snapshotId });
     this.host = host;
-    const repoRestore = createRepoRestoreActivities({
-      hypervisor: this.hostOptions.hypervisor,
-      hostId,
-      imagesDir: this.hostOptions.imagesDir ?? defaultImagesDir(this.hostOptions.hypervisor.uri),
-      ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
-      ...(this.hostOptions.bootFileDirs ? { bootFileDirs: this.hostOptions.bootFileDirs } : {}),
-      log,
-    });
     return {
       ...configured,
-      activities: {
-        ...configured.activities,
-        ...host.activities,
-        ...repoRestore,
-        ...createDrillActivities({
-          hypervisor: this.hostOptions.hypervisor,
-          hostId,
-          ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
-          allowChecks: this.hostOptions.allowDrillChecks ?? false,
-        }),
-        // Off-host exports (activities/export-activities.ts); the key file is read when an export runs.
-        ...createExportActivities({
-          hypervisor: this.hostOptions.hypervisor,
-          hostId,
-          stateDir: this.hostOptions.stateDir,
-          log,
-          ...(this.hostOptions.repoKeyFile ? { keyFile: this.hostOptions.repoKeyFile } : {}),
-        }),
-      },
+      // The one door: each activity's request is parsed by its schema before it runs (worker/activity-door.ts).
+      activities: { ...configured.activities, ...guardActivities(activities, HOST_ACTIVITY_SCHEMAS) },
       maxConcurrentActivityTaskExecutions:
         configured.maxConcurrentActivityTaskExecutions ?? HOST_MAX_CONCURRENT_ACTIVITIES,
     };

@@ -106,9 +106,12 @@ export async function drillGroup(rawInput: DrillInput): Promise<DrillResult> {
       ...(input.check !== undefined ? { check: input.check } : {}),
       timeoutMs: input.timeoutMs,
     });
+    // A verdict ({ ready, reason }); runs recorded before verdicts returned { evidence } on success.
+    const verdict = ready as Partial<{ ready: boolean; reason: string; evidence: string[] }>;
+    if (verdict.ready === false) throw ApplicationFailure.nonRetryable(verdict.reason ?? 'not ready', 'DrillNotReady');
     result.readyMs = Date.now() - started - result.restoreMs;
     result.rtoMs = Date.now() - started;
-    result.evidence = ready.evidence;
+    result.evidence = verdict.evidence ?? [verdict.reason ?? 'ready'];
     result.status = 'pass';
   } catch (err) {
     result.error = errorMessage(err);

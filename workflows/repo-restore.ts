@@ -113,11 +113,16 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
   const vmResult = (domain: string) => result.vms.find((v) => v.domain === domain)!;
   // What was (or may have been) made, by VM: compensation removes it, newest first.
   const made: { domain: string; uuid?: string; files: string[] }[] = [];
+  // Whether a step on the target completed (a disk written, a VM defined): a failure is then no longer "bad input,
+  // nothing changed" (CLI exit 2), even when rolled back.
+  let changed = false;
   try {
     let done = 0;
     const total = plan.vms.reduce((n, v) => n + v.disks.length, 0);
     setCurrentDetails(`rebuilding ${total} disks (${plan.bytesNeeded} bytes of data) on ${toHost}`);
-    for (const v of plan.vms) made.push({ domain: v.domain, files: v.disks.map((d) => d.file) });
+    // The plan's UUID (plans since UUIDs are planned): compensation removes the VM even if define's completion is lost.
+    for (const v of plan.vms)
+      made.push({ domain: v.domain, ...(v.uuid ? { uuid: v.uuid } : {}), files: v.disks.map((d) => d.file) });
     await Promise.all(
       plan.vms.flatMap((v) =>
         v.disks.map(async (d) => {
@@ -126,6 +131,7 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
               { summary: `rebuild ${v.domain} ${d.target} from the repository` },
               [{ repo, group, snapshotId, domain: v.source, target: d.target, file: d.file, format: d.format }],
             );
+            changed = true;
             vmResult(v.domain).disks.find((x) => x.target === d.target)!.bytesWritten = r.bytesWritten;
             result.bytesWritten += r.bytesWritten;
             setCurrentDetails(`rebuilt ${++done}/${total} disks on ${toHost}`);
@@ -153,6 +159,7 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
           ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
         },
       ]);
+      changed = true;
       made.find((m) => m.domain === v.domain)!.uuid = defined.uuid;
       vmResult(v.domain).uuid = defined.uuid;
     }
@@ -203,7 +210,7 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
     for (const v of result.vms) delete v.state;
     throw ApplicationFailure.create({
       message: `restore of ${group} ${snapshotId} on ${toHost} failed and was rolled back: ${result.error}`,
-      type: rootType(err) === BAD_INPUT ? BAD_INPUT : RESTORE_FAILED,
+      type: rootType(err) === BAD_INPUT && !changed ? BAD_INPUT : RESTORE_FAILED,
       nonRetryable: true,
       details: [result],
     });
