@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
+import { RepositoryLock } from '../backup/locks';
 import { DRILL_RECORD, Repository } from '../backup/repository';
 import type { DrillRecord, WaitReadyRequest } from '../common/drill';
 import { BAD_INPUT } from '../common/validation';
@@ -62,7 +63,10 @@ export function createDrillActivities(deps: DrillDeps) {
     async repoLatestPoint(req: { repo: string; group: string }): Promise<string> {
       const repo = await openRepo(req.repo);
       try {
-        const points = await repo.listPoints({ group: req.group });
+        // Damaged points are left out: the latest readable point is the one drilled.
+        const points = await RepositoryLock.hold(repo, 'read', () => repo.listPoints({ group: req.group }), {
+          owner: deps.hostId,
+        });
         const latest = points.at(-1);
         if (!latest) throw ApplicationFailure.nonRetryable(`group ${req.group} has no point in ${req.repo}`, BAD_INPUT);
         return latest.snapshotId;
@@ -139,9 +143,15 @@ export function createDrillActivities(deps: DrillDeps) {
     async recordDrill(req: { repo: string; record: DrillRecord }): Promise<void> {
       const repo = await openRepo(req.repo);
       try {
-        await repo.writeSealedJson(
-          `${repo.pointPrefix(req.record.group, req.record.snapshotId)}${DRILL_RECORD}`,
-          req.record,
+        await RepositoryLock.hold(
+          repo,
+          'read',
+          () =>
+            repo.writeSealedJson(
+              `${repo.pointPrefix(req.record.group, req.record.snapshotId)}${DRILL_RECORD}`,
+              req.record,
+            ),
+          { owner: deps.hostId },
         );
       } finally {
         repo.close();

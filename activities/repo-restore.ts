@@ -13,6 +13,7 @@ import {
   WrongKeyError,
 } from '../backup/errors';
 import type { DiskManifest, VmManifest } from '../backup/manifest';
+import { RepositoryLock } from '../backup/locks';
 import { Repository } from '../backup/repository';
 import { METADATA_NAMESPACE } from '../common/names';
 import type {
@@ -90,10 +91,11 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
     }
   }
 
+  /** Runs `fn` on the repository under a shared lock, so a prune does not delete the point while it is read. */
   async function withRepo<T>(url: string, fn: (repo: Repository) => Promise<T>): Promise<T> {
     const repo = await openRepo(url);
     try {
-      return await fn(repo);
+      return await RepositoryLock.hold(repo, 'read', () => fn(repo), { owner: deps.hostId });
     } catch (err) {
       if (err instanceof PointNotFoundError) throw bad(err.message);
       if (err instanceof DamagedObjectError)
