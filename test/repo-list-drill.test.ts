@@ -32,7 +32,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'gs-repo-list-drill-'));
   url = pathToFileURL(join(dir, 'repo')).href;
   keyFile = join(dir, 'key');
-  writeFileSync(keyFile, key.toString('base64') + '\n');
+  writeFileSync(keyFile, key.toString('base64') + '\n', { mode: 0o600 });
   const repo = await Repository.init(url, key, { chunkSize: 64 * 1024 });
   try {
     await writeTestPoint(repo, 'shop', 'gs-1', '2026-12-01T10:00:00.000Z', [randomBytes(64 * 1024), null]);

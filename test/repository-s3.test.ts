@@ -4,12 +4,15 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import {
   BucketNotFoundError,
   DamagedObjectError,
+  PERMANENT_REPOSITORY_ERRORS,
   RepositoryExistsError,
   RepositoryInputError,
   StoreAccessDeniedError,
@@ -286,13 +289,25 @@ test('an oversize object is refused from its Content-Length without downloading 
 
 test('a store that is down is a transient (retryable) error, a foreign endpoint in the URL is bad input', async () => {
   const saved = process.env.AWS_ENDPOINT_URL_S3;
-  process.env.AWS_ENDPOINT_URL_S3 = 'http://127.0.0.1:1';
-  try {
-    await expect(Repository.open('s3://gs-test/x', key, { s3: { maxAttempts: 1 } })).rejects.toBeInstanceOf(
-      TransientStoreError,
+  // A gateway answering 503 Slow Down, and one not listening at all.
+  const busy = createServer((_req, res) => {
+    res.writeHead(503, { 'content-type': 'application/xml' });
+    res.end(
+      '<?xml version="1.0"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>',
     );
+  });
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  try {
+    for (const endpoint of [`http://127.0.0.1:${(busy.address() as AddressInfo).port}`, 'http://127.0.0.1:1']) {
+      process.env.AWS_ENDPOINT_URL_S3 = endpoint;
+      const err = await Repository.open('s3://gs-test/x', key, { s3: { maxAttempts: 1 } }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TransientStoreError);
+      // Not among the errors an activity treats as permanent (or the CLI as bad input).
+      expect(PERMANENT_REPOSITORY_ERRORS as readonly string[]).not.toContain((err as Error).name);
+    }
   } finally {
     process.env.AWS_ENDPOINT_URL_S3 = saved;
+    busy.close();
   }
   await expect(Repository.open(`s3://gs-test/x?endpoint=http://127.0.0.1:1`, key)).rejects.toThrow(
     /not this host's S3 endpoint/,
