@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createDrillActivities } from '../activities/drill';
+import { RepositoryBusyError, RepositoryLock } from '../backup/locks';
 import { Repository } from '../backup/repository';
 import type { DrillRecord } from '../common/drill';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -107,4 +108,32 @@ test('repo list shows each point its last drill: result, when, where, time to re
   });
   const failedText = (await cli(['repo', 'list', url, '--key-file', keyFile])).stdout;
   expect(failedText).toContain('last drill FAILED 2026-12-01T13:00:00.000Z on hv-b');
+});
+
+test('drill --point latest skips a damaged point; a junk drill record only hides that record; a prune blocks the drill', async () => {
+  const drills = createDrillActivities({ hypervisor: {} as Hypervisor, hostId: 'hv-b', keyFile });
+  const durl = pathToFileURL(join(dir, 'damaged')).href;
+  const repo = await Repository.init(durl, key, { chunkSize: 64 * 1024 });
+  await writeTestPoint(repo, 'shop', 'gs-1', '2026-12-01T10:00:00.000Z', [randomBytes(64 * 1024)]);
+  await writeTestPoint(repo, 'shop', 'gs-2', '2026-12-01T11:00:00.000Z', [randomBytes(64 * 1024)]);
+  expect(await drills.repoLatestPoint({ repo: durl, group: 'shop' })).toBe('gs-2');
+  // One byte of junk over the latest point's group manifest: the drill takes the newest readable point.
+  await repo.store.put(repo.groupManifestKey('shop', 'gs-2'), Buffer.from('x'));
+  expect(await drills.repoLatestPoint({ repo: durl, group: 'shop' })).toBe('gs-1');
+  await drills.recordDrill({ repo: durl, record: record({}) });
+  await repo.store.put(`${repo.pointPrefix('shop', 'gs-1')}drill`, randomBytes(100));
+  const listed = JSON.parse((await cli(['repo', 'list', durl, '--key-file', keyFile, '--json'])).stdout) as {
+    snapshotId: string;
+    lastDrill: unknown;
+    damaged?: unknown;
+  }[];
+  expect(listed.map((p) => [p.snapshotId, p.lastDrill ?? null, Boolean(p.damaged)])).toEqual([
+    ['gs-1', null, false],
+    ['gs-2', null, true],
+  ]);
+  // A prune in progress holds the drill's reads off (retryable), rather than deleting the point under it.
+  const prune = await RepositoryLock.acquire(repo, 'prune', 'nightly-prune');
+  await expect(drills.repoLatestPoint({ repo: durl, group: 'shop' })).rejects.toBeInstanceOf(RepositoryBusyError);
+  await prune.release();
+  repo.close();
 });
