@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
+import { PERMANENT_REPOSITORY_ERRORS, RepositoryError } from '../backup/errors';
 import { RepositoryLock } from '../backup/locks';
 import { DRILL_RECORD, Repository } from '../backup/repository';
 import type { DrillRecord, WaitReadyRequest } from '../common/drill';
@@ -56,7 +57,14 @@ export function createDrillActivities(deps: DrillDeps) {
     const keyFile = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];
     if (!keyFile)
       throw ApplicationFailure.nonRetryable(`host ${deps.hostId} has no repository key (--key-file)`, BAD_INPUT);
-    return Repository.open(url, readKeyFile(keyFile));
+    try {
+      return await Repository.open(url, readKeyFile(keyFile));
+    } catch (err) {
+      // Bad input (key file, URL or endpoint, wrong key, no repository) is not retried; a store that is down is.
+      if (err instanceof RepositoryError && (PERMANENT_REPOSITORY_ERRORS as readonly string[]).includes(err.name))
+        throw ApplicationFailure.nonRetryable(`on host ${deps.hostId}: ${err.message}`, BAD_INPUT);
+      throw err;
+    }
   };
   return {
     /** The newest point of `group` in the repository. */

@@ -286,7 +286,7 @@ describe('exports of group snapshots to S3 on real VMs', () => {
     };
     const before = await objects();
     const wrong = join(tmp, 'wrong.key');
-    await writeFile(wrong, randomBytes(32));
+    await writeFile(wrong, randomBytes(32), { mode: 0o600 });
     process.env[REPO_KEY_FILE_ENV] = wrong;
     try {
       const err = await exportGroupSnapshot(client, { group, snapshotId: s.snapshotId, repository }).catch((e) => e);

@@ -4,7 +4,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -12,6 +12,7 @@ import { createDrillActivities } from '../activities/drill';
 import { RepositoryBusyError, RepositoryLock } from '../backup/locks';
 import { Repository } from '../backup/repository';
 import type { DrillRecord } from '../common/drill';
+import { BAD_INPUT } from '../common/validation';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { writeTestPoint } from './helpers/repo-points';
 import { CLI } from './helpers/worker-process';
@@ -136,4 +137,24 @@ test('drill --point latest skips a damaged point; a junk drill record only hides
   await expect(drills.repoLatestPoint({ repo: durl, group: 'shop' })).rejects.toBeInstanceOf(RepositoryBusyError);
   await prune.release();
   repo.close();
+});
+
+test("a drill host's bad key file or a foreign endpoint in the URL is non-retryable bad input", async () => {
+  const open = join(dir, 'open.key');
+  writeFileSync(open, key.toString('base64'));
+  chmodSync(open, 0o644);
+  const loose = createDrillActivities({ hypervisor: {} as Hypervisor, hostId: 'hv-b', keyFile: open });
+  await expect(loose.repoLatestPoint({ repo: url, group: 'shop' })).rejects.toMatchObject({
+    type: BAD_INPUT,
+    nonRetryable: true,
+    message: expect.stringContaining(`chmod 600 ${open}`),
+  });
+  const drills = createDrillActivities({ hypervisor: {} as Hypervisor, hostId: 'hv-b', keyFile });
+  await expect(
+    drills.repoLatestPoint({ repo: 's3://dr-backups/shop?endpoint=http://attacker.example/', group: 'shop' }),
+  ).rejects.toMatchObject({
+    type: BAD_INPUT,
+    nonRetryable: true,
+    message: expect.stringMatching(/not this host's S3 endpoint/),
+  });
 });
