@@ -72,7 +72,7 @@ export function createDrillActivities(deps: DrillDeps) {
       const repo = await openRepo(req.repo);
       try {
         // Damaged points are left out: the latest readable point is the one drilled.
-        const points = await RepositoryLock.hold(repo, 'read', () => repo.listPoints({ group: req.group }), {
+        const points = await RepositoryLock.holdForReading(repo, () => repo.listPoints({ group: req.group }), {
           owner: deps.hostId,
         });
         const latest = points.at(-1);
@@ -151,9 +151,8 @@ export function createDrillActivities(deps: DrillDeps) {
     async recordDrill(req: { repo: string; record: DrillRecord }): Promise<void> {
       const repo = await openRepo(req.repo);
       try {
-        await RepositoryLock.hold(
+        await RepositoryLock.holdForReading(
           repo,
-          'read',
           () =>
             repo.writeSealedJson(
               `${repo.pointPrefix(req.record.group, req.record.snapshotId)}${DRILL_RECORD}`,

@@ -95,7 +95,10 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
   async function withRepo<T>(url: string, fn: (repo: Repository) => Promise<T>): Promise<T> {
     const repo = await openRepo(url);
     try {
-      return await RepositoryLock.hold(repo, 'read', () => fn(repo), { owner: deps.hostId });
+      return await RepositoryLock.holdForReading(repo, () => fn(repo), {
+        owner: deps.hostId,
+        onUnlocked: (why) => log('reading the repository without a lock (read-only store access)', { why }),
+      });
     } catch (err) {
       if (err instanceof PointNotFoundError) throw bad(err.message);
       if (err instanceof DamagedObjectError)

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { LockLostError, RepositoryError } from './errors';
+import { LockLostError, RepositoryError, StoreAccessDeniedError } from './errors';
 import { LockBodySchema, MAX_OBJECT_BYTES } from './manifest';
 import { KEYS, type HeldLock, type Repository } from './repository';
 
@@ -118,6 +118,35 @@ export class RepositoryLock implements HeldLock {
     const lock = await RepositoryLock.acquire(repo, kind, opts.owner, opts);
     try {
       return await fn(lock);
+    } finally {
+      await lock.release().catch(() => undefined);
+    }
+  }
+
+  /**
+   * Runs a reader's `fn` under a shared `read` lock. A reader whose store credentials are read-only (a restore
+   * host given read access only, as it should be) cannot write a lock: it then reads without one (`onUnlocked` is
+   * told why), as before locks existed for readers; prune cannot see it.
+   * @throws RepositoryBusyError when a prune holds the repository
+   */
+  static async holdForReading<T>(
+    repo: Repository,
+    fn: () => Promise<T>,
+    opts: LockOptions & { owner?: string; onUnlocked?: (why: string) => void } = {},
+  ): Promise<T> {
+    let lock: RepositoryLock | undefined;
+    try {
+      lock = await RepositoryLock.acquire(repo, 'read', opts.owner, opts);
+    } catch (err) {
+      if (!(err instanceof StoreAccessDeniedError)) throw err;
+      opts.onUnlocked?.(err.message);
+      if ((await RepositoryLock.list(repo, opts.staleMs)).some((l) => l.kind === 'prune')) {
+        throw new RepositoryBusyError(`the repository is being pruned: the reader waits until it ends`);
+      }
+      return fn();
+    }
+    try {
+      return await fn();
     } finally {
       await lock.release().catch(() => undefined);
     }

@@ -53,7 +53,7 @@ export interface VerifyOptions {
  */
 export async function verifyRepository(repo: Repository, opts: VerifyOptions = {}): Promise<VerifyResult> {
   // A shared lock: prune does not delete a point (or sweep chunks) while it is being checked.
-  return RepositoryLock.hold(repo, 'read', () => verifyUnlocked(repo, opts), opts.lock ?? {});
+  return RepositoryLock.holdForReading(repo, () => verifyUnlocked(repo, opts), opts.lock ?? {});
 }
 
 async function verifyUnlocked(repo: Repository, opts: VerifyOptions): Promise<VerifyResult> {

@@ -22,6 +22,7 @@ import {
   RepositoryInputError,
   LockLostError,
   RepositoryNotFoundError,
+  StoreAccessDeniedError,
   WrongKeyError,
 } from '../backup/errors';
 import { RepositoryBusyError, RepositoryLock } from '../backup/locks';
@@ -511,4 +512,24 @@ describe('damaged objects, size bounds and locks (file store)', () => {
       else process.env.AWS_ENDPOINT_URL = saved[1];
     }
   });
+});
+
+test('a reader with read-only store access reads without a lock, but still not while a prune holds the repository', async () => {
+  const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+  const readOnly: ObjectStore = Object.create(repo.store) as ObjectStore;
+  readOnly.put = async (k) => {
+    throw new StoreAccessDeniedError(url, `${k}: read-only credentials`);
+  };
+  readOnly.putIfAbsent = readOnly.put as unknown as ObjectStore['putIfAbsent'];
+  const reader = await Repository.open(url, key, { store: readOnly });
+  const why: string[] = [];
+  await expect(
+    RepositoryLock.holdForReading(reader, async () => 'read', { onUnlocked: (w) => why.push(w) }),
+  ).resolves.toBe('read');
+  expect(why).toEqual([expect.stringContaining('read-only credentials')]);
+  const prune = await RepositoryLock.acquire(repo, 'prune', 'nightly');
+  await expect(RepositoryLock.holdForReading(reader, async () => 'read')).rejects.toBeInstanceOf(RepositoryBusyError);
+  await prune.release();
+  reader.close();
+  repo.close();
 });
