@@ -7,6 +7,8 @@ import { promisify } from 'node:util';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
+import { PERMANENT_REPOSITORY_ERRORS, RepositoryError } from '../backup/errors';
+import { RepositoryLock } from '../backup/locks';
 import { DRILL_RECORD, Repository } from '../backup/repository';
 import type { DrillRecord, ReadyVerdict, WaitReadyRequest } from '../common/drill';
 import { safeName } from '../common/host-requests';
@@ -133,14 +135,24 @@ export function createDrillActivities(deps: DrillDeps) {
     const keyFile = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];
     if (!keyFile)
       throw ApplicationFailure.nonRetryable(`host ${deps.hostId} has no repository key (--key-file)`, BAD_INPUT);
-    return Repository.open(url, readKeyFile(keyFile));
+    try {
+      return await Repository.open(url, readKeyFile(keyFile));
+    } catch (err) {
+      // Bad input (key file, URL or endpoint, wrong key, no repository) is not retried; a store that is down is.
+      if (err instanceof RepositoryError && (PERMANENT_REPOSITORY_ERRORS as readonly string[]).includes(err.name))
+        throw ApplicationFailure.nonRetryable(`on host ${deps.hostId}: ${err.message}`, BAD_INPUT);
+      throw err;
+    }
   };
   return {
     /** The newest point of `group` in the repository. */
     async repoLatestPoint(req: { repo: string; group: string }): Promise<string> {
       const repo = await openRepo(req.repo);
       try {
-        const points = await repo.listPoints({ group: req.group });
+        // Damaged points are left out: the latest readable point is the one drilled.
+        const points = await RepositoryLock.holdForReading(repo, () => repo.listPoints({ group: req.group }), {
+          owner: deps.hostId,
+        });
         const latest = points.at(-1);
         if (!latest) throw ApplicationFailure.nonRetryable(`group ${req.group} has no point in ${req.repo}`, BAD_INPUT);
         // Read from the repository, not trusted: it names the restore's point (and its files) next.
@@ -216,9 +228,14 @@ export function createDrillActivities(deps: DrillDeps) {
     async recordDrill(req: { repo: string; record: DrillRecord }): Promise<void> {
       const repo = await openRepo(req.repo);
       try {
-        await repo.writeSealedJson(
-          `${repo.pointPrefix(req.record.group, req.record.snapshotId)}${DRILL_RECORD}`,
-          req.record,
+        await RepositoryLock.holdForReading(
+          repo,
+          () =>
+            repo.writeSealedJson(
+              `${repo.pointPrefix(req.record.group, req.record.snapshotId)}${DRILL_RECORD}`,
+              req.record,
+            ),
+          { owner: deps.hostId },
         );
       } finally {
         repo.close();

@@ -160,6 +160,8 @@ export function createExportActivities(deps: ExportActivityDeps) {
           files: chain.files,
         });
         lock = await RepositoryLock.acquire(repo, 'export', hostId);
+        // A lost lock (refresh failed, taken over as stale) stops the export before its next write.
+        repo.useLock(lock);
         const base = await findBase(repo, req, meta, snap.createdAt, chain.files);
         const sourceFormat =
           (await hypervisor.describe(req.domain).catch(() => undefined))?.disks.find((d) => d.target === req.target)
@@ -197,7 +199,7 @@ export function createExportActivities(deps: ExportActivityDeps) {
           ...(base ? { base } : {}),
           checkpointFile,
           ...(req.maxBytesPerSecond ? { maxBytesPerSecond: req.maxBytesPerSecond } : {}),
-          ...(ctx ? { signal: ctx.cancellationSignal } : {}),
+          signal: ctx ? AbortSignal.any([ctx.cancellationSignal, lock.signal]) : lock.signal,
           onProgress: (p) => {
             latest = {
               domain: req.domain,

@@ -14,6 +14,7 @@ import {
   WrongKeyError,
 } from '../backup/errors';
 import type { DiskManifest, VmManifest } from '../backup/manifest';
+import { RepositoryLock } from '../backup/locks';
 import { Repository } from '../backup/repository';
 import { METADATA_NAMESPACE } from '../common/names';
 import type {
@@ -216,10 +217,14 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
     }
   }
 
+  /** Runs `fn` on the repository under a shared lock, so a prune does not delete the point while it is read. */
   async function withRepo<T>(url: string, fn: (repo: Repository) => Promise<T>): Promise<T> {
     const repo = await openRepo(url);
     try {
-      return await fn(repo);
+      return await RepositoryLock.holdForReading(repo, () => fn(repo), {
+        owner: deps.hostId,
+        onUnlocked: (why) => log('reading the repository without a lock (read-only store access)', { why }),
+      });
     } catch (err) {
       if (err instanceof PointNotFoundError) throw bad(err.message);
       if (err instanceof DamagedObjectError)

@@ -80,6 +80,22 @@ export class PointNotFoundError extends RepositoryError {
   }
 }
 
+/**
+ * The store failed in a way a retry may fix: network errors, HTTP 5xx, throttling, a response cut short. Retryable
+ * (an activity retries it; the CLI exits 1, never 2: the input was not at fault).
+ */
+export class TransientStoreError extends RepositoryError {
+  override readonly name: string = 'TransientStoreError';
+}
+
+/**
+ * A repository lock this process held was lost (its refresh failed, or another process took it over as stale):
+ * the writer must stop before its next write. Retryable (the next attempt takes the lock afresh).
+ */
+export class LockLostError extends RepositoryError {
+  override readonly name: string = 'LockLostError';
+}
+
 /** Error types an activity should not retry: bad input and things a retry cannot fix. */
 export const PERMANENT_REPOSITORY_ERRORS = [
   'RepositoryInputError',

@@ -1,8 +1,8 @@
 import { normalizeRetention, planRetention, type RetentionPolicy } from '../common/retention';
 import { DamagedObjectError } from './errors';
 import { RepositoryBusyError, RepositoryLock } from './locks';
-import type { DiskManifest } from './manifest';
-import { KEYS, Repository } from './repository';
+import type { DiskManifest, VmManifest } from './manifest';
+import { KEYS, Repository, sealedKindOf } from './repository';
 
 export interface PruneOptions {
   /** Off-host retention (keep-last and/or GFS, as `planRetention`); none: delete no point, only sweep. */
@@ -28,14 +28,20 @@ export interface PruneResult {
   dryRun: boolean;
   groups: { group: string; kept: { snapshotId: string; reasons: string[] }[]; deleted: string[] }[];
   incompleteRemoved: number;
+  /** Points whose group manifest cannot be read: neither kept nor deleted by the policy, and no sweep runs. */
+  damaged: { snapshotId: string; manifest: string; detail: string }[];
   sweep:
-    { done: true; chunksBefore: number; chunksDeleted: number; bytesFreed: number } | { done: false; reason: string };
+    | { done: true; chunksBefore: number; chunksDeleted: number; bytesFreed: number }
+    /** `damage`: refused because a manifest cannot be read (the CLI exits 1). */
+    | { done: false; reason: string; damage?: boolean };
 }
 
 /**
  * Off-host retention: deletes the points `policy` does not keep (group manifest first, so each point vanishes at
- * once), then sweeps the chunks no manifest names any more. The sweep holds the repository's exclusive lock, so
- * it never runs while an export does (an export's new chunks are not yet named by any manifest).
+ * once), then sweeps the chunks no manifest names any more. Everything but a dry run happens under the
+ * repository's exclusive lock, taken before anything is deleted: never while an export writes (its new chunks are
+ * not yet named by any manifest) or a restore, drill or verify reads (its point must not vanish under it). When
+ * any manifest cannot be read, nothing is swept (its chunks may be live) and the result says why.
  */
 export async function pruneRepository(repo: Repository, opts: PruneOptions = {}): Promise<PruneResult> {
   const policy = opts.policy ? normalizeRetention(opts.policy) : undefined;
@@ -43,10 +49,53 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
     dryRun: Boolean(opts.dryRun),
     groups: [],
     incompleteRemoved: 0,
+    damaged: [],
     sweep: { done: false, reason: 'dry run' },
   };
 
-  const points = await repo.listPoints(opts.group ? { group: opts.group } : {});
+  let lock: RepositoryLock | undefined;
+  if (!opts.dryRun) {
+    const deadline = Date.now() + (opts.waitMs ?? 0);
+    for (;;) {
+      try {
+        lock = await RepositoryLock.acquire(
+          repo,
+          'prune',
+          undefined,
+          opts.lockStaleMs ? { staleMs: opts.lockStaleMs } : {},
+        );
+        break;
+      } catch (err) {
+        if (!(err instanceof RepositoryBusyError)) throw err;
+        if (Date.now() >= deadline) {
+          result.sweep = { done: false, reason: `nothing deleted: ${err.message}` };
+          return result;
+        }
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+    }
+    repo.useLock(lock);
+  }
+  try {
+    await applyPolicy(repo, policy, opts, result);
+    if (opts.dryRun || !lock) return result;
+    await sweep(repo, lock, opts, result);
+  } finally {
+    repo.useLock(undefined);
+    await lock?.release();
+  }
+  return result;
+}
+
+/** Deletes the points the policy does not keep (not in a dry run), group by group. */
+async function applyPolicy(
+  repo: Repository,
+  policy: RetentionPolicy | undefined,
+  opts: PruneOptions,
+  result: PruneResult,
+): Promise<void> {
+  const { points, damaged } = await repo.listPointsReport(opts.group ? { group: opts.group } : {});
+  result.damaged = damaged.map((d) => ({ snapshotId: d.snapshotId, manifest: d.manifest, detail: d.detail }));
   const byGroup = new Map<string, typeof points>();
   for (const p of points) byGroup.set(p.group, [...(byGroup.get(p.group) ?? []), p]);
   for (const [group, list] of byGroup) {
@@ -66,76 +115,72 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
     if (!opts.dryRun) for (const id of plan.remove) await repo.deletePoint(group, id);
     result.groups.push({ group, kept: plan.keep, deleted: plan.remove });
   }
-  if (opts.dryRun) return result;
+}
 
-  let lock: RepositoryLock | undefined;
-  const deadline = Date.now() + (opts.waitMs ?? 0);
-  for (;;) {
-    try {
-      lock = await RepositoryLock.acquire(
-        repo,
-        'prune',
-        undefined,
-        opts.lockStaleMs ? { staleMs: opts.lockStaleMs } : {},
-      );
-      break;
-    } catch (err) {
-      if (!(err instanceof RepositoryBusyError)) throw err;
-      if (Date.now() >= deadline) {
-        result.sweep = { done: false, reason: err.message };
-        return result;
+/** Removes old incomplete points, then every chunk no manifest names (only when every manifest could be read). */
+async function sweep(repo: Repository, lock: RepositoryLock, opts: PruneOptions, result: PruneResult): Promise<void> {
+  // Every disk manifest in the store names live chunks: complete points', and those of exports in progress.
+  const referenced = new Set<string>();
+  const unreadable: string[] = result.damaged.map((d) => `${d.manifest} (${d.detail})`);
+  const incompleteAfter = opts.incompleteAfterMs ?? 24 * 3600_000;
+  const prefixes = new Map<string, { complete: boolean; newest: number; keys: string[] }>();
+  for await (const o of repo.store.list(KEYS.pointsPrefix)) {
+    const parts = o.key.split('/');
+    const prefix = parts.slice(0, 3).join('/') + '/';
+    const entry = prefixes.get(prefix) ?? { complete: false, newest: 0, keys: [] };
+    entry.keys.push(o.key);
+    entry.newest = Math.max(entry.newest, o.lastModified.getTime());
+    if (o.key.endsWith('/group')) entry.complete = true;
+    prefixes.set(prefix, entry);
+  }
+  for (const [, entry] of prefixes) {
+    if (!entry.complete && Date.now() - entry.newest > incompleteAfter) {
+      for (const k of entry.keys) {
+        lock.assertHeld();
+        await repo.store.delete(k);
       }
-      await new Promise((r) => setTimeout(r, 2000));
+      result.incompleteRemoved++;
+      continue;
+    }
+    for (const key of entry.keys) {
+      const kind = sealedKindOf(key);
+      if (kind !== 'disk' && kind !== 'vm') continue;
+      try {
+        const m = await repo.readManifestAt<DiskManifest | VmManifest>(key);
+        if (kind === 'disk') for (const id of (m as DiskManifest).chunks) if (id !== null) referenced.add(id);
+      } catch (err) {
+        // A manifest that cannot be read may name live chunks: no sweep at all (repo verify locates it).
+        if (!(err instanceof DamagedObjectError)) throw err;
+        unreadable.push(`${key} (${err.message})`);
+      }
     }
   }
-  try {
-    // Every disk manifest in the store names live chunks: complete points', and those of exports in progress.
-    const referenced = new Set<string>();
-    const incompleteAfter = opts.incompleteAfterMs ?? 24 * 3600_000;
-    const prefixes = new Map<string, { complete: boolean; newest: number; keys: string[] }>();
-    for await (const o of repo.store.list(KEYS.pointsPrefix)) {
-      const parts = o.key.split('/');
-      const prefix = parts.slice(0, 3).join('/') + '/';
-      const entry = prefixes.get(prefix) ?? { complete: false, newest: 0, keys: [] };
-      entry.keys.push(o.key);
-      entry.newest = Math.max(entry.newest, o.lastModified.getTime());
-      if (o.key.endsWith('/group')) entry.complete = true;
-      prefixes.set(prefix, entry);
-    }
-    for (const [, entry] of prefixes) {
-      if (!entry.complete && Date.now() - entry.newest > incompleteAfter) {
-        for (const k of entry.keys) await repo.store.delete(k);
-        result.incompleteRemoved++;
-        continue;
-      }
-      for (const key of entry.keys) {
-        if (!key.includes('/disks/')) continue;
-        try {
-          const disk = await repo.readManifestAt<DiskManifest>(key);
-          for (const id of disk.chunks) if (id !== null) referenced.add(id);
-        } catch (err) {
-          // A damaged manifest names nothing we can read; its chunks go (verify reports the point).
-          if (!(err instanceof DamagedObjectError)) throw err;
-        }
-      }
-    }
-    let chunksBefore = 0;
-    let chunksDeleted = 0;
-    let bytesFreed = 0;
-    for await (const o of repo.store.list(KEYS.chunksPrefix)) {
-      chunksBefore++;
-      const id = o.key.slice(o.key.lastIndexOf('/') + 1);
-      if (referenced.has(id)) continue;
-      await repo.store.delete(o.key);
-      repo.forgetChunk(id);
-      chunksDeleted++;
-      bytesFreed += o.size;
-    }
-    result.sweep = { done: true, chunksBefore, chunksDeleted, bytesFreed };
-  } finally {
-    await lock.release();
+  if (unreadable.length > 0) {
+    result.sweep = {
+      done: false,
+      damage: true,
+      reason:
+        `${unreadable.length} manifest(s) cannot be read, so chunks they may name could be live: no chunk swept ` +
+        `(run 'groupsnap repo verify' to locate the damage, then delete or repair those points): ` +
+        unreadable.slice(0, 5).join('; ') +
+        (unreadable.length > 5 ? '; ...' : ''),
+    };
+    return;
   }
-  return result;
+  let chunksBefore = 0;
+  let chunksDeleted = 0;
+  let bytesFreed = 0;
+  for await (const o of repo.store.list(KEYS.chunksPrefix)) {
+    chunksBefore++;
+    const id = o.key.slice(o.key.lastIndexOf('/') + 1);
+    if (referenced.has(id)) continue;
+    lock.assertHeld();
+    await repo.store.delete(o.key);
+    repo.forgetChunk(id);
+    chunksDeleted++;
+    bytesFreed += o.size;
+  }
+  result.sweep = { done: true, chunksBefore, chunksDeleted, bytesFreed };
 }
 
 export { Repository };

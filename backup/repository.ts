@@ -2,14 +2,18 @@ import { randomBytes } from 'node:crypto';
 import { open as openFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { S3ClientConfig } from '@aws-sdk/client-s3';
+import type { z } from 'zod';
 import {
   chunkIdOf,
+  configMac,
   deriveKeys,
+  hexEqual,
   keyCheck,
   keyCheckMatches,
   nameTag,
   readKeyFile,
   seal,
+  SEAL_OVERHEAD,
   SealError,
   unseal,
   type RepositoryKeys,
@@ -23,7 +27,17 @@ import {
   WrongKeyError,
 } from './errors';
 import {
+  DiskManifestSchema,
+  DrillRecordSchema,
   FORMAT_VERSION,
+  GroupManifestSchema,
+  MAX_CHUNK_SIZE,
+  MAX_DISK_CHUNKS,
+  MAX_OBJECT_BYTES,
+  MIN_CHUNK_SIZE,
+  RepositoryConfigSchema,
+  VerificationRecordSchema,
+  VmManifestSchema,
   type DiskManifest,
   type GroupManifest,
   type RepositoryConfig,
@@ -32,6 +46,39 @@ import {
 } from './manifest';
 import { ChunkIdMismatchError, SealPool } from './seal-pool';
 import { FileStore, openStore, S3Store, type ObjectStore } from './store';
+
+/** What a repository writer checks before each write: the lock it holds (./locks.ts `RepositoryLock`). */
+export interface HeldLock {
+  /** @throws LockLostError when the lock was lost: nothing more may be written */
+  assertHeld(): void;
+}
+
+/** Kinds of sealed JSON objects, each with its schema and size bound (docs/repository-format.md, "Bounds"). */
+export type SealedKind = 'group' | 'vm' | 'disk' | 'verified' | 'drill';
+
+const SCHEMAS: Record<SealedKind, z.ZodType> = {
+  group: GroupManifestSchema,
+  vm: VmManifestSchema,
+  disk: DiskManifestSchema,
+  verified: VerificationRecordSchema,
+  drill: DrillRecordSchema,
+};
+
+/** The kind of a sealed object from its key (`points/<G>/<id>/group`, `.../vms/<V>`, `.../disks/<V>-<T>`, ...). */
+export function sealedKindOf(key: string): SealedKind | undefined {
+  if (!key.startsWith(KEYS.pointsPrefix)) return undefined;
+  const rest = key.split('/').slice(3);
+  if (rest.length === 1 && (rest[0] === 'group' || rest[0] === 'verified' || rest[0] === 'drill')) return rest[0];
+  if (rest.length === 2 && rest[0] === 'vms') return 'vm';
+  if (rest.length === 2 && rest[0] === 'disks') return 'disk';
+  return undefined;
+}
+
+/** A schema's complaints, short: `path: message; ...` (at most a few). */
+function issues(error: z.ZodError): string {
+  const list = error.issues.slice(0, 4).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+  return list.join('; ') + (error.issues.length > 4 ? `; and ${error.issues.length - 4} more` : '');
+}
 
 /** Default chunk size: 4 MiB. */
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
@@ -74,6 +121,25 @@ export interface PointSummary {
   verification?: VerificationRecord;
   /** The last DR drill of this point (`groupsnap drill`, recorded beside it), if any. */
   lastDrill?: PointDrillSummary;
+}
+
+/** A point whose group manifest cannot be read: listed (marked damaged) by `repo list`, skipped by the rest. */
+export interface DamagedPoint {
+  /** The group, when the listing was of one group (a name tag does not reveal the group's name). */
+  group?: string;
+  /** The group's name tag in object keys. */
+  groupTag: string;
+  snapshotId: string;
+  /** Object key of the damaged group manifest. */
+  manifest: string;
+  problem: 'missing' | 'corrupt';
+  detail: string;
+}
+
+/** A listing of points: the readable ones, and those whose group manifest is damaged. */
+export interface PointListing {
+  points: PointSummary[];
+  damaged: DamagedPoint[];
 }
 
 /** What a listing shows of a point's last drill (the full record: `DrillRecord` in common/drill.ts). */
@@ -123,6 +189,8 @@ export class Repository {
   private known?: Set<string>;
   /** Threads for chunk hashing and sealing (started on the first chunk). */
   private pool?: SealPool;
+  /** The lock writes are made under ({@link useLock}): checked before each write. */
+  private lock?: HeldLock;
 
   private constructor(
     readonly store: ObjectStore,
@@ -144,7 +212,7 @@ export class Repository {
    */
   static async init(url: string, key: Buffer, opts: InitOptions = {}): Promise<Repository> {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
-    if (!Number.isInteger(chunkSize) || chunkSize < 64 * 1024 || chunkSize > 64 * 1024 * 1024) {
+    if (!Number.isInteger(chunkSize) || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
       throw new RepositoryInputError(`chunk size must be an integer from 64 KiB to 64 MiB, not ${chunkSize}`);
     }
     const store = opts.store ?? openStore(url, opts.s3);
@@ -153,7 +221,7 @@ export class Repository {
       if (await store.exists(KEYS.config)) throw new RepositoryExistsError(store.url);
       const id = randomBytes(16).toString('hex');
       const keys = deriveKeys(key, id);
-      const config: RepositoryConfig = {
+      const fields: Omit<RepositoryConfig, 'mac'> = {
         format: 'groupsnap-repository',
         version: FORMAT_VERSION,
         id,
@@ -164,7 +232,12 @@ export class Repository {
         chunkHash: 'hmac-sha256',
         keyCheck: keyCheck(keys),
       };
-      await store.put(KEYS.config, Buffer.from(JSON.stringify(config, null, 2) + '\n'));
+      const config: RepositoryConfig = { ...fields, mac: configMac(keys, configFields(fields)) };
+      const body = Buffer.from(JSON.stringify(config, null, 2) + '\n');
+      // Two inits racing: the conditional write lets exactly one create the config.
+      if (store.putIfAbsent) {
+        if (!(await store.putIfAbsent(KEYS.config, body))) throw new RepositoryExistsError(store.url);
+      } else await store.put(KEYS.config, body);
       return new Repository(store, config, keys);
     } catch (err) {
       if (!opts.store) store.close();
@@ -179,23 +252,15 @@ export class Repository {
   static async open(url: string, key: Buffer, opts: OpenOptions = {}): Promise<Repository> {
     const store = opts.store ?? openStore(url, opts.s3);
     try {
-      const raw = await store.get(KEYS.config);
+      const raw = await store.get(KEYS.config, { maxBytes: MAX_OBJECT_BYTES.config });
       if (!raw) throw new RepositoryNotFoundError(store.url);
-      let config: RepositoryConfig;
-      try {
-        config = JSON.parse(raw.toString('utf8')) as RepositoryConfig;
-      } catch {
-        throw new DamagedObjectError(KEYS.config, 'corrupt', 'not JSON');
-      }
-      if (config.format !== 'groupsnap-repository')
-        throw new DamagedObjectError(KEYS.config, 'corrupt', 'not a groupsnap repository');
-      if (config.version > FORMAT_VERSION) {
-        throw new RepositoryInputError(
-          `repository format ${config.version} is newer than this groupsnap reads (${FORMAT_VERSION})`,
-        );
-      }
+      const config = parseConfig(raw);
       const keys = deriveKeys(key, config.id);
+      // The key check first: a wrong key is told apart from a changed config.
       if (!keyCheckMatches(keys, config.keyCheck)) throw new WrongKeyError(store.url);
+      if (!hexEqual(configMac(keys, configFields(config)), config.mac)) {
+        throw new DamagedObjectError(KEYS.config, 'corrupt', 'its authentication (mac) does not match: it was changed');
+      }
       return new Repository(store, config, keys);
     } catch (err) {
       if (!opts.store) store.close();
@@ -216,6 +281,19 @@ export class Repository {
 
   private sealPool(): SealPool {
     return (this.pool ??= new SealPool(this.keys));
+  }
+
+  /**
+   * Makes every later write (chunk, manifest, record) of this instance check `lock` first, so a writer whose lock
+   * was lost stops at its next write (`LockLostError`) instead of writing on unprotected.
+   */
+  useLock(lock: HeldLock | undefined): void {
+    this.lock = lock;
+  }
+
+  private async put(key: string, body: Buffer, digests?: { sha256?: string; crc32?: string }): Promise<void> {
+    this.lock?.assertHeld();
+    await this.store.put(key, body, digests);
   }
 
   // ---- names ----
@@ -296,14 +374,14 @@ export class Repository {
         opts,
       );
       if (present || !sealed) return { id, uploaded: false, storedBytes: 0 };
-      await this.store.put(Repository.chunkKey(id), sealed.sealed, { sha256: sealed.sha256, crc32: sealed.crc32 });
+      await this.put(Repository.chunkKey(id), sealed.sealed, { sha256: sealed.sha256, crc32: sealed.crc32 });
       this.known?.add(id);
       return { id, uploaded: true, storedBytes: sealed.sealed.length };
     }
     const id = knownId;
     if (await this.hasChunk(id)) return { id, uploaded: false, storedBytes: 0 };
     const sealed = await seal(this.keys, data, id);
-    await this.store.put(Repository.chunkKey(id), sealed);
+    await this.put(Repository.chunkKey(id), sealed);
     this.known?.add(id);
     return { id, uploaded: true, storedBytes: sealed.length };
   }
@@ -317,11 +395,13 @@ export class Repository {
     // The built-in stores return a fresh buffer per get, which can move to the worker; another store (a test's)
     // may hand out what it keeps, so that is copied.
     const own = this.store instanceof S3Store || this.store instanceof FileStore;
+    if (!/^[0-9a-f]{64}$/.test(id)) throw new DamagedObjectError(key, 'corrupt', 'not a chunk id');
     for (let attempt = 1; ; attempt++) {
-      const sealed = await this.store.get(key);
+      // No chunk is larger than the chunk size sealed uncompressed: anything bigger is refused unread.
+      const sealed = await this.store.get(key, { maxBytes: this.config.chunkSize + SEAL_OVERHEAD });
       if (!sealed) throw new DamagedObjectError(key, 'missing');
       try {
-        return await this.sealPool().open(own ? sealed : Buffer.from(sealed), id);
+        return await this.sealPool().open(own ? sealed : Buffer.from(sealed), id, this.config.chunkSize);
       } catch (err) {
         const damage =
           err instanceof SealError
@@ -341,28 +421,43 @@ export class Repository {
 
   /** Seals and writes a JSON document at `key` (the key is authenticated with it). */
   async writeSealedJson(key: string, doc: unknown): Promise<void> {
-    await this.store.put(key, await seal(this.keys, Buffer.from(JSON.stringify(doc)), key));
+    await this.put(key, await seal(this.keys, Buffer.from(JSON.stringify(doc)), key));
   }
 
   /**
-   * Reads a sealed JSON document, or `undefined` when absent.
-   * @throws DamagedObjectError when it does not open (a wrong key is caught earlier, at open)
+   * Reads a sealed JSON document, or `undefined` when absent. Its kind (from its key: group, VM or disk manifest,
+   * verification or drill record) bounds its size before it is read and after it is inflated, and its schema
+   * checks what it holds.
+   * @throws DamagedObjectError when it is too large, does not open or is not a valid object of its kind
    */
   async readSealedJson<T>(key: string): Promise<T | undefined> {
-    const sealed = await this.store.get(key);
+    const kind = sealedKindOf(key);
+    const max = kind ? MAX_OBJECT_BYTES[kind] : MAX_OBJECT_BYTES.group;
+    const sealed = await this.store.get(key, { maxBytes: max + SEAL_OVERHEAD });
     if (!sealed) return undefined;
+    let doc: unknown;
     try {
-      return JSON.parse((await unseal(this.keys, sealed, key)).toString('utf8')) as T;
+      doc = JSON.parse((await unseal(this.keys, sealed, key, max)).toString('utf8'));
     } catch (err) {
       if (err instanceof SealError || err instanceof SyntaxError) {
         throw new DamagedObjectError(key, 'corrupt', err.message);
       }
       throw err;
     }
+    if (!kind) return doc as T;
+    const parsed = SCHEMAS[kind].safeParse(doc);
+    if (!parsed.success)
+      throw new DamagedObjectError(key, 'corrupt', `not a valid ${kind} object: ${issues(parsed.error)}`);
+    return parsed.data as T;
   }
 
   /** Writes a disk's manifest; returns its key. */
   async writeDiskManifest(m: DiskManifest): Promise<string> {
+    if (m.chunks.length > MAX_DISK_CHUNKS) {
+      throw new RepositoryInputError(
+        `disk ${m.target} of ${m.domain} has ${m.chunks.length} chunks, more than a manifest may name (${MAX_DISK_CHUNKS}): use larger chunks`,
+      );
+    }
     const key = this.diskManifestKey(m.group, m.snapshotId, m.domain, m.target);
     await this.writeSealedJson(key, m);
     return key;
@@ -417,9 +512,19 @@ export class Repository {
 
   /**
    * Every point (group manifest) in the repository, or of one group; sorted by group, then snapshot time.
-   * Objects of points without a group manifest (an export in progress or interrupted) are not points.
+   * Objects of points without a group manifest (an export in progress or interrupted) are not points. A point
+   * whose group manifest cannot be read is left out ({@link listPointsReport} names it).
    */
   async listPoints(opts: { group?: string } = {}): Promise<PointSummary[]> {
+    return (await this.listPointsReport(opts)).points;
+  }
+
+  /**
+   * {@link listPoints}, and the points whose group manifest is damaged (too large, does not open, not a valid
+   * manifest), each with what is wrong: one damaged object never hides the others. A damaged verification or
+   * drill record only leaves that record out.
+   */
+  async listPointsReport(opts: { group?: string } = {}): Promise<PointListing> {
     const prefix = opts.group
       ? `${KEYS.pointsPrefix}${nameTag(this.keys, 'group', checkId('group', opts.group))}/`
       : KEYS.pointsPrefix;
@@ -427,20 +532,42 @@ export class Repository {
     const verified = new Set<string>();
     const drilled = new Set<string>();
     for await (const o of this.store.list(prefix)) {
+      if (o.key.split('/').length !== 4) continue;
       if (o.key.endsWith('/group')) groups.push(o.key);
       else if (o.key.endsWith('/verified')) verified.add(o.key.slice(0, -'verified'.length));
       else if (o.key.endsWith(`/${DRILL_RECORD}`)) drilled.add(o.key.slice(0, -DRILL_RECORD.length));
     }
     const points: PointSummary[] = [];
+    const damaged: DamagedPoint[] = [];
+    const optional = <T>(p: Promise<T | undefined>): Promise<T | undefined> =>
+      p.catch((err: unknown) => {
+        if (err instanceof DamagedObjectError) return undefined;
+        throw err;
+      });
     for (const key of groups) {
-      const m = await this.readSealedJson<GroupManifest>(key);
+      const [, groupTag, snapshotId] = key.split('/');
+      let m: GroupManifest | undefined;
+      try {
+        m = await this.readSealedJson<GroupManifest>(key);
+      } catch (err) {
+        if (!(err instanceof DamagedObjectError)) throw err;
+        damaged.push({
+          ...(opts.group ? { group: opts.group } : {}),
+          groupTag,
+          snapshotId,
+          manifest: key,
+          problem: err.problem,
+          detail: err.message,
+        });
+        continue;
+      }
       if (!m) continue; // deleted since the listing
       const base = key.slice(0, -'group'.length);
       const verification = verified.has(base)
-        ? await this.readSealedJson<VerificationRecord>(`${base}verified`).catch(() => undefined)
+        ? await optional(this.readSealedJson<VerificationRecord>(`${base}verified`))
         : undefined;
       const drill = drilled.has(base)
-        ? await this.readSealedJson<PointDrillSummary>(`${base}${DRILL_RECORD}`).catch(() => undefined)
+        ? await optional(this.readSealedJson<PointDrillSummary>(`${base}${DRILL_RECORD}`))
         : undefined;
       points.push({
         group: m.group,
@@ -455,12 +582,14 @@ export class Repository {
         ...(drill ? { lastDrill: drillSummary(drill) } : {}),
       });
     }
-    return points.sort(
+    points.sort(
       (a, b) =>
         a.group.localeCompare(b.group) ||
         a.snapshotCreatedAt.localeCompare(b.snapshotCreatedAt) ||
         a.snapshotId.localeCompare(b.snapshotId),
     );
+    damaged.sort((a, b) => a.groupTag.localeCompare(b.groupTag) || a.snapshotId.localeCompare(b.snapshotId));
+    return { points, damaged };
   }
 
   /**
@@ -469,8 +598,12 @@ export class Repository {
    */
   async deletePoint(group: string, snapshotId: string): Promise<void> {
     const prefix = this.pointPrefix(group, snapshotId);
+    this.lock?.assertHeld();
     await this.store.delete(`${prefix}group`);
-    for await (const o of this.store.list(prefix)) await this.store.delete(o.key);
+    for await (const o of this.store.list(prefix)) {
+      this.lock?.assertHeld();
+      await this.store.delete(o.key);
+    }
   }
 
   // ---- reading a disk back ----
@@ -608,4 +741,41 @@ function checkId(what: string, value: string): string {
     throw new RepositoryInputError(`${what} '${value}' may only hold letters, digits and . _ : - (at most 128)`);
   }
   return value;
+}
+
+/** The authenticated fields of a config, in their fixed order (every field but `mac`). */
+function configFields(c: Omit<RepositoryConfig, 'mac'>): unknown[] {
+  return [c.format, c.version, c.id, c.createdAt, c.chunkSize, c.cipher, c.compression, c.chunkHash, c.keyCheck];
+}
+
+/**
+ * Parses and bounds-checks a stored config (its mac is checked once the keys are derived).
+ * @throws DamagedObjectError when it is not a valid config; RepositoryInputError when its format is newer
+ */
+function parseConfig(raw: Buffer): RepositoryConfig {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new DamagedObjectError(KEYS.config, 'corrupt', 'not JSON');
+  }
+  const d = (typeof doc === 'object' && doc !== null ? doc : {}) as Record<string, unknown>;
+  if (d.format !== 'groupsnap-repository')
+    throw new DamagedObjectError(KEYS.config, 'corrupt', 'not a groupsnap repository');
+  if (typeof d.version === 'number' && d.version > FORMAT_VERSION) {
+    throw new RepositoryInputError(
+      `repository format ${d.version} is newer than this groupsnap reads (${FORMAT_VERSION})`,
+    );
+  }
+  if (d.mac === undefined) {
+    throw new DamagedObjectError(
+      KEYS.config,
+      'corrupt',
+      'it is not authenticated (no mac): made by a groupsnap before config authentication, or stripped; ' +
+        'create a new repository and export to it',
+    );
+  }
+  const parsed = RepositoryConfigSchema.safeParse(doc);
+  if (!parsed.success) throw new DamagedObjectError(KEYS.config, 'corrupt', `invalid: ${issues(parsed.error)}`);
+  return parsed.data;
 }

@@ -50,7 +50,7 @@ function seal(plain, context, compress) {
   cipher.getAuthTag().copy(out, pos);
   return out;
 }
-function open(sealed, context) {
+function open(sealed, context, maxPlain) {
   if (sealed.length < 6 + 12 + 16 || !sealed.subarray(0, 4).equals(MAGIC)) throw { kind: 'seal', message: 'not a groupsnap object (bad header)' };
   const header = sealed.subarray(0, 6);
   if (header[4] !== 1) throw { kind: 'seal', message: 'unknown algorithm ' + header[4] };
@@ -67,10 +67,14 @@ function open(sealed, context) {
   } catch {
     throw { kind: 'seal', message: 'authentication failed (damaged, or sealed under another key or name)' };
   }
-  if (compression === 0) return body;
+  if (compression === 0) {
+    if (body.length > maxPlain) throw { kind: 'seal', message: 'content larger than ' + maxPlain + ' bytes' };
+    return body;
+  }
   try {
-    return zlib.inflateRawSync(body);
-  } catch {
+    return zlib.inflateRawSync(body, { maxOutputLength: maxPlain });
+  } catch (err) {
+    if (err && err.code === 'ERR_BUFFER_TOO_LARGE') throw { kind: 'seal', message: 'content inflates beyond ' + maxPlain + ' bytes' };
     throw { kind: 'seal', message: 'compressed body does not inflate' };
   }
 }
@@ -95,7 +99,7 @@ parentPort.on('message', (m) => {
     } else if (m.op === 'drop') {
       held.delete(m.job);
     } else if (m.op === 'open') {
-      const plain = open(asBuffer(m.sealed), m.id);
+      const plain = open(asBuffer(m.sealed), m.id, m.maxPlain);
       if (chunkId(plain) !== m.id) throw { kind: 'id', message: 'content does not match its id' };
       const out = own(plain).length ? plain : Buffer.from(plain);
       parentPort.postMessage({ job: m.job, plain: out }, own(out));
@@ -134,6 +138,9 @@ type Reply = {
 interface Slot {
   worker: Worker;
   busy: number;
+  /** Jobs sent to this worker and not answered yet. */
+  jobs: Set<number>;
+  dead: boolean;
 }
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
@@ -161,12 +168,10 @@ export class SealPool {
         workerData: { encryption: this.keys.encryption, chunkId: this.keys.chunkId },
       });
       worker.unref();
-      const slot: Slot = { worker, busy: 0 };
+      const slot: Slot = { worker, busy: 0, jobs: new Set(), dead: false };
       worker.on('message', (r: Reply) => this.settle(slot, r));
-      worker.on('error', (err) => this.failAll(err));
-      worker.on('exit', (code) => {
-        if (!this.closed) this.failAll(new Error(`seal worker exited (${code})`));
-      });
+      worker.on('error', (err) => this.lose(slot, err));
+      worker.on('exit', (code) => this.lose(slot, new Error(`seal worker exited (${code})`)));
       this.slots.push(slot);
       return slot;
     }
@@ -177,20 +182,48 @@ export class SealPool {
     const w = this.waiting.get(r.job);
     if (!w) return;
     this.waiting.delete(r.job);
+    slot.jobs.delete(r.job);
     if (--slot.busy === 0) slot.worker.unref();
     w.resolve(r);
+  }
+
+  /**
+   * A worker died (crashed, ran out of memory, was terminated): its calls in flight fail, and it leaves the pool so
+   * the next call starts a new one instead of waiting forever on a thread that will never answer.
+   */
+  private lose(slot: Slot, err: Error): void {
+    if (slot.dead) return;
+    slot.dead = true;
+    this.slots = this.slots.filter((s) => s !== slot);
+    const reason = this.closed ? new Error('seal pool closed') : err;
+    for (const job of slot.jobs) {
+      const w = this.waiting.get(job);
+      this.waiting.delete(job);
+      w?.reject(reason);
+    }
+    slot.jobs.clear();
+    slot.busy = 0;
+    if (!this.closed) void slot.worker.terminate().catch(() => undefined);
   }
 
   private failAll(err: Error): void {
     for (const w of this.waiting.values()) w.reject(err);
     this.waiting.clear();
-    for (const s of this.slots) s.busy = 0;
+    for (const s of this.slots) {
+      s.busy = 0;
+      s.jobs.clear();
+    }
   }
 
   private call(slot: Slot, msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<Reply> {
     const job = msg.job as number;
     return new Promise<Reply>((resolve, reject) => {
+      if (slot.dead) {
+        reject(new Error('seal worker exited'));
+        return;
+      }
       this.waiting.set(job, { resolve, reject });
+      slot.jobs.add(job);
       if (slot.busy++ === 0) slot.worker.ref();
       slot.worker.postMessage(msg, transfer);
     }).then((r) => {
@@ -232,14 +265,15 @@ export class SealPool {
   }
 
   /**
-   * Opens a sealed chunk named `id` and checks its content against the name.
+   * Opens a sealed chunk named `id` and checks its content against the name; its plaintext may not exceed
+   * `maxPlain` bytes (inflate stops there).
    * @throws SealError when it does not open; ChunkIdMismatchError when its content is not what `id` names
    */
-  async open(sealed: Buffer, id: string): Promise<Buffer> {
+  async open(sealed: Buffer, id: string, maxPlain = 64 * 1024 * 1024): Promise<Buffer> {
     const slot = this.slot();
     const job = this.nextJob++;
     const transfer = ownsMemory(sealed) ? [sealed.buffer as ArrayBuffer] : [];
-    const r = await this.call(slot, { op: 'open', job, sealed, id }, transfer);
+    const r = await this.call(slot, { op: 'open', job, sealed, id, maxPlain }, transfer);
     return asBuffer(r.plain as Uint8Array);
   }
 

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -19,6 +19,7 @@ import {
   RepositoryError,
   RepositoryInputError,
   StoreAccessDeniedError,
+  TransientStoreError,
 } from './errors';
 
 /** One object of a listing. */
@@ -38,18 +39,46 @@ export interface ObjectStore {
   readonly url: string;
   /** Fails with a clear error when the bucket/directory that should hold the repository does not exist. */
   checkLocation(): Promise<void>;
-  get(key: string): Promise<Buffer | undefined>;
+  /**
+   * The whole object, or `undefined` when absent. With `maxBytes`, an object larger than that is refused
+   * ({@link ObjectTooLargeError}) from its size (stat, Content-Length) before its body is read, and a body that
+   * turns out longer while it streams is cut off there.
+   */
+  get(key: string, opts?: GetOptions): Promise<Buffer | undefined>;
   /**
    * Writes the whole object at once: readers see the old object, no object, or the new one, never part. `digests`
    * of `body`, when the caller has them, save the store computing them again.
    */
   put(key: string, body: Buffer, digests?: BodyDigests): Promise<void>;
   exists(key: string): Promise<boolean>;
+  /**
+   * Creates the object only if no object has the key (S3 `If-None-Match: *`, O_EXCL on a file system): `false`
+   * when one exists. Stores that cannot do it atomically leave it out (callers then check and put, racily).
+   */
+  putIfAbsent?(key: string, body: Buffer): Promise<boolean>;
   /** Every object whose key starts with `prefix`, in no particular order. */
   list(prefix: string): AsyncIterable<StoredObject>;
   /** Removes an object; no error when it is already gone. */
   delete(key: string): Promise<void>;
   close(): void;
+}
+
+/** Options of {@link ObjectStore.get}. */
+export interface GetOptions {
+  /** Largest object accepted, in bytes. */
+  maxBytes?: number;
+}
+
+/** An object is larger than any legitimate object of its kind: it is refused unread. */
+export class ObjectTooLargeError extends DamagedObjectError {
+  override readonly name: string = 'ObjectTooLargeError';
+  constructor(key: string, size: number | undefined, maxBytes: number) {
+    super(
+      key,
+      'corrupt',
+      `${size === undefined ? 'more than' : `${size} bytes,`} larger than the ${maxBytes} bytes an object of its kind can be`,
+    );
+  }
 }
 
 /** Digests of an object's body computed off the main thread (./seal-pool.ts). */
@@ -66,7 +95,8 @@ export type RepositoryLocation =
   | { kind: 'file'; url: string; path: string };
 
 /**
- * Parses `s3://bucket[/prefix]` (endpoint from `?endpoint=` or the AWS environment) or `file:///absolute/path`.
+ * Parses `s3://bucket[/prefix]` or `file:///absolute/path`. An `?endpoint=` is returned as given; {@link openStore}
+ * accepts it only when it is the host's own endpoint.
  * @throws RepositoryInputError on anything else
  */
 export function parseRepositoryUrl(url: string): RepositoryLocation {
@@ -95,10 +125,44 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
   throw new RepositoryInputError(`repository URL '${url}': use s3://bucket/prefix or file:///path`);
 }
 
-/** Opens the object store of a repository URL. Nothing is contacted yet. */
+/**
+ * The S3 endpoint of this host's own configuration: `s3Config.endpoint` (set by code on the host), else
+ * `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`; `undefined` for AWS itself.
+ */
+export function hostS3Endpoint(s3Config: S3ClientConfig = {}): string | undefined {
+  const e = s3Config.endpoint;
+  if (typeof e === 'string') return e;
+  if (e && typeof e === 'object' && 'href' in e) return String((e as unknown as URL).href);
+  return process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL ?? undefined;
+}
+
+function sameEndpoint(a: string, b: string): boolean {
+  try {
+    return new URL(a).href.replace(/\/+$/, '') === new URL(b).href.replace(/\/+$/, '');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Opens the object store of a repository URL. Nothing is contacted yet. The S3 endpoint comes only from this
+ * host's configuration ({@link hostS3Endpoint}): a URL's `?endpoint=` (from a workflow's or a Nexus caller's
+ * input) would make the host sign requests to any server, so one that differs from the host's is refused.
+ * @throws RepositoryInputError on a bad URL or a foreign endpoint
+ */
 export function openStore(url: string, s3Config: S3ClientConfig = {}): ObjectStore {
   const loc = parseRepositoryUrl(url);
-  return loc.kind === 's3' ? new S3Store(loc, s3Config) : new FileStore(loc.url, loc.path);
+  if (loc.kind === 'file') return new FileStore(loc.url, loc.path);
+  const own = hostS3Endpoint(s3Config);
+  if (loc.endpoint !== undefined && (own === undefined || !sameEndpoint(loc.endpoint, own))) {
+    throw new RepositoryInputError(
+      `repository URL '${url}': endpoint ${loc.endpoint} is not this host's S3 endpoint ` +
+        `(${own ?? 'AWS'}); endpoints come from the host's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, not the URL`,
+    );
+  }
+  const { endpoint: _ignored, ...rest } = loc;
+  void _ignored;
+  return new S3Store(rest, s3Config);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -122,12 +186,34 @@ export class FileStore implements ObjectStore {
     }
   }
 
-  async get(key: string): Promise<Buffer | undefined> {
+  async get(key: string, opts: GetOptions = {}): Promise<Buffer | undefined> {
+    let fh;
     try {
-      return await readFile(this.path(key));
+      fh = await open(this.path(key), 'r');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw this.translate(err, key);
+    }
+    try {
+      const max = opts.maxBytes ?? Number.MAX_SAFE_INTEGER;
+      const size = (await fh.stat()).size;
+      if (size > max) throw new ObjectTooLargeError(key, size, max);
+      // Read at most one byte past the size seen: a file growing meanwhile is refused, not read on.
+      const out = Buffer.allocUnsafe(Math.min(size + 1, max + 1));
+      let pos = 0;
+      for (;;) {
+        const { bytesRead } = await fh.read(out, pos, out.length - pos, pos);
+        if (bytesRead === 0) break;
+        pos += bytesRead;
+        if (pos === out.length) break;
+      }
+      if (pos > max) throw new ObjectTooLargeError(key, undefined, max);
+      return pos === out.length ? out : out.subarray(0, pos);
+    } catch (err) {
+      if (err instanceof RepositoryError) throw err;
+      throw this.translate(err, key);
+    } finally {
+      await fh.close();
     }
   }
 
@@ -147,6 +233,33 @@ export class FileStore implements ObjectStore {
     } catch (err) {
       await rm(tmp, { force: true });
       throw this.translate(err, key);
+    }
+  }
+
+  /** Writes a temporary file, then hard-links it to the key's name: `link` fails if the name exists (atomic). */
+  async putIfAbsent(key: string, body: Buffer): Promise<boolean> {
+    const file = this.path(key);
+    const tmp = `${file}.tmp-${randomBytes(6).toString('hex')}`;
+    try {
+      await mkdir(dirname(file), { recursive: true });
+      const fh = await open(tmp, 'wx');
+      try {
+        await fh.writeFile(body);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      try {
+        await link(tmp, file);
+        return true;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+        throw err;
+      }
+    } catch (err) {
+      throw this.translate(err, key);
+    } finally {
+      await unlink(tmp).catch(() => undefined);
     }
   }
 
@@ -211,7 +324,8 @@ export class FileStore implements ObjectStore {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'EACCES' || e.code === 'EPERM') return new StoreAccessDeniedError(this.url, `${what}: ${e.message}`);
     if (e.code === 'ENOENT') return new BucketNotFoundError(this.url, `${what}: ${e.message}`);
-    return e;
+    // EIO, ESTALE (NFS), ENOSPC, ...: a retry may succeed.
+    return new TransientStoreError(`${this.url} ${what}: ${e.code ?? ''} ${e.message}`);
   }
 }
 
@@ -253,17 +367,24 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async get(key: string): Promise<Buffer | undefined> {
+  async get(key: string, opts: GetOptions = {}): Promise<Buffer | undefined> {
     // Chunks are authenticated end to end (AES-GCM, then their keyed hash; Repository.readChunk re-reads one that
     // fails once), so their reads skip the SDK's CRC32 of the response, a main-thread pass over every byte that
     // catches nothing those checks miss. Everything else (config, manifests, locks) keeps it.
     const chunk = key.startsWith('chunks/');
     const client = chunk ? this.chunkClient() : this.client;
+    const max = opts.maxBytes ?? Number.MAX_SAFE_INTEGER;
     for (let attempt = 1; ; attempt++) {
       try {
         const out = await client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }));
-        return await collectBody(out.Body, out.ContentLength);
+        if (out.ContentLength !== undefined && out.ContentLength > max) {
+          // Refused from its length: the body is dropped unread (the connection closes instead of draining it).
+          discardBody(out.Body);
+          throw new ObjectTooLargeError(key, out.ContentLength, max);
+        }
+        return await collectBody(out.Body, out.ContentLength, max, key);
       } catch (err) {
+        if (err instanceof RepositoryError) throw err;
         if (isNotFound(err)) return undefined;
         // The SDK checks the object's stored checksum: a mismatch twice over is damage at rest, not transit.
         if (err instanceof Error && /checksum mismatch/i.test(err.message)) {
@@ -305,6 +426,21 @@ export class S3Store implements ObjectStore {
       }
       await this.client.send(command);
     } catch (err) {
+      throw this.translate(err, key);
+    }
+  }
+
+  /** PutObject with `If-None-Match: *`: S3 (and versitygw) refuse it with 412 when the key exists. */
+  async putIfAbsent(key: string, body: Buffer): Promise<boolean> {
+    try {
+      await this.client.send(
+        new PutObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Body: body, IfNoneMatch: '*' }),
+      );
+      return true;
+    } catch (err) {
+      const status = err instanceof S3ServiceException ? err.$metadata?.httpStatusCode : undefined;
+      // 412: the object exists; 409: a concurrent conditional write to the same key won.
+      if (status === 412 || status === 409 || (err as Error).name === 'PreconditionFailed') return false;
       throw this.translate(err, key);
     }
   }
@@ -361,34 +497,64 @@ export class S3Store implements ObjectStore {
       if (status === 403 || err.name === 'AccessDenied' || err.name === 'InvalidAccessKeyId') {
         return new StoreAccessDeniedError(this.url, `${what}: ${err.name} ${err.message}`);
       }
-      // Other service errors (5xx, throttling) are transient: the caller's retry policy decides.
-      return new RepositoryError(`S3 ${what}: ${err.name} (HTTP ${status ?? '?'}) ${err.message}`);
+      if (status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429) {
+        // A request the service refuses for good (bad bucket name, invalid argument): not a passing fault.
+        return new RepositoryError(`S3 ${what}: ${err.name} (HTTP ${status}) ${err.message}`);
+      }
+      // 5xx, throttling, timeouts: transient, the caller's retry policy decides.
+      return new TransientStoreError(`S3 ${what}: ${err.name} (HTTP ${status ?? '?'}) ${err.message}`);
     }
-    // Network failures (connection refused, reset, timeouts) stay as they are: retryable.
-    return err as Error;
+    if (err instanceof RepositoryError) return err;
+    // Network failures (connection refused, reset, timeouts): transient.
+    const e = err as NodeJS.ErrnoException;
+    return new TransientStoreError(`S3 ${what}: ${e?.code ?? e?.name ?? 'error'} ${e?.message ?? String(err)}`);
+  }
+}
+
+/** Drops a response body unread: destroying the stream closes the connection instead of reading the rest. */
+function discardBody(body: unknown): void {
+  const b = body as { destroy?: (err?: Error) => void } | undefined;
+  try {
+    b?.destroy?.();
+  } catch {
+    // nothing to release
   }
 }
 
 /**
  * A GetObject body as one Buffer: copied once into a buffer of the announced length as it streams in (the SDK's
- * `transformToByteArray` gathers the pieces, then concatenates them, then the caller copied again).
+ * `transformToByteArray` gathers the pieces, then concatenates them, then the caller copied again). Without a
+ * length, pieces are gathered up to `max` bytes; either way a body longer than allowed is cut off there.
  */
-async function collectBody(body: unknown, length: number | undefined): Promise<Buffer> {
-  const stream = body as AsyncIterable<Uint8Array> & { transformToByteArray?: () => Promise<Uint8Array> };
-  if (length === undefined || typeof stream?.[Symbol.asyncIterator] !== 'function') {
-    const bytes = await (body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray();
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+async function collectBody(body: unknown, length: number | undefined, max: number, key: string): Promise<Buffer> {
+  const stream = body as AsyncIterable<Uint8Array>;
+  if (typeof stream?.[Symbol.asyncIterator] !== 'function') {
+    throw new TransientStoreError(`S3 response for ${key} has no readable body`);
   }
-  const out = Buffer.allocUnsafeSlow(length);
+  const limit = length ?? max;
+  const out = length !== undefined ? Buffer.allocUnsafeSlow(length) : undefined;
+  const pieces: Uint8Array[] = [];
   let pos = 0;
-  for await (const piece of stream) {
-    if (pos + piece.length > length)
-      throw new RepositoryError(`S3 response longer than its Content-Length (${length})`);
-    out.set(piece, pos);
-    pos += piece.length;
+  try {
+    for await (const piece of stream) {
+      if (pos + piece.length > limit) {
+        discardBody(body);
+        if (length === undefined) throw new ObjectTooLargeError(key, undefined, max);
+        throw new TransientStoreError(`S3 response for ${key} longer than its Content-Length (${length})`);
+      }
+      if (out) out.set(piece, pos);
+      else pieces.push(piece);
+      pos += piece.length;
+    }
+  } catch (err) {
+    if (err instanceof RepositoryError) throw err;
+    throw new TransientStoreError(`S3 response for ${key} failed after ${pos} bytes: ${(err as Error).message}`);
   }
-  if (pos !== length) throw new RepositoryError(`S3 response ended after ${pos} of ${length} bytes`);
-  return out;
+  if (out) {
+    if (pos !== length) throw new TransientStoreError(`S3 response for ${key} ended after ${pos} of ${length} bytes`);
+    return out;
+  }
+  return Buffer.concat(pieces, pos);
 }
 
 function isNotFound(err: unknown): boolean {

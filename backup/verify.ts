@@ -1,4 +1,5 @@
 import { DamagedObjectError } from './errors';
+import { RepositoryLock, type LockOptions } from './locks';
 import { FORMAT_VERSION, type DiskManifest, type GroupManifest, type VmManifest } from './manifest';
 import { Repository, type PointSummary } from './repository';
 
@@ -42,6 +43,8 @@ export interface VerifyOptions {
   onProgress?: (p: VerifyProgress) => void;
   /** Record the outcome beside each point (what `repo list` shows). @default true */
   record?: boolean;
+  /** Settings of the shared lock held while verifying (tests). */
+  lock?: LockOptions;
 }
 
 /**
@@ -49,7 +52,13 @@ export interface VerifyOptions {
  * `readData` every chunk decrypts and matches its keyed hash. Damage is reported as group/VM/disk/offset.
  */
 export async function verifyRepository(repo: Repository, opts: VerifyOptions = {}): Promise<VerifyResult> {
-  const points: PointSummary[] = await repo.listPoints(opts.group ? { group: opts.group } : {});
+  // A shared lock: prune does not delete a point (or sweep chunks) while it is being checked.
+  return RepositoryLock.holdForReading(repo, () => verifyUnlocked(repo, opts), opts.lock ?? {});
+}
+
+async function verifyUnlocked(repo: Repository, opts: VerifyOptions): Promise<VerifyResult> {
+  const listing = await repo.listPointsReport(opts.group ? { group: opts.group } : {});
+  const points: PointSummary[] = listing.points;
   const existing = await repo.loadChunkIndex();
   const readResults = new Map<string, Promise<DamagedObjectError | undefined>>();
   const result: VerifyResult = {
@@ -61,6 +70,12 @@ export async function verifyRepository(repo: Repository, opts: VerifyOptions = {
     problems: [],
   };
   const progress: VerifyProgress = { pointsDone: 0, pointsTotal: points.length, chunksChecked: 0, bytesRead: 0 };
+  // Points whose group manifest does not open: reported as they are (the group is unknown without the manifest).
+  for (const d of listing.damaged) {
+    const at = { group: d.group ?? `?${d.groupTag}`, snapshotId: d.snapshotId };
+    result.problems.push({ ...at, object: d.manifest, problem: d.problem, detail: d.detail });
+    result.points.push({ ...at, ok: false, problems: 1 });
+  }
 
   const checkChunk = (id: string): Promise<DamagedObjectError | undefined> => {
     let p = readResults.get(id);

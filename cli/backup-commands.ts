@@ -9,7 +9,7 @@ import {
   exportProgress,
   exportResult,
   initRepository,
-  listRepositoryPoints,
+  listRepositoryReport,
   pruneRepositoryAt,
   startExport,
   verifyRepositoryAt,
@@ -119,8 +119,14 @@ export async function repoList(url: string | undefined, opts: RepoOptions & { gr
   await repoAction(
     opts,
     async () => {
-      const points = await listRepositoryPoints(repoUrl(url), keyFile(opts), opts.group ? { group: opts.group } : {});
-      return points.map((p) => ({
+      const listing = await listRepositoryReport(repoUrl(url), keyFile(opts), opts.group ? { group: opts.group } : {});
+      const damaged = listing.damaged.map((d) => ({
+        group: d.group ?? null,
+        groupTag: d.groupTag,
+        snapshotId: d.snapshotId,
+        damaged: { object: d.manifest, problem: d.problem, detail: d.detail },
+      }));
+      const points = listing.points.map((p) => ({
         group: p.group,
         snapshotId: p.snapshotId,
         ...(p.label !== undefined ? { label: p.label } : {}),
@@ -155,34 +161,46 @@ export async function repoList(url: string | undefined, opts: RepoOptions & { gr
             }
           : null,
       }));
+      return [...points, ...damaged];
     },
-    (points) =>
-      points.length === 0
-        ? 'No points in the repository.'
-        : points
-            .map(
-              (p) =>
-                `${p.group} ${p.snapshotId}${p.label ? ` (${p.label})` : ''}  ${p.vms.length} VM(s), ${gib(p.logicalBytes)}, ` +
-                `${mib(p.bytesNew)} new, exported ${p.exportedAt}, ` +
-                (p.verified
-                  ? `verified ${p.verified.ok ? 'ok' : `DAMAGED (${p.verified.problems})`}${p.verified.readData ? ' with data' : ''}`
-                  : 'not verified') +
-                ', ' +
-                (p.lastDrill
-                  ? `last drill ${p.lastDrill.result === 'pass' ? 'passed' : 'FAILED'} ${p.lastDrill.at} on ${p.lastDrill.toHost}` +
-                    (p.lastDrill.timeToReadyMs !== null
-                      ? ` (ready in ${(p.lastDrill.timeToReadyMs / 1000).toFixed(1)} s)`
-                      : '')
-                  : 'never drilled') +
-                '\n' +
-                p.vms
-                  .map(
-                    (v) =>
-                      `    ${v.domain}@${v.host}: ${v.disks.map((d) => `${d.target} ${gib(d.virtualSize)}`).join(', ')}`,
-                  )
-                  .join('\n'),
-            )
-            .join('\n'),
+    (all) => {
+      const points = all.filter((p): p is Exclude<typeof p, { damaged: unknown }> => !('damaged' in p));
+      const damaged = all.flatMap((p) => ('damaged' in p ? [p] : []));
+      const lines = damaged.map(
+        (d) =>
+          `${d.group ?? `(group ${d.groupTag})`} ${d.snapshotId}  DAMAGED: ${d.damaged.detail} ` +
+          `(run 'groupsnap repo verify'; restore and export skip it)`,
+      );
+      if (points.length === 0)
+        return [damaged.length ? '' : 'No points in the repository.', ...lines].filter(Boolean).join('\n');
+      return [
+        points
+          .map(
+            (p) =>
+              `${p.group} ${p.snapshotId}${p.label ? ` (${p.label})` : ''}  ${p.vms.length} VM(s), ${gib(p.logicalBytes)}, ` +
+              `${mib(p.bytesNew)} new, exported ${p.exportedAt}, ` +
+              (p.verified
+                ? `verified ${p.verified.ok ? 'ok' : `DAMAGED (${p.verified.problems})`}${p.verified.readData ? ' with data' : ''}`
+                : 'not verified') +
+              ', ' +
+              (p.lastDrill
+                ? `last drill ${p.lastDrill.result === 'pass' ? 'passed' : 'FAILED'} ${p.lastDrill.at} on ${p.lastDrill.toHost}` +
+                  (p.lastDrill.timeToReadyMs !== null
+                    ? ` (ready in ${(p.lastDrill.timeToReadyMs / 1000).toFixed(1)} s)`
+                    : '')
+                : 'never drilled') +
+              '\n' +
+              p.vms
+                .map(
+                  (v) =>
+                    `    ${v.domain}@${v.host}: ${v.disks.map((d) => `${d.target} ${gib(d.virtualSize)}`).join(', ')}`,
+                )
+                .join('\n'),
+          )
+          .join('\n'),
+        ...lines,
+      ].join('\n');
+    },
   );
 }
 
@@ -264,10 +282,12 @@ export async function repoPrune(url: string | undefined, opts: PruneCommandOptio
             `${g.group}: keep ${g.kept.length}${r.dryRun ? ', would delete' : ', deleted'} ${g.deleted.length}` +
             (g.deleted.length ? ` (${g.deleted.join(', ')})` : ''),
         ),
+        ...r.damaged.map((d) => `DAMAGED point ${d.snapshotId} (${d.manifest}): left alone: ${d.detail}`),
         r.sweep.done
           ? `sweep: ${r.sweep.chunksDeleted} of ${r.sweep.chunksBefore} chunks unreferenced, ${mib(r.sweep.bytesFreed)} freed`
           : `sweep not done: ${r.sweep.reason}`,
       ].join('\n'),
+    (r) => r.damaged.length > 0 || (!r.sweep.done && r.sweep.damage === true),
   );
 }
 

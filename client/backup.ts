@@ -15,7 +15,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
 import { RepositoryInputError } from '../backup/errors';
 import { pruneRepository, type PruneOptions, type PruneResult } from '../backup/prune';
-import { Repository, type PointSummary } from '../backup/repository';
+import { Repository, type PointListing, type PointSummary } from '../backup/repository';
 import { parseRepositoryUrl } from '../backup/store';
 import { verifyRepository, type VerifyOptions, type VerifyResult } from '../backup/verify';
 import {
@@ -31,6 +31,7 @@ import { assertSafeName, BadInputError } from '../common/validation';
 import type { exportGroupSnapshot as exportWorkflow } from '../workflows';
 
 export type {
+  PointListing,
   ExportInput,
   ExportResult,
   DiskProgressReport,
@@ -155,6 +156,15 @@ export function listRepositoryPoints(
   opts: { group?: string } = {},
 ): Promise<PointSummary[]> {
   return withRepository(url, keyFile, (repo) => repo.listPoints(opts));
+}
+
+/** {@link listRepositoryPoints}, and the points whose group manifest is damaged (what `repo list` marks). */
+export function listRepositoryReport(
+  url: string,
+  keyFile: string,
+  opts: { group?: string } = {},
+): Promise<PointListing> {
+  return withRepository(url, keyFile, (repo) => repo.listPointsReport(opts));
 }
 
 /** Checks every point's manifests and chunks (with `readData`, every chunk's content). */

@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { readKeyFile } from '../backup/crypto';
-import { PointNotFoundError, RepositoryError } from '../backup/errors';
+import { PointNotFoundError, RepositoryError, TransientStoreError } from '../backup/errors';
 import { Repository } from '../backup/repository';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import {
@@ -72,7 +72,10 @@ async function checkPoint(url: string, keyFile: string, group: string, snapshotI
     repo = await Repository.open(url, readKeyFile(keyFile));
     await repo.readGroupManifest(group, snapshotId);
   } catch (err) {
-    if (err instanceof PointNotFoundError || err instanceof RepositoryError) throw new BadInputError(err.message);
+    // A store that is down or busy is not bad input (exit 1, retry later); the rest a retry cannot fix.
+    if (err instanceof PointNotFoundError) throw new BadInputError(err.message);
+    if (err instanceof RepositoryError && !(err instanceof TransientStoreError) && err.name !== 'RepositoryBusyError')
+      throw new BadInputError(err.message);
     throw err;
   } finally {
     repo?.close();

@@ -4,11 +4,12 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Repository } from '../backup/repository';
+import { DAMAGED, damageRepository } from './helpers/repo-damage';
 import { writeTestPoint } from './helpers/repo-points';
 import { CLI } from './helpers/worker-process';
 
@@ -35,7 +36,7 @@ beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'gs-backup-cli-'));
   url = pathToFileURL(join(dir, 'repo')).href;
   keyFile = join(dir, 'key');
-  writeFileSync(keyFile, key.toString('base64') + '\n');
+  writeFileSync(keyFile, key.toString('base64') + '\n', { mode: 0o600 });
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -87,7 +88,7 @@ test('repo list/verify/prune: points with sizes and verification, damage located
   repo.close();
 
   const wrong = join(dir, 'wrong.key');
-  writeFileSync(wrong, randomBytes(32));
+  writeFileSync(wrong, randomBytes(32), { mode: 0o600 });
   const refused = await cli(['repo', 'list', url, '--key-file', wrong]);
   expect(refused.code).toBe(2);
   expect(refused.stderr).toMatch(/key does not open the repository/);
@@ -140,7 +141,7 @@ test('repo list/verify/prune: points with sizes and verification, damage located
 
 test('export checks the repository and key before starting anything', async () => {
   const wrong = join(dir, 'wrong2.key');
-  writeFileSync(wrong, randomBytes(32));
+  writeFileSync(wrong, randomBytes(32), { mode: 0o600 });
   const [r1, r2, r3] = await Promise.all([
     cli([
       'export',
@@ -163,4 +164,55 @@ test('export checks the repository and key before starting anything', async () =
   expect(r2.code).toBe(2);
   expect(r3.code).toBe(2);
   expect(r3.stderr).toMatch(/no groupsnap repository/);
+});
+
+test('a damaged repository: list marks the point, verify names each problem (exit 1), prune sweeps nothing (exit 1)', async () => {
+  const durl = pathToFileURL(join(dir, 'damaged')).href;
+  const repo = await Repository.init(durl, key, { chunkSize: 64 * 1024 });
+  const damage = await damageRepository(repo);
+  repo.close();
+
+  const listed = await cli(['repo', 'list', durl, '--key-file', keyFile, '--json']);
+  expect(listed.code).toBe(0);
+  const rows = JSON.parse(listed.stdout) as { snapshotId: string; damaged?: { object: string } }[];
+  expect(rows.map((r) => [r.snapshotId, r.damaged?.object ?? null])).toEqual([
+    [DAMAGED.good, null],
+    [DAMAGED.truncatedDisk, null],
+    [DAMAGED.flippedChunk, null],
+    [DAMAGED.junkGroup, damage.groupKeyB],
+  ]);
+  const text = await cli(['repo', 'list', durl, '--key-file', keyFile, '--group', 'shop']);
+  expect(text.stdout).toMatch(new RegExp(`shop ${DAMAGED.junkGroup}  DAMAGED: object ${damage.groupKeyB} is corrupt`));
+
+  const verified = await cli(['repo', 'verify', durl, '--key-file', keyFile, '--read-data']);
+  expect(verified.code).toBe(1);
+  expect(verified.stdout).toMatch(/^DAMAGED: /);
+  for (const object of [damage.groupKeyB, damage.diskKeyC, damage.chunkD]) expect(verified.stdout).toContain(object);
+
+  const pruned = await cli(['repo', 'prune', durl, '--key-file', keyFile, '--keep-last', '10']);
+  expect(pruned.code).toBe(1);
+  expect(pruned.stdout).toMatch(/sweep not done: 2 manifest\(s\) cannot be read.*no chunk swept/);
+  expect(pruned.stdout).toContain(`DAMAGED point ${DAMAGED.junkGroup}`);
+  const after = await Repository.open(durl, key);
+  const chunks = await after.loadChunkIndex();
+  for (const id of [...damage.truncatedChunks, damage.orphan]) expect(chunks.has(id)).toBe(true);
+  after.close();
+});
+
+test('a key file others can read is bad input naming the chmod; a store that is down exits 1, not 2', async () => {
+  const open = join(dir, 'open.key');
+  writeFileSync(open, key.toString('base64') + '\n');
+  chmodSync(open, 0o644);
+  const refused = await cli(['repo', 'list', url, '--key-file', open]);
+  expect(refused.code).toBe(2);
+  expect(refused.stderr).toContain(`run 'chmod 600 ${open}'`);
+
+  const down = await cli(['repo', 'list', 's3://gs-down/x', '--key-file', keyFile], {
+    AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:1',
+    AWS_ACCESS_KEY_ID: 'x',
+    AWS_SECRET_ACCESS_KEY: 'y',
+    AWS_MAX_ATTEMPTS: '1',
+  });
+  expect(down.code).toBe(1);
+  expect(down.stderr).toMatch(/ECONNREFUSED|connect/);
 });

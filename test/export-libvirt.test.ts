@@ -100,7 +100,7 @@ describe('exports of group snapshots to S3 on real VMs', () => {
     s3 = await S3Server.start();
     tmp = await mkdtemp(join(tmpdir(), 'gs-export-test-'));
     keyFile = join(tmp, 'repo.key');
-    await writeFile(keyFile, key.toString('base64') + '\n');
+    await writeFile(keyFile, key.toString('base64') + '\n', { mode: 0o600 });
     for (const [k, v] of Object.entries({ ...s3.env, [REPO_KEY_FILE_ENV]: keyFile })) {
       saved[k] = process.env[k];
       process.env[k] = v;
@@ -286,7 +286,7 @@ describe('exports of group snapshots to S3 on real VMs', () => {
     };
     const before = await objects();
     const wrong = join(tmp, 'wrong.key');
-    await writeFile(wrong, randomBytes(32));
+    await writeFile(wrong, randomBytes(32), { mode: 0o600 });
     process.env[REPO_KEY_FILE_ENV] = wrong;
     try {
       const err = await exportGroupSnapshot(client, { group, snapshotId: s.snapshotId, repository }).catch((e) => e);

@@ -415,7 +415,7 @@ describe('restore from the repository on another hypervisor', () => {
 
   it('bad input exits 2 before anything starts: wrong key, unknown point, no target host', async () => {
     const wrongKey = join(dir, 'wrong.key');
-    writeFileSync(wrongKey, randomBytes(32).toString('base64'));
+    writeFileSync(wrongKey, randomBytes(32).toString('base64'), { mode: 0o600 });
     const base = ['restore', group, snapshotId, '--from-repo', url, '--to-host', hostB];
     const wrong = await cli(...base, '--key-file', wrongKey);
     expect(wrong.code).toBe(2);

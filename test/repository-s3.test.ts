@@ -3,15 +3,29 @@
  * prune with retention and a chunk sweep that an export lock holds off.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { BucketNotFoundError, RepositoryExistsError, StoreAccessDeniedError, WrongKeyError } from '../backup/errors';
+import { Transform, type Readable } from 'node:stream';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import {
+  BucketNotFoundError,
+  DamagedObjectError,
+  PERMANENT_REPOSITORY_ERRORS,
+  RepositoryExistsError,
+  RepositoryInputError,
+  StoreAccessDeniedError,
+  TransientStoreError,
+  WrongKeyError,
+} from '../backup/errors';
 import { RepositoryBusyError, RepositoryLock } from '../backup/locks';
 import { FORMAT_VERSION, sumStats, type DiskExportStats, type DiskManifest } from '../backup/manifest';
 import { pruneRepository } from '../backup/prune';
 import { Repository } from '../backup/repository';
 import { verifyRepository } from '../backup/verify';
 import { S3Server } from '../dev/s3-server';
+import { damageRepository, expectDamageHandled } from './helpers/repo-damage';
 
 const CHUNK = 64 * 1024;
 const STATS: DiskExportStats = {
@@ -164,12 +178,16 @@ test('prune keeps the policy set, sweeps only unreferenced chunks, and waits for
   }
   expect((await repo.loadChunkIndex()).size).toBe(5);
 
-  // An export in progress holds the sweep off; the points are still forgotten.
+  // An export in progress holds prune off: it takes the exclusive lock before deleting anything, so nothing goes.
   const exportLock = await RepositoryLock.acquire(repo, 'export', 'hv-test');
   await expect(RepositoryLock.acquire(repo, 'prune')).rejects.toBeInstanceOf(RepositoryBusyError);
   const held = await pruneRepository(repo, { policy: { keepLast: 2 } });
-  expect(held.groups).toEqual([expect.objectContaining({ group: 'shop', deleted: [points[0].id, points[1].id] })]);
-  expect(held.sweep).toMatchObject({ done: false, reason: expect.stringContaining('in use by export (hv-test)') });
+  expect(held.groups).toEqual([]);
+  expect(held.sweep).toMatchObject({
+    done: false,
+    reason: expect.stringMatching(/^nothing deleted: .*in use by export \(hv-test\)/),
+  });
+  expect(await repo.listPoints()).toHaveLength(4);
   expect((await repo.loadChunkIndex()).size).toBe(5);
   // ... and an export waits while a sweep runs.
   await exportLock.release();
@@ -189,4 +207,112 @@ test('prune keeps the policy set, sweeps only unreferenced chunks, and waits for
   await expect(RepositoryLock.acquire(repo, 'export')).rejects.toThrow(/being pruned/);
   await pruneLock.release();
   repo.close();
+});
+
+test('damage on S3: a junk group manifest, a truncated disk manifest and a flipped chunk are listed, reported, not swept', async () => {
+  const repo = await Repository.init('s3://gs-test/damage', key, { chunkSize: CHUNK });
+  await expectDamageHandled(repo, await damageRepository(repo));
+  repo.close();
+});
+
+test('locks on S3: the exclusive lock is an If-None-Match create; prune and a reader exclude each other', async () => {
+  const repo = await Repository.init('s3://gs-test/locks', key, { chunkSize: CHUNK });
+  expect(await repo.store.putIfAbsent!('locks/probe', Buffer.from('first'))).toBe(true);
+  expect(await repo.store.putIfAbsent!('locks/probe', Buffer.from('second'))).toBe(false);
+  expect((await repo.store.get('locks/probe'))!.toString()).toBe('first');
+  await repo.store.delete('locks/probe');
+
+  const [a, b] = await Promise.allSettled([
+    RepositoryLock.acquire(repo, 'prune', 'pruner-a'),
+    RepositoryLock.acquire(repo, 'prune', 'pruner-b'),
+  ]);
+  // Two prunes racing: exactly one holds the lock.
+  expect([a.status, b.status].sort()).toEqual(['fulfilled', 'rejected']);
+  const won = (
+    a.status === 'fulfilled' ? a.value : (b as PromiseFulfilledResult<RepositoryLock>).value
+  ) as RepositoryLock;
+  await expect(verifyRepository(repo)).rejects.toThrow(/being pruned .*the reader waits/);
+  await won.release();
+
+  await writePoint(repo, 'shop', 'gs-20261201T100000Z-000001', '2026-12-01T10:00:00.000Z', [randomBytes(CHUNK)]);
+  await writePoint(repo, 'shop', 'gs-20261202T100000Z-000002', '2026-12-02T10:00:00.000Z', [randomBytes(CHUNK)]);
+  await RepositoryLock.hold(
+    repo,
+    'read',
+    async () => {
+      const r = await pruneRepository(repo, { policy: { keepLast: 1 } });
+      expect(r.sweep).toMatchObject({ done: false, reason: expect.stringContaining('in use by read (restore-1)') });
+      expect(await repo.listPoints()).toHaveLength(2);
+    },
+    { owner: 'restore-1' },
+  );
+  expect((await pruneRepository(repo, { policy: { keepLast: 1 } })).sweep).toMatchObject({ done: true });
+  repo.close();
+});
+
+test('an oversize object is refused from its Content-Length without downloading it', async () => {
+  const url = 's3://gs-test/oversize';
+  (await Repository.init(url, key, { chunkSize: CHUNK })).close();
+  // Count the response body bytes the client actually consumes.
+  let received = 0;
+  class CountingHandler extends NodeHttpHandler {
+    override async handle(...args: Parameters<NodeHttpHandler['handle']>) {
+      const out = await super.handle(...args);
+      const body = out.response.body as Readable;
+      if (body && typeof body.pipe === 'function') {
+        const counted = new Transform({
+          transform(piece: Buffer, _enc, done) {
+            received += piece.length;
+            done(null, piece);
+          },
+        });
+        body.pipe(counted);
+        counted.on('close', () => body.destroy());
+        out.response.body = counted;
+      }
+      return out;
+    }
+  }
+  const repo = await Repository.open(url, key, { s3: { requestHandler: new CountingHandler() } });
+  const id = (await repo.putChunk(randomBytes(CHUNK))).id;
+  // 300 MiB of junk at the chunk's key (written to versitygw's posix backend, as a stray writer would).
+  const file = join(s3.dir, 'gs-test', 'oversize', ...Repository.chunkKey(id).split('/'));
+  writeFileSync(file, Buffer.alloc(0));
+  truncateSync(file, 300 * 1024 * 1024);
+  received = 0;
+  const err = await repo.readChunk(id).catch((e: unknown) => e);
+  expect(err).toBeInstanceOf(DamagedObjectError);
+  expect((err as Error).message).toMatch(/314572800 bytes, larger than the 65570 bytes/);
+  expect(received).toBeLessThan(4 * 1024 * 1024);
+  repo.close();
+});
+
+test('a store that is down is a transient (retryable) error, a foreign endpoint in the URL is bad input', async () => {
+  const saved = process.env.AWS_ENDPOINT_URL_S3;
+  // A gateway answering 503 Slow Down, and one not listening at all.
+  const busy = createServer((_req, res) => {
+    res.writeHead(503, { 'content-type': 'application/xml' });
+    res.end(
+      '<?xml version="1.0"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>',
+    );
+  });
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  try {
+    for (const endpoint of [`http://127.0.0.1:${(busy.address() as AddressInfo).port}`, 'http://127.0.0.1:1']) {
+      process.env.AWS_ENDPOINT_URL_S3 = endpoint;
+      const err = await Repository.open('s3://gs-test/x', key, { s3: { maxAttempts: 1 } }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TransientStoreError);
+      // Not among the errors an activity treats as permanent (or the CLI as bad input).
+      expect(PERMANENT_REPOSITORY_ERRORS as readonly string[]).not.toContain((err as Error).name);
+    }
+  } finally {
+    process.env.AWS_ENDPOINT_URL_S3 = saved;
+    busy.close();
+  }
+  await expect(Repository.open(`s3://gs-test/x?endpoint=http://127.0.0.1:1`, key)).rejects.toThrow(
+    /not this host's S3 endpoint/,
+  );
+  await expect(Repository.open(`s3://gs-test/x?endpoint=http://127.0.0.1:1`, key)).rejects.toBeInstanceOf(
+    RepositoryInputError,
+  );
 });

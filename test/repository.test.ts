@@ -1,22 +1,38 @@
 /** Unit tests of the repository core (backup/) on the file:// backend: format, crypto, dedup, reading disks back. */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { parseKey, readKeyFile } from '../backup/crypto';
+import { configMac, deriveKeys, looksLikeText, parseKey, readKeyFile } from '../backup/crypto';
 import {
   BucketNotFoundError,
   DamagedObjectError,
   PointNotFoundError,
   RepositoryExistsError,
   RepositoryInputError,
+  LockLostError,
   RepositoryNotFoundError,
+  StoreAccessDeniedError,
   WrongKeyError,
 } from '../backup/errors';
+import { RepositoryBusyError, RepositoryLock } from '../backup/locks';
+import { pruneRepository } from '../backup/prune';
+import { verifyRepository } from '../backup/verify';
+import { damageRepository, expectDamageHandled } from './helpers/repo-damage';
+import { writeTestPoint } from './helpers/repo-points';
 import { FORMAT_VERSION, sumStats, type DiskExportStats, type DiskManifest } from '../backup/manifest';
 import { Repository } from '../backup/repository';
-import { parseRepositoryUrl } from '../backup/store';
+import { openStore, parseRepositoryUrl, type ObjectStore } from '../backup/store';
 
 const CHUNK = 64 * 1024;
 const STATS: DiskExportStats = {
@@ -78,14 +94,38 @@ async function storeDisk(
 
 describe('keys', () => {
   test('a key file may be 32 raw bytes, base64 (as `head -c 32 /dev/urandom | base64` prints) or hex', () => {
-    const raw = randomBytes(32);
+    let raw = randomBytes(32);
+    while (looksLikeText(raw)) raw = randomBytes(32); // about once in 10^9
     const f = join(dir, 'k');
-    writeFileSync(f, raw);
+    writeFileSync(f, raw, { mode: 0o600 });
     expect(readKeyFile(f).equals(raw)).toBe(true);
     writeFileSync(f, raw.toString('base64') + '\n');
     expect(readKeyFile(f).equals(raw)).toBe(true);
     writeFileSync(f, raw.toString('hex'));
     expect(readKeyFile(f).equals(raw)).toBe(true);
+  });
+
+  test('a key file group or others may read is refused with the chmod to run; 32 bytes of text are no raw key', () => {
+    const f = join(dir, 'open.key');
+    writeFileSync(f, randomBytes(32).toString('base64') + '\n', { mode: 0o644 });
+    chmodSync(f, 0o644); // whatever the umask
+    expect(() => readKeyFile(f)).toThrow(RepositoryInputError);
+    expect(() => readKeyFile(f)).toThrow(`run 'chmod 600 ${f}'`);
+    chmodSync(f, 0o640);
+    expect(() => readKeyFile(f)).toThrow(/accessible by group or others \(mode 0640\)/);
+    chmodSync(f, 0o600);
+    expect(readKeyFile(f)).toHaveLength(32);
+
+    // A 32-character passphrase is 32 bytes: it must not be taken as a raw key.
+    const phrase = join(dir, 'phrase.key');
+    writeFileSync(phrase, 'correct horse battery staple 123', { mode: 0o600 });
+    expect(readFileSync(phrase)).toHaveLength(32);
+    expect(() => readKeyFile(phrase)).toThrow(/a passphrase is not a key/);
+    expect(() => parseKey(Buffer.from('ÄÖÜäöü-pässwörd-ünïcödé!', 'utf8').subarray(0, 32))).toThrow(
+      RepositoryInputError,
+    );
+    expect(looksLikeText(Buffer.from('correct horse battery staple 123'))).toBe(true);
+    expect(looksLikeText(Buffer.from([0xff, 0xfe, 0x00, 0x41]))).toBe(false);
   });
 
   test('a key of the wrong length or a missing key file is bad input', () => {
@@ -300,13 +340,196 @@ describe('points', () => {
 
   test('manifests are sealed and bound to their key: moving one breaks it', async () => {
     const repo = await Repository.init(url, key, { chunkSize: CHUNK });
-    await repo.writeSealedJson('points/x/a/group', { hello: 'secret-label' });
-    const raw = readFileSync(join(dir, 'repo', 'points/x/a/group'));
+    await repo.writeSealedJson('points/x/a/note', { hello: 'secret-label' });
+    const raw = readFileSync(join(dir, 'repo', 'points/x/a/note'));
     expect(raw.includes(Buffer.from('secret-label'))).toBe(false);
-    await expect(repo.readSealedJson('points/x/a/group')).resolves.toEqual({ hello: 'secret-label' });
-    writeFileSync(join(dir, 'repo', 'points/x/b-group'), raw);
-    await expect(repo.readSealedJson('points/x/b-group')).rejects.toBeInstanceOf(DamagedObjectError);
+    await expect(repo.readSealedJson('points/x/a/note')).resolves.toEqual({ hello: 'secret-label' });
+    writeFileSync(join(dir, 'repo', 'points/x/b-note'), raw);
+    await expect(repo.readSealedJson('points/x/b-note')).rejects.toBeInstanceOf(DamagedObjectError);
+    // Sealed under the right key and name, but not a group manifest: refused as damage, never half-used.
+    await repo.writeSealedJson('points/x/a/group', { hello: 'secret-label' });
+    await expect(repo.readSealedJson('points/x/a/group')).rejects.toThrow(/not a valid group object/);
+    await repo.writeSealedJson('points/x/a/group', { vms: 'x'.repeat(100) });
+    await expect(repo.listPoints()).resolves.toEqual([]);
     expect(() => repo.pointPrefix('shop', '../etc')).toThrow(RepositoryInputError);
     repo.close();
   });
+});
+
+describe('config', () => {
+  const configFile = () => join(dir, 'repo', 'config');
+  const readConfig = () => JSON.parse(readFileSync(configFile(), 'utf8')) as Record<string, unknown>;
+  const writeConfig = (c: Record<string, unknown>) => writeFileSync(configFile(), JSON.stringify(c));
+  const fieldsOf = (c: Record<string, unknown>) =>
+    ['format', 'version', 'id', 'createdAt', 'chunkSize', 'cipher', 'compression', 'chunkHash', 'keyCheck'].map(
+      (f) => c[f],
+    );
+
+  test('a changed config is refused: its mac no longer matches, and no mac at all is refused too', async () => {
+    (await Repository.init(url, key, { chunkSize: CHUNK })).close();
+    const good = readConfig();
+    expect(good.mac).toMatch(/^[0-9a-f]{64}$/);
+    writeConfig({ ...good, chunkSize: 128 * 1024 }); // in bounds, but not what was authenticated
+    await expect(Repository.open(url, key)).rejects.toThrow(/config is corrupt: its authentication \(mac\)/);
+    writeConfig({ ...good, createdAt: '2020-01-01T00:00:00.000Z' });
+    await expect(Repository.open(url, key)).rejects.toBeInstanceOf(DamagedObjectError);
+    const { mac: _mac, ...unauthenticated } = good;
+    writeConfig(unauthenticated);
+    await expect(Repository.open(url, key)).rejects.toThrow(/not authenticated \(no mac\)/);
+    writeConfig(good);
+    (await Repository.open(url, key)).close();
+  });
+
+  test('every config field is bounded, even under a valid mac (chunk sizes 0, 1, "x", 1e12)', async () => {
+    (await Repository.init(url, key, { chunkSize: CHUNK })).close();
+    const good = readConfig();
+    const keys = deriveKeys(key, good.id as string);
+    for (const chunkSize of [0, 1, 'x', 1e12, 65536.5, -65536, null]) {
+      const c = { ...good, chunkSize };
+      writeConfig({ ...c, mac: configMac(keys, fieldsOf(c)) });
+      await expect(Repository.open(url, key)).rejects.toThrow(/config is corrupt: invalid: chunkSize/);
+    }
+    for (const [field, value] of [
+      ['cipher', 'rot13'],
+      ['createdAt', 'x'.repeat(1000)],
+      ['version', 0],
+    ] as const) {
+      const c = { ...good, [field]: value };
+      writeConfig({ ...c, mac: configMac(keys, fieldsOf(c)) });
+      await expect(Repository.open(url, key)).rejects.toBeInstanceOf(DamagedObjectError);
+    }
+    writeFileSync(configFile(), Buffer.alloc(1024 * 1024, 0x20)); // 1 MiB of spaces: refused by its size
+    await expect(Repository.open(url, key)).rejects.toThrow(/larger than the 65536 bytes/);
+  });
+});
+
+describe('damaged objects, size bounds and locks (file store)', () => {
+  test('junk group manifest, truncated disk manifest, flipped chunk: listed, verified, not swept', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    const damage = await damageRepository(repo);
+    await expectDamageHandled(repo, damage);
+    repo.close();
+  });
+
+  test('an oversize object is refused from its size, without being read into memory', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    const id = (await repo.putChunk(randomBytes(CHUNK))).id;
+    const file = join(dir, 'repo', Repository.chunkKey(id));
+    truncateSync(file, 300 * 1024 * 1024); // a 300 MiB (sparse) object at a chunk's key
+    const before = process.memoryUsage().arrayBuffers;
+    const err = await repo.readChunk(id).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DamagedObjectError);
+    expect((err as Error).message).toMatch(/314572800 bytes, larger than the 65570 bytes/);
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(32 * 1024 * 1024);
+    // A manifest's bound too (a group manifest is at most 16 MiB).
+    const gk = repo.groupManifestKey('shop', 'gs-1');
+    await repo.store.put(gk, Buffer.alloc(0));
+    truncateSync(join(dir, 'repo', ...gk.split('/')), 64 * 1024 * 1024);
+    await expect(repo.readGroupManifest('shop', 'gs-1')).rejects.toThrow(/larger than the \d+ bytes/);
+    repo.close();
+  });
+
+  test('a deflate bomb is refused: inflate stops at the bound of its kind', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    // 4 MiB of spaces sealed as a "verified" record (bound 64 KiB): small stored, huge inflated.
+    const k = repo.verificationKey('shop', 'gs-1');
+    await repo.writeSealedJson(k, ' '.repeat(4 * 1024 * 1024));
+    expect((await repo.store.get(k))!.length).toBeLessThan(64 * 1024);
+    await expect(repo.readSealedJson(k)).rejects.toThrow(/inflates beyond 65536 bytes/);
+    repo.close();
+  });
+
+  test('locks: the exclusive lock is a conditional create; a lost lock stops the writer; readers and prune exclude each other', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    // Conditional create: the store refuses a second create of the same key.
+    expect(await repo.store.putIfAbsent!('locks/x', Buffer.from('a'))).toBe(true);
+    expect(await repo.store.putIfAbsent!('locks/x', Buffer.from('b'))).toBe(false);
+    expect((await repo.store.get('locks/x'))!.toString()).toBe('a');
+    await repo.store.delete('locks/x');
+    const prune = await RepositoryLock.acquire(repo, 'prune', 'pruner-1');
+    await expect(RepositoryLock.acquire(repo, 'prune', 'pruner-2')).rejects.toThrow(/being pruned by pruner-1/);
+    // A reader waits while a prune holds the repository (verify takes a shared lock).
+    await expect(RepositoryLock.acquire(repo, 'read', 'restore-1')).rejects.toBeInstanceOf(RepositoryBusyError);
+    await expect(verifyRepository(repo)).rejects.toBeInstanceOf(RepositoryBusyError);
+    await prune.release();
+
+    // ... and a prune deletes nothing while a reader holds its shared lock.
+    await writeTestPoint(repo, 'shop', 'gs-20261201T100000Z-000001', '2026-12-01T10:00:00.000Z', [randomBytes(CHUNK)]);
+    await writeTestPoint(repo, 'shop', 'gs-20261202T100000Z-000002', '2026-12-02T10:00:00.000Z', [randomBytes(CHUNK)]);
+    const reader = await RepositoryLock.acquire(repo, 'read', 'restore-1');
+    const blocked = await pruneRepository(repo, { policy: { keepLast: 1 } });
+    expect(blocked.sweep).toMatchObject({
+      done: false,
+      reason: expect.stringMatching(/nothing deleted.*read \(restore-1\)/),
+    });
+    expect(blocked.groups).toEqual([]);
+    expect(await repo.listPoints()).toHaveLength(2);
+    // Exports share with readers.
+    await (await RepositoryLock.acquire(repo, 'export', 'hv-a')).release();
+    await reader.release();
+    const done = await pruneRepository(repo, { policy: { keepLast: 1 } });
+    expect(done.groups[0].deleted).toEqual(['gs-20261201T100000Z-000001']);
+    expect(done.sweep).toMatchObject({ done: true, chunksDeleted: 1 });
+
+    // A refresh that fails loses the lock: its signal aborts and the writer's next write is refused.
+    const failing: ObjectStore = Object.create(repo.store) as ObjectStore;
+    let failLocks = false;
+    failing.put = async (k, body, digests) => {
+      if (failLocks && k.startsWith('locks/')) throw new Error('store unreachable');
+      return repo.store.put(k, body, digests);
+    };
+    const writer = await Repository.open(url, key, { store: failing });
+    const lock = await RepositoryLock.acquire(writer, 'export', 'hv-a', { refreshMs: 50 });
+    writer.useLock(lock);
+    await writer.putChunk(randomBytes(CHUNK));
+    failLocks = true;
+    await new Promise((r) => setTimeout(r, 300));
+    expect(lock.signal.aborted).toBe(true);
+    expect(() => lock.assertHeld()).toThrow(LockLostError);
+    await expect(writer.putChunk(randomBytes(CHUNK))).rejects.toThrow(
+      /lost the repository's export lock.*refresh failed: store unreachable/,
+    );
+    await expect(writer.writeSealedJson('points/x/y/note', {})).rejects.toBeInstanceOf(LockLostError);
+    await lock.release();
+    writer.close();
+    repo.close();
+  });
+
+  test('an S3 endpoint comes only from the host: a URL naming another one is bad input', () => {
+    const saved = [process.env.AWS_ENDPOINT_URL_S3, process.env.AWS_ENDPOINT_URL];
+    try {
+      delete process.env.AWS_ENDPOINT_URL_S3;
+      delete process.env.AWS_ENDPOINT_URL;
+      expect(() => openStore('s3://b1k/p?endpoint=http://169.254.169.254/')).toThrow(/not this host's S3 endpoint/);
+      process.env.AWS_ENDPOINT_URL_S3 = 'http://127.0.0.1:9000';
+      expect(() => openStore('s3://b1k/p?endpoint=http://evil.example:9000')).toThrow(RepositoryInputError);
+      openStore('s3://b1k/p?endpoint=http://127.0.0.1:9000/').close(); // the host's own: accepted
+      openStore('s3://b1k/p').close();
+    } finally {
+      if (saved[0] === undefined) delete process.env.AWS_ENDPOINT_URL_S3;
+      else process.env.AWS_ENDPOINT_URL_S3 = saved[0];
+      if (saved[1] === undefined) delete process.env.AWS_ENDPOINT_URL;
+      else process.env.AWS_ENDPOINT_URL = saved[1];
+    }
+  });
+});
+
+test('a reader with read-only store access reads without a lock, but still not while a prune holds the repository', async () => {
+  const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+  const readOnly: ObjectStore = Object.create(repo.store) as ObjectStore;
+  readOnly.put = async (k) => {
+    throw new StoreAccessDeniedError(url, `${k}: read-only credentials`);
+  };
+  readOnly.putIfAbsent = readOnly.put as unknown as ObjectStore['putIfAbsent'];
+  const reader = await Repository.open(url, key, { store: readOnly });
+  const why: string[] = [];
+  await expect(
+    RepositoryLock.holdForReading(reader, async () => 'read', { onUnlocked: (w) => why.push(w) }),
+  ).resolves.toBe('read');
+  expect(why).toEqual([expect.stringContaining('read-only credentials')]);
+  const prune = await RepositoryLock.acquire(repo, 'prune', 'nightly');
+  await expect(RepositoryLock.holdForReading(reader, async () => 'read')).rejects.toBeInstanceOf(RepositoryBusyError);
+  await prune.release();
+  reader.close();
+  repo.close();
 });

@@ -56,3 +56,34 @@ describe('SealPool (chunk crypto on worker threads) and backup/crypto.ts agree',
     expect(r.sealed).toBeUndefined();
   });
 });
+
+describe('SealPool when a worker thread dies', () => {
+  test('calls in flight are rejected and the next call gets a new worker instead of hanging', async () => {
+    const single = new SealPool(keys, 1);
+    try {
+      const data = randomBytes(8 * 1024 * 1024);
+      const id = chunkIdOf(keys, data);
+      const sealed = await seal(keys, data, id);
+      expect((await single.open(Buffer.from(sealed), id)).equals(data)).toBe(true);
+      const slots = (single as unknown as { slots: { worker: { terminate(): Promise<number> } }[] }).slots;
+      expect(slots).toHaveLength(1);
+      const inFlight = single.open(Buffer.from(sealed), id);
+      await slots[0].worker.terminate();
+      await expect(inFlight).rejects.toThrow(/seal worker exited/);
+      const within = <T>(p: Promise<T>) =>
+        Promise.race([p, new Promise<never>((_, no) => setTimeout(() => no(new Error('hung')), 10_000))]);
+      expect((await within(single.open(Buffer.from(sealed), id))).equals(data)).toBe(true);
+      expect((await within(single.hashAndSeal(Buffer.from(data), () => true))).id).toBe(id);
+    } finally {
+      await single.close();
+    }
+  });
+
+  test('a chunk that inflates beyond its bound is refused in the pool', async () => {
+    const zeros = Buffer.alloc(4 * 1024 * 1024);
+    const id = chunkIdOf(keys, zeros);
+    const sealed = await seal(keys, zeros, id);
+    expect(sealed.length).toBeLessThan(64 * 1024);
+    await expect(pool.open(Buffer.from(sealed), id, 1024 * 1024)).rejects.toThrow(/inflates beyond 1048576 bytes/);
+  });
+});
