@@ -42,7 +42,21 @@ export const KEYS = {
   chunksPrefix: 'chunks/',
   pointsPrefix: 'points/',
   locksPrefix: 'locks/',
+  indexPrefix: 'index/',
 } as const;
+
+/** Chunk ids per index object written by a compaction (about 6.5 MB of JSON before compression). */
+const INDEX_IDS_PER_OBJECT = 100_000;
+/** More index objects than this at load: the loading export compacts them into a few. */
+const INDEX_COMPACT_OVER = 32;
+
+/** One sealed object of the chunk index (`index/<random id>`): chunks known to be stored. */
+interface ChunkIndexDoc {
+  version: number;
+  chunks: string[];
+}
+
+const CHUNK_ID = /^[0-9a-f]{64}$/;
 
 /** Snapshot ids, group names and the like end up in object keys: a conservative character set. */
 const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -121,6 +135,8 @@ export interface PutChunkResult {
 export class Repository {
   /** Chunk ids known to exist (from {@link loadChunkIndex} and this instance's own uploads). */
   private known?: Set<string>;
+  /** Chunk ids the loaded index names (see {@link loadChunkIndex}). */
+  private indexed?: Set<string>;
   /** Threads for chunk hashing and sealing (started on the first chunk). */
   private pool?: SealPool;
 
@@ -255,15 +271,117 @@ export class Repository {
     return chunkIdOf(this.keys, data);
   }
 
-  /** Lists every chunk in the store once, so {@link putChunk} skips those without asking. Returns their ids. */
-  async loadChunkIndex(): Promise<Set<string>> {
+  /**
+   * Loads the chunk index, so {@link putChunk} skips the chunks it names without asking: the ids in the sealed
+   * objects under `index/` (a few: every export adds one, and they are compacted), never a listing of `chunks/`,
+   * except in a repository nothing has indexed yet (empty, or written before the index existed), whose chunks are
+   * listed once. The index may miss chunks (those are uploaded again, harmlessly) but never names a chunk the store
+   * lacks: exports index only chunks they stored or saw, and prune rewrites it before it deletes chunks.
+   * `onProgress` is called every few objects (a long load's sign of life). With `compact` (an export, holding the
+   * repository's export lock, so no sweep runs), many index objects are rewritten as a few. Returns the ids.
+   */
+  async loadChunkIndex(opts: { onProgress?: () => void; compact?: boolean } = {}): Promise<Set<string>> {
     const known = new Set<string>();
-    for await (const o of this.store.list(KEYS.chunksPrefix)) {
-      const id = o.key.slice(o.key.lastIndexOf('/') + 1);
-      if (/^[0-9a-f]{64}$/.test(id)) known.add(id);
+    const read = new Set<string>();
+    let listed = 0;
+    const tick = () => {
+      if (++listed % 1000 === 0) opts.onProgress?.();
+    };
+    // A compaction by another export may remove objects between the listing and their reading (their ids are then
+    // in a new object): list again, a few times, until a pass finds nothing gone.
+    for (let pass = 0; pass < 3; pass++) {
+      let vanished = false;
+      const keys: string[] = [];
+      for await (const o of this.store.list(KEYS.indexPrefix)) {
+        tick();
+        if (!read.has(o.key)) keys.push(o.key);
+      }
+      for (const key of keys) {
+        opts.onProgress?.();
+        const doc = await this.readSealedJson<ChunkIndexDoc>(key);
+        if (!doc) {
+          vanished = true;
+          continue;
+        }
+        read.add(key);
+        for (const id of doc.chunks) if (CHUNK_ID.test(id)) known.add(id);
+      }
+      if (!vanished) break;
+    }
+    if (read.size === 0) {
+      for await (const o of this.store.list(KEYS.chunksPrefix)) {
+        tick();
+        const id = o.key.slice(o.key.lastIndexOf('/') + 1);
+        if (CHUNK_ID.test(id)) known.add(id);
+      }
+      this.indexed = new Set();
+    } else {
+      this.indexed = new Set(known);
+      if (opts.compact && read.size > INDEX_COMPACT_OVER) await this.replaceChunkIndex([...known], [...read]);
     }
     this.known = known;
     return known;
+  }
+
+  /**
+   * Every chunk the store holds, by listing `chunks/` (verify and prune need the truth, not the index; an export
+   * uses {@link loadChunkIndex}). `onProgress` as there.
+   */
+  async listChunks(opts: { onProgress?: () => void } = {}): Promise<Set<string>> {
+    const ids = new Set<string>();
+    for await (const o of this.store.list(KEYS.chunksPrefix)) {
+      if (ids.size % 1000 === 999) opts.onProgress?.();
+      const id = o.key.slice(o.key.lastIndexOf('/') + 1);
+      if (CHUNK_ID.test(id)) ids.add(id);
+    }
+    return ids;
+  }
+
+  /** The chunk ids the loaded index names (empty before {@link loadChunkIndex}, or when it listed the chunks). */
+  indexedChunks(): ReadonlySet<string> {
+    return this.indexed ?? new Set();
+  }
+
+  /**
+   * Adds chunks to the index (one new sealed object under `index/`): only chunks this writer stored or saw stored,
+   * while no prune can sweep them (an export holds the repository's export lock).
+   */
+  async indexChunks(ids: Iterable<string>): Promise<void> {
+    const chunks = [...new Set(ids)].filter((id) => CHUNK_ID.test(id));
+    if (chunks.length === 0) return;
+    await this.writeSealedJson(`${KEYS.indexPrefix}${randomBytes(16).toString('hex')}`, {
+      version: FORMAT_VERSION,
+      chunks,
+    } satisfies ChunkIndexDoc);
+    for (const id of chunks) this.indexed?.add(id);
+  }
+
+  /**
+   * Replaces the whole chunk index by `ids` (prune: the chunks it keeps, before it deletes the others, so a crash
+   * in between leaves an index that misses chunks, never one that names deleted chunks). Call with the
+   * repository's exclusive lock held.
+   */
+  async rewriteChunkIndex(ids: Iterable<string>): Promise<void> {
+    const old: string[] = [];
+    for await (const o of this.store.list(KEYS.indexPrefix)) old.push(o.key);
+    await this.replaceChunkIndex([...new Set(ids)], old);
+  }
+
+  /** Writes `ids` as new index objects, then removes the `old` ones (never those written meanwhile by others). */
+  private async replaceChunkIndex(ids: string[], old: string[]): Promise<void> {
+    const mine = new Set<string>();
+    for (let i = 0; i < ids.length; i += INDEX_IDS_PER_OBJECT) {
+      const key = `${KEYS.indexPrefix}${randomBytes(16).toString('hex')}`;
+      await this.writeSealedJson(key, { version: FORMAT_VERSION, chunks: ids.slice(i, i + INDEX_IDS_PER_OBJECT) });
+      mine.add(key);
+    }
+    for (const key of old) if (!mine.has(key)) await this.store.delete(key);
+    if (this.indexed) this.indexed = new Set(ids);
+  }
+
+  /** Whether the store holds the chunk, asked of the store itself (not the loaded index). */
+  async chunkStored(id: string): Promise<boolean> {
+    return this.store.exists(Repository.chunkKey(id));
   }
 
   /** Whether the chunk exists (from the loaded index when there is one, else by asking the store). */
@@ -276,6 +394,7 @@ export class Repository {
   /** Forgets a chunk in the loaded index (after it was found missing or deleted). */
   forgetChunk(id: string): void {
     this.known?.delete(id);
+    this.indexed?.delete(id);
   }
 
   /**
