@@ -45,16 +45,10 @@ export const KEYS = {
   indexPrefix: 'index/',
 } as const;
 
-/** Chunk ids per index object written by a compaction (about 6.5 MB of JSON before compression). */
+/** Chunk ids per index object written by a compaction (32 bytes each: 3.2 MB). */
 const INDEX_IDS_PER_OBJECT = 100_000;
 /** More index objects than this at load: the loading export compacts them into a few. */
 const INDEX_COMPACT_OVER = 32;
-
-/** One sealed object of the chunk index (`index/<random id>`): chunks known to be stored. */
-interface ChunkIndexDoc {
-  version: number;
-  chunks: string[];
-}
 
 const CHUNK_ID = /^[0-9a-f]{64}$/;
 
@@ -298,13 +292,17 @@ export class Repository {
       }
       for (const key of keys) {
         opts.onProgress?.();
-        const doc = await this.readSealedJson<ChunkIndexDoc>(key);
-        if (!doc) {
+        // A damaged index object only makes the index miss chunks (uploaded again): not a reason to fail an export.
+        const ids = await this.readIndexObject(key).catch((err: unknown) => {
+          if (err instanceof DamagedObjectError) return Buffer.alloc(0);
+          throw err;
+        });
+        if (!ids) {
           vanished = true;
           continue;
         }
         read.add(key);
-        for (const id of doc.chunks) if (CHUNK_ID.test(id)) known.add(id);
+        for (let off = 0; off < ids.length; off += 32) known.add(ids.toString('hex', off, off + 32));
       }
       if (!vanished) break;
     }
@@ -349,11 +347,30 @@ export class Repository {
   async indexChunks(ids: Iterable<string>): Promise<void> {
     const chunks = [...new Set(ids)].filter((id) => CHUNK_ID.test(id));
     if (chunks.length === 0) return;
-    await this.writeSealedJson(`${KEYS.indexPrefix}${randomBytes(16).toString('hex')}`, {
-      version: FORMAT_VERSION,
-      chunks,
-    } satisfies ChunkIndexDoc);
+    await this.writeIndexObject(chunks);
     for (const id of chunks) this.indexed?.add(id);
+  }
+
+  /** Writes one index object: the ids' 32 bytes each, concatenated, sealed (not compressed: they are random). */
+  private async writeIndexObject(ids: string[]): Promise<string> {
+    const key = `${KEYS.indexPrefix}${randomBytes(16).toString('hex')}`;
+    await this.store.put(key, await seal(this.keys, Buffer.from(ids.join(''), 'hex'), key, false));
+    return key;
+  }
+
+  /** The concatenated ids of one index object, or `undefined` when it is gone. @throws DamagedObjectError */
+  private async readIndexObject(key: string): Promise<Buffer | undefined> {
+    const sealed = await this.store.get(key);
+    if (!sealed) return undefined;
+    let ids: Buffer;
+    try {
+      ids = await unseal(this.keys, sealed, key);
+    } catch (err) {
+      if (err instanceof SealError) throw new DamagedObjectError(key, 'corrupt', err.message);
+      throw err;
+    }
+    if (ids.length % 32 !== 0) throw new DamagedObjectError(key, 'corrupt', 'not a whole number of chunk ids');
+    return ids;
   }
 
   /**
@@ -371,9 +388,7 @@ export class Repository {
   private async replaceChunkIndex(ids: string[], old: string[]): Promise<void> {
     const mine = new Set<string>();
     for (let i = 0; i < ids.length; i += INDEX_IDS_PER_OBJECT) {
-      const key = `${KEYS.indexPrefix}${randomBytes(16).toString('hex')}`;
-      await this.writeSealedJson(key, { version: FORMAT_VERSION, chunks: ids.slice(i, i + INDEX_IDS_PER_OBJECT) });
-      mine.add(key);
+      mine.add(await this.writeIndexObject(ids.slice(i, i + INDEX_IDS_PER_OBJECT)));
     }
     for (const key of old) if (!mine.has(key)) await this.store.delete(key);
     if (this.indexed) this.indexed = new Set(ids);
