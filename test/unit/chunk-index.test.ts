@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exportDisk } from '../../backup/export-disk';
@@ -99,6 +99,20 @@ describe('chunk index', () => {
     const r = await exportPoint(repo, 'p2', image('b', [1, 9]), 2);
     expect(r.manifest.stats.chunksNew).toBe(1); // chunk 9, sent again
     expect((await repo.loadChunkIndex()).has(repo.chunkId(lost))).toBe(true);
+    await expectRestores(repo, 'p2', join(dir, 'b.qcow2'));
+    repo.close();
+  });
+
+  it('a damaged index object is skipped: its chunks are only uploaded again, the export does not fail', async () => {
+    const first = await open();
+    await exportPoint(first.repo, 'p1', image('a', [1, 2]), 1);
+    first.repo.close();
+    const [obj] = readdirSync(join(dir, 'repo', 'index'));
+    writeFileSync(join(dir, 'repo', 'index', obj), randomBytes(100));
+    const { repo } = await open();
+    expect((await repo.loadChunkIndex()).size).toBe(0);
+    const r = await exportPoint(repo, 'p2', image('b', [1, 2]), 2);
+    expect(r.manifest.stats.chunksNew).toBe(2);
     await expectRestores(repo, 'p2', join(dir, 'b.qcow2'));
     repo.close();
   });
