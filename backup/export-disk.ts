@@ -88,14 +88,14 @@ function chunksTouched(extents: MapExtent[], chunkSize: number, pred: (e: MapExt
 async function confirmStored(
   repo: Repository,
   ids: (string | null)[],
-  known: Set<string>,
+  known: { has(id: string): boolean },
   onBatch?: () => void,
 ): Promise<void> {
   const unsure = ids.filter((id): id is string => id !== null && !known.has(id));
   for (let i = 0; i < unsure.length; i += 16) {
     const batch = unsure.slice(i, i + 16);
     const stored = await Promise.all(batch.map((id) => repo.chunkStored(id)));
-    batch.forEach((id, j) => stored[j] && known.add(id));
+    batch.forEach((id, j) => stored[j] && repo.noteStored(id));
     onBatch?.();
   }
 }
@@ -141,7 +141,6 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
     await readerP.then((r) => r.close()).catch(() => undefined);
     throw err;
   }
-  const indexed = repo.indexedChunks();
   const virtualSize = chain.virtualSize;
   const chunkCount = Math.ceil(virtualSize / chunkSize);
 
@@ -297,7 +296,7 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
   };
   // The chunks this manifest names that the index did not (uploaded now, or found by a listing): indexed before the
   // manifest names them, so later exports dedup against them without listing the chunks.
-  await repo.indexChunks(chunks.filter((id): id is string => id !== null && !indexed.has(id)));
+  await repo.indexChunks(chunks.filter((id): id is string => id !== null && !repo.isIndexed(id)));
   const manifestKey = await repo.writeDiskManifest(manifest);
   if (opts.checkpointFile) await rm(opts.checkpointFile, { force: true });
   return { manifest, manifestKey, chunksResumed };

@@ -30,6 +30,7 @@ import {
   type VerificationRecord,
   type VmManifest,
 } from './manifest';
+import { ChunkIdSet, sortedIdBuffer } from './chunk-id-set';
 import { ChunkIdMismatchError, SealPool } from './seal-pool';
 import { FileStore, openStore, S3Store, type ObjectStore } from './store';
 
@@ -128,9 +129,9 @@ export interface PutChunkResult {
  */
 export class Repository {
   /** Chunk ids known to exist (from {@link loadChunkIndex} and this instance's own uploads). */
-  private known?: Set<string>;
-  /** Chunk ids the loaded index names (see {@link loadChunkIndex}). */
-  private indexed?: Set<string>;
+  private known?: ChunkIdSet;
+  /** Chunk ids known to exist that the index does not name (uploaded or found since it was loaded, or listed). */
+  private unindexed = new Set<string>();
   /** Threads for chunk hashing and sealing (started on the first chunk). */
   private pool?: SealPool;
 
@@ -274,8 +275,8 @@ export class Repository {
    * `onProgress` is called every few objects (a long load's sign of life). With `compact` (an export, holding the
    * repository's export lock, so no sweep runs), many index objects are rewritten as a few. Returns the ids.
    */
-  async loadChunkIndex(opts: { onProgress?: () => void; compact?: boolean } = {}): Promise<Set<string>> {
-    const known = new Set<string>();
+  async loadChunkIndex(opts: { onProgress?: () => void; compact?: boolean } = {}): Promise<ChunkIdSet> {
+    const known = new ChunkIdSet();
     const read = new Set<string>();
     let listed = 0;
     const tick = () => {
@@ -302,7 +303,7 @@ export class Repository {
           continue;
         }
         read.add(key);
-        for (let off = 0; off < ids.length; off += 32) known.add(ids.toString('hex', off, off + 32));
+        known.addSorted(ids);
       }
       if (!vanished) break;
     }
@@ -312,9 +313,9 @@ export class Repository {
         const id = o.key.slice(o.key.lastIndexOf('/') + 1);
         if (CHUNK_ID.test(id)) known.add(id);
       }
-      this.indexed = new Set();
+      this.unindexed = new Set(known.addedIds());
     } else {
-      this.indexed = new Set(known);
+      this.unindexed = new Set();
       if (opts.compact && read.size > INDEX_COMPACT_OVER) await this.replaceChunkIndex([...known], [...read]);
     }
     this.known = known;
@@ -335,9 +336,15 @@ export class Repository {
     return ids;
   }
 
-  /** The chunk ids the loaded index names (empty before {@link loadChunkIndex}, or when it listed the chunks). */
-  indexedChunks(): ReadonlySet<string> {
-    return this.indexed ?? new Set();
+  /** Whether the loaded index names the chunk (false before {@link loadChunkIndex}, or when it listed the chunks). */
+  isIndexed(id: string): boolean {
+    return this.known !== undefined && this.known.has(id) && !this.unindexed.has(id);
+  }
+
+  /** Records a chunk found stored (asked of the store) since the index was loaded: known, not yet indexed. */
+  noteStored(id: string): void {
+    this.known?.add(id);
+    this.unindexed.add(id);
   }
 
   /**
@@ -348,13 +355,13 @@ export class Repository {
     const chunks = [...new Set(ids)].filter((id) => CHUNK_ID.test(id));
     if (chunks.length === 0) return;
     await this.writeIndexObject(chunks);
-    for (const id of chunks) this.indexed?.add(id);
+    for (const id of chunks) this.unindexed.delete(id);
   }
 
   /** Writes one index object: the ids' 32 bytes each, concatenated, sealed (not compressed: they are random). */
   private async writeIndexObject(ids: string[]): Promise<string> {
     const key = `${KEYS.indexPrefix}${randomBytes(16).toString('hex')}`;
-    await this.store.put(key, await seal(this.keys, Buffer.from(ids.join(''), 'hex'), key, false));
+    await this.store.put(key, await seal(this.keys, sortedIdBuffer(ids), key, false));
     return key;
   }
 
@@ -391,7 +398,8 @@ export class Repository {
       mine.add(await this.writeIndexObject(ids.slice(i, i + INDEX_IDS_PER_OBJECT)));
     }
     for (const key of old) if (!mine.has(key)) await this.store.delete(key);
-    if (this.indexed) this.indexed = new Set(ids);
+    const now = new Set(ids);
+    this.unindexed = new Set([...this.unindexed].filter((id) => !now.has(id)));
   }
 
   /** Whether the store holds the chunk, asked of the store itself (not the loaded index). */
@@ -409,7 +417,7 @@ export class Repository {
   /** Forgets a chunk in the loaded index (after it was found missing or deleted). */
   forgetChunk(id: string): void {
     this.known?.delete(id);
-    this.indexed?.delete(id);
+    this.unindexed.delete(id);
   }
 
   /**
@@ -432,6 +440,7 @@ export class Repository {
       if (present || !sealed) return { id, uploaded: false, storedBytes: 0 };
       await this.store.put(Repository.chunkKey(id), sealed.sealed, { sha256: sealed.sha256, crc32: sealed.crc32 });
       this.known?.add(id);
+      this.unindexed.add(id);
       return { id, uploaded: true, storedBytes: sealed.sealed.length };
     }
     const id = knownId;
@@ -439,6 +448,7 @@ export class Repository {
     const sealed = await seal(this.keys, data, id);
     await this.store.put(Repository.chunkKey(id), sealed);
     this.known?.add(id);
+    this.unindexed.add(id);
     return { id, uploaded: true, storedBytes: sealed.length };
   }
 

@@ -3,6 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
+import { ChunkIdSet, sortedIdBuffer } from '../../backup/chunk-id-set';
 import { exportDisk } from '../../backup/export-disk';
 import { FORMAT_VERSION } from '../../backup/manifest';
 import { pruneRepository } from '../../backup/prune';
@@ -177,5 +179,30 @@ describe('chunk index', () => {
     expect(await keys()).toHaveLength(1);
     expect([...(await repo.loadChunkIndex())].sort()).toEqual([...ids].sort());
     repo.close();
+  });
+
+  it('ChunkIdSet answers as a Set of the same ids would (sorted objects, additions, removals)', () => {
+    const id = fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => Buffer.from(b).toString('hex'));
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(id, { maxLength: 20 }), { maxLength: 4 }),
+        fc.array(id, { maxLength: 5 }),
+        fc.array(id, { maxLength: 5 }),
+        fc.array(id, { maxLength: 10 }),
+        (objects, added, removed, probes) => {
+          const set = new ChunkIdSet();
+          const model = new Set<string>();
+          for (const o of objects) {
+            set.addSorted(sortedIdBuffer(o));
+            for (const x of o) model.add(x);
+          }
+          for (const x of added) set.add(x) && model.add(x);
+          for (const x of removed) set.delete(x) && model.delete(x);
+          for (const x of [...objects.flat(), ...added, ...removed, ...probes]) expect(set.has(x)).toBe(model.has(x));
+          expect([...set].sort()).toEqual([...model].sort());
+          expect(set.size).toBe(model.size);
+        },
+      ),
+    );
   });
 });
