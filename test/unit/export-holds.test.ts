@@ -137,6 +137,8 @@ describe('export holds and the export activity', () => {
         expect(after - before).toBeGreaterThanOrEqual(2);
       }
       expect(readdirSync(join(stateDir, 'export-holds'))).toEqual([]);
+      // The base point is looked up by name from the catalog: the repository's points are never listed.
+      expect(store.lists.filter((p) => p.startsWith('points/'))).toEqual([]);
     }, 30_000);
 
     it('gives up cleanly when a deletion marked the snapshot before its hold was seen: hold released, nothing locked', async () => {
