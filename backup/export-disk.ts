@@ -95,7 +95,9 @@ async function confirmStored(
   for (let i = 0; i < unsure.length; i += 16) {
     const batch = unsure.slice(i, i + 16);
     const stored = await Promise.all(batch.map((id) => repo.chunkStored(id)));
-    batch.forEach((id, j) => stored[j] && repo.noteStored(id));
+    batch.forEach((id, j) => {
+      if (stored[j]) repo.noteStored(id);
+    });
     onBatch?.();
   }
 }

@@ -196,8 +196,11 @@ describe('chunk index', () => {
             set.addSorted(sortedIdBuffer(o));
             for (const x of o) model.add(x);
           }
-          for (const x of added) set.add(x) && model.add(x);
-          for (const x of removed) set.delete(x) && model.delete(x);
+          for (const x of added) {
+            set.add(x);
+            model.add(x);
+          }
+          for (const x of removed) expect(set.delete(x)).toBe(model.delete(x));
           for (const x of [...objects.flat(), ...added, ...removed, ...probes]) expect(set.has(x)).toBe(model.has(x));
           expect([...set].sort()).toEqual([...model].sort());
           expect(set.size).toBe(model.size);
