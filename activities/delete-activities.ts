@@ -121,22 +121,34 @@ async function deleteLocked(ctx: DrContext, req: DeleteSnapshotRequest): Promise
   const removed: string[] = [];
   // Checked again under the lease, and marked: restores refuse it from now on.
   let blockers: string[] = [];
+  let marked = false;
+  const held = (s: VmSnapshotRecord) =>
+    exportHoldBlockers(
+      hostId,
+      domain,
+      s.disks.flatMap((d) => [d.image, d.overlay]),
+    );
   const meta = await updateMeta(domain, (m) => {
     const s = m.snapshots.find((x) => x.snapshotId === snapshotId);
     if (!s) return;
     blockers = deletionBlockers({ domain, ...m }, snapshotId);
     // Local retention must not merge a layer an export still reads (activities/export-hold.ts).
-    blockers.push(
-      ...exportHoldBlockers(
-        hostId,
-        domain,
-        s.disks.flatMap((d) => [d.image, d.overlay]),
-      ),
-    );
-    if (blockers.length === 0) s.deleting = true;
+    blockers.push(...held(s));
+    if (blockers.length === 0 && !s.deleting) marked = s.deleting = true;
   });
   const snap = meta.snapshots.find((s) => s.snapshotId === snapshotId);
   if (!snap) return { domain, outcome: 'absent', removed };
+  if (blockers.length === 0) {
+    // An export may have taken its hold between the check and the mark: it looks at the mark only after taking
+    // its hold, so looking at the holds again now, after the mark, leaves no gap (one of the two gives up).
+    blockers = held(snap);
+    if (blockers.length > 0 && marked) {
+      await updateMeta(domain, (m) => {
+        const s = m.snapshots.find((x) => x.snapshotId === snapshotId);
+        if (s) delete s.deleting;
+      });
+    }
+  }
   if (blockers.length > 0) throw badInput(`snapshot ${snapshotId} cannot be deleted: ${blockers.join('; ')}`);
   const dirs = [...new Set(snap.disks.map((d) => dirname(d.image)))];
   for (const d of [...snap.disks]) {

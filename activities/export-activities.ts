@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Context } from '@temporalio/activity';
@@ -9,7 +9,7 @@ import { exportDisk, type ExportBase } from '../backup/export-disk';
 import { imageChain } from '../backup/image-reader';
 import { RepositoryLock } from '../backup/locks';
 import { FORMAT_VERSION, type DiskManifest } from '../backup/manifest';
-import { Repository } from '../backup/repository';
+import { Repository, type OpenOptions } from '../backup/repository';
 import {
   REPO_KEY_FILE_ENV,
   REPO_KEY_MISSING,
@@ -35,6 +35,8 @@ export interface ExportActivityDeps {
   log?: (message: string, fields?: Record<string, unknown>) => void;
   /** How often live progress is signalled to the export workflow. @default 5000 */
   progressSignalMs?: number;
+  /** Options of every repository the activities open (tests: a wrapped store). */
+  repositoryOptions?: OpenOptions;
 }
 
 /** Signal through which disk activities report live progress to the export workflow. */
@@ -82,7 +84,7 @@ export function createExportActivities(deps: ExportActivityDeps) {
 
   async function openRepo(url: string): Promise<Repository> {
     try {
-      return await Repository.open(url, key());
+      return await Repository.open(url, key(), deps.repositoryOptions);
     } catch (err) {
       throw asFailure(err);
     }
@@ -109,27 +111,32 @@ export function createExportActivities(deps: ExportActivityDeps) {
     return { meta, snap };
   }
 
-  /** The newest earlier point of this disk in the repository whose layer is still below `chain[0]`. */
+  /**
+   * The newest earlier point of this disk in the repository whose layer is still below `chain[0]`. Found from the
+   * host's catalog (the earlier snapshots of this VM, newest first), each looked up in the repository by name: no
+   * listing of the repository's points, whatever their number.
+   */
   async function findBase(
     repo: Repository,
     req: ExportDiskRequest,
     meta: ReturnType<typeof parseVmMetadata>,
     createdAt: string,
     chain: string[],
+    beat: () => void,
   ): Promise<ExportBase | undefined> {
-    const points = (await repo.listPoints({ group: req.group }))
-      .filter((p) => p.snapshotId !== req.snapshotId && p.snapshotCreatedAt <= createdAt)
-      .filter((p) => p.vms.some((v) => v.domain === req.domain && v.disks.some((d) => d.target === req.target)))
-      .reverse();
-    for (const p of points) {
-      const local = meta.snapshots.find((s) => s.snapshotId === p.snapshotId && !s.deleting);
-      const image = local?.disks.find((d) => d.target === req.target)?.image;
+    const candidates = meta.snapshots
+      .filter((s) => s.snapshotId !== req.snapshotId && !s.deleting && s.createdAt <= createdAt)
+      .sort((a, b) => b.createdAt.localeCompare(a.createdAt) || b.snapshotId.localeCompare(a.snapshotId));
+    for (const s of candidates) {
+      const image = s.disks.find((d) => d.target === req.target)?.image;
       if (!image || !chain.slice(1).includes(image)) continue;
+      beat();
       try {
-        const manifest = await repo.readDiskManifest(req.group, p.snapshotId, req.domain, req.target);
-        return { snapshotId: p.snapshotId, image, manifest };
+        if (!(await repo.hasPoint(req.group, s.snapshotId))) continue;
+        const manifest = await repo.readDiskManifest(req.group, s.snapshotId, req.domain, req.target);
+        return { snapshotId: s.snapshotId, image, manifest };
       } catch (err) {
-        log('export base unreadable, trying an older one', { snapshotId: p.snapshotId, error: message(err) });
+        log('export base unreadable, trying an older one', { snapshotId: s.snapshotId, error: message(err) });
       }
     }
     return undefined;
@@ -139,30 +146,58 @@ export function createExportActivities(deps: ExportActivityDeps) {
     /** Exports one disk of one VM at one snapshot; safe to retry (resumes from its checkpoint). */
     async exportVmDisk(req: ExportDiskRequest): Promise<ExportDiskReport> {
       const ctx = activityContext();
-      const { snap, meta } = await snapshotRecord(req.domain, req.snapshotId);
+      // Heartbeats from the first step on, and every second until the end (the lock, the repository's listings and
+      // the chain's reading can take longer than the heartbeat timeout); the hold is kept fresh with them.
+      let details: unknown = { phase: 'starting' };
+      let hold: ExportHold | undefined;
+      const beat = (d?: unknown) => {
+        if (d !== undefined) details = d;
+        ctx?.heartbeat(details);
+        hold?.refresh();
+      };
+      beat();
+      const keepAlive = setInterval(() => beat(), 1000);
+      const { snap, meta } = await snapshotRecord(req.domain, req.snapshotId).catch((err: unknown) => {
+        clearInterval(keepAlive);
+        throw err;
+      });
       const disk = snap.disks.find((d) => d.target === req.target);
       if (!disk) {
+        clearInterval(keepAlive);
         throw ApplicationFailure.nonRetryable(
           `snapshot ${req.snapshotId} of ${req.domain} has no disk ${req.target}`,
           BAD_INPUT,
         );
       }
-      const repo = await openRepo(req.repository);
+      const repo = await openRepo(req.repository).catch((err: unknown) => {
+        clearInterval(keepAlive);
+        throw err;
+      });
       let lock: RepositoryLock | undefined;
-      let hold: ExportHold | undefined;
       let signalTimer: NodeJS.Timeout | undefined;
       try {
+        beat({ phase: 'reading the chain' });
         const chain = await imageChain(disk.image);
+        const info = ctx?.info;
         hold = ExportHold.take(stateDir, {
           domain: req.domain,
           snapshotId: req.snapshotId,
           target: req.target,
+          repository: req.repository,
+          holder: info?.workflowExecution
+            ? `${info.workflowExecution.workflowId}/${info.workflowExecution.runId}/${info.activityId}/${info.attempt}`
+            : randomUUID(),
           files: chain.files,
         });
+        // A deletion may have marked the snapshot before this hold existed: it merges once it sees no hold, so the
+        // export gives up (releasing its hold, in finally) rather than read layers being merged.
+        await snapshotRecord(req.domain, req.snapshotId);
+        beat({ phase: 'locking the repository' });
         lock = await RepositoryLock.acquire(repo, 'export', hostId);
         // A lost lock (refresh failed, taken over as stale) stops the export before its next write.
         repo.useLock(lock);
-        const base = await findBase(repo, req, meta, snap.createdAt, chain.files);
+        beat({ phase: 'finding the base' });
+        const base = await findBase(repo, req, meta, snap.createdAt, chain.files, () => beat());
         const sourceFormat =
           (await hypervisor.describe(req.domain).catch(() => undefined))?.disks.find((d) => d.target === req.target)
             ?.format ?? chain.formats[0];
@@ -184,9 +219,9 @@ export function createExportActivities(deps: ExportActivityDeps) {
           const text = JSON.stringify(latest);
           if (text === sent) return;
           sent = text;
-          await ctx.client.workflow
-            .getHandle(wf.workflowId, wf.runId)
-            .signal(EXPORT_PROGRESS_SIGNAL, latest)
+          // Best effort (no client: a test's mock context).
+          await Promise.resolve()
+            .then(() => ctx.client.workflow.getHandle(wf.workflowId, wf.runId).signal(EXPORT_PROGRESS_SIGNAL, latest))
             .catch(() => undefined);
         };
         signalTimer = setInterval(() => void sendProgress(), deps.progressSignalMs ?? 5000);
@@ -200,6 +235,7 @@ export function createExportActivities(deps: ExportActivityDeps) {
           checkpointFile,
           ...(req.maxBytesPerSecond ? { maxBytesPerSecond: req.maxBytesPerSecond } : {}),
           signal: ctx ? AbortSignal.any([ctx.cancellationSignal, lock.signal]) : lock.signal,
+          onListing: () => beat(),
           onProgress: (p) => {
             latest = {
               domain: req.domain,
@@ -208,8 +244,7 @@ export function createExportActivities(deps: ExportActivityDeps) {
               bytesTotal: p.bytesTotal,
               bytesUploaded: p.bytesUploaded,
             };
-            ctx?.heartbeat(p);
-            hold?.refresh();
+            beat(p);
           },
         });
         clearInterval(signalTimer);
@@ -238,6 +273,7 @@ export function createExportActivities(deps: ExportActivityDeps) {
       } catch (err) {
         throw asFailure(err);
       } finally {
+        clearInterval(keepAlive);
         if (signalTimer) clearInterval(signalTimer);
         hold?.release();
         await lock?.release().catch(() => undefined);

@@ -46,6 +46,8 @@ export interface ExportDiskOptions {
   /** Bandwidth limit for reading the image, bytes per second. */
   maxBytesPerSecond?: number;
   onProgress?: (p: DiskProgress) => void;
+  /** Called while the repository's chunk index loads (every few objects): a sign of life for long listings. */
+  onListing?: () => void;
   /** Stops between chunks (the checkpoint keeps what was done). */
   signal?: AbortSignal;
 }
@@ -82,6 +84,24 @@ function chunksTouched(extents: MapExtent[], chunkSize: number, pred: (e: MapExt
   return out;
 }
 
+/** Adds to `known` those of `ids` (not in it yet) that the store holds, asking 16 at a time. */
+async function confirmStored(
+  repo: Repository,
+  ids: (string | null)[],
+  known: { has(id: string): boolean },
+  onBatch?: () => void,
+): Promise<void> {
+  const unsure = ids.filter((id): id is string => id !== null && !known.has(id));
+  for (let i = 0; i < unsure.length; i += 16) {
+    const batch = unsure.slice(i, i + 16);
+    const stored = await Promise.all(batch.map((id) => repo.chunkStored(id)));
+    batch.forEach((id, j) => {
+      if (stored[j]) repo.noteStored(id);
+    });
+    onBatch?.();
+  }
+}
+
 async function loadCheckpoint(file: string | undefined): Promise<Checkpoint | undefined> {
   if (!file) return undefined;
   try {
@@ -101,12 +121,14 @@ async function saveCheckpoint(file: string, cp: Checkpoint): Promise<void> {
  * Exports one disk at one point into the repository: reads only what changed since `base` (when given and still
  * in the chain) or every allocated extent (first export, or a base merged away), as fixed chunks of the chain read
  * read-only at the point; stores the chunks the repository lacks; writes the disk manifest (every chunk listed: a
- * synthetic full). Progress is checkpointed so a retry after a crash reads and uploads only what is left.
+ * synthetic full). Progress is checkpointed so a retry after a crash reads and uploads only what is left. The
+ * chunks the manifest names that the repository's chunk index lacks are added to it before the manifest is written.
+ * Call it holding the repository's export lock (no chunk sweep may run meanwhile).
  */
 export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskResult> {
   const { repo, names } = opts;
   const chunkSize = repo.chunkSize;
-  // The chain, its map, the repository's chunk list and the reader do not depend on each other: start them at once
+  // The chain, its map, the repository's chunk index and the reader do not depend on each other: start them at once
   // (on a small incremental export, their latency is most of the time).
   const readerP = ImageReader.open(opts.image, opts.format);
   readerP.catch(() => undefined);
@@ -115,7 +137,7 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
     [chain, extents, known] = await Promise.all([
       imageChain(opts.image),
       imageMap(opts.image, opts.format),
-      repo.loadChunkIndex(),
+      repo.loadChunkIndex({ compact: true, ...(opts.onListing ? { onProgress: opts.onListing } : {}) }),
     ]);
   } catch (err) {
     await readerP.then((r) => r.close()).catch(() => undefined);
@@ -180,6 +202,9 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
     previous.virtualSize === virtualSize &&
     JSON.stringify(previous.names) === JSON.stringify(names)
   ) {
+    // The interrupted attempt's chunks are not indexed yet (an export indexes its chunks at its end): those the
+    // index lacks are asked of the store one by one (a checkpoint's worth; a chunk swept meanwhile is read again).
+    await confirmStored(repo, Object.values(previous.done), known, opts.onListing);
     for (const [k, id] of Object.entries(previous.done)) {
       const i = Number(k);
       if (!toRead.has(i) || (id !== null && !known.has(id))) continue;
@@ -271,6 +296,9 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
     chunks,
     stats,
   };
+  // The chunks this manifest names that the index did not (uploaded now, or found by a listing): indexed before the
+  // manifest names them, so later exports dedup against them without listing the chunks.
+  await repo.indexChunks(chunks.filter((id): id is string => id !== null && !repo.isIndexed(id)));
   const manifestKey = await repo.writeDiskManifest(manifest);
   if (opts.checkpointFile) await rm(opts.checkpointFile, { force: true });
   return { manifest, manifestKey, chunksResumed };

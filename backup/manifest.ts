@@ -1,12 +1,16 @@
 /**
- * Manifest types of a groupsnap repository (format version 1; see docs/repository-format.md). Every manifest is
+ * Manifest types of a groupsnap repository (format version 2; see docs/repository-format.md). Every manifest is
  * stored sealed (compressed + AES-256-GCM) as JSON. A point is a synthetic full backup: each disk manifest lists
  * every chunk of the disk, whatever export first uploaded it.
  */
 
 import { z } from 'zod';
 
-export const FORMAT_VERSION = 1;
+/**
+ * 2: `config` authenticated (`mac`) and the chunk index (`index/`). groupsnap of format 1 refuses a newer format, so
+ * it can neither prune past the index nor trust an unauthenticated config; this one refuses a config without `mac`.
+ */
+export const FORMAT_VERSION = 2;
 
 /** The repository's `config` object: plain JSON, no secrets, authenticated by `mac`. */
 export interface RepositoryConfig {

@@ -170,15 +170,24 @@ async function sweep(repo: Repository, lock: RepositoryLock, opts: PruneOptions,
   let chunksBefore = 0;
   let chunksDeleted = 0;
   let bytesFreed = 0;
+  const kept: string[] = [];
+  const unreferenced: { key: string; id: string; size: number }[] = [];
   for await (const o of repo.store.list(KEYS.chunksPrefix)) {
     chunksBefore++;
     const id = o.key.slice(o.key.lastIndexOf('/') + 1);
-    if (referenced.has(id)) continue;
+    if (referenced.has(id)) kept.push(id);
+    else unreferenced.push({ key: o.key, id, size: o.size });
+  }
+  // The chunk index (docs/repository-format.md) must never name a deleted chunk, or an export would dedup against
+  // it: rewritten to the kept chunks before any is deleted (a crash in between only leaves chunks unindexed).
+  lock.assertHeld();
+  await repo.rewriteChunkIndex(kept);
+  for (const c of unreferenced) {
     lock.assertHeld();
-    await repo.store.delete(o.key);
-    repo.forgetChunk(id);
+    await repo.store.delete(c.key);
+    repo.forgetChunk(c.id);
     chunksDeleted++;
-    bytesFreed += o.size;
+    bytesFreed += c.size;
   }
   result.sweep = { done: true, chunksBefore, chunksDeleted, bytesFreed };
 }

@@ -44,6 +44,7 @@ import {
   type VerificationRecord,
   type VmManifest,
 } from './manifest';
+import { ChunkIdSet, sortedIdBuffer } from './chunk-id-set';
 import { ChunkIdMismatchError, SealPool } from './seal-pool';
 import { FileStore, openStore, S3Store, type ObjectStore } from './store';
 
@@ -89,7 +90,15 @@ export const KEYS = {
   chunksPrefix: 'chunks/',
   pointsPrefix: 'points/',
   locksPrefix: 'locks/',
+  indexPrefix: 'index/',
 } as const;
+
+/** Chunk ids per index object written by a compaction (32 bytes each: 3.2 MB). */
+const INDEX_IDS_PER_OBJECT = 100_000;
+/** More index objects than this at load: the loading export compacts them into a few. */
+const INDEX_COMPACT_OVER = 32;
+
+const CHUNK_ID = /^[0-9a-f]{64}$/;
 
 /** Snapshot ids, group names and the like end up in object keys: a conservative character set. */
 const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -186,7 +195,9 @@ export interface PutChunkResult {
  */
 export class Repository {
   /** Chunk ids known to exist (from {@link loadChunkIndex} and this instance's own uploads). */
-  private known?: Set<string>;
+  private known?: ChunkIdSet;
+  /** Chunk ids known to exist that the index does not name (uploaded or found since it was loaded, or listed). */
+  private unindexed = new Set<string>();
   /** Threads for chunk hashing and sealing (started on the first chunk). */
   private pool?: SealPool;
   /** The lock writes are made under ({@link useLock}): checked before each write. */
@@ -333,15 +344,145 @@ export class Repository {
     return chunkIdOf(this.keys, data);
   }
 
-  /** Lists every chunk in the store once, so {@link putChunk} skips those without asking. Returns their ids. */
-  async loadChunkIndex(): Promise<Set<string>> {
-    const known = new Set<string>();
-    for await (const o of this.store.list(KEYS.chunksPrefix)) {
-      const id = o.key.slice(o.key.lastIndexOf('/') + 1);
-      if (/^[0-9a-f]{64}$/.test(id)) known.add(id);
+  /**
+   * Loads the chunk index, so {@link putChunk} skips the chunks it names without asking: the ids in the sealed
+   * objects under `index/` (a few: every export adds one, and they are compacted), never a listing of `chunks/`,
+   * except in a repository nothing has indexed yet (empty, or written before the index existed), whose chunks are
+   * listed once. The index may miss chunks (those are uploaded again, harmlessly) but never names a chunk the store
+   * lacks: exports index only chunks they stored or saw, and prune rewrites it before it deletes chunks.
+   * `onProgress` is called every few objects (a long load's sign of life). With `compact` (an export, holding the
+   * repository's export lock, so no sweep runs), many index objects are rewritten as a few. Returns the ids.
+   */
+  async loadChunkIndex(opts: { onProgress?: () => void; compact?: boolean } = {}): Promise<ChunkIdSet> {
+    const known = new ChunkIdSet();
+    const read = new Set<string>();
+    let listed = 0;
+    const tick = () => {
+      if (++listed % 1000 === 0) opts.onProgress?.();
+    };
+    // A compaction by another export may remove objects between the listing and their reading (their ids are then
+    // in a new object): list again, a few times, until a pass finds nothing gone.
+    for (let pass = 0; pass < 3; pass++) {
+      let vanished = false;
+      const keys: string[] = [];
+      for await (const o of this.store.list(KEYS.indexPrefix)) {
+        tick();
+        if (!read.has(o.key)) keys.push(o.key);
+      }
+      for (const key of keys) {
+        opts.onProgress?.();
+        // A damaged index object only makes the index miss chunks (uploaded again): not a reason to fail an export.
+        const ids = await this.readIndexObject(key).catch((err: unknown) => {
+          if (err instanceof DamagedObjectError) return Buffer.alloc(0);
+          throw err;
+        });
+        if (!ids) {
+          vanished = true;
+          continue;
+        }
+        read.add(key);
+        known.addSorted(ids);
+      }
+      if (!vanished) break;
+    }
+    if (read.size === 0) {
+      for await (const o of this.store.list(KEYS.chunksPrefix)) {
+        tick();
+        const id = o.key.slice(o.key.lastIndexOf('/') + 1);
+        if (CHUNK_ID.test(id)) known.add(id);
+      }
+      this.unindexed = new Set(known.addedIds());
+    } else {
+      this.unindexed = new Set();
+      if (opts.compact && read.size > INDEX_COMPACT_OVER) await this.replaceChunkIndex([...known], [...read]);
     }
     this.known = known;
     return known;
+  }
+
+  /**
+   * Every chunk the store holds, by listing `chunks/` (verify and prune need the truth, not the index; an export
+   * uses {@link loadChunkIndex}). `onProgress` as there.
+   */
+  async listChunks(opts: { onProgress?: () => void } = {}): Promise<Set<string>> {
+    const ids = new Set<string>();
+    for await (const o of this.store.list(KEYS.chunksPrefix)) {
+      if (ids.size % 1000 === 999) opts.onProgress?.();
+      const id = o.key.slice(o.key.lastIndexOf('/') + 1);
+      if (CHUNK_ID.test(id)) ids.add(id);
+    }
+    return ids;
+  }
+
+  /** Whether the loaded index names the chunk (false before {@link loadChunkIndex}, or when it listed the chunks). */
+  isIndexed(id: string): boolean {
+    return this.known !== undefined && this.known.has(id) && !this.unindexed.has(id);
+  }
+
+  /** Records a chunk found stored (asked of the store) since the index was loaded: known, not yet indexed. */
+  noteStored(id: string): void {
+    this.known?.add(id);
+    this.unindexed.add(id);
+  }
+
+  /**
+   * Adds chunks to the index (one new sealed object under `index/`): only chunks this writer stored or saw stored,
+   * while no prune can sweep them (an export holds the repository's export lock).
+   */
+  async indexChunks(ids: Iterable<string>): Promise<void> {
+    const chunks = [...new Set(ids)].filter((id) => CHUNK_ID.test(id));
+    if (chunks.length === 0) return;
+    await this.writeIndexObject(chunks);
+    for (const id of chunks) this.unindexed.delete(id);
+  }
+
+  /** Writes one index object: the ids' 32 bytes each, concatenated, sealed (not compressed: they are random). */
+  private async writeIndexObject(ids: string[]): Promise<string> {
+    const key = `${KEYS.indexPrefix}${randomBytes(16).toString('hex')}`;
+    await this.store.put(key, await seal(this.keys, sortedIdBuffer(ids), key, false));
+    return key;
+  }
+
+  /** The concatenated ids of one index object, or `undefined` when it is gone. @throws DamagedObjectError */
+  private async readIndexObject(key: string): Promise<Buffer | undefined> {
+    const sealed = await this.store.get(key);
+    if (!sealed) return undefined;
+    let ids: Buffer;
+    try {
+      ids = await unseal(this.keys, sealed, key);
+    } catch (err) {
+      if (err instanceof SealError) throw new DamagedObjectError(key, 'corrupt', err.message);
+      throw err;
+    }
+    if (ids.length % 32 !== 0) throw new DamagedObjectError(key, 'corrupt', 'not a whole number of chunk ids');
+    return ids;
+  }
+
+  /**
+   * Replaces the whole chunk index by `ids` (prune: the chunks it keeps, before it deletes the others, so a crash
+   * in between leaves an index that misses chunks, never one that names deleted chunks). Call with the
+   * repository's exclusive lock held.
+   */
+  async rewriteChunkIndex(ids: Iterable<string>): Promise<void> {
+    const old: string[] = [];
+    for await (const o of this.store.list(KEYS.indexPrefix)) old.push(o.key);
+    await this.replaceChunkIndex([...new Set(ids)], old);
+  }
+
+  /** Writes `ids` as new index objects, then removes the `old` ones (never those written meanwhile by others). */
+  private async replaceChunkIndex(ids: string[], old: string[]): Promise<void> {
+    const mine = new Set<string>();
+    for (let i = 0; i < ids.length; i += INDEX_IDS_PER_OBJECT) {
+      mine.add(await this.writeIndexObject(ids.slice(i, i + INDEX_IDS_PER_OBJECT)));
+    }
+    for (const key of old) if (!mine.has(key)) await this.store.delete(key);
+    const now = new Set(ids);
+    this.unindexed = new Set([...this.unindexed].filter((id) => !now.has(id)));
+  }
+
+  /** Whether the store holds the chunk, asked of the store itself (not the loaded index). */
+  async chunkStored(id: string): Promise<boolean> {
+    return this.store.exists(Repository.chunkKey(id));
   }
 
   /** Whether the chunk exists (from the loaded index when there is one, else by asking the store). */
@@ -354,6 +495,7 @@ export class Repository {
   /** Forgets a chunk in the loaded index (after it was found missing or deleted). */
   forgetChunk(id: string): void {
     this.known?.delete(id);
+    this.unindexed.delete(id);
   }
 
   /**
@@ -376,6 +518,7 @@ export class Repository {
       if (present || !sealed) return { id, uploaded: false, storedBytes: 0 };
       await this.put(Repository.chunkKey(id), sealed.sealed, { sha256: sealed.sha256, crc32: sealed.crc32 });
       this.known?.add(id);
+      this.unindexed.add(id);
       return { id, uploaded: true, storedBytes: sealed.sealed.length };
     }
     const id = knownId;
@@ -383,6 +526,7 @@ export class Repository {
     const sealed = await seal(this.keys, data, id);
     await this.put(Repository.chunkKey(id), sealed);
     this.known?.add(id);
+    this.unindexed.add(id);
     return { id, uploaded: true, storedBytes: sealed.length };
   }
 

@@ -9,6 +9,7 @@ import { cloneDomainXml } from '../hypervisor/clone-xml';
 import { parseDomainXml, retargetDiskSource } from '../hypervisor/domain-xml';
 import { HypervisorError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
+import { ExportHold, registerExportHoldDir } from '../activities/export-hold';
 import { FakeHost } from './helpers/fake-hosts';
 import { uniqueId } from './helpers/temporal';
 
@@ -229,6 +230,79 @@ describe('DR host activities (fake hypervisor)', () => {
         type: BAD_INPUT,
         message: expect.stringContaining(`in-place restore r1 of ${vm} (to snapshot s1) is built on it`),
       });
+    });
+
+    it('is blocked while any export of the point holds its layer: two exports (two runs) each hold their own', async () => {
+      const { vm, s2 } = await threeSnapshots();
+      registerExportHoldDir(HOST, stateDir);
+      const take = (repository: string, holder: string) =>
+        ExportHold.take(stateDir, {
+          domain: vm,
+          snapshotId: 's2',
+          target: 'vda',
+          repository,
+          holder,
+          files: [s2.image],
+        });
+      const a = take('s3://a/dr', 'wf/run-a/1/1');
+      const b = take('s3://b/dr', 'wf/run-b/1/1');
+      const before = host.chain(vm);
+      const both = await acts.deleteSnapshot({ owner: 'o', snapshotId: 's2', domain: vm }).catch((e: Error) => e);
+      expect(both).toMatchObject({ type: BAD_INPUT });
+      expect((both as Error).message).toMatch(/to s3:\/\/a\/dr\) still reads it/);
+      expect((both as Error).message).toMatch(/to s3:\/\/b\/dr\) still reads it/);
+      a.release();
+      await expect(acts.deleteSnapshot({ owner: 'o', snapshotId: 's2', domain: vm })).rejects.toMatchObject({
+        type: BAD_INPUT,
+        message: expect.stringMatching(/^(?!.*s3:\/\/a\/dr).*to s3:\/\/b\/dr\) still reads it/),
+      });
+      expect(host.chain(vm)).toEqual(before);
+      expect((await meta(vm)).snapshots.find((s) => s.snapshotId === 's2')?.deleting).toBeUndefined();
+      b.release();
+      expect((await acts.deleteSnapshot({ owner: 'o', snapshotId: 's2', domain: vm })).outcome).toBe('deleted');
+    });
+
+    it('an export holding the layer just as the deletion marks it: seen after the mark, which is undone, nothing merged', async () => {
+      const { vm, s2 } = await threeSnapshots();
+      registerExportHoldDir(HOST, stateDir);
+      let hold: ExportHold | undefined;
+      // The export takes its hold between the deletion's check of the holds and its write of the `deleting` mark.
+      start(
+        (h) =>
+          new Proxy(h, {
+            get(target, prop, receiver) {
+              if (prop === 'setMetadata') {
+                return async (domain: string, xml: string) => {
+                  if (!hold && /deleting='yes'/.test(xml)) {
+                    hold = ExportHold.take(stateDir, {
+                      domain: vm,
+                      snapshotId: 's2',
+                      target: 'vda',
+                      repository: 's3://a/dr',
+                      holder: 'wf/run-a/1/1',
+                      files: [s2.image],
+                    });
+                  }
+                  return target.setMetadata(domain, xml);
+                };
+              }
+              const value = Reflect.get(target, prop, receiver);
+              return typeof value === 'function' ? value.bind(target) : value;
+            },
+          }),
+      );
+      const before = host.chain(vm);
+      await expect(acts.deleteSnapshot({ owner: 'o', snapshotId: 's2', domain: vm })).rejects.toMatchObject({
+        type: BAD_INPUT,
+        message: expect.stringMatching(/still reads it/),
+      });
+      expect(hold).toBeDefined();
+      expect(host.chain(vm)).toEqual(before);
+      expect(hv().calls.filter((c) => c.startsWith('commit'))).toEqual([]);
+      // Unmarked: the export (which looks at the mark after taking its hold) goes on, and restores are not refused.
+      expect((await meta(vm)).snapshots.find((s) => s.snapshotId === 's2')?.deleting).toBeUndefined();
+      hold!.release();
+      expect((await acts.deleteSnapshot({ owner: 'o', snapshotId: 's2', domain: vm })).outcome).toBe('deleted');
     });
 
     it('waits for the VM lease: another holder makes it fail retryably without changes; its own lease is released after', async () => {

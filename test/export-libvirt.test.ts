@@ -343,6 +343,72 @@ describe('exports of group snapshots to S3 on real VMs', () => {
     expect((await deleteGroupSnapshot(client, group, s.snapshotId)).status).toBe('deleted');
   });
 
+  it('two exports of one point to two repositories while its layer is deleted: the deletion waits for both; both restore exactly', async () => {
+    const [, v2] = fleet.names;
+    const second = 's3://gs-exports/dr-second';
+    (await Repository.init(second, key, { chunkSize: CHUNK })).close();
+    await writeData(v2, 'vdb', 24, 10, 60);
+    const vms = [{ domain: v2, host: hostA }];
+    const s = await snapshot(vms);
+    const vdb = s.vms[0].disks.find((d) => d.target === 'vdb')!;
+    // The point's content, kept aside: once the snapshot is deleted its image holds the later writes too.
+    const expected = join(tmp, 'two-repos.expected.raw');
+    await run('qemu-img', ['convert', '-U', '-O', 'raw', vdb.image, expected]);
+    await writeData(v2, 'vdb', 26, 2, 120); // after the point: what the deletion's merge moves into its image
+
+    const fast = await startExport(client, {
+      group,
+      snapshotId: s.snapshotId,
+      repository,
+      vms,
+      maxBytesPerSecond: 4 * MiB,
+    });
+    const slow = await startExport(client, {
+      group,
+      snapshotId: s.snapshotId,
+      repository: second,
+      vms,
+      maxBytesPerSecond: MiB,
+    });
+    const deadline = Date.now() + 60_000;
+    while (!(await exportProgress(slow)).some((p) => p.target === 'vdb' && p.bytesDone >= MiB)) {
+      if (Date.now() > deadline) throw new Error('no export progress within 60 s');
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    const both = await deleteGroupSnapshot(client, group, s.snapshotId);
+    expect(both.status).toBe('failed');
+    expect(JSON.stringify(both)).toMatch(/an export of snapshot .* still reads it/);
+
+    // The first export ends and releases its own hold only: the other still reads the layer.
+    expect((await exportResult(fast)).status).toBe('completed');
+    const one = await deleteGroupSnapshot(client, group, s.snapshotId);
+    expect(one.status).toBe('failed');
+    expect(JSON.stringify(one)).toMatch(/to s3:\/\/gs-exports\/dr-second\) still reads it/);
+    expect(JSON.stringify(one)).not.toMatch(/to s3:\/\/gs-exports\/dr\) still reads it/);
+
+    expect((await exportResult(slow)).status).toBe('completed');
+    expect((await deleteGroupSnapshot(client, group, s.snapshotId)).status).toBe('deleted');
+
+    const want = await readFile(expected);
+    for (const url of [repository, second]) {
+      const repo = await Repository.open(url, key);
+      try {
+        const gm = await repo.readGroupManifest(group, s.snapshotId);
+        const vm = await repo.readManifestAt<VmManifest>(gm.vms.find((v) => v.domain === v2)!.manifest);
+        const disk = await repo.readManifestAt<DiskManifest>(vm.disks.find((d) => d.target === 'vdb')!.manifest);
+        const restored = join(tmp, 'two-repos.restored.raw');
+        await repo.writeDiskImage(disk, restored);
+        const got = await readFile(restored);
+        expect(got.length).toBe(want.length);
+        expect(got.equals(want)).toBe(true);
+        await rm(restored);
+        expect((await verifyRepository(repo, { readData: true, group })).ok).toBe(true);
+      } finally {
+        repo.close();
+      }
+    }
+  });
+
   it('a worker SIGKILLed mid-export: the retry goes on from its checkpoint without uploading finished chunks again', async () => {
     const [v1] = fleet.names;
     const killedHost = uniqueId('exk');

@@ -161,7 +161,7 @@ describe('init and open', () => {
     const config = JSON.parse(readFileSync(join(dir, 'repo', 'config'), 'utf8'));
     expect(config).toMatchObject({
       format: 'groupsnap-repository',
-      version: 1,
+      version: 2,
       chunkSize: CHUNK,
       cipher: 'aes-256-gcm',
     });

@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from 'commander';
+import { exportIndexCommand } from '../../bench/export-index';
 import { benchCommand, integer, integerList, nameList, parseBenchOptions } from '../../bench/options';
 
 describe('benchmark options (bench/options.ts)', () => {
@@ -31,5 +32,20 @@ describe('benchmark options (bench/options.ts)', () => {
       gapMs: [0, 5],
       big: false,
     });
+  });
+
+  it('export-index (bench/export-index.ts): defaults, values, and bounds', () => {
+    expect(parseBenchOptions(exportIndexCommand(), ['node', 'x'])).toMatchObject({
+      chunks: 300_000,
+      points: 500,
+      change: 8,
+      rounds: 3,
+    });
+    expect(
+      parseBenchOptions(exportIndexCommand(), ['node', 'x', '--chunks', '2000', '--points', '40', '--rounds', '1']),
+    ).toMatchObject({ chunks: 2000, points: 40, rounds: 1 });
+    const quiet = () => exportIndexCommand().configureOutput({ writeErr: () => undefined });
+    expect(() => quiet().parse(['node', 'x', '--chunks', '5'])).toThrow(/whole number from 1000 to 10000000/);
+    expect(() => quiet().parse(['node', 'x', '--points', '0'])).toThrow(/whole number from 1/);
   });
 });
