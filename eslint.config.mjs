@@ -27,10 +27,66 @@ export default tseslint.config(
     },
   },
   {
-    // Workflow code runs in Temporal's deterministic sandbox: no Node built-ins, no I/O.
+    // Workflow code runs in Temporal's deterministic sandbox: no Node built-ins, no I/O. It may name the activities'
+    // and the repository's types (erased), never import code that does I/O (docs/adr/0008-layers-and-failures.md).
     files: ['workflows/**/*.ts'],
     rules: {
-      'no-restricted-imports': ['error', { paths: nodeBuiltins, patterns: ['@groupsnap/libvirt', '**/hypervisor/**'] }],
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        {
+          paths: nodeBuiltins,
+          patterns: [
+            { group: ['@groupsnap/libvirt', '**/hypervisor/**', '**/worker/**', '**/cli/**', '**/client/**'] },
+            { group: ['**/dev/**', '**/bench/**'] },
+            { group: ['**/activities/**', '**/backup/**'], allowTypeImports: true },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    // The ground floor: common/ imports no other product folder (only libraries and itself).
+    files: ['common/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              group: ['../*', '!../common', '!../common/**'],
+              message: 'common/ is the ground floor: it imports no other product folder',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    // One failure registry (common/failures.ts): every ApplicationFailure is made by failure() with a declared type.
+    files: [
+      'activities/**/*.ts',
+      'backup/**/*.ts',
+      'cli/**/*.ts',
+      'client/**/*.ts',
+      'common/**/*.ts',
+      'hypervisor/**/*.ts',
+      'worker/**/*.ts',
+      'workflows/**/*.ts',
+    ],
+    ignores: ['common/failures.ts'],
+    rules: {
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector:
+            "CallExpression[callee.object.name='ApplicationFailure'][callee.property.name=/^(create|nonRetryable|retryable|fromError)$/]",
+          message: "make failures with failure('<kind>', ...) of common/failures.ts (declare a new kind there)",
+        },
+        {
+          selector: "NewExpression[callee.name='ApplicationFailure']",
+          message: "make failures with failure('<kind>', ...) of common/failures.ts (declare a new kind there)",
+        },
+      ],
     },
   },
   { files: ['**/*.js', '**/*.mjs', '**/*.cjs'], ...tseslint.configs.disableTypeChecked },

@@ -1,12 +1,12 @@
 import { Context } from '@temporalio/activity';
-import { ApplicationFailure, WorkflowNotFoundError } from '@temporalio/client';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import {
   groupWorkflowId,
   HOST_REGISTRY_WORKFLOW_ID,
   type GroupDefinition,
   type RegisteredHost,
 } from '../common/groups';
-import { BAD_INPUT } from '../common/validation';
+import { failure } from '../common/failures';
 import { createRetentionActivities } from './retention-activities';
 
 /**
@@ -35,8 +35,7 @@ export function createControlActivities() {
         if (desc.status.name !== 'RUNNING') throw new WorkflowNotFoundError('deleted', handle.workflowId, undefined);
         return await handle.query<GroupDefinition>('definition');
       } catch (err) {
-        if (err instanceof WorkflowNotFoundError)
-          throw ApplicationFailure.nonRetryable(`unknown group ${JSON.stringify(name)}`, BAD_INPUT);
+        if (err instanceof WorkflowNotFoundError) throw failure('badInput', `unknown group ${JSON.stringify(name)}`);
         throw err;
       }
     },

@@ -1,6 +1,5 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { ApplicationFailure } from '@temporalio/common';
 import { manifestPath, type VmMetadata } from '../common/catalog';
 import type { DeleteSnapshotRequest, DeleteVmReport, VmSnapshotRecord } from '../common/dr-types';
 import { deletionBlockers } from '../common/groups';
@@ -10,6 +9,7 @@ import { exportHoldBlockers } from './export-hold';
 import { beating, heartbeat } from './heartbeat';
 import { badInput, checkDomain, checkName, checkOwner, failIf } from './input-checks';
 import { planLayerMerge, type MergeStep } from './merge-plan';
+import { failure } from '../common/failures';
 
 /** Rewrites the manifests of the snapshots in `changed` with their disks as the catalog now has them. */
 function rewriteManifests(ctx: DrContext, domain: string, meta: VmMetadata, changed: Set<string>): void {
@@ -205,7 +205,7 @@ export function createDeleteActivities(ctx: DrContext) {
       try {
         locks.acquire(owner, [domain], leaseMs);
       } catch (err) {
-        if (err instanceof LockBusyError) throw ApplicationFailure.retryable(err.message, 'LockBusyError');
+        if (err instanceof LockBusyError) throw failure('leaseBusy', err.message);
         throw err;
       }
       const stop = locks.keepAlive(owner, [domain], leaseMs, (err) =>

@@ -5,14 +5,13 @@ import { userInfo } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Context } from '@temporalio/activity';
-import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
 import { PERMANENT_REPOSITORY_ERRORS, RepositoryError } from '../backup/errors';
 import { RepositoryLock } from '../backup/locks';
 import { DRILL_RECORD, Repository } from '../backup/repository';
 import type { DrillRecord, ReadyVerdict, WaitReadyRequest } from '../common/drill';
 import { safeName } from '../common/host-requests';
-import { BAD_INPUT } from '../common/validation';
+import { failure } from '../common/failures';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { REPO_KEY_FILE_ENV } from './repo-restore';
 import { heartbeat } from './heartbeat';
@@ -114,9 +113,9 @@ export function createDrillActivities(deps: DrillDeps) {
     const records = new RestoreRecords(deps.stateDir);
     const foreign = req.domains.filter((d) => !records.vmNamed(d));
     if (foreign.length)
-      throw ApplicationFailure.nonRetryable(
+      throw failure(
+        'badInput',
         `not VMs a restore made on ${deps.hostId}: ${foreign.map((d) => JSON.stringify(d)).join(', ')}`,
-        BAD_INPUT,
       );
     const consoles = new Map<string, { text: string; files: string[]; sockets: string[] }>();
     for (const d of req.domains) {
@@ -133,14 +132,13 @@ export function createDrillActivities(deps: DrillDeps) {
 
   const openRepo = async (url: string) => {
     const keyFile = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];
-    if (!keyFile)
-      throw ApplicationFailure.nonRetryable(`host ${deps.hostId} has no repository key (--key-file)`, BAD_INPUT);
+    if (!keyFile) throw failure('badInput', `host ${deps.hostId} has no repository key (--key-file)`);
     try {
       return await Repository.open(url, readKeyFile(keyFile));
     } catch (err) {
       // Bad input (key file, URL or endpoint, wrong key, no repository) is not retried; a store that is down is.
       if (err instanceof RepositoryError && (PERMANENT_REPOSITORY_ERRORS as readonly string[]).includes(err.name))
-        throw ApplicationFailure.nonRetryable(`on host ${deps.hostId}: ${err.message}`, BAD_INPUT);
+        throw failure('badInput', `on host ${deps.hostId}: ${err.message}`);
       throw err;
     }
   };
@@ -154,14 +152,11 @@ export function createDrillActivities(deps: DrillDeps) {
           owner: deps.hostId,
         });
         const latest = points.at(-1);
-        if (!latest) throw ApplicationFailure.nonRetryable(`group ${req.group} has no point in ${req.repo}`, BAD_INPUT);
+        if (!latest) throw failure('badInput', `group ${req.group} has no point in ${req.repo}`);
         // Read from the repository, not trusted: it names the restore's point (and its files) next.
         const id = safeName('snapshot id').safeParse(latest.snapshotId);
         if (!id.success)
-          throw ApplicationFailure.nonRetryable(
-            `the repository's newest point of ${req.group}: ${id.error.issues[0].message}`,
-            BAD_INPUT,
-          );
+          throw failure('badInput', `the repository's newest point of ${req.group}: ${id.error.issues[0].message}`);
         return latest.snapshotId;
       } finally {
         repo.close();
@@ -177,9 +172,9 @@ export function createDrillActivities(deps: DrillDeps) {
     async waitReady(req: WaitReadyRequest): Promise<ReadyVerdict> {
       const deadline = Date.now() + req.timeoutMs;
       if (req.readiness === 'command' && !deps.allowChecks)
-        throw ApplicationFailure.nonRetryable(
+        throw failure(
+          'badInput',
           `host ${deps.hostId} does not run drill check commands: start its worker with --allow-drill-checks`,
-          BAD_INPUT,
         );
       const consoles = await restoredConsoles(req);
       let stopReading!: () => void;

@@ -2,7 +2,6 @@ import { createHash, randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Context } from '@temporalio/activity';
-import { ApplicationFailure } from '@temporalio/common';
 import { readKeyFile } from '../backup/crypto';
 import { PERMANENT_REPOSITORY_ERRORS, RepositoryError } from '../backup/errors';
 import { exportDisk, type ExportBase } from '../backup/export-disk';
@@ -12,14 +11,13 @@ import { FORMAT_VERSION, type DiskManifest } from '../backup/manifest';
 import { Repository, type OpenOptions } from '../backup/repository';
 import {
   REPO_KEY_FILE_ENV,
-  REPO_KEY_MISSING,
   type DiskProgressReport,
   type ExportDiskReport,
   type ExportDiskRequest,
   type WriteGroupManifestRequest,
   type WriteVmManifestRequest,
 } from '../common/backup-types';
-import { BAD_INPUT } from '../common/validation';
+import { failure, failureOfType } from '../common/failures';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { parseVmMetadata } from '../common/catalog';
@@ -47,7 +45,7 @@ const message = (err: unknown): string => (err instanceof Error ? err.message : 
 /** Repository errors a retry cannot fix become non-retryable failures of the same type; the rest stay retryable. */
 function asFailure(err: unknown): unknown {
   if (err instanceof RepositoryError && (PERMANENT_REPOSITORY_ERRORS as readonly string[]).includes(err.name)) {
-    return ApplicationFailure.nonRetryable(err.message, err.name);
+    return failureOfType(err.name, err.message, 'badInput');
   }
   return err;
 }
@@ -74,9 +72,9 @@ export function createExportActivities(deps: ExportActivityDeps) {
   function key(): Buffer {
     const file = deps.keyFile ?? process.env[REPO_KEY_FILE_ENV];
     if (!file) {
-      throw ApplicationFailure.nonRetryable(
+      throw failure(
+        'repoKeyMissing',
         `host ${hostId} has no repository key: start its worker with ${REPO_KEY_FILE_ENV}=<key file> (or --repo-key-file)`,
-        REPO_KEY_MISSING,
       );
     }
     return readKeyFile(file);
@@ -96,16 +94,16 @@ export function createExportActivities(deps: ExportActivityDeps) {
       xml = await hypervisor.getMetadata(domain);
     } catch (err) {
       if (err instanceof DomainNotFoundError) {
-        throw ApplicationFailure.nonRetryable(`VM ${domain} not found on host ${hostId}`, BAD_INPUT);
+        throw failure('badInput', `VM ${domain} not found on host ${hostId}`);
       }
       throw err;
     }
     const meta = parseVmMetadata(xml);
     const snap = meta.snapshots.find((s) => s.snapshotId === snapshotId);
     if (!snap || snap.deleting) {
-      throw ApplicationFailure.nonRetryable(
+      throw failure(
+        'badInput',
         `snapshot ${snapshotId} of ${domain} ${snap ? 'is being deleted' : 'does not exist'} on host ${hostId}`,
-        BAD_INPUT,
       );
     }
     return { meta, snap };
@@ -164,10 +162,7 @@ export function createExportActivities(deps: ExportActivityDeps) {
       const disk = snap.disks.find((d) => d.target === req.target);
       if (!disk) {
         clearInterval(keepAlive);
-        throw ApplicationFailure.nonRetryable(
-          `snapshot ${req.snapshotId} of ${req.domain} has no disk ${req.target}`,
-          BAD_INPUT,
-        );
+        throw failure('badInput', `snapshot ${req.snapshotId} of ${req.domain} has no disk ${req.target}`);
       }
       const repo = await openRepo(req.repository).catch((err: unknown) => {
         clearInterval(keepAlive);
@@ -297,7 +292,7 @@ export function createExportActivities(deps: ExportActivityDeps) {
         });
       } catch (err) {
         if (err instanceof DomainNotFoundError) {
-          throw ApplicationFailure.nonRetryable(`VM ${req.domain} not found on host ${hostId}`, BAD_INPUT);
+          throw failure('badInput', `VM ${req.domain} not found on host ${hostId}`);
         }
         throw asFailure(err);
       } finally {

@@ -1,5 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
-import { assertSafeName, BAD_INPUT } from '../common/validation';
+import { failure } from '../common/failures';
+import { assertSafeName } from '../common/validation';
 
 /**
  * Checks every host activity makes of its own input, whatever the workflow checked before: anyone who can start a
@@ -12,7 +13,7 @@ const message = (err: unknown): string => (err instanceof Error ? err.message : 
 
 /** Non-retryable failure for input that cannot be acted on: thrown before anything is changed. */
 export function badInput(problems: string | string[]): ApplicationFailure {
-  return ApplicationFailure.nonRetryable(Array.isArray(problems) ? problems.join('; ') : problems, BAD_INPUT);
+  return failure('badInput', Array.isArray(problems) ? problems.join('; ') : problems);
 }
 
 /** A libvirt domain name: any non-empty text without '/' or NUL (the file names made from it are sanitised). */

@@ -1,7 +1,8 @@
 import { imageChain } from '../hypervisor/chain';
 import { ApplicationFailure } from '@temporalio/common';
 import type { PinSnapshotReport, PinSnapshotRequest, ReleaseInPlaceReport } from '../common/dr-types';
-import { assertSafeName, BAD_INPUT } from '../common/validation';
+import { failure } from '../common/failures';
+import { assertSafeName } from '../common/validation';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import type { VmMetadata } from '../common/catalog';
@@ -18,7 +19,7 @@ export interface PinActivityDeps {
   log?: (message: string, fields?: Record<string, unknown>) => void;
 }
 
-const bad = (msg: string): ApplicationFailure => ApplicationFailure.nonRetryable(msg, BAD_INPUT);
+const bad = (msg: string): ApplicationFailure => failure('badInput', msg);
 
 function check(problems: string[], fn: () => void): void {
   try {

@@ -28,7 +28,7 @@ import type {
 } from '../common/repo-restore';
 import type { VmPowerState } from '../common/types';
 import { diskTarget, domainName, isDomainName, safeName, uuid as uuidSchema } from '../common/host-requests';
-import { BAD_INPUT } from '../common/validation';
+import { BAD_INPUT, failure } from '../common/failures';
 import { parseDomainTree } from '../hypervisor/domain-tree';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -68,7 +68,7 @@ export interface RepoRestoreDeps {
   log?: (message: string, fields?: Record<string, unknown>) => void;
 }
 
-const bad = (msg: string) => ApplicationFailure.nonRetryable(msg, BAD_INPUT);
+const bad = (msg: string) => failure('badInput', msg);
 
 /** Whether QEMU started by this host's libvirt can use KVM (its user can open /dev/kvm). */
 function kvmUsable(): boolean {
@@ -228,7 +228,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
     } catch (err) {
       if (err instanceof PointNotFoundError) throw bad(err.message);
       if (err instanceof DamagedObjectError)
-        throw ApplicationFailure.nonRetryable(`the point is damaged in the repository: ${err.message}`, 'DamagedPoint');
+        throw failure('damagedPoint', `the point is damaged in the repository: ${err.message}`);
       throw err;
     } finally {
       repo.close();

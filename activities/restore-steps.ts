@@ -1,9 +1,9 @@
 /** What both restores (as clones, in place) share: the checks of a restorable snapshot, the run's lease, overlays. */
-import { ApplicationFailure } from '@temporalio/common';
 import type { VmMetadata } from '../common/catalog';
 import { ImageNotFoundError } from '../hypervisor/images';
 import { errorText, type DrContext } from './dr-context';
 import { badInput, failIf } from './input-checks';
+import { failure } from '../common/failures';
 
 /** Lease of a restore step, renewed while it runs (the workflow took it for the whole restore). */
 const RESTORE_LEASE_MS = 30 * 60_000;
@@ -58,7 +58,7 @@ export function restoreSteps(ctx: DrContext) {
     try {
       locks.renew(owner, [domain], RESTORE_LEASE_MS);
     } catch (err) {
-      throw ApplicationFailure.nonRetryable(errorText(err), 'LeaseLost');
+      throw failure('leaseLost', errorText(err));
     }
     const stop = locks.keepAlive(owner, [domain], RESTORE_LEASE_MS, (err) =>
       log('lease lost during a restore step', { domain, owner, error: errorText(err) }),

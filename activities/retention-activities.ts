@@ -1,6 +1,5 @@
-import { ApplicationFailure } from '@temporalio/common';
 import { retentionBucketsIn, type RetentionBuckets } from '../common/retention';
-import { BAD_INPUT, BadInputError } from '../common/validation';
+import { BadInputError, failure } from '../common/failures';
 
 /**
  * Retention's time-zone arithmetic, run as an activity so that workflows plan with its recorded result instead of
@@ -15,11 +14,11 @@ export function createRetentionActivities() {
      */
     async retentionBuckets(req: { timezone: string; createdAt: string[] }): Promise<Record<string, RetentionBuckets>> {
       if (!Array.isArray(req?.createdAt) || req.createdAt.some((c) => typeof c !== 'string'))
-        throw ApplicationFailure.nonRetryable('createdAt must be a list of strings', BAD_INPUT);
+        throw failure('badInput', 'createdAt must be a list of strings');
       try {
         return retentionBucketsIn(req.timezone, req.createdAt);
       } catch (err) {
-        if (err instanceof BadInputError) throw ApplicationFailure.nonRetryable(err.message, BAD_INPUT);
+        if (err instanceof BadInputError) throw failure('badInput', err.message);
         throw err;
       }
     },

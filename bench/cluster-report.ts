@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { Sample } from './report';
+import type { Sample } from './sample';
 
 export interface ClusterBenchResults {
   machine: Record<string, string | number>;

@@ -3,32 +3,10 @@ import { keptSections } from './kept-sections';
 import { join, relative, resolve } from 'node:path';
 import { REPO_ROOT } from '../dev/tools';
 import type { MachineDescription } from './machine';
-import { keepClusterSection } from './cluster-report';
+import type { Sample } from './sample';
 
-export interface Sample {
-  config: string;
-  size?: number;
-  /** Disk configuration of the disk-size comparison. */
-  disk?: string;
-  depth?: number;
-  hosts?: number;
-  /** Simulated hosts: how the group was released. */
-  barrier?: 'update' | 'thaw';
-  /** Simulated hosts: the release order (`group-paused`, or the old `group-snapshotted`). */
-  resumeWhen?: string;
-  /** The new floor's snapshots in flight. */
-  bound?: number;
-  contender: string;
-  round: number;
-  vm: string;
-  /** Pause issued to resume returned, measured on the host. */
-  freezeMs: number;
-  /** Suspended to resumed, from QEMU's lifecycle events as they reached the bench process. */
-  qemuFreezeMs?: number;
-  endToEndMs: number;
-  /** Floor only: the group's pause-all, snapshot-all and resume-all wall times. */
-  phasesMs?: { pause: number; snapshot: number; resume: number };
-}
+export type { Sample };
+import { keepClusterSection } from './cluster-report';
 
 export interface HypervisorStack {
   /** libvirtd's version, e.g. `11.3.0`. */

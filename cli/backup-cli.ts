@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { readKeyFile } from '../backup/crypto';
 import { REPO_KEY_FILE_ENV } from '../common/backup-types';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { exportCommand, repoInit, repoList, repoPrune, repoVerify } from './backup-commands';
 import { parseInteger } from './parse';
 

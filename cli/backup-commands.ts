@@ -16,8 +16,9 @@ import {
 } from '../client/backup';
 import { REPO_ENV, REPO_KEY_FILE_ENV, type DiskProgressReport, type ExportResult } from '../common/backup-types';
 import type { RetentionPolicy } from '../common/retention';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { EXIT } from './commands';
+import { reportError } from './exit';
 import { withClient, type CommonOptions } from './with-client';
 
 export interface RepoOptions {
@@ -66,11 +67,7 @@ async function repoAction<T>(
   try {
     value = await fn();
   } catch (err) {
-    const bad = badInputOf(err);
-    if (!(bad instanceof BadInputError)) throw err;
-    if (opts.json) console.log(JSON.stringify({ status: 'rejected', error: bad.message }));
-    else console.error(`groupsnap: ${bad.message}`);
-    process.exitCode = EXIT.badInput;
+    process.exitCode = reportError(badInputOf(err), opts.json);
     return;
   }
   const out = opts.json ? JSON.stringify(value, null, 2) : render(value);

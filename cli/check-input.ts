@@ -8,9 +8,9 @@ import { normalizeGroupDefinition, normalizeRestoreInput, type RestoreInput } fr
 import { normalizeRetention, type RetentionPolicy } from '../common/retention';
 import { parseDuration, parseOverlap, validateCron, validateTimezone } from '../common/schedule-spec';
 import type { GroupSnapshotInput, VmRef } from '../common/types';
+import { BadInputError } from '../common/failures';
 import {
   assertSafeName,
-  BadInputError,
   checkSnapshotOptions,
   checkVmRefs,
   normalizeSnapshotInput,

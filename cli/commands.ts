@@ -6,7 +6,6 @@ import { defaults, temporalSettings, type TemporalOverrides } from '../common/co
 import { defaultImagesDir } from '../common/images-dir';
 import { METRICS_ADDRESS_ENV } from '../common/metrics';
 import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
-import { BadInputError } from '../common/validation';
 import { parseVmMetadata } from '../common/catalog';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import {
@@ -20,6 +19,7 @@ import {
 import { checkMetricsAddress, prometheusTelemetry } from '../worker/telemetry';
 import { createGroupsnapWorker } from '../worker/worker';
 import { formatProgress, formatResult } from './format';
+import { reportError } from './exit';
 
 /** Exit codes of `groupsnap snapshot`. */
 import { EXIT } from '../common/failures';
@@ -184,12 +184,7 @@ export async function snapshotCommand(input: GroupSnapshotInput, opts: SnapshotC
       }
       result = await done;
     } catch (err) {
-      if (err instanceof BadInputError) {
-        if (opts.json) console.log(JSON.stringify({ status: 'rejected', error: err.message }));
-        else console.error(`groupsnap: ${err.message}`);
-        return EXIT.badInput;
-      }
-      throw err;
+      return reportError(err, opts.json);
     }
     console.log(opts.json ? JSON.stringify(result, null, 2) : formatResult(result));
     return result.status === 'completed' ? EXIT.ok : EXIT.failed;

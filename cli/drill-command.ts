@@ -1,6 +1,6 @@
 import { createDrillSchedule, runDrill } from '../client/drill';
 import type { DrillInput, DrillResult } from '../common/drill';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { withClient, type CommonOptions } from './with-client';
 
 export interface DrillFlags extends CommonOptions {

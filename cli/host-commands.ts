@@ -1,7 +1,7 @@
 /** `groupsnap tag|untag` and `groupsnap host list|forget`. */
 import { forgetHost, listHosts, tagVm } from '../client/hosts';
 import type { VmRef } from '../common/types';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { checkNames, checkTagVm } from './check-input';
 import { vmText } from './format';
 import { withClient, type CommonOptions } from './with-client';

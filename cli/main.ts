@@ -4,6 +4,7 @@ import { defaults } from '../common/config';
 import { DEFAULT_MAX_FREEZE_MS } from '../common/names';
 import type { QuiesceMode, ResumeWhen, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
+import { reportError } from './exit';
 import { drillCommand } from './drill-command';
 import { repoRestoreCommand, type RepoRestoreFlags } from './repo-restore-command';
 import { registerBackupCommands, withRepoKeyFile } from './backup-cli';
@@ -16,7 +17,7 @@ import type { CommonOptions } from './with-client';
 import { checkSnapshotTake } from './check-input';
 import { restoreList, restoreRelease, snapshotPin } from './pin-commands';
 import { collect, parseInteger, parseQuiesce, parseResumeWhen, parseSnapshotsInFlight, parseVmRef } from './parse';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 
 const program = new Command('groupsnap')
   .description('Crash-consistent snapshots of groups of VMs, orchestrated by Temporal over libvirt')
@@ -29,9 +30,7 @@ function act<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: 
     try {
       await fn(...args);
     } catch (err) {
-      if (!(err instanceof BadInputError)) throw err;
-      console.error(`groupsnap: ${err.message}`);
-      process.exitCode = EXIT.badInput;
+      process.exitCode = reportError(err);
     }
   };
 }
@@ -427,7 +426,4 @@ program
 
 registerBackupCommands(program, temporalOptions, act);
 
-program.parseAsync(process.argv).catch((err) => {
-  console.error(`groupsnap: ${err instanceof Error ? err.message : String(err)}`);
-  process.exit(1);
-});
+program.parseAsync(process.argv).catch((err) => process.exit(reportError(err)));

@@ -2,7 +2,8 @@
 import { listRestoreRecords, pinGroupSnapshot, releaseRestoreRecords, unpinGroupSnapshot } from '../client/pins';
 import { checkPinInput, checkReleaseInput } from '../common/pins';
 import type { VmRef } from '../common/types';
-import { assertSafeName, BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
+import { assertSafeName } from '../common/validation';
 import { withClient, type CommonOptions } from './with-client';
 
 export function snapshotPin(pinned: boolean) {

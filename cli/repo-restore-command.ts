@@ -1,6 +1,6 @@
 import { restoreFromRepo } from '../client/repo-restore';
 import { parseNetworkMapping, type RepoRestoreResult } from '../common/repo-restore';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { withClient, type CommonOptions } from './with-client';
 
 export interface RepoRestoreFlags extends CommonOptions {

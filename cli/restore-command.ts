@@ -1,7 +1,7 @@
 /** `groupsnap restore <group> <snapshotId> --as-clone | --in-place --yes`. */
 import { restoreGroup } from '../client/restore';
 import type { RestoreMode } from '../common/groups';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { checkRestore } from './check-input';
 import { withClient, type CommonOptions } from './with-client';
 

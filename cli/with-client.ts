@@ -1,8 +1,8 @@
 /** How every command that talks to Temporal runs: connect, act, print (or `--json`), set the exit code. */
 import { Client, Connection } from '@temporalio/client';
 import { temporalSettings, type TemporalOverrides } from '../common/config';
-import { BadInputError } from '../common/validation';
 import { EXIT } from './commands';
+import { reportError } from './exit';
 
 export interface CommonOptions extends TemporalOverrides {
   json?: boolean;
@@ -26,10 +26,7 @@ export async function withClient<T>(
     if (out) console.log(out);
     process.exitCode = failed(value) ? EXIT.failed : EXIT.ok;
   } catch (err) {
-    if (!(err instanceof BadInputError)) throw err;
-    if (opts.json) console.log(JSON.stringify({ status: 'rejected', error: err.message }));
-    else console.error(`groupsnap: ${err.message}`);
-    process.exitCode = EXIT.badInput;
+    process.exitCode = reportError(err, opts.json);
   } finally {
     await connection.close();
   }

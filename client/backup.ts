@@ -27,7 +27,8 @@ import {
 } from '../common/backup-types';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
-import { assertSafeName, BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
+import { assertSafeName } from '../common/validation';
 import type { exportGroupSnapshot as exportWorkflow } from '../workflows';
 
 export type {

@@ -11,7 +11,7 @@ import {
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { validateCron, validateTimezone } from '../common/schedule-spec';
 import { GroupsnapGroup } from '../common/search-attributes';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { settle } from './settle';
 import { hostsWithoutWorker } from './index';
 

@@ -17,7 +17,7 @@ import type { SnapshotNowOptions } from '../common/groups';
 import { snapshotNamedGroup } from './snapshots';
 
 export * from '../common/types';
-export { BadInputError } from '../common/validation';
+export { BadInputError } from '../common/failures';
 export { groupSnapshotWorkflowId, hostTaskQueue, WORKFLOW_TASK_QUEUE } from '../common/names';
 export { markdownTable, snapshotDetails, snapshotSummary } from '../workflows/ui';
 

@@ -15,7 +15,8 @@ import {
   type RestoreRecordListing,
 } from '../common/pins';
 import { GroupsnapGroup } from '../common/search-attributes';
-import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
+import { BAD_INPUT, BadInputError } from '../common/failures';
+import { assertSafeName } from '../common/validation';
 import { inventory } from './hosts';
 
 export type { PinGroupSnapshotResult, ReleaseRestoreRecordsInput, ReleaseRestoreRecordsResult, RestoreRecordListing };

@@ -12,7 +12,7 @@ import {
   type RepoRestoreResult,
 } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { hostsWithoutWorker } from './index';
 import { settle } from './settle';
 

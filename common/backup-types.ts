@@ -2,7 +2,8 @@
  * The contract between the export workflow, the host's export activities, the client and the CLI. Pure types and
  * names (imported by workflows). The repository key never appears here: each host reads it from its key file.
  */
-import type { DiskExportStats, GroupVmEntry, PointStats, VmDiskEntry } from '../backup/manifest';
+import type { DiskExportStats, GroupVmEntry, PointStats, VmDiskEntry } from './repository-manifest';
+import { FAILURES } from './failures';
 import type { VmRef } from './types';
 
 export type { DiskExportStats, GroupVmEntry, PointStats, VmDiskEntry };
@@ -12,9 +13,9 @@ export const REPO_ENV = 'GROUPSNAP_REPO';
 export const REPO_KEY_FILE_ENV = 'GROUPSNAP_REPO_KEY_FILE';
 
 /** Failure type: the host's worker has no key file for repositories. */
-export const REPO_KEY_MISSING = 'RepositoryKeyMissing';
+export const REPO_KEY_MISSING = FAILURES.repoKeyMissing.type;
 /** Failure type of an export that failed (its details hold the partial {@link ExportResult}). */
-export const EXPORT_FAILED = 'ExportFailed';
+export const EXPORT_FAILED = FAILURES.exportFailed.type;
 
 /** Export of one group snapshot to a repository. */
 export interface ExportInput {

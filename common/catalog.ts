@@ -4,7 +4,7 @@
  */
 import { join } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
-import { escapeXml } from '../hypervisor/domain-xml';
+import { escapeXml } from './xml';
 import type { CloneRecord, InPlaceRestoreRecord, VmSnapshotRecord } from './dr-types';
 import { safeFileName } from './names';
 import type { VmPowerState } from './types';

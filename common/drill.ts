@@ -2,7 +2,8 @@
 import type { z } from 'zod';
 import type * as schemas from './host-requests';
 import type { RepoRestoreResult } from './repo-restore';
-import { assertSafeName, BadInputError } from './validation';
+import { BadInputError } from './failures';
+import { assertSafeName } from './validation';
 
 export interface DrillInput {
   group: string;

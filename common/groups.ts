@@ -5,7 +5,8 @@
 import type { HostVm } from './dr-types';
 import type { RetentionPolicy } from './retention';
 import type { GroupSnapshotResult, QuiesceMode, ResumeWhen, VmRef } from './types';
-import { assertSafeName, BadInputError, checkSnapshotOptions, checkVmRefs, problemList } from './validation';
+import { BadInputError } from './failures';
+import { assertSafeName, checkSnapshotOptions, checkVmRefs, problemList } from './validation';
 
 /** How a group's members are chosen: a fixed list of VMs, or every VM carrying a tag on any registered host. */
 export type GroupSelector = { vms: VmRef[] } | { tag: string };

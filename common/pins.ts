@@ -4,7 +4,8 @@
  */
 import type { HostVm } from './dr-types';
 import { deletionBlockers, type GroupSnapshotListing, type Inventory } from './groups';
-import { assertSafeName, BadInputError, problemList } from './validation';
+import { BadInputError } from './failures';
+import { assertSafeName, problemList } from './validation';
 
 export interface PinGroupSnapshotInput {
   group: string;

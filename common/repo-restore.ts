@@ -6,7 +6,8 @@
 import type { z } from 'zod';
 import type * as schemas from './host-requests';
 import type { VmPowerState } from './types';
-import { assertSafeName, BadInputError } from './validation';
+import { BadInputError } from './failures';
+import { assertSafeName } from './validation';
 
 export type RepoRestoreMode = 'clone' | 'original';
 export type RestoredDiskFormat = 'raw' | 'qcow2';

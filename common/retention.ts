@@ -5,7 +5,7 @@
  * {@link planRetention}, so a plan never depends on the ICU data of the worker that replays it.
  */
 import { validateTimezone } from './schedule-spec';
-import { BadInputError } from './validation';
+import { BadInputError } from './failures';
 
 /** How many snapshots to keep, by rule. An absent or zero rule keeps nothing by itself. */
 export interface RetentionPolicy {

@@ -20,7 +20,8 @@
  * Quartz's `5#3` (third Friday) would silently mean every Friday: this rejects a `#` that does not follow white
  * space, the one place where it is stricter than the server.
  */
-import { BadInputError, assertSafeName } from './validation';
+import { BadInputError } from './failures';
+import { assertSafeName } from './validation';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Time zones

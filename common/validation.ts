@@ -8,13 +8,7 @@ import {
   type VmRef,
 } from './types';
 
-/** Failure type of every bad-input error: never retried, reported with exit code 2 by the CLI. */
-export const BAD_INPUT = 'GroupsnapBadInput';
-
-/** Thrown for input that cannot be acted on; nothing was changed when it is thrown. */
-export class BadInputError extends Error {
-  override readonly name = 'BadInputError';
-}
+import { BadInputError } from './failures';
 
 const SAFE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 

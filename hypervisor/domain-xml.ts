@@ -1,5 +1,6 @@
 import { XMLParser } from 'fast-xml-parser';
 import type { DiskSpec } from './hypervisor';
+import { escapeXml } from '../common/xml';
 
 const parser = new XMLParser({
   ignoreAttributes: false,
@@ -37,14 +38,7 @@ export function parseDomainXml(xml: string): { disks: DiskSpec[]; hasGuestAgent:
   return { disks, hasGuestAgent };
 }
 
-export function escapeXml(s: string): string {
-  return s
-    .replace(/&/g, '&amp;')
-    .replace(/</g, '&lt;')
-    .replace(/>/g, '&gt;')
-    .replace(/'/g, '&apos;')
-    .replace(/"/g, '&quot;');
-}
+export { escapeXml };
 
 /** `<domainsnapshot>` XML for an external, disk-only snapshot of exactly the listed disks. */
 export function diskOnlySnapshotXml(

@@ -9,7 +9,7 @@ import { FreezeJournal } from '../activities/freeze-journal';
 import { createHost } from '../activities/host-activities';
 import { overlayPath, type PlannedVm } from '../common/host-types';
 import { DeadlineTimers, recoverFreezes } from '../activities/resume';
-import { BAD_INPUT } from '../common/validation';
+import { BAD_INPUT } from '../common/failures';
 import { HypervisorError } from '../hypervisor/errors';
 import { FakeHypervisor } from '../hypervisor/fake-hypervisor';
 import { isGuardOf } from '../worker/guard';

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { parseVmMetadata } from '../common/catalog';
 import { createHost } from '../activities/host-activities';
 import type { SnapshotDisk } from '../common/dr-types';
-import { BAD_INPUT } from '../common/validation';
+import { BAD_INPUT } from '../common/failures';
 import { cloneDomainXml } from '../hypervisor/clone-xml';
 import { parseDomainXml, retargetDiskSource } from '../hypervisor/domain-xml';
 import { HypervisorError } from '../hypervisor/errors';

@@ -7,7 +7,7 @@ import * as libvirt from '@groupsnap/libvirt';
 import { parseVmMetadata } from '../common/catalog';
 import { createHost } from '../activities/host-activities';
 import type { SnapshotDisk } from '../common/dr-types';
-import { BAD_INPUT } from '../common/validation';
+import { BAD_INPUT } from '../common/failures';
 import { backingChain, VmFleet } from '../dev/vms';
 import { parseDomainXml } from '../hypervisor/domain-xml';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';

@@ -16,7 +16,7 @@ import {
   snapshotNamedGroup,
   tagVm,
 } from '../client/dr';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { socketLinkPorts } from '../hypervisor/socket-links';
 import { migrateWithSnapshot } from '../examples/snapshot-before-migration';
 import { scheduleIdFor } from '../common/schedule-spec';

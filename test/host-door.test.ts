@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { CHECK_PATH, createDrillActivities, TAIL_BYTES } from '../activities/drill';
 import { RestoreRecords } from '../activities/restore-records';
 import { HOST_ACTIVITY_SCHEMAS } from '../common/host-requests';
-import { BAD_INPUT } from '../common/validation';
+import { BAD_INPUT } from '../common/failures';
 import { unguardedActivities } from '../worker/activity-door';
 import { hostActivities } from '../worker/plugins';
 import { FakeHost } from './helpers/fake-hosts';

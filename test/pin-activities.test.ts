@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { parseVmMetadata, renderVmMetadata } from '../common/catalog';
 import { createHostActivities } from '../activities/host-activities';
-import { BAD_INPUT } from '../common/validation';
+import { BAD_INPUT } from '../common/failures';
 import { FakeHost } from './helpers/fake-hosts';
 import { uniqueId } from './helpers/temporal';
 

@@ -3,7 +3,7 @@ import { createGroup, deleteGroupSnapshot, listGroupSnapshots, restoreGroup, sna
 import { listRestoreRecords, pinGroupSnapshot, releaseRestoreRecords, unpinGroupSnapshot } from '../client/pins';
 import type { GroupRunInput, GroupRunResult } from '../common/groups';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import { parseVmMetadata } from '../common/catalog';
 import { FakeHost } from './helpers/fake-hosts';
 import { vmsOf } from './helpers/schedules';

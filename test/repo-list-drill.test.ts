@@ -12,7 +12,7 @@ import { createDrillActivities } from '../activities/drill';
 import { RepositoryBusyError, RepositoryLock } from '../backup/locks';
 import { Repository } from '../backup/repository';
 import type { DrillRecord } from '../common/drill';
-import { BAD_INPUT } from '../common/validation';
+import { BAD_INPUT } from '../common/failures';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { writeTestPoint } from './helpers/repo-points';
 import { CLI } from './helpers/worker-process';

@@ -8,7 +8,7 @@ import type { VmManifest } from '../backup/manifest';
 import { Repository } from '../backup/repository';
 import { createRepoRestoreActivities, restoredDiskPath } from '../activities/repo-restore';
 import type { RepoRestorePlanRequest } from '../common/repo-restore';
-import { BAD_INPUT } from '../common/validation';
+import { BAD_INPUT } from '../common/failures';
 import { restoreFromRepo } from '../client/repo-restore';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { FakeHost } from './helpers/fake-hosts';

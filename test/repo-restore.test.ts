@@ -9,7 +9,7 @@ import { Client } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { snapshotGroup } from '../client';
 import { restoreFromRepo } from '../client/repo-restore';
-import { BadInputError } from '../common/validation';
+import { BadInputError } from '../common/failures';
 import type { HypervisorHosts } from '../dev/hypervisor-hosts';
 import { temporalCliPath } from '../dev/tools';
 import { VmFleet } from '../dev/vms';

@@ -6,7 +6,7 @@ import { createRetentionActivities } from '../activities/retention-activities';
 import type { GroupRunResult } from '../common/groups';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { planRetention, retentionBucketsIn, type RetentionCandidate } from '../common/retention';
-import { BAD_INPUT } from '../common/validation';
+import { BAD_INPUT } from '../common/failures';
 import { FakeHost } from './helpers/fake-hosts';
 import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
 import { startHosts, type RunningHosts } from './helpers/workers';

@@ -4,10 +4,9 @@
  * not parse fails with a non-retryable BAD_INPUT failure naming every issue; nothing was changed. An activity without
  * a schema cannot be registered.
  */
-import { ApplicationFailure } from '@temporalio/common';
 import type { z } from 'zod';
 import { describeIssues } from '../common/host-requests';
-import { BAD_INPUT } from '../common/validation';
+import { failure } from '../common/failures';
 
 type ActivityFn = (...args: never[]) => Promise<unknown>;
 
@@ -36,16 +35,10 @@ export function guardActivities<T extends Record<string, ActivityFn>>(
     guarded[name] = {
       async [name](...args: unknown[]) {
         if (args.length > 1)
-          throw ApplicationFailure.nonRetryable(
-            `bad request to ${name}: it takes one argument, got ${args.length}`,
-            BAD_INPUT,
-          );
+          throw failure('badInput', `bad request to ${name}: it takes one argument, got ${args.length}`);
         const parsed = schema.safeParse(args[0]);
         if (!parsed.success)
-          throw ApplicationFailure.nonRetryable(
-            `bad request to ${name}: ${describeIssues(parsed.error).join('; ')}`,
-            BAD_INPUT,
-          );
+          throw failure('badInput', `bad request to ${name}: ${describeIssues(parsed.error).join('; ')}`);
         return (fn as (req: unknown) => Promise<unknown>)(parsed.data);
       },
     }[name] as ActivityFn;

@@ -4,14 +4,14 @@
  * export's hosts read their own key file, and the listing reads the key file of the worker serving the operation
  * (`GROUPSNAP_REPO_KEY_FILE`).
  */
-import { ApplicationFailure, WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
 import { startWorkflow, WorkflowRunOperationHandler } from '@temporalio/nexus';
 import * as nexus from 'nexus-rpc';
 import { listRepositoryPoints, normalizeExportInput, verifyRepositoryAt } from '../client/backup';
 import type { VerifyResult } from '../backup/verify';
 import type { NexusListRepositoryInput, NexusRepositoryPoints, NexusVerifyRepositoryInput } from '../client/nexus';
 import { exportWorkflowId, REPO_KEY_FILE_ENV, type ExportInput, type ExportResult } from '../common/backup-types';
-import { BAD_INPUT, BadInputError } from '../common/failures';
+import { BadInputError, failure } from '../common/failures';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
 import { assertSafeName } from '../common/validation';
@@ -19,7 +19,7 @@ import type { exportGroupSnapshot } from '../workflows';
 
 function badRequest(message: string): nexus.HandlerError {
   return new nexus.HandlerError('BAD_REQUEST', message, {
-    cause: ApplicationFailure.nonRetryable(message, BAD_INPUT),
+    cause: failure('badInput', message),
     retryableOverride: false,
   });
 }

@@ -3,7 +3,7 @@
  * by the workflows plugin, worker/plugins.ts). Every request is checked before anything starts: bad input and an
  * unknown group fail the operation at once, not retried, with a message that says what was wrong.
  */
-import { ApplicationFailure, WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
 import { getClient, startWorkflow, WorkflowRunOperationHandler } from '@temporalio/nexus';
 import * as nexus from 'nexus-rpc';
 import { getGroup } from '../client/groups';
@@ -28,13 +28,14 @@ import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { exportOperation, listRepository, verifyRepository } from './nexus-backup';
 import { restoreFromRepoOperation } from './nexus-repo-restore';
 import { GroupsnapGroup } from '../common/search-attributes';
-import { assertSafeName, BAD_INPUT, BadInputError, checkSnapshotOptions, problemList } from '../common/validation';
+import { BadInputError, failure } from '../common/failures';
+import { assertSafeName, checkSnapshotOptions, problemList } from '../common/validation';
 import type { groupSnapshotRun, restoreGroup } from '../workflows';
 
 /** A non-retryable `BAD_REQUEST` that carries the message (and groupsnap's bad-input failure type) to the caller. */
 function badRequest(message: string): nexus.HandlerError {
   return new nexus.HandlerError('BAD_REQUEST', message, {
-    cause: ApplicationFailure.nonRetryable(message, BAD_INPUT),
+    cause: failure('badInput', message),
     retryableOverride: false,
   });
 }

@@ -1,17 +1,17 @@
 /** Nexus operation `restoreFromRepo` of groupsnap's service: a group point rebuilt on another host (asynchronous). */
-import { ApplicationFailure, WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
 import { startWorkflow, WorkflowRunOperationHandler } from '@temporalio/nexus';
 import * as nexus from 'nexus-rpc';
 import type { NexusRestoreFromRepoInput } from '../client/nexus';
 import { WORKFLOW_TASK_QUEUE } from '../common/names';
 import { normalizeRepoRestoreInput, repoRestoreWorkflowId, type RepoRestoreResult } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
-import { BAD_INPUT, BadInputError } from '../common/validation';
+import { BadInputError, failure } from '../common/failures';
 import type { restoreFromRepo } from '../workflows';
 
 function badRequest(message: string): nexus.HandlerError {
   return new nexus.HandlerError('BAD_REQUEST', message, {
-    cause: ApplicationFailure.nonRetryable(message, BAD_INPUT),
+    cause: failure('badInput', message),
     retryableOverride: false,
   });
 }

@@ -1,5 +1,4 @@
 import {
-  ApplicationFailure,
   CancellationScope,
   executeChild,
   log,
@@ -16,8 +15,7 @@ import { normalizeDrillInput, type DrillInput, type DrillReadiness, type DrillRe
 import { hostTaskQueue } from '../common/names';
 import { repoRestoreWorkflowId, type RepoRestoreResult } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
-import { BAD_INPUT } from '../common/validation';
-import { checked, errorMessage, rootType } from '../common/failures';
+import { checked, errorMessage, rootType, BAD_INPUT, failure } from '../common/failures';
 import { restoreFromRepo } from './repo-restore';
 
 /**
@@ -108,7 +106,7 @@ export async function drillGroup(rawInput: DrillInput): Promise<DrillResult> {
     });
     // A verdict ({ ready, reason }); runs recorded before verdicts returned { evidence } on success.
     const verdict = ready as Partial<{ ready: boolean; reason: string; evidence: string[] }>;
-    if (verdict.ready === false) throw ApplicationFailure.nonRetryable(verdict.reason ?? 'not ready', 'DrillNotReady');
+    if (verdict.ready === false) throw failure('drillNotReady', verdict.reason ?? 'not ready');
     result.readyMs = Date.now() - started - result.restoreMs;
     result.rtoMs = Date.now() - started;
     result.evidence = verdict.evidence ?? [verdict.reason ?? 'ready'];
@@ -117,7 +115,7 @@ export async function drillGroup(rawInput: DrillInput): Promise<DrillResult> {
     result.error = errorMessage(err);
     if (rootType(err) === BAD_INPUT && !restore) {
       // Nothing was made: report bad input as such (the CLI exits 2).
-      throw ApplicationFailure.nonRetryable(result.error, BAD_INPUT);
+      throw failure('badInput', result.error);
     }
   } finally {
     await CancellationScope.nonCancellable(async () => {

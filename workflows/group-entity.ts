@@ -18,10 +18,10 @@ import {
   type SnapshotNowOptions,
 } from '../common/groups';
 import { GroupsnapGroup } from '../common/search-attributes';
-import { BAD_INPUT, assertSnapshotOptions } from '../common/validation';
+import { assertSnapshotOptions } from '../common/validation';
 import { groupSnapshotRun } from './group-run';
 import { snapshotIdNow } from './snapshot-id';
-import { checked, errorMessage, rootType } from '../common/failures';
+import { checked, errorMessage, rootType, failure, failureOfType } from '../common/failures';
 import { SNAPSHOT_FAILED } from './group-snapshot';
 
 export const definitionQuery = defineQuery<GroupDefinition>('definition');
@@ -33,7 +33,7 @@ export const snapshotNowUpdate = defineUpdate<GroupRunResult, [SnapshotNowOption
 /** Ends the group (its snapshots stay in the VMs' catalogs). Refused while a snapshot runs. */
 export const deleteGroupUpdate = defineUpdate<void, []>('deleteGroup');
 
-const badInput = (message: string) => ApplicationFailure.nonRetryable(message, BAD_INPUT);
+const badInput = (message: string) => failure('badInput', message);
 
 /**
  * A software-defined group (workflow id `group/<name>`): holds its definition durably where every host and client
@@ -67,10 +67,7 @@ export async function groupEntity(state: { definition: GroupDefinition }): Promi
         if (cause instanceof ApplicationFailure && cause.type === SNAPSHOT_FAILED && cause.details?.[0])
           return cause.details[0] as GroupRunResult;
         const type = rootType(err);
-        throw ApplicationFailure.nonRetryable(
-          errorMessage(err),
-          type === BAD_INPUT ? BAD_INPUT : (type ?? 'RunFailed'),
-        );
+        throw failureOfType(type, errorMessage(err), 'runFailed');
       }
     },
     {

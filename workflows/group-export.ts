@@ -1,5 +1,4 @@
 import {
-  ApplicationFailure,
   defineQuery,
   defineSignal,
   log,
@@ -11,19 +10,18 @@ import {
 } from '@temporalio/workflow';
 import type { ExportActivities } from '../activities/export-activities';
 import {
-  EXPORT_FAILED,
   REPO_KEY_MISSING,
   type DiskProgressReport,
   type ExportDiskReport,
   type ExportInput,
   type ExportResult,
 } from '../common/backup-types';
-import { sumStats } from '../backup/manifest';
+import { sumStats } from '../common/repository-manifest';
 import { groupSnapshotsIn } from '../common/groups';
 import { METRICS } from '../common/metrics';
 import { hostTaskQueue } from '../common/names';
-import { assertSafeName, BAD_INPUT, BadInputError } from '../common/validation';
-import { checked, errorMessage } from '../common/failures';
+import { assertSafeName } from '../common/validation';
+import { checked, errorMessage, BAD_INPUT, BadInputError, failure } from '../common/failures';
 import { takeInventory } from './inventory';
 
 /** Repository errors a retry cannot fix (backup/errors.ts), plus bad input and a host without a key. */
@@ -117,16 +115,16 @@ export async function exportGroupSnapshot(input: ExportInput): Promise<ExportRes
   );
   if (!listing || vms.length === 0) {
     const unreachable = inventory.unreachable.map((u) => u.host);
-    throw ApplicationFailure.nonRetryable(
+    throw failure(
+      'badInput',
       `snapshot ${input.snapshotId} of group ${input.group} is on no reachable host` +
         (unreachable.length ? ` (not answering: ${unreachable.join(', ')})` : ''),
-      BAD_INPUT,
     );
   }
   if (inventory.unreachable.length > 0 && !input.vms) {
-    throw ApplicationFailure.nonRetryable(
+    throw failure(
+      'hostUnreachable',
       `cannot export ${input.snapshotId}: host(s) ${inventory.unreachable.map((u) => u.host).join(', ')} did not answer`,
-      'HostUnreachable',
     );
   }
 
@@ -201,12 +199,7 @@ export async function exportGroupSnapshot(input: ExportInput): Promise<ExportRes
     phase = `failed: ${result.error}`;
     show();
     log.warn('export failed', { group: input.group, snapshotId: input.snapshotId, error: result.error });
-    throw ApplicationFailure.create({
-      message: result.error,
-      type: EXPORT_FAILED,
-      nonRetryable: true,
-      details: [result],
-    });
+    throw failure('exportFailed', result.error, result);
   };
   if (firstError) fail(firstError);
 

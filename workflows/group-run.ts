@@ -13,8 +13,8 @@ import { snapshotDetails, snapshotSummary } from './ui';
 import { retentionSkips } from '../common/pins';
 import { normalizeRetention, planRetention, type RetentionPlan, type RetentionPolicy } from '../common/retention';
 import type { GroupSnapshotResult, VmRef } from '../common/types';
-import { errorMessage, rootType, toFailure } from '../common/failures';
-import { assertSafeName, assertSnapshotOptions, BadInputError } from '../common/validation';
+import { errorMessage, rootType, toFailure, BadInputError, failure, failureOfType, FAILURES } from '../common/failures';
+import { assertSafeName, assertSnapshotOptions } from '../common/validation';
 import { groupSnapshot, SNAPSHOT_FAILED } from './group-snapshot';
 import { control } from './activity-options';
 import { membersOf, requireAllHosts, takeInventory } from './inventory';
@@ -80,14 +80,9 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
     if (cause instanceof ApplicationFailure && cause.type === SNAPSHOT_FAILED && cause.details?.[0]) {
       const failed = cause.details[0] as GroupSnapshotResult;
       const result: GroupRunResult = { group: input.group, members, snapshot: failed };
-      throw ApplicationFailure.create({
-        message: cause.message,
-        type: SNAPSHOT_FAILED,
-        nonRetryable: true,
-        details: [result],
-      });
+      throw failure('snapshotFailed', cause.message, result);
     }
-    throw ApplicationFailure.nonRetryable(errorMessage(err), rootType(err) ?? 'SnapshotFailed');
+    throw failureOfType(rootType(err), errorMessage(err), 'groupRunFailed');
   }
 
   const result: GroupRunResult = { group: input.group, members, snapshot };
@@ -102,19 +97,18 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
       // A plan that cannot be made (e.g. a catalog entry with an invalid createdAt) fails the run, not its task:
       // a workflow task that throws is retried for ever. The snapshot itself completed: it is in the details.
       if (!(err instanceof BadInputError)) throw err;
-      throw ApplicationFailure.create({
-        message: `snapshot ${snapshotId} completed, but retention of group ${input.group} failed: ${err.message}`,
-        type: RETENTION_FAILED,
-        nonRetryable: true,
-        details: [result],
-      });
+      throw failure(
+        'retentionFailed',
+        `snapshot ${snapshotId} completed, but retention of group ${input.group} failed: ${err.message}`,
+        result,
+      );
     }
   }
   return result;
 }
 
 /** Failure type of a run whose snapshot completed but whose retention could not be planned. */
-export const RETENTION_FAILED = 'GroupsnapRetentionFailed';
+export const RETENTION_FAILED = FAILURES.retentionFailed.type;
 
 /**
  * Retention from this patch on: pinned snapshots, snapshots of another label than the run's own (the schedule's

@@ -1,5 +1,5 @@
-import { ApplicationFailure, CancellationScope, isCancellation } from '@temporalio/workflow';
-import { checked, errorMessage, FAILURE, isBadInput } from '../common/failures';
+import { CancellationScope, isCancellation } from '@temporalio/workflow';
+import { checked, errorMessage, FAILURE, isBadInput, failure } from '../common/failures';
 import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
 import { normalizeSnapshotInput } from '../common/validation';
 import { recordCompensation, recordRun } from './run-metrics';
@@ -48,12 +48,7 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     const failed = run.result('failed', errorMessage(err));
     recordRun(isCancellation(err) ? 'cancelled' : 'failed', run.input.group, failed);
     if (isCancellation(err)) throw err;
-    throw ApplicationFailure.create({
-      type: SNAPSHOT_FAILED,
-      message: failed.error!,
-      nonRetryable: true,
-      details: [failed],
-    });
+    throw failure('snapshotFailed', failed.error!, failed);
   } finally {
     await releaseLeases(run);
   }

@@ -1,11 +1,9 @@
 /** The inventory of the registered hosts (what each one's VMs are), and a group's members resolved over it. */
-import { ApplicationFailure } from '@temporalio/workflow';
 import { control, onHost } from './activity-options';
-import { errorMessage } from '../common/failures';
+import { errorMessage, failure } from '../common/failures';
 import type { GroupDefinition, Inventory } from '../common/groups';
 import { resolveMembers, selectorText } from '../common/groups';
 import type { VmRef } from '../common/types';
-import { BAD_INPUT } from '../common/validation';
 
 /** Every registered host's VMs (or of `hosts`), in parallel; hosts that do not answer are listed as unreachable. */
 export async function takeInventory(hosts?: string[]): Promise<Inventory> {
@@ -25,10 +23,10 @@ export async function takeInventory(hosts?: string[]): Promise<Inventory> {
 export function requireAllHosts(inventory: Inventory, purpose: string): void {
   if (inventory.unreachable.length === 0) return;
   const names = inventory.unreachable.map((u) => u.host).join(', ');
-  throw ApplicationFailure.nonRetryable(
+  throw failure(
+    'hostUnreachable',
     `cannot ${purpose}: registered host(s) ${names} did not answer (${inventory.unreachable[0].error}); start their ` +
       `worker, or remove a decommissioned host with 'groupsnap host forget <id>'`,
-    'HostUnreachable',
   );
 }
 
@@ -40,10 +38,10 @@ export async function membersOf(def: GroupDefinition): Promise<VmRef[]> {
   const members = resolveMembers(def, inventory);
   if (members.length === 0) {
     const hosts = inventory.hosts.map((h) => h.host);
-    throw ApplicationFailure.nonRetryable(
+    throw failure(
+      'badInput',
       `group ${def.name} (${selectorText(def.selector)}) matches no VM on ` +
         (hosts.length ? `hosts ${hosts.join(', ')}` : 'any host: no host worker has registered yet'),
-      BAD_INPUT,
     );
   }
   return members;

@@ -1,5 +1,4 @@
 import {
-  ApplicationFailure,
   CancellationScope,
   log,
   proxyActivities,
@@ -16,9 +15,7 @@ import {
   type RepoRestoreVmResult,
 } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
-import { BAD_INPUT } from '../common/validation';
-import { checked, errorMessage, rootType } from '../common/failures';
-import { RESTORE_FAILED } from './snapshot-admin';
+import { checked, errorMessage, rootType, BAD_INPUT, failure } from '../common/failures';
 
 /** The target host's restore activities, with timeouts per kind of work. */
 function onTarget(hostId: string) {
@@ -208,11 +205,10 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
     result.status = 'failed';
     result.error = errorMessage(err);
     for (const v of result.vms) delete v.state;
-    throw ApplicationFailure.create({
-      message: `restore of ${group} ${snapshotId} on ${toHost} failed and was rolled back: ${result.error}`,
-      type: rootType(err) === BAD_INPUT && !changed ? BAD_INPUT : RESTORE_FAILED,
-      nonRetryable: true,
-      details: [result],
-    });
+    throw failure(
+      rootType(err) === BAD_INPUT && !changed ? 'badInput' : 'restoreFailed',
+      `restore of ${group} ${snapshotId} on ${toHost} failed and was rolled back: ${result.error}`,
+      result,
+    );
   }
 }

@@ -12,7 +12,7 @@ import {
 import type { SetTagsRequest } from '../common/dr-types';
 import { GroupsnapGroup, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
 import { upsertSearchAttributes } from '@temporalio/workflow';
-import { BAD_INPUT, checked, errorMessage, FAILURE, isBadInput } from '../common/failures';
+import { BAD_INPUT, checked, errorMessage, FAILURE, isBadInput, failure } from '../common/failures';
 import { assertSafeName } from '../common/validation';
 import { onHost } from './activity-options';
 import { requireAllHosts, takeInventory } from './inventory';
@@ -28,10 +28,10 @@ function snapshotVms(inventory: Inventory, group: string, snapshotId: string) {
   const listing = listings.find((l) => l.snapshotId === snapshotId);
   if (!listing) {
     const known = listings.map((l) => l.snapshotId);
-    throw ApplicationFailure.nonRetryable(
+    throw failure(
+      'badInput',
       `group ${group} has no snapshot ${JSON.stringify(snapshotId)}` +
         (known.length ? ` (known: ${known.slice(0, 10).join(', ')}${known.length > 10 ? ', ...' : ''})` : ''),
-      BAD_INPUT,
     );
   }
   return listing;
@@ -78,10 +78,7 @@ export async function deleteGroupSnapshot(input: DeleteSnapshotInput): Promise<D
     return deletionBlockers(vm, snapshotId);
   });
   if (blockers.length > 0) {
-    throw ApplicationFailure.nonRetryable(
-      `snapshot ${snapshotId} cannot be deleted: ${blockers.join('; ')}`,
-      BAD_INPUT,
-    );
+    throw failure('badInput', `snapshot ${snapshotId} cannot be deleted: ${blockers.join('; ')}`);
   }
   upsertSearchAttributes([{ key: GroupsnapVmCount, value: listing.vms.length }]);
 
@@ -114,14 +111,12 @@ export async function deleteGroupSnapshot(input: DeleteSnapshotInput): Promise<D
   const failed = result.vms.filter((v) => v.outcome === 'failed');
   if (failed.length > 0) {
     result.status = 'failed';
-    throw ApplicationFailure.create({
-      message:
-        `snapshot ${snapshotId} was not deleted on ${failed.map((v) => `${v.domain}@${v.host}: ${v.error}`).join('; ')}` +
+    throw failure(
+      'deleteFailed',
+      `snapshot ${snapshotId} was not deleted on ${failed.map((v) => `${v.domain}@${v.host}: ${v.error}`).join('; ')}` +
         ' (run the delete again to retry; VMs already done are skipped)',
-      type: DELETE_FAILED,
-      nonRetryable: true,
-      details: [result],
-    });
+      result,
+    );
   }
   log.info('snapshot deleted', { group, snapshotId, vms: result.vms.length });
   return result;
@@ -161,9 +156,9 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
       .map((v) => ({ host: v.host, name: `${v.domain}${suffix}` }))
       .filter((c) => inventory.hosts.find((h) => h.host === c.host)!.vms.some((vm) => vm.domain === c.name));
     if (taken.length > 0) {
-      throw ApplicationFailure.nonRetryable(
+      throw failure(
+        'badInput',
         `cannot clone: VM ${taken.map((c) => `${c.name}@${c.host}`).join(', ')} already exists (choose another --suffix)`,
-        BAD_INPUT,
       );
     }
   }
@@ -234,12 +229,12 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
     const failures = outcomes.filter((o) => o.status === 'rejected');
     if (failures.length > 0) {
       const badInput = failures.every((f) => isBadInput((f as PromiseRejectedResult).reason));
-      throw ApplicationFailure.nonRetryable(
+      throw failure(
+        badInput ? 'badInput' : 'restoreFailed',
         result.vms
           .filter((v) => v.error)
           .map((v) => `${v.domain}@${v.host}: ${v.error}`)
           .join('; '),
-        badInput ? BAD_INPUT : RESTORE_FAILED,
       );
     }
     return result;
@@ -268,13 +263,8 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
     );
     result.status = 'failed';
     result.error = errorMessage(err);
-    const type = err instanceof ApplicationFailure && err.type === BAD_INPUT ? BAD_INPUT : RESTORE_FAILED;
-    throw ApplicationFailure.create({
-      message: `restore of ${group} to ${snapshotId} failed and was rolled back: ${result.error}`,
-      type,
-      nonRetryable: true,
-      details: [result],
-    });
+    const kind = err instanceof ApplicationFailure && err.type === BAD_INPUT ? 'badInput' : 'restoreFailed';
+    throw failure(kind, `restore of ${group} to ${snapshotId} failed and was rolled back: ${result.error}`, result);
   } finally {
     await CancellationScope.nonCancellable(() =>
       Promise.all(

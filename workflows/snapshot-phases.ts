@@ -4,7 +4,7 @@
  */
 import { ApplicationFailure, CancellationScope, condition, log, patched, sleep } from '@temporalio/workflow';
 import type { FreezeRequest, PlannedVm, UndoVmReport } from '../common/host-types';
-import { BAD_INPUT, errorMessage } from '../common/failures';
+import { BAD_INPUT, errorMessage, failure } from '../common/failures';
 import { onHost } from './activity-options';
 import type { SnapshotRun } from './snapshot-run';
 import { onHostSummary } from './ui';
@@ -29,9 +29,9 @@ export async function plan(run: SnapshotRun): Promise<void> {
     p.status === 'rejected' ? [describePlanFailure(hosts[i], p.reason)] : [],
   );
   if (problems.length > 0) {
-    throw ApplicationFailure.nonRetryable(
+    throw failure(
+      problems.every((p) => p.callerFixable) ? 'badInput' : 'planFailed',
       problems.map((p) => p.message).join('; '),
-      problems.every((p) => p.callerFixable) ? BAD_INPUT : 'PlanFailed',
     );
   }
   planned.forEach((p, i) => {
@@ -226,10 +226,7 @@ export async function freeze(run: SnapshotRun): Promise<void> {
       : sleep(maxFreezeMs, { summary: `freeze deadline (${maxFreezeMs} ms)` }).then(() => 'deadline' as const);
   if ((await Promise.race([barrierPassed, deadline])) === 'deadline') {
     run.barrier = 'abort';
-    throw ApplicationFailure.nonRetryable(
-      `freeze deadline of ${maxFreezeMs} ms passed before every VM was snapshotted`,
-      'FreezeDeadline',
-    );
+    throw failure('freezeDeadline', `freeze deadline of ${maxFreezeMs} ms passed before every VM was snapshotted`);
   }
   if (run.barrier === 'waiting') run.barrier = 'release';
   // Not awaited before the freezes: a host that died meanwhile fails its freeze at once, its release only later.
@@ -240,10 +237,7 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   if (CancellationScope.current().consideredCancelled) await CancellationScope.current().cancelRequested;
   const failures = run.vmResults.filter((v) => v.error);
   if (failures.length > 0) {
-    throw ApplicationFailure.nonRetryable(
-      failures.map((v) => `${v.domain}@${v.host}: ${v.error}`).join('; '),
-      'FreezeFailed',
-    );
+    throw failure('freezeFailed', failures.map((v) => `${v.domain}@${v.host}: ${v.error}`).join('; '));
   }
   if (release === 'thaw') await CancellationScope.nonCancellable(() => thawAll(run, run.freezeStartedOn));
   // The cut: in the `group-paused` order, the instant the last VM was paused (each VM's disks are its state at its
@@ -257,9 +251,9 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   for (const v of run.vmResults) if (v.pausedByUs) run.markVm(v.host, v.domain, 'resumed');
   const brokenCut = run.vmResults.filter((v) => v.resumedByGuard);
   if (brokenCut.length > 0) {
-    throw ApplicationFailure.nonRetryable(
+    throw failure(
+      'freezeDeadline',
       `the freeze deadline resumed ${brokenCut.map((v) => v.domain).join(', ')} before the group was released`,
-      'FreezeDeadline',
     );
   }
   // A cancellation that arrived during the window is honoured now, with compensation.

@@ -1,4 +1,4 @@
-import { ApplicationFailure, CancellationScope, log, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { CancellationScope, log, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import { groupSnapshotsIn } from '../common/groups';
 import {
   checkPinInput,
@@ -10,7 +10,7 @@ import {
   type ReleaseRestoreRecordsResult,
 } from '../common/pins';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
-import { BAD_INPUT, checked, errorMessage, rootType } from '../common/failures';
+import { BAD_INPUT, checked, errorMessage, rootType, failure } from '../common/failures';
 import { onHost } from './activity-options';
 import { requireAllHosts, takeInventory } from './inventory';
 
@@ -28,8 +28,7 @@ export async function pinGroupSnapshot(input: PinGroupSnapshotInput): Promise<Pi
   const inventory = await takeInventory();
   requireAllHosts(inventory, `${pinned ? 'pin' : 'unpin'} snapshot ${snapshotId}`);
   const listing = groupSnapshotsIn(inventory, group).find((l) => l.snapshotId === snapshotId);
-  if (!listing)
-    throw ApplicationFailure.nonRetryable(`group ${group} has no snapshot ${JSON.stringify(snapshotId)}`, BAD_INPUT);
+  if (!listing) throw failure('badInput', `group ${group} has no snapshot ${JSON.stringify(snapshotId)}`);
   const result: PinGroupSnapshotResult = { group, snapshotId, pinned, vms: [] };
   const errors: string[] = [];
   let allBadInput = true;
@@ -49,10 +48,10 @@ export async function pinGroupSnapshot(input: PinGroupSnapshotInput): Promise<Pi
   );
   result.vms.sort((a, b) => (a.host + '\0' + a.domain < b.host + '\0' + b.domain ? -1 : 1));
   if (errors.length > 0)
-    throw ApplicationFailure.nonRetryable(
+    throw failure(
+      allBadInput ? 'badInput' : 'pinFailed',
       `snapshot ${snapshotId} was not ${pinned ? 'pinned' : 'unpinned'} on ${errors.sort().join('; ')}` +
         (result.vms.length ? ` (done on ${result.vms.length} VM(s); run it again to finish)` : ''),
-      allBadInput ? BAD_INPUT : 'PinFailed',
     );
   log.info(pinned ? 'snapshot pinned' : 'snapshot unpinned', { group, snapshotId, vms: result.vms.length });
   return result;
@@ -74,11 +73,11 @@ export async function releaseRestoreRecords(input: ReleaseRestoreRecordsInput): 
   );
   const missing = input.ids.filter((id) => !records.some((r) => r.id === id));
   if (missing.length > 0)
-    throw ApplicationFailure.nonRetryable(
+    throw failure(
+      'badInput',
       `no clone or in-place restore record ${missing.map((m) => JSON.stringify(m)).join(', ')}` +
         (input.vms ? ' on the given VMs' : '') +
         ` (see 'groupsnap restore list')`,
-      BAD_INPUT,
     );
   const result: ReleaseRestoreRecordsResult = { released: [] };
   const errors: string[] = [];
@@ -121,10 +120,10 @@ export async function releaseRestoreRecords(input: ReleaseRestoreRecordsInput): 
     }
   }
   if (errors.length > 0)
-    throw ApplicationFailure.nonRetryable(
+    throw failure(
+      'releaseFailed',
       `not released: ${errors.join('; ')}` +
         (result.released.length ? ` (released ${result.released.map((r) => r.id).join(', ')})` : ''),
-      'ReleaseFailed',
     );
   log.info('restore records released', { released: result.released.length });
   return result;

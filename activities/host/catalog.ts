@@ -5,7 +5,6 @@
  */
 import { rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { ApplicationFailure } from '@temporalio/common';
 import { manifestPath, renderVmMetadata, type CatalogEntry } from '../../common/catalog';
 import type { CatalogRequest } from '../../common/host-types';
 import type { DiskSnapshot } from '../../common/types';
@@ -14,6 +13,7 @@ import { checkName, checkOwner, failIf } from '../input-checks';
 import type { HostContext } from './context';
 import { assertLeaseStillHeld } from './leases';
 import { checkVmDisks } from './overlays';
+import { failure } from '../../common/failures';
 
 /** Removes `snapshotId` of run `owner` from the VM's catalog and its manifest, and bars it from coming back. */
 export async function uncatalog(
@@ -46,10 +46,10 @@ async function checkChains(ctx: HostContext, snapshotId: string, vm: CatalogRequ
     const chain = await imageChain(ctx.hypervisor, active);
     const at = chain.indexOf(d.overlay);
     if (at < 0 || chain[at + 1] !== d.image)
-      throw ApplicationFailure.nonRetryable(
+      throw failure(
+        'chainMismatch',
         `snapshot ${snapshotId} of ${vm.domain} disk ${d.target}: ${d.overlay} is not in the VM's chain ` +
           `directly over ${d.image} (chain: ${chain.join(' <- ') || 'none'})`,
-        'ChainMismatch',
       );
   }
 }
@@ -76,10 +76,7 @@ export function createCatalogActivities(ctx: HostContext) {
       for (const vm of req.vms) {
         await metadata.serialized(vm.domain, async () => {
           if (metadata.isUndone(snapshotId, req.leaseOwner))
-            throw ApplicationFailure.nonRetryable(
-              `snapshot ${snapshotId} of ${vm.domain} was undone: it is not recorded`,
-              'SnapshotUndone',
-            );
+            throw failure('snapshotUndone', `snapshot ${snapshotId} of ${vm.domain} was undone: it is not recorded`);
           assertLeaseStillHeld(ctx, req.leaseOwner, vm.domain);
           await checkChains(ctx, snapshotId, vm);
           const entry: CatalogEntry = { ...req.entry, disks: vm.disks };

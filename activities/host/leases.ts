@@ -2,10 +2,10 @@
  * The VM leases of runs on this host (docs/adr/0005-vm-leases.md): the activities that take and give them back, and
  * the checks the other rooms make under them.
  */
-import { ApplicationFailure } from '@temporalio/common';
 import { LeaseLostError, LockBusyError } from '../domain-locks';
 import { checkDomains, checkOwner, failIf } from '../input-checks';
 import { message, type HostContext } from './context';
+import { failure } from '../../common/failures';
 
 /** How long leases last between the steps of a run; the activities that work under them renew them meanwhile. */
 export const LEASE_TTL_MS = 15 * 60_000;
@@ -15,7 +15,7 @@ function acquire(ctx: HostContext, owner: string, domains: string[], ttlMs: numb
   try {
     ctx.locks.acquire(owner, domains, ttlMs);
   } catch (err) {
-    if (err instanceof LockBusyError) throw ApplicationFailure.retryable(err.message, 'LockBusyError');
+    if (err instanceof LockBusyError) throw failure('leaseBusy', err.message);
     throw err;
   }
 }
@@ -33,7 +33,7 @@ export function assertLeasesHeld(ctx: HostContext, owner: string, domains: strin
   try {
     ctx.locks.assertHeld(owner, domains);
   } catch (err) {
-    throw ApplicationFailure.nonRetryable(message(err), 'LeaseLost');
+    throw failure('leaseLost', message(err));
   }
 }
 
@@ -42,7 +42,7 @@ export function assertLeaseStillHeld(ctx: HostContext, owner: string, domain: st
   try {
     ctx.locks.assertHeld(owner, [domain]);
   } catch (err) {
-    if (err instanceof LeaseLostError) throw ApplicationFailure.nonRetryable(err.message, 'LeaseLost');
+    if (err instanceof LeaseLostError) throw failure('leaseLost', err.message);
     throw err;
   }
 }

@@ -1,4 +1,4 @@
-import { BadInputError } from '../../common/validation';
+import { BadInputError } from '../../common/failures';
 
 /** Runs `fn`, expecting it to throw a BadInputError, and returns that error (for checking its message). */
 export function badInput(fn: () => unknown): BadInputError {

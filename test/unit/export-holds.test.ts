@@ -101,7 +101,7 @@ describe('export holds and the export activity', () => {
       url = `file://${join(dir, 'repo')}`;
       (await Repository.init(url, key, { chunkSize: 64 * 1024 })).close();
       keyFile = join(dir, 'repo.key');
-      writeFileSync(keyFile, key.toString('base64'));
+      writeFileSync(keyFile, key.toString('base64'), { mode: 0o600 });
       store = new CountingStore(openStore(url));
     });
 

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHost } from '../../activities/host-activities';
 import { overlayPath } from '../../common/host-types';
-import { BAD_INPUT, checkMaxFreezeMs, MAX_MAX_FREEZE_MS, MIN_MAX_FREEZE_MS } from '../../common/validation';
+import { BAD_INPUT } from '../../common/failures';
+import { checkMaxFreezeMs, MAX_MAX_FREEZE_MS, MIN_MAX_FREEZE_MS } from '../../common/validation';
 import { FakeHost } from '../helpers/fake-hosts';
 
 /** The max freeze: one check in common/, the same bounds on the host as for every caller (issue 25). */

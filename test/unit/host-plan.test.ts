@@ -6,7 +6,7 @@ import { createHostContext, type HostContext } from '../../activities/host/conte
 import { createLeaseActivities } from '../../activities/host/leases';
 import { createPlanActivities, planOne, replan } from '../../activities/host/plan';
 import { overlayPath } from '../../common/host-types';
-import { BAD_INPUT } from '../../common/validation';
+import { BAD_INPUT } from '../../common/failures';
 import type { DomainDescription } from '../../hypervisor/hypervisor';
 import { FakeHost } from '../helpers/fake-hosts';
 

@@ -21,7 +21,7 @@ import type {
   UndoRequest,
 } from '../../common/host-types';
 import * as schemas from '../../common/host-requests';
-import { BAD_INPUT } from '../../common/validation';
+import { BAD_INPUT } from '../../common/failures';
 import { guardActivities, unguardedActivities } from '../../worker/activity-door';
 
 /**

@@ -1,7 +1,7 @@
 import { normalizeRepoRestoreInput, parseNetworkMapping } from '../../common/repo-restore';
 import { normalizeDrillInput } from '../../common/drill';
 import { METADATA_NAMESPACE } from '../../common/names';
-import { BadInputError } from '../../common/validation';
+import { BadInputError } from '../../common/failures';
 import { buildRestoredDomain, HostResourceError, restoredDomainXml } from '../../hypervisor/restore-xml';
 import { restoreCommand } from '../../cli/restore-command';
 
