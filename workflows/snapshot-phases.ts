@@ -157,9 +157,12 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   const order = early ? { resumeWhen: run.resumeWhen } : {};
   run.freezeStartedOn = hosts;
   run.compensations.push(() => undoFreeze(run));
+  // A freeze attempt timed out by the server (e.g. it was down when the host completed) is retried, and the retry
+  // returns the host's outcome of the first attempt instead of failing the run (activity-options.ts, freezeOptions).
+  const retryLost = patched('freeze-retry-finds-outcome');
   const freezes = hosts.map((h) =>
     onHost(h)
-      .freeze(maxFreezeMs)
+      .freeze(maxFreezeMs, retryLost)
       .freezeVms.executeWithOptions(
         {
           summary: onHostSummary(
