@@ -220,13 +220,15 @@ export async function freeze(run: SnapshotRun): Promise<void> {
       : release === 'signal'
         ? condition(() => run.pausedHosts.size === hosts.length || run.barrier === 'abort')
         : allFrozen;
-  // The workflow's own bound on reaching the release. In the group-paused order a one-host group is released on its
-  // host, which bounds each VM's pause itself (deadline timers, reported as resumed by the guard); its activity
-  // also covers VMs already running again, so it is not a freeze to bound.
-  const deadline =
-    early && release === 'local'
-      ? new Promise<'deadline'>(() => {})
-      : sleep(maxFreezeMs, { summary: `freeze deadline (${maxFreezeMs} ms)` }).then(() => 'deadline' as const);
+  // The workflow's own bound on reaching the release. A one-host group is released on its host, which bounds each
+  // VM's pause itself (deadline timers, reported as resumed by the guard, which fails the run below); its activity
+  // also covers VMs already running again, so it is not a freeze to bound. In the group-snapshotted order this
+  // holds since the `local-freeze-host-bounded` patch: before it, a Temporal outage longer than the deadline
+  // failed a run whose host had snapshotted and resumed every VM in time (issue 29).
+  const hostBounded = release === 'local' && (early || patched('local-freeze-host-bounded'));
+  const deadline = hostBounded
+    ? new Promise<'deadline'>(() => {})
+    : sleep(maxFreezeMs, { summary: `freeze deadline (${maxFreezeMs} ms)` }).then(() => 'deadline' as const);
   if ((await Promise.race([barrierPassed, deadline])) === 'deadline') {
     run.barrier = 'abort';
     throw ApplicationFailure.nonRetryable(
