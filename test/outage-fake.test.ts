@@ -12,6 +12,7 @@ import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { FakeHost } from './helpers/fake-hosts';
 import { uniqueId } from './helpers/temporal';
+import { maybeRecordHistory } from './helpers/histories';
 import { startHosts, type RunningHosts } from './helpers/workers';
 
 /**
@@ -167,6 +168,16 @@ describe('orchestrator outage mid-freeze (fake hypervisors, real Temporal SIGKIL
     }
   }
 
+  /** Saves the run's history for test/replay.test.ts (with GROUPSNAP_RECORD_HISTORIES=1). */
+  async function recordHistory(result: GroupSnapshotResult, name: string): Promise<void> {
+    const connection = await Connection.connect({ address: server.address });
+    try {
+      await maybeRecordHistory(new Client({ connection }), result.workflowId, name);
+    } finally {
+      await connection.close();
+    }
+  }
+
   const fakeOf = (host: string) => (host === hostA.hostId ? hostA : hostB);
 
   /** The point is kept, its cut holds (by the result and by the pauses and resumes the hosts really made). */
@@ -204,6 +215,7 @@ describe('orchestrator outage mid-freeze (fake hypervisors, real Temporal SIGKIL
     const result = await snapshotThroughOutage({ [hostA.hostId]: vms }, hostA, phase);
     expectKept(result);
     expectNoLongPause(5000);
+    if (phase === 'at the first paused VM') await recordHistory(result, 'completed-after-outage');
   });
 
   it('one host, group-snapshotted order, outage longer than the freeze deadline: the point is kept', async () => {
@@ -213,6 +225,7 @@ describe('orchestrator outage mid-freeze (fake hypervisors, real Temporal SIGKIL
     });
     expectKept(result);
     expectNoLongPause(1000);
+    await recordHistory(result, 'completed-group-snapshotted-after-outage');
   });
 
   it.each(PHASES)('two hosts (barrier), server killed %s on one: the point is kept', async (phase) => {
