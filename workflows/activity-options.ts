@@ -65,14 +65,29 @@ export const PRESETS: Record<Kind, ActivityOptions> = {
   },
 };
 
-/** The freeze: bounded by the freeze deadline, never retried (a failed freeze is compensated, not repeated). */
-export function freezeOptions(maxFreezeMs: number): ActivityOptions {
+/**
+ * The freeze: bounded by the freeze deadline, never repeated (a failed freeze is compensated). With `retryLost`
+ * (runs from the `freeze-retry-finds-outcome` patch on), an attempt the server timed out is retried: a retried
+ * attempt pauses nothing and returns the host's outcome of the first one (activities/host/freeze-window.ts), so a
+ * Temporal server outage during the window (heartbeats and the completion lost, the attempt timed out on its
+ * restart) does not cost a point the host took. A host whose worker died is still noticed within seconds: nothing
+ * polls its queue, and the retry times out before it starts.
+ */
+export function freezeOptions(maxFreezeMs: number, retryLost = false): ActivityOptions {
   return {
     scheduleToStartTimeout: '5s',
     startToCloseTimeout: maxFreezeMs + 30_000,
     // The freeze heartbeats while it runs: a host that dies mid-freeze is noticed in seconds.
     heartbeatTimeout: '2s',
-    retry: { maximumAttempts: 1 },
+    retry: retryLost
+      ? {
+          maximumAttempts: 5,
+          initialInterval: '100ms',
+          backoffCoefficient: 2,
+          maximumInterval: '2s',
+          nonRetryableErrorTypes: [BAD_INPUT],
+        }
+      : { maximumAttempts: 1 },
     // Compensation must not start while a host is still pausing VMs.
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   };
@@ -108,7 +123,8 @@ export function onHost(hostId: string) {
     merge: proxy('merge'),
     thaw: proxy('thaw'),
     cleanup: proxy('cleanup'),
-    freeze: (maxFreezeMs: number) => proxyActivities<HostActivities>({ taskQueue, ...freezeOptions(maxFreezeMs) }),
+    freeze: (maxFreezeMs: number, retryLost = false) =>
+      proxyActivities<HostActivities>({ taskQueue, ...freezeOptions(maxFreezeMs, retryLost) }),
     release: (maxFreezeMs: number) => proxyActivities<HostActivities>({ taskQueue, ...releaseOptions(maxFreezeMs) }),
   };
 }

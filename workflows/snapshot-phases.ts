@@ -157,9 +157,12 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   const order = early ? { resumeWhen: run.resumeWhen } : {};
   run.freezeStartedOn = hosts;
   run.compensations.push(() => undoFreeze(run));
+  // A freeze attempt timed out by the server (e.g. it was down when the host completed) is retried, and the retry
+  // returns the host's outcome of the first attempt instead of failing the run (activity-options.ts, freezeOptions).
+  const retryLost = patched('freeze-retry-finds-outcome');
   const freezes = hosts.map((h) =>
     onHost(h)
-      .freeze(maxFreezeMs)
+      .freeze(maxFreezeMs, retryLost)
       .freezeVms.executeWithOptions(
         {
           summary: onHostSummary(
@@ -217,13 +220,15 @@ export async function freeze(run: SnapshotRun): Promise<void> {
       : release === 'signal'
         ? condition(() => run.pausedHosts.size === hosts.length || run.barrier === 'abort')
         : allFrozen;
-  // The workflow's own bound on reaching the release. In the group-paused order a one-host group is released on its
-  // host, which bounds each VM's pause itself (deadline timers, reported as resumed by the guard); its activity
-  // also covers VMs already running again, so it is not a freeze to bound.
-  const deadline =
-    early && release === 'local'
-      ? new Promise<'deadline'>(() => {})
-      : sleep(maxFreezeMs, { summary: `freeze deadline (${maxFreezeMs} ms)` }).then(() => 'deadline' as const);
+  // The workflow's own bound on reaching the release. A one-host group is released on its host, which bounds each
+  // VM's pause itself (deadline timers, reported as resumed by the guard, which fails the run below); its activity
+  // also covers VMs already running again, so it is not a freeze to bound. In the group-snapshotted order this
+  // holds since the `local-freeze-host-bounded` patch: before it, a Temporal outage longer than the deadline
+  // failed a run whose host had snapshotted and resumed every VM in time (issue 29).
+  const hostBounded = release === 'local' && (early || patched('local-freeze-host-bounded'));
+  const deadline = hostBounded
+    ? new Promise<'deadline'>(() => {})
+    : sleep(maxFreezeMs, { summary: `freeze deadline (${maxFreezeMs} ms)` }).then(() => 'deadline' as const);
   if ((await Promise.race([barrierPassed, deadline])) === 'deadline') {
     run.barrier = 'abort';
     throw failure('freezeDeadline', `freeze deadline of ${maxFreezeMs} ms passed before every VM was snapshotted`);

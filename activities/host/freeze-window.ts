@@ -6,6 +6,7 @@
  * (every VM resumes once all are snapshotted). On any failure it resumes at once and reports which snapshots were
  * taken, for the workflow to undo. Every VM's freeze is journalled, with its deadline, before it starts.
  */
+import { Context } from '@temporalio/activity';
 import type { FreezeRequest, FreezeVmReport, PlannedVm } from '../../common/host-types';
 import { QUIESCE_MODES } from '../../common/types';
 import { checkMaxFreezeMs } from '../../common/validation';
@@ -330,6 +331,36 @@ async function freeze(ctx: HostContext, req: FreezeRequest): Promise<FreezeVmRep
   return reports;
 }
 
+/** The attempt number of the running activity (1 outside one: a host step called directly). */
+function activityAttempt(): number {
+  try {
+    return Context.current().info.attempt;
+  } catch {
+    return 1;
+  }
+}
+
+/**
+ * A retried attempt of a run's freeze (the workflow never saw the first one end: e.g. the Temporal server was down
+ * when it heartbeated or completed, and timed it out on its restart): it never pauses anything again. It returns the
+ * outcome of the freeze that ran here for this run and snapshot, waiting for it while it still runs; its reports carry
+ * whatever went wrong in it (a VM resumed by its deadline before the group's release included), so the workflow keeps
+ * the point exactly when that freeze succeeded. Without one (the worker restarted since) every VM is reported failed,
+ * and the workflow compensates (its thaw and undo read the journal and the chains, not these reports).
+ */
+async function earlierOutcome(ctx: HostContext, req: FreezeRequest, attempt: number): Promise<FreezeVmReport[]> {
+  const earlier = ctx.undo.lastFreeze(runKey(req)) as Promise<FreezeVmReport[]> | undefined;
+  ctx.log('freeze retried', { snapshotId: req.snapshotId, host: ctx.hostId, attempt, found: earlier !== undefined });
+  if (earlier) return earlier;
+  return req.vms.map((vm) => ({
+    domain: vm.domain,
+    pausedByUs: false,
+    snapshotted: false,
+    quiesced: false,
+    error: `freeze attempt ${attempt}: no earlier attempt of this run's freeze is known on this host (worker restarted?); nothing was paused again`,
+  }));
+}
+
 /** The freeze activity, `freezeVms`. */
 export function createFreezeActivities(ctx: HostContext) {
   return {
@@ -350,6 +381,14 @@ export function createFreezeActivities(ctx: HostContext) {
       heartbeat();
       const beat = setInterval(() => heartbeat(), 500);
       const key = runKey(req);
+      const attempt = activityAttempt();
+      if (attempt > 1) {
+        try {
+          return await earlierOutcome(ctx, req, attempt);
+        } finally {
+          clearInterval(beat);
+        }
+      }
       const running = freeze(ctx, req);
       ctx.undo.freezeStarted(key, running);
       try {

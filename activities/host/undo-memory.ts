@@ -16,6 +16,8 @@ export const runKey = (req: { leaseOwner: string; snapshotId: string }): string 
 export class UndoMemory {
   private readonly running = new Map<string, Promise<unknown>>();
   private readonly undoStarted = new Map<string, number>();
+  /** The latest freeze of each run (running or settled) and when it started, for a retried attempt to find. */
+  private readonly freezes = new Map<string, { at: number; freeze: Promise<unknown> }>();
 
   constructor(
     private readonly now: () => number,
@@ -25,6 +27,17 @@ export class UndoMemory {
   /** Notes `freeze` as the freeze of run `key` running in this process. */
   freezeStarted(key: string, freeze: Promise<unknown>): void {
     this.running.set(key, freeze);
+    const now = this.now();
+    for (const [id, f] of this.freezes) if (now - f.at > this.memoryMs) this.freezes.delete(id);
+    this.freezes.set(key, { at: now, freeze });
+  }
+
+  /**
+   * The freeze of run `key` started in this process (still running or settled, remembered for `memoryMs`): what a
+   * retried freeze attempt of the same run returns instead of freezing again.
+   */
+  lastFreeze(key: string): Promise<unknown> | undefined {
+    return this.freezes.get(key)?.freeze;
   }
 
   /** Forgets `freeze`; true when it was still the freeze of `key` here (a later one of the same run may replace it). */
