@@ -41,8 +41,8 @@ stamp=node_modules/.groupsnap-lock-stamp
 want="$(sha256sum package-lock.json libvirt/package.json | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -f libvirt/build/Release/groupsnap_libvirt.node ]; then
   log "installing npm dependencies and building the native libvirt binding"
-  npm ci --no-audit --no-fund
+  bash scripts/with-node.sh npm ci --no-audit --no-fund
   printf '%s\n' "$want" >"$stamp"
 fi
 log "building TypeScript"
-npm run --silent build
+bash scripts/with-node.sh npm run --silent build

