@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { Context } from '@temporalio/activity';
 import { readKeyFile } from '../backup/crypto';
 import { PERMANENT_REPOSITORY_ERRORS, RepositoryError } from '../backup/errors';
@@ -20,7 +20,7 @@ import {
 import { failure, failureOfType } from '../common/failures';
 import { DomainNotFoundError } from '../hypervisor/errors';
 import type { Hypervisor } from '../hypervisor/hypervisor';
-import { parseVmMetadata } from '../common/catalog';
+import { manifestPath, parseVmMetadata } from '../common/catalog';
 import { ExportHold, registerExportHoldDir } from './export-hold';
 
 export interface ExportActivityDeps {
@@ -107,6 +107,24 @@ export function createExportActivities(deps: ExportActivityDeps) {
       );
     }
     return { meta, snap };
+  }
+
+  /**
+   * The VM's definition at the point: the one its catalog recorded beside its images when the snapshot was taken;
+   * the current one for points catalogued before definitions were recorded.
+   */
+  async function pointDomainXml(domain: string, snapshotId: string): Promise<string> {
+    const { snap } = await snapshotRecord(domain, snapshotId);
+    if (snap.disks.length > 0) {
+      try {
+        const doc = JSON.parse(readFileSync(manifestPath(dirname(snap.disks[0].image), domain, snapshotId), 'utf8'));
+        if (typeof doc?.domainXml === 'string' && doc.domainXml.length > 0) return doc.domainXml as string;
+      } catch {
+        // no manifest (removed, or an older point): the current definition
+      }
+    }
+    log('the point has no recorded definition: exporting the current one', { domain, snapshotId });
+    return hypervisor.domainXml(domain);
   }
 
   /**
@@ -280,7 +298,7 @@ export function createExportActivities(deps: ExportActivityDeps) {
     async writeVmManifest(req: WriteVmManifestRequest): Promise<string> {
       const repo = await openRepo(req.repository);
       try {
-        const domainXml = await hypervisor.domainXml(req.domain);
+        const domainXml = await pointDomainXml(req.domain, req.snapshotId);
         return await repo.writeVmManifest({
           version: FORMAT_VERSION,
           group: req.group,

@@ -409,6 +409,25 @@ describe('exports of group snapshots to S3 on real VMs', () => {
     }
   });
 
+  it('exports the definition the VM had when the point was taken, not one changed since (issue 24 item 11)', async () => {
+    const [v1] = fleet.names;
+    const s = await snapshot([{ domain: v1, host: hostA }]);
+    const xml = await hypervisor.domainXml(v1);
+    await hypervisor.defineDomain(xml.replace('</name>', '</name><description>changed after the point</description>'));
+    expect(await hypervisor.domainXml(v1)).toContain('changed after the point');
+    const r = await exportGroupSnapshot(client, { group, snapshotId: s.snapshotId, repository });
+    expect(r.status).toBe('completed');
+    const repo = await openRepo();
+    try {
+      const gm = await repo.readGroupManifest(group, s.snapshotId);
+      const vm = await repo.readManifestAt<VmManifest>(gm.vms.find((v) => v.domain === v1)!.manifest);
+      expect(vm.domainXml).toContain(`<name>${v1}</name>`);
+      expect(vm.domainXml).not.toContain('changed after the point');
+    } finally {
+      repo.close();
+    }
+  });
+
   it('a worker SIGKILLed mid-export: the retry goes on from its checkpoint without uploading finished chunks again', async () => {
     const [v1] = fleet.names;
     const killedHost = uniqueId('exk');

@@ -85,9 +85,11 @@ export function createCatalogActivities(ctx: HostContext) {
             meta.snapshots.push(entry);
             await hypervisor.setMetadata(vm.domain, renderVmMetadata(meta));
           }
+          // The definition as it was at the point (an export made later must not carry devices added since).
+          const domainXml = await hypervisor.domainXml(vm.domain);
           writeFileSync(
             manifestPath(dirname(vm.disks[0].image), vm.domain, snapshotId),
-            JSON.stringify({ ...entry, domain: vm.domain, uuid: vm.uuid, host: req.host }, null, 2) + '\n',
+            JSON.stringify({ ...entry, domain: vm.domain, uuid: vm.uuid, host: req.host, domainXml }, null, 2) + '\n',
           );
         });
       }
