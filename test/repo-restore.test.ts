@@ -1,12 +1,13 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
 import { Client } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
+import { createRepoRestoreActivities } from '../activities/repo-restore';
 import { snapshotGroup } from '../client';
 import { restoreFromRepo } from '../client/repo-restore';
 import { BadInputError } from '../common/failures';
@@ -15,6 +16,8 @@ import { temporalCliPath } from '../dev/tools';
 import { VmFleet } from '../dev/vms';
 import type { RepoRestoreResult } from '../common/repo-restore';
 import { exportGroupSnapshot } from '../client/backup';
+import { RepositoryLock } from '../backup/locks';
+import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { socketLinkPorts } from '../hypervisor/socket-links';
 import { startDrFixture, type DrFixture } from './helpers/dr-fixture';
 import type { FailureLink, Outcome } from './helpers/nexus-caller-workflows';
@@ -310,6 +313,79 @@ describe('restore from the repository on another hypervisor', () => {
     }
     await removeFromB(result.vms.map((v) => v.domain));
     for (const v of result.vms) for (const d of v.disks) await rm(d.file, { force: true });
+  });
+
+  it('a define whose completion was lost is retried to success on host B, and compensation by the planned UUID removes it (issue 24 item 10)', async () => {
+    const hv = await LibvirtHypervisor.open(fixture.host(hostB).uri);
+    const stateDir = await mkdtemp(join(dir, 'rr-idem-'));
+    try {
+      const acts = createRepoRestoreActivities({
+        hypervisor: hv,
+        hostId: hostB,
+        imagesDir: fixture.host(hostB).imagesDir,
+        stateDir,
+        keyFile,
+      });
+      const restoreId = `idem-${Date.now().toString(36)}`;
+      const point = { repo: url, group, snapshotId, restoreId };
+      const plan = await acts.repoRestorePlan({
+        ...point,
+        mode: 'clone',
+        suffix: '-idem',
+        format: 'qcow2',
+        noNetwork: true,
+      });
+      const vm = plan.vms[0];
+      expect(vm.uuid).toMatch(/^[0-9a-f-]{36}$/);
+      const define = {
+        ...point,
+        vm,
+        mode: 'clone' as const,
+        networkMap: {},
+        noNetwork: true,
+        ...(plan.virtType ? { virtType: plan.virtType } : {}),
+      };
+      const first = await acts.defineRestoredVm(define);
+      expect(first.uuid.toLowerCase()).toBe(vm.uuid);
+      // The completion is lost: Temporal runs the same request again, which finds the VM it made.
+      expect(await acts.defineRestoredVm(define)).toEqual(first);
+      expect(await domainsOnB()).toContain(vm.domain);
+      // Compensation knows only the plan (never the define's result): the planned UUID removes the VM.
+      await acts.removeRestoredVm({ domain: vm.domain, uuid: vm.uuid!, files: vm.disks.map((d) => d.file) });
+      expect(await domainsOnB()).not.toContain(vm.domain);
+    } finally {
+      await hv.close();
+      await rm(stateDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a prune in progress holds a restore off instead of deleting the point under it; released, the restore runs (issue 24 item 7)', async () => {
+    const repo = await fx.repo();
+    const prune = await RepositoryLock.acquire(repo, 'prune', 'nightly-prune');
+    const domains = await domainsOnB();
+    const files = filesOnB();
+    try {
+      const held = await restoreFromRepo(
+        client,
+        { group, snapshotId, repo: url, toHost: hostB, suffix: '-pruned', noNetwork: true },
+        { keyFile },
+      );
+      // Busy is transient (exit 1, retried first), never bad input; nothing was made on host B.
+      expect(held.status).toBe('failed');
+      expect(held.error).toMatch(/prune/);
+      expect(await domainsOnB()).toEqual(domains);
+      expect(filesOnB()).toEqual(files);
+    } finally {
+      await prune.release();
+    }
+    const result = await restoreFromRepo(
+      client,
+      { group, snapshotId, repo: url, toHost: hostB, suffix: '-pruned', noNetwork: true },
+      { keyFile },
+    );
+    expect(result.status).toBe('completed');
+    await removeFromB(result.vms.map((v) => v.domain));
+    repo.close();
   });
 
   it('all or none: when one VM cannot be defined, every VM and disk the restore made on host B is removed', async () => {
