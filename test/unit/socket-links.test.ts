@@ -3,7 +3,7 @@ import { chooseSocketPorts } from '../../activities/socket-ports';
 import { METADATA_NAMESPACE } from '../../common/names';
 import { mergeSocketPortChoices } from '../../common/socket-ports';
 import { cloneDomainXml } from '../../hypervisor/clone-xml';
-import { restoredDomainXml } from '../../hypervisor/restore-xml';
+import { restoreEndpoints, restoredDomainXml } from '../../hypervisor/restore-xml';
 import { remapSocketLinkPorts, socketLinkPorts } from '../../hypervisor/socket-links';
 
 const vm = (name: string, interfaces: string) => `<domain type='kvm'>
@@ -93,6 +93,11 @@ describe('socket-link interfaces of clones', () => {
       disks: [{ target: 'vda', file: '/var/lib/b/images/a-dr.vda.raw', format: 'raw' as const }],
       metadataNamespace: METADATA_NAMESPACE,
       socketPorts: map,
+      // a's UDP link sends to b's local port: b is restored with it.
+      restoreEndpoints: restoreEndpoints([
+        { name: 'a', xml: vm('a', UDP_A) },
+        { name: 'b', xml: vm('b', UDP_B) },
+      ]),
     };
     // A restored VM's socket links stay on loopback: a listener on another address of the recovery host is refused.
     expect(() => restoredDomainXml(vm('a', TCP_SERVER), { ...base, name: 'a-dr', identity: 'new' })).toThrow(
@@ -112,6 +117,10 @@ describe('socket-link interfaces of clones', () => {
     const drill = restoredDomainXml(original, { ...base, name: 'a-drill', identity: 'new', noNetwork: true });
     expect(asOriginal).toContain('<interface');
     expect(drill).not.toContain('<interface');
+    // Without b in the restore, a's link would send to whatever listens on the recovery host's port 40002.
+    expect(() => restoredDomainXml(original, { ...base, name: 'a-dr', identity: 'new', restoreEndpoints: [] })).toThrow(
+      /<interface type="udp">.*connecting to udp 127\.0\.0\.1:40002, which no other VM of this restore/,
+    );
   });
 });
 
