@@ -22,7 +22,7 @@ import {
   socketEndpoints,
   type SocketEndpoint,
 } from './restore-policy';
-import { remapSocketLinkPorts, SOCKET_LINK_TYPES } from './socket-links';
+import { remapSocketLinkTree, SOCKET_LINK_TYPES } from './socket-links';
 
 export { DEFAULT_BOOT_FILE_DIRS, type SocketEndpoint } from './restore-policy';
 export { DomainXmlError } from './domain-tree';
@@ -401,8 +401,8 @@ export function buildRestoredDomain(xml: string, o: RestoreXmlOptions): Restored
   const head: XmlElement[] = [{ name: 'name', attrs: {}, children: [o.name] }];
   if (o.identity === 'keep' && uuid) head.push({ name: 'uuid', attrs: {}, children: [uuid] });
   dom.children = [...head, ...dom.children];
-  let out = serializeDomainTree(dom);
-  if (o.identity === 'new' && o.socketPorts) out = remapSocketLinkPorts(out, o.socketPorts);
+  if (o.identity === 'new' && o.socketPorts) remapSocketLinkTree(dom, o.socketPorts);
+  const out = serializeDomainTree(dom);
   const files = [...new Set(w.relocated.values())];
   return { xml: out, removed: w.offending, files, ...(uuid ? { uuid } : {}) };
 }

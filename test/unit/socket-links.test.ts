@@ -50,6 +50,15 @@ describe('socket-link interfaces of clones', () => {
     expect(socketLinkPorts(vm('c', ''))).toEqual([]);
   });
 
+  it('reads interfaces, not text: a commented-out link has no ports, a closing </interface> in a comment ends none', () => {
+    const xml = vm('a', `<!-- was: ${TCP_SERVER} --><!-- </interface> -->${UDP_A}`);
+    expect(ports(xml)).toEqual(['udp:connect:127.0.0.1:40002', 'udp:bind:127.0.0.1:40001']);
+    expect(ports(remapSocketLinkPorts(xml, { '40001': 51001, '40002': 51002 }))).toEqual([
+      'udp:connect:127.0.0.1:51002',
+      'udp:bind:127.0.0.1:51001',
+    ]);
+  });
+
   it('a UDP pair: both clones move to the new ports and still send to each other', () => {
     const a = clone(vm('a', UDP_A), 'a', map);
     const b = clone(vm('b', UDP_B), 'b', map);
@@ -65,7 +74,7 @@ describe('socket-link interfaces of clones', () => {
     const c = clone(vm('c', TCP_CLIENT), 'c', map);
     expect(ports(s)).toEqual(['server:bind:169.254.7.1:51010']);
     expect(ports(c)).toEqual(['client:connect:169.254.7.1:51010']);
-    expect(c).toContain('<source address="169.254.7.1" port="51010"/>');
+    expect(c).toContain("<source address='169.254.7.1' port='51010'/>"); // serialized canonically
   });
 
   it('a VM with both kinds of links gets every port mapped', () => {
