@@ -31,6 +31,9 @@ const parser = new XMLParser({
   cdataPropName: '#cdata',
   ignoreDeclaration: true,
   ignorePiTags: true,
+  // A disk's backing chain is one nested <backingStore> per layer: the parser's default cap of 100 nested tags
+  // would refuse a VM with a long chain. Still bounded (the tree is walked recursively).
+  maxNestedTags: 2_000,
 });
 
 const ENTITY = /&(#x[0-9A-Fa-f]+|#[0-9]+|[A-Za-z][\w.-]*);?/g;
