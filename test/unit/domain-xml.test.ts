@@ -1,4 +1,5 @@
 import { diskNamesFile, parseDomainXml, retargetDiskSource, serialOutputs } from '../../hypervisor/domain-xml';
+import { DomainXmlError, parseDomainTree } from '../../hypervisor/domain-tree';
 
 describe('parseDomainXml', () => {
   it('reads a disk whose backing chain is hundreds of layers deep (one nested <backingStore> per layer)', () => {
@@ -62,5 +63,14 @@ describe('serialOutputs (what a drill reads a guest console from)', () => {
       `<serial type='pty'/><channel type='unix'><source mode='bind' path='/run/agent'/></channel>` +
       `<serial type='file'/></devices></domain>`;
     expect(serialOutputs(xml)).toEqual([{ file: '/var/log/v & w.log' }, { socket: "/run/v's.sock" }]);
+  });
+});
+
+describe('nesting beyond the bound', () => {
+  it('is a DomainXmlError (bad input), not a stack overflow', () => {
+    let c = '<backingStore/>';
+    for (let i = 0; i < 5000; i++) c = `<backingStore type='file'><source file='/l${i}'/>${c}</backingStore>`;
+    const xml = `<domain type='kvm'><name>d</name><devices><disk type='file'><source file='/top'/>${c}<target dev='vda'/></disk></devices></domain>`;
+    expect(() => parseDomainTree(xml)).toThrow(DomainXmlError);
   });
 });
