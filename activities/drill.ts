@@ -13,6 +13,7 @@ import type { DrillRecord, ReadyVerdict, WaitReadyRequest } from '../common/dril
 import { safeName } from '../common/host-requests';
 import { failure } from '../common/failures';
 import type { Hypervisor } from '../hypervisor/hypervisor';
+import { serialOutputs } from '../hypervisor/domain-xml';
 import { REPO_KEY_FILE_ENV } from './repo-restore';
 import { heartbeat } from './heartbeat';
 import { RestoreRecords } from './restore-records';
@@ -75,16 +76,6 @@ function cancelled(): boolean {
   } catch {
     return false;
   }
-}
-
-/** Serial consoles of a domain: files it writes, or unix sockets it listens on. */
-function serialOutputs(xml: string): { file?: string; socket?: string }[] {
-  const devices = [...xml.matchAll(/<(serial|console)\b[^>]*?\btype=(['"])(file|unix)\2[\s\S]*?<\/\1>/g)];
-  return devices.flatMap((m): { file?: string; socket?: string }[] => {
-    const path = /<source\b[^>]*?\bpath=(['"])([^'"]*)\1/.exec(m[0])?.[2];
-    if (!path) return [];
-    return m[3] === 'file' ? [{ file: path }] : [{ socket: path }];
-  });
 }
 
 /** Reads what a listening serial socket says, appending to `into.text`, until `stop` resolves. */

@@ -13,7 +13,7 @@ import {
   RepositoryNotFoundError,
   WrongKeyError,
 } from '../backup/errors';
-import type { DiskManifest, VmManifest } from '../backup/manifest';
+import type { DiskManifest, GroupManifest, VmManifest } from '../backup/manifest';
 import { RepositoryLock } from '../backup/locks';
 import { Repository } from '../backup/repository';
 import { METADATA_NAMESPACE } from '../common/names';
@@ -37,6 +37,7 @@ import {
   DEFAULT_BOOT_FILE_DIRS,
   DomainXmlError,
   HostResourceError,
+  restoreEndpoints,
   type RestoredDomain,
   type RestoreXmlOptions,
 } from '../hypervisor/restore-xml';
@@ -185,6 +186,15 @@ function definitionFor(domainXml: string, o: DefinitionOptions, imagesDir: strin
   }
 }
 
+/** The TCP/UDP endpoints of every VM of a point: what its restored VMs may connect to among themselves. */
+async function pointEndpoints(repo: Repository, group: GroupManifest) {
+  const vms = group.vms.map(async (v) => ({
+    name: v.domain,
+    xml: (await repo.readManifestAt<VmManifest>(v.manifest)).domainXml,
+  }));
+  return restoreEndpoints(await Promise.all(vms));
+}
+
 /**
  * The target host's side of a restore from the repository: plan (read the point, check names, files and space;
  * changes nothing), rebuild one disk from its chunks (sparse), define a VM from the stored XML, and remove what a
@@ -252,6 +262,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
         const xmls: string[] = [];
         const storedTypes: string[] = [];
         const planned = new Set<string>();
+        const endpoints = await pointEndpoints(repo, group);
         for (const v of group.vms) {
           const vm = await repo.readManifestAt<VmManifest>(v.manifest);
           const domain = req.mode === 'clone' ? `${v.domain}${req.suffix}` : v.domain;
@@ -299,6 +310,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
               networkMap: req.networkMap ?? {},
               noNetwork: req.noNetwork ?? false,
               stripHostDevices: req.stripHostDevices ?? false,
+              restoreEndpoints: endpoints,
             });
           } catch (err) {
             // Every VM's offending elements in one answer.
@@ -428,6 +440,7 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
           ...(req.socketPorts ? { socketPorts: req.socketPorts } : {}),
           ...(req.virtType ? { virtType: req.virtType } : {}),
           stripHostDevices: req.stripHostDevices ?? false,
+          restoreEndpoints: await pointEndpoints(repo, await repo.readGroupManifest(req.group, req.snapshotId)),
         });
         const existing = (await hypervisor.listDomains()).find((d) => d.name === req.vm.domain);
         if (existing) {

@@ -1,6 +1,11 @@
+/**
+ * The definition of a local clone (same host: the XML is the host's own libvirt's inactive definition), built on the
+ * same parse/serialize path as a restored VM's (domain-tree.ts), with its own, more permissive rules: everything is
+ * kept except what would make the clone collide with its source (identity, files it writes, fixed ports, disks).
+ */
 import { basename, dirname, join } from 'node:path';
-import { escapeXml, stripBackingStore } from './domain-xml';
-import { remapSocketLinkPorts } from './socket-links';
+import { child, elements, parseDomainTree, serializeDomainTree, textOf, type XmlElement } from './domain-tree';
+import { remapSocketLinkTree } from './socket-links';
 
 export interface CloneXmlOptions {
   /** The source domain's name (file names containing it get the clone's name instead). */
@@ -23,34 +28,68 @@ export interface CloneXml {
   droppedDisks: string[];
 }
 
-const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-
 /** A clone-specific file beside `file`: the source name in the file name becomes the clone's, else a prefix. */
 export function clonePath(file: string, sourceName: string, cloneName: string): string {
   const name = basename(file);
   return join(dirname(file), name.includes(sourceName) ? name.replace(sourceName, cloneName) : `${cloneName}.${name}`);
 }
 
-function attrOf(tag: string, name: string): string | undefined {
-  const m = new RegExp(`\\s${name}=(['"])(.*?)\\1`).exec(tag);
-  return m?.[2];
+const CHARDEVS = new Set(['serial', 'console', 'parallel', 'channel']);
+const el = (name: string, attrs: Record<string, string>): XmlElement => ({ name, attrs, children: [] });
+const without = (e: XmlElement, drop: (c: XmlElement) => boolean) => {
+  e.children = e.children.filter((c) => typeof c === 'string' || !drop(c));
+};
+
+/** groupsnap's element inside `<metadata>` (any prefix bound to its namespace) goes; other applications' stay. */
+function dropOwnMetadata(dom: XmlElement, ns: string): void {
+  const metadata = child(dom, 'metadata');
+  if (!metadata) return;
+  without(metadata, (c) => {
+    const prefix = c.name.includes(':') ? c.name.slice(0, c.name.indexOf(':')) : undefined;
+    return prefix !== undefined && c.attrs[`xmlns:${prefix}`] === ns;
+  });
+  if (elements(metadata).length === 0 && textOf(metadata).trim() === '') without(dom, (c) => c === metadata);
 }
 
-/** Replaces the value of attribute `name` (XML-escaped in the tag) through `fn` on the unescaped value. */
-function mapAttr(text: string, element: string, name: string, fn: (value: string) => string): string {
-  return text.replace(
-    new RegExp(`(<${element}\\b[^>]*?\\s${name}=)(['"])(.*?)\\2`, 'g'),
-    (_m, head: string, q: string, v: string) => `${head}${q}${escapeXml(fn(unescapeXml(v)))}${q}`,
-  );
+/** A character device writing to a file or listening on a unix socket: moved to the clone's own path. */
+function fixChardev(e: XmlElement, path: (p: string) => string): void {
+  const sources = elements(e).filter((c) => c.name === 'source');
+  if (e.attrs.type === 'file')
+    for (const s of sources) if (s.attrs.path !== undefined) s.attrs.path = path(s.attrs.path);
+  if (e.attrs.type === 'unix' && sources.some((s) => s.attrs.mode === 'bind')) {
+    if (e.name === 'channel' && child(e, 'target')?.attrs.type === 'virtio') {
+      // libvirt names a virtio channel's socket itself when the path is left out.
+      for (const s of sources) if (s.attrs.mode === 'bind') delete s.attrs.path;
+    } else {
+      // A serial port's (console's, ...) listening socket needs a path: the clone's own, beside the source's.
+      for (const s of sources) if (s.attrs.path !== undefined) s.attrs.path = path(s.attrs.path);
+    }
+  }
+  for (const log of elements(e).filter((c) => c.name === 'log'))
+    if (log.attrs.file !== undefined) log.attrs.file = path(log.attrs.file);
 }
 
-function unescapeXml(s: string): string {
-  return s
-    .replace(/&lt;/g, '<')
-    .replace(/&gt;/g, '>')
-    .replace(/&apos;/g, "'")
-    .replace(/&quot;/g, '"')
-    .replace(/&amp;/g, '&');
+/** A cloned disk on its new qcow2 overlay (no backing chain: the overlay records it); `false`: leave it out. */
+function fixDisk(e: XmlElement, wanted: Map<string, string>, dropped: string[]): boolean {
+  const target = child(e, 'target')?.attrs.dev ?? '';
+  const file = wanted.get(target);
+  if (file === undefined) {
+    const device = e.attrs.device ?? 'disk';
+    if (device === 'cdrom' || device === 'floppy' || child(e, 'readonly')) return true;
+    dropped.push(target);
+    return false;
+  }
+  wanted.delete(target);
+  without(e, (c) => c.name === 'backingStore');
+  e.attrs.type = 'file';
+  const source = el('source', { file });
+  const at = e.children.findIndex((c) => typeof c !== 'string' && c.name === 'source');
+  if (at >= 0) e.children[at] = source;
+  const driver = child(e, 'driver');
+  if (driver) driver.attrs.type = 'qcow2';
+  else e.children.unshift(el('driver', { name: 'qemu', type: 'qcow2' }));
+  if (at < 0) e.children.splice(1, 0, source);
+  return true;
 }
 
 /**
@@ -60,78 +99,37 @@ function unescapeXml(s: string): string {
  * the NVRAM file moved to clone-specific paths, fixed graphics ports made automatic, bind-mode virtio channel
  * sockets left for libvirt to name, and each cloned disk pointed at its new qcow2 overlay. Writable disks that are
  * not cloned are left out; CD-ROMs and read-only disks are kept. Socket-link ports are mapped through
- * `socketPorts` when given.
+ * `socketPorts` when given. Everything else is kept as it is (same host); the XML is serialized canonically.
+ * @throws DomainXmlError when the XML is not a well-formed domain
  * @throws Error when a disk to clone is not in the XML, or a socket-link port is not in `socketPorts`
  */
 export function cloneDomainXml(xml: string, options: CloneXmlOptions): CloneXml {
   const { sourceName, cloneName } = options;
   const path = (p: string) => clonePath(p, sourceName, cloneName);
-  let out = xml.replace(/<name>[^<]*<\/name>/, `<name>${escapeXml(cloneName)}</name>`);
-  out = out.replace(/\s*<uuid>[^<]*<\/uuid>/, '');
-  out = out.replace(/\s*<mac\b[^>]*?\baddress=(['"])[^'"]*\1[^>]*\/>/g, '');
-
-  // groupsnap's element inside <metadata> (any prefix bound to its namespace); other applications' stay.
-  const ns = escapeRegExp(options.metadataNamespace);
-  out = out.replace(/<metadata>([\s\S]*?)<\/metadata>/, (_m, inner: string) => {
-    const kept = inner.replace(
-      new RegExp(
-        `\\s*<([\\w.-]+):([\\w.-]+)\\b[^>]*\\sxmlns:\\1=(['"])${ns}\\3[^>]*?(?:/>|>[\\s\\S]*?</\\1:\\2>)`,
-        'g',
-      ),
-      '',
-    );
-    return kept.trim() === '' ? '' : `<metadata>${kept}</metadata>`;
-  });
-
-  // Character devices writing to files: a clone writing into the source's log would interleave with it.
-  const chardev = /<(serial|console|parallel|channel)\b((?:[^>/]|\/(?!>))*)(?:\/>|>[\s\S]*?<\/\1>)/g;
-  out = out.replace(chardev, (dev, el: string, attrs: string) => {
-    let d = dev;
-    if (attrOf(` ${attrs}`, 'type') === 'file') d = mapAttr(d, 'source', 'path', path);
-    if (attrOf(` ${attrs}`, 'type') === 'unix' && /<source\b[^>]*?\bmode=(['"])bind\1/.test(d)) {
-      if (el === 'channel' && /<target\b[^>]*?\btype=(['"])virtio\1/.test(d)) {
-        // libvirt names a virtio channel's socket itself when the path is left out.
-        d = d.replace(/(<source\b[^>]*?\bmode=(['"])bind\2[^>]*?)\s+path=(['"])[^'"]*\3/, '$1');
-        d = d.replace(/(<source\b[^>]*?)\s+path=(['"])[^'"]*\2([^>]*?\bmode=(['"])bind\4)/, '$1$3');
-      } else {
-        // A serial port's (console's, ...) listening socket needs a path: the clone's own, beside the source's.
-        d = mapAttr(d, 'source', 'path', path);
-      }
-    }
-    return mapAttr(d, 'log', 'file', path);
-  });
-  out = out.replace(/(<nvram\b[^>]*>)([^<]+)(<\/nvram>)/, (_m, open: string, p: string, close: string) => {
-    return `${open}${escapeXml(path(unescapeXml(p.trim())))}${close}`;
-  });
-  out = out.replace(/<graphics\b[^>]*>/g, (tag) =>
-    attrOf(tag, 'autoport') === 'no'
-      ? tag
-          .replace(/\s(port|tlsPort|websocket)=(['"])[^'"]*\2/g, '')
-          .replace(/\sautoport=(['"])no\1/, " autoport='yes'")
-      : tag,
-  );
+  const dom = parseDomainTree(xml);
+  const name = child(dom, 'name');
+  if (name) name.children = [cloneName];
+  else dom.children.unshift({ name: 'name', attrs: {}, children: [cloneName] });
+  without(dom, (c) => c.name === 'uuid');
+  dropOwnMetadata(dom, options.metadataNamespace);
+  const nvram = child(dom, 'os') && child(child(dom, 'os')!, 'nvram');
+  if (nvram && textOf(nvram).trim() !== '') nvram.children = [path(textOf(nvram).trim())];
 
   const droppedDisks: string[] = [];
   const wanted = new Map(options.disks.map((d) => [d.target, d.file]));
-  out = out.replace(/\s*<disk\b([^>]*)>[\s\S]*?<\/disk>/g, (disk, attrs: string) => {
-    const target = /<target\b[^>]*?\bdev=(['"])([^'"]+)\1/.exec(disk)?.[2] ?? '';
-    const file = wanted.get(target);
-    if (file === undefined) {
-      const device = attrOf(attrs, 'device') ?? 'disk';
-      if (device === 'cdrom' || device === 'floppy' || /<readonly\s*\/>/.test(disk)) return disk;
-      droppedDisks.push(target);
-      return '';
+  const devices = child(dom, 'devices');
+  if (devices) {
+    without(devices, (d) => d.name === 'disk' && !fixDisk(d, wanted, droppedDisks));
+    for (const d of elements(devices)) {
+      if (d.name === 'interface') without(d, (c) => c.name === 'mac' && c.attrs.address !== undefined);
+      if (CHARDEVS.has(d.name)) fixChardev(d, path);
+      if (d.name === 'graphics' && d.attrs.autoport === 'no') {
+        for (const k of ['port', 'tlsPort', 'websocket']) delete d.attrs[k];
+        d.attrs.autoport = 'yes';
+      }
     }
-    wanted.delete(target);
-    let d = stripBackingStore(disk);
-    d = d.replace(/(<disk\b[^>]*?\stype=)(['"])[^'"]*\2/, "$1'file'");
-    d = d.replace(/<source\b[^>]*?(?:\/>|>[\s\S]*?<\/source>)/, `<source file='${escapeXml(file)}'/>`);
-    if (!/<driver\b/.test(d)) d = d.replace(/(<disk\b[^>]*>)/, "$1<driver name='qemu' type='qcow2'/>");
-    else if (/<driver\b[^>]*?\stype=/.test(d)) d = d.replace(/(<driver\b[^>]*?\stype=)(['"])[^'"]*\2/, "$1'qcow2'");
-    else d = d.replace(/<driver\b/, "<driver type='qcow2'");
-    return d;
-  });
+  }
   if (wanted.size > 0) throw new Error(`disk(s) ${[...wanted.keys()].join(', ')} not found in the domain XML`);
-  if (options.socketPorts) out = remapSocketLinkPorts(out, options.socketPorts);
-  return { xml: out, droppedDisks };
+  if (options.socketPorts) remapSocketLinkTree(dom, options.socketPorts);
+  return { xml: serializeDomainTree(dom), droppedDisks };
 }

@@ -31,6 +31,10 @@ const parser = new XMLParser({
   cdataPropName: '#cdata',
   ignoreDeclaration: true,
   ignorePiTags: true,
+  // A disk's backing chain is one nested <backingStore> per layer: the parser's default cap of 100 nested tags
+  // would refuse a VM with a long chain (QEMU keeps a file open per layer: ~1000 is already far out). Still bounded:
+  // the tree is built and walked recursively, and a stack overflow must not stand in for a clear refusal.
+  maxNestedTags: 2_000,
 });
 
 const ENTITY = /&(#x[0-9A-Fa-f]+|#[0-9]+|[A-Za-z][\w.-]*);?/g;
@@ -92,7 +96,14 @@ export function parseDomainTree(xml: string): XmlElement {
     throw new DomainXmlError('the stored definition declares a DOCTYPE or entities: refused');
   const valid = XMLValidator.validate(xml);
   if (valid !== true) throw new DomainXmlError(`the stored definition is not well-formed XML: ${valid.err.msg}`);
-  const top = (parser.parse(xml) as Raw[]).map(toElement).filter((e): e is XmlElement => typeof e === 'object');
+  let raw: Raw[];
+  try {
+    raw = parser.parse(xml) as Raw[];
+  } catch (err) {
+    // e.g. more nested elements than maxNestedTags: bad input like any other malformed definition.
+    throw new DomainXmlError(`the stored definition cannot be read: ${(err as Error).message}`);
+  }
+  const top = raw.map(toElement).filter((e): e is XmlElement => typeof e === 'object');
   if (top.length !== 1 || top[0].name !== 'domain')
     throw new DomainXmlError('the stored definition is not one <domain> element');
   return top[0];

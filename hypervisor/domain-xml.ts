@@ -1,4 +1,5 @@
 import { XMLParser } from 'fast-xml-parser';
+import { child, elements, parseDomainTree, serializeDomainTree, type XmlElement } from './domain-tree';
 import type { DiskSpec } from './hypervisor';
 import { escapeXml } from '../common/xml';
 
@@ -58,43 +59,49 @@ export function diskOnlySnapshotXml(
 }
 
 /**
- * Points disk `target` of a domain XML from file `from` at file `to`, dropping the disk's `<backingStore>` (libvirt
- * re-probes it). Used to undo an external snapshot of a shut-off VM.
- * @throws Error if the disk is not found on `from`.
+ * The `<disk>` element of `target` among a parsed domain's devices.
  */
-export function retargetDiskSource(xml: string, target: string, from: string, to: string): string {
-  const disks = [...xml.matchAll(/<disk\b[\s\S]*?<\/disk>/g)];
-  const disk = disks.find((m) => new RegExp(`<target\\s+dev=['"]${escapeRegExp(target)}['"]`).test(m[0]));
-  if (!disk) throw new Error(`disk ${target} not found`);
-  const source = new RegExp(`(<source\\s+file=)(['"])${escapeRegExp(escapeXml(from))}\\2`);
-  if (!source.test(disk[0])) throw new Error(`disk ${target} is not on ${from}`);
-  const replaced = disk[0].replace(source, (_m, head: string, q: string) => `${head}${q}${escapeXml(to)}${q}`);
-  return xml.slice(0, disk.index) + stripBackingStore(replaced) + xml.slice(disk.index! + disk[0].length);
+export function diskElement(dom: XmlElement, target: string): XmlElement | undefined {
+  const devices = child(dom, 'devices');
+  return (devices ? elements(devices) : []).find((d) => d.name === 'disk' && child(d, 'target')?.attrs.dev === target);
+}
+
+/** Whether `file` is named anywhere in disk `target` of a domain XML (its source or any layer of its chain). */
+export function diskNamesFile(xml: string, target: string, file: string): boolean {
+  const names = (e: XmlElement): boolean => Object.values(e.attrs).includes(file) || elements(e).some((c) => names(c));
+  const disk = diskElement(parseDomainTree(xml), target);
+  return disk !== undefined && names(disk);
 }
 
 /**
- * Removes every `<backingStore>` element (libvirt nests one per layer of the chain, and ends it with an empty one)
- * with the whitespace before it.
+ * Points disk `target` of a domain XML from file `from` at file `to`, dropping the disk's `<backingStore>` (libvirt
+ * re-probes it). Used to undo an external snapshot of a shut-off VM. The XML is the host's own libvirt's; it is
+ * parsed and serialized canonically (domain-tree.ts), everything else kept.
+ * @throws Error if the disk is not found on `from`.
  */
-export function stripBackingStore(xml: string): string {
-  let out = '';
-  let from = 0;
-  let depth = 0;
-  for (const m of xml.matchAll(/<backingStore\b[^>]*?(\/?)>|<\/backingStore>/g)) {
-    const end = m.index + m[0].length;
-    if (m[0].startsWith('</')) {
-      depth--;
-      if (depth === 0) from = end;
-      continue;
-    }
-    if (depth === 0) out += xml.slice(from, m.index).replace(/\s+$/, '');
-    if (m[1] === '/') {
-      if (depth === 0) from = end;
-    } else depth++;
-  }
-  return out + xml.slice(from);
+export function retargetDiskSource(xml: string, target: string, from: string, to: string): string {
+  const dom = parseDomainTree(xml);
+  const disk = diskElement(dom, target);
+  if (!disk) throw new Error(`disk ${target} not found`);
+  const source = child(disk, 'source');
+  if (source?.attrs.file !== from) throw new Error(`disk ${target} is not on ${from}`);
+  source.attrs.file = to;
+  disk.children = disk.children.filter((c) => typeof c === 'string' || c.name !== 'backingStore');
+  return serializeDomainTree(dom);
 }
 
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/**
+ * The serial consoles of a domain XML (`<serial>`, `<console>` of type `file` or `unix`): the files they write or the
+ * unix sockets they use, decoded.
+ * @throws DomainXmlError when the XML is not a well-formed domain
+ */
+export function serialOutputs(xml: string): { file?: string; socket?: string }[] {
+  const devices = child(parseDomainTree(xml), 'devices');
+  return (devices ? elements(devices) : []).flatMap((d): { file?: string; socket?: string }[] => {
+    const type = d.attrs.type;
+    if ((d.name !== 'serial' && d.name !== 'console') || (type !== 'file' && type !== 'unix')) return [];
+    const path = child(d, 'source')?.attrs.path;
+    if (!path) return [];
+    return type === 'file' ? [{ file: path }] : [{ socket: path }];
+  });
 }

@@ -1,5 +1,6 @@
 import { closeSync, existsSync, openSync, rmSync } from 'node:fs';
 import { METADATA_KEY, METADATA_NAMESPACE } from '../common/names';
+import { child, parseDomainTree, textOf, type XmlElement } from './domain-tree';
 import { escapeXml, parseDomainXml } from './domain-xml';
 import { DomainNotFoundError, GuestAgentUnavailableError, HypervisorError, InvalidStateError } from './errors';
 import type {
@@ -366,10 +367,19 @@ export class FakeHypervisor implements Hypervisor {
   }
 
   async defineDomain(xml: string): Promise<{ name: string; uuid: string }> {
-    const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1];
+    // Read like libvirt does: elements of the parsed domain, entities decoded.
+    let tree: XmlElement;
+    try {
+      tree = parseDomainTree(xml);
+    } catch (err) {
+      throw new HypervisorError(`domain XML is malformed: ${(err as Error).message}`);
+    }
+    const nameEl = child(tree, 'name');
+    const name = nameEl ? textOf(nameEl).trim() : '';
     if (!name) throw new HypervisorError('domain XML has no name');
     await this.enter('define', name);
-    const uuid = /<uuid>([^<]*)<\/uuid>/.exec(xml)?.[1];
+    const uuidEl = child(tree, 'uuid');
+    const uuid = uuidEl ? textOf(uuidEl).trim() : undefined;
     const existing = this.domains.get(name);
     if (existing && existing.uuid !== uuid)
       throw new HypervisorError(`domain '${name}' already exists with uuid ${existing.uuid}`);

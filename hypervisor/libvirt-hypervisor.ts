@@ -1,6 +1,6 @@
 import * as libvirt from '@groupsnap/libvirt';
 import { METADATA_KEY, METADATA_NAMESPACE } from '../common/names';
-import { diskOnlySnapshotXml, escapeXml, parseDomainXml, retargetDiskSource } from './domain-xml';
+import { diskNamesFile, diskOnlySnapshotXml, parseDomainXml, retargetDiskSource } from './domain-xml';
 import {
   DomainNotFoundError,
   GuestAgentUnavailableError,
@@ -20,13 +20,6 @@ import type {
 import * as images from './images';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** The `<disk>` element of `target` in a domain XML ('' when there is none). */
-function diskXml(xml: string, target: string): string {
-  return (
-    [...xml.matchAll(/<disk\b[\s\S]*?<\/disk>/g)].map((m) => m[0]).find((d) => d.includes(`dev='${target}'`)) ?? ''
-  );
-}
 
 /** virDomainBlockJobType: a commit of a layer below the active one, and an active-layer commit. */
 const COMMIT = 3;
@@ -229,7 +222,7 @@ export class LibvirtHypervisor implements Hypervisor {
       // The job is gone before libvirt has processed QEMU's completion event (Domain.commit's own check races with
       // it): the live chain catches up shortly after; a failed job leaves `top` in it.
       const deadline = Date.now() + 10_000;
-      while (diskXml(await d.xml(), target).includes(`'${escapeXml(top)}'`)) {
+      while (diskNamesFile(await d.xml(), target, top)) {
         if (Date.now() > deadline)
           throw new HypervisorError(`block commit of ${top} into ${base} ended with ${top} still in the chain`, domain);
         await sleep(50);

@@ -321,3 +321,98 @@ DOMAIN_RULE.children!.devices.children = {
 
 /** Boot files whose path must lie in the worker's boot-file directories (read-only use). */
 export const BOOT_FILE_ELEMENTS = new Set(['loader', 'kernel', 'initrd', 'dtb']);
+
+/**
+ * A network endpoint of a VM's QEMU on its host: a character device's TCP/UDP socket or a socket-link interface's.
+ * `kind` keeps the two apart: clones remap socket-link ports (socket-links.ts) but not character devices', so only
+ * endpoints of the same kind stay paired.
+ */
+export interface SocketEndpoint {
+  /** The VM (its stored name) that has it. */
+  vm: string;
+  kind: 'chardev' | 'link';
+  proto: 'tcp' | 'udp';
+  address: string;
+  port: string;
+  /** `listen`: the VM's QEMU binds it (chardev `mode='bind'`, interface `server`, a UDP link's `<local>`). */
+  role: 'listen' | 'connect';
+  /** The device's index among the VM's `<devices>` children (a device is kept or removed whole). */
+  device: number;
+}
+
+const CHARDEVS = new Set(['serial', 'console', 'parallel', 'channel']);
+const normAddress = (a: string) =>
+  a
+    .trim()
+    .replace(/^\[|\]$/g, '')
+    .toLowerCase();
+const normPort = (p: string) => (/^\s*\d+\s*$/.test(p) ? String(Number(p)) : p.trim());
+
+/** Every TCP/UDP endpoint of a parsed domain (character devices and socket-link interfaces), in document order. */
+export function socketEndpoints(vm: string, dom: XmlElement): SocketEndpoint[] {
+  const out: SocketEndpoint[] = [];
+  const devices = dom.children.find((c): c is XmlElement => typeof c !== 'string' && c.name === 'devices');
+  const els = (e: XmlElement, name: string) =>
+    e.children.filter((c): c is XmlElement => typeof c !== 'string' && c.name === name);
+  const push = (
+    kind: SocketEndpoint['kind'],
+    proto: 'tcp' | 'udp',
+    role: SocketEndpoint['role'],
+    a?: string,
+    p?: string,
+  ) => out.push({ vm, kind, proto, role, address: normAddress(a ?? ''), port: normPort(p ?? ''), device });
+  let device = -1;
+  for (const d of devices?.children ?? []) {
+    if (typeof d === 'string') continue;
+    device++;
+    const type = d.attrs.type ?? '';
+    if (CHARDEVS.has(d.name) && (type === 'tcp' || type === 'udp'))
+      for (const s of els(d, 'source'))
+        push('chardev', type, s.attrs.mode === 'bind' ? 'listen' : 'connect', s.attrs.host, s.attrs.service);
+    if (d.name !== 'interface') continue;
+    for (const s of els(d, 'source')) {
+      if (type === 'server') push('link', 'tcp', 'listen', s.attrs.address, s.attrs.port);
+      if (type === 'client') push('link', 'tcp', 'connect', s.attrs.address, s.attrs.port);
+      if (type === 'mcast') push('link', 'udp', 'connect', s.attrs.address, s.attrs.port);
+      if (type !== 'udp') continue;
+      push('link', 'udp', 'connect', s.attrs.address, s.attrs.port);
+      for (const l of els(s, 'local')) push('link', 'udp', 'listen', l.attrs.address, l.attrs.port);
+    }
+  }
+  return out;
+}
+
+/**
+ * Whether a connecting endpoint of VM `vm` reaches one that another VM of the same restore listens on (loopback
+ * only: a listener elsewhere is refused on its own). Anything else it connects to is the recovery host's or beyond.
+ */
+export function servedByRestore(e: SocketEndpoint, listeners: SocketEndpoint[]): boolean {
+  return listeners.some(
+    (l) =>
+      l.role === 'listen' &&
+      l.vm !== e.vm &&
+      l.kind === e.kind &&
+      l.proto === e.proto &&
+      isLoopback(l.address) &&
+      l.address === normAddress(e.address) &&
+      l.port !== '' &&
+      l.port === normPort(e.port),
+  );
+}
+
+/**
+ * The endpoints of the devices a restore keeps: a device goes when one of its listeners is not on loopback or one of
+ * its connections is served by no kept device of another VM; repeated until nothing more goes (a device whose only
+ * peer goes, goes too: its listener must not be counted for others).
+ */
+export function keptEndpoints(all: SocketEndpoint[]): SocketEndpoint[] {
+  const key = (e: SocketEndpoint) => `${e.vm}\0${e.device}`;
+  let live = all;
+  for (;;) {
+    const gone = new Set(
+      live.filter((e) => (e.role === 'listen' ? !isLoopback(e.address) : !servedByRestore(e, live))).map(key),
+    );
+    if (gone.size === 0) return live;
+    live = live.filter((e) => !gone.has(key(e)));
+  }
+}

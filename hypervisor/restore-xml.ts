@@ -15,12 +15,16 @@ import {
   HOST_RESOURCE_LABELS,
   insideAny,
   isLoopback,
+  keptEndpoints,
   QEMU_NAMESPACE,
   type Rule,
+  servedByRestore,
+  socketEndpoints,
+  type SocketEndpoint,
 } from './restore-policy';
-import { remapSocketLinkPorts, SOCKET_LINK_TYPES } from './socket-links';
+import { remapSocketLinkTree, SOCKET_LINK_TYPES } from './socket-links';
 
-export { DEFAULT_BOOT_FILE_DIRS } from './restore-policy';
+export { DEFAULT_BOOT_FILE_DIRS, type SocketEndpoint } from './restore-policy';
 export { DomainXmlError } from './domain-tree';
 
 export interface RestoreXmlOptions {
@@ -50,6 +54,11 @@ export interface RestoreXmlOptions {
   stripHostDevices?: boolean;
   /** Directories read-only boot files may come from. @default DEFAULT_BOOT_FILE_DIRS */
   bootFileDirs?: string[];
+  /**
+   * The TCP/UDP endpoints of every VM of this restore, from their stored definitions ({@link restoreEndpoints}):
+   * a VM may connect only to what another VM of the restore listens on (loopback), never to the host's services.
+   */
+  restoreEndpoints: SocketEndpoint[];
 }
 
 /** A restored VM's definition: the XML to define, and what `stripHostDevices` removed. */
@@ -172,12 +181,30 @@ function fixChardev(w: Walk, e: XmlElement): boolean {
     case 'tcp':
     case 'udp': {
       const sources = elements(e).filter((c) => c.name === 'source');
-      if (!sources.length || sources.some((s) => !isLoopback(s.attrs.host ?? ''))) return offend(w, label());
-      return true;
+      if (!sources.length || sources.some((s) => s.attrs.mode === 'bind' && !isLoopback(s.attrs.host ?? '')))
+        return offend(w, label());
+      return connectsWithinRestore(w, e, described);
     }
     default:
       return offend(w, label());
   }
+}
+
+/**
+ * Whether every endpoint `e` connects to (chardev `mode='connect'`, interface `client`, a UDP link's remote side)
+ * is one another VM of this restore listens on; otherwise offends (a loopback target is the recovery host's own
+ * services: Temporal, a database, a metrics port).
+ */
+function connectsWithinRestore(w: Walk, e: XmlElement, what: string): boolean {
+  const mine = socketEndpoints(w.o.sourceName, {
+    name: 'domain',
+    attrs: {},
+    children: [{ name: 'devices', attrs: {}, children: [e] }],
+  });
+  const stray = mine.filter((x) => x.role === 'connect' && !servedByRestore(x, w.o.restoreEndpoints));
+  if (!stray.length) return true;
+  const targets = stray.map((x) => `${x.proto} ${x.address || '(none)'}:${x.port || '(none)'}`).join(', ');
+  return offend(w, `${what} connecting to ${targets}, which no other VM of this restore listens on`);
 }
 
 /** An interface: network/bridge (renamed by the map) or a loopback socket link; MACs dropped for clones. */
@@ -187,11 +214,13 @@ function fixInterface(w: Walk, e: XmlElement): boolean {
   if (!['network', 'bridge', 'user'].includes(type) && !linkish)
     return offend(w, `${describe(e)}: interface on a host device`);
   if (linkish) {
-    const ends = elements(e)
-      .filter((c) => c.name === 'source')
-      .flatMap((s) => [s, ...elements(s).filter((c) => c.name === 'local')]);
-    if (type === 'mcast' || !ends.length || ends.some((s) => !isLoopback(s.attrs.address ?? '')))
+    if (type === 'mcast') return offend(w, `${describe(e)}: multicast socket link (the host's network)`);
+    const sources = elements(e).filter((c) => c.name === 'source');
+    const listeners =
+      type === 'server' ? sources : sources.flatMap((s) => elements(s).filter((c) => c.name === 'local'));
+    if (!sources.length || listeners.some((s) => !isLoopback(s.attrs.address ?? '')))
       return offend(w, `${describe(e)}: socket link to a non-loopback address`);
+    if (!connectsWithinRestore(w, e, `${describe(e)}: socket link`)) return false;
   }
   if (w.o.identity === 'new') e.children = e.children.filter((c) => typeof c === 'string' || c.name !== 'mac');
   const source = child(e, 'source');
@@ -377,10 +406,27 @@ export function buildRestoredDomain(xml: string, o: RestoreXmlOptions): Restored
   const given = o.assignUuid ?? (o.identity === 'keep' ? uuid : undefined);
   if (given) head.push({ name: 'uuid', attrs: {}, children: [given] });
   dom.children = [...head, ...dom.children];
-  let out = serializeDomainTree(dom);
-  if (o.identity === 'new' && o.socketPorts) out = remapSocketLinkPorts(out, o.socketPorts);
+  if (o.identity === 'new' && o.socketPorts) remapSocketLinkTree(dom, o.socketPorts);
+  const out = serializeDomainTree(dom);
   const files = [...new Set(w.relocated.values())];
   return { xml: out, removed: w.offending, files, ...(uuid ? { uuid } : {}) };
+}
+
+/**
+ * The TCP/UDP endpoints of every VM of one restore, from their stored definitions (name: the stored VM name, the
+ * builder's `sourceName`), of the devices the restore keeps ({@link keptEndpoints}). A definition that cannot be
+ * parsed contributes none (its own build refuses it).
+ */
+export function restoreEndpoints(vms: { name: string; xml: string }[]): SocketEndpoint[] {
+  const all = vms.flatMap((v) => {
+    try {
+      return socketEndpoints(v.name, parseDomainTree(v.xml));
+    } catch (err) {
+      if (err instanceof DomainXmlError) return [];
+      throw err;
+    }
+  });
+  return keptEndpoints(all);
 }
 
 /** {@link buildRestoredDomain}'s XML. */

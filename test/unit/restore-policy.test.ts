@@ -2,10 +2,12 @@ import { posix } from 'node:path';
 import fc from 'fast-check';
 import { METADATA_NAMESPACE } from '../../common/names';
 import { parseDomainTree, type XmlElement } from '../../hypervisor/domain-tree';
+import { socketEndpoints } from '../../hypervisor/restore-policy';
 import {
   buildRestoredDomain,
   DomainXmlError,
   HostResourceError,
+  restoreEndpoints,
   restoredDomainXml,
   type RestoreXmlOptions,
 } from '../../hypervisor/restore-xml';
@@ -22,6 +24,7 @@ const opts: RestoreXmlOptions = {
   disks: [{ target: 'vda', file: `${IMAGES}/vm-dr.vda.r1.qcow2`, format: 'qcow2' }],
   imagesDir: IMAGES,
   metadataNamespace: METADATA_NAMESPACE,
+  restoreEndpoints: [],
   bootFileDirs: [BOOT],
 };
 
@@ -395,6 +398,215 @@ describe('property: no stored definition yields a host path outside the image di
         },
       ),
       { numRuns: 500 },
+    );
+  });
+});
+
+describe('connecting endpoints: only to what another VM of the same restore listens on', () => {
+  // What the other VM of the restore ("peer") listens on.
+  const PEER = vm(
+    `<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4600'/><target port='0'/></serial>` +
+      `<channel type='udp'><source mode='bind' host='127.0.0.1' service='4601'/><target type='virtio' name='u'/></channel>` +
+      `<interface type='server'><source address='127.0.0.1' port='4700'/></interface>` +
+      `<interface type='udp'><source address='127.0.0.1' port='4711'><local address='127.0.0.1' port='4710'/></source></interface>`,
+  ).replace('<name>vm</name>', '<name>peer</name>');
+  const group = (self: string) =>
+    restoreEndpoints([
+      { name: 'vm', xml: self },
+      { name: 'peer', xml: PEER },
+    ]);
+  const build = (devices: string, o: Partial<RestoreXmlOptions> = {}) =>
+    buildRestoredDomain(vm(devices), { ...opts, restoreEndpoints: group(vm(devices)), ...o });
+  const refusedIn = (devices: string, o: Partial<RestoreXmlOptions> = {}) =>
+    refused(vm(devices), { restoreEndpoints: group(vm(devices)), ...o });
+
+  const hostServices: [string, string, RegExp][] = [
+    [
+      "serial tcp connecting to the recovery host's Temporal frontend",
+      `<serial type='tcp'><source mode='connect' host='127.0.0.1' service='7233'/><target port='1'/></serial>`,
+      /<serial type="tcp">.*connecting to tcp 127\.0\.0\.1:7233, which no other VM of this restore listens on/,
+    ],
+    [
+      'console tcp without a mode (connect is the default)',
+      `<console type='tcp'><source host='localhost' service='5432'/></console>`,
+      /<console type="tcp">.*connecting to tcp localhost:5432/,
+    ],
+    [
+      'channel udp sending to a host port',
+      `<channel type='udp'><source mode='bind' host='127.0.0.1' service='4800'/><source mode='connect' host='::1' service='9100'/><target type='virtio' name='x'/></channel>`,
+      /<channel type="udp">.*connecting to udp ::1:9100/,
+    ],
+    [
+      'parallel tcp to a loopback alias',
+      `<parallel type='tcp'><source mode='connect' host='127.0.0.53' service='53'/></parallel>`,
+      /connecting to tcp 127\.0\.0\.53:53/,
+    ],
+    [
+      'socket-link client to a host port',
+      `<interface type='client'><source address='127.0.0.1' port='7233'/></interface>`,
+      /<interface type="client">.*socket link connecting to tcp 127\.0\.0\.1:7233/,
+    ],
+    [
+      'UDP socket link whose remote side is a host port',
+      `<interface type='udp'><source address='127.0.0.1' port='8125'><local address='127.0.0.1' port='4900'/></source></interface>`,
+      /<interface type="udp">.*connecting to udp 127\.0\.0\.1:8125/,
+    ],
+    [
+      'a chardev connecting to a socket link of the peer (clones remap only links: it would reach the old port)',
+      `<serial type='tcp'><source mode='connect' host='127.0.0.1' service='4700'/></serial>`,
+      /connecting to tcp 127\.0\.0\.1:4700/,
+    ],
+    [
+      'the right port on another loopback address',
+      `<interface type='client'><source address='127.0.0.2' port='4700'/></interface>`,
+      /connecting to tcp 127\.0\.0\.2:4700/,
+    ],
+    [
+      'UDP to a TCP listener',
+      `<interface type='udp'><source address='127.0.0.1' port='4700'><local address='127.0.0.1' port='4901'/></source></interface>`,
+      /connecting to udp 127\.0\.0\.1:4700/,
+    ],
+    [
+      'multicast',
+      `<interface type='mcast'><source address='230.0.0.1' port='5558'/></interface>`,
+      /<interface type="mcast">.*multicast socket link/,
+    ],
+  ];
+  it.each(hostServices)('%s: refused naming it; stripped: removed and listed', (_what, device, named) => {
+    const offending = refusedIn(device);
+    expect(offending).toHaveLength(1);
+    expect(offending[0]).toMatch(named);
+    const r = build(device, { stripHostDevices: true });
+    expect(r.removed).toEqual(offending);
+    expect(socketEndpoints('vm', parseDomainTree(r.xml)).filter((e) => e.role === 'connect')).toEqual([]);
+  });
+
+  it("keeps connections to what another VM of the restore listens on, and refuses a VM's own listener", () => {
+    const served =
+      `<serial type='tcp'><source mode='connect' host='127.0.0.1' service='4600'/><target port='1'/></serial>` +
+      `<channel type='udp'><source mode='bind' host='127.0.0.1' service='4602'/><source mode='connect' host='127.0.0.1' service='4601'/><target type='virtio' name='u'/></channel>` +
+      `<interface type='client'><source address='127.0.0.1' port='4700'/></interface>` +
+      `<interface type='udp'><source address='127.0.0.1' port='4710'><local address='127.0.0.1' port='4711'/></source></interface>`;
+    const r = build(served);
+    expect(r.removed).toEqual([]);
+    expect(socketEndpoints('vm', parseDomainTree(r.xml)).filter((e) => e.role === 'connect')).toHaveLength(4);
+    // The same definitions restored without the peer: every connection would reach the recovery host.
+    expect(refused(vm(served), { restoreEndpoints: restoreEndpoints([{ name: 'vm', xml: vm(served) }]) })).toHaveLength(
+      4,
+    );
+    // A VM connecting to its own listener is not "another VM of the restore".
+    const own =
+      `<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4444'/></serial>` +
+      `<serial type='tcp'><source mode='connect' host='127.0.0.1' service='4444'/></serial>`;
+    expect(refusedIn(own)).toEqual([expect.stringMatching(/connecting to tcp 127\.0\.0\.1:4444/)]);
+  });
+
+  it('a listener of the peer on a non-loopback address serves nobody (and is refused in its own build)', () => {
+    const peer = PEER.replace(`address='127.0.0.1' port='4700'`, `address='10.0.0.5' port='4700'`);
+    const device = `<interface type='client'><source address='10.0.0.5' port='4700'/></interface>`;
+    const endpoints = restoreEndpoints([
+      { name: 'vm', xml: vm(device) },
+      { name: 'peer', xml: peer },
+    ]);
+    expect(refused(vm(device), { restoreEndpoints: endpoints }).join()).toMatch(/connecting to tcp 10\.0\.0\.5:4700/);
+    expect(refused(peer, { sourceName: 'peer', name: 'peer', restoreEndpoints: endpoints }).join()).toMatch(
+      /<interface type="server">.*non-loopback/,
+    );
+  });
+});
+
+describe('property: no restored VM connects to an endpoint the restore itself does not serve', () => {
+  const address = fc.constantFrom('127.0.0.1', '127.0.0.2', 'localhost', '::1', '[::1]', '10.0.0.1', '0.0.0.0', '');
+  const port = fc.constantFrom('4000', '4001', '04001', '4002', '7233');
+  const mode = fc.constantFrom('bind', 'connect', '');
+  const modeAttr = (m: string) => (m ? ` mode='${m}'` : '');
+  const endpoint = fc.oneof(
+    fc
+      .tuple(
+        fc.constantFrom('serial', 'console', 'parallel', 'channel'),
+        fc.constantFrom('tcp', 'udp'),
+        mode,
+        address,
+        port,
+      )
+      .map(
+        ([el, t, m, a, p]) =>
+          `<${el} type='${t}'><source${modeAttr(m)} host='${a}' service='${p}'/><target type='virtio' name='n'/></${el}>`,
+      ),
+    fc
+      .tuple(address, port, address, port)
+      .map(
+        ([a, p, la, lp]) =>
+          `<channel type='udp'><source mode='bind' host='${la}' service='${lp}'/><source mode='connect' host='${a}' service='${p}'/><target type='virtio' name='n'/></channel>`,
+      ),
+    fc
+      .tuple(fc.constantFrom('server', 'client', 'mcast'), address, port)
+      .map(([t, a, p]) => `<interface type='${t}'><source address='${a}' port='${p}'/></interface>`),
+    fc
+      .tuple(address, port, address, port)
+      .map(
+        ([a, p, la, lp]) =>
+          `<interface type='udp'><source address='${a}' port='${p}'><local address='${la}' port='${lp}'/></source></interface>`,
+      ),
+  );
+  const ports = { '4000': 5000, '4001': 5001, '4002': 5002, '7233': 8233 };
+
+  it('every connecting endpoint left reaches a loopback listener of another VM of the restore, after the remap', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(endpoint, { maxLength: 4 }), { minLength: 1, maxLength: 3 }),
+        fc.boolean(),
+        (vms, asClone) => {
+          const stored = vms.map((devices, i) => ({
+            name: `v${i}`,
+            xml: vm(devices.join('')).replace('<name>vm</name>', `<name>v${i}</name>`),
+          }));
+          const endpoints = restoreEndpoints(stored);
+          const built = stored.map((v) => {
+            const o = {
+              ...opts,
+              sourceName: v.name,
+              name: asClone ? `${v.name}-c` : v.name,
+              identity: asClone ? ('new' as const) : ('keep' as const),
+              restoreEndpoints: endpoints,
+              stripHostDevices: true,
+              ...(asClone ? { socketPorts: ports } : {}),
+            };
+            const r = buildRestoredDomain(v.xml, o);
+            // Without stripping: refused exactly when something was removed.
+            let refusedList: string[] = [];
+            try {
+              buildRestoredDomain(v.xml, { ...o, stripHostDevices: false });
+            } catch (err) {
+              if (err instanceof HostResourceError) refusedList = err.offending;
+              else throw err;
+            }
+            expect(refusedList).toEqual(r.removed);
+            return socketEndpoints(v.name, parseDomainTree(r.xml));
+          });
+          const out = built.flat();
+          for (const e of out) {
+            if (e.role === 'listen') {
+              expect(['127.0.0.1', '127.0.0.2', 'localhost', '::1']).toContain(e.address);
+              continue;
+            }
+            const peer = out.find(
+              (l) =>
+                l.role === 'listen' &&
+                l.vm !== e.vm &&
+                l.kind === e.kind &&
+                l.proto === e.proto &&
+                l.address === e.address &&
+                l.port === e.port,
+            );
+            if (!peer)
+              throw new Error(
+                `${e.vm} connects to ${e.proto} ${e.address}:${e.port}, not served (${JSON.stringify(vms)})`,
+              );
+          }
+        },
+      ),
+      { numRuns: 300 },
     );
   });
 });

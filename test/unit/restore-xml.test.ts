@@ -30,6 +30,7 @@ const base = {
   imagesDir: '/var/lib/b/images',
   disks: [{ target: 'vda', file: '/var/lib/b/images/db-1-dr.vda.r1.raw', format: 'raw' as const }],
   metadataNamespace: METADATA_NAMESPACE,
+  restoreEndpoints: [],
   // SOURCE's CD-ROM is a file of the old host: refused unless stripped (see the first case).
   stripHostDevices: true,
 };

@@ -3,7 +3,7 @@ import { chooseSocketPorts } from '../../activities/socket-ports';
 import { METADATA_NAMESPACE } from '../../common/names';
 import { mergeSocketPortChoices } from '../../common/socket-ports';
 import { cloneDomainXml } from '../../hypervisor/clone-xml';
-import { restoredDomainXml } from '../../hypervisor/restore-xml';
+import { restoreEndpoints, restoredDomainXml } from '../../hypervisor/restore-xml';
 import { remapSocketLinkPorts, socketLinkPorts } from '../../hypervisor/socket-links';
 
 const vm = (name: string, interfaces: string) => `<domain type='kvm'>
@@ -50,6 +50,15 @@ describe('socket-link interfaces of clones', () => {
     expect(socketLinkPorts(vm('c', ''))).toEqual([]);
   });
 
+  it('reads interfaces, not text: a commented-out link has no ports, a closing </interface> in a comment ends none', () => {
+    const xml = vm('a', `<!-- was: ${TCP_SERVER} --><!-- </interface> -->${UDP_A}`);
+    expect(ports(xml)).toEqual(['udp:connect:127.0.0.1:40002', 'udp:bind:127.0.0.1:40001']);
+    expect(ports(remapSocketLinkPorts(xml, { '40001': 51001, '40002': 51002 }))).toEqual([
+      'udp:connect:127.0.0.1:51002',
+      'udp:bind:127.0.0.1:51001',
+    ]);
+  });
+
   it('a UDP pair: both clones move to the new ports and still send to each other', () => {
     const a = clone(vm('a', UDP_A), 'a', map);
     const b = clone(vm('b', UDP_B), 'b', map);
@@ -65,7 +74,7 @@ describe('socket-link interfaces of clones', () => {
     const c = clone(vm('c', TCP_CLIENT), 'c', map);
     expect(ports(s)).toEqual(['server:bind:169.254.7.1:51010']);
     expect(ports(c)).toEqual(['client:connect:169.254.7.1:51010']);
-    expect(c).toContain('<source address="169.254.7.1" port="51010"/>');
+    expect(c).toContain("<source address='169.254.7.1' port='51010'/>"); // serialized canonically
   });
 
   it('a VM with both kinds of links gets every port mapped', () => {
@@ -93,6 +102,11 @@ describe('socket-link interfaces of clones', () => {
       disks: [{ target: 'vda', file: '/var/lib/b/images/a-dr.vda.raw', format: 'raw' as const }],
       metadataNamespace: METADATA_NAMESPACE,
       socketPorts: map,
+      // a's UDP link sends to b's local port: b is restored with it.
+      restoreEndpoints: restoreEndpoints([
+        { name: 'a', xml: vm('a', UDP_A) },
+        { name: 'b', xml: vm('b', UDP_B) },
+      ]),
     };
     // A restored VM's socket links stay on loopback: a listener on another address of the recovery host is refused.
     expect(() => restoredDomainXml(vm('a', TCP_SERVER), { ...base, name: 'a-dr', identity: 'new' })).toThrow(
@@ -112,6 +126,10 @@ describe('socket-link interfaces of clones', () => {
     const drill = restoredDomainXml(original, { ...base, name: 'a-drill', identity: 'new', noNetwork: true });
     expect(asOriginal).toContain('<interface');
     expect(drill).not.toContain('<interface');
+    // Without b in the restore, a's link would send to whatever listens on the recovery host's port 40002.
+    expect(() => restoredDomainXml(original, { ...base, name: 'a-dr', identity: 'new', restoreEndpoints: [] })).toThrow(
+      /<interface type="udp">.*connecting to udp 127\.0\.0\.1:40002, which no other VM of this restore/,
+    );
   });
 });
 
