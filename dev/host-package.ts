@@ -53,6 +53,13 @@ export async function installedHostPackage(): Promise<HostPackage> {
     chmodSync(scratch, 0o755);
     const app = await pack(REPO_ROOT, scratch);
     const binding = await pack(join(REPO_ROOT, 'libvirt'), scratch);
+    // npm pack leaves out a symlinked dist/ (a git worktree sharing another checkout's build): refuse such a package
+    // rather than install one whose binding cannot load.
+    const listing = (await run('tar', ['-tzf', binding])).stdout;
+    if (!listing.includes('package/dist/index.js'))
+      throw new Error(
+        `the packed binding has no dist/index.js: build it in ${join(REPO_ROOT, 'libvirt')} (not a link)`,
+      );
     const deps = join(HOST_PACKAGE_ROOT, `deps-${sha(join(REPO_ROOT, 'package-lock.json'), binding)}`);
     if (!existsSync(join(deps, '.installed'))) await installDependencies(deps, app, binding);
     const target = join(deps, 'node_modules', 'groupsnap');
