@@ -117,6 +117,23 @@ async function saveCheckpoint(file: string, cp: Checkpoint): Promise<void> {
   await rename(tmp, file);
 }
 
+/** One export's working state, shared by its steps. */
+interface ExportRun {
+  repo: Repository;
+  opts: ExportDiskOptions;
+  chunkSize: number;
+  virtualSize: number;
+  /** Chunk index -> id (null: zeros), filled as chunks are known (base, checkpoint) or stored. */
+  chunks: (string | null)[];
+  /** Chunk indices still to read and store. */
+  toRead: Set<number>;
+  /** The checkpoint being written (its `stats` is the export's). */
+  cp: Checkpoint;
+  stats: DiskExportStats;
+  /** Byte length of chunk `i` (the last one may be short). */
+  lengthOf: (i: number) => number;
+}
+
 /**
  * Exports one disk at one point into the repository: reads only what changed since `base` (when given and still
  * in the chain) or every allocated extent (first export, or a base merged away), as fixed chunks of the chain read
@@ -126,41 +143,104 @@ async function saveCheckpoint(file: string, cp: Checkpoint): Promise<void> {
  * Call it holding the repository's export lock (no chunk sweep may run meanwhile).
  */
 export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskResult> {
-  const { repo, names } = opts;
+  const { repo } = opts;
+  const { readerP, chain, extents, known } = await openInputs(opts);
   const chunkSize = repo.chunkSize;
-  // The chain, its map, the repository's chunk index and the reader do not depend on each other: start them at once
-  // (on a small incremental export, their latency is most of the time).
+  const virtualSize = chain.virtualSize;
+  const chunkCount = Math.ceil(virtualSize / chunkSize);
+  const { base, baseDepth } = usableBase(opts.base, chain.files, chunkSize, virtualSize, chunkCount);
+  const { toRead, chunks } = chunksToRead(extents, chunkSize, chunkCount, base, baseDepth, known);
+  const mode: DiskExportStats['mode'] = base ? 'incremental' : 'full';
+  const stats: DiskExportStats = {
+    mode,
+    ...(base ? { base: base.snapshotId } : {}),
+    bytesRead: 0,
+    bytesNew: 0,
+    bytesUploaded: 0,
+    chunksNew: 0,
+    chunksData: 0,
+  };
+  const cp: Checkpoint = {
+    version: FORMAT_VERSION,
+    names: opts.names,
+    chunkSize,
+    virtualSize,
+    mode,
+    ...(base ? { base: base.snapshotId } : {}),
+    done: {},
+    stats,
+  };
+  const lengthOf = (i: number): number => Math.min(chunkSize, virtualSize - i * chunkSize);
+  const run: ExportRun = { repo, opts, chunkSize, virtualSize, chunks, toRead, cp, stats, lengthOf };
+  const chunksResumed = await resumeFromCheckpoint(run, known);
+  const order = [...toRead].sort((a, b) => a - b);
+  const progress = startingProgress(run, order, chunksResumed);
+  opts.onProgress?.({ ...progress });
+
+  const reader = await readerP;
+  if (order.length === 0) await reader.close();
+  else await copyChunks(run, reader, order, progress);
+  const { manifest, manifestKey } = await writeManifest(run);
+  return { manifest, manifestKey, chunksResumed };
+}
+
+/**
+ * The chain, its map and the repository's chunk index, with the reader opening meanwhile: they do not depend on each
+ * other, so they start at once (on a small incremental export, their latency is most of the time). On a failure the
+ * reader is closed.
+ */
+async function openInputs(opts: ExportDiskOptions) {
   const readerP = ImageReader.open(opts.image, opts.format);
   readerP.catch(() => undefined);
-  let chain, extents, known;
   try {
-    [chain, extents, known] = await Promise.all([
+    const [chain, extents, known] = await Promise.all([
       imageChain(opts.image),
       imageMap(opts.image, opts.format),
-      repo.loadChunkIndex({ compact: true, ...(opts.onListing ? { onProgress: opts.onListing } : {}) }),
+      opts.repo.loadChunkIndex({ compact: true, ...(opts.onListing ? { onProgress: opts.onListing } : {}) }),
     ]);
+    return { readerP, chain, extents, known };
   } catch (err) {
     await readerP.then((r) => r.close()).catch(() => undefined);
     throw err;
   }
-  const virtualSize = chain.virtualSize;
-  const chunkCount = Math.ceil(virtualSize / chunkSize);
+}
 
-  // Incremental only when the base is still a layer below this point and was cut the same way.
-  const baseDepth = opts.base ? chain.files.indexOf(opts.base.image) : -1;
-  const base =
-    opts.base &&
+/**
+ * The base an export may be incremental against: only one still a layer below this point (its depth in `chain`,
+ * above 0) and cut the same way (chunk size, virtual size, chunk count); else none (a full export).
+ */
+export function usableBase(
+  given: ExportBase | undefined,
+  chain: string[],
+  chunkSize: number,
+  virtualSize: number,
+  chunkCount: number,
+): { base?: ExportBase; baseDepth: number } {
+  const baseDepth = given ? chain.indexOf(given.image) : -1;
+  const usable =
+    given &&
     baseDepth > 0 &&
-    opts.base.manifest.chunkSize === chunkSize &&
-    opts.base.manifest.virtualSize === virtualSize &&
-    opts.base.manifest.chunks.length === chunkCount
-      ? opts.base
-      : undefined;
-  const mode: DiskExportStats['mode'] = base ? 'incremental' : 'full';
+    given.manifest.chunkSize === chunkSize &&
+    given.manifest.virtualSize === virtualSize &&
+    given.manifest.chunks.length === chunkCount;
+  return usable ? { base: given, baseDepth } : { baseDepth };
+}
+
+/**
+ * The chunks to read: with a base, those its layers above the base touched, and those whose base chunk the repository
+ * no longer has (the others are taken from the base's manifest); without, every chunk with data.
+ */
+function chunksToRead(
+  extents: MapExtent[],
+  chunkSize: number,
+  chunkCount: number,
+  base: ExportBase | undefined,
+  baseDepth: number,
+  known: { has(id: string): boolean },
+): { toRead: Set<number>; chunks: (string | null)[] } {
   const toRead = base
     ? chunksTouched(extents, chunkSize, (e) => e.present && e.depth < baseDepth)
     : chunksTouched(extents, chunkSize, (e) => e.data);
-
   const chunks: (string | null)[] = new Array<string | null>(chunkCount).fill(null);
   // Unchanged chunks come from the base's manifest, as long as the repository still has them.
   if (base) {
@@ -171,135 +251,133 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
       else chunks[i] = id;
     }
   }
+  return { toRead, chunks };
+}
 
-  const stats: DiskExportStats = {
-    mode,
-    ...(base ? { base: base.snapshotId } : {}),
-    bytesRead: 0,
-    bytesNew: 0,
-    bytesUploaded: 0,
-    chunksNew: 0,
-    chunksData: 0,
-  };
-  const lengthOf = (i: number): number => Math.min(chunkSize, virtualSize - i * chunkSize);
-
-  // Resume: take what an interrupted attempt of this very export stored, if the repository still has it.
-  const cp: Checkpoint = {
-    version: FORMAT_VERSION,
-    names,
-    chunkSize,
-    virtualSize,
-    mode,
-    ...(base ? { base: base.snapshotId } : {}),
-    done: {},
-    stats,
-  };
-  let chunksResumed = 0;
+/**
+ * Resume: takes what an interrupted attempt of this very export stored (same names and cut), if the repository still
+ * has it, out of `toRead` into `chunks` and the checkpoint, with the attempt's counters. Returns the chunks taken.
+ */
+async function resumeFromCheckpoint(run: ExportRun, known: { has(id: string): boolean }): Promise<number> {
+  const { repo, opts, cp, stats } = run;
   const previous = await loadCheckpoint(opts.checkpointFile);
   if (
-    previous &&
-    previous.chunkSize === chunkSize &&
-    previous.virtualSize === virtualSize &&
-    JSON.stringify(previous.names) === JSON.stringify(names)
-  ) {
-    // The interrupted attempt's chunks are not indexed yet (an export indexes its chunks at its end): those the
-    // index lacks are asked of the store one by one (a checkpoint's worth; a chunk swept meanwhile is read again).
-    await confirmStored(repo, Object.values(previous.done), known, opts.onListing);
-    for (const [k, id] of Object.entries(previous.done)) {
-      const i = Number(k);
-      if (!toRead.has(i) || (id !== null && !known.has(id))) continue;
-      chunks[i] = id;
-      cp.done[k] = id;
-      toRead.delete(i);
-      chunksResumed++;
-    }
-    for (const f of ['bytesRead', 'bytesNew', 'bytesUploaded', 'chunksNew'] as const) stats[f] = previous.stats[f];
+    !previous ||
+    previous.chunkSize !== run.chunkSize ||
+    previous.virtualSize !== run.virtualSize ||
+    JSON.stringify(previous.names) !== JSON.stringify(opts.names)
+  )
+    return 0;
+  // The interrupted attempt's chunks are not indexed yet (an export indexes its chunks at its end): those the
+  // index lacks are asked of the store one by one (a checkpoint's worth; a chunk swept meanwhile is read again).
+  await confirmStored(repo, Object.values(previous.done), known, opts.onListing);
+  let chunksResumed = 0;
+  for (const [k, id] of Object.entries(previous.done)) {
+    const i = Number(k);
+    if (!run.toRead.has(i) || (id !== null && !known.has(id))) continue;
+    run.chunks[i] = id;
+    cp.done[k] = id;
+    run.toRead.delete(i);
+    chunksResumed++;
   }
+  for (const f of ['bytesRead', 'bytesNew', 'bytesUploaded', 'chunksNew'] as const) stats[f] = previous.stats[f];
+  return chunksResumed;
+}
 
-  const order = [...toRead].sort((a, b) => a - b);
+/** The progress at the start: what is left to read, plus what the checkpoint already did. */
+function startingProgress(run: ExportRun, order: number[], chunksResumed: number): DiskProgress {
   let bytesTotal = 0;
-  for (const i of order) bytesTotal += lengthOf(i);
+  for (const i of order) bytesTotal += run.lengthOf(i);
   let bytesResumed = 0;
-  for (const k of Object.keys(cp.done)) bytesResumed += lengthOf(Number(k));
-  const progress: DiskProgress = {
+  for (const k of Object.keys(run.cp.done)) bytesResumed += run.lengthOf(Number(k));
+  return {
     bytesDone: bytesResumed,
     bytesTotal: bytesTotal + bytesResumed,
     chunksDone: chunksResumed,
     chunksTotal: order.length + chunksResumed,
-    bytesUploaded: stats.bytesUploaded,
+    bytesUploaded: run.stats.bytesUploaded,
   };
-  opts.onProgress?.({ ...progress });
+}
 
-  const reader = await readerP;
-  if (order.length === 0) await reader.close();
-  else {
-    const started = Date.now();
-    let readThisRun = 0;
-    let lastSave = Date.now();
-    let sinceSave = 0;
-    let saving: Promise<void> = Promise.resolve();
-    try {
-      let next = 0;
-      const worker = async (): Promise<void> => {
-        while (next < order.length) {
-          opts.signal?.throwIfAborted();
-          const i = order[next++];
-          const len = lengthOf(i);
-          if (opts.maxBytesPerSecond) {
-            readThisRun += len;
-            const due = started + (readThisRun / opts.maxBytesPerSecond) * 1000;
-            if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()));
-          }
-          const data = await reader.read(i * chunkSize, len);
-          stats.bytesRead += len;
-          let id: string | null = null;
-          if (!isZero(data)) {
-            const put = await repo.putChunk(data, undefined, { detach: true });
-            id = put.id;
-            if (put.uploaded) {
-              stats.chunksNew++;
-              stats.bytesNew += len;
-              stats.bytesUploaded += put.storedBytes;
-            }
-          }
-          chunks[i] = id;
-          cp.done[String(i)] = id;
-          progress.bytesDone += len;
-          progress.chunksDone++;
-          progress.bytesUploaded = stats.bytesUploaded;
-          opts.onProgress?.({ ...progress });
-          sinceSave++;
-          if (opts.checkpointFile && (sinceSave >= 8 || Date.now() - lastSave > 2000)) {
-            sinceSave = 0;
-            lastSave = Date.now();
-            const file = opts.checkpointFile;
-            saving = saving.then(() => saveCheckpoint(file, cp));
+/**
+ * Reads, seals and stores the chunks of `order` with `concurrency` workers (zero chunks are not stored), at most
+ * `maxBytesPerSecond`, stopping between chunks on `signal`; saves the checkpoint every 8 chunks or 2 s, and once at
+ * the end whatever happened. Closes the reader.
+ */
+async function copyChunks(run: ExportRun, reader: ImageReader, order: number[], progress: DiskProgress) {
+  const { repo, opts, chunks, cp, stats } = run;
+  const started = Date.now();
+  let readThisRun = 0;
+  let lastSave = Date.now();
+  let sinceSave = 0;
+  let saving: Promise<void> = Promise.resolve();
+  try {
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < order.length) {
+        opts.signal?.throwIfAborted();
+        const i = order[next++];
+        const len = run.lengthOf(i);
+        if (opts.maxBytesPerSecond) {
+          readThisRun += len;
+          const due = started + (readThisRun / opts.maxBytesPerSecond) * 1000;
+          if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()));
+        }
+        const data = await reader.read(i * run.chunkSize, len);
+        stats.bytesRead += len;
+        let id: string | null = null;
+        if (!isZero(data)) {
+          const put = await repo.putChunk(data, undefined, { detach: true });
+          id = put.id;
+          if (put.uploaded) {
+            stats.chunksNew++;
+            stats.bytesNew += len;
+            stats.bytesUploaded += put.storedBytes;
           }
         }
-      };
-      await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 6) }, () => worker()));
-    } finally {
-      await saving.catch(() => undefined);
-      if (opts.checkpointFile) await saveCheckpoint(opts.checkpointFile, cp).catch(() => undefined);
-      await reader.close();
-    }
+        chunks[i] = id;
+        cp.done[String(i)] = id;
+        progress.bytesDone += len;
+        progress.chunksDone++;
+        progress.bytesUploaded = stats.bytesUploaded;
+        opts.onProgress?.({ ...progress });
+        sinceSave++;
+        if (opts.checkpointFile && (sinceSave >= 8 || Date.now() - lastSave > 2000)) {
+          sinceSave = 0;
+          lastSave = Date.now();
+          const file = opts.checkpointFile;
+          saving = saving.then(() => saveCheckpoint(file, cp));
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 6) }, () => worker()));
+  } finally {
+    await saving.catch(() => undefined);
+    if (opts.checkpointFile) await saveCheckpoint(opts.checkpointFile, cp).catch(() => undefined);
+    await reader.close();
   }
+}
 
+/**
+ * Writes the disk manifest (every chunk listed), after indexing the chunks it names that the index did not (uploaded
+ * now, or found by a listing) so later exports dedup against them without listing the chunks; then drops the
+ * checkpoint.
+ */
+async function writeManifest(run: ExportRun): Promise<{ manifest: DiskManifest; manifestKey: string }> {
+  const { repo, opts, chunks, stats } = run;
   stats.chunksData = chunks.filter((c) => c !== null).length;
   const manifest: DiskManifest = {
     version: FORMAT_VERSION,
-    ...names,
+    ...opts.names,
     sourceFormat: opts.sourceFormat ?? opts.format,
     sourceImage: opts.image,
-    virtualSize,
-    chunkSize,
+    virtualSize: run.virtualSize,
+    chunkSize: run.chunkSize,
     chunks,
     stats,
   };
-  // The chunks this manifest names that the index did not (uploaded now, or found by a listing): indexed before the
-  // manifest names them, so later exports dedup against them without listing the chunks.
   await repo.indexChunks(chunks.filter((id): id is string => id !== null && !repo.isIndexed(id)));
   const manifestKey = await repo.writeDiskManifest(manifest);
   if (opts.checkpointFile) await rm(opts.checkpointFile, { force: true });
-  return { manifest, manifestKey, chunksResumed };
+  return { manifest, manifestKey };
 }

@@ -393,7 +393,7 @@ describe('restore from the repository on another hypervisor', () => {
       { group, snapshotId, repo: url, toHost: hostB, suffix: '-pruned', noNetwork: true },
       { keyFile },
     );
-    expect(result.status).toBe('completed');
+    expect(result.status).toBe('restored');
     await removeFromB(result.vms.map((v) => v.domain));
     repo.close();
   });
