@@ -6,12 +6,14 @@ import * as libvirt from '@groupsnap/libvirt';
 import { readDrillRecord } from '../activities/drill';
 import { snapshotGroup } from '../client';
 import { createDrillSchedule, lastDrill, runDrill } from '../client/drill';
-import { drillScheduleId } from '../common/drill';
+import { drillScheduleId, drillWorkflowId } from '../common/drill';
 import type { DrillResult } from '../common/drill';
 import { ensureGuestImage, workloadDomainXml } from '../dev/guest';
 import { storePoint } from './helpers/repo-point';
 import { startDrFixture, type DrFixture } from './helpers/dr-fixture';
 import { uniqueId } from './helpers/temporal';
+import { maybeRecordHistory } from './helpers/histories';
+import { repoRestoreWorkflowId } from '../common/repo-restore';
 import { CLI } from './helpers/worker-process';
 
 const run = promisify(execFile);
@@ -156,6 +158,7 @@ describe('DR drills of a repository point on another hypervisor', () => {
       timeoutMs: 3000,
     });
     expect(result.status).toBe('fail');
+    await maybeRecordHistory(fx.client, drillWorkflowId(group, result.drillId), 'drill-fail-torn-down');
     expect(result.error).toMatch(/not ready after 3000 ms: check exited 3: VMs: gs-drill-/);
     expect(await domainsOnB()).toEqual(domains);
     const repo = await fx.repo();
@@ -178,6 +181,9 @@ describe('DR drills of a repository point on another hypervisor', () => {
     });
     expect(result.error).toBeUndefined();
     expect(result.status).toBe('pass');
+    await maybeRecordHistory(fx.client, drillWorkflowId(group, result.drillId), 'drill-pass-check');
+    const restoreId = repoRestoreWorkflowId(group, result.drillId);
+    await maybeRecordHistory(fx.client, restoreId, 'drill-pass-check-restore');
   });
 
   it('runs on a Temporal Schedule: a triggered scheduled drill drills the latest point', async () => {

@@ -32,6 +32,7 @@ import { scopedHypervisor } from './helpers/scoped-hypervisor';
 import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
 import { WorkerProcess } from './helpers/worker-process';
 import { startHosts, type RunningHosts } from './helpers/workers';
+import { maybeRecordHistory } from './helpers/histories';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -139,6 +140,7 @@ describe('exports of group snapshots to S3 on real VMs', () => {
     const s1 = await snapshot(vms);
     const first = await exportGroupSnapshot(client, { group, snapshotId: s1.snapshotId, repository });
     expect(first.status).toBe('completed');
+    await maybeRecordHistory(client, first.workflowId, 'export-completed');
     const d1 = disksOf(first);
     for (const d of Object.values(d1)) {
       expect(d.stats.mode).toBe('full');
@@ -292,6 +294,7 @@ describe('exports of group snapshots to S3 on real VMs', () => {
       const err = await exportGroupSnapshot(client, { group, snapshotId: s.snapshotId, repository }).catch((e) => e);
       expect(err).toBeInstanceOf(ExportFailedError);
       expect(err.message).toMatch(/key does not open the repository/);
+      await maybeRecordHistory(client, err.result.workflowId, 'export-failed-wrong-key');
     } finally {
       process.env[REPO_KEY_FILE_ENV] = keyFile;
     }

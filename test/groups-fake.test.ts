@@ -24,6 +24,8 @@ import { FakeHost } from './helpers/fake-hosts';
 import { freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
 import { triggerAndWait, vmsOf } from './helpers/schedules';
 import { startHosts, type RunningHosts } from './helpers/workers';
+import { maybeRecordHistory } from './helpers/histories';
+import { restoreWorkflowId } from '../common/groups';
 
 /**
  * Groups, tags, "snapshot now", schedules with retention, deletion and restore, end to end through a real Temporal
@@ -243,6 +245,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
 
     const clones = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'clone', suffix: '-dr' });
     expect(clones.status).toBe('restored');
+    await maybeRecordHistory(client, restoreWorkflowId(name, s1.snapshotId, clones.restoreId), 'restore-group-clone');
     expect(clones.vms.map((v) => v.clone).sort()).toEqual([`${a}-dr`, `${b}-dr`].sort());
     expect(hostA.state(`${a}-dr`)).toBe('running');
     await rejects(deleteGroupSnapshot(client, name, s1.snapshotId), /clone/);
@@ -259,6 +262,11 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
       confirmInPlace: true,
     });
     expect(inPlace.status).toBe('restored');
+    await maybeRecordHistory(
+      client,
+      restoreWorkflowId(name, s1.snapshotId, inPlace.restoreId),
+      'restore-group-in-place',
+    );
     const vmA = s1.vms.find((v) => v.domain === a)!;
     const chain = hostA.chain(a);
     // The active layer is the restore's new overlay, right on top of the snapshot's image.
@@ -283,6 +291,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     const s1 = (await snapshotNamedGroup(client, name)).snapshot;
     const r = await restoreGroup(client, { group: name, snapshotId: s1.snapshotId, mode: 'clone', suffix: '-sl' });
     expect(r.status).toBe('restored');
+    await maybeRecordHistory(client, restoreWorkflowId(name, s1.snapshotId, r.restoreId), 'restore-group-socket-ports');
     const links = (host: FakeHost, vm: string) =>
       socketLinkPorts(host.hypervisor.domains.get(vm)!.definedXml!).map((l) => ({ ...l, key: `${l.type}:${l.role}` }));
     const ca = links(hostA, `${a}-sl`);
@@ -317,6 +326,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     for (let i = 0; i < 3; i++) hostB.hypervisor.failOn('define', undefined);
     const failed = await restoreGroup(client, { group: name, snapshotId: s1, mode: 'clone', suffix: '-x' });
     expect(failed.status).toBe('failed');
+    await maybeRecordHistory(client, restoreWorkflowId(name, s1, failed.restoreId), 'restore-group-clone-rolled-back');
     expect(failed.error).toMatch(/injected define failure/);
     expect(hostA.hypervisor.domains.has(`${a}-x`)).toBe(false);
     expect(hostB.hypervisor.domains.has(`${b}-x`)).toBe(false);
@@ -325,6 +335,7 @@ describe('groups, schedules, retention and restore (fake hypervisors, real Tempo
     for (let i = 0; i < 3; i++) hostB.hypervisor.failOn('start', b);
     const ip = await restoreGroup(client, { group: name, snapshotId: s1, mode: 'in-place', confirmInPlace: true });
     expect(ip.status).toBe('failed');
+    await maybeRecordHistory(client, restoreWorkflowId(name, s1, ip.restoreId), 'restore-group-in-place-rolled-back');
     expect(hostA.chain(a)).toEqual(chainA);
     expect(hostA.state(a)).toBe('running');
     expect(hostB.state(b)).toBe('running');

@@ -6,10 +6,11 @@ import { HISTORIES_DIR } from './helpers/histories';
 import { workflowBundle } from './helpers/workers';
 
 /**
- * Replays recorded group snapshot histories (completed, failed-and-compensated, cancelled) against the current
- * workflow code: a change that would break running workflows fails here. Re-record with
- * `GROUPSNAP_RECORD_HISTORIES=1 npx jest test/group-snapshot-fake.test.ts` when a change is meant to be breaking
- * (and version it with `patched()`).
+ * Replays recorded histories (group snapshots completed, failed-and-compensated, cancelled; group runs; local
+ * restores, restores from the repository, exports and drills, done and rolled back) against the current workflow
+ * code: a change that would break running workflows fails here. Re-record with
+ * `GROUPSNAP_RECORD_HISTORIES=1 npx jest <the test that calls maybeRecordHistory>` when a change is meant to be
+ * breaking (and version it with `patched()`).
  */
 describe('workflow determinism', () => {
   const files = readdirSync(HISTORIES_DIR).filter((f) => f.endsWith('.json'));

@@ -7,7 +7,7 @@ import { pathToFileURL } from 'node:url';
 import type { VmManifest } from '../backup/manifest';
 import { Repository } from '../backup/repository';
 import { createRepoRestoreActivities, restoredDiskPath } from '../activities/repo-restore';
-import type { RepoRestorePlanRequest } from '../common/repo-restore';
+import { repoRestoreWorkflowId, type RepoRestorePlanRequest } from '../common/repo-restore';
 import { BAD_INPUT } from '../common/failures';
 import { restoreFromRepo } from '../client/repo-restore';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -15,6 +15,7 @@ import { FakeHost } from './helpers/fake-hosts';
 import { storePoint } from './helpers/repo-point';
 import { connectTestClient, uniqueId } from './helpers/temporal';
 import { startHosts, type RunningHosts } from './helpers/workers';
+import { maybeRecordHistory } from './helpers/histories';
 
 /** A stored VM: one raw disk with data, a serial console file. */
 const domainXml = (name: string) => `<domain type='kvm'>
@@ -174,6 +175,8 @@ describe('restore from the repository: the host side (fake hypervisor)', () => {
         { keyFile },
       );
       expect(result.status).toBe('restored');
+      const workflowId = repoRestoreWorkflowId(group, result.restoreId);
+      await maybeRecordHistory(temporal.client, workflowId, 'repo-restore-define-retried');
       const vm = result.vms[0];
       expect(host.hypervisor.domains.get(vm.domain)?.uuid).toBe(vm.uuid);
       expect(statSync(vm.disks[0].file).mode & 0o777).toBe(0o600);
@@ -188,6 +191,8 @@ describe('restore from the repository: the host side (fake hypervisor)', () => {
       );
       // Something was made (and rolled back): a failed restore, not bad input.
       expect(result.status).toBe('failed');
+      const workflowId = repoRestoreWorkflowId(group, result.restoreId);
+      await maybeRecordHistory(temporal.client, workflowId, 'repo-restore-compensated');
       expect([...host.hypervisor.domains.keys()]).toEqual([]);
       for (const d of result.vms[0].disks) expect(existsSync(d.file)).toBe(false);
     });

@@ -2,9 +2,18 @@
  * How groupsnap's workflows call activities: one set of presets (timeouts and retries chosen per kind of work) for
  * every workflow, and the proxies of each host's own task queue.
  */
-import { ActivityCancellationType, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import {
+  ActivityCancellationType,
+  proxyActivities,
+  type ActivityOptions,
+  type RetryPolicy,
+} from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control-activities';
+import type { DrillActivities } from '../activities/drill';
+import type { ExportActivities } from '../activities/export-activities';
 import type { HostActivities } from '../activities/host-activities';
+import type { RepoRestoreActivities } from '../activities/repo-restore';
+import { REPO_KEY_MISSING } from '../common/backup-types';
 import { BAD_INPUT } from '../common/failures';
 import { hostTaskQueue } from '../common/names';
 
@@ -134,3 +143,106 @@ export const control = proxyActivities<ControlActivities>({
   startToCloseTimeout: '30s',
   retry: { maximumAttempts: 5, nonRetryableErrorTypes: [BAD_INPUT] },
 });
+
+/** Repository errors a retry cannot fix (backup/errors.ts), plus bad input and a host without a key. */
+const REPO_PERMANENT = [
+  BAD_INPUT,
+  REPO_KEY_MISSING,
+  'RepositoryInputError',
+  'RepositoryNotFoundError',
+  'BucketNotFoundError',
+  'StoreAccessDeniedError',
+  'WrongKeyError',
+  'PointNotFoundError',
+];
+
+/** S3 outages are retried with backoff for up to a day. */
+const REPO_WRITE_RETRY: RetryPolicy = {
+  initialInterval: '2s',
+  backoffCoefficient: 2,
+  maximumInterval: '1m',
+  nonRetryableErrorTypes: REPO_PERMANENT,
+};
+
+/** Steps of a restore from the repository: a few attempts; a damaged point is never retried. */
+const REPO_RESTORE_RETRY: RetryPolicy = {
+  maximumAttempts: 3,
+  initialInterval: '1s',
+  nonRetryableErrorTypes: [BAD_INPUT, 'DamagedPoint'],
+};
+
+/** Removing what a restore from the repository (or a drill) made: patient, every error retried. */
+const REPO_CLEANUP: ActivityOptions = {
+  startToCloseTimeout: '5m',
+  scheduleToCloseTimeout: '1h',
+  retry: { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '30s' },
+};
+
+/** Presets of the DR workflows (export, restore from the repository, drill), by kind of work. */
+export const DR_PRESETS = {
+  // One disk: long, heartbeating; a killed worker is noticed within the heartbeat timeout and the retry resumes
+  // from the host's checkpoint.
+  exportDisk: {
+    startToCloseTimeout: '12h',
+    heartbeatTimeout: '20s',
+    scheduleToCloseTimeout: '24h',
+    retry: REPO_WRITE_RETRY,
+  },
+  exportManifest: { startToCloseTimeout: '2m', scheduleToCloseTimeout: '24h', retry: REPO_WRITE_RETRY },
+  // A host without a worker is reported within seconds, not waited for.
+  restorePlan: { scheduleToStartTimeout: '15s', startToCloseTimeout: '2m', retry: REPO_RESTORE_RETRY },
+  // Rebuilding a disk moves its data: heartbeats tell a dead worker from a slow one.
+  restoreRebuild: {
+    scheduleToStartTimeout: '1m',
+    startToCloseTimeout: '6h',
+    heartbeatTimeout: '1m',
+    retry: REPO_RESTORE_RETRY,
+  },
+  restoreVm: { scheduleToStartTimeout: '1m', startToCloseTimeout: '2m', retry: REPO_RESTORE_RETRY },
+  restoreCleanup: REPO_CLEANUP,
+  drillRead: {
+    scheduleToStartTimeout: '1m',
+    startToCloseTimeout: '2m',
+    retry: { maximumAttempts: 3, nonRetryableErrorTypes: [BAD_INPUT] },
+  },
+} satisfies Record<string, ActivityOptions>;
+
+/** A drill's readiness wait: as long as the drill's own timeout, plus a minute. */
+export function drillWaitOptions(timeoutMs: number): ActivityOptions {
+  return {
+    scheduleToStartTimeout: '1m',
+    startToCloseTimeout: timeoutMs + 60_000,
+    heartbeatTimeout: '30s',
+    retry: { maximumAttempts: 2, nonRetryableErrorTypes: [BAD_INPUT, 'DrillNotReady'] },
+  };
+}
+
+/** A host's export activities (one disk, manifests). */
+export function onExportHost(hostId: string) {
+  const taskQueue = hostTaskQueue(hostId);
+  return {
+    disk: proxyActivities<ExportActivities>({ taskQueue, ...DR_PRESETS.exportDisk }),
+    manifest: proxyActivities<ExportActivities>({ taskQueue, ...DR_PRESETS.exportManifest }),
+  };
+}
+
+/** The target host's activities of a restore from the repository, per kind of work. */
+export function onRestoreTarget(hostId: string) {
+  const taskQueue = hostTaskQueue(hostId);
+  return {
+    plan: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.restorePlan }),
+    rebuild: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.restoreRebuild }),
+    vm: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.restoreVm }),
+    cleanup: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.restoreCleanup }),
+  };
+}
+
+/** A drill's activities on its target host: reads and the record, the readiness wait, the teardown. */
+export function onDrillHost(hostId: string, timeoutMs: number) {
+  const taskQueue = hostTaskQueue(hostId);
+  return {
+    host: proxyActivities<DrillActivities>({ taskQueue, ...DR_PRESETS.drillRead }),
+    waiting: proxyActivities<DrillActivities>({ taskQueue, ...drillWaitOptions(timeoutMs) }),
+    cleanup: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.restoreCleanup }),
+  };
+}

@@ -1,22 +1,32 @@
 import {
-  CancellationScope,
   executeChild,
   log,
-  proxyActivities,
   setCurrentDetails,
   upsertMemo,
   upsertSearchAttributes,
   uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { DrillActivities } from '../activities/drill';
-import type { RepoRestoreActivities } from '../activities/repo-restore';
 import { normalizeDrillInput, type DrillInput, type DrillReadiness, type DrillResult } from '../common/drill';
-import { hostTaskQueue } from '../common/names';
 import { repoRestoreWorkflowId, type RepoRestoreResult } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes';
 import { checked, errorMessage, rootType, BAD_INPUT, failure } from '../common/failures';
+import { onDrillHost } from './activity-options';
+import { Compensations } from './compensations';
 import { restoreFromRepo } from './repo-restore';
+
+/** The state of one drill: its input, the target's activities, the result, the restore and the teardown list. */
+interface DrillRun {
+  readonly input: ReturnType<typeof normalizeDrillInput>;
+  readonly drillId: string;
+  readonly started: number;
+  readonly on: ReturnType<typeof onDrillHost>;
+  readonly result: DrillResult;
+  /** The child restore's result (also that of a failed restore, from its failure's details). */
+  restore?: RepoRestoreResult;
+  /** Run on every outcome: the drill's clones never outlive it. */
+  readonly teardown: Compensations;
+}
 
 /**
  * A disaster-recovery drill of a group point: restores it from the repository on `toHost` as isolated clones (no
@@ -26,32 +36,31 @@ import { restoreFromRepo } from './repo-restore';
  */
 export async function drillGroup(rawInput: DrillInput): Promise<DrillResult> {
   const input = checked(() => normalizeDrillInput(rawInput));
+  const run = await startDrill(input);
+  try {
+    await restoreClones(run);
+    await waitReady(run);
+  } catch (err) {
+    run.result.error = errorMessage(err);
+    // Nothing was made: report bad input as such (the CLI exits 2).
+    if (rootType(err) === BAD_INPUT && !run.restore) throw failure('badInput', run.result.error);
+  } finally {
+    await run.teardown.run((what, e) => {
+      run.result.error = `${run.result.error ?? ''}; teardown of ${what}: ${errorMessage(e)}`;
+    });
+  }
+  return record(run);
+}
+
+/** Resolves the point (`latest`: the repository's newest) and the run's state. */
+async function startDrill(input: DrillRun['input']): Promise<DrillRun> {
   const drillId = input.drillId ?? `dr-${uuid4().slice(0, 8)}`;
-  const taskQueue = hostTaskQueue(input.toHost);
-  const host = proxyActivities<DrillActivities>({
-    taskQueue,
-    scheduleToStartTimeout: '1m',
-    startToCloseTimeout: '2m',
-    retry: { maximumAttempts: 3, nonRetryableErrorTypes: [BAD_INPUT] },
-  });
-  const waiting = proxyActivities<DrillActivities>({
-    taskQueue,
-    scheduleToStartTimeout: '1m',
-    startToCloseTimeout: input.timeoutMs + 60_000,
-    heartbeatTimeout: '30s',
-    retry: { maximumAttempts: 2, nonRetryableErrorTypes: [BAD_INPUT, 'DrillNotReady'] },
-  });
-  const cleanup = proxyActivities<RepoRestoreActivities>({
-    taskQueue,
-    startToCloseTimeout: '5m',
-    scheduleToCloseTimeout: '1h',
-    retry: { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '30s' },
-  });
+  const on = onDrillHost(input.toHost, input.timeoutMs);
   const readiness: DrillReadiness =
     input.serialLine !== undefined ? 'serial-line' : input.check !== undefined ? 'command' : 'running';
   const started = Date.now();
   const snapshotId =
-    input.point === 'latest' ? await host.repoLatestPoint({ repo: input.repo, group: input.group }) : input.point;
+    input.point === 'latest' ? await on.host.repoLatestPoint({ repo: input.repo, group: input.group }) : input.point;
   upsertSearchAttributes([
     { key: GroupsnapGroup, value: input.group },
     { key: GroupsnapSnapshotId, value: snapshotId },
@@ -66,79 +75,106 @@ export async function drillGroup(rawInput: DrillInput): Promise<DrillResult> {
     startedAt: new Date(started).toISOString(),
     vms: [],
   };
-  let restore: RepoRestoreResult | undefined;
+  return { input, drillId, started, on, result, teardown: new Compensations() };
+}
+
+/**
+ * The restore, as a child workflow: a failed (or cancelled) restore rolls itself back, so the clones' teardown is
+ * registered once it has completed.
+ */
+async function restoreClones(run: DrillRun): Promise<void> {
+  const { input, drillId, result } = run;
+  const { snapshotId } = result;
+  setCurrentDetails(`drill ${drillId}: restoring ${input.group} ${snapshotId} on ${input.toHost} as isolated clones`);
+  let restore: RepoRestoreResult;
   try {
-    setCurrentDetails(`drill ${drillId}: restoring ${input.group} ${snapshotId} on ${input.toHost} as isolated clones`);
-    try {
-      restore = await executeChild(restoreFromRepo, {
-        workflowId: repoRestoreWorkflowId(input.group, drillId),
-        taskQueue: workflowInfo().taskQueue,
-        args: [
-          {
-            group: input.group,
-            snapshotId,
-            repo: input.repo,
-            toHost: input.toHost,
-            mode: 'clone',
-            suffix: `-${drillId}`,
-            noNetwork: true,
-            restoreId: drillId,
-            ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
-          },
-        ],
-        staticSummary: `drill ${drillId}: restore ${input.group} ${snapshotId} on ${input.toHost}`,
-      });
-    } catch (err) {
-      // A failed restore was rolled back by the child; its result (if any) rides in the failure's details.
-      const details = (err as { cause?: { details?: unknown[] } }).cause?.details;
-      if (details?.[0]) restore = details[0] as RepoRestoreResult;
-      throw err;
-    }
-    result.restoreMs = Date.now() - started;
-    result.vms = restore.vms.map((v) => ({ source: v.source, clone: v.domain }));
-    setCurrentDetails(`drill ${drillId}: ${restore.vms.length} VMs running, waiting for ${readiness}`);
-    const ready = await waiting.waitReady({
-      domains: restore.vms.map((v) => v.domain),
-      readiness,
-      ...(input.serialLine !== undefined ? { serialLine: input.serialLine } : {}),
-      ...(input.check !== undefined ? { check: input.check } : {}),
-      timeoutMs: input.timeoutMs,
+    restore = await executeChild(restoreFromRepo, {
+      workflowId: repoRestoreWorkflowId(input.group, drillId),
+      taskQueue: workflowInfo().taskQueue,
+      args: [
+        {
+          group: input.group,
+          snapshotId,
+          repo: input.repo,
+          toHost: input.toHost,
+          mode: 'clone',
+          suffix: `-${drillId}`,
+          noNetwork: true,
+          restoreId: drillId,
+          ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
+        },
+      ],
+      staticSummary: `drill ${drillId}: restore ${input.group} ${snapshotId} on ${input.toHost}`,
     });
-    // A verdict ({ ready, reason }); runs recorded before verdicts returned { evidence } on success.
-    const verdict = ready as Partial<{ ready: boolean; reason: string; evidence: string[] }>;
-    if (verdict.ready === false) throw failure('drillNotReady', verdict.reason ?? 'not ready');
-    result.readyMs = Date.now() - started - result.restoreMs;
-    result.rtoMs = Date.now() - started;
-    result.evidence = verdict.evidence ?? [verdict.reason ?? 'ready'];
-    result.status = 'pass';
   } catch (err) {
-    result.error = errorMessage(err);
-    if (rootType(err) === BAD_INPUT && !restore) {
-      // Nothing was made: report bad input as such (the CLI exits 2).
-      throw failure('badInput', result.error);
-    }
-  } finally {
-    await CancellationScope.nonCancellable(async () => {
-      for (const v of restore?.status === 'restored' ? restore.vms : []) {
-        await cleanup.removeRestoredVm
-          .executeWithOptions({ summary: `tear down ${v.domain}` }, [
-            { domain: v.domain, ...(v.uuid ? { uuid: v.uuid } : {}), files: v.disks.map((d) => d.file) },
-          ])
-          .catch((e: unknown) => (result.error = `${result.error ?? ''}; teardown of ${v.domain}: ${errorMessage(e)}`));
-      }
-    });
+    // A failed restore was rolled back by the child; its result (if any) rides in the failure's details.
+    const details = (err as { cause?: { details?: unknown[] } }).cause?.details;
+    if (details?.[0]) run.restore = details[0] as RepoRestoreResult;
+    throw err;
   }
-  if (restore) result.restore = restore;
-  const { restore: _omit, ...record } = result;
-  await host.recordDrill({ repo: input.repo, record }).catch((e: unknown) => {
+  run.restore = restore;
+  registerTeardown(run, restore);
+  result.restoreMs = Date.now() - run.started;
+  result.vms = restore.vms.map((v) => ({ source: v.source, clone: v.domain }));
+}
+
+/**
+ * One teardown for all clones, removing them one at a time in the restore's order (the order recorded drills
+ * replay), each failure noted and the others still removed.
+ */
+function registerTeardown(run: DrillRun, restore: RepoRestoreResult): void {
+  run.teardown.add(`the clones of ${run.drillId}`, async () => {
+    for (const v of restore.status === 'restored' ? restore.vms : []) {
+      await run.on.cleanup.removeRestoredVm
+        .executeWithOptions({ summary: `tear down ${v.domain}` }, [
+          { domain: v.domain, ...(v.uuid ? { uuid: v.uuid } : {}), files: v.disks.map((d) => d.file) },
+        ])
+        .catch((e: unknown) => {
+          run.result.error = `${run.result.error ?? ''}; teardown of ${v.domain}: ${errorMessage(e)}`;
+        });
+    }
+  });
+}
+
+/** Waits for the clones to be ready; the verdict decides pass or fail. */
+async function waitReady(run: DrillRun): Promise<void> {
+  const { input, result, restore } = run;
+  setCurrentDetails(`drill ${run.drillId}: ${restore!.vms.length} VMs running, waiting for ${result.readiness}`);
+  const ready = await run.on.waiting.waitReady({
+    domains: restore!.vms.map((v) => v.domain),
+    readiness: result.readiness,
+    ...(input.serialLine !== undefined ? { serialLine: input.serialLine } : {}),
+    ...(input.check !== undefined ? { check: input.check } : {}),
+    timeoutMs: input.timeoutMs,
+  });
+  // A verdict ({ ready, reason }); runs recorded before verdicts returned { evidence } on success.
+  const verdict = ready as Partial<{ ready: boolean; reason: string; evidence: string[] }>;
+  if (verdict.ready === false) throw failure('drillNotReady', verdict.reason ?? 'not ready');
+  result.readyMs = Date.now() - run.started - result.restoreMs!;
+  result.rtoMs = Date.now() - run.started;
+  result.evidence = verdict.evidence ?? [verdict.reason ?? 'ready'];
+  result.status = 'pass';
+}
+
+/** Records the verdict beside the point in the repository (best effort), in the memo and the UI. */
+async function record(run: DrillRun): Promise<DrillResult> {
+  const { input, result, drillId } = run;
+  if (run.restore) result.restore = run.restore;
+  const { restore: _omit, ...rec } = result;
+  await run.on.host.recordDrill({ repo: input.repo, record: rec }).catch((e: unknown) => {
     result.recordError = errorMessage(e);
     log.warn('drill record not written to the repository', { error: result.recordError });
   });
   upsertMemo({
-    lastDrill: { status: result.status, rtoMs: result.rtoMs ?? null, snapshotId, error: result.error ?? null },
+    lastDrill: {
+      status: result.status,
+      rtoMs: result.rtoMs ?? null,
+      snapshotId: result.snapshotId,
+      error: result.error ?? null,
+    },
   });
   setCurrentDetails(
-    `drill ${drillId} of ${input.group} ${snapshotId} on ${input.toHost}: **${result.status}**` +
+    `drill ${drillId} of ${input.group} ${result.snapshotId} on ${input.toHost}: **${result.status}**` +
       (result.rtoMs !== undefined ? `, ready in ${(result.rtoMs / 1000).toFixed(1)} s` : '') +
       (result.error ? ` (${result.error})` : ''),
   );

@@ -3,63 +3,27 @@ import {
   defineSignal,
   log,
   metricMeter,
-  proxyActivities,
   setCurrentDetails,
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { ExportActivities } from '../activities/export-activities';
 import {
-  REPO_KEY_MISSING,
   type DiskProgressReport,
   type ExportDiskReport,
   type ExportInput,
   type ExportResult,
 } from '../common/backup-types';
 import { sumStats } from '../common/repository-manifest';
-import { groupSnapshotsIn } from '../common/groups';
+import { groupSnapshotsIn, type GroupSnapshotListing } from '../common/groups';
 import { METRICS } from '../common/metrics';
-import { hostTaskQueue } from '../common/names';
 import { assertSafeName } from '../common/validation';
-import { checked, errorMessage, BAD_INPUT, BadInputError, failure } from '../common/failures';
+import { checked, errorMessage, BadInputError, failure } from '../common/failures';
+import { onExportHost } from './activity-options';
 import { takeInventory } from './inventory';
-
-/** Repository errors a retry cannot fix (backup/errors.ts), plus bad input and a host without a key. */
-const PERMANENT = [
-  BAD_INPUT,
-  REPO_KEY_MISSING,
-  'RepositoryInputError',
-  'RepositoryNotFoundError',
-  'BucketNotFoundError',
-  'StoreAccessDeniedError',
-  'WrongKeyError',
-  'PointNotFoundError',
-];
 
 /** Live per-disk progress of the export (also shown as the workflow's current details). */
 export const exportProgressQuery = defineQuery<DiskProgressReport[]>('exportProgress');
 export const exportProgressSignal = defineSignal<[DiskProgressReport]>('exportProgress');
-
-function onHostExport(host: string) {
-  const taskQueue = hostTaskQueue(host);
-  return {
-    // One disk: long, heartbeating; a killed worker is noticed within the heartbeat timeout and the retry resumes
-    // from the host's checkpoint. S3 outages are retried with backoff for up to a day.
-    disk: proxyActivities<ExportActivities>({
-      taskQueue,
-      startToCloseTimeout: '12h',
-      heartbeatTimeout: '20s',
-      scheduleToCloseTimeout: '24h',
-      retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '1m', nonRetryableErrorTypes: PERMANENT },
-    }),
-    manifest: proxyActivities<ExportActivities>({
-      taskQueue,
-      startToCloseTimeout: '2m',
-      scheduleToCloseTimeout: '24h',
-      retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '1m', nonRetryableErrorTypes: PERMANENT },
-    }),
-  };
-}
 
 const gib = (n: number): string => `${(n / 1024 ** 3).toFixed(2)} GiB`;
 const mib = (n: number): string => `${(n / 1024 ** 2).toFixed(1)} MiB`;
@@ -79,14 +43,42 @@ function details(input: ExportInput, progress: Map<string, DiskProgressReport>, 
   ].join('\n');
 }
 
+/** The state of one export: input, where the snapshot lives, per-disk progress and reports, the result. */
+interface ExportRun {
+  readonly input: ExportInput;
+  readonly started: number;
+  readonly progress: Map<string, DiskProgressReport>;
+  phase: string;
+  listing?: GroupSnapshotListing;
+  vms: GroupSnapshotListing['vms'];
+  readonly reports: Map<string, ExportDiskReport | { target: string; error: string }>;
+  result?: ExportResult;
+}
+
 /**
  * Exports one group snapshot to a repository: one activity per disk on its VM's host (in parallel, bounded), then
  * each VM's manifest, then the group manifest, last, so a point is either complete or absent. Runs after the
- * group was resumed (never inside a freeze). The repository key stays on the hosts.
+ * group was resumed (never inside a freeze). The repository key stays on the hosts. Nothing is compensated: until
+ * the group manifest is written the point does not exist, and the chunks already uploaded are shared (deduplicated)
+ * data that a later export reuses.
  */
 export async function exportGroupSnapshot(input: ExportInput): Promise<ExportResult> {
-  const started = Date.now();
-  const workflowId = workflowInfo().workflowId;
+  checkExportInput(input);
+  const run: ExportRun = { input, started: Date.now(), progress: new Map(), phase: '', vms: [], reports: new Map() };
+  watchProgress(run);
+  await findSnapshot(run);
+  const firstError = await exportDisks(run);
+  const result = exportResult(run);
+  if (firstError) failExport(run, firstError);
+  try {
+    await writeManifests(run, result);
+    return result;
+  } catch (err) {
+    return failExport(run, err);
+  }
+}
+
+function checkExportInput(input: ExportInput): void {
   checked(() => {
     assertSafeName('group name', input.group);
     assertSafeName('snapshot id', input.snapshotId);
@@ -94,20 +86,29 @@ export async function exportGroupSnapshot(input: ExportInput): Promise<ExportRes
       throw new BadInputError(`repository must be an s3:// or file:// URL, not ${JSON.stringify(input.repository)}`);
     }
   });
+}
 
-  const progress = new Map<string, DiskProgressReport>();
-  let phase = 'finding the snapshot';
-  const show = () => setCurrentDetails(details(input, progress, phase));
-  setHandler(exportProgressQuery, () => [...progress.values()]);
+function show(run: ExportRun, phase?: string): void {
+  if (phase !== undefined) run.phase = phase;
+  setCurrentDetails(details(run.input, run.progress, run.phase));
+}
+
+/** The progress query and the hosts' progress signal (only disks of this export are taken). */
+function watchProgress(run: ExportRun): void {
+  run.phase = 'finding the snapshot';
+  setHandler(exportProgressQuery, () => [...run.progress.values()]);
   setHandler(exportProgressSignal, (p) => {
     const key = `${p.domain}/${p.target}`;
-    if (!progress.has(key)) return;
-    progress.set(key, p);
-    show();
+    if (!run.progress.has(key)) return;
+    run.progress.set(key, p);
+    show(run);
   });
-  show();
+  show(run);
+}
 
-  // Where the snapshot lives: every host's catalog.
+/** Where the snapshot lives: every host's catalog (all must answer unless the VMs are named). */
+async function findSnapshot(run: ExportRun): Promise<void> {
+  const { input } = run;
   const inventory = await takeInventory(input.vms ? [...new Set(input.vms.map((v) => v.host))] : undefined);
   const listing = groupSnapshotsIn(inventory, input.group).find((l) => l.snapshotId === input.snapshotId);
   const vms = (listing?.vms ?? []).filter(
@@ -127,22 +128,24 @@ export async function exportGroupSnapshot(input: ExportInput): Promise<ExportRes
       `cannot export ${input.snapshotId}: host(s) ${inventory.unreachable.map((u) => u.host).join(', ')} did not answer`,
     );
   }
-
+  run.listing = listing;
+  run.vms = vms;
   for (const v of vms)
     for (const d of v.disks)
-      progress.set(`${v.domain}/${d.target}`, {
+      run.progress.set(`${v.domain}/${d.target}`, {
         domain: v.domain,
         target: d.target,
         bytesDone: 0,
         bytesTotal: 0,
         bytesUploaded: 0,
       });
-  phase = `exporting ${progress.size} disk(s) of ${vms.length} VM(s)`;
-  show();
+  show(run, `exporting ${run.progress.size} disk(s) of ${vms.length} VM(s)`);
+}
 
-  // Disks, a bounded number at a time across the group.
-  const reports = new Map<string, ExportDiskReport | { target: string; error: string }>();
-  const queue = vms.flatMap((v) => v.disks.map((d) => ({ vm: v, target: d.target })));
+/** Disks, a bounded number at a time across the group. Returns the first failure (every disk is still tried). */
+async function exportDisks(run: ExportRun): Promise<unknown> {
+  const { input, reports, progress } = run;
+  const queue = run.vms.flatMap((v) => v.disks.map((d) => ({ vm: v, target: d.target })));
   const limit = Math.max(1, input.parallelDisks ?? 4);
   let next = 0;
   let firstError: unknown;
@@ -150,7 +153,7 @@ export async function exportGroupSnapshot(input: ExportInput): Promise<ExportRes
     while (next < queue.length) {
       const { vm, target } = queue[next++];
       try {
-        const r = await onHostExport(vm.host).disk.exportVmDisk.executeWithOptions(
+        const r = await onExportHost(vm.host).disk.exportVmDisk.executeWithOptions(
           { summary: `export ${vm.domain}/${target} on ${vm.host}` },
           [
             {
@@ -171,7 +174,7 @@ export async function exportGroupSnapshot(input: ExportInput): Promise<ExportRes
           bytesTotal: r.stats.bytesRead,
           bytesUploaded: r.stats.bytesUploaded,
         });
-        show();
+        show(run);
       } catch (err) {
         firstError ??= err;
         reports.set(`${vm.domain}/${target}`, { target, error: errorMessage(err) });
@@ -179,90 +182,91 @@ export async function exportGroupSnapshot(input: ExportInput): Promise<ExportRes
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, queue.length) }, () => lane()));
+  return firstError;
+}
 
-  const result: ExportResult = {
-    workflowId,
+function exportResult(run: ExportRun): ExportResult {
+  const { input, reports } = run;
+  run.result = {
+    workflowId: workflowInfo().workflowId,
     group: input.group,
     snapshotId: input.snapshotId,
     repository: input.repository,
     status: 'failed',
-    vms: vms.map((v) => ({
+    vms: run.vms.map((v) => ({
       domain: v.domain,
       host: v.host,
       disks: v.disks.map((d) => reports.get(`${v.domain}/${d.target}`) ?? { target: d.target, error: 'not exported' }),
     })),
     durationMs: 0,
   };
-  const fail = (err: unknown): never => {
-    result.error = errorMessage(err);
-    result.durationMs = Date.now() - started;
-    phase = `failed: ${result.error}`;
-    show();
-    log.warn('export failed', { group: input.group, snapshotId: input.snapshotId, error: result.error });
-    throw failure('exportFailed', result.error, result);
-  };
-  if (firstError) fail(firstError);
+  return run.result;
+}
 
-  phase = 'writing manifests';
-  show();
-  try {
-    const entries = await Promise.all(
-      vms.map(async (v) => {
-        const disks = v.disks.map((d) => reports.get(`${v.domain}/${d.target}`) as ExportDiskReport);
-        const manifest = await onHostExport(v.host).manifest.writeVmManifest.executeWithOptions(
-          { summary: `write manifest of ${v.domain} on ${v.host}` },
-          [
-            {
-              repository: input.repository,
-              group: input.group,
-              snapshotId: input.snapshotId,
-              domain: v.domain,
-              disks: disks.map((r) => ({
-                target: r.target,
-                manifest: r.manifestKey,
-                virtualSize: r.virtualSize,
-                sourceFormat: r.sourceFormat,
-                sourceImage: r.sourceImage,
-                stats: r.stats,
-              })),
-            },
-          ],
-        );
-        return {
-          domain: v.domain,
-          host: v.host,
-          manifest,
-          disks: disks.map((r) => ({ target: r.target, virtualSize: r.virtualSize })),
-        };
-      }),
-    );
-    const all = [...reports.values()] as ExportDiskReport[];
-    const stats = sumStats(all);
-    // The group manifest last, from the first VM's host (any host with the key would do).
-    await onHostExport(vms[0].host).manifest.writeGroupManifest.executeWithOptions(
-      { summary: `write group manifest of ${input.snapshotId}` },
-      [
-        {
-          repository: input.repository,
-          group: input.group,
-          snapshotId: input.snapshotId,
-          ...(listing.label !== undefined ? { label: listing.label } : {}),
-          snapshotCreatedAt: listing.createdAt,
-          vms: entries,
-          stats,
-        },
-      ],
-    );
-    result.status = 'completed';
-    result.durationMs = Date.now() - started;
-    result.stats = { ...stats, dedupRatio: stats.chunksData / Math.max(1, stats.chunksNew) };
-    recordExport(input.group, result);
-    phase = `completed in ${(result.durationMs / 1000).toFixed(1)} s: ${gib(stats.bytesRead)} read, ${mib(stats.bytesUploaded)} uploaded`;
-    show();
-    return result;
-  } catch (err) {
-    return fail(err);
-  }
+function failExport(run: ExportRun, err: unknown): never {
+  const result = run.result!;
+  result.error = errorMessage(err);
+  result.durationMs = Date.now() - run.started;
+  show(run, `failed: ${result.error}`);
+  log.warn('export failed', { group: run.input.group, snapshotId: run.input.snapshotId, error: result.error });
+  throw failure('exportFailed', result.error, result);
+}
+
+/** Each VM's manifest (in parallel, on its host), then the group manifest last: the point now exists. */
+async function writeManifests(run: ExportRun, result: ExportResult): Promise<void> {
+  const { input, reports, vms } = run;
+  const listing = run.listing!;
+  show(run, 'writing manifests');
+  const entries = await Promise.all(
+    vms.map(async (v) => {
+      const disks = v.disks.map((d) => reports.get(`${v.domain}/${d.target}`) as ExportDiskReport);
+      const manifest = await onExportHost(v.host).manifest.writeVmManifest.executeWithOptions(
+        { summary: `write manifest of ${v.domain} on ${v.host}` },
+        [
+          {
+            repository: input.repository,
+            group: input.group,
+            snapshotId: input.snapshotId,
+            domain: v.domain,
+            disks: disks.map((r) => ({
+              target: r.target,
+              manifest: r.manifestKey,
+              virtualSize: r.virtualSize,
+              sourceFormat: r.sourceFormat,
+              sourceImage: r.sourceImage,
+              stats: r.stats,
+            })),
+          },
+        ],
+      );
+      const sizes = disks.map((r) => ({ target: r.target, virtualSize: r.virtualSize }));
+      return { domain: v.domain, host: v.host, manifest, disks: sizes };
+    }),
+  );
+  const stats = sumStats([...reports.values()] as ExportDiskReport[]);
+  // The group manifest last, from the first VM's host (any host with the key would do).
+  await onExportHost(vms[0].host).manifest.writeGroupManifest.executeWithOptions(
+    { summary: `write group manifest of ${input.snapshotId}` },
+    [
+      {
+        repository: input.repository,
+        group: input.group,
+        snapshotId: input.snapshotId,
+        ...(listing.label !== undefined ? { label: listing.label } : {}),
+        snapshotCreatedAt: listing.createdAt,
+        vms: entries,
+        stats,
+      },
+    ],
+  );
+  result.status = 'completed';
+  result.durationMs = Date.now() - run.started;
+  result.stats = { ...stats, dedupRatio: stats.chunksData / Math.max(1, stats.chunksNew) };
+  recordExport(input.group, result);
+  show(
+    run,
+    `completed in ${(result.durationMs / 1000).toFixed(1)} s: ${gib(stats.bytesRead)} read, ${mib(stats.bytesUploaded)} uploaded`,
+  );
 }
 
 /** Export metrics, through the workflow meter (emitted once per run, never on replay). */

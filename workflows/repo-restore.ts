@@ -1,59 +1,31 @@
-import {
-  CancellationScope,
-  log,
-  proxyActivities,
-  setCurrentDetails,
-  upsertSearchAttributes,
-  uuid4,
-} from '@temporalio/workflow';
-import type { RepoRestoreActivities } from '../activities/repo-restore';
-import { hostTaskQueue } from '../common/names';
+import { log, setCurrentDetails, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import {
   normalizeRepoRestoreInput,
+  type NormalizedRepoRestoreInput,
   type RepoRestoreInput,
+  type RepoRestorePlan,
   type RepoRestoreResult,
   type RepoRestoreVmResult,
 } from '../common/repo-restore';
 import { GroupsnapGroup, GroupsnapSnapshotId, GroupsnapVmCount } from '../common/search-attributes';
 import { checked, errorMessage, rootType, BAD_INPUT, failure } from '../common/failures';
+import { onRestoreTarget } from './activity-options';
+import { Compensations } from './compensations';
 
-/** The target host's restore activities, with timeouts per kind of work. */
-function onTarget(hostId: string) {
-  const taskQueue = hostTaskQueue(hostId);
-  const retry = {
-    maximumAttempts: 3,
-    initialInterval: '1s' as const,
-    nonRetryableErrorTypes: [BAD_INPUT, 'DamagedPoint'],
-  };
-  return {
-    // A host without a worker is reported within seconds, not waited for.
-    plan: proxyActivities<RepoRestoreActivities>({
-      taskQueue,
-      scheduleToStartTimeout: '15s',
-      startToCloseTimeout: '2m',
-      retry,
-    }),
-    // Rebuilding a disk moves its data: heartbeats tell a dead worker from a slow one.
-    rebuild: proxyActivities<RepoRestoreActivities>({
-      taskQueue,
-      scheduleToStartTimeout: '1m',
-      startToCloseTimeout: '6h',
-      heartbeatTimeout: '1m',
-      retry,
-    }),
-    vm: proxyActivities<RepoRestoreActivities>({
-      taskQueue,
-      scheduleToStartTimeout: '1m',
-      startToCloseTimeout: '2m',
-      retry,
-    }),
-    cleanup: proxyActivities<RepoRestoreActivities>({
-      taskQueue,
-      startToCloseTimeout: '5m',
-      scheduleToCloseTimeout: '1h',
-      retry: { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '30s' },
-    }),
-  };
+/** The state of one restore from the repository: its input, the target's activities, the result, the undo list. */
+interface RepoRestoreRun {
+  readonly input: NormalizedRepoRestoreInput;
+  readonly restoreId: string;
+  readonly suffix: string;
+  readonly started: number;
+  readonly target: ReturnType<typeof onRestoreTarget>;
+  readonly result: RepoRestoreResult;
+  readonly undo: Compensations;
+  /**
+   * Whether a step on the target completed (a disk written, a VM defined): a failure is then no longer "bad input,
+   * nothing changed" (CLI exit 2), even when rolled back.
+   */
+  changed: boolean;
 }
 
 /**
@@ -61,38 +33,61 @@ function onTarget(hostId: string) {
  * readable with the host's key, names free, space enough: refused before anything is written), rebuilds every
  * disk from its chunks, defines every VM from its stored XML (clones: new names, UUIDs and MACs; as the original:
  * same identity), starts them all paused, then resumes them together. On any failure (or cancellation) every VM
- * and file it made is removed again.
+ * and file it made is removed again (the compensations, newest first).
  */
 export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoRestoreResult> {
-  const input = checked(() => normalizeRepoRestoreInput(rawInput));
-  const started = Date.now();
+  const run = startRun(checked(() => normalizeRepoRestoreInput(rawInput)));
+  const plan = await planRestore(run);
+  try {
+    await rebuildDisks(run, plan);
+    await defineVms(run, plan);
+    if (run.input.start) await startTogether(run, plan);
+    else for (const v of run.result.vms) v.state = 'shutoff';
+    return finish(run, plan);
+  } catch (err) {
+    await run.undo.run((what, undoErr) => {
+      const vm = vmResult(run, what);
+      vm.error = `${vm.error ?? ''}; rollback failed: ${errorMessage(undoErr)}`;
+    });
+    throw rolledBack(run, err);
+  }
+}
+
+function startRun(input: NormalizedRepoRestoreInput): RepoRestoreRun {
   const restoreId = input.restoreId ?? `rr-${uuid4().slice(0, 8)}`;
-  const suffix = input.suffix ?? `-${restoreId}`;
   const { group, snapshotId, repo, toHost, mode } = input;
   upsertSearchAttributes([
     { key: GroupsnapGroup, value: group },
     { key: GroupsnapSnapshotId, value: snapshotId },
   ]);
-  const target = onTarget(toHost);
-  const result: RepoRestoreResult = {
+  return {
+    input,
     restoreId,
-    group,
-    snapshotId,
-    repo,
-    toHost,
-    mode,
-    status: 'restored',
-    vms: [],
-    bytesWritten: 0,
+    suffix: input.suffix ?? `-${restoreId}`,
+    started: Date.now(),
+    target: onRestoreTarget(toHost),
+    result: { restoreId, group, snapshotId, repo, toHost, mode, status: 'restored', vms: [], bytesWritten: 0 },
+    undo: new Compensations(),
+    changed: false,
   };
+}
+
+function vmResult(run: RepoRestoreRun, domain: string): RepoRestoreVmResult {
+  return run.result.vms.find((v) => v.domain === domain)!;
+}
+
+/** Plans on the target: nothing is written yet, so a refusal leaves nothing to undo. */
+async function planRestore(run: RepoRestoreRun): Promise<RepoRestorePlan> {
+  const { input, result } = run;
+  const { group, snapshotId, repo, toHost, mode } = input;
   setCurrentDetails(`planning the restore of ${group} ${snapshotId} on ${toHost}`);
-  const plan = await target.plan.repoRestorePlan({
+  const plan = await run.target.plan.repoRestorePlan({
     repo,
     group,
     snapshotId,
-    restoreId,
+    restoreId: run.restoreId,
     mode,
-    suffix,
+    suffix: run.suffix,
     format: input.format,
     // The stored definitions are checked here, before any disk is written (refused: bad input, nothing made).
     networkMap: input.networkMap,
@@ -107,108 +102,126 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
     disks: v.disks.map((d) => ({ target: d.target, file: d.file, format: d.format, virtualSize: d.virtualSize })),
     ...(v.removed?.length ? { removed: v.removed } : {}),
   }));
-  const vmResult = (domain: string) => result.vms.find((v) => v.domain === domain)!;
-  // What was (or may have been) made, by VM: compensation removes it, newest first.
-  const made: { domain: string; uuid?: string; files: string[] }[] = [];
-  // Whether a step on the target completed (a disk written, a VM defined): a failure is then no longer "bad input,
-  // nothing changed" (CLI exit 2), even when rolled back.
-  let changed = false;
-  try {
-    let done = 0;
-    const total = plan.vms.reduce((n, v) => n + v.disks.length, 0);
-    setCurrentDetails(`rebuilding ${total} disks (${plan.bytesNeeded} bytes of data) on ${toHost}`);
-    // The plan's UUID (plans since UUIDs are planned): compensation removes the VM even if define's completion is lost.
-    for (const v of plan.vms)
-      made.push({ domain: v.domain, ...(v.uuid ? { uuid: v.uuid } : {}), files: v.disks.map((d) => d.file) });
-    await Promise.all(
-      plan.vms.flatMap((v) =>
-        v.disks.map(async (d) => {
-          try {
-            const r = await target.rebuild.rebuildDisk.executeWithOptions(
-              { summary: `rebuild ${v.domain} ${d.target} from the repository` },
-              [{ repo, group, snapshotId, domain: v.source, target: d.target, file: d.file, format: d.format }],
-            );
-            changed = true;
-            vmResult(v.domain).disks.find((x) => x.target === d.target)!.bytesWritten = r.bytesWritten;
-            result.bytesWritten += r.bytesWritten;
-            setCurrentDetails(`rebuilt ${++done}/${total} disks on ${toHost}`);
-          } catch (err) {
-            vmResult(v.domain).error = errorMessage(err);
-            throw err;
-          }
-        }),
-      ),
-    );
-    for (const v of plan.vms) {
-      const defined = await target.vm.defineRestoredVm.executeWithOptions({ summary: `define ${v.domain}` }, [
-        {
-          repo,
-          group,
-          snapshotId,
-          restoreId,
-          vm: v,
-          mode,
-          networkMap: input.networkMap,
-          noNetwork: input.noNetwork,
-          ...(plan.virtType ? { virtType: plan.virtType } : {}),
-          // Fresh socket-link ports chosen by the plan on the target, the same map for every VM (clones only).
-          ...(plan.socketPorts && mode === 'clone' ? { socketPorts: plan.socketPorts } : {}),
-          ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
-        },
-      ]);
-      changed = true;
-      made.find((m) => m.domain === v.domain)!.uuid = defined.uuid;
-      vmResult(v.domain).uuid = defined.uuid;
-    }
-    if (input.start) {
-      // Every VM starts paused first, so the group comes up together, or not at all.
-      setCurrentDetails(`starting ${plan.vms.length} VMs paused on ${toHost}`);
-      await Promise.all(
-        plan.vms.map(async (v) => {
-          try {
-            vmResult(v.domain).state = await target.vm.startRestoredVm.executeWithOptions(
-              { summary: `start ${v.domain} paused` },
-              [{ domain: v.domain, paused: true }],
-            );
-          } catch (err) {
-            vmResult(v.domain).error = errorMessage(err);
-            throw err;
-          }
-        }),
-      );
-      await Promise.all(
-        plan.vms.map(async (v) => {
-          vmResult(v.domain).state = await target.vm.resumeRestoredVm.executeWithOptions(
-            { summary: `resume ${v.domain}` },
-            [{ domain: v.domain }],
-          );
-        }),
-      );
-    } else {
-      for (const v of result.vms) v.state = 'shutoff';
-    }
-    result.durationMs = Date.now() - started;
-    setCurrentDetails(`restored ${plan.vms.length} VMs of ${group} ${snapshotId} on ${toHost}`);
-    log.info('group restored from the repository', { group, snapshotId, toHost, restoreId, vms: plan.vms.length });
-    return result;
-  } catch (err) {
-    await CancellationScope.nonCancellable(async () => {
-      for (const m of [...made].reverse()) {
-        try {
-          await target.cleanup.removeRestoredVm.executeWithOptions({ summary: `remove ${m.domain}` }, [m]);
-        } catch (undoErr) {
-          const vm = vmResult(m.domain);
-          vm.error = `${vm.error ?? ''}; rollback failed: ${errorMessage(undoErr)}`;
-        }
-      }
+  return plan;
+}
+
+/**
+ * Registers each VM's removal (its files, and its definition by the plan's UUID, so it is removed even if define's
+ * completion is lost), then rebuilds every disk from its chunks, all in parallel.
+ */
+async function rebuildDisks(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<void> {
+  const { repo, group, snapshotId, toHost } = run.input;
+  for (const v of plan.vms) {
+    const made: { domain: string; uuid?: string; files: string[] } = {
+      domain: v.domain,
+      ...(v.uuid ? { uuid: v.uuid } : {}),
+      files: v.disks.map((d) => d.file),
+    };
+    // The definition's UUID is added once it is known (defineVms), before any compensation can run.
+    run.undo.add(v.domain, async () => {
+      const defined = vmResult(run, v.domain).uuid;
+      if (defined !== undefined) made.uuid = defined;
+      await run.target.cleanup.removeRestoredVm.executeWithOptions({ summary: `remove ${v.domain}` }, [made]);
     });
-    result.status = 'failed';
-    result.error = errorMessage(err);
-    for (const v of result.vms) delete v.state;
-    throw failure(
-      rootType(err) === BAD_INPUT && !changed ? 'badInput' : 'restoreFailed',
-      `restore of ${group} ${snapshotId} on ${toHost} failed and was rolled back: ${result.error}`,
-      result,
-    );
   }
+  let done = 0;
+  const total = plan.vms.reduce((n, v) => n + v.disks.length, 0);
+  setCurrentDetails(`rebuilding ${total} disks (${plan.bytesNeeded} bytes of data) on ${toHost}`);
+  await Promise.all(
+    plan.vms.flatMap((v) =>
+      v.disks.map(async (d) => {
+        try {
+          const r = await run.target.rebuild.rebuildDisk.executeWithOptions(
+            { summary: `rebuild ${v.domain} ${d.target} from the repository` },
+            [{ repo, group, snapshotId, domain: v.source, target: d.target, file: d.file, format: d.format }],
+          );
+          run.changed = true;
+          vmResult(run, v.domain).disks.find((x) => x.target === d.target)!.bytesWritten = r.bytesWritten;
+          run.result.bytesWritten += r.bytesWritten;
+          setCurrentDetails(`rebuilt ${++done}/${total} disks on ${toHost}`);
+        } catch (err) {
+          vmResult(run, v.domain).error = errorMessage(err);
+          throw err;
+        }
+      }),
+    ),
+  );
+}
+
+/** Defines every VM from its stored XML, one at a time. */
+async function defineVms(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<void> {
+  const { input, restoreId } = run;
+  for (const v of plan.vms) {
+    const defined = await run.target.vm.defineRestoredVm.executeWithOptions({ summary: `define ${v.domain}` }, [
+      {
+        repo: input.repo,
+        group: input.group,
+        snapshotId: input.snapshotId,
+        restoreId,
+        vm: v,
+        mode: input.mode,
+        networkMap: input.networkMap,
+        noNetwork: input.noNetwork,
+        ...(plan.virtType ? { virtType: plan.virtType } : {}),
+        // Fresh socket-link ports chosen by the plan on the target, the same map for every VM (clones only).
+        ...(plan.socketPorts && input.mode === 'clone' ? { socketPorts: plan.socketPorts } : {}),
+        ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
+      },
+    ]);
+    run.changed = true;
+    vmResult(run, v.domain).uuid = defined.uuid;
+  }
+}
+
+/** Every VM starts paused first, so the group comes up together, or not at all. */
+async function startTogether(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<void> {
+  const { vm } = run.target;
+  setCurrentDetails(`starting ${plan.vms.length} VMs paused on ${run.input.toHost}`);
+  await Promise.all(
+    plan.vms.map(async (v) => {
+      try {
+        vmResult(run, v.domain).state = await vm.startRestoredVm.executeWithOptions(
+          { summary: `start ${v.domain} paused` },
+          [{ domain: v.domain, paused: true }],
+        );
+      } catch (err) {
+        vmResult(run, v.domain).error = errorMessage(err);
+        throw err;
+      }
+    }),
+  );
+  await Promise.all(
+    plan.vms.map(async (v) => {
+      vmResult(run, v.domain).state = await vm.resumeRestoredVm.executeWithOptions({ summary: `resume ${v.domain}` }, [
+        { domain: v.domain },
+      ]);
+    }),
+  );
+}
+
+function finish(run: RepoRestoreRun, plan: RepoRestorePlan): RepoRestoreResult {
+  const { group, snapshotId, toHost } = run.input;
+  run.result.durationMs = Date.now() - run.started;
+  setCurrentDetails(`restored ${plan.vms.length} VMs of ${group} ${snapshotId} on ${toHost}`);
+  log.info('group restored from the repository', {
+    group,
+    snapshotId,
+    toHost,
+    restoreId: run.restoreId,
+    vms: plan.vms.length,
+  });
+  return run.result;
+}
+
+/** The failure of a rolled-back restore, its result in the details; bad input only when nothing was changed. */
+function rolledBack(run: RepoRestoreRun, err: unknown) {
+  const { result } = run;
+  result.status = 'failed';
+  result.error = errorMessage(err);
+  for (const v of result.vms) delete v.state;
+  return failure(
+    rootType(err) === BAD_INPUT && !run.changed ? 'badInput' : 'restoreFailed',
+    `restore of ${result.group} ${result.snapshotId} on ${result.toHost} failed and was rolled back: ${result.error}`,
+    result,
+  );
 }

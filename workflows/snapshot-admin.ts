@@ -3,6 +3,7 @@ import {
   deletionBlockers,
   groupSnapshotsIn,
   normalizeRestoreInput,
+  type GroupSnapshotListing,
   type DeleteSnapshotInput,
   type DeleteSnapshotResult,
   type Inventory,
@@ -17,6 +18,7 @@ import { assertSafeName } from '../common/validation';
 import { onHost } from './activity-options';
 import { requireAllHosts, takeInventory } from './inventory';
 import { mergeSocketPortChoices, type SocketPortChoice } from '../common/socket-ports';
+import { Compensations } from './compensations';
 
 /** Failure types that carry the per-VM result in their details. */
 export const DELETE_FAILED = FAILURE.deleteFailed;
@@ -122,6 +124,22 @@ export async function deleteGroupSnapshot(input: DeleteSnapshotInput): Promise<D
   return result;
 }
 
+/** The state of one local restore: its input, the VMs and hosts, the result, the leases and the undo list. */
+interface RestoreRun {
+  readonly input: ReturnType<typeof normalizeRestoreInput>;
+  readonly restoreId: string;
+  readonly suffix: string;
+  readonly listing: GroupSnapshotListing;
+  readonly hosts: string[];
+  readonly byHost: Map<string, string[]>;
+  readonly result: RestoreResult;
+  /** The lease is this run's (a caller may reuse a restore id), renewed by each restore step while it runs. */
+  readonly owner: string;
+  /** Hosts whose leases were asked for (released at the end, whatever happened). */
+  readonly locked: string[];
+  readonly undo: Compensations;
+}
+
 /**
  * Restores a whole group to one of its snapshots, all VMs or none. `clone`: new VMs (`<domain><suffix>`) on new
  * overlays over the snapshot images, booted beside the untouched originals. `in-place`: each VM is stopped, its
@@ -129,7 +147,38 @@ export async function deleteGroupSnapshot(input: DeleteSnapshotInput): Promise<D
  * Any failure rolls back what was changed on every VM.
  */
 export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResult> {
-  const input = checked(() => normalizeRestoreInput(rawInput));
+  const run = await startRestore(checked(() => normalizeRestoreInput(rawInput)));
+  try {
+    await leaseVms(run);
+    const socketPorts = await chooseSocketPorts(run);
+    await restoreVms(run, socketPorts);
+    return run.result;
+  } catch (err) {
+    await run.undo.run();
+    const { result } = run;
+    result.status = 'failed';
+    result.error = errorMessage(err);
+    const kind = err instanceof ApplicationFailure && err.type === BAD_INPUT ? 'badInput' : 'restoreFailed';
+    throw failure(
+      kind,
+      `restore of ${result.group} to ${result.snapshotId} failed and was rolled back: ${result.error}`,
+      result,
+    );
+  } finally {
+    await CancellationScope.nonCancellable(() =>
+      Promise.all(
+        run.locked.map((h) =>
+          onHost(h)
+            .cleanup.releaseLocks({ owner: run.owner, domains: run.byHost.get(h)! })
+            .catch(() => undefined),
+        ),
+      ),
+    );
+  }
+}
+
+/** Finds the snapshot on every host (all must answer) and checks that no clone name is taken. */
+async function startRestore(input: RestoreRun['input']): Promise<RestoreRun> {
   const restoreId = input.restoreId ?? `rs-${uuid4().slice(0, 8)}`;
   const suffix = input.suffix ?? `-${restoreId}`;
   const { group, snapshotId, mode } = input;
@@ -141,16 +190,7 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
   requireAllHosts(inventory, `restore snapshot ${snapshotId}`);
   const listing = snapshotVms(inventory, group, snapshotId);
   upsertSearchAttributes([{ key: GroupsnapVmCount, value: listing.vms.length }]);
-  const result: RestoreResult = {
-    restoreId,
-    group,
-    snapshotId,
-    mode,
-    status: 'restored',
-    vms: listing.vms.map((v) => ({ host: v.host, domain: v.domain, disks: [] })),
-  };
   const hosts = [...new Set(listing.vms.map((v) => v.host))].sort();
-  const byHost = new Map(hosts.map((h) => [h, listing.vms.filter((v) => v.host === h).map((v) => v.domain)]));
   if (mode === 'clone') {
     const taken = listing.vms
       .map((v) => ({ host: v.host, name: `${v.domain}${suffix}` }))
@@ -162,118 +202,134 @@ export async function restoreGroup(rawInput: RestoreInput): Promise<RestoreResul
       );
     }
   }
-  // The lease is this run's (a caller may reuse a restore id), renewed by each restore step while it runs.
-  const owner = workflowInfo().runId;
-  const locked: string[] = [];
-  const attempted: { host: string; domain: string }[] = [];
+  return {
+    input,
+    restoreId,
+    suffix,
+    listing,
+    hosts,
+    byHost: new Map(hosts.map((h) => [h, listing.vms.filter((v) => v.host === h).map((v) => v.domain)])),
+    result: {
+      restoreId,
+      group,
+      snapshotId,
+      mode,
+      status: 'restored',
+      vms: listing.vms.map((v) => ({ host: v.host, domain: v.domain, disks: [] })),
+    },
+    owner: workflowInfo().runId,
+    locked: [],
+    undo: new Compensations(),
+  };
+}
 
-  try {
-    // Leases: no snapshot or deletion may touch these VMs' chains while they are restored.
-    for (const h of hosts) {
-      locked.push(h);
-      await onHost(h).lock.acquireLocks({ owner, domains: byHost.get(h)!, ttlMs: 30 * 60_000 });
-    }
-    // Socket links (UDP/TCP/multicast interfaces wired through host ports): clones get fresh ports, one map for the
-    // whole restore, so clones pair with each other and never with the originals still running. The ports are
-    // chosen on the hosts, not here: each host picks ports free on itself for the ports its VMs bind (a UDP local
-    // port, a TCP server), so a port bound on host A and connected to from host B's VM gets A's choice in B's clone
-    // too; hosts are asked in turn, each avoiding ports the others chose. The map is an activity result, so a
-    // replay reuses it.
-    let socketPorts: Record<string, number> | undefined;
-    if (mode === 'clone' && patched('clone-socket-ports')) {
-      const choices: SocketPortChoice[] = [];
-      for (const h of hosts) {
-        const avoid: number[] = choices.flatMap((c) => [...Object.values(c.bound), ...Object.values(c.connected)]);
-        choices.push(
-          await onHost(h).plan.chooseSocketPorts.executeWithOptions(
-            { summary: `choose fresh socket-link ports for the clones on ${h}` },
-            [{ domains: byHost.get(h)!, avoid }],
-          ),
-        );
-      }
-      socketPorts = mergeSocketPortChoices(choices);
-    }
-    const outcomes = await Promise.allSettled(
-      listing.vms.map(async (v) => {
-        attempted.push(v);
-        const vm = result.vms.find((x) => x.host === v.host && x.domain === v.domain)!;
-        try {
-          if (mode === 'clone') {
-            const r = await onHost(v.host).change.cloneVm.executeWithOptions(
-              { summary: `clone ${v.domain} as ${v.domain}${suffix} on ${v.host}` },
-              [
-                {
-                  snapshotId,
-                  domain: v.domain,
-                  cloneName: `${v.domain}${suffix}`,
-                  start: true,
-                  leaseOwner: owner,
-                  ...(socketPorts ? { socketPorts } : {}),
-                },
-              ],
-            );
-            Object.assign(vm, { clone: r.clone, state: r.state, disks: r.disks });
-          } else {
-            const r = await onHost(v.host).change.restoreInPlace.executeWithOptions(
-              { summary: `restore ${v.domain} in place to ${snapshotId} on ${v.host}` },
-              [{ restoreId, snapshotId, domain: v.domain, leaseOwner: owner }],
-            );
-            Object.assign(vm, { state: r.state, disks: r.disks });
-          }
-        } catch (err) {
-          vm.error = errorMessage(err);
-          throw err;
-        }
-      }),
-    );
-    const failures = outcomes.filter((o) => o.status === 'rejected');
-    if (failures.length > 0) {
-      const badInput = failures.every((f) => isBadInput((f as PromiseRejectedResult).reason));
-      throw failure(
-        badInput ? 'badInput' : 'restoreFailed',
-        result.vms
-          .filter((v) => v.error)
-          .map((v) => `${v.domain}@${v.host}: ${v.error}`)
-          .join('; '),
-      );
-    }
-    return result;
-  } catch (err) {
-    // Roll back every VM that was attempted, whatever happened to it; the host steps are idempotent.
-    await CancellationScope.nonCancellable(() =>
-      Promise.all(
-        attempted.map(async (v) => {
-          try {
-            if (mode === 'clone')
-              await onHost(v.host).cleanup.removeClone.executeWithOptions(
-                { summary: `remove clone ${v.domain}${suffix} on ${v.host}` },
-                [{ domain: v.domain, clone: `${v.domain}${suffix}` }],
-              );
-            else
-              await onHost(v.host).cleanup.undoInPlace.executeWithOptions(
-                { summary: `undo in-place restore of ${v.domain} on ${v.host}` },
-                [{ restoreId, domain: v.domain }],
-              );
-          } catch (undoErr) {
-            const vm = result.vms.find((x) => x.host === v.host && x.domain === v.domain)!;
-            vm.error = `${vm.error ?? ''}; rollback failed: ${errorMessage(undoErr)}`;
-          }
-        }),
-      ),
-    );
-    result.status = 'failed';
-    result.error = errorMessage(err);
-    const kind = err instanceof ApplicationFailure && err.type === BAD_INPUT ? 'badInput' : 'restoreFailed';
-    throw failure(kind, `restore of ${group} to ${snapshotId} failed and was rolled back: ${result.error}`, result);
-  } finally {
-    await CancellationScope.nonCancellable(() =>
-      Promise.all(
-        locked.map((h) =>
-          onHost(h)
-            .cleanup.releaseLocks({ owner, domains: byHost.get(h)! })
-            .catch(() => undefined),
-        ),
+/** Leases, host by host: no snapshot or deletion may touch these VMs' chains while they are restored. */
+async function leaseVms(run: RestoreRun): Promise<void> {
+  for (const h of run.hosts) {
+    run.locked.push(h);
+    await onHost(h).lock.acquireLocks({ owner: run.owner, domains: run.byHost.get(h)!, ttlMs: 30 * 60_000 });
+  }
+}
+
+/**
+ * Socket links (UDP/TCP/multicast interfaces wired through host ports): clones get fresh ports, one map for the
+ * whole restore, so clones pair with each other and never with the originals still running. The ports are chosen on
+ * the hosts, not here: each host picks ports free on itself for the ports its VMs bind (a UDP local port, a TCP
+ * server), so a port bound on host A and connected to from host B's VM gets A's choice in B's clone too; hosts are
+ * asked in turn, each avoiding ports the others chose. The map is an activity result, so a replay reuses it.
+ */
+async function chooseSocketPorts(run: RestoreRun): Promise<Record<string, number> | undefined> {
+  if (!(run.input.mode === 'clone' && patched('clone-socket-ports'))) return undefined;
+  const choices: SocketPortChoice[] = [];
+  for (const h of run.hosts) {
+    const avoid: number[] = choices.flatMap((c) => [...Object.values(c.bound), ...Object.values(c.connected)]);
+    choices.push(
+      await onHost(h).plan.chooseSocketPorts.executeWithOptions(
+        { summary: `choose fresh socket-link ports for the clones on ${h}` },
+        [{ domains: run.byHost.get(h)!, avoid }],
       ),
     );
   }
+  return mergeSocketPortChoices(choices);
+}
+
+/**
+ * Restores every VM at once. Its compensation, registered first, rolls back every VM that was attempted, whatever
+ * happened to it, all at once (the host steps are idempotent).
+ */
+async function restoreVms(run: RestoreRun, socketPorts: Record<string, number> | undefined): Promise<void> {
+  const { input, result } = run;
+  const attempted: { host: string; domain: string }[] = [];
+  const vmOf = (v: { host: string; domain: string }) =>
+    result.vms.find((x) => x.host === v.host && x.domain === v.domain)!;
+  run.undo.add('the restored VMs', () =>
+    Promise.all(
+      attempted.map(async (v) => {
+        try {
+          await rollBackVm(run, v);
+        } catch (undoErr) {
+          const vm = vmOf(v);
+          vm.error = `${vm.error ?? ''}; rollback failed: ${errorMessage(undoErr)}`;
+        }
+      }),
+    ).then(() => undefined),
+  );
+  const outcomes = await Promise.allSettled(
+    run.listing.vms.map(async (v) => {
+      attempted.push(v);
+      const vm = vmOf(v);
+      try {
+        if (input.mode === 'clone') {
+          const r = await onHost(v.host).change.cloneVm.executeWithOptions(
+            { summary: `clone ${v.domain} as ${v.domain}${run.suffix} on ${v.host}` },
+            [
+              {
+                snapshotId: input.snapshotId,
+                domain: v.domain,
+                cloneName: `${v.domain}${run.suffix}`,
+                start: true,
+                leaseOwner: run.owner,
+                ...(socketPorts ? { socketPorts } : {}),
+              },
+            ],
+          );
+          Object.assign(vm, { clone: r.clone, state: r.state, disks: r.disks });
+        } else {
+          const r = await onHost(v.host).change.restoreInPlace.executeWithOptions(
+            { summary: `restore ${v.domain} in place to ${input.snapshotId} on ${v.host}` },
+            [{ restoreId: run.restoreId, snapshotId: input.snapshotId, domain: v.domain, leaseOwner: run.owner }],
+          );
+          Object.assign(vm, { state: r.state, disks: r.disks });
+        }
+      } catch (err) {
+        vm.error = errorMessage(err);
+        throw err;
+      }
+    }),
+  );
+  const failures = outcomes.filter((o) => o.status === 'rejected');
+  if (failures.length > 0) {
+    const badInput = failures.every((f) => isBadInput((f as PromiseRejectedResult).reason));
+    throw failure(
+      badInput ? 'badInput' : 'restoreFailed',
+      result.vms
+        .filter((v) => v.error)
+        .map((v) => `${v.domain}@${v.host}: ${v.error}`)
+        .join('; '),
+    );
+  }
+}
+
+/** Removes a VM's clone, or undoes its in-place restore. */
+async function rollBackVm(run: RestoreRun, v: { host: string; domain: string }): Promise<void> {
+  if (run.input.mode === 'clone')
+    await onHost(v.host).cleanup.removeClone.executeWithOptions(
+      { summary: `remove clone ${v.domain}${run.suffix} on ${v.host}` },
+      [{ domain: v.domain, clone: `${v.domain}${run.suffix}` }],
+    );
+  else
+    await onHost(v.host).cleanup.undoInPlace.executeWithOptions(
+      { summary: `undo in-place restore of ${v.domain} on ${v.host}` },
+      [{ restoreId: run.restoreId, domain: v.domain }],
+    );
 }
