@@ -99,6 +99,189 @@ interface Series {
 }
 const series = (): Series => ({ seconds: [], bytes: [] });
 
+/** The measured kinds' shared state: where the images and the bucket are, and what each round adds up. */
+interface Bench {
+  client: S3Client;
+  s3: S3Server;
+  dir: string;
+  key: Buffer;
+  /** Point 1's image and point 2's layer over it. */
+  base: string;
+  top: string;
+  /** The chunks point 1 holds (allocated extents), for the plain upload. */
+  pieces: number[];
+  chunkSize: number;
+  /** restic's binary, when installed. */
+  bin: string | undefined;
+  resticVersion?: string;
+  gs1: Series;
+  gs2: Series;
+  plain: Series;
+  r1: Series;
+  r2: Series;
+  read1: number;
+  read2: number;
+}
+
+const names = (snapshotId: string) => ({ group: 'bench', snapshotId, domain: 'vm', target: 'vda' });
+
+/** Point 1's disk with `--data` MiB of random data, and point 2's layer with `--delta` MiB more. */
+async function prepareImages(opts: Options, dir: string): Promise<{ base: string; top: string }> {
+  const { disk: diskGiB, data: dataMiB, delta: deltaMiB } = opts;
+  const images = join(dir, 'images');
+  mkdirSync(images);
+  const base = join(images, 'vm.vda.qcow2');
+  const top = join(images, 'vm.vda.p2.qcow2');
+  console.error(`preparing a ${diskGiB} GiB disk with ${dataMiB} MiB of random data, then ${deltaMiB} MiB more ...`);
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', base, `${diskGiB}G`]);
+  await writeRandom(
+    base,
+    Array.from({ length: dataMiB / 64 }, (_, i) => i * 64),
+    64,
+    dir,
+  );
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+  // 4 MiB pieces at 4 MiB-aligned offsets spread over the disk (a misaligned piece touches two chunks).
+  const stride = Math.floor((diskGiB * 1024) / (deltaMiB / 4) / 4) * 4;
+  await writeRandom(
+    top,
+    Array.from({ length: deltaMiB / 4 }, (_, i) => i * stride + 4),
+    4,
+    dir,
+  );
+  return { base, top };
+}
+
+/**
+ * The chunks point 1 holds (allocated extents), for the plain upload: learnt from a first, untimed export that
+ * also warms up this process (code loaded and compiled, connections open) for every kind alike.
+ */
+async function warmUp(key: Buffer, base: string): Promise<{ pieces: number[]; chunkSize: number }> {
+  const repo = await Repository.init('s3://bench/warmup', key);
+  try {
+    const warm = await exportDisk({ repo, names: names('p1'), image: base, format: 'qcow2' });
+    return {
+      chunkSize: repo.chunkSize,
+      pieces: warm.manifest.chunks.map((c, i) => (c === null ? -1 : i)).filter((i) => i >= 0),
+    };
+  } finally {
+    repo.close();
+  }
+}
+
+/** groupsnap: point 1 into a fresh repository, then point 2 over it. */
+async function groupsnapRound(b: Bench, round: number): Promise<void> {
+  const { client, key, base, top } = b;
+  const prefix = `groupsnap-${round}/`;
+  const repo = await Repository.init(`s3://bench/${prefix.slice(0, -1)}`, key);
+  try {
+    const b0 = await bucketBytes(client, 'bench', prefix);
+    const first = await timed(() => exportDisk({ repo, names: names('p1'), image: base, format: 'qcow2' }));
+    const b1 = await bucketBytes(client, 'bench', prefix);
+    const second = await timed(() =>
+      exportDisk({
+        repo,
+        names: names('p2'),
+        image: top,
+        format: 'qcow2',
+        base: { snapshotId: 'p1', image: base, manifest: first.value.manifest },
+      }),
+    );
+    const b2 = await bucketBytes(client, 'bench', prefix);
+    b.gs1.seconds.push(first.seconds);
+    b.gs1.bytes.push(b1 - b0);
+    b.gs2.seconds.push(second.seconds);
+    b.gs2.bytes.push(b2 - b1);
+    b.read1 = first.value.manifest.stats.bytesRead;
+    b.read2 = second.value.manifest.stats.bytesRead;
+    console.error(`  groupsnap point 1 ${first.seconds.toFixed(2)} s, point 2 ${second.seconds.toFixed(2)} s`);
+  } finally {
+    repo.close();
+  }
+}
+
+/** A plain upload of the same bytes point 1 reads (its allocated extents, 4 MiB objects, 3 in flight). */
+async function plainRound(b: Bench, round: number): Promise<void> {
+  const { client, base, pieces, chunkSize } = b;
+  const prefix = `plain-${round}/`;
+  const t = await timed(async () => {
+    const reader = await ImageReader.open(base, 'qcow2');
+    try {
+      let next = 0;
+      await Promise.all(
+        [0, 1, 2].map(async () => {
+          while (next < pieces.length) {
+            const i = pieces[next++];
+            const data = await reader.read(i * chunkSize, chunkSize);
+            await client.send(new PutObjectCommand({ Bucket: 'bench', Key: `${prefix}${i}`, Body: data }));
+          }
+        }),
+      );
+    } finally {
+      await reader.close();
+    }
+  });
+  b.plain.seconds.push(t.seconds);
+  b.plain.bytes.push(await bucketBytes(client, 'bench', prefix));
+  console.error(`  plain upload ${t.seconds.toFixed(2)} s`);
+}
+
+/** restic: the same image files, to the same server, two snapshots (the second after point 2's layer exists). */
+async function resticRound(b: Bench, round: number): Promise<void> {
+  const { bin, client, s3, dir, base, top } = b;
+  if (!bin) return;
+  const prefix = `restic-${round}/`;
+  const env = {
+    ...process.env,
+    RESTIC_PASSWORD: 'bench',
+    RESTIC_REPOSITORY: `s3:${s3.endpoint}/bench/restic-${round}`,
+  };
+  b.resticVersion ??= (await run(bin, ['version'], { env })).stdout.trim();
+  await run(bin, ['init'], { env });
+  const b0 = await bucketBytes(client, 'bench', prefix);
+  const src = join(dir, `restic-src-${round}`);
+  mkdirSync(src);
+  // Snapshot 1 sees point 1's image only; snapshot 2 the same directory with point 2's layer added.
+  await run('cp', ['--sparse=always', base, join(src, 'vm.vda.qcow2')]);
+  const first = await timed(() => run(bin, ['backup', '-q', src], { env, maxBuffer: 64 * MiB }));
+  const b1 = await bucketBytes(client, 'bench', prefix);
+  await run('cp', ['--sparse=always', top, join(src, 'vm.vda.p2.qcow2')]);
+  const second = await timed(() => run(bin, ['backup', '-q', src], { env, maxBuffer: 64 * MiB }));
+  const b2 = await bucketBytes(client, 'bench', prefix);
+  await rm(src, { recursive: true, force: true });
+  b.r1.seconds.push(first.seconds);
+  b.r1.bytes.push(b1 - b0);
+  b.r2.seconds.push(second.seconds);
+  b.r2.bytes.push(b2 - b1);
+  console.error(`  restic snapshot 1 ${first.seconds.toFixed(2)} s, snapshot 2 ${second.seconds.toFixed(2)} s`);
+}
+
+/** The raw results under `--out`'s bench/results/, and the BENCHMARKS.md section (also printed). */
+function writeResults(opts: Options, machine: MachineDescription, b: Bench): void {
+  const results: Results = {
+    date: machine.date,
+    machine,
+    diskGiB: opts.disk,
+    dataMiB: opts.data,
+    deltaMiB: opts.delta,
+    rounds: opts.rounds,
+    groupsnap: {
+      first: { ...b.gs1, bytesRead: b.read1 },
+      second: { ...b.gs2, bytesRead: b.read2 },
+    },
+    plainUpload: b.plain,
+    ...(b.bin ? { restic: { first: b.r1, second: b.r2, version: b.resticVersion ?? '?' } } : {}),
+  };
+  const outRoot = opts.out;
+  const resultsDir = join(outRoot, 'bench/results');
+  mkdirSync(resultsDir, { recursive: true });
+  const file = join(resultsDir, `backup-${results.date.slice(0, 10)}.json`);
+  writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+  const section = renderSection(results, file.slice(outRoot.length + 1));
+  writeSection(outRoot, 'backup', section);
+  console.log(section);
+}
+
 async function main(): Promise<void> {
   const opts = parseBenchOptions<Options>(command);
   const { disk: diskGiB, data: dataMiB, delta: deltaMiB } = opts;
@@ -114,136 +297,27 @@ async function main(): Promise<void> {
   const client = s3.client();
   try {
     await s3.createBucket('bench');
-    const images = join(dir, 'images');
-    mkdirSync(images);
-    const base = join(images, 'vm.vda.qcow2');
-    const top = join(images, 'vm.vda.p2.qcow2');
-    console.error(`preparing a ${diskGiB} GiB disk with ${dataMiB} MiB of random data, then ${deltaMiB} MiB more ...`);
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', base, `${diskGiB}G`]);
-    await writeRandom(
-      base,
-      Array.from({ length: dataMiB / 64 }, (_, i) => i * 64),
-      64,
-      dir,
-    );
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
-    // 4 MiB pieces at 4 MiB-aligned offsets spread over the disk (a misaligned piece touches two chunks).
-    const stride = Math.floor((diskGiB * 1024) / (deltaMiB / 4) / 4) * 4;
-    await writeRandom(
-      top,
-      Array.from({ length: deltaMiB / 4 }, (_, i) => i * stride + 4),
-      4,
-      dir,
-    );
-
+    const { base, top } = await prepareImages(opts, dir);
     const key = randomBytes(32);
-    const names = (snapshotId: string) => ({ group: 'bench', snapshotId, domain: 'vm', target: 'vda' });
-    // The chunks point 1 holds (allocated extents), for the plain upload: learnt from a first, untimed export that
-    // also warms up this process (code loaded and compiled, connections open) for every kind alike.
-    let pieces: number[];
-    let chunkSize: number;
-    {
-      const repo = await Repository.init('s3://bench/warmup', key);
-      try {
-        const warm = await exportDisk({ repo, names: names('p1'), image: base, format: 'qcow2' });
-        chunkSize = repo.chunkSize;
-        pieces = warm.manifest.chunks.map((c, i) => (c === null ? -1 : i)).filter((i) => i >= 0);
-      } finally {
-        repo.close();
-      }
-    }
-
-    const gs1 = series();
-    const gs2 = series();
-    const plain = series();
-    const r1 = series();
-    const r2 = series();
-    let read1 = 0;
-    let read2 = 0;
+    const { pieces, chunkSize } = await warmUp(key, base);
     const bin = resticPath();
-    let resticVersion: string | undefined;
-
-    const groupsnapRound = async (round: number): Promise<void> => {
-      const prefix = `groupsnap-${round}/`;
-      const repo = await Repository.init(`s3://bench/${prefix.slice(0, -1)}`, key);
-      try {
-        const b0 = await bucketBytes(client, 'bench', prefix);
-        const first = await timed(() => exportDisk({ repo, names: names('p1'), image: base, format: 'qcow2' }));
-        const b1 = await bucketBytes(client, 'bench', prefix);
-        const second = await timed(() =>
-          exportDisk({
-            repo,
-            names: names('p2'),
-            image: top,
-            format: 'qcow2',
-            base: { snapshotId: 'p1', image: base, manifest: first.value.manifest },
-          }),
-        );
-        const b2 = await bucketBytes(client, 'bench', prefix);
-        gs1.seconds.push(first.seconds);
-        gs1.bytes.push(b1 - b0);
-        gs2.seconds.push(second.seconds);
-        gs2.bytes.push(b2 - b1);
-        read1 = first.value.manifest.stats.bytesRead;
-        read2 = second.value.manifest.stats.bytesRead;
-        console.error(`  groupsnap point 1 ${first.seconds.toFixed(2)} s, point 2 ${second.seconds.toFixed(2)} s`);
-      } finally {
-        repo.close();
-      }
-    };
-
-    // A plain upload of the same bytes point 1 reads (its allocated extents, 4 MiB objects, 3 in flight).
-    const plainRound = async (round: number): Promise<void> => {
-      const prefix = `plain-${round}/`;
-      const t = await timed(async () => {
-        const reader = await ImageReader.open(base, 'qcow2');
-        try {
-          let next = 0;
-          await Promise.all(
-            [0, 1, 2].map(async () => {
-              while (next < pieces.length) {
-                const i = pieces[next++];
-                const data = await reader.read(i * chunkSize, chunkSize);
-                await client.send(new PutObjectCommand({ Bucket: 'bench', Key: `${prefix}${i}`, Body: data }));
-              }
-            }),
-          );
-        } finally {
-          await reader.close();
-        }
-      });
-      plain.seconds.push(t.seconds);
-      plain.bytes.push(await bucketBytes(client, 'bench', prefix));
-      console.error(`  plain upload ${t.seconds.toFixed(2)} s`);
-    };
-
-    // restic: the same image files, to the same server, two snapshots (the second after point 2's layer exists).
-    const resticRound = async (round: number): Promise<void> => {
-      if (!bin) return;
-      const prefix = `restic-${round}/`;
-      const env = {
-        ...process.env,
-        RESTIC_PASSWORD: 'bench',
-        RESTIC_REPOSITORY: `s3:${s3.endpoint}/bench/restic-${round}`,
-      };
-      resticVersion ??= (await run(bin, ['version'], { env })).stdout.trim();
-      await run(bin, ['init'], { env });
-      const b0 = await bucketBytes(client, 'bench', prefix);
-      const src = join(dir, `restic-src-${round}`);
-      mkdirSync(src);
-      // Snapshot 1 sees point 1's image only; snapshot 2 the same directory with point 2's layer added.
-      await run('cp', ['--sparse=always', base, join(src, 'vm.vda.qcow2')]);
-      const first = await timed(() => run(bin, ['backup', '-q', src], { env, maxBuffer: 64 * MiB }));
-      const b1 = await bucketBytes(client, 'bench', prefix);
-      await run('cp', ['--sparse=always', top, join(src, 'vm.vda.p2.qcow2')]);
-      const second = await timed(() => run(bin, ['backup', '-q', src], { env, maxBuffer: 64 * MiB }));
-      const b2 = await bucketBytes(client, 'bench', prefix);
-      await rm(src, { recursive: true, force: true });
-      r1.seconds.push(first.seconds);
-      r1.bytes.push(b1 - b0);
-      r2.seconds.push(second.seconds);
-      r2.bytes.push(b2 - b1);
-      console.error(`  restic snapshot 1 ${first.seconds.toFixed(2)} s, snapshot 2 ${second.seconds.toFixed(2)} s`);
+    const b: Bench = {
+      client,
+      s3,
+      dir,
+      key,
+      base,
+      top,
+      pieces,
+      chunkSize,
+      bin,
+      gs1: series(),
+      gs2: series(),
+      plain: series(),
+      r1: series(),
+      r2: series(),
+      read1: 0,
+      read2: 0,
     };
     if (!bin)
       console.error('restic not found in .tools/bin (go install github.com/restic/restic/cmd/restic@latest): skipped');
@@ -252,31 +326,9 @@ async function main(): Promise<void> {
     for (let round = 0; round < opts.rounds; round++) {
       console.error(`round ${round + 1} of ${opts.rounds}`);
       const order = round % 2 === 0 ? kinds : [...kinds].reverse();
-      for (const k of order) await k(round);
+      for (const k of order) await k(b, round);
     }
-
-    const results: Results = {
-      date: machine.date,
-      machine,
-      diskGiB,
-      dataMiB,
-      deltaMiB,
-      rounds: opts.rounds,
-      groupsnap: {
-        first: { ...gs1, bytesRead: read1 },
-        second: { ...gs2, bytesRead: read2 },
-      },
-      plainUpload: plain,
-      ...(bin ? { restic: { first: r1, second: r2, version: resticVersion ?? '?' } } : {}),
-    };
-    const outRoot = opts.out;
-    const resultsDir = join(outRoot, 'bench/results');
-    mkdirSync(resultsDir, { recursive: true });
-    const file = join(resultsDir, `backup-${results.date.slice(0, 10)}.json`);
-    writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
-    const section = renderSection(results, file.slice(outRoot.length + 1));
-    writeSection(outRoot, 'backup', section);
-    console.log(section);
+    writeResults(opts, machine, b);
   } finally {
     client.destroy();
     await s3.stop();

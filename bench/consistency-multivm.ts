@@ -212,6 +212,208 @@ interface Snap {
   logs?: Partial<Record<Role, string[]>>;
 }
 
+/** The three VMs of one run (primary, standby, client), linked by UDP sockets on the given ports. */
+function vmSpecs(id: string, ports: number[], dir: string, checkpointS: number): Record<Role, VmSpec> {
+  const [p1, p2, p3, p4] = ports;
+  const common = `console=ttyS0 quiet panic=-1 gs.mode=load gs.checkpoint=${checkpointS}`;
+  return {
+    primary: {
+      role: 'primary',
+      name: `gs-mv-${id}-primary`,
+      disks: {},
+      links: [
+        { local: p1, remote: p2 },
+        { local: p3, remote: p4 },
+      ],
+      cmdline: `${common} gs.role=primary gs.net=eth0:169.254.1.1/24,eth1:169.254.2.1/24`,
+      memoryMiB: 384,
+      log: join(dir, 'primary.console.log'),
+    },
+    standby: {
+      role: 'standby',
+      name: `gs-mv-${id}-standby`,
+      disks: {},
+      links: [{ local: p2, remote: p1 }],
+      cmdline: `${common} gs.role=standby gs.net=eth0:169.254.1.2/24 gs.primary=169.254.1.1`,
+      memoryMiB: 384,
+      log: join(dir, 'standby.console.log'),
+    },
+    client: {
+      role: 'client',
+      name: `gs-mv-${id}-client`,
+      disks: {},
+      links: [{ local: p4, remote: p3 }],
+      cmdline: `${common} gs.role=client gs.net=eth0:169.254.2.3/24 gs.primary=169.254.2.1`,
+      memoryMiB: 192,
+      log: join(dir, 'client.console.log'),
+    },
+  };
+}
+
+/** Each VM's disks: overlays over the guest image's (the client's data disk empty). */
+async function prepareDisks(vms: Record<Role, VmSpec>, image: Image, dir: string): Promise<void> {
+  for (const vm of Object.values(vms)) {
+    const f = (t: string) => join(dir, `${vm.role}.${t}.qcow2`);
+    vm.disks.vda = f('vda');
+    await run('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-b',
+      join(image.dir, 'root.qcow2'),
+      '-F',
+      'qcow2',
+      f('vda'),
+    ]);
+    vm.disks.vdb = f('vdb');
+    if (vm.role === 'client') {
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', f('vdb'), '64M']);
+    } else {
+      for (const [t, base] of [
+        ['vdb', 'data.qcow2'],
+        ['vdc', 'wal.qcow2'],
+      ]) {
+        vm.disks[t] = f(t);
+        await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', join(image.dir, base), '-F', 'qcow2', f(t)]);
+      }
+    }
+  }
+}
+
+/** One cut into `snap`: a group snapshot of the three VMs, or naive ones, one VM after the other. */
+async function takeCut(snap: Snap, client: Client, vms: Record<Role, VmSpec>, gapMs: number): Promise<void> {
+  const mode = snap.mode;
+  try {
+    if (mode === 'group') {
+      const r = await snapshotGroup(client, {
+        group: GROUP,
+        vms: ROLES.map((role) => ({ domain: vms[role].name, host: HOST })),
+      });
+      if (r.status !== 'completed') throw new Error(r.error ?? `snapshot ${r.status}`);
+      snap.snapshots.push({ group: GROUP, snapshotId: r.snapshotId, roles: [...ROLES] });
+      snap.freezeMs = r.groupFreezeMs;
+    } else {
+      for (const [k, role] of NAIVE_ORDER[mode].entries()) {
+        if (k > 0 && gapMs) await sleep(gapMs);
+        const r = await snapshotGroup(client, {
+          group: NAIVE_GROUP,
+          vms: [{ domain: vms[role].name, host: HOST }],
+        });
+        if (r.status !== 'completed') throw new Error(r.error ?? `snapshot ${r.status}`);
+        snap.snapshots.push({ group: NAIVE_GROUP, snapshotId: r.snapshotId, roles: [role] });
+      }
+    }
+  } catch (err) {
+    snap.error = (err as Error).message;
+  }
+}
+
+/**
+ * Restores cut `s` (number `n`) as clones, boots them in check mode and reads what each guest found; the clones are
+ * removed afterwards. The result, or the error, goes into `s`.
+ */
+async function restoreCut(
+  s: Snap,
+  n: number,
+  ctx: {
+    client: Client;
+    hypervisor: LibvirtHypervisor;
+    vms: Record<Role, VmSpec>;
+    restoreHost: RestoreHost;
+    /** Every clone made, for the final clean-up. */
+    made: RestoreResult['vms'];
+    checkTimeoutS: number;
+  },
+): Promise<void> {
+  const { client, hypervisor, vms, restoreHost, made } = ctx;
+  const alive = (name: string) => async () => (await hypervisor.state(name)) !== 'shutoff';
+  const tr = performance.now();
+  const clones: RestoreResult['vms'] = [];
+  try {
+    for (const snapshot of s.snapshots) {
+      const r = await restoreGroup(client, {
+        group: snapshot.group,
+        snapshotId: snapshot.snapshotId,
+        mode: 'clone',
+        suffix: `-r${n}`,
+      });
+      const ours = r.vms.filter((v) => v.clone);
+      made.push(...ours);
+      clones.push(...ours);
+      if (r.status !== 'restored') throw new Error(`restore of ${snapshot.snapshotId} failed: ${r.error}`);
+    }
+    const results: Partial<Record<Role, Record<string, string>>> = {};
+    const logs: Partial<Record<Role, string[]>> = {};
+    await Promise.all(
+      clones.map(async (c) => {
+        const role = ROLES.find((r) => vms[r].name === c.domain)!;
+        const log = serialLogOf(await hypervisor.domainXml(c.clone!));
+        if (!log) throw new Error(`clone ${c.clone} has no file-backed serial port`);
+        await waitForConsole(log, /GSMV-END/, ctx.checkTimeoutS * 1000, alive(c.clone!));
+        const text = readConsole(log);
+        results[role] = parseMultiVmResult(text);
+        const lines = text.split(/\r?\n/).filter((l) => l.startsWith('GSMV-LOG'));
+        if (!results[role]) lines.push(...text.split(/\r?\n/).slice(-15));
+        if (lines.length) logs[role] = lines;
+        await rm(log, { force: true });
+      }),
+    );
+    s.results = results;
+    s.logs = logs;
+    s.report = evaluateMultiVmCut(results);
+  } catch (err) {
+    s.error = `restore: ${(err as Error).message}`;
+  } finally {
+    await removeClones({ [HOST]: restoreHost }, clones);
+  }
+  s.restoreS = Math.round((performance.now() - tr) / 1000);
+  console.error(
+    `  restored round ${s.round + 1} ${s.mode}: ${s.report ? formatMultiVmCut(s.report) : s.error} (${s.restoreS} s)` +
+      (s.report && !s.report.ok && s.logs && Object.keys(s.logs).length
+        ? `\n    ${Object.entries(s.logs)
+            .flatMap(([r, l]) => l!.slice(-6).map((x) => `${r}: ${x}`))
+            .join('\n    ')}`
+        : ''),
+  );
+}
+
+/** The summary: per mode, cuts checked, violating, by invariant, the most acknowledged commits lost. */
+function summaryRows(modes: Mode[], snaps: Snap[]) {
+  return modes.map((mode) => {
+    const list = snaps.filter((s) => s.mode === mode);
+    const checked = list.filter((s) => s.report);
+    const count = (inv: string) => checked.filter((s) => s.report!.violations.some((v) => v.invariant === inv)).length;
+    const lost = checked.map((s) => Math.max(s.report!.lost.primary, s.report!.lost.standby));
+    return {
+      mode,
+      taken: list.filter((s) => s.snapshots.length && !s.error?.startsWith('snapshot')).length,
+      checked: checked.length,
+      violating: checked.filter((s) => !s.report!.ok).length,
+      acked: count('acked'),
+      start: count('start'),
+      amcheck: count('amcheck'),
+      balance: count('balance'),
+      contiguous: count('contiguous'),
+      maxLost: lost.length ? Math.max(...lost) : 0,
+      errors: list.filter((s) => s.error).length,
+    };
+  });
+}
+
+/** The summary as a Markdown table. */
+function printRows(rows: ReturnType<typeof summaryRows>): void {
+  console.log(
+    '| mode | cuts checked | violating | `acked` | `start` | `amcheck` | `balance` | `contiguous` | most acknowledged commits lost | errors |',
+  );
+  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of rows)
+    console.log(
+      `| ${r.mode} | ${r.checked} | ${r.violating} | ${r.acked} | ${r.start} | ${r.amcheck} | ${r.balance} | ` +
+        `${r.contiguous} | ${r.maxLost} | ${r.errors} |`,
+    );
+}
+
 async function main(): Promise<void> {
   Runtime.install({ logger: new DefaultLogger('ERROR') });
   const opts = parseBenchOptions<Options>(command);
@@ -248,66 +450,8 @@ async function main(): Promise<void> {
     await waitForHostWorkers(client, [HOST], 120_000);
     const id = Math.random().toString(36).slice(2, 8);
     const [p1, p2, p3, p4] = await Promise.all([freeUdpPort(), freeUdpPort(), freeUdpPort(), freeUdpPort()]);
-    const common = `console=ttyS0 quiet panic=-1 gs.mode=load gs.checkpoint=${opts.checkpointS}`;
-    const vms: Record<Role, VmSpec> = {
-      primary: {
-        role: 'primary',
-        name: `gs-mv-${id}-primary`,
-        disks: {},
-        links: [
-          { local: p1, remote: p2 },
-          { local: p3, remote: p4 },
-        ],
-        cmdline: `${common} gs.role=primary gs.net=eth0:169.254.1.1/24,eth1:169.254.2.1/24`,
-        memoryMiB: 384,
-        log: join(dir, 'primary.console.log'),
-      },
-      standby: {
-        role: 'standby',
-        name: `gs-mv-${id}-standby`,
-        disks: {},
-        links: [{ local: p2, remote: p1 }],
-        cmdline: `${common} gs.role=standby gs.net=eth0:169.254.1.2/24 gs.primary=169.254.1.1`,
-        memoryMiB: 384,
-        log: join(dir, 'standby.console.log'),
-      },
-      client: {
-        role: 'client',
-        name: `gs-mv-${id}-client`,
-        disks: {},
-        links: [{ local: p4, remote: p3 }],
-        cmdline: `${common} gs.role=client gs.net=eth0:169.254.2.3/24 gs.primary=169.254.2.1`,
-        memoryMiB: 192,
-        log: join(dir, 'client.console.log'),
-      },
-    };
-    for (const vm of Object.values(vms)) {
-      const f = (t: string) => join(dir, `${vm.role}.${t}.qcow2`);
-      vm.disks.vda = f('vda');
-      await run('qemu-img', [
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        '-b',
-        join(image.dir, 'root.qcow2'),
-        '-F',
-        'qcow2',
-        f('vda'),
-      ]);
-      vm.disks.vdb = f('vdb');
-      if (vm.role === 'client') {
-        await run('qemu-img', ['create', '-q', '-f', 'qcow2', f('vdb'), '64M']);
-      } else {
-        for (const [t, base] of [
-          ['vdb', 'data.qcow2'],
-          ['vdc', 'wal.qcow2'],
-        ]) {
-          vm.disks[t] = f(t);
-          await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', join(image.dir, base), '-F', 'qcow2', f(t)]);
-        }
-      }
-    }
+    const vms = vmSpecs(id, [p1, p2, p3, p4], dir, opts.checkpointS);
+    await prepareDisks(vms, image, dir);
     const tBoot = performance.now();
     for (const vm of Object.values(vms)) {
       defined.add(vm.name);
@@ -340,29 +484,7 @@ async function main(): Promise<void> {
           snapshotMs: 0,
         };
         const ts = performance.now();
-        try {
-          if (mode === 'group') {
-            const r = await snapshotGroup(client, {
-              group: GROUP,
-              vms: ROLES.map((role) => ({ domain: vms[role].name, host: HOST })),
-            });
-            if (r.status !== 'completed') throw new Error(r.error ?? `snapshot ${r.status}`);
-            snap.snapshots.push({ group: GROUP, snapshotId: r.snapshotId, roles: [...ROLES] });
-            snap.freezeMs = r.groupFreezeMs;
-          } else {
-            for (const [k, role] of NAIVE_ORDER[mode].entries()) {
-              if (k > 0 && opts.gapMs) await sleep(opts.gapMs);
-              const r = await snapshotGroup(client, {
-                group: NAIVE_GROUP,
-                vms: [{ domain: vms[role].name, host: HOST }],
-              });
-              if (r.status !== 'completed') throw new Error(r.error ?? `snapshot ${r.status}`);
-              snap.snapshots.push({ group: NAIVE_GROUP, snapshotId: r.snapshotId, roles: [role] });
-            }
-          }
-        } catch (err) {
-          snap.error = (err as Error).message;
-        }
+        await takeCut(snap, client, vms, opts.gapMs);
         snap.snapshotMs = Math.round(performance.now() - ts);
         snaps.push(snap);
         console.error(
@@ -383,54 +505,14 @@ async function main(): Promise<void> {
     }
 
     for (const s of snaps.filter((x) => !x.error)) {
-      const tr = performance.now();
-      const clones: RestoreResult['vms'] = [];
-      try {
-        for (const snapshot of s.snapshots) {
-          const r = await restoreGroup(client, {
-            group: snapshot.group,
-            snapshotId: snapshot.snapshotId,
-            mode: 'clone',
-            suffix: `-r${snaps.indexOf(s) + 1}`,
-          });
-          const ours = r.vms.filter((v) => v.clone);
-          made.push(...ours);
-          clones.push(...ours);
-          if (r.status !== 'restored') throw new Error(`restore of ${snapshot.snapshotId} failed: ${r.error}`);
-        }
-        const results: Partial<Record<Role, Record<string, string>>> = {};
-        const logs: Partial<Record<Role, string[]>> = {};
-        await Promise.all(
-          clones.map(async (c) => {
-            const role = ROLES.find((r) => vms[r].name === c.domain)!;
-            const log = serialLogOf(await hypervisor.domainXml(c.clone!));
-            if (!log) throw new Error(`clone ${c.clone} has no file-backed serial port`);
-            await waitForConsole(log, /GSMV-END/, opts.checkTimeoutS * 1000, alive(c.clone!));
-            const text = readConsole(log);
-            results[role] = parseMultiVmResult(text);
-            const lines = text.split(/\r?\n/).filter((l) => l.startsWith('GSMV-LOG'));
-            if (!results[role]) lines.push(...text.split(/\r?\n/).slice(-15));
-            if (lines.length) logs[role] = lines;
-            await rm(log, { force: true });
-          }),
-        );
-        s.results = results;
-        s.logs = logs;
-        s.report = evaluateMultiVmCut(results);
-      } catch (err) {
-        s.error = `restore: ${(err as Error).message}`;
-      } finally {
-        await removeClones({ [HOST]: restoreHost }, clones);
-      }
-      s.restoreS = Math.round((performance.now() - tr) / 1000);
-      console.error(
-        `  restored round ${s.round + 1} ${s.mode}: ${s.report ? formatMultiVmCut(s.report) : s.error} (${s.restoreS} s)` +
-          (s.report && !s.report.ok && s.logs && Object.keys(s.logs).length
-            ? `\n    ${Object.entries(s.logs)
-                .flatMap(([r, l]) => l!.slice(-6).map((x) => `${r}: ${x}`))
-                .join('\n    ')}`
-            : ''),
-      );
+      await restoreCut(s, snaps.indexOf(s) + 1, {
+        client,
+        hypervisor,
+        vms,
+        restoreHost,
+        made,
+        checkTimeoutS: opts.checkTimeoutS,
+      });
     }
   } finally {
     await removeClones({ [HOST]: restoreHost }, made).catch(() => undefined);
@@ -448,34 +530,8 @@ async function main(): Promise<void> {
   }
 
   const elapsedS = (performance.now() - t0) / 1000;
-  const rows = opts.modes.map((mode) => {
-    const list = snaps.filter((s) => s.mode === mode);
-    const checked = list.filter((s) => s.report);
-    const count = (inv: string) => checked.filter((s) => s.report!.violations.some((v) => v.invariant === inv)).length;
-    const lost = checked.map((s) => Math.max(s.report!.lost.primary, s.report!.lost.standby));
-    return {
-      mode,
-      taken: list.filter((s) => s.snapshots.length && !s.error?.startsWith('snapshot')).length,
-      checked: checked.length,
-      violating: checked.filter((s) => !s.report!.ok).length,
-      acked: count('acked'),
-      start: count('start'),
-      amcheck: count('amcheck'),
-      balance: count('balance'),
-      contiguous: count('contiguous'),
-      maxLost: lost.length ? Math.max(...lost) : 0,
-      errors: list.filter((s) => s.error).length,
-    };
-  });
-  console.log(
-    '| mode | cuts checked | violating | `acked` | `start` | `amcheck` | `balance` | `contiguous` | most acknowledged commits lost | errors |',
-  );
-  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
-  for (const r of rows)
-    console.log(
-      `| ${r.mode} | ${r.checked} | ${r.violating} | ${r.acked} | ${r.start} | ${r.amcheck} | ${r.balance} | ` +
-        `${r.contiguous} | ${r.maxLost} | ${r.errors} |`,
-    );
+  const rows = summaryRows(opts.modes, snaps);
+  printRows(rows);
   const finalAcked = ackedOnConsole(clientConsole);
   console.log(
     `\nboot to load ${ROLES.map((r) => `${r} ${bootS[r]} s`).join(', ')}; load ${loadS.toFixed(0)} s, client acknowledged ` +

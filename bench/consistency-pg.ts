@@ -276,6 +276,145 @@ async function restoreNaive(
   }
 }
 
+/**
+ * One snapshot of the load VM into `snap`: a group snapshot through groupsnap, or a naive one (the data disks and
+ * the WAL disk in two parts, `gapMs` apart, the order alternating with `naiveSeq`). A failure is kept in `snap.error`.
+ */
+async function takeSnapshot(
+  snap: Snap,
+  ctx: { client: Client; hypervisor: LibvirtHypervisor; vm: string; dir: string; gapMs: number; naiveSeq: number },
+): Promise<void> {
+  const { client, hypervisor, vm, dir, gapMs, naiveSeq } = ctx;
+  const mode = snap.mode;
+  try {
+    if (mode === 'group') {
+      const r = await snapshotGroup(client, { group: GROUP, vms: [{ domain: vm, host: HOST }] });
+      if (r.status !== 'completed') throw new Error(r.error ?? `snapshot ${r.status}`);
+      snap.snapshotId = r.snapshotId;
+      snap.images = Object.fromEntries(r.vms[0].disks.map((d) => [d.target, d.image])) as Record<Target, string>;
+      snap.freezeMs = r.vms[0].freezeMs;
+    } else {
+      snap.order = naiveSeq % 2 === 0 ? 'data-first' : 'wal-first';
+      snap.gapMs = gapMs;
+      const desc = await hypervisor.describe(vm);
+      const source = (t: Target) => desc.disks.find((d) => d.target === t)!.source!;
+      const images = { vda: source('vda'), vdb: source('vdb'), vdc: source('vdc') };
+      const parts: Target[][] = snap.order === 'data-first' ? [['vda', 'vdb'], ['vdc']] : [['vdc'], ['vda', 'vdb']];
+      for (const [k, part] of parts.entries()) {
+        if (k > 0 && gapMs) await sleep(gapMs);
+        await hypervisor.snapshotDisks(
+          vm,
+          part.map((t) => ({ target: t, file: join(dir, `load.${t}.naive-${snap.index}.qcow2`) })),
+          TARGETS.filter((t) => !part.includes(t)),
+        );
+      }
+      snap.images = images;
+    }
+  } catch (err) {
+    snap.error = (err as Error).message;
+  }
+}
+
+/** One row of the summary table: a mode (naive ones also by order and gap), and why restores failed. */
+interface Row {
+  mode: string;
+  taken: number;
+  restored: number;
+  passed: number;
+  failed: Record<string, number>;
+}
+
+/** The summary: group, all naive, and naive by order and gap. */
+function summaryRows(snaps: Snap[], gaps: number[]): Row[] {
+  const rows: Row[] = [];
+  const groups: [string, Snap[]][] = [
+    ['group', snaps.filter((s) => s.mode === 'group')],
+    ['naive (all)', snaps.filter((s) => s.mode === 'naive')],
+    ...gaps.flatMap((g): [string, Snap[]][] =>
+      (['data-first', 'wal-first'] as const).map((o) => [
+        `naive ${o}, gap ${g} ms`,
+        snaps.filter((s) => s.order === o && s.gapMs === g),
+      ]),
+    ),
+  ];
+  for (const [mode, list] of groups) {
+    if (!list.length) continue;
+    const restored = list.filter((s) => s.result);
+    const failed: Record<string, number> = {};
+    for (const s of restored.filter((x) => !x.result!.ok)) {
+      const f = s.result!.fields;
+      const why = !f
+        ? 'no result'
+        : f.mount !== '1'
+          ? 'mount'
+          : f.start !== '1'
+            ? 'start/recovery'
+            : f.amcheck !== '1' && f.invariant !== '1'
+              ? 'amcheck+invariant'
+              : f.amcheck !== '1'
+                ? 'amcheck'
+                : 'invariant';
+      failed[why] = (failed[why] ?? 0) + 1;
+    }
+    rows.push({
+      mode,
+      taken: list.filter((s) => s.images).length,
+      restored: restored.length,
+      passed: restored.filter((s) => s.result!.ok).length,
+      failed,
+    });
+  }
+  return rows;
+}
+
+/** The summary as a Markdown table. */
+function printRows(rows: Row[]): void {
+  console.log('| mode | snapshots taken | restored | passed | failed (why) |');
+  console.log('| --- | ---: | ---: | ---: | --- |');
+  for (const r of rows) {
+    const failedN = r.restored - r.passed;
+    const why = Object.entries(r.failed)
+      .map(([k, n]) => `${k} ${n}`)
+      .join(', ');
+    console.log(`| ${r.mode} | ${r.taken} | ${r.restored} | ${r.passed} | ${failedN}${why ? ` (${why})` : ''} |`);
+  }
+}
+
+/** Restores every snapshot taken, one at a time, into `s.result` (the load VM is off; each clone boots alone). */
+async function restoreAll(
+  snaps: Snap[],
+  ctx: {
+    client: Client;
+    vm: string;
+    host: RestoreHost;
+    image: PgImage;
+    domains: Domains;
+    dir: string;
+    timeoutMs: number;
+  },
+): Promise<void> {
+  const { client, vm, host, image, domains, dir, timeoutMs } = ctx;
+  for (const s of snaps.filter((x) => x.images)) {
+    s.result =
+      s.mode === 'group'
+        ? await restoreGroupSnapshot(s, { client, vm, host, timeoutMs })
+        : await restoreNaive(s, image, domains, dir, timeoutMs);
+    const f = s.result.fields;
+    console.error(
+      `  restore ${s.mode}${s.order ? ` (${s.order}, gap ${s.gapMs} ms)` : ''} #${s.index + 1}: ` +
+        `${
+          f
+            ? Object.entries(f)
+                .map(([k, v]) => `${k}=${v}`)
+                .join(' ')
+            : 'no result'
+        } ` +
+        `(${s.result.bootToResultS.toFixed(0)} s)` +
+        (s.result.ok ? '' : `\n    ${s.result.log.slice(-8).join('\n    ')}`),
+    );
+  }
+}
+
 async function main(): Promise<void> {
   Runtime.install({ logger: new DefaultLogger('ERROR') });
   const opts = parseBenchOptions<PgBenchOptions>(command);
@@ -338,35 +477,15 @@ async function main(): Promise<void> {
       const snap: Snap = { mode, index: snaps.filter((s) => s.mode === mode).length, at: '', snapshotMs: 0 };
       const ts = performance.now();
       snap.at = new Date().toISOString();
-      try {
-        if (mode === 'group') {
-          const r = await snapshotGroup(client, { group: GROUP, vms: [{ domain: vm, host: HOST }] });
-          if (r.status !== 'completed') throw new Error(r.error ?? `snapshot ${r.status}`);
-          snap.snapshotId = r.snapshotId;
-          snap.images = Object.fromEntries(r.vms[0].disks.map((d) => [d.target, d.image])) as Record<Target, string>;
-          snap.freezeMs = r.vms[0].freezeMs;
-        } else {
-          snap.order = naiveSeq % 2 === 0 ? 'data-first' : 'wal-first';
-          snap.gapMs = gaps[Math.floor(naiveSeq / 2) % gaps.length];
-          naiveSeq++;
-          const gapMs = snap.gapMs;
-          const desc = await hypervisor.describe(vm);
-          const source = (t: Target) => desc.disks.find((d) => d.target === t)!.source!;
-          const images = { vda: source('vda'), vdb: source('vdb'), vdc: source('vdc') };
-          const parts: Target[][] = snap.order === 'data-first' ? [['vda', 'vdb'], ['vdc']] : [['vdc'], ['vda', 'vdb']];
-          for (const [k, part] of parts.entries()) {
-            if (k > 0 && gapMs) await sleep(gapMs);
-            await hypervisor.snapshotDisks(
-              vm,
-              part.map((t) => ({ target: t, file: join(dir, `load.${t}.naive-${snap.index}.qcow2`) })),
-              TARGETS.filter((t) => !part.includes(t)),
-            );
-          }
-          snap.images = images;
-        }
-      } catch (err) {
-        snap.error = (err as Error).message;
-      }
+      await takeSnapshot(snap, {
+        client,
+        hypervisor,
+        vm,
+        dir,
+        gapMs: gaps[Math.floor(naiveSeq / 2) % gaps.length],
+        naiveSeq,
+      });
+      if (mode === 'naive') naiveSeq++;
       snap.snapshotMs = performance.now() - ts;
       snaps.push(snap);
       console.error(
@@ -383,26 +502,15 @@ async function main(): Promise<void> {
     await hypervisor.defineDomain(loadXml.replace(/gs\.mode=load( gs\.checkpoint=\d+)?/, 'gs.mode=check'));
 
     // Restore every snapshot, one at a time (the load VM is off; each clone boots alone).
-    const restoreHost: RestoreHost = { hypervisor, stateDir };
-    for (const s of snaps.filter((x) => x.images)) {
-      s.result =
-        s.mode === 'group'
-          ? await restoreGroupSnapshot(s, { client, vm, host: restoreHost, timeoutMs: checkTimeoutS * 1000 })
-          : await restoreNaive(s, image, domains, dir, checkTimeoutS * 1000);
-      const f = s.result.fields;
-      console.error(
-        `  restore ${s.mode}${s.order ? ` (${s.order}, gap ${s.gapMs} ms)` : ''} #${s.index + 1}: ` +
-          `${
-            f
-              ? Object.entries(f)
-                  .map(([k, v]) => `${k}=${v}`)
-                  .join(' ')
-              : 'no result'
-          } ` +
-          `(${s.result.bootToResultS.toFixed(0)} s)` +
-          (s.result.ok ? '' : `\n    ${s.result.log.slice(-8).join('\n    ')}`),
-      );
-    }
+    await restoreAll(snaps, {
+      client,
+      vm,
+      host: { hypervisor, stateDir },
+      image,
+      domains,
+      dir,
+      timeoutMs: checkTimeoutS * 1000,
+    });
   } finally {
     await domains.removeAll();
     worker.shutdown();
@@ -416,53 +524,8 @@ async function main(): Promise<void> {
 
   const elapsedS = (performance.now() - t0) / 1000;
   const rounds = [...loadConsole.matchAll(/GSPG-LOAD round \d+: tps = ([\d.]+)/g)].map((m) => Number(m[1]));
-  const rows: { mode: string; taken: number; restored: number; passed: number; failed: Record<string, number> }[] = [];
-  const groups: [string, Snap[]][] = [
-    ['group', snaps.filter((s) => s.mode === 'group')],
-    ['naive (all)', snaps.filter((s) => s.mode === 'naive')],
-    ...gaps.flatMap((g): [string, Snap[]][] =>
-      (['data-first', 'wal-first'] as const).map((o) => [
-        `naive ${o}, gap ${g} ms`,
-        snaps.filter((s) => s.order === o && s.gapMs === g),
-      ]),
-    ),
-  ];
-  for (const [mode, list] of groups) {
-    if (!list.length) continue;
-    const restored = list.filter((s) => s.result);
-    const failed: Record<string, number> = {};
-    for (const s of restored.filter((x) => !x.result!.ok)) {
-      const f = s.result!.fields;
-      const why = !f
-        ? 'no result'
-        : f.mount !== '1'
-          ? 'mount'
-          : f.start !== '1'
-            ? 'start/recovery'
-            : f.amcheck !== '1' && f.invariant !== '1'
-              ? 'amcheck+invariant'
-              : f.amcheck !== '1'
-                ? 'amcheck'
-                : 'invariant';
-      failed[why] = (failed[why] ?? 0) + 1;
-    }
-    rows.push({
-      mode,
-      taken: list.filter((s) => s.images).length,
-      restored: restored.length,
-      passed: restored.filter((s) => s.result!.ok).length,
-      failed,
-    });
-  }
-  console.log('| mode | snapshots taken | restored | passed | failed (why) |');
-  console.log('| --- | ---: | ---: | ---: | --- |');
-  for (const r of rows) {
-    const failedN = r.restored - r.passed;
-    const why = Object.entries(r.failed)
-      .map(([k, n]) => `${k} ${n}`)
-      .join(', ');
-    console.log(`| ${r.mode} | ${r.taken} | ${r.restored} | ${r.passed} | ${failedN}${why ? ` (${why})` : ''} |`);
-  }
+  const rows = summaryRows(snaps, gaps);
+  printRows(rows);
   console.log(
     `\ninterval ${intervalS} s, naive gaps ${gaps.join(', ')} ms, forced checkpoint every ${checkpointS || '-'} s, load ${loadS.toFixed(0)} s (pgbench tps per round: ` +
       `${rounds.join(', ') || 'none finished'}), elapsed ${elapsedS.toFixed(0)} s`,

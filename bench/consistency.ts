@@ -37,7 +37,7 @@ import { startDevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import { createGroupsnapWorker } from '../worker/worker';
-import { describeMachine } from './machine';
+import { describeMachine, type MachineDescription } from './machine';
 import { benchCommand, integer, nameList, parseBenchOptions } from './options';
 
 interface ConsistencyBenchOptions {
@@ -75,6 +75,110 @@ function merge(into: ModeSummary | undefined, s: ModeSummary): ModeSummary {
   into.elapsedMs += s.elapsedMs;
   into.cuts.push(...s.cuts.map((c) => ({ ...c, index: into.cuts.length + c.index })));
   return into;
+}
+
+/** The table of each mode's snapshots, as printed at the end of a run. */
+function printSummaries(summaries: Partial<Record<SnapshotMode, ModeSummary>>): void {
+  console.log('');
+  console.log(
+    '| mode | snapshots checked | with violations | cross-disk | cross-vm | cross-vm-lockstep | not taken | consistent mid-step | workload steps |',
+  );
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const s of Object.values(summaries)) {
+    const inv = (k: string) => s.byInvariant[k] ?? 0;
+    console.log(
+      `| ${s.mode} | ${s.checked} | ${s.violatingCuts} | ${inv('cross-disk')} | ${inv('cross-vm')} | ` +
+        `${inv('cross-vm-lockstep')} | ${s.failedSnapshots} | ${s.midStepCuts} | ${s.steps} |`,
+    );
+  }
+}
+
+/** The table of the restored cuts and the restore timings (nothing when none were restored). */
+function printRestores(restored: RestoreCheck[], restoreErrors: string[]): void {
+  if (restored.length || restoreErrors.length) {
+    console.log('');
+    console.log(
+      '| restored from | clones booted | checked from inside | with violations inside | agree with offline |',
+    );
+    console.log('| --- | --- | --- | --- | --- |');
+    for (const mode of ['group', 'naive-vm'] as const) {
+      const rs = restored.filter((r) => r.mode === mode);
+      if (rs.length === 0 && !restoreErrors.some((e) => e.startsWith(`${mode} `))) continue;
+      console.log(
+        `| ${mode} | ${rs.reduce((n, r) => n + r.vms.length, 0)} | ${rs.length} | ` +
+          `${rs.filter((r) => r.inside.violations.length).length} | ${rs.filter((r) => !r.mismatches.length).length} |`,
+      );
+    }
+    const ms = (xs: number[]) => {
+      const v = [...xs].sort((a, b) => a - b);
+      return v.length ? `${Math.round(v[Math.floor(v.length / 2)])} / ${Math.round(v[v.length - 1])}` : '-';
+    };
+    console.log(
+      `\nrestore (ms, p50 / max): restoreGroup ${ms(restored.map((r) => r.restoreMs))}, boot to recovery line ` +
+        `${ms(restored.map((r) => r.bootMs))}, clone removal ${ms(restored.map((r) => r.removeMs))}` +
+        (restoreErrors.length ? `; ${restoreErrors.length} restore(s) failed: ${restoreErrors.join('; ')}` : ''),
+    );
+  }
+}
+
+/** The raw per-cut results, compact, to `--out` (default bench/results/consistency-<date>.json); returns the file. */
+function writeRaw(
+  opts: ConsistencyBenchOptions,
+  run: {
+    machine: MachineDescription;
+    restoreCounts: Partial<Record<SnapshotMode, number>>;
+    elapsedS: number;
+    summaries: Partial<Record<SnapshotMode, ModeSummary>>;
+    restored: RestoreCheck[];
+    restoreErrors: string[];
+  },
+): string {
+  const { machine, restoreCounts, elapsedS, summaries, restored, restoreErrors } = run;
+  const { hosts: hostCount, batch, gapMs } = opts;
+  const out = opts.out ?? join(REPO_ROOT, 'bench', 'results', `consistency-${machine.date.slice(0, 10)}.json`);
+  mkdirSync(dirname(out), { recursive: true });
+  const compact = Object.fromEntries(
+    Object.entries(summaries).map(([mode, s]) => [
+      mode,
+      {
+        ...s,
+        cuts: s.cuts.map((c) => ({
+          i: c.index,
+          completed: c.completed,
+          error: c.error,
+          snapshotMs: Math.round(c.snapshotMs),
+          freezeMs: c.freezeMs,
+          cut: c.report ? formatCut(c.report) : undefined,
+        })),
+      },
+    ]),
+  );
+  writeFileSync(
+    out,
+    JSON.stringify(
+      {
+        machine,
+        options: { hostCount, batch, gapMs, restore: restoreCounts },
+        elapsedS,
+        summaries: compact,
+        restored: restored.map((r) => ({
+          mode: r.mode,
+          i: r.index,
+          snapshotIds: r.snapshotIds,
+          inside: formatCut(r.inside),
+          mismatches: r.mismatches,
+          lines: r.vms.map((v) => `${v.clone}: ${v.line}`),
+          restoreMs: Math.round(r.restoreMs),
+          bootMs: Math.round(r.bootMs),
+          removeMs: Math.round(r.removeMs),
+        })),
+        restoreErrors,
+      },
+      null,
+      1,
+    ) + '\n',
+  );
+  return out;
 }
 
 async function main(): Promise<void> {
@@ -185,91 +289,15 @@ async function main(): Promise<void> {
   }
 
   const elapsedS = (performance.now() - t0) / 1000;
-  console.log('');
-  console.log(
-    '| mode | snapshots checked | with violations | cross-disk | cross-vm | cross-vm-lockstep | not taken | consistent mid-step | workload steps |',
-  );
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
-  for (const s of Object.values(summaries)) {
-    const inv = (k: string) => s.byInvariant[k] ?? 0;
-    console.log(
-      `| ${s.mode} | ${s.checked} | ${s.violatingCuts} | ${inv('cross-disk')} | ${inv('cross-vm')} | ` +
-        `${inv('cross-vm-lockstep')} | ${s.failedSnapshots} | ${s.midStepCuts} | ${s.steps} |`,
-    );
-  }
+  printSummaries(summaries);
+  printRestores(restored, restoreErrors);
+  console.log(`\nhosts: ${hostCount}, batch: ${batch}, gap: ${gapMs} ms, elapsed: ${elapsedS.toFixed(0)} s`);
+  const out = writeRaw(opts, { machine, restoreCounts, elapsedS, summaries, restored, restoreErrors });
+  console.error(`raw results: ${out}`);
   // A restored cut passes when the guests' view agrees with the offline check (group cuts: no violation either).
   const restoreBad = restored.filter(
     (r) => r.mismatches.length > 0 || (r.mode === 'group' && r.inside.violations.length),
   );
-  if (restored.length || restoreErrors.length) {
-    console.log('');
-    console.log(
-      '| restored from | clones booted | checked from inside | with violations inside | agree with offline |',
-    );
-    console.log('| --- | --- | --- | --- | --- |');
-    for (const mode of ['group', 'naive-vm'] as const) {
-      const rs = restored.filter((r) => r.mode === mode);
-      if (rs.length === 0 && !restoreErrors.some((e) => e.startsWith(`${mode} `))) continue;
-      console.log(
-        `| ${mode} | ${rs.reduce((n, r) => n + r.vms.length, 0)} | ${rs.length} | ` +
-          `${rs.filter((r) => r.inside.violations.length).length} | ${rs.filter((r) => !r.mismatches.length).length} |`,
-      );
-    }
-    const ms = (xs: number[]) => {
-      const v = [...xs].sort((a, b) => a - b);
-      return v.length ? `${Math.round(v[Math.floor(v.length / 2)])} / ${Math.round(v[v.length - 1])}` : '-';
-    };
-    console.log(
-      `\nrestore (ms, p50 / max): restoreGroup ${ms(restored.map((r) => r.restoreMs))}, boot to recovery line ` +
-        `${ms(restored.map((r) => r.bootMs))}, clone removal ${ms(restored.map((r) => r.removeMs))}` +
-        (restoreErrors.length ? `; ${restoreErrors.length} restore(s) failed: ${restoreErrors.join('; ')}` : ''),
-    );
-  }
-  console.log(`\nhosts: ${hostCount}, batch: ${batch}, gap: ${gapMs} ms, elapsed: ${elapsedS.toFixed(0)} s`);
-  const out = opts.out ?? join(REPO_ROOT, 'bench', 'results', `consistency-${machine.date.slice(0, 10)}.json`);
-  mkdirSync(dirname(out), { recursive: true });
-  const compact = Object.fromEntries(
-    Object.entries(summaries).map(([mode, s]) => [
-      mode,
-      {
-        ...s,
-        cuts: s.cuts.map((c) => ({
-          i: c.index,
-          completed: c.completed,
-          error: c.error,
-          snapshotMs: Math.round(c.snapshotMs),
-          freezeMs: c.freezeMs,
-          cut: c.report ? formatCut(c.report) : undefined,
-        })),
-      },
-    ]),
-  );
-  writeFileSync(
-    out,
-    JSON.stringify(
-      {
-        machine,
-        options: { hostCount, batch, gapMs, restore: restoreCounts },
-        elapsedS,
-        summaries: compact,
-        restored: restored.map((r) => ({
-          mode: r.mode,
-          i: r.index,
-          snapshotIds: r.snapshotIds,
-          inside: formatCut(r.inside),
-          mismatches: r.mismatches,
-          lines: r.vms.map((v) => `${v.clone}: ${v.line}`),
-          restoreMs: Math.round(r.restoreMs),
-          bootMs: Math.round(r.bootMs),
-          removeMs: Math.round(r.removeMs),
-        })),
-        restoreErrors,
-      },
-      null,
-      1,
-    ) + '\n',
-  );
-  console.error(`raw results: ${out}`);
   if ((summaries.group?.violatingCuts ?? 0) > 0 || restoreBad.length > 0 || restoreErrors.length > 0)
     process.exitCode = 1;
 }

@@ -15,7 +15,7 @@ import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, open as openFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import * as libvirt from '@groupsnap/libvirt';
 import { Client, Connection } from '@temporalio/client';
 import { createRepoRestoreActivities, restoredDiskPath } from '../activities/repo-restore';
@@ -106,6 +106,213 @@ interface Results {
   };
 }
 
+/** The disk's names in the throughput repository. */
+type PointNames = { group: string; snapshotId: string; domain: string; target: string };
+
+/**
+ * The throughput run's point: a `--disk` GiB disk with `--data` MiB of random data, exported to `url`, and the same
+ * bytes as plain objects under plain/ (what a plain download fetches: each data chunk's raw content).
+ */
+async function preparePoint(
+  opts: Options,
+  ctx: { dir: string; key: Buffer; client: S3Client; url: string; names: PointNames },
+) {
+  const { dir, key, client, url, names } = ctx;
+  console.error(`preparing a ${opts.disk} GiB disk with ${opts.data} MiB of random data ...`);
+  const image = join(dir, 'vm.vda.qcow2');
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', image, `${opts.disk}G`]);
+  await writeRandom(image, 0, opts.data, join(dir, 'random.bin'));
+  {
+    const repo = await Repository.init(url, key);
+    try {
+      await exportDisk({ repo, names, image, format: 'qcow2' });
+      // groupsnap's restore reads the point by its group manifest; the throughput run reads the disk manifest.
+    } finally {
+      repo.close();
+    }
+  }
+  const manifest = await (async () => {
+    const repo = await Repository.open(url, key);
+    try {
+      return await repo.readDiskManifest(names.group, names.snapshotId, names.domain, names.target);
+    } finally {
+      repo.close();
+    }
+  })();
+  const dataChunks = manifest.chunks.map((c, i) => (c === null ? -1 : i)).filter((i) => i >= 0);
+  const dataBytes = dataChunks.reduce(
+    (sum, i) => sum + Math.min(manifest.chunkSize, manifest.virtualSize - i * manifest.chunkSize),
+    0,
+  );
+  // The same bytes as plain objects (what a plain download fetches): each data chunk's raw content.
+  {
+    const reader = await ImageReader.open(image, 'qcow2');
+    try {
+      for (const i of dataChunks) {
+        const len = Math.min(manifest.chunkSize, manifest.virtualSize - i * manifest.chunkSize);
+        const body = await reader.read(i * manifest.chunkSize, len);
+        await client.send(new PutObjectCommand({ Bucket: 'bench', Key: `plain/${i}`, Body: body }));
+      }
+    } finally {
+      await reader.close();
+    }
+  }
+  return { image, manifest, dataChunks, dataBytes };
+}
+
+/**
+ * Warm-up, untimed: this process's first restore and first download load and compile code a worker that has
+ * restored before would not (a small point of its own, and a few plain objects).
+ */
+async function warmUp(ctx: {
+  dir: string;
+  key: Buffer;
+  client: S3Client;
+  url: string;
+  names: PointNames;
+  planned: (what: string, round: number, format: 'raw' | 'qcow2') => string;
+  activities: ReturnType<typeof createRepoRestoreActivities>;
+  dataChunks: number[];
+}): Promise<void> {
+  const { dir, key, client, url, names, planned, activities, dataChunks } = ctx;
+  const warm = join(dir, 'warm.qcow2');
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', warm, '256M']);
+  await writeRandom(warm, 0, 64, join(dir, 'random.bin'));
+  const repo = await Repository.open(url, key);
+  try {
+    await exportDisk({ repo, names: { ...names, snapshotId: 'warm' }, image: warm, format: 'qcow2' });
+  } finally {
+    repo.close();
+  }
+  for (const format of ['raw', 'qcow2'] as const) {
+    const file = planned(`warm-${format}`, 0, format);
+    await activities.rebuildDisk({ repo: url, ...names, snapshotId: 'warm', file, format });
+    await rm(file, { force: true });
+  }
+  for (const i of dataChunks.slice(0, 8)) {
+    const out = await client.send(new GetObjectCommand({ Bucket: 'bench', Key: `plain/${i}` }));
+    await out.Body!.transformToByteArray();
+  }
+}
+
+/** The raw results under `out`'s bench/results/, and the BENCHMARKS.md section (also printed). */
+function writeResults(out: string, results: Results): void {
+  const { machine } = results;
+  const resultsDir = join(out, 'bench/results');
+  mkdirSync(resultsDir, { recursive: true });
+  const file = join(resultsDir, `restore-${machine.date.slice(0, 10)}.json`);
+  writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+  const section = renderSection(results, file.slice(out.length + 1));
+  writeSection(out, 'restore', section);
+  console.log(section);
+}
+
+/** restic's repository on the same server, holding the same image file (nothing when restic is not installed). */
+async function prepareRestic(bin: string | undefined, endpoint: string, image: string) {
+  const resticEnv = { ...process.env, RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: `s3:${endpoint}/bench/restic` };
+  let resticVersion: string | undefined;
+  let resticSparse = false;
+  if (bin) {
+    resticSparse = (await run(bin, ['restore', '--help'], { env: resticEnv })).stdout.includes('--sparse');
+    resticVersion = (await run(bin, ['version'], { env: resticEnv })).stdout.trim();
+    await run(bin, ['init'], { env: resticEnv });
+    await run(bin, ['backup', '-q', '--host', 'bench', image], { env: resticEnv, maxBuffer: 64 * MiB });
+  } else console.error('restic not found in .tools/bin: its row is skipped');
+  return { resticEnv, resticVersion, resticSparse };
+}
+
+/** What the RTO measurement needs of the run: the two hosts, versitygw, the key, and where to clean up. */
+interface RtoContext {
+  hosts: HypervisorHosts;
+  s3: S3Server;
+  key: Buffer;
+  keyFile: string;
+  dir: string;
+  closers: (() => Promise<unknown>)[];
+  hostA: string;
+  hostB: string;
+}
+
+/** RTO: a group of VMs snapshotted and exported on host A, restored on host B after A is gone. */
+async function measureRto(opts: Options, ctx: RtoContext): Promise<Results['rto']> {
+  const { hosts, s3, key, keyFile, dir, closers, hostA, hostB } = ctx;
+  const b = hosts.host(hostB);
+  console.error(`RTO: ${opts.vms} VMs on host A, exported, restored on host B ...`);
+  const server = await startDevServer({});
+  closers.push(() => server.stop());
+  const hostAddress = await hosts.expose(server.address);
+  const s3Address = await hosts.expose(`127.0.0.1:${s3.port}`);
+  const connection = await Connection.connect({ address: server.address });
+  closers.push(() => connection.close());
+  const temporal = new Client({ connection });
+  const env = { ...s3.env, AWS_ENDPOINT_URL_S3: `http://${s3Address}` };
+  const rtoUrl = 's3://bench/rto';
+  (await Repository.init(rtoUrl, key)).close();
+  const workerA = await hosts.worker(hostA, hostAddress, { args: ['--key-file', keyFile], env });
+  const workerB = await hosts.worker(hostB, hostAddress, { args: ['--key-file', keyFile], env, workflows: true });
+  await Promise.all([workerA.start(temporal), workerB.start(temporal)]);
+  const a = hosts.host(hostA);
+  const fleet = await VmFleet.create({
+    prefix: 'gs-bench-rto',
+    count: opts.vms,
+    dir: a.imagesDir,
+    start: false,
+    diskSize: '1G',
+  });
+  let snapshotId: string;
+  try {
+    for (const vm of fleet.vms)
+      for (const [t, disk] of Object.entries(vm.disks))
+        await writeRandom(disk, t === 'vda' ? 1 : 0, opts.vmData, join(dir, 'random.bin'));
+    for (const vm of fleet.vms) await (await fleet.conn.lookupByName(vm.name)).create();
+    const snap = await snapshotGroup(temporal, {
+      group: 'rto',
+      vms: fleet.names.map((domain) => ({ domain, host: hostA })),
+    });
+    if (snap.status !== 'completed') throw new Error(`group snapshot ${snap.status}`);
+    snapshotId = snap.snapshotId;
+    const exported = await exportGroupSnapshot(temporal, { group: 'rto', snapshotId, repository: rtoUrl });
+    if (exported.status !== 'completed') throw new Error(`export ${exported.status}`);
+  } finally {
+    // Host A is gone: its VMs, images and worker.
+    await fleet.destroy();
+    await workerA.stop();
+  }
+  const connB = await libvirt.open(b.uri);
+  closers.push(() => connB.close());
+  const t = await timed(() =>
+    restoreFromRepo(temporal, { group: 'rto', snapshotId, repo: rtoUrl, toHost: hostB }, { keyFile }),
+  );
+  const result = t.value;
+  const states: string[] = [];
+  for (const vm of result.vms) {
+    const dom = await connB.lookupByName(vm.domain).catch(() => undefined);
+    states.push(dom ? (await dom.state()).state : 'missing');
+  }
+  if (result.status !== 'restored') throw new Error(`restore ${result.status}: ${result.error}`);
+  const rto: Results['rto'] = {
+    vms: opts.vms,
+    disksPerVm: 2,
+    dataBytesPerDisk: opts.vmData * MiB,
+    seconds: t.seconds,
+    ...(result.durationMs !== undefined ? { workflowMs: result.durationMs } : {}),
+    bytesWritten: result.bytesWritten,
+    ...(result.virtType ? { virtType: result.virtType } : {}),
+    states,
+  };
+  console.error(`  RTO ${t.seconds.toFixed(2)} s (${states.join(', ')})`);
+  for (const vm of result.vms) {
+    const dom = await connB.lookupByName(vm.domain).catch(() => undefined);
+    if (dom) {
+      if ((await dom.state()).state !== 'shutoff') await dom.destroy();
+      await dom.undefine();
+    }
+    for (const d of vm.disks) await rm(d.file, { force: true });
+  }
+  await workerB.stop();
+  return rto;
+}
+
 async function main(): Promise<void> {
   const opts = parseBenchOptions<Options>(command);
   if (opts.data % 64 !== 0 || opts.data > opts.disk * 1024) {
@@ -136,57 +343,11 @@ async function main(): Promise<void> {
     const b = hosts.host(hostB);
 
     // ---- throughput: one disk, restored to host B's image directory by groupsnap, a plain download, restic ----
-    console.error(`preparing a ${opts.disk} GiB disk with ${opts.data} MiB of random data ...`);
-    const image = join(dir, 'vm.vda.qcow2');
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', image, `${opts.disk}G`]);
-    await writeRandom(image, 0, opts.data, join(dir, 'random.bin'));
     const url = 's3://bench/groupsnap';
     const names = { group: 'bench', snapshotId: 'p1', domain: 'vm', target: 'vda' };
-    {
-      const repo = await Repository.init(url, key);
-      try {
-        await exportDisk({ repo, names, image, format: 'qcow2' });
-        // groupsnap's restore reads the point by its group manifest; the throughput run reads the disk manifest.
-      } finally {
-        repo.close();
-      }
-    }
-    const manifest = await (async () => {
-      const repo = await Repository.open(url, key);
-      try {
-        return await repo.readDiskManifest(names.group, names.snapshotId, names.domain, names.target);
-      } finally {
-        repo.close();
-      }
-    })();
-    const dataChunks = manifest.chunks.map((c, i) => (c === null ? -1 : i)).filter((i) => i >= 0);
-    const dataBytes = dataChunks.reduce(
-      (sum, i) => sum + Math.min(manifest.chunkSize, manifest.virtualSize - i * manifest.chunkSize),
-      0,
-    );
-    // The same bytes as plain objects (what a plain download fetches): each data chunk's raw content.
-    {
-      const reader = await ImageReader.open(image, 'qcow2');
-      try {
-        for (const i of dataChunks) {
-          const len = Math.min(manifest.chunkSize, manifest.virtualSize - i * manifest.chunkSize);
-          const body = await reader.read(i * manifest.chunkSize, len);
-          await client.send(new PutObjectCommand({ Bucket: 'bench', Key: `plain/${i}`, Body: body }));
-        }
-      } finally {
-        await reader.close();
-      }
-    }
+    const { image, manifest, dataChunks, dataBytes } = await preparePoint(opts, { dir, key, client, url, names });
     const bin = resticPath();
-    const resticEnv = { ...process.env, RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: `s3:${s3.endpoint}/bench/restic` };
-    let resticVersion: string | undefined;
-    let resticSparse = false;
-    if (bin) {
-      resticSparse = (await run(bin, ['restore', '--help'], { env: resticEnv })).stdout.includes('--sparse');
-      resticVersion = (await run(bin, ['version'], { env: resticEnv })).stdout.trim();
-      await run(bin, ['init'], { env: resticEnv });
-      await run(bin, ['backup', '-q', '--host', 'bench', image], { env: resticEnv, maxBuffer: 64 * MiB });
-    } else console.error('restic not found in .tools/bin: its row is skipped');
+    const { resticEnv, resticVersion, resticSparse } = await prepareRestic(bin, s3.endpoint, image);
 
     const activities = createRepoRestoreActivities({
       // rebuildDisk reads the repository and writes files; it does not touch libvirt.
@@ -264,28 +425,7 @@ async function main(): Promise<void> {
           ]
         : []),
     ];
-    // Warm-up, untimed: this process's first restore and first download load and compile code a worker that has
-    // restored before would not (a small point of its own, and a few plain objects).
-    {
-      const warm = join(dir, 'warm.qcow2');
-      await run('qemu-img', ['create', '-q', '-f', 'qcow2', warm, '256M']);
-      await writeRandom(warm, 0, 64, join(dir, 'random.bin'));
-      const repo = await Repository.open(url, key);
-      try {
-        await exportDisk({ repo, names: { ...names, snapshotId: 'warm' }, image: warm, format: 'qcow2' });
-      } finally {
-        repo.close();
-      }
-      for (const format of ['raw', 'qcow2'] as const) {
-        const file = planned(`warm-${format}`, 0, format);
-        await activities.rebuildDisk({ repo: url, ...names, snapshotId: 'warm', file, format });
-        await rm(file, { force: true });
-      }
-      for (const i of dataChunks.slice(0, 8)) {
-        const out = await client.send(new GetObjectCommand({ Bucket: 'bench', Key: `plain/${i}` }));
-        await out.Body!.transformToByteArray();
-      }
-    }
+    await warmUp({ dir, key, client, url, names, planned, activities, dataChunks });
     const rows: Row[] = kinds.map((k) => ({ what: k.what, seconds: [], bytes: dataBytes }));
     for (let round = 0; round < opts.rounds; round++) {
       const order = kinds.map((_, i) => i);
@@ -305,82 +445,8 @@ async function main(): Promise<void> {
     }
 
     // ---- RTO: a group of VMs snapshotted and exported on host A, restored on host B after A is gone ----
-    let rto: Results['rto'];
-    if (opts.vms > 0) {
-      console.error(`RTO: ${opts.vms} VMs on host A, exported, restored on host B ...`);
-      const server = await startDevServer({});
-      closers.push(() => server.stop());
-      const hostAddress = await hosts.expose(server.address);
-      const s3Address = await hosts.expose(`127.0.0.1:${s3.port}`);
-      const connection = await Connection.connect({ address: server.address });
-      closers.push(() => connection.close());
-      const temporal = new Client({ connection });
-      const env = { ...s3.env, AWS_ENDPOINT_URL_S3: `http://${s3Address}` };
-      const rtoUrl = 's3://bench/rto';
-      (await Repository.init(rtoUrl, key)).close();
-      const workerA = await hosts.worker(hostA, hostAddress, { args: ['--key-file', keyFile], env });
-      const workerB = await hosts.worker(hostB, hostAddress, { args: ['--key-file', keyFile], env, workflows: true });
-      await Promise.all([workerA.start(temporal), workerB.start(temporal)]);
-      const a = hosts.host(hostA);
-      const fleet = await VmFleet.create({
-        prefix: 'gs-bench-rto',
-        count: opts.vms,
-        dir: a.imagesDir,
-        start: false,
-        diskSize: '1G',
-      });
-      let snapshotId: string;
-      try {
-        for (const vm of fleet.vms)
-          for (const [t, disk] of Object.entries(vm.disks))
-            await writeRandom(disk, t === 'vda' ? 1 : 0, opts.vmData, join(dir, 'random.bin'));
-        for (const vm of fleet.vms) await (await fleet.conn.lookupByName(vm.name)).create();
-        const snap = await snapshotGroup(temporal, {
-          group: 'rto',
-          vms: fleet.names.map((domain) => ({ domain, host: hostA })),
-        });
-        if (snap.status !== 'completed') throw new Error(`group snapshot ${snap.status}`);
-        snapshotId = snap.snapshotId;
-        const exported = await exportGroupSnapshot(temporal, { group: 'rto', snapshotId, repository: rtoUrl });
-        if (exported.status !== 'completed') throw new Error(`export ${exported.status}`);
-      } finally {
-        // Host A is gone: its VMs, images and worker.
-        await fleet.destroy();
-        await workerA.stop();
-      }
-      const connB = await libvirt.open(b.uri);
-      closers.push(() => connB.close());
-      const t = await timed(() =>
-        restoreFromRepo(temporal, { group: 'rto', snapshotId, repo: rtoUrl, toHost: hostB }, { keyFile }),
-      );
-      const result = t.value;
-      const states: string[] = [];
-      for (const vm of result.vms) {
-        const dom = await connB.lookupByName(vm.domain).catch(() => undefined);
-        states.push(dom ? (await dom.state()).state : 'missing');
-      }
-      if (result.status !== 'restored') throw new Error(`restore ${result.status}: ${result.error}`);
-      rto = {
-        vms: opts.vms,
-        disksPerVm: 2,
-        dataBytesPerDisk: opts.vmData * MiB,
-        seconds: t.seconds,
-        ...(result.durationMs !== undefined ? { workflowMs: result.durationMs } : {}),
-        bytesWritten: result.bytesWritten,
-        ...(result.virtType ? { virtType: result.virtType } : {}),
-        states,
-      };
-      console.error(`  RTO ${t.seconds.toFixed(2)} s (${states.join(', ')})`);
-      for (const vm of result.vms) {
-        const dom = await connB.lookupByName(vm.domain).catch(() => undefined);
-        if (dom) {
-          if ((await dom.state()).state !== 'shutoff') await dom.destroy();
-          await dom.undefine();
-        }
-        for (const d of vm.disks) await rm(d.file, { force: true });
-      }
-      await workerB.stop();
-    }
+    const rto =
+      opts.vms > 0 ? await measureRto(opts, { hosts, s3, key, keyFile, dir, closers, hostA, hostB }) : undefined;
 
     const results: Results = {
       machine,
@@ -388,13 +454,7 @@ async function main(): Promise<void> {
       throughput: { dataBytes, rows, ...(resticVersion ? { resticVersion } : {}) },
       ...(rto ? { rto } : {}),
     };
-    const resultsDir = join(opts.out, 'bench/results');
-    mkdirSync(resultsDir, { recursive: true });
-    const file = join(resultsDir, `restore-${machine.date.slice(0, 10)}.json`);
-    writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
-    const section = renderSection(results, file.slice(opts.out.length + 1));
-    writeSection(opts.out, 'restore', section);
-    console.log(section);
+    writeResults(opts.out, results);
   } finally {
     for (const c of closers.reverse()) await c().catch((err: unknown) => console.error(err));
     await rm(dir, { recursive: true, force: true });

@@ -13,7 +13,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { configMac, deriveKeys, looksLikeText, parseKey, readKeyFile } from '../backup/crypto';
+import { configMac, deriveKeys, looksLikeText, parseKey, readKeyFile } from '../../backup/crypto';
 import {
   BucketNotFoundError,
   DamagedObjectError,
@@ -24,15 +24,15 @@ import {
   RepositoryNotFoundError,
   StoreAccessDeniedError,
   WrongKeyError,
-} from '../backup/errors';
-import { RepositoryBusyError, RepositoryLock } from '../backup/locks';
-import { pruneRepository } from '../backup/prune';
-import { verifyRepository } from '../backup/verify';
-import { damageRepository, expectDamageHandled } from './helpers/repo-damage';
-import { writeTestPoint } from './helpers/repo-points';
-import { FORMAT_VERSION, sumStats, type DiskExportStats, type DiskManifest } from '../backup/manifest';
-import { Repository } from '../backup/repository';
-import { openStore, parseRepositoryUrl, type ObjectStore } from '../backup/store';
+} from '../../backup/errors';
+import { RepositoryBusyError, RepositoryLock } from '../../backup/locks';
+import { pruneRepository } from '../../backup/prune';
+import { verifyRepository } from '../../backup/verify';
+import { damageRepository, expectDamageHandled } from '../helpers/repo-damage';
+import { writeTestPoint } from '../helpers/repo-points';
+import { FORMAT_VERSION, sumStats, type DiskExportStats, type DiskManifest } from '../../backup/manifest';
+import { Repository } from '../../backup/repository';
+import { openStore, parseRepositoryUrl, type ObjectStore } from '../../backup/store';
 
 const CHUNK = 64 * 1024;
 const STATS: DiskExportStats = {
@@ -310,7 +310,7 @@ describe('points', () => {
     expect(point).toMatchObject({ group, snapshotId, label: 'nightly', vms: [{ domain: 'db 1', host: 'hv-a' }] });
     expect(await reader.listPoints({ group: 'other' })).toEqual([]);
     const gm = await reader.readGroupManifest(group, snapshotId);
-    const vm = await reader.readManifestAt<import('../backup/manifest').VmManifest>(gm.vms[0].manifest);
+    const vm = await reader.readManifestAt<import('../../backup/manifest').VmManifest>(gm.vms[0].manifest);
     expect(vm.domainXml).toContain('db 1');
     const dm = await reader.readManifestAt<DiskManifest>(vm.disks[0].manifest);
     expect(dm).toEqual(disk);

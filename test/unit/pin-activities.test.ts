@@ -2,11 +2,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
-import { parseVmMetadata, renderVmMetadata } from '../common/catalog';
-import { createHostActivities } from '../activities/host-activities';
-import { BAD_INPUT } from '../common/failures';
-import { FakeHost } from './helpers/fake-hosts';
-import { uniqueId } from './helpers/temporal';
+import { parseVmMetadata, renderVmMetadata } from '../../common/catalog';
+import { createHostActivities } from '../../activities/host-activities';
+import { BAD_INPUT } from '../../common/failures';
+import { FakeHost } from '../helpers/fake-hosts';
+import { uniqueId } from '../helpers/temporal';
 
 /**
  * The host activities behind pins and restore-record release, on the in-memory hypervisor: they validate their own

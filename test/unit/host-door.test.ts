@@ -1,14 +1,14 @@
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CHECK_PATH, createDrillActivities, TAIL_BYTES } from '../activities/drill';
-import { RestoreRecords } from '../activities/restore-records';
-import { HOST_ACTIVITY_SCHEMAS } from '../common/host-requests';
-import { BAD_INPUT } from '../common/failures';
-import { unguardedActivities } from '../worker/activity-door';
-import { hostActivities } from '../worker/plugins';
-import { FakeHost } from './helpers/fake-hosts';
-import { uniqueId } from './helpers/temporal';
+import { CHECK_PATH, createDrillActivities, TAIL_BYTES } from '../../activities/drill';
+import { RestoreRecords } from '../../activities/restore-records';
+import { HOST_ACTIVITY_SCHEMAS } from '../../common/host-requests';
+import { BAD_INPUT } from '../../common/failures';
+import { unguardedActivities } from '../../worker/activity-door';
+import { hostActivities } from '../../worker/plugins';
+import { FakeHost } from '../helpers/fake-hosts';
+import { uniqueId } from '../helpers/temporal';
 
 /** The host's door: every activity the host plugin registers has a request schema. */
 describe('the door into host activities', () => {

@@ -3,16 +3,16 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
-import { parseVmMetadata } from '../common/catalog';
-import { DomainLocks, LeaseLostError, LockBusyError } from '../activities/domain-locks';
-import { FreezeJournal } from '../activities/freeze-journal';
-import { createHost } from '../activities/host-activities';
-import { overlayPath, type PlannedVm } from '../common/host-types';
-import { DeadlineTimers, recoverFreezes } from '../activities/resume';
-import { BAD_INPUT } from '../common/failures';
-import { HypervisorError } from '../hypervisor/errors';
-import { FakeHypervisor } from '../hypervisor/fake-hypervisor';
-import { isGuardOf } from '../worker/guard';
+import { parseVmMetadata } from '../../common/catalog';
+import { DomainLocks, LeaseLostError, LockBusyError } from '../../activities/domain-locks';
+import { FreezeJournal } from '../../activities/freeze-journal';
+import { createHost } from '../../activities/host-activities';
+import { overlayPath, type PlannedVm } from '../../common/host-types';
+import { DeadlineTimers, recoverFreezes } from '../../activities/resume';
+import { BAD_INPUT } from '../../common/failures';
+import { HypervisorError } from '../../hypervisor/errors';
+import { FakeHypervisor } from '../../hypervisor/fake-hypervisor';
+import { isGuardOf } from '../../worker/guard';
 
 /**
  * Issue 13 on the fake hypervisor: every recorded point is the state it names, under concurrency, crashes and
