@@ -271,6 +271,8 @@ async function resumeFromCheckpoint(run: ExportRun, known: { has(id: string): bo
   // The interrupted attempt's chunks are not indexed yet (an export indexes its chunks at its end): those the
   // index lacks are asked of the store one by one (a checkpoint's worth; a chunk swept meanwhile is read again).
   await confirmStored(repo, Object.values(previous.done), known, opts.onListing);
+  // It may also have stored chunks after its last checkpoint: each new chunk of this attempt is asked for first.
+  repo.askStoreForUnknownChunks();
   let chunksResumed = 0;
   for (const [k, id] of Object.entries(previous.done)) {
     const i = Number(k);

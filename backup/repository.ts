@@ -198,6 +198,8 @@ export class Repository {
   private known?: ChunkIdSet;
   /** Chunk ids known to exist that the index does not name (uploaded or found since it was loaded, or listed). */
   private unindexed = new Set<string>();
+  /** Whether a chunk the loaded index lacks is asked of the store ({@link askStoreForUnknownChunks}). */
+  private askStoreForUnknown = false;
   /** Threads for chunk hashing and sealing (started on the first chunk). */
   private pool?: SealPool;
   /** The lock writes are made under ({@link useLock}): checked before each write. */
@@ -488,8 +490,23 @@ export class Repository {
   /** Whether the chunk exists (from the loaded index when there is one, else by asking the store). */
   async hasChunk(id: string): Promise<boolean> {
     if (this.known?.has(id)) return true;
-    if (this.known) return false;
-    return this.store.exists(Repository.chunkKey(id));
+    if (this.known && !this.askStoreForUnknown) return false;
+    const stored = await this.store.exists(Repository.chunkKey(id));
+    if (stored && this.known) {
+      // Stored by an interrupted attempt after its last checkpoint, never indexed: index it with this export's.
+      this.known.add(id);
+      this.unindexed.add(id);
+    }
+    return stored;
+  }
+
+  /**
+   * From now on a chunk the loaded index lacks is asked of the store before it is uploaded: a resumed export, whose
+   * interrupted attempt may have stored chunks after its last checkpoint and before it indexed them, uploads none
+   * of them again. Costs one existence check per new chunk, so only resumed exports turn it on.
+   */
+  askStoreForUnknownChunks(): void {
+    this.askStoreForUnknown = true;
   }
 
   /** Forgets a chunk in the loaded index (after it was found missing or deleted). */

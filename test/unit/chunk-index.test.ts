@@ -105,6 +105,22 @@ describe('chunk index', () => {
     repo.close();
   });
 
+  it('a resumed export asks the store before uploading a chunk the index lacks (none stored twice)', async () => {
+    const first = await open();
+    await exportPoint(first.repo, 'p1', image('a', [1]), 1);
+    // The interrupted attempt stored chunk 9 after its last checkpoint and died before indexing it.
+    const lost = Buffer.alloc(CHUNK, 9);
+    await first.repo.putChunk(lost);
+    first.repo.close();
+    const { repo } = await open();
+    await repo.loadChunkIndex();
+    repo.askStoreForUnknownChunks();
+    expect(await repo.putChunk(lost)).toMatchObject({ uploaded: false, storedBytes: 0 });
+    const fresh = Buffer.alloc(CHUNK, 7);
+    expect(await repo.putChunk(fresh)).toMatchObject({ uploaded: true });
+    repo.close();
+  });
+
   it('a damaged index object is skipped: its chunks are only uploaded again, the export does not fail', async () => {
     const first = await open();
     await exportPoint(first.repo, 'p1', image('a', [1, 2]), 1);
