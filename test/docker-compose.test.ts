@@ -6,28 +6,16 @@ import { parse } from 'yaml';
 import { CLUSTER_DEPLOY_FILES, serverEnvironment, temporalServerHome, type ServerPorts } from '../dev/temporal-cluster';
 import { REPO_ROOT } from '../dev/tools';
 import { CLI } from './helpers/worker-process';
+import { composeFile, type Service } from './helpers/compose';
 
 const exec = promisify(execFile);
-
-interface Service {
-  image?: string;
-  build?: string;
-  command?: string[] | string;
-  depends_on?: Record<string, unknown>;
-  ports?: string[];
-  volumes?: string[];
-  environment?: Record<string, string>;
-  user?: string;
-}
 
 /**
  * No Docker engine runs here, so the deployment files are checked statically; the checks that need the built CLI
  * (dist/) or the built Temporal server are here, the others in test/unit/docker-compose.test.ts.
  */
 describe('docker-compose.yml', () => {
-  const text = readFileSync(join(REPO_ROOT, 'docker-compose.yml'), 'utf8');
-  const doc = parse(text, { merge: true }) as { services: Record<string, Service>; volumes: Record<string, unknown> };
-  const services = Object.entries(doc.services);
+  const { services } = composeFile();
   it('runs groupsnap commands and flags that the CLI has', async () => {
     for (const [, s] of services.filter(([, s]) => s.build)) {
       const args = Array.isArray(s.command) ? s.command : [];

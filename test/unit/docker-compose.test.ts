@@ -9,26 +9,14 @@ import {
   type ServerPorts,
 } from '../../dev/temporal-cluster';
 import { REPO_ROOT } from '../../dev/tools';
-
-interface Service {
-  image?: string;
-  build?: string;
-  command?: string[] | string;
-  depends_on?: Record<string, unknown>;
-  ports?: string[];
-  volumes?: string[];
-  environment?: Record<string, string>;
-  user?: string;
-}
+import { composeFile, type Service } from '../helpers/compose';
 
 /**
  * No Docker engine runs here, so the deployment files are checked statically (the checks that need the built CLI
  * or the built Temporal server are in test/docker-compose.test.ts).
  */
 describe('docker-compose.yml', () => {
-  const text = readFileSync(join(REPO_ROOT, 'docker-compose.yml'), 'utf8');
-  const doc = parse(text, { merge: true }) as { services: Record<string, Service>; volumes: Record<string, unknown> };
-  const services = Object.entries(doc.services);
+  const { text, doc, services } = composeFile();
 
   it('has the Temporal server with PostgreSQL, its schema set-up, the UI, and groupsnap workers and guards', () => {
     for (const name of [
