@@ -2,11 +2,10 @@ import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { parse } from 'yaml';
-import { CLUSTER_DEPLOY_FILES, serverEnvironment, temporalServerHome, type ServerPorts } from '../dev/temporal-cluster';
+import { temporalServerHome } from '../dev/temporal-cluster';
 import { REPO_ROOT } from '../dev/tools';
 import { CLI } from './helpers/worker-process';
-import { composeFile, type Service } from './helpers/compose';
+import { composeFile, composeTemporalAndCluster } from './helpers/compose';
 
 const exec = promisify(execFile);
 
@@ -31,23 +30,7 @@ describe('docker-compose.yml', () => {
 
 /** The two-process test cluster (dev/temporal-cluster.ts) must be the compose file's Temporal, run without Docker. */
 describe('docker-compose.yml and the test cluster describe the same Temporal', () => {
-  const compose = parse(readFileSync(join(REPO_ROOT, 'docker-compose.yml'), 'utf8'), { merge: true }) as {
-    services: Record<string, Service>;
-  };
-  const temporal = compose.services.temporal;
-  /** A compose value with its `${VAR:-default}` references replaced by their defaults. */
-  const withDefaults = (v: string) => v.replace(/\$\{[A-Z0-9_]+:-([^}]*)\}/g, '$1');
-  const env = Object.fromEntries(
-    Object.entries(temporal.environment ?? {}).map(([k, v]) => [k, withDefaults(String(v))]),
-  );
-  const ports = Object.fromEntries(
-    ['frontendGrpc', 'frontendHttp', 'frontendMembership', 'historyGrpc', 'historyMembership', 'matchingGrpc']
-      .concat(['matchingMembership', 'workerGrpc', 'workerMembership'])
-      .map((k, i) => [k, 7000 + i]),
-  ) as unknown as ServerPorts;
-  const pg = { host: '127.0.0.1', port: 5432, user: 'temporal', password: 'temporal' };
-  const dynamicConfig = join(REPO_ROOT, CLUSTER_DEPLOY_FILES.dynamicConfig);
-  const clusterEnv = serverEnvironment(pg, ports, dynamicConfig);
+  const { env, dynamicConfig, clusterEnv } = composeTemporalAndCluster();
   it("uses only settings the release's config template reads, and a dynamic config the server accepts", async () => {
     const home = await temporalServerHome();
     const template = readFileSync(join(home, 'config/docker.yaml'), 'utf8');

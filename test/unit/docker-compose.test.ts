@@ -1,15 +1,9 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parse } from 'yaml';
 import { SEARCH_ATTRIBUTES } from '../../common/search-attributes';
-import {
-  CLUSTER_DEPLOY_FILES,
-  CLUSTER_NAMESPACE,
-  serverEnvironment,
-  type ServerPorts,
-} from '../../dev/temporal-cluster';
+import { CLUSTER_DEPLOY_FILES, CLUSTER_NAMESPACE } from '../../dev/temporal-cluster';
 import { REPO_ROOT } from '../../dev/tools';
-import { composeFile, type Service } from '../helpers/compose';
+import { composeFile, composeTemporalAndCluster, withDefaults, type Service } from '../helpers/compose';
 
 /**
  * No Docker engine runs here, so the deployment files are checked statically (the checks that need the built CLI
@@ -122,23 +116,7 @@ describe('docker-compose.yml', () => {
 
 /** The two-process test cluster (dev/temporal-cluster.ts) must be the compose file's Temporal, run without Docker. */
 describe('docker-compose.yml and the test cluster describe the same Temporal', () => {
-  const compose = parse(readFileSync(join(REPO_ROOT, 'docker-compose.yml'), 'utf8'), { merge: true }) as {
-    services: Record<string, Service>;
-  };
-  const temporal = compose.services.temporal;
-  /** A compose value with its `${VAR:-default}` references replaced by their defaults. */
-  const withDefaults = (v: string) => v.replace(/\$\{[A-Z0-9_]+:-([^}]*)\}/g, '$1');
-  const env = Object.fromEntries(
-    Object.entries(temporal.environment ?? {}).map(([k, v]) => [k, withDefaults(String(v))]),
-  );
-  const ports = Object.fromEntries(
-    ['frontendGrpc', 'frontendHttp', 'frontendMembership', 'historyGrpc', 'historyMembership', 'matchingGrpc']
-      .concat(['matchingMembership', 'workerGrpc', 'workerMembership'])
-      .map((k, i) => [k, 7000 + i]),
-  ) as unknown as ServerPorts;
-  const pg = { host: '127.0.0.1', port: 5432, user: 'temporal', password: 'temporal' };
-  const dynamicConfig = join(REPO_ROOT, CLUSTER_DEPLOY_FILES.dynamicConfig);
-  const clusterEnv = serverEnvironment(pg, ports, dynamicConfig);
+  const { compose, temporal, env, dynamicConfig, clusterEnv } = composeTemporalAndCluster();
   /** The repository file a compose service mounts at `target` (directly or through a mounted folder). */
   const mountedFile = (s: Service, target: string): string | undefined => {
     for (const v of s.volumes ?? []) {
