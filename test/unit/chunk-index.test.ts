@@ -90,14 +90,18 @@ describe('chunk index', () => {
     repo.close();
   });
 
-  it('a chunk stored but not indexed (a crash before the index was written) is uploaded again, never wrong', async () => {
+  /** Point p1 exported, then chunk 9 stored by an export that died before its index object; a fresh instance. */
+  async function withUnindexedChunk() {
     const first = await open();
     await exportPoint(first.repo, 'p1', image('a', [1]), 1);
-    // An export that stored chunk 9 and died before its index object.
     const lost = Buffer.alloc(CHUNK, 9);
     await first.repo.putChunk(lost);
     first.repo.close();
-    const { repo } = await open();
+    return { lost, repo: (await open()).repo };
+  }
+
+  it('a chunk stored but not indexed (a crash before the index was written) is uploaded again, never wrong', async () => {
+    const { lost, repo } = await withUnindexedChunk();
     const r = await exportPoint(repo, 'p2', image('b', [1, 9]), 2);
     expect(r.manifest.stats.chunksNew).toBe(1); // chunk 9, sent again
     expect((await repo.loadChunkIndex()).has(repo.chunkId(lost))).toBe(true);
@@ -106,13 +110,8 @@ describe('chunk index', () => {
   });
 
   it('a resumed export asks the store before uploading a chunk the index lacks (none stored twice)', async () => {
-    const first = await open();
-    await exportPoint(first.repo, 'p1', image('a', [1]), 1);
     // The interrupted attempt stored chunk 9 after its last checkpoint and died before indexing it.
-    const lost = Buffer.alloc(CHUNK, 9);
-    await first.repo.putChunk(lost);
-    first.repo.close();
-    const { repo } = await open();
+    const { lost, repo } = await withUnindexedChunk();
     await repo.loadChunkIndex();
     repo.askStoreForUnknownChunks();
     expect(await repo.putChunk(lost)).toMatchObject({ uploaded: false, storedBytes: 0 });
