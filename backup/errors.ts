@@ -96,6 +96,17 @@ export class LockLostError extends RepositoryError {
   override readonly name: string = 'LockLostError';
 }
 
+/** The store refused to delete or change an object version because its Object Lock has not lapsed. */
+export class ObjectLockedError extends RepositoryError {
+  override readonly name: string = 'ObjectLockedError';
+  constructor(
+    readonly key: string,
+    detail: string,
+  ) {
+    super(`${key} is protected by its object lock: ${detail}`);
+  }
+}
+
 /** Error types an activity should not retry: bad input and things a retry cannot fix. */
 export const PERMANENT_REPOSITORY_ERRORS = [
   'RepositoryInputError',

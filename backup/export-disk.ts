@@ -1,6 +1,7 @@
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { FORMAT_VERSION, type DiskExportStats, type DiskManifest } from './manifest';
 import { ImageReader, imageChain, imageMap, type MapExtent } from './image-reader';
+import { chunkNeededUntil } from './object-lock';
 import { isZero, type Repository } from './repository';
 
 /** Names of one disk of one VM at one point. */
@@ -378,7 +379,16 @@ async function writeManifest(run: ExportRun): Promise<{ manifest: DiskManifest; 
     chunks,
     stats,
   };
-  await repo.indexChunks(chunks.filter((id): id is string => id !== null && !repo.isIndexed(id)));
+  // Object Lock: every chunk the manifest names (uploaded now, found stored, or taken from the base) is locked at
+  // least as long as the point will be; those whose known lock ends earlier are extended, then indexed with it.
+  const lock = repo.objectLock;
+  const needed = lock ? chunkNeededUntil(lock, repo.now()) : undefined;
+  const extended = needed !== undefined ? await repo.ensureRetention(chunks, needed, opts.onListing) : [];
+  if (needed !== undefined) manifest.chunksRetainUntil = new Date(needed).toISOString();
+  await repo.indexChunks([
+    ...chunks.filter((id): id is string => id !== null && !repo.isIndexed(id)),
+    ...extended,
+  ]);
   const manifestKey = await repo.writeDiskManifest(manifest);
   if (opts.checkpointFile) await rm(opts.checkpointFile, { force: true });
   return { manifest, manifestKey };

@@ -47,6 +47,9 @@ export const RepositoryConfigSchema = z.object({
   chunkHash: z.literal('hmac-sha256'),
   keyCheck: z.string().regex(/^[0-9a-f]{64}$/),
   mac: z.string().regex(/^[0-9a-f]{64}$/),
+  objectLock: z
+    .object({ mode: z.enum(['compliance', 'governance']), days: z.number().int().min(1).max(36500) })
+    .optional(),
 });
 
 const diskStats = z.object({
@@ -72,6 +75,7 @@ export const DiskManifestSchema = z
     chunkSize: z.number().int().min(MIN_CHUNK_SIZE).max(MAX_CHUNK_SIZE),
     chunks: z.array(chunkId.nullable()).max(MAX_DISK_CHUNKS),
     stats: diskStats,
+    chunksRetainUntil: str(64).optional(),
   })
   .refine((m) => m.chunks.length === Math.ceil(m.virtualSize / m.chunkSize), {
     message: 'chunk count does not match the virtual size',
@@ -123,6 +127,7 @@ export const GroupManifestSchema = z.object({
     chunksNew: count,
     chunksData: count,
   }),
+  retainUntil: str(64).optional(),
 });
 
 export const VerificationRecordSchema = z.object({

@@ -1,5 +1,5 @@
 import { normalizeRetention, planRetention, type RetentionPolicy } from '../common/retention';
-import { DamagedObjectError } from './errors';
+import { DamagedObjectError, ObjectLockedError } from './errors';
 import { RepositoryBusyError, RepositoryLock } from './locks';
 import type { DiskManifest, VmManifest } from './manifest';
 import { KEYS, Repository, sealedKindOf } from './repository';
@@ -24,14 +24,32 @@ export interface PruneOptions {
   lockStaleMs?: number;
 }
 
+/** A point (or objects) the policy removes that cannot be removed yet: their Object Lock holds until `until`. */
+export interface HeldPoint {
+  group: string;
+  snapshotId: string;
+  /** ISO 8601; when prune can remove it. */
+  until: string;
+}
+
 export interface PruneResult {
   dryRun: boolean;
   groups: { group: string; kept: { snapshotId: string; reasons: string[] }[]; deleted: string[] }[];
+  /** Object Lock: points the policy removes whose lock has not lapsed (kept, with when they can go). */
+  held: HeldPoint[];
   incompleteRemoved: number;
   /** Points whose group manifest cannot be read: neither kept nor deleted by the policy, and no sweep runs. */
   damaged: { snapshotId: string; manifest: string; detail: string }[];
   sweep:
-    | { done: true; chunksBefore: number; chunksDeleted: number; bytesFreed: number }
+    | {
+        done: true;
+        chunksBefore: number;
+        chunksDeleted: number;
+        bytesFreed: number;
+        /** Object Lock: unreferenced chunks still locked (kept), and until when the last of them is. */
+        chunksHeld?: number;
+        heldUntil?: string;
+      }
     /** `damage`: refused because a manifest cannot be read (the CLI exits 1). */
     | { done: false; reason: string; damage?: boolean };
 }
@@ -48,6 +66,7 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
   const result: PruneResult = {
     dryRun: Boolean(opts.dryRun),
     groups: [],
+    held: [],
     incompleteRemoved: 0,
     damaged: [],
     sweep: { done: false, reason: 'dry run' },
@@ -77,6 +96,9 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
     repo.useLock(lock);
   }
   try {
+    // Object Lock: what the chunk index knows of chunks' locks (the sweep skips those still locked, and the
+    // rewritten index keeps their dates).
+    if (repo.objectLock && !opts.dryRun) await repo.loadChunkIndex();
     await applyPolicy(repo, policy, opts, result);
     if (opts.dryRun || !lock) return result;
     await sweep(repo, lock, opts, result);
@@ -112,8 +134,28 @@ async function applyPolicy(
       policy,
       opts.timezone ? { timezone: opts.timezone } : undefined,
     );
-    if (!opts.dryRun) for (const id of plan.remove) await repo.deletePoint(group, id);
-    result.groups.push({ group, kept: plan.keep, deleted: plan.remove });
+    const deleted: string[] = [];
+    for (const id of plan.remove) {
+      const point = list.find((p) => p.snapshotId === id);
+      const until = point?.retainUntil ? Date.parse(point.retainUntil) : 0;
+      // Object Lock: a point is removed only once its lock has lapsed; until then it is kept and said so.
+      if (until > repo.now()) {
+        result.held.push({ group, snapshotId: id, until: new Date(until).toISOString() });
+        continue;
+      }
+      if (!opts.dryRun) {
+        try {
+          await repo.deletePoint(group, id);
+        } catch (err) {
+          if (!(err instanceof ObjectLockedError)) throw err;
+          const held = await repo.locking.retention(err.key).catch(() => undefined);
+          result.held.push({ group, snapshotId: id, until: (held?.until ?? new Date(repo.now())).toISOString() });
+          continue;
+        }
+      }
+      deleted.push(id);
+    }
+    result.groups.push({ group, kept: plan.keep, deleted });
   }
 }
 
@@ -135,12 +177,17 @@ async function sweep(repo: Repository, lock: RepositoryLock, opts: PruneOptions,
   }
   for (const [, entry] of prefixes) {
     if (!entry.complete && Date.now() - entry.newest > incompleteAfter) {
-      for (const k of entry.keys) {
-        lock.assertHeld();
-        await repo.store.delete(k);
+      try {
+        for (const k of entry.keys) {
+          lock.assertHeld();
+          await repo.purge(k);
+        }
+        result.incompleteRemoved++;
+        continue;
+      } catch (err) {
+        // Object Lock: an interrupted export's manifests stay until their lock lapses (and still name chunks).
+        if (!(err instanceof ObjectLockedError)) throw err;
       }
-      result.incompleteRemoved++;
-      continue;
     }
     for (const key of entry.keys) {
       const kind = sealedKindOf(key);
@@ -167,6 +214,10 @@ async function sweep(repo: Repository, lock: RepositoryLock, opts: PruneOptions,
     };
     return;
   }
+  if (repo.objectLock) {
+    await sweepLockedChunks(repo, lock, referenced, result);
+    return;
+  }
   let chunksBefore = 0;
   let chunksDeleted = 0;
   let bytesFreed = 0;
@@ -190,6 +241,69 @@ async function sweep(repo: Repository, lock: RepositoryLock, opts: PruneOptions,
     bytesFreed += c.size;
   }
   result.sweep = { done: true, chunksBefore, chunksDeleted, bytesFreed };
+}
+
+/**
+ * The chunk sweep of a repository with Object Lock: every version of each unreferenced chunk is deleted (a plain
+ * delete would only hide it behind a delete marker), except while its lock holds: those chunks are kept and counted,
+ * with the date the last of them can go. The index is rewritten first, as without Object Lock.
+ */
+async function sweepLockedChunks(
+  repo: Repository,
+  lock: RepositoryLock,
+  referenced: Set<string>,
+  result: PruneResult,
+): Promise<void> {
+  const versions = new Map<string, { versionId: string; size: number; current: boolean }[]>();
+  for await (const v of repo.locking.listVersions(KEYS.chunksPrefix)) {
+    versions.set(v.key, [
+      ...(versions.get(v.key) ?? []),
+      { versionId: v.versionId, size: v.size, current: v.latest && !v.deleteMarker },
+    ]);
+  }
+  const idOf = (key: string) => key.slice(key.lastIndexOf('/') + 1);
+  const kept = [...versions.keys()].map(idOf).filter((id) => referenced.has(id));
+  lock.assertHeld();
+  await repo.rewriteChunkIndex(kept);
+  let chunksDeleted = 0;
+  let bytesFreed = 0;
+  let chunksHeld = 0;
+  let heldUntil = 0;
+  const now = repo.now();
+  for (const [key, list] of versions) {
+    const id = idOf(key);
+    if (referenced.has(id)) continue;
+    const known = repo.chunkRetainedUntil(id);
+    let until = known > now ? known : 0;
+    let freed = 0;
+    for (const v of until ? [] : list) {
+      lock.assertHeld();
+      try {
+        await repo.locking.deleteVersion(key, v.versionId);
+        freed += v.size;
+      } catch (err) {
+        if (!(err instanceof ObjectLockedError)) throw err;
+        const held = await repo.locking.retention(key, v.versionId).catch(() => undefined);
+        until = Math.max(until, held?.until.getTime() ?? now);
+      }
+    }
+    bytesFreed += freed;
+    if (until) {
+      chunksHeld++;
+      heldUntil = Math.max(heldUntil, until);
+    } else {
+      repo.forgetChunk(id);
+      chunksDeleted++;
+    }
+  }
+  result.sweep = {
+    done: true,
+    chunksBefore: [...versions.values()].filter((l) => l.some((v) => v.current)).length,
+    chunksDeleted,
+    bytesFreed,
+    chunksHeld,
+    ...(heldUntil ? { heldUntil: new Date(heldUntil).toISOString() } : {}),
+  };
 }
 
 export { Repository };

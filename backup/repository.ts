@@ -19,11 +19,14 @@ import {
   type RepositoryKeys,
 } from './crypto';
 import {
+  BucketNotFoundError,
   DamagedObjectError,
+  ObjectLockedError,
   PointNotFoundError,
   RepositoryExistsError,
   RepositoryInputError,
   RepositoryNotFoundError,
+  StoreAccessDeniedError,
   WrongKeyError,
 } from './errors';
 import {
@@ -35,6 +38,7 @@ import {
   MAX_DISK_CHUNKS,
   MAX_OBJECT_BYTES,
   MIN_CHUNK_SIZE,
+  OBJECT_LOCK_FORMAT_VERSION,
   RepositoryConfigSchema,
   VerificationRecordSchema,
   VmManifestSchema,
@@ -46,7 +50,15 @@ import {
 } from './manifest';
 import { ChunkIdSet, sortedIdBuffer } from './chunk-id-set';
 import { ChunkIdMismatchError, SealPool } from './seal-pool';
-import { FileStore, openStore, S3Store, type ObjectStore } from './store';
+import {
+  ChunkRetention,
+  chunkRetainUntil,
+  datedIndexBody,
+  manifestRetainUntil,
+  parseDatedIndexBody,
+  type ObjectLockSettings,
+} from './object-lock';
+import { FileStore, openStore, S3Store, type LockingStore, type ObjectRetention, type ObjectStore } from './store';
 
 /** What a repository writer checks before each write: the lock it holds (./locks.ts `RepositoryLock`). */
 export interface HeldLock {
@@ -106,13 +118,20 @@ const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 export interface OpenOptions {
   /** An object store to use instead of the one the URL names (tests: fault injection). */
   store?: ObjectStore;
-  /** Extra `S3Client` settings (e.g. a custom request handler). */
+  /** Extra `S3Client` settings (e.g. a custom request handler, or other credentials). */
   s3?: S3ClientConfig;
+  /** The clock lock dates are computed from, ms (tests: a lock that lapses in seconds). @default Date.now */
+  clock?: () => number;
 }
 
 export interface InitOptions extends OpenOptions {
   /** @default DEFAULT_CHUNK_SIZE (4 MiB) */
   chunkSize?: number;
+  /**
+   * Object Lock: the bucket is created with it (or must have it and versioning), and every point is locked this
+   * long. Format 3; only on S3 (a directory cannot lock objects).
+   */
+  objectLock?: ObjectLockSettings;
 }
 
 /** One point as `listPoints` reports it. */
@@ -130,6 +149,8 @@ export interface PointSummary {
   verification?: VerificationRecord;
   /** The last DR drill of this point (`groupsnap drill`, recorded beside it), if any. */
   lastDrill?: PointDrillSummary;
+  /** Object Lock: the point is locked until this date (ISO 8601); absent in a repository without Object Lock. */
+  retainUntil?: string;
 }
 
 /** A point whose group manifest cannot be read: listed (marked damaged) by `repo list`, skipped by the rest. */
@@ -204,12 +225,35 @@ export class Repository {
   private pool?: SealPool;
   /** The lock writes are made under ({@link useLock}): checked before each write. */
   private lock?: HeldLock;
+  /** Object Lock: what is known of chunks' retention (index objects' dates, this instance's puts and extensions). */
+  private readonly retention = new ChunkRetention();
+  /** The clock lock dates come from. */
+  readonly now: () => number;
 
   private constructor(
     readonly store: ObjectStore,
     readonly config: RepositoryConfig,
     private readonly keys: RepositoryKeys,
-  ) {}
+    clock?: () => number,
+  ) {
+    this.now = clock ?? Date.now;
+  }
+
+  /** The repository's Object Lock settings (format 3), or `undefined` when it has none. */
+  get objectLock(): ObjectLockSettings | undefined {
+    return this.config.objectLock;
+  }
+
+  /** The store's Object Lock calls. @throws RepositoryInputError when the store cannot lock (never for format 3) */
+  get locking(): LockingStore {
+    if (!this.store.locking) throw new RepositoryInputError(`${this.url} cannot lock objects`);
+    return this.store.locking;
+  }
+
+  /** A retention in the repository's mode until `until` (ms). */
+  retentionUntil(until: number): ObjectRetention {
+    return { mode: this.objectLock?.mode ?? 'governance', until: new Date(until) };
+  }
 
   get url(): string {
     return this.store.url;
@@ -230,13 +274,14 @@ export class Repository {
     }
     const store = opts.store ?? openStore(url, opts.s3);
     try {
-      await store.checkLocation();
+      if (opts.objectLock) await prepareLockedBucket(store, opts.objectLock);
+      else await store.checkLocation();
       if (await store.exists(KEYS.config)) throw new RepositoryExistsError(store.url);
       const id = randomBytes(16).toString('hex');
       const keys = deriveKeys(key, id);
       const fields: Omit<RepositoryConfig, 'mac'> = {
         format: 'groupsnap-repository',
-        version: FORMAT_VERSION,
+        version: opts.objectLock ? OBJECT_LOCK_FORMAT_VERSION : FORMAT_VERSION,
         id,
         createdAt: new Date().toISOString(),
         chunkSize,
@@ -244,6 +289,7 @@ export class Repository {
         compression: 'deflate-raw',
         chunkHash: 'hmac-sha256',
         keyCheck: keyCheck(keys),
+        ...(opts.objectLock ? { objectLock: { mode: opts.objectLock.mode, days: opts.objectLock.days } } : {}),
       };
       const config: RepositoryConfig = { ...fields, mac: configMac(keys, configFields(fields)) };
       const body = Buffer.from(JSON.stringify(config, null, 2) + '\n');
@@ -251,7 +297,7 @@ export class Repository {
       if (store.putIfAbsent) {
         if (!(await store.putIfAbsent(KEYS.config, body))) throw new RepositoryExistsError(store.url);
       } else await store.put(KEYS.config, body);
-      return new Repository(store, config, keys);
+      return new Repository(store, config, keys, opts.clock);
     } catch (err) {
       if (!opts.store) store.close();
       throw err;
@@ -274,7 +320,10 @@ export class Repository {
       if (!hexEqual(configMac(keys, configFields(config)), config.mac)) {
         throw new DamagedObjectError(KEYS.config, 'corrupt', 'its authentication (mac) does not match: it was changed');
       }
-      return new Repository(store, config, keys);
+      if (config.objectLock && !store.locking) {
+        throw new RepositoryInputError(`${store.url} has Object Lock, which this store cannot honour`);
+      }
+      return new Repository(store, config, keys, opts.clock);
     } catch (err) {
       if (!opts.store) store.close();
       throw err;
@@ -384,6 +433,8 @@ export class Repository {
         }
         read.add(key);
         known.addSorted(ids);
+        const until = this.indexDates.get(key);
+        if (until !== undefined) this.retention.addSorted(until, ids);
       }
       if (!vanished) break;
     }
@@ -396,7 +447,10 @@ export class Repository {
       this.unindexed = new Set(known.addedIds());
     } else {
       this.unindexed = new Set();
-      if (opts.compact && read.size > INDEX_COMPACT_OVER) await this.replaceChunkIndex([...known], [...read]);
+      // With Object Lock, hosts never delete: the index is compacted by prune (admin credentials) only.
+      if (opts.compact && !this.objectLock && read.size > INDEX_COMPACT_OVER) {
+        await this.replaceChunkIndex([...known], [...read]);
+      }
     }
     this.known = known;
     return known;
@@ -434,16 +488,23 @@ export class Repository {
   async indexChunks(ids: Iterable<string>): Promise<void> {
     const chunks = [...new Set(ids)].filter((id) => CHUNK_ID.test(id));
     if (chunks.length === 0) return;
-    await this.writeIndexObject(chunks);
+    await this.writeIndexObject(chunks, this.objectLock ? Math.min(...chunks.map((id) => this.retention.until(id))) : 0);
     for (const id of chunks) this.unindexed.delete(id);
   }
 
-  /** Writes one index object: the ids' 32 bytes each, concatenated, sealed (not compressed: they are random). */
-  private async writeIndexObject(ids: string[]): Promise<string> {
+  /**
+   * Writes one index object: the ids' 32 bytes each, concatenated, sealed (not compressed: they are random); with
+   * Object Lock, after the date (ms) all of them are locked until at least.
+   */
+  private async writeIndexObject(ids: string[], until = 0): Promise<string> {
     const key = `${KEYS.indexPrefix}${randomBytes(16).toString('hex')}`;
-    await this.store.put(key, await seal(this.keys, sortedIdBuffer(ids), key, false));
+    const body = this.objectLock ? datedIndexBody(until, sortedIdBuffer(ids)) : sortedIdBuffer(ids);
+    await this.store.put(key, await seal(this.keys, body, key, false));
     return key;
   }
+
+  /** Dates of the dated index objects read (Object Lock), by key. */
+  private readonly indexDates = new Map<string, number>();
 
   /** The concatenated ids of one index object, or `undefined` when it is gone. @throws DamagedObjectError */
   private async readIndexObject(key: string): Promise<Buffer | undefined> {
@@ -455,6 +516,12 @@ export class Repository {
     } catch (err) {
       if (err instanceof SealError) throw new DamagedObjectError(key, 'corrupt', err.message);
       throw err;
+    }
+    if (this.objectLock) {
+      const dated = parseDatedIndexBody(ids);
+      if (!dated) throw new DamagedObjectError(key, 'corrupt', 'no date');
+      this.indexDates.set(key, dated.until);
+      ids = dated.ids;
     }
     if (ids.length % 32 !== 0) throw new DamagedObjectError(key, 'corrupt', 'not a whole number of chunk ids');
     return ids;
@@ -474,10 +541,18 @@ export class Repository {
   /** Writes `ids` as new index objects, then removes the `old` ones (never those written meanwhile by others). */
   private async replaceChunkIndex(ids: string[], old: string[]): Promise<void> {
     const mine = new Set<string>();
-    for (let i = 0; i < ids.length; i += INDEX_IDS_PER_OBJECT) {
-      mine.add(await this.writeIndexObject(ids.slice(i, i + INDEX_IDS_PER_OBJECT)));
+    // With Object Lock, ids are grouped by their known lock date (one day's precision), so the rewrite keeps it.
+    const byDate = new Map<number, string[]>();
+    for (const id of ids) {
+      const until = this.objectLock ? Math.floor(this.retention.until(id) / 86400_000) * 86400_000 : 0;
+      byDate.set(until, [...(byDate.get(until) ?? []), id]);
     }
-    for (const key of old) if (!mine.has(key)) await this.store.delete(key);
+    for (const [until, group] of byDate) {
+      for (let i = 0; i < group.length; i += INDEX_IDS_PER_OBJECT) {
+        mine.add(await this.writeIndexObject(group.slice(i, i + INDEX_IDS_PER_OBJECT), until));
+      }
+    }
+    for (const key of old) if (!mine.has(key)) await this.purge(key);
     const now = new Set(ids);
     this.unindexed = new Set([...this.unindexed].filter((id) => !now.has(id)));
   }
@@ -533,7 +608,8 @@ export class Repository {
         opts,
       );
       if (present || !sealed) return { id, uploaded: false, storedBytes: 0 };
-      await this.put(Repository.chunkKey(id), sealed.sealed, { sha256: sealed.sha256, crc32: sealed.crc32 });
+      const digests = { sha256: sealed.sha256, crc32: sealed.crc32 };
+      if (!(await this.putChunkObject(id, sealed.sealed, digests))) return { id, uploaded: false, storedBytes: 0 };
       this.known?.add(id);
       this.unindexed.add(id);
       return { id, uploaded: true, storedBytes: sealed.sealed.length };
@@ -541,10 +617,80 @@ export class Repository {
     const id = knownId;
     if (await this.hasChunk(id)) return { id, uploaded: false, storedBytes: 0 };
     const sealed = await seal(this.keys, data, id);
-    await this.put(Repository.chunkKey(id), sealed);
+    if (!(await this.putChunkObject(id, sealed))) return { id, uploaded: false, storedBytes: 0 };
     this.known?.add(id);
     this.unindexed.add(id);
     return { id, uploaded: true, storedBytes: sealed.length };
+  }
+
+  /**
+   * Stores a sealed chunk: with Object Lock, write-once (`If-None-Match: *`) and locked (false, nothing written, when
+   * the store has it already: it is then known stored, its lock unknown until {@link ensureRetention}).
+   */
+  private async putChunkObject(id: string, sealed: Buffer, digests?: { sha256?: string; crc32?: string }) {
+    const key = Repository.chunkKey(id);
+    if (!this.objectLock) {
+      await this.put(key, sealed, digests);
+      return true;
+    }
+    this.lock?.assertHeld();
+    const until = chunkRetainUntil(this.objectLock, this.now());
+    if (await this.locking.putLocked(key, sealed, this.retentionUntil(until), digests)) {
+      this.retention.note(id, until);
+      return true;
+    }
+    this.known?.add(id);
+    this.unindexed.add(id);
+    return false;
+  }
+
+  /**
+   * Object Lock: makes every chunk of `ids` locked until at least `needed` (ms): those whose known lock (chunk
+   * index, this instance's puts) ends earlier are extended (PutObjectRetention, 16 at a time) to a chunk's full lock
+   * from now, so the next exports find them long enough. Returns the ids extended (to index with their new date).
+   * Nothing to do without Object Lock.
+   */
+  async ensureRetention(ids: Iterable<string | null>, needed: number, onBatch?: () => void): Promise<string[]> {
+    const settings = this.objectLock;
+    if (!settings) return [];
+    const short = [...new Set(ids)].filter((id): id is string => id !== null && this.retention.until(id) < needed);
+    const until = Math.max(chunkRetainUntil(settings, this.now()), needed);
+    for (let i = 0; i < short.length; i += 16) {
+      this.lock?.assertHeld();
+      await Promise.all(short.slice(i, i + 16).map((id) => this.extendChunk(id, until, needed)));
+      onBatch?.();
+    }
+    return short;
+  }
+
+  private async extendChunk(id: string, until: number, needed: number): Promise<void> {
+    const key = Repository.chunkKey(id);
+    try {
+      await this.locking.setRetention(key, this.retentionUntil(until));
+      this.retention.note(id, until);
+    } catch (err) {
+      // Refused: its lock may already be longer (a shorter date is refused in compliance mode). Ask it.
+      if (!(err instanceof ObjectLockedError || err instanceof StoreAccessDeniedError)) throw err;
+      const held = await this.locking.retention(key);
+      if (!held || held.until.getTime() < needed) throw err;
+      this.retention.note(id, held.until.getTime());
+    }
+  }
+
+  /** The latest date a chunk is known locked until (ms; 0 unknown). */
+  chunkRetainedUntil(id: string): number {
+    return this.retention.until(id);
+  }
+
+  /** Removes an object for good: every version of it with Object Lock (a plain delete only hides it there). */
+  async purge(key: string): Promise<void> {
+    if (!this.objectLock) {
+      await this.store.delete(key);
+      return;
+    }
+    for await (const v of this.locking.listVersions(key)) {
+      if (v.key === key) await this.locking.deleteVersion(key, v.versionId);
+    }
   }
 
   /**
@@ -580,9 +726,23 @@ export class Repository {
 
   // ---- manifests ----
 
-  /** Seals and writes a JSON document at `key` (the key is authenticated with it). */
-  async writeSealedJson(key: string, doc: unknown): Promise<void> {
-    await this.put(key, await seal(this.keys, Buffer.from(JSON.stringify(doc)), key));
+  /**
+   * Seals and writes a JSON document at `key` (the key is authenticated with it). With Object Lock, manifests are
+   * write-once and locked until `retainUntil` (ms; default now + the lock period): when the key exists (an
+   * export's retry), the stored manifest stands if it is a valid one, else the write fails as damage.
+   */
+  async writeSealedJson(key: string, doc: unknown, retainUntil?: number): Promise<void> {
+    const body = await seal(this.keys, Buffer.from(JSON.stringify(doc)), key);
+    const kind = sealedKindOf(key);
+    if (!this.objectLock || (kind !== 'group' && kind !== 'vm' && kind !== 'disk')) {
+      await this.put(key, body);
+      return;
+    }
+    this.lock?.assertHeld();
+    const until = retainUntil ?? manifestRetainUntil(this.objectLock, this.now());
+    if (await this.locking.putLocked(key, body, this.retentionUntil(until))) return;
+    // Written before (a retried activity): the first write stands, as long as it is an authentic manifest.
+    await this.readSealedJson(key);
   }
 
   /**
@@ -637,8 +797,14 @@ export class Repository {
    */
   async writeGroupManifest(m: GroupManifest): Promise<string> {
     const key = this.groupManifestKey(m.group, m.snapshotId);
-    await this.writeSealedJson(key, m);
+    const until = m.retainUntil ? Date.parse(m.retainUntil) : undefined;
+    await this.writeSealedJson(key, m, until);
     return key;
+  }
+
+  /** Object Lock: the date (ms) a point whose group manifest is written now is locked until; else `undefined`. */
+  pointRetainUntil(): number | undefined {
+    return this.objectLock ? manifestRetainUntil(this.objectLock, this.now()) : undefined;
   }
 
   async readGroupManifest(group: string, snapshotId: string): Promise<GroupManifest> {
@@ -741,6 +907,7 @@ export class Repository {
         manifest: key,
         ...(verification ? { verification } : {}),
         ...(drill ? { lastDrill: drillSummary(drill) } : {}),
+        ...(m.retainUntil ? { retainUntil: m.retainUntil } : {}),
       });
     }
     points.sort(
@@ -760,7 +927,14 @@ export class Repository {
   async deletePoint(group: string, snapshotId: string): Promise<void> {
     const prefix = this.pointPrefix(group, snapshotId);
     this.lock?.assertHeld();
-    await this.store.delete(`${prefix}group`);
+    await this.purge(`${prefix}group`);
+    if (this.objectLock) {
+      for await (const v of this.locking.listVersions(prefix)) {
+        this.lock?.assertHeld();
+        await this.locking.deleteVersion(v.key, v.versionId);
+      }
+      return;
+    }
     for await (const o of this.store.list(prefix)) {
       this.lock?.assertHeld();
       await this.store.delete(o.key);
@@ -904,9 +1078,48 @@ function checkId(what: string, value: string): string {
   return value;
 }
 
-/** The authenticated fields of a config, in their fixed order (every field but `mac`). */
+/**
+ * The authenticated fields of a config, in their fixed order (every field but `mac`); format 3 adds the Object Lock
+ * settings (so nobody without the key can shorten or drop them).
+ */
 function configFields(c: Omit<RepositoryConfig, 'mac'>): unknown[] {
-  return [c.format, c.version, c.id, c.createdAt, c.chunkSize, c.cipher, c.compression, c.chunkHash, c.keyCheck];
+  const fields: unknown[] = [c.format, c.version, c.id, c.createdAt, c.chunkSize, c.cipher, c.compression, c.chunkHash, c.keyCheck];
+  if (c.version >= OBJECT_LOCK_FORMAT_VERSION) fields.push(c.objectLock?.mode ?? null, c.objectLock?.days ?? null);
+  return fields;
+}
+
+/**
+ * The bucket of a repository with Object Lock: created with it when missing; an existing one must have Object Lock
+ * and versioning. A directory cannot lock objects.
+ * @throws RepositoryInputError otherwise (nothing created)
+ */
+async function prepareLockedBucket(store: ObjectStore, lock: ObjectLockSettings): Promise<void> {
+  if (!Number.isInteger(lock.days) || lock.days < 1 || lock.days > 36500) {
+    throw new RepositoryInputError(`the object lock period must be a whole number of days from 1 to 36500`);
+  }
+  if (lock.mode !== 'compliance' && lock.mode !== 'governance') {
+    throw new RepositoryInputError(`the lock mode must be compliance or governance, not ${String(lock.mode)}`);
+  }
+  if (!store.locking) {
+    throw new RepositoryInputError(
+      `${store.url} cannot lock objects (a directory has no Object Lock): use an S3 bucket with Object Lock`,
+    );
+  }
+  try {
+    await store.checkLocation();
+  } catch (err) {
+    if (!(err instanceof BucketNotFoundError)) throw err;
+    await store.locking.createLockedBucket();
+    return;
+  }
+  const state = await store.locking.bucketLock();
+  if (!state.objectLock || !state.versioning) {
+    throw new RepositoryInputError(
+      `the bucket of ${store.url} has ${state.objectLock ? '' : 'no Object Lock'}${!state.objectLock && !state.versioning ? ' and ' : ''}` +
+        `${state.versioning ? '' : 'no versioning'}: create it with Object Lock enabled (S3 CreateBucket ` +
+        `ObjectLockEnabledForBucket, which turns versioning on), or let 'repo init --object-lock' create it`,
+    );
+  }
 }
 
 /**
@@ -923,9 +1136,9 @@ function parseConfig(raw: Buffer): RepositoryConfig {
   const d = (typeof doc === 'object' && doc !== null ? doc : {}) as Record<string, unknown>;
   if (d.format !== 'groupsnap-repository')
     throw new DamagedObjectError(KEYS.config, 'corrupt', 'not a groupsnap repository');
-  if (typeof d.version === 'number' && d.version > FORMAT_VERSION) {
+  if (typeof d.version === 'number' && d.version > OBJECT_LOCK_FORMAT_VERSION) {
     throw new RepositoryInputError(
-      `repository format ${d.version} is newer than this groupsnap reads (${FORMAT_VERSION})`,
+      `repository format ${d.version} is newer than this groupsnap reads (${OBJECT_LOCK_FORMAT_VERSION})`,
     );
   }
   if (d.mac === undefined) {
@@ -938,5 +1151,8 @@ function parseConfig(raw: Buffer): RepositoryConfig {
   }
   const parsed = RepositoryConfigSchema.safeParse(doc);
   if (!parsed.success) throw new DamagedObjectError(KEYS.config, 'corrupt', `invalid: ${issues(parsed.error)}`);
+  if ((parsed.data.version >= OBJECT_LOCK_FORMAT_VERSION) !== (parsed.data.objectLock !== undefined)) {
+    throw new DamagedObjectError(KEYS.config, 'corrupt', 'its format and its Object Lock settings disagree');
+  }
   return parsed.data;
 }

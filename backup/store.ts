@@ -3,12 +3,19 @@ import { link, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/pr
 import { dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
+  CopyObjectCommand,
+  CreateBucketCommand,
   DeleteObjectCommand,
+  GetBucketVersioningCommand,
   GetObjectCommand,
+  GetObjectLockConfigurationCommand,
+  GetObjectRetentionCommand,
   HeadBucketCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
+  ListObjectVersionsCommand,
   PutObjectCommand,
+  PutObjectRetentionCommand,
   S3Client,
   S3ServiceException,
   type S3ClientConfig,
@@ -16,6 +23,7 @@ import {
 import {
   BucketNotFoundError,
   DamagedObjectError,
+  ObjectLockedError,
   RepositoryError,
   RepositoryInputError,
   StoreAccessDeniedError,
@@ -61,6 +69,52 @@ export interface ObjectStore {
   /** Removes an object; no error when it is already gone. */
   delete(key: string): Promise<void>;
   close(): void;
+  /** Object Lock and versions: only on stores that can lock objects (S3 with Object Lock; never a directory). */
+  readonly locking?: LockingStore;
+}
+
+/** Object Lock retention modes (S3 `COMPLIANCE`: nobody shortens it; `GOVERNANCE`: only with bypass rights). */
+export type LockMode = 'compliance' | 'governance';
+
+/** An object version's retention. */
+export interface ObjectRetention {
+  mode: LockMode;
+  until: Date;
+}
+
+/** One version of an object (or a delete marker) in a versioned bucket. */
+export interface ObjectVersion {
+  key: string;
+  versionId: string;
+  latest: boolean;
+  deleteMarker: boolean;
+  lastModified: Date;
+  size: number;
+  etag?: string;
+}
+
+/**
+ * What a repository with Object Lock needs of its store (docs/repository-format.md, "Object Lock"): locked,
+ * write-once puts, retention extension, and (admin side) versions: listing, reading, bringing one back, deleting.
+ */
+export interface LockingStore {
+  /** Whether the bucket has Object Lock and versioning enabled. */
+  bucketLock(): Promise<{ objectLock: boolean; versioning: boolean }>;
+  /** Creates the bucket with Object Lock (and so versioning) enabled. */
+  createLockedBucket(): Promise<void>;
+  /** PutObject with `If-None-Match: *` and the retention: `false` when the key exists (nothing written). */
+  putLocked(key: string, body: Buffer, retention: ObjectRetention, digests?: BodyDigests): Promise<boolean>;
+  /** PutObjectRetention of the current version (or `versionId`). */
+  setRetention(key: string, retention: ObjectRetention, versionId?: string): Promise<void>;
+  /** GetObjectRetention: `undefined` when the version has none (or the object is gone). */
+  retention(key: string, versionId?: string): Promise<ObjectRetention | undefined>;
+  /** Every version and delete marker under `prefix` (ListObjectVersions). */
+  listVersions(prefix: string): AsyncIterable<ObjectVersion>;
+  getVersion(key: string, versionId: string, opts?: GetOptions): Promise<Buffer | undefined>;
+  /** Makes a copy of an old version the current one (server-side CopyObject), locked with `retention` if given. */
+  restoreVersion(key: string, versionId: string, retention?: ObjectRetention): Promise<void>;
+  /** Deletes one version for good. @throws ObjectLockedError while its lock holds */
+  deleteVersion(key: string, versionId: string): Promise<void>;
 }
 
 /** Options of {@link ObjectStore.get}. */
@@ -343,7 +397,10 @@ export class S3Store implements ObjectStore {
   private readonly bucket: string;
   private readonly prefix: string;
 
+  readonly locking: LockingStore;
+
   constructor(loc: Extract<RepositoryLocation, { kind: 's3' }>, config: S3ClientConfig = {}) {
+    this.locking = new S3Locking(this, (key) => this.prefix + key, loc.bucket);
     this.url = loc.url;
     this.bucket = loc.bucket;
     this.prefix = loc.prefix;
@@ -488,9 +545,11 @@ export class S3Store implements ObjectStore {
     this.chunkReads?.destroy();
   }
 
-  private translate(err: unknown, what: string): Error {
+  /** Maps an SDK error to a {@link RepositoryError} (for {@link S3Locking} too). */
+  translate(err: unknown, what: string): Error {
     if (err instanceof S3ServiceException) {
       const status = err.$metadata?.httpStatusCode;
+      if (status === 403 && /object lock/i.test(err.message)) return new ObjectLockedError(what, err.message);
       if (err.name === 'NoSuchBucket' || (status === 404 && what.startsWith('bucket '))) {
         return new BucketNotFoundError(this.url, `bucket ${this.bucket} does not exist`);
       }
@@ -509,6 +568,184 @@ export class S3Store implements ObjectStore {
     const e = err as NodeJS.ErrnoException;
     return new TransientStoreError(`S3 ${what}: ${e?.code ?? e?.name ?? 'error'} ${e?.message ?? String(err)}`);
   }
+}
+
+/** Object Lock over S3 (see {@link LockingStore}). */
+class S3Locking implements LockingStore {
+  constructor(
+    private readonly s3: S3Store,
+    private readonly full: (key: string) => string,
+    private readonly bucket: string,
+  ) {}
+
+  private wrap<T>(what: string, p: Promise<T>): Promise<T> {
+    return p.catch((err: unknown) => {
+      throw this.s3.translate(err, what);
+    });
+  }
+
+  async bucketLock(): Promise<{ objectLock: boolean; versioning: boolean }> {
+    let objectLock = false;
+    try {
+      const out = await this.s3.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.bucket }));
+      objectLock = out.ObjectLockConfiguration?.ObjectLockEnabled === 'Enabled';
+    } catch (err) {
+      const e = this.s3.translate(err, `bucket ${this.bucket}`);
+      if (!/ObjectLockConfigurationNotFound/.test((err as Error).name) || !(e instanceof RepositoryError)) throw e;
+    }
+    const v = await this.wrap(
+      `bucket ${this.bucket}`,
+      this.s3.client.send(new GetBucketVersioningCommand({ Bucket: this.bucket })),
+    );
+    return { objectLock, versioning: v.Status === 'Enabled' };
+  }
+
+  async createLockedBucket(): Promise<void> {
+    await this.wrap(
+      `bucket ${this.bucket}`,
+      this.s3.client.send(new CreateBucketCommand({ Bucket: this.bucket, ObjectLockEnabledForBucket: true })),
+    );
+  }
+
+  async putLocked(key: string, body: Buffer, retention: ObjectRetention, digests: BodyDigests = {}): Promise<boolean> {
+    try {
+      await this.s3.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: this.full(key),
+          Body: body,
+          IfNoneMatch: '*',
+          ObjectLockMode: s3Mode(retention.mode),
+          ObjectLockRetainUntilDate: retention.until,
+          ...(digests.crc32 ? { ChecksumCRC32: digests.crc32 } : {}),
+        }),
+      );
+      return true;
+    } catch (err) {
+      const status = err instanceof S3ServiceException ? err.$metadata?.httpStatusCode : undefined;
+      if (status === 412 || status === 409 || (err as Error).name === 'PreconditionFailed') return false;
+      throw this.s3.translate(err, key);
+    }
+  }
+
+  async setRetention(key: string, retention: ObjectRetention, versionId?: string): Promise<void> {
+    await this.wrap(
+      key,
+      this.s3.client.send(
+        new PutObjectRetentionCommand({
+          Bucket: this.bucket,
+          Key: this.full(key),
+          ...(versionId ? { VersionId: versionId } : {}),
+          Retention: { Mode: s3Mode(retention.mode), RetainUntilDate: retention.until },
+        }),
+      ),
+    );
+  }
+
+  async retention(key: string, versionId?: string): Promise<ObjectRetention | undefined> {
+    try {
+      const out = await this.s3.client.send(
+        new GetObjectRetentionCommand({ Bucket: this.bucket, Key: this.full(key), ...(versionId ? { VersionId: versionId } : {}) }),
+      );
+      const r = out.Retention;
+      if (!r?.Mode || !r.RetainUntilDate) return undefined;
+      return { mode: r.Mode === 'COMPLIANCE' ? 'compliance' : 'governance', until: new Date(r.RetainUntilDate) };
+    } catch (err) {
+      if (isNotFound(err) || /NoSuchObjectLockConfiguration|MethodNotAllowed/.test((err as Error).name)) return undefined;
+      throw this.s3.translate(err, key);
+    }
+  }
+
+  async *listVersions(prefix: string): AsyncIterable<ObjectVersion> {
+    const root = this.full('');
+    let keyMarker: string | undefined;
+    let versionMarker: string | undefined;
+    for (;;) {
+      const out = await this.wrap(
+        `list versions ${prefix}`,
+        this.s3.client.send(
+          new ListObjectVersionsCommand({
+            Bucket: this.bucket,
+            Prefix: this.full(prefix),
+            ...(keyMarker ? { KeyMarker: keyMarker } : {}),
+            ...(versionMarker ? { VersionIdMarker: versionMarker } : {}),
+          }),
+        ),
+      );
+      for (const v of out.Versions ?? []) {
+        if (!v.Key || !v.VersionId) continue;
+        yield {
+          key: v.Key.slice(root.length),
+          versionId: v.VersionId,
+          latest: Boolean(v.IsLatest),
+          deleteMarker: false,
+          lastModified: v.LastModified ?? new Date(0),
+          size: v.Size ?? 0,
+          ...(v.ETag ? { etag: v.ETag } : {}),
+        };
+      }
+      for (const m of out.DeleteMarkers ?? []) {
+        if (!m.Key || !m.VersionId) continue;
+        yield {
+          key: m.Key.slice(root.length),
+          versionId: m.VersionId,
+          latest: Boolean(m.IsLatest),
+          deleteMarker: true,
+          lastModified: m.LastModified ?? new Date(0),
+          size: 0,
+        };
+      }
+      if (!out.IsTruncated) return;
+      keyMarker = out.NextKeyMarker;
+      versionMarker = out.NextVersionIdMarker;
+    }
+  }
+
+  async getVersion(key: string, versionId: string, opts: GetOptions = {}): Promise<Buffer | undefined> {
+    const max = opts.maxBytes ?? Number.MAX_SAFE_INTEGER;
+    try {
+      const out = await this.s3.client.send(
+        new GetObjectCommand({ Bucket: this.bucket, Key: this.full(key), VersionId: versionId }),
+      );
+      if (out.ContentLength !== undefined && out.ContentLength > max) {
+        discardBody(out.Body);
+        throw new ObjectTooLargeError(key, out.ContentLength, max);
+      }
+      return await collectBody(out.Body, out.ContentLength, max, key);
+    } catch (err) {
+      if (err instanceof RepositoryError) throw err;
+      if (isNotFound(err)) return undefined;
+      throw this.s3.translate(err, key);
+    }
+  }
+
+  async restoreVersion(key: string, versionId: string, retention?: ObjectRetention): Promise<void> {
+    const source = `${this.bucket}/${this.full(key)}`.split('/').map(encodeURIComponent).join('/');
+    await this.wrap(
+      key,
+      this.s3.client.send(
+        new CopyObjectCommand({
+          Bucket: this.bucket,
+          Key: this.full(key),
+          CopySource: `${source}?versionId=${encodeURIComponent(versionId)}`,
+          ...(retention ? { ObjectLockMode: s3Mode(retention.mode), ObjectLockRetainUntilDate: retention.until } : {}),
+        }),
+      ),
+    );
+  }
+
+  async deleteVersion(key: string, versionId: string): Promise<void> {
+    try {
+      await this.s3.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key), VersionId: versionId }));
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw this.s3.translate(err, key);
+    }
+  }
+}
+
+function s3Mode(mode: LockMode): 'COMPLIANCE' | 'GOVERNANCE' {
+  return mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE';
 }
 
 /** Drops a response body unread: destroying the stream closes the connection instead of reading the rest. */

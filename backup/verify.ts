@@ -1,7 +1,8 @@
 import { DamagedObjectError } from './errors';
 import { RepositoryLock, type LockOptions } from './locks';
 import { FORMAT_VERSION, type DiskManifest, type GroupManifest, type VmManifest } from './manifest';
-import { Repository, type PointSummary } from './repository';
+import { KEYS, Repository, sealedKindOf, type PointSummary } from './repository';
+import type { ObjectVersion } from './store';
 
 /** One piece of damage, located as precisely as the manifests allow. */
 export interface VerifyProblem {
@@ -13,8 +14,20 @@ export interface VerifyProblem {
   offset?: number;
   /** The object that is missing or damaged. */
   object: string;
-  problem: 'missing' | 'corrupt';
+  /** `overwritten`: Object Lock, a write-once object has a later version (or a delete marker) over its first. */
+  problem: 'missing' | 'corrupt' | 'overwritten';
   detail?: string;
+}
+
+/** A write-once object (chunk, manifest) whose current version is not its first (Object Lock repositories). */
+export interface OverwrittenObject {
+  key: string;
+  /** The first version: the one the repository wrote, kept by its lock. */
+  originalVersionId: string;
+  /** Versions (and delete markers) written over it. */
+  laterVersions: number;
+  /** The current version is a delete marker (the object looks deleted). */
+  deleted: boolean;
 }
 
 export interface VerifyProgress {
@@ -32,6 +45,8 @@ export interface VerifyResult {
   /** Plaintext bytes read and checked (`readData` only). */
   bytesRead: number;
   problems: VerifyProblem[];
+  /** With `repair`: the objects brought back to their first version. */
+  repaired?: { key: string; versionId: string }[];
 }
 
 export interface VerifyOptions {
@@ -45,6 +60,52 @@ export interface VerifyOptions {
   record?: boolean;
   /** Settings of the shared lock held while verifying (tests). */
   lock?: LockOptions;
+  /**
+   * Object Lock: bring every overwritten write-once object back to its first version (the one its lock kept) before
+   * checking. Needs credentials that list and copy versions (the admin's).
+   */
+  repair?: boolean;
+}
+
+/**
+ * Object Lock: the chunks and manifests under `prefix` whose current version is not their first. The repository
+ * writes each of them once (`If-None-Match: *`), so any later version or delete marker was written by someone else.
+ */
+export async function findOverwritten(repo: Repository, prefix: string): Promise<OverwrittenObject[]> {
+  const byKey = new Map<string, ObjectVersion[]>();
+  for await (const v of repo.locking.listVersions(prefix)) {
+    if (!v.key.startsWith(KEYS.chunksPrefix) && !['group', 'vm', 'disk'].includes(sealedKindOf(v.key) ?? '')) continue;
+    byKey.set(v.key, [...(byKey.get(v.key) ?? []), v]);
+  }
+  const out: OverwrittenObject[] = [];
+  for (const [key, list] of byKey) {
+    if (list.length < 2 && !list[0]?.deleteMarker) continue;
+    // Versions are listed newest first: the original is the last real version listed.
+    const real = list.filter((v) => !v.deleteMarker);
+    const original = real.at(-1);
+    if (!original) continue;
+    const current = list.find((v) => v.latest);
+    if (current && !current.deleteMarker && current.etag !== undefined && current.etag === original.etag) continue;
+    out.push({
+      key,
+      originalVersionId: original.versionId,
+      laterVersions: list.length - 1,
+      deleted: Boolean(current?.deleteMarker),
+    });
+  }
+  return out.sort((a, b) => a.key.localeCompare(b.key));
+}
+
+/** Makes each object's first version its current one again (a copy, locked as the original was if it still is). */
+async function repairOverwritten(repo: Repository, damage: OverwrittenObject[]) {
+  const repaired: { key: string; versionId: string }[] = [];
+  for (const d of damage) {
+    const held = await repo.locking.retention(d.key, d.originalVersionId);
+    const lock = held && held.until.getTime() > repo.now() ? held : undefined;
+    await repo.locking.restoreVersion(d.key, d.originalVersionId, lock);
+    repaired.push({ key: d.key, versionId: d.originalVersionId });
+  }
+  return repaired;
 }
 
 /**
@@ -57,6 +118,28 @@ export async function verifyRepository(repo: Repository, opts: VerifyOptions = {
 }
 
 async function verifyUnlocked(repo: Repository, opts: VerifyOptions): Promise<VerifyResult> {
+  const scope = opts.group ? repo.pointPrefix(opts.group, 'x').slice(0, -2) : KEYS.pointsPrefix;
+  let overwritten = repo.objectLock ? await findOverwrittenIn(repo, scope) : [];
+  let repaired: { key: string; versionId: string }[] | undefined;
+  if (opts.repair && repo.objectLock) {
+    repaired = await repairOverwritten(repo, overwritten);
+    overwritten = await findOverwrittenIn(repo, scope);
+  }
+  const result = await verifyPoints(repo, opts, overwritten);
+  if (repaired) result.repaired = repaired;
+  return result;
+}
+
+async function findOverwrittenIn(repo: Repository, scope: string): Promise<OverwrittenObject[]> {
+  return [...(await findOverwritten(repo, scope)), ...(await findOverwritten(repo, KEYS.chunksPrefix))];
+}
+
+async function verifyPoints(
+  repo: Repository,
+  opts: VerifyOptions,
+  overwritten: OverwrittenObject[],
+): Promise<VerifyResult> {
+  const tampered = new Map(overwritten.map((o) => [o.key, o]));
   const listing = await repo.listPointsReport(opts.group ? { group: opts.group } : {});
   const points: PointSummary[] = listing.points;
   // What the store holds, listed: the chunk index (loadChunkIndex) may miss chunks, and verify reports the truth.
@@ -77,6 +160,19 @@ async function verifyUnlocked(repo: Repository, opts: VerifyOptions): Promise<Ve
     result.problems.push({ ...at, object: d.manifest, problem: d.problem, detail: d.detail });
     result.points.push({ ...at, ok: false, problems: 1 });
   }
+  // Object Lock: a point whose group manifest a delete marker hides is not listed at all: named from its key.
+  const listed = new Set([...points.map((p) => p.manifest), ...listing.damaged.map((d) => d.manifest)]);
+  for (const o of overwritten) {
+    if (sealedKindOf(o.key) !== 'group' || listed.has(o.key)) continue;
+    const [, tag, snapshotId] = o.key.split('/');
+    const at = { group: opts.group ?? `?${tag}`, snapshotId };
+    result.problems.push({ ...at, object: o.key, problem: 'overwritten', detail: overwrittenDetail(o) });
+    result.points.push({ ...at, ok: false, problems: 1 });
+  }
+  const overwrittenAt = (key: string): string | undefined => {
+    const o = tampered.get(key);
+    return o ? overwrittenDetail(o) : undefined;
+  };
 
   const checkChunk = (id: string): Promise<DamagedObjectError | undefined> => {
     let p = readResults.get(id);
@@ -104,13 +200,19 @@ async function verifyUnlocked(repo: Repository, opts: VerifyOptions): Promise<Ve
       if (!(err instanceof DamagedObjectError)) throw err;
       problems.push({ ...at, ...where, object, problem: err.problem, ...(err.message ? { detail: err.message } : {}) });
     };
+    const checkWriteOnce = (object: string, where: Partial<VerifyProblem> = {}): void => {
+      const detail = overwrittenAt(object);
+      if (detail) problems.push({ ...at, ...where, object, problem: 'overwritten', detail });
+    };
     let group: GroupManifest | undefined;
+    checkWriteOnce(point.manifest);
     try {
       group = await repo.readGroupManifest(point.group, point.snapshotId);
     } catch (err) {
       damaged(point.manifest, err);
     }
     for (const v of group?.vms ?? []) {
+      checkWriteOnce(v.manifest, { domain: v.domain });
       let vm: VmManifest;
       try {
         vm = await repo.readManifestAt<VmManifest>(v.manifest);
@@ -119,6 +221,7 @@ async function verifyUnlocked(repo: Repository, opts: VerifyOptions): Promise<Ve
         continue;
       }
       for (const d of vm.disks) {
+        checkWriteOnce(d.manifest, { domain: vm.domain, target: d.target });
         let disk: DiskManifest;
         try {
           disk = await repo.readManifestAt<DiskManifest>(d.manifest);
@@ -132,6 +235,10 @@ async function verifyUnlocked(repo: Repository, opts: VerifyOptions): Promise<Ve
           if (id === null) continue;
           result.chunksChecked++;
           progress.chunksChecked = result.chunksChecked;
+          if (tampered.has(Repository.chunkKey(id))) {
+            checkWriteOnce(Repository.chunkKey(id), where(i));
+            continue;
+          }
           if (!existing.has(id)) {
             problems.push({ ...at, ...where(i), object: Repository.chunkKey(id), problem: 'missing' });
             continue;
@@ -167,4 +274,11 @@ async function verifyUnlocked(repo: Repository, opts: VerifyOptions): Promise<Ve
   }
   result.ok = result.problems.length === 0;
   return result;
+}
+
+function overwrittenDetail(o: OverwrittenObject): string {
+  return (
+    `${o.deleted ? 'hidden by a delete marker' : 'written over'} (${o.laterVersions} later version(s) of a write-once ` +
+    `object): 'groupsnap repo verify --repair' brings back version ${o.originalVersionId}`
+  );
 }

@@ -50,6 +50,12 @@ export function registerBackupCommands(program: Command, temporalOptions: (c: Co
       .description('create a repository (the bucket, or the parent directory, must exist)')
       .argument('[url]', 's3://bucket/prefix or file:///path (default: GROUPSNAP_REPO)')
       .option('--chunk-size <MiB>', 'chunk size in MiB (default 4)', parseInteger)
+      .option(
+        '--object-lock <days>',
+        'S3 Object Lock: lock every point this many days (creates the bucket with Object Lock, or requires it)',
+        parseInteger,
+      )
+      .option('--lock-mode <mode>', 'compliance (nobody can shorten a lock) or governance (default compliance)')
       .option('--json', 'print JSON'),
   ).action(act(repoInit));
   keyOption(
@@ -66,6 +72,7 @@ export function registerBackupCommands(program: Command, temporalOptions: (c: Co
       .description("check every point's manifests and chunks; exit 1 and name group/VM/disk/offset of any damage")
       .argument('[url]', 'repository URL (default: GROUPSNAP_REPO)')
       .option('--read-data', 'also read, decrypt and check every chunk')
+      .option('--repair', 'Object Lock: bring overwritten or deleted chunks and manifests back to their locked version')
       .option('--group <group>', 'only this group')
       .option('--json', 'print JSON'),
   ).action(act(repoVerify));

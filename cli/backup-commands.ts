@@ -97,7 +97,10 @@ function progressBar(enabled: boolean) {
   };
 }
 
-export async function repoInit(url: string | undefined, opts: RepoOptions & { chunkSize?: number }): Promise<void> {
+export async function repoInit(
+  url: string | undefined,
+  opts: RepoOptions & { chunkSize?: number; objectLock?: number; lockMode?: string },
+): Promise<void> {
   await repoAction(
     opts,
     async () => {
@@ -105,10 +108,29 @@ export async function repoInit(url: string | undefined, opts: RepoOptions & { ch
       const f = keyFile(opts);
       if (opts.chunkSize !== undefined && !(opts.chunkSize >= 1 && opts.chunkSize <= 64))
         throw new BadInputError('--chunk-size is in MiB, from 1 to 64');
-      const config = await initRepository(u, f, opts.chunkSize ? { chunkSize: opts.chunkSize * 1024 * 1024 } : {});
-      return { status: 'created', url: u, id: config.id, chunkSize: config.chunkSize };
+      if (opts.lockMode !== undefined && opts.objectLock === undefined)
+        throw new BadInputError('--lock-mode needs --object-lock <days>');
+      if (opts.lockMode !== undefined && opts.lockMode !== 'compliance' && opts.lockMode !== 'governance')
+        throw new BadInputError(`--lock-mode is compliance or governance, not ${JSON.stringify(opts.lockMode)}`);
+      if (opts.objectLock !== undefined && !(opts.objectLock >= 1 && opts.objectLock <= 36500))
+        throw new BadInputError('--object-lock is a number of days from 1 to 36500');
+      const mode = (opts.lockMode ?? 'compliance') as 'compliance' | 'governance';
+      const config = await initRepository(u, f, {
+        ...(opts.chunkSize ? { chunkSize: opts.chunkSize * 1024 * 1024 } : {}),
+        ...(opts.objectLock !== undefined ? { objectLock: { days: opts.objectLock, mode } } : {}),
+      });
+      return {
+        status: 'created',
+        url: u,
+        id: config.id,
+        chunkSize: config.chunkSize,
+        objectLock: config.objectLock ?? null,
+      };
     },
-    (r) => `Created repository ${r.url} (id ${r.id}, chunks of ${mib(r.chunkSize)})`,
+    (r) =>
+      `Created repository ${r.url} (id ${r.id}, chunks of ${mib(r.chunkSize)}` +
+      (r.objectLock ? `, every point locked ${r.objectLock.days} day(s) in ${r.objectLock.mode} mode` : '') +
+      ')',
   );
 }
 
@@ -136,6 +158,8 @@ export async function repoList(url: string | undefined, opts: RepoOptions & { gr
           bytes: v.disks.reduce((n, d) => n + d.virtualSize, 0),
         })),
         logicalBytes: p.stats.logicalBytes,
+        lockedUntil: p.retainUntil ?? null,
+        locked: p.retainUntil !== undefined && Date.parse(p.retainUntil) > Date.now(),
         bytesNew: p.stats.bytesNew,
         bytesUploaded: p.stats.bytesUploaded,
         verified: p.verification
@@ -176,6 +200,7 @@ export async function repoList(url: string | undefined, opts: RepoOptions & { gr
             (p) =>
               `${p.group} ${p.snapshotId}${p.label ? ` (${p.label})` : ''}  ${p.vms.length} VM(s), ${gib(p.logicalBytes)}, ` +
               `${mib(p.bytesNew)} new, exported ${p.exportedAt}, ` +
+              (p.lockedUntil ? `${p.locked ? 'locked until' : 'lock lapsed'} ${p.lockedUntil}, ` : '') +
               (p.verified
                 ? `verified ${p.verified.ok ? 'ok' : `DAMAGED (${p.verified.problems})`}${p.verified.readData ? ' with data' : ''}`
                 : 'not verified') +
@@ -203,7 +228,7 @@ export async function repoList(url: string | undefined, opts: RepoOptions & { gr
 
 export async function repoVerify(
   url: string | undefined,
-  opts: RepoOptions & { readData?: boolean; group?: string },
+  opts: RepoOptions & { readData?: boolean; group?: string; repair?: boolean },
 ): Promise<void> {
   const bar = progressBar(!opts.json);
   await repoAction(
@@ -213,6 +238,7 @@ export async function repoVerify(
         return await verifyRepositoryAt(repoUrl(url), keyFile(opts), {
           readData: Boolean(opts.readData),
           ...(opts.group ? { group: opts.group } : {}),
+          ...(opts.repair ? { repair: true } : {}),
           onProgress: (p) =>
             bar.update('verify', p.pointsDone, p.pointsTotal, `${p.chunksChecked} chunks, ${mib(p.bytesRead)} read`),
         });
@@ -228,8 +254,10 @@ export async function repoVerify(
           (p) =>
             `  ${p.group} ${p.snapshotId} ${p.domain ?? '?'}/${p.target ?? '?'}` +
             (p.offset !== undefined ? ` offset ${p.offset}` : '') +
-            `: ${p.problem} ${p.object}`,
+            `: ${p.problem} ${p.object}` +
+            (p.problem === 'overwritten' && p.detail ? ` (${p.detail})` : ''),
         ),
+        ...(r.repaired ?? []).map((x) => `  repaired ${x.key}: version ${x.versionId} is current again`),
       ].join('\n'),
     (r) => !r.ok,
   );
@@ -279,9 +307,15 @@ export async function repoPrune(url: string | undefined, opts: PruneCommandOptio
             `${g.group}: keep ${g.kept.length}${r.dryRun ? ', would delete' : ', deleted'} ${g.deleted.length}` +
             (g.deleted.length ? ` (${g.deleted.join(', ')})` : ''),
         ),
+        ...r.held.map(
+          (h) => `${h.group}: ${h.snapshotId} kept: its object lock holds until ${h.until} (prune can remove it then)`,
+        ),
         ...r.damaged.map((d) => `DAMAGED point ${d.snapshotId} (${d.manifest}): left alone: ${d.detail}`),
         r.sweep.done
-          ? `sweep: ${r.sweep.chunksDeleted} of ${r.sweep.chunksBefore} chunks unreferenced, ${mib(r.sweep.bytesFreed)} freed`
+          ? `sweep: ${r.sweep.chunksDeleted} of ${r.sweep.chunksBefore} chunks unreferenced, ${mib(r.sweep.bytesFreed)} freed` +
+            (r.sweep.chunksHeld
+              ? `; ${r.sweep.chunksHeld} unreferenced chunk(s) kept: locked until ${r.sweep.heldUntil} at the latest`
+              : '')
           : `sweep not done: ${r.sweep.reason}`,
       ].join('\n'),
     (r) => r.damaged.length > 0 || (!r.sweep.done && r.sweep.damage === true),

@@ -135,7 +135,11 @@ export function openRepository(url: string, keyFile: string): Promise<Repository
 }
 
 /** Creates a repository; returns its config (chunk size, id). */
-export async function initRepository(url: string, keyFile: string, opts: { chunkSize?: number } = {}) {
+export async function initRepository(
+  url: string,
+  keyFile: string,
+  opts: { chunkSize?: number; objectLock?: { days: number; mode: 'compliance' | 'governance' } } = {},
+) {
   const repo = await Repository.init(url, readKeyFile(keyFile), opts);
   repo.close();
   return repo.config;

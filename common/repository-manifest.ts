@@ -11,6 +11,12 @@
  */
 export const FORMAT_VERSION = 2;
 
+/**
+ * 3: a repository with Object Lock (`config.objectLock`, authenticated; index objects dated). A groupsnap of format 2
+ * refuses it as newer, so it never writes into it without locks nor prunes past them; unlocked repositories stay 2.
+ */
+export const OBJECT_LOCK_FORMAT_VERSION = 3;
+
 /** The repository's `config` object: plain JSON, no secrets, authenticated by `mac`. */
 export interface RepositoryConfig {
   format: 'groupsnap-repository';
@@ -28,6 +34,8 @@ export interface RepositoryConfig {
   keyCheck: string;
   /** HMAC-SHA256 (hex) of every other field under the derived `config mac` key: a changed config is refused. */
   mac: string;
+  /** Object Lock (format 3): every point's objects are locked `days` days from its export, in `mode`. */
+  objectLock?: { mode: 'compliance' | 'governance'; days: number };
 }
 
 /**
@@ -51,6 +59,8 @@ export interface DiskManifest {
   chunks: (string | null)[];
   /** How this disk was exported. */
   stats: DiskExportStats;
+  /** Object Lock: every chunk named here is locked until at least this date (ISO 8601). */
+  chunksRetainUntil?: string;
 }
 
 export interface DiskExportStats {
@@ -104,6 +114,8 @@ export interface GroupManifest {
   exportedAt: string;
   vms: GroupVmEntry[];
   stats: PointStats;
+  /** Object Lock: the point (its manifests and every chunk it names) is locked until this date (ISO 8601). */
+  retainUntil?: string;
 }
 
 export interface GroupVmEntry {

@@ -40,9 +40,17 @@ export async function writeVmManifest(ctx: ExportContext, req: WriteVmManifestRe
 export async function writeGroupManifest(ctx: ExportContext, req: WriteGroupManifestRequest): Promise<string> {
   const repo = await openRepo(ctx, req.repository);
   try {
+    // Object Lock: the point is locked from now; a disk whose chunks were locked for less (an export that took
+    // longer than the lock's slack) has them extended first, so no chunk's lock lapses before the point's.
+    const retainUntil = repo.pointRetainUntil();
     for (const v of req.vms) {
       const vm = await repo.readManifestAt<VmManifest>(v.manifest);
-      for (const d of vm.disks) await repo.readManifestAt<DiskManifest>(d.manifest);
+      for (const d of vm.disks) {
+        const disk = await repo.readManifestAt<DiskManifest>(d.manifest);
+        if (retainUntil !== undefined && !(Date.parse(disk.chunksRetainUntil ?? '') >= retainUntil)) {
+          await repo.ensureRetention(disk.chunks, retainUntil);
+        }
+      }
     }
     return await repo.writeGroupManifest({
       version: FORMAT_VERSION,
@@ -53,6 +61,7 @@ export async function writeGroupManifest(ctx: ExportContext, req: WriteGroupMani
       exportedAt: new Date().toISOString(),
       vms: req.vms,
       stats: req.stats,
+      ...(retainUntil !== undefined ? { retainUntil: new Date(retainUntil).toISOString() } : {}),
     });
   } catch (err) {
     throw asFailure(err);
