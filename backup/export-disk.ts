@@ -385,10 +385,7 @@ async function writeManifest(run: ExportRun): Promise<{ manifest: DiskManifest; 
   const needed = lock ? chunkNeededUntil(lock, repo.now()) : undefined;
   const extended = needed !== undefined ? await repo.ensureRetention(chunks, needed, opts.onListing) : [];
   if (needed !== undefined) manifest.chunksRetainUntil = new Date(needed).toISOString();
-  await repo.indexChunks([
-    ...chunks.filter((id): id is string => id !== null && !repo.isIndexed(id)),
-    ...extended,
-  ]);
+  await repo.indexChunks([...chunks.filter((id): id is string => id !== null && !repo.isIndexed(id)), ...extended]);
   const manifestKey = await repo.writeDiskManifest(manifest);
   if (opts.checkpointFile) await rm(opts.checkpointFile, { force: true });
   return { manifest, manifestKey };

@@ -488,7 +488,10 @@ export class Repository {
   async indexChunks(ids: Iterable<string>): Promise<void> {
     const chunks = [...new Set(ids)].filter((id) => CHUNK_ID.test(id));
     if (chunks.length === 0) return;
-    await this.writeIndexObject(chunks, this.objectLock ? Math.min(...chunks.map((id) => this.retention.until(id))) : 0);
+    await this.writeIndexObject(
+      chunks,
+      this.objectLock ? Math.min(...chunks.map((id) => this.retention.until(id))) : 0,
+    );
     for (const id of chunks) this.unindexed.delete(id);
   }
 
@@ -1083,7 +1086,17 @@ function checkId(what: string, value: string): string {
  * settings (so nobody without the key can shorten or drop them).
  */
 function configFields(c: Omit<RepositoryConfig, 'mac'>): unknown[] {
-  const fields: unknown[] = [c.format, c.version, c.id, c.createdAt, c.chunkSize, c.cipher, c.compression, c.chunkHash, c.keyCheck];
+  const fields: unknown[] = [
+    c.format,
+    c.version,
+    c.id,
+    c.createdAt,
+    c.chunkSize,
+    c.cipher,
+    c.compression,
+    c.chunkHash,
+    c.keyCheck,
+  ];
   if (c.version >= OBJECT_LOCK_FORMAT_VERSION) fields.push(c.objectLock?.mode ?? null, c.objectLock?.days ?? null);
   return fields;
 }
@@ -1151,7 +1164,7 @@ function parseConfig(raw: Buffer): RepositoryConfig {
   }
   const parsed = RepositoryConfigSchema.safeParse(doc);
   if (!parsed.success) throw new DamagedObjectError(KEYS.config, 'corrupt', `invalid: ${issues(parsed.error)}`);
-  if ((parsed.data.version >= OBJECT_LOCK_FORMAT_VERSION) !== (parsed.data.objectLock !== undefined)) {
+  if (parsed.data.version >= OBJECT_LOCK_FORMAT_VERSION !== (parsed.data.objectLock !== undefined)) {
     throw new DamagedObjectError(KEYS.config, 'corrupt', 'its format and its Object Lock settings disagree');
   }
   return parsed.data;

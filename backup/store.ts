@@ -645,13 +645,18 @@ class S3Locking implements LockingStore {
   async retention(key: string, versionId?: string): Promise<ObjectRetention | undefined> {
     try {
       const out = await this.s3.client.send(
-        new GetObjectRetentionCommand({ Bucket: this.bucket, Key: this.full(key), ...(versionId ? { VersionId: versionId } : {}) }),
+        new GetObjectRetentionCommand({
+          Bucket: this.bucket,
+          Key: this.full(key),
+          ...(versionId ? { VersionId: versionId } : {}),
+        }),
       );
       const r = out.Retention;
       if (!r?.Mode || !r.RetainUntilDate) return undefined;
       return { mode: r.Mode === 'COMPLIANCE' ? 'compliance' : 'governance', until: new Date(r.RetainUntilDate) };
     } catch (err) {
-      if (isNotFound(err) || /NoSuchObjectLockConfiguration|MethodNotAllowed/.test((err as Error).name)) return undefined;
+      if (isNotFound(err) || /NoSuchObjectLockConfiguration|MethodNotAllowed/.test((err as Error).name))
+        return undefined;
       throw this.s3.translate(err, key);
     }
   }
@@ -736,7 +741,9 @@ class S3Locking implements LockingStore {
 
   async deleteVersion(key: string, versionId: string): Promise<void> {
     try {
-      await this.s3.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key), VersionId: versionId }));
+      await this.s3.client.send(
+        new DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key), VersionId: versionId }),
+      );
     } catch (err) {
       if (isNotFound(err)) return;
       throw this.s3.translate(err, key);

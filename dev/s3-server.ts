@@ -1,10 +1,10 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, PutBucketPolicyCommand, S3Client } from '@aws-sdk/client-s3';
 import { freePort } from './free-port';
 import { REPO_ROOT } from './tools';
 
@@ -35,6 +35,11 @@ export interface S3ServerOptions {
   dir?: string;
   /** @default a free port on 127.0.0.1 */
   port?: number;
+  /**
+   * Versioning and Object Lock (`--versioning-dir`) and user accounts with bucket policies (`--iam-dir`), both in
+   * directories beside `dir` (removed by stop()). @default false
+   */
+  objectLock?: boolean;
 }
 
 /**
@@ -52,7 +57,17 @@ export class S3Server {
     readonly port: number,
     readonly dir: string,
     private readonly ownsDir: boolean,
+    private readonly objectLock = false,
   ) {}
+
+  /** Where versions (`--versioning-dir`) and accounts (`--iam-dir`) are kept with {@link S3ServerOptions.objectLock}. */
+  get versionsDir(): string {
+    return `${this.dir}.versions`;
+  }
+
+  get iamDir(): string {
+    return `${this.dir}.iam`;
+  }
 
   get endpoint(): string {
     return `http://127.0.0.1:${this.port}`;
@@ -70,7 +85,16 @@ export class S3Server {
 
   static async start(options: S3ServerOptions = {}): Promise<S3Server> {
     const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'groupsnap-s3-')));
-    const server = new S3Server(options.port ?? (await freePort()), dir, options.dir === undefined);
+    const server = new S3Server(
+      options.port ?? (await freePort()),
+      dir,
+      options.dir === undefined,
+      Boolean(options.objectLock),
+    );
+    if (options.objectLock) {
+      await mkdir(server.versionsDir, { recursive: true });
+      await mkdir(server.iamDir, { recursive: true });
+    }
     try {
       await server.resume();
     } catch (err) {
@@ -86,7 +110,19 @@ export class S3Server {
     const bin = versitygwPath();
     const child = spawn(
       'bash',
-      ['-c', WATCHDOG, 'versitygw', String(process.pid), bin, '--port', `127.0.0.1:${this.port}`, 'posix', this.dir],
+      [
+        '-c',
+        WATCHDOG,
+        'versitygw',
+        String(process.pid),
+        bin,
+        '--port',
+        `127.0.0.1:${this.port}`,
+        ...(this.objectLock ? ['--iam-dir', this.iamDir] : []),
+        'posix',
+        ...(this.objectLock ? ['--versioning-dir', this.versionsDir] : []),
+        this.dir,
+      ],
       {
         stdio: ['ignore', 'ignore', 'pipe'],
         env: { ...process.env, ROOT_ACCESS_KEY: this.accessKey, ROOT_SECRET_KEY: this.secretKey },
@@ -114,15 +150,49 @@ export class S3Server {
     clearTimeout(timer);
   }
 
-  /** A client of this server (path-style). */
-  client(): S3Client {
+  /** A client of this server (path-style), as root or with another account's keys. */
+  client(credentials = { accessKeyId: this.accessKey, secretAccessKey: this.secretKey }): S3Client {
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-    return new S3Client({
-      endpoint: this.endpoint,
-      region: 'us-east-1',
-      forcePathStyle: true,
-      credentials: { accessKeyId: this.accessKey, secretAccessKey: this.secretKey },
-    });
+    return new S3Client({ endpoint: this.endpoint, region: 'us-east-1', forcePathStyle: true, credentials });
+  }
+
+  /**
+   * Creates an account of role `user` (needs {@link S3ServerOptions.objectLock}, which turns on versitygw's IAM):
+   * it can do only what bucket policies grant it. Returns its keys.
+   */
+  createUser(name: string): { accessKeyId: string; secretAccessKey: string } {
+    const accessKeyId = `${name}${randomBytes(4).toString('hex')}`;
+    const secretAccessKey = randomBytes(18).toString('base64url');
+    execFileSync(
+      versitygwPath(),
+      [
+        'admin',
+        '--access',
+        this.accessKey,
+        '--secret',
+        this.secretKey,
+        '--endpoint-url',
+        this.endpoint,
+        'create-user',
+        '--access',
+        accessKeyId,
+        '--secret',
+        secretAccessKey,
+        '--role',
+        'user',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    return { accessKeyId, secretAccessKey };
+  }
+
+  async putBucketPolicy(bucket: string, policy: unknown): Promise<void> {
+    const c = this.client();
+    try {
+      await c.send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }));
+    } finally {
+      c.destroy();
+    }
   }
 
   async createBucket(name: string): Promise<void> {
@@ -138,6 +208,10 @@ export class S3Server {
   async stop(): Promise<void> {
     await this.kill();
     if (this.ownsDir) await rm(this.dir, { recursive: true, force: true });
+    if (this.objectLock) {
+      await rm(this.versionsDir, { recursive: true, force: true });
+      await rm(this.iamDir, { recursive: true, force: true });
+    }
   }
 }
 
