@@ -800,8 +800,9 @@ export class Repository {
    */
   async writeGroupManifest(m: GroupManifest): Promise<string> {
     const key = this.groupManifestKey(m.group, m.snapshotId);
-    const until = m.retainUntil ? Date.parse(m.retainUntil) : undefined;
-    await this.writeSealedJson(key, m, until);
+    const lock = this.pointRetainUntil();
+    if (lock !== undefined && !m.retainUntil) m = { ...m, retainUntil: new Date(lock).toISOString() };
+    await this.writeSealedJson(key, m, m.retainUntil ? Date.parse(m.retainUntil) : undefined);
     return key;
   }
 

@@ -72,6 +72,23 @@ test('repo init creates a repository once; bad key files and URLs are bad input 
   });
 });
 
+test('repo init --object-lock: bad periods and modes, and a directory, are bad input and change nothing', async () => {
+  const lockUrl = pathToFileURL(join(dir, 'locked')).href;
+  const before = files();
+  const cases: [string[], RegExp][] = [
+    [['--object-lock', '0'], /--object-lock is a number of days/],
+    [['--object-lock', '7', '--lock-mode', 'strict'], /--lock-mode is compliance or governance/],
+    [['--lock-mode', 'governance'], /--lock-mode needs --object-lock/],
+    [['--object-lock', '7'], /cannot lock objects/],
+  ];
+  for (const [flags, message] of cases) {
+    const r = await cli(['repo', 'init', lockUrl, '--key-file', keyFile, ...flags]);
+    expect({ flags, code: r.code }).toEqual({ flags, code: 2 });
+    expect(r.stderr).toMatch(message);
+  }
+  expect(files()).toEqual(before);
+});
+
 test('repo list/verify/prune: points with sizes and verification, damage located (exit 1), keep-last with sweep', async () => {
   const repo = await Repository.open(url, key);
   const shared = randomBytes(repo.chunkSize);
