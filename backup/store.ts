@@ -462,29 +462,42 @@ export class S3Store implements ObjectStore {
 
   async put(key: string, body: Buffer, digests: BodyDigests = {}): Promise<void> {
     try {
-      const command = new PutObjectCommand({
-        Bucket: this.bucket,
-        Key: this.prefix + key,
-        Body: body,
-        // A checksum given is sent as is (the SDK computes CRC32 itself otherwise).
-        ...(digests.crc32 ? { ChecksumCRC32: digests.crc32 } : {}),
-      });
-      const sha256 = digests.sha256;
-      if (sha256) {
-        // The signer takes the payload hash from this header instead of hashing the body again.
-        command.middlewareStack.add(
-          (next) => async (args) => {
-            const req = args.request as { headers?: Record<string, string> };
-            if (req.headers) req.headers['x-amz-content-sha256'] = sha256;
-            return next(args);
-          },
-          { step: 'build', name: 'groupsnapPayloadHash' },
-        );
-      }
-      await this.client.send(command);
+      await this.putObject(key, body, digests);
     } catch (err) {
       throw this.translate(err, key);
     }
+  }
+
+  /**
+   * PutObject with the digests computed elsewhere (and the extra fields: a condition, a lock). Errors are the SDK's.
+   */
+  async putObject(
+    key: string,
+    body: Buffer,
+    digests: BodyDigests,
+    extra: Partial<ConstructorParameters<typeof PutObjectCommand>[0]> = {},
+  ): Promise<void> {
+    const command = new PutObjectCommand({
+      Bucket: this.bucket,
+      Key: this.prefix + key,
+      Body: body,
+      // A checksum given is sent as is (the SDK computes CRC32 itself otherwise).
+      ...(digests.crc32 ? { ChecksumCRC32: digests.crc32 } : {}),
+      ...extra,
+    });
+    const sha256 = digests.sha256;
+    if (sha256) {
+      // The signer takes the payload hash from this header instead of hashing the body again.
+      command.middlewareStack.add(
+        (next) => async (args) => {
+          const req = args.request as { headers?: Record<string, string> };
+          if (req.headers) req.headers['x-amz-content-sha256'] = sha256;
+          return next(args);
+        },
+        { step: 'build', name: 'groupsnapPayloadHash' },
+      );
+    }
+    await this.client.send(command);
   }
 
   /** PutObject with `If-None-Match: *`: S3 (and versitygw) refuse it with 412 when the key exists. */
@@ -609,17 +622,11 @@ class S3Locking implements LockingStore {
 
   async putLocked(key: string, body: Buffer, retention: ObjectRetention, digests: BodyDigests = {}): Promise<boolean> {
     try {
-      await this.s3.client.send(
-        new PutObjectCommand({
-          Bucket: this.bucket,
-          Key: this.full(key),
-          Body: body,
-          IfNoneMatch: '*',
-          ObjectLockMode: s3Mode(retention.mode),
-          ObjectLockRetainUntilDate: retention.until,
-          ...(digests.crc32 ? { ChecksumCRC32: digests.crc32 } : {}),
-        }),
-      );
+      await this.s3.putObject(key, body, digests, {
+        IfNoneMatch: '*',
+        ObjectLockMode: s3Mode(retention.mode),
+        ObjectLockRetainUntilDate: retention.until,
+      });
       return true;
     } catch (err) {
       const status = err instanceof S3ServiceException ? err.$metadata?.httpStatusCode : undefined;

@@ -20,6 +20,7 @@ import {
   parseDatedIndexBody,
 } from '../../backup/object-lock';
 import { pruneRepository } from '../../backup/prune';
+import { hostBucketPolicy } from '../../backup/s3-policy';
 import { Repository } from '../../backup/repository';
 import { FakeLockingStore } from '../helpers/locking-store';
 import { writeTestPoint } from '../helpers/repo-points';
@@ -153,5 +154,24 @@ describe('a repository with Object Lock', () => {
     const swept = await pruneRepository(repo, { policy: { keepLast: 1 } });
     expect(swept.sweep).toMatchObject({ done: true, chunksDeleted: 1, chunksHeld: 0 });
     expect((await repo.listPoints()).map((p) => p.snapshotId)).toEqual(['gs-2']);
+  });
+});
+
+describe('the hosts\u2019 bucket policy', () => {
+  it('is the one README documents, and never lets hosts delete a version or bypass a lock', () => {
+    const readme = readFileSync(join(__dirname, '../../README.md'), 'utf8');
+    const block = /### Immutable repositories[\s\S]*?```json\n([\s\S]*?)\n```/.exec(readme);
+    const policy = hostBucketPolicy('s3://dr-backups/shop', {
+      principal: 'arn:aws:iam::111122223333:user/groupsnap-host',
+    });
+    expect(JSON.parse(block![1])).toEqual(policy);
+    const statements = policy.Statement as { Effect: string; Action: string[]; Resource: string[] }[];
+    const allowed = statements.filter((s) => s.Effect === 'Allow');
+    expect(allowed.flatMap((s) => s.Action)).not.toContain('s3:DeleteObjectVersion');
+    expect(allowed.filter((s) => s.Action.includes('s3:DeleteObject')).flatMap((s) => s.Resource)).toEqual([
+      'arn:aws:s3:::dr-backups/shop/locks/*',
+    ]);
+    const denied = statements.filter((s) => s.Effect === 'Deny').flatMap((s) => s.Action);
+    expect(denied).toEqual(expect.arrayContaining(['s3:DeleteObjectVersion', 's3:BypassGovernanceRetention']));
   });
 });
