@@ -12,6 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { createExportActivities } from '../activities/export-activities';
 import { createExportContext } from '../activities/export/context';
 import { writeGroupManifest } from '../activities/export/manifests';
 import { deriveKeys, seal } from '../backup/crypto';
@@ -26,6 +28,8 @@ import { hostBucketPolicy } from '../backup/s3-policy';
 import { S3Store, openStore } from '../backup/store';
 import { verifyRepository } from '../backup/verify';
 import { S3Server } from '../dev/s3-server';
+import type { ExportDiskReport } from '../common/backup-types';
+import { renderVmMetadata } from '../common/catalog';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 
 const run = promisify(execFile);
@@ -135,9 +139,9 @@ async function hostExport(url: string, snapshotId: string, file: string, base?: 
   return { disk, image: file };
 }
 
-async function restoreBytes(repo: Repository, snapshotId: string): Promise<Buffer> {
+async function restoreBytes(repo: Repository, snapshotId: string, domain = 'db-1'): Promise<Buffer> {
   const out = join(dir, `${snapshotId}.restored`);
-  await repo.writeDiskImage(await repo.readDiskManifest('shop', snapshotId, 'db-1', 'vda'), out);
+  await repo.writeDiskImage(await repo.readDiskManifest('shop', snapshotId, domain, 'vda'), out);
   return readFileSync(out);
 }
 
@@ -264,18 +268,71 @@ describe('repository with Object Lock on versitygw', () => {
     admin.close();
   });
 
+  it("the host's export activities run with the write-only credentials (no delete but their locks')", async () => {
+    const snapshotId = 'gs-20261207T100000Z-eeeeee';
+    const file = await image('p5');
+    const hypervisor = {
+      getMetadata: async () =>
+        renderVmMetadata({
+          tags: [],
+          clones: [],
+          restores: [],
+          snapshots: [
+            {
+              snapshotId,
+              group: 'shop',
+              createdAt: '2026-12-07T10:00:00.000Z',
+              disks: [{ target: 'vda', image: file, overlay: join(dir, 'p5.overlay.qcow2') }],
+            },
+          ],
+        }),
+      describe: async () => ({ disks: [{ target: 'vda', format: 'qcow2' }] }),
+      domainXml: async () => '<domain><name>db-2</name></domain>',
+    } as unknown as Hypervisor;
+    const acts = createExportActivities({
+      hypervisor,
+      hostId: 'hv-b',
+      stateDir: join(dir, 'state-hv-b'),
+      keyFile: keyFile(),
+      repositoryOptions: { s3: { credentials: hostCreds } },
+    });
+    const env = new MockActivityEnvironment();
+    const req = { repository: url, group: 'shop', snapshotId, domain: 'db-2' };
+    const disk = (await env.run(() => acts.exportVmDisk({ ...req, target: 'vda' }))) as ExportDiskReport;
+    const { domain: _d, target: _t, manifestKey, chunksResumed: _c, ...entry } = disk;
+    const vmKey: string = await env.run(() =>
+      acts.writeVmManifest({ ...req, disks: [{ target: 'vda', manifest: manifestKey, ...entry }] }),
+    );
+    await env.run(() =>
+      acts.writeGroupManifest({
+        repository: url,
+        group: 'shop',
+        snapshotId,
+        snapshotCreatedAt: '2026-12-07T10:00:00.000Z',
+        vms: [
+          { domain: 'db-2', host: 'hv-b', manifest: vmKey, disks: [{ target: 'vda', virtualSize: disk.virtualSize }] },
+        ],
+        stats: { logicalBytes: disk.virtualSize, ...disk.stats },
+      }),
+    );
+    const admin = await Repository.open(url, key);
+    const point = (await admin.listPoints()).find((p) => p.snapshotId === snapshotId);
+    expect(Date.parse(point?.retainUntil as string)).toBeGreaterThan(Date.now());
+    expect((await restoreBytes(admin, snapshotId, 'db-2')).equals(await rawOf(file))).toBe(true);
+    admin.close();
+  });
+
   it('prune keeps a point whose lock holds and says until when', async () => {
     const admin = await Repository.open(url, key);
     const result = await pruneRepository(admin, { policy: { keepLast: 1 } });
-    expect(result.held).toEqual([
-      { group: 'shop', snapshotId: 'gs-20261207T080000Z-aaaaaa', until: expect.any(String) },
-    ]);
-    expect(Date.parse(result.held[0].until)).toBeGreaterThan(Date.now());
-    expect(result.groups[0].deleted).toEqual([]);
-    expect((await admin.listPoints()).map((p) => p.snapshotId)).toEqual([
+    // The newest point (the activities', taken at 10:00) is kept by the policy; the two others are locked.
+    expect(result.held.map((h) => h.snapshotId).sort()).toEqual([
       'gs-20261207T080000Z-aaaaaa',
       'gs-20261209T080000Z-bbbbbb',
     ]);
+    for (const h of result.held) expect(Date.parse(h.until)).toBeGreaterThan(Date.now() + DAY_MS / 2);
+    expect(result.groups[0].deleted).toEqual([]);
+    expect((await admin.listPoints()).length).toBe(3);
     expect((await restoreBytes(admin, 'gs-20261207T080000Z-aaaaaa')).equals(await rawOf(p1.image))).toBe(true);
     admin.close();
   });
