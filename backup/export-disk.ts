@@ -133,6 +133,8 @@ interface ExportRun {
   stats: DiskExportStats;
   /** Byte length of chunk `i` (the last one may be short). */
   lengthOf: (i: number) => number;
+  /** Object Lock: the extension of the locks of chunks known from the start (base, checkpoint), running meanwhile. */
+  early?: Promise<string[]>;
 }
 
 /**
@@ -174,6 +176,7 @@ export async function exportDisk(opts: ExportDiskOptions): Promise<ExportDiskRes
   const lengthOf = (i: number): number => Math.min(chunkSize, virtualSize - i * chunkSize);
   const run: ExportRun = { repo, opts, chunkSize, virtualSize, chunks, toRead, cp, stats, lengthOf };
   const chunksResumed = await resumeFromCheckpoint(run, known);
+  run.early = extendKnownChunks(run);
   const order = [...toRead].sort((a, b) => a - b);
   const progress = startingProgress(run, order, chunksResumed);
   opts.onProgress?.({ ...progress });
@@ -362,6 +365,19 @@ async function copyChunks(run: ExportRun, reader: ImageReader, order: number[], 
 }
 
 /**
+ * Object Lock: extends, while the chunks are read, the locks of the chunks already known to be part of this point (from
+ * the base's manifest or the checkpoint) that end too early, so an incremental export does not wait for them at its
+ * end. Settled (never rejecting unobserved); awaited by {@link writeManifest}.
+ */
+function extendKnownChunks(run: ExportRun): Promise<string[]> | undefined {
+  const lock = run.repo.objectLock;
+  if (!lock) return undefined;
+  const early = run.repo.ensureRetention(run.chunks, chunkNeededUntil(lock, run.repo.now()));
+  early.catch(() => undefined);
+  return early;
+}
+
+/**
  * Writes the disk manifest (every chunk listed), after indexing the chunks it names that the index did not (uploaded
  * now, or found by a listing) so later exports dedup against them without listing the chunks; then drops the
  * checkpoint.
@@ -383,7 +399,9 @@ async function writeManifest(run: ExportRun): Promise<{ manifest: DiskManifest; 
   // least as long as the point will be; those whose known lock ends earlier are extended, then indexed with it.
   const lock = repo.objectLock;
   const needed = lock ? chunkNeededUntil(lock, repo.now()) : undefined;
+  const extendedEarly = (await run.early) ?? [];
   const extended = needed !== undefined ? await repo.ensureRetention(chunks, needed, opts.onListing) : [];
+  extended.push(...extendedEarly);
   if (needed !== undefined) manifest.chunksRetainUntil = new Date(needed).toISOString();
   await repo.indexChunks([...chunks.filter((id): id is string => id !== null && !repo.isIndexed(id)), ...extended]);
   const manifestKey = await repo.writeDiskManifest(manifest);
