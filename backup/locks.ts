@@ -165,7 +165,13 @@ export class RepositoryLock implements HeldLock {
       }
       if (created) return;
       const held = (await RepositoryLock.list(this.repo, Number.POSITIVE_INFINITY)).find((l) => l.key === this.key);
-      if (!held) continue; // released meanwhile
+      if (!held) {
+        // Released meanwhile; or, on a versioned bucket (Object Lock), a delete marker that a store counts as an
+        // existing object for If-None-Match (versitygw does): removed, then tried again.
+        if (attempt >= 5) throw new RepositoryBusyError(`cannot create ${this.key}: the store says it exists`);
+        if (this.repo.objectLock) await this.removeDeleteMarkers();
+        continue;
+      }
       const fresh = (await RepositoryLock.list(this.repo, this.staleMs)).some((l) => l.key === this.key);
       if (fresh || attempt >= 3) {
         throw new RepositoryBusyError(
@@ -173,7 +179,14 @@ export class RepositoryLock implements HeldLock {
         );
       }
       // Stale: its holder died. Remove it and try again (a racing prune's conditional write still decides).
-      await store.delete(this.key);
+      await (this.repo.objectLock ? this.repo.purge(this.key) : store.delete(this.key));
+    }
+  }
+
+  /** Object Lock (versioned bucket): deletes the delete markers of this lock's key (they are not locked). */
+  private async removeDeleteMarkers(): Promise<void> {
+    for await (const v of this.repo.locking.listVersions(this.key)) {
+      if (v.key === this.key && v.deleteMarker) await this.repo.locking.deleteVersion(v.key, v.versionId);
     }
   }
 
@@ -243,6 +256,11 @@ export class RepositoryLock implements HeldLock {
     if (this.key === EXCLUSIVE_LOCK_KEY) {
       const now = await this.repo.store.get(this.key, { maxBytes: MAX_OBJECT_BYTES.lock }).catch(() => undefined);
       if (now && !now.equals(this.body)) return;
+      // Object Lock (versioned bucket): every version of it, so no delete marker is left for the next prune.
+      if (this.repo.objectLock) {
+        await this.repo.purge(this.key);
+        return;
+      }
     }
     await this.repo.store.delete(this.key);
   }

@@ -28,6 +28,8 @@ import { hostBucketPolicy } from '../backup/s3-policy';
 import { S3Store, openStore } from '../backup/store';
 import { verifyRepository } from '../backup/verify';
 import { S3Server } from '../dev/s3-server';
+import { writeTestPoint } from './helpers/repo-points';
+import { CLI } from './helpers/worker-process';
 import type { ExportDiskReport } from '../common/backup-types';
 import { renderVmMetadata } from '../common/catalog';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -368,6 +370,64 @@ describe('repository with Object Lock on versitygw', () => {
     admin.close();
   });
 });
+
+describe('the CLI on a repository with Object Lock', () => {
+  const cli = (args: string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(
+        process.execPath,
+        [CLI, ...args, '--key-file', keyFile()],
+        { env: { ...process.env }, timeout: 60_000 },
+        (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+
+  it('init creates the locked bucket; list shows each point locked until when; prune says what it keeps', async () => {
+    const cliUrl = 's3://gs-lock-cli/repo';
+    const init = await cli([
+      'repo',
+      'init',
+      cliUrl,
+      '--object-lock',
+      '2',
+      '--lock-mode',
+      'governance',
+      '--chunk-size',
+      '1',
+    ]);
+    expect(init.code).toBe(0);
+    expect(init.stdout).toMatch(/every point locked 2 day\(s\) in governance mode/);
+    const repo = await Repository.open(cliUrl, key);
+    await writeTestPointLocked(repo, 'gs-20261201T000000Z-ffffff', '2026-12-01T00:00:00.000Z');
+    await writeTestPointLocked(repo, 'gs-20261202T000000Z-gggggg', '2026-12-02T00:00:00.000Z');
+    repo.close();
+    const listed = await cli(['repo', 'list', cliUrl]);
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toMatch(/gs-20261201T000000Z-ffffff .*locked until 20\d\d-/);
+    const json = JSON.parse((await cli(['repo', 'list', cliUrl, '--json'])).stdout) as {
+      locked: boolean;
+      lockedUntil: string;
+    }[];
+    expect(json.map((p) => p.locked)).toEqual([true, true]);
+    expect(Date.parse(json[0].lockedUntil)).toBeGreaterThan(Date.now() + DAY_MS);
+    const pruned = await cli(['repo', 'prune', cliUrl, '--keep-last', '1']);
+    expect(pruned.code).toBe(0);
+    expect(pruned.stdout).toMatch(/gs-20261201T000000Z-ffffff kept: its object lock holds until 20\d\d-/);
+    const prunedJson = JSON.parse((await cli(['repo', 'prune', cliUrl, '--keep-last', '1', '--json'])).stdout);
+    expect(prunedJson.held).toEqual([
+      { group: 'shop', snapshotId: 'gs-20261201T000000Z-ffffff', until: json[0].lockedUntil },
+    ]);
+    // The exclusive lock is taken again and again (no delete marker left behind on the versioned bucket).
+    expect((await cli(['repo', 'prune', cliUrl, '--keep-last', '1'])).code).toBe(0);
+    const verified = await cli(['repo', 'verify', cliUrl, '--json']);
+    expect(verified.code).toBe(0);
+  });
+});
+
+/** A point of one 1 MiB chunk of random data, written by the repository (locked, as an export writes it). */
+async function writeTestPointLocked(repo: Repository, snapshotId: string, createdAt: string): Promise<void> {
+  await writeTestPoint(repo, 'shop', snapshotId, createdAt, [randomBytes(repo.chunkSize)]);
+}
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
