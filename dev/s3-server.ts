@@ -35,6 +35,11 @@ export interface S3ServerOptions {
   dir?: string;
   /** @default a free port on 127.0.0.1 */
   port?: number;
+  /**
+   * Accounts besides root (versitygw's internal IAM, `--iam-dir`, in a temp dir of its own): {@link createUser},
+   * and buckets owned by one ({@link createBucket} with an owner). A plain user reaches only its own buckets.
+   */
+  iam?: boolean;
 }
 
 /**
@@ -47,6 +52,8 @@ export class S3Server {
   private child: ChildProcess | undefined;
   private exited: Promise<void> = Promise.resolve();
   private stderr = '';
+
+  private iamDir: string | undefined;
 
   private constructor(
     readonly port: number,
@@ -71,6 +78,7 @@ export class S3Server {
   static async start(options: S3ServerOptions = {}): Promise<S3Server> {
     const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'groupsnap-s3-')));
     const server = new S3Server(options.port ?? (await freePort()), dir, options.dir === undefined);
+    if (options.iam) server.iamDir = await mkdtemp(join(tmpdir(), 'groupsnap-s3-iam-'));
     try {
       await server.resume();
     } catch (err) {
@@ -86,7 +94,18 @@ export class S3Server {
     const bin = versitygwPath();
     const child = spawn(
       'bash',
-      ['-c', WATCHDOG, 'versitygw', String(process.pid), bin, '--port', `127.0.0.1:${this.port}`, 'posix', this.dir],
+      [
+        '-c',
+        WATCHDOG,
+        'versitygw',
+        String(process.pid),
+        bin,
+        '--port',
+        `127.0.0.1:${this.port}`,
+        ...(this.iamDir ? ['--iam-dir', this.iamDir] : []),
+        'posix',
+        this.dir,
+      ],
       {
         stdio: ['ignore', 'ignore', 'pipe'],
         env: { ...process.env, ROOT_ACCESS_KEY: this.accessKey, ROOT_SECRET_KEY: this.secretKey },
@@ -125,7 +144,32 @@ export class S3Server {
     });
   }
 
-  async createBucket(name: string): Promise<void> {
+  /** A new account (role `user`: its own buckets only) with random keys; needs `iam`. */
+  async createUser(): Promise<{ accessKeyId: string; secretAccessKey: string }> {
+    const user = {
+      accessKeyId: `gu${randomBytes(6).toString('hex')}`,
+      secretAccessKey: randomBytes(18).toString('base64url'),
+    };
+    this.admin(['create-user', '--access', user.accessKeyId, '--secret', user.secretAccessKey, '--role', 'user']);
+    return user;
+  }
+
+  /** `versitygw admin <args>` with root's credentials against this server. */
+  private admin(args: string[]): void {
+    if (!this.iamDir) throw new Error('S3Server: accounts need { iam: true }');
+    execFileSync(
+      versitygwPath(),
+      ['admin', '--access', this.accessKey, '--secret', this.secretKey, '--endpoint-url', this.endpoint, ...args],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+  }
+
+  /** Creates a bucket, owned by root or by `owner` (an access key id of {@link createUser}). */
+  async createBucket(name: string, owner?: string): Promise<void> {
+    if (owner) {
+      this.admin(['create-bucket', '--owner', owner, '--bucket', name]);
+      return;
+    }
     const c = this.client();
     try {
       await c.send(new CreateBucketCommand({ Bucket: name }));
@@ -138,6 +182,7 @@ export class S3Server {
   async stop(): Promise<void> {
     await this.kill();
     if (this.ownsDir) await rm(this.dir, { recursive: true, force: true });
+    if (this.iamDir) await rm(this.iamDir, { recursive: true, force: true });
   }
 }
 

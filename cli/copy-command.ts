@@ -1,0 +1,129 @@
+/** `groupsnap repo copy <from-url> <to-url>`: a second copy of points, run here with both keys and credentials. */
+import { resolve } from 'node:path';
+import { readKeyFile } from '../backup/crypto';
+import { Repository, type PointSummary } from '../backup/repository';
+import { parseRepositoryUrl } from '../backup/store';
+import { readS3CredentialsFile, S3_CREDENTIALS_FILE_ENV } from '../backup/credentials';
+import { copyRepositoryAt, type CopyResult } from '../client/copy';
+import { BadInputError } from '../common/failures';
+import { assertSafeName } from '../common/validation';
+import { keyFile, mib, progressBar, repoAction, toBadInput, type RepoOptions } from './backup-commands';
+
+export interface CopyCommandOptions extends RepoOptions {
+  group?: string;
+  points?: string;
+  toKeyFile?: string;
+  verify?: string;
+}
+
+/** Every flag checked before anything is opened (exit 2, nothing written). */
+function checkCopyFlags(from: string, to: string, opts: CopyCommandOptions) {
+  toBadInput(() => parseRepositoryUrl(from));
+  toBadInput(() => parseRepositoryUrl(to));
+  const same = (u: string) => u.replace(/\/+$/, '');
+  if (same(from) === same(to)) throw new BadInputError('the copy target is the source repository itself');
+  if (opts.group !== undefined) assertSafeName('group name', opts.group);
+  let points: string[] | undefined;
+  if (opts.points !== undefined) {
+    points = opts.points.split(',').map((p) => p.trim());
+    if (points.length === 0 || points.some((p) => p === '')) throw new BadInputError('--points is id,id,...');
+    for (const p of points) assertSafeName('snapshot id', p);
+  }
+  const verify = opts.verify ?? 'sample';
+  if (verify !== 'sample' && verify !== 'all') throw new BadInputError('--verify is sample or all');
+  const from_ = keyFile(opts);
+  let toKeyFile: string | undefined;
+  if (opts.toKeyFile !== undefined) {
+    keyFile({ keyFile: opts.toKeyFile });
+    toKeyFile = resolve(opts.toKeyFile);
+  }
+  const creds = process.env[S3_CREDENTIALS_FILE_ENV];
+  if (creds) toBadInput(() => readS3CredentialsFile(creds));
+  return { keyFile: from_, toKeyFile, points, verify: verify as 'sample' | 'all' };
+}
+
+export async function repoCopy(from: string, to: string, opts: CopyCommandOptions): Promise<void> {
+  const bar = progressBar(!opts.json);
+  await repoAction(
+    opts,
+    async () => {
+      const checked = checkCopyFlags(from, to, opts);
+      try {
+        return await copyRepositoryAt(from, to, checked.keyFile, {
+          ...(checked.toKeyFile ? { toKeyFile: checked.toKeyFile } : {}),
+          ...(opts.group ? { group: opts.group } : {}),
+          ...(checked.points ? { points: checked.points } : {}),
+          verify: checked.verify,
+          onProgress: (p) =>
+            bar.update(
+              `copy ${p.snapshotId} (${p.pointsDone}/${p.pointsTotal})`,
+              p.chunksDone,
+              p.chunksTotal,
+              `${mib(p.bytesUploaded)} uploaded`,
+            ),
+        });
+      } finally {
+        bar.end();
+      }
+    },
+    formatCopy,
+  );
+}
+
+function formatCopy(r: CopyResult & { created: boolean }): string {
+  const head =
+    `Copied ${r.points.filter((p) => p.status === 'copied').length} point(s) from ${r.from} to ${r.to}` +
+    `${r.created ? ' (created)' : ''} in ${(r.durationMs / 1000).toFixed(1)} s: ${r.chunksUploaded} chunk(s), ` +
+    `${mib(r.bytesUploaded)} uploaded${r.resealed ? ', resealed under the target key' : ''}`;
+  const check =
+    r.verify === 'all'
+      ? 'every manifest and every chunk read back and authenticated'
+      : 'every manifest and a sample of the chunks read back and authenticated';
+  return [
+    head,
+    `  checked: ${check}`,
+    ...r.points.map(
+      (p) =>
+        `  ${p.group} ${p.snapshotId}: ` +
+        (p.status === 'present'
+          ? 'already in the target'
+          : `${p.chunks} chunk(s), ${p.chunksUploaded} uploaded, ${p.chunksVerified} verified`),
+    ),
+  ].join('\n');
+}
+
+/** Where a point exists, for `repo list --copy <url>`. */
+export type PointLocation = 'primary' | 'copy';
+
+/**
+ * `repo list --copy <url>`: each point of the primary with `locations` (`primary`, and `copy` when the copy has it
+ * too), and the points only the copy still has (pruned in the primary, which a copy never follows), in order. The
+ * copy opens with `--copy-key-file`, else the primary's key (a replica).
+ */
+export async function withLocations<P extends { group: string; snapshotId: string; snapshotCreatedAt: string }>(
+  points: P[],
+  opts: RepoOptions & { group?: string; copy?: string; copyKeyFile?: string },
+  shape: (p: PointSummary) => P,
+): Promise<(P & { locations: PointLocation[] })[]> {
+  const file = opts.copyKeyFile !== undefined ? keyFile({ keyFile: opts.copyKeyFile }) : keyFile(opts);
+  const copy = await Repository.open(opts.copy!, readKeyFile(file));
+  let inCopy: PointSummary[];
+  try {
+    inCopy = await copy.listPoints(opts.group ? { group: opts.group } : {});
+  } finally {
+    copy.close();
+  }
+  const id = (p: { group: string; snapshotId: string }) => `${p.group}\0${p.snapshotId}`;
+  const copied = new Set(inCopy.map(id));
+  const primary = new Set(points.map(id));
+  const all = [
+    ...points.map((p) => ({ ...p, locations: copied.has(id(p)) ? ['primary', 'copy'] : ['primary'] })),
+    ...inCopy.filter((p) => !primary.has(id(p))).map((p) => ({ ...shape(p), locations: ['copy'] })),
+  ] as (P & { locations: PointLocation[] })[];
+  return all.sort(
+    (a, b) =>
+      a.group.localeCompare(b.group) ||
+      a.snapshotCreatedAt.localeCompare(b.snapshotCreatedAt) ||
+      a.snapshotId.localeCompare(b.snapshotId),
+  );
+}
