@@ -5,7 +5,7 @@ import { readKeyFile } from '../backup/crypto';
 import { REPO_KEY_FILE_ENV } from '../common/backup-types';
 import { BadInputError } from '../common/failures';
 import { exportCommand, repoInit, repoList, repoPrune, repoVerify } from './backup-commands';
-import { repoCopy } from './copy-command';
+import { copyWorkerCommand, repoCopy } from './copy-command';
 import { parseInteger } from './parse';
 
 type Act = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
@@ -103,6 +103,16 @@ export function registerBackupCommands(program: Command, temporalOptions: (c: Co
       .option('--json', 'print JSON'),
   ).action(act(repoCopy));
 
+  temporalOptions(
+    keyOption(
+      program
+        .command('copy-worker')
+        .description(
+          "copy groups' exported points to their copy targets (run on the admin side: both repositories' credentials)",
+        )
+        .option('--to-key-file <file>', "the copies' own key (default: the source's key: replicas)"),
+    ),
+  ).action(act(copyWorkerCommand));
   temporalOptions(
     keyOption(
       program

@@ -5,7 +5,12 @@ import { Repository, type PointSummary } from '../backup/repository';
 import { parseRepositoryUrl } from '../backup/store';
 import { readS3CredentialsFile, S3_CREDENTIALS_FILE_ENV } from '../backup/credentials';
 import { copyRepositoryAt, type CopyResult } from '../client/copy';
+import { temporalSettings, type TemporalOverrides } from '../common/config';
+import { COPY_TASK_QUEUE } from '../common/copy-types';
 import { BadInputError } from '../common/failures';
+import { createCopyWorker } from '../worker/copy-worker';
+import { logLine } from './commands';
+import { reportError } from './exit';
 import { assertSafeName } from '../common/validation';
 import { keyFile, mib, progressBar, repoAction, toBadInput, type RepoOptions } from './backup-commands';
 
@@ -126,4 +131,28 @@ export async function withLocations<P extends { group: string; snapshotId: strin
       a.snapshotCreatedAt.localeCompare(b.snapshotCreatedAt) ||
       a.snapshotId.localeCompare(b.snapshotId),
   );
+}
+
+/**
+ * `groupsnap copy-worker --key-file <f> [--to-key-file <f>]`: the copy worker on the admin side (worker/copy-worker.ts).
+ * The key files (and the credentials file, when set) are checked at start: a bad one stops it with exit 2.
+ */
+export async function copyWorkerCommand(opts: TemporalOverrides & { keyFile?: string; toKeyFile?: string }) {
+  let keys: { keyFile: string; toKeyFile?: string };
+  try {
+    keys = {
+      keyFile: keyFile(opts),
+      ...(opts.toKeyFile !== undefined ? { toKeyFile: keyFile({ keyFile: opts.toKeyFile }) } : {}),
+    };
+    const creds = process.env[S3_CREDENTIALS_FILE_ENV];
+    if (creds) toBadInput(() => readS3CredentialsFile(creds));
+  } catch (err) {
+    process.exitCode = reportError(err);
+    return;
+  }
+  const { connectionOptions, namespace } = temporalSettings(opts);
+  const { run, worker } = await createCopyWorker({ connectionOptions, namespace, ...keys });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
+  logLine('copy worker started', { taskQueue: COPY_TASK_QUEUE, namespace, address: connectionOptions.address });
+  await run();
 }

@@ -222,6 +222,10 @@ temporalOptions(
     .option('--description <text>')
     .option('--repo <url>', 'export every snapshot of the group to this repository (s3://bucket/prefix, file:///path)')
     .option(
+      '--copy-to <url>',
+      'then copy every exported point to this second repository (needs --repo; run by `groupsnap copy-worker`)',
+    )
+    .option(
       '--resume-when <when>',
       'group-paused (default) or group-snapshotted: see `snapshot --help`',
       parseResumeWhen,

@@ -1,6 +1,8 @@
 import { ApplicationFailure, executeChild, isCancellation, log, patched } from '@temporalio/workflow';
 import { exportWorkflowId } from '../common/backup-types';
+import { copyWorkflowId } from '../common/copy-types';
 import { exportGroupSnapshot } from './group-export';
+import { copyGroupPoint } from './group-copy';
 import {
   deleteSnapshotWorkflowId,
   groupSnapshotsIn,
@@ -89,6 +91,10 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
   // A group with a repository exports each completed snapshot off the host (after the VMs run again).
   if (definition.repository && patched('export-after-snapshot')) {
     result.export = await exportAfterSnapshot(input.group, snapshot.snapshotId, definition.repository);
+    // A group with a copy target copies each exported point there (the copy worker, on the admin side).
+    if (definition.copyTo && result.export.status === 'completed' && patched('copy-after-export')) {
+      result.copy = await copyAfterExport(input.group, snapshot.snapshotId, definition.repository, definition.copyTo);
+    }
   }
   if (retention) {
     try {
@@ -195,5 +201,27 @@ async function exportAfterSnapshot(
     if (isCancellation(err)) throw err;
     log.warn('export after snapshot failed', { group, snapshotId, error: errorMessage(err) });
     return { repository, workflowId, status: 'failed', error: errorMessage(err) };
+  }
+}
+
+/** Copies an exported point to the group's copy target; a failure is reported in the run's result, not thrown. */
+async function copyAfterExport(
+  group: string,
+  snapshotId: string,
+  from: string,
+  to: string,
+): Promise<NonNullable<GroupRunResult['copy']>> {
+  const workflowId = copyWorkflowId(group, snapshotId, to);
+  try {
+    await executeChild(copyGroupPoint, {
+      workflowId,
+      staticSummary: `Copy snapshot ${snapshotId} of group ${group} to ${to}`,
+      args: [{ group, snapshotId, from, to }],
+    });
+    return { to, workflowId, status: 'completed' };
+  } catch (err) {
+    if (isCancellation(err)) throw err;
+    log.warn('copy after export failed', { group, snapshotId, error: errorMessage(err) });
+    return { to, workflowId, status: 'failed', error: errorMessage(err) };
   }
 }

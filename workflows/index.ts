@@ -14,3 +14,4 @@ export {
 } from './snapshot-admin';
 export { pinGroupSnapshot, releaseRestoreRecords } from './snapshot-pins';
 export { exportGroupSnapshot, exportProgressQuery, exportProgressSignal } from './group-export';
+export { copyGroupPoint, copyProgressQuery, copyProgressSignal } from './group-copy';
