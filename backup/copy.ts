@@ -150,7 +150,11 @@ async function pointsToCopy(source: Repository, opts: CopyOptions): Promise<Poin
  * @throws RepositoryBusyError when a prune holds either; DamagedObjectError when a source object is damaged (the
  *   point is not written); TransientStoreError, LockLostError (retry: the copy resumes)
  */
-export async function copyRepository(source: Repository, target: Repository, opts: CopyOptions = {}): Promise<CopyResult> {
+export async function copyRepository(
+  source: Repository,
+  target: Repository,
+  opts: CopyOptions = {},
+): Promise<CopyResult> {
   const lockOpts = opts.owner ? { owner: opts.owner } : {};
   return RepositoryLock.holdForReading(
     source,
@@ -294,7 +298,8 @@ async function copyChunks(run: CopyRun, out: CopiedPoint, chunks: string[]): Pro
         const bytes = plain.length;
         const r = await target.putChunk(plain, undefined, { detach: true });
         if (run.resealed) run.ids.set(id, r.id);
-        else if (r.id !== id) throw new DamagedObjectError(Repository.chunkKey(id), 'corrupt', 'copied under another id');
+        else if (r.id !== id)
+          throw new DamagedObjectError(Repository.chunkKey(id), 'corrupt', 'copied under another id');
         if (r.uploaded) {
           out.chunksUploaded++;
           out.bytesUploaded += r.storedBytes;

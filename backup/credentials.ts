@@ -75,10 +75,7 @@ function bucketPath(url: string): string | undefined {
 }
 
 /** The entry of `entries` for a repository URL: the longest URL that is its bucket or a parent prefix of it. */
-export function s3EntryFor(
-  entries: Record<string, S3CredentialsEntry>,
-  url: string,
-): S3CredentialsEntry | undefined {
+export function s3EntryFor(entries: Record<string, S3CredentialsEntry>, url: string): S3CredentialsEntry | undefined {
   const target = bucketPath(url);
   if (target === undefined) return undefined;
   let best: { len: number; entry: S3CredentialsEntry } | undefined;
