@@ -6,7 +6,8 @@
  *   what was written, then the group manifest **last**: a point exists in the target only once it is complete and
  *   checked. A point whose group manifest the target already has is skipped.
  * - Same repository (the target's `config` is the source's: created by the copy, same id and key): chunk ids and
- *   name tags are the same, so a chunk the target has is never read from the source. Another repository (another
+ *   name tags are the same, so a chunk the target has is never read from the source, and one it lacks is stored as
+ *   the source holds it (its sealed bytes, checked on the way: decrypted, keyed hash). Another repository (another
  *   id, another key): every chunk is decrypted and sealed anew under the target's keys, its id is the target's
  *   keyed hash, and the manifests are rewritten with the target's chunk ids and keys.
  * - Resumable: chunks the target's index names, or that its store holds (an interrupted copy stored them before it
@@ -85,8 +86,6 @@ export interface CopyResult {
   points: CopiedPoint[];
   chunksUploaded: number;
   bytesUploaded: number;
-  /** Plaintext bytes of the chunks uploaded. */
-  bytesCopied: number;
   durationMs: number;
 }
 
@@ -211,7 +210,6 @@ async function copyLocked(source: Repository, target: Repository, opts: CopyOpti
       points: [],
       chunksUploaded: 0,
       bytesUploaded: 0,
-      bytesCopied: 0,
       durationMs: 0,
     },
   };
@@ -293,9 +291,18 @@ async function copyChunks(run: CopyRun, out: CopiedPoint, chunks: string[]): Pro
       opts.signal?.throwIfAborted();
       const id = chunks[next++];
       // Same repository: a chunk the target has (index, or its store) is not even read from the source.
-      if (run.resealed ? !run.ids.has(id) : !(await target.hasChunk(id))) {
+      if (!run.resealed && !(await target.hasChunk(id))) {
+        // Same keys: the sealed bytes are stored as they are, once checked (decrypted, keyed hash) on the way.
+        const sealed = await source.readChunkSealed(id);
+        const stored = await target.putSealedChunk(id, sealed);
+        if (stored > 0) {
+          out.chunksUploaded++;
+          out.bytesUploaded += stored;
+          result.chunksUploaded++;
+          result.bytesUploaded += stored;
+        }
+      } else if (run.resealed && !run.ids.has(id)) {
         const plain = await source.readChunk(id);
-        const bytes = plain.length;
         const r = await target.putChunk(plain, undefined, { detach: true });
         if (run.resealed) run.ids.set(id, r.id);
         else if (r.id !== id)
@@ -305,7 +312,6 @@ async function copyChunks(run: CopyRun, out: CopiedPoint, chunks: string[]): Pro
           out.bytesUploaded += r.storedBytes;
           result.chunksUploaded++;
           result.bytesUploaded += r.storedBytes;
-          result.bytesCopied += bytes;
         }
       }
       progress(run, out, ++done, chunks.length);

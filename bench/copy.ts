@@ -158,7 +158,7 @@ async function main(): Promise<void> {
     } else console.error('restic not found in .tools/bin: its row is skipped');
     const kinds: { what: string; go: (round: number) => Promise<void> }[] = [
       {
-        what: 'groupsnap repo copy, same key (replica: decrypted and sealed again, sample read back)',
+        what: 'groupsnap repo copy, same key (replica: sealed chunks checked and stored as they are, sample read back)',
         go: (r) => groupsnapCopy(from, `s3://bench-copy/groupsnap/replica-${r}`, key, undefined),
       },
       {
@@ -240,8 +240,9 @@ export function renderSection(r: Results, rawFile: string): string {
     '',
     `One point of ${r.options.data} MiB of random data (one disk, 4 MiB chunks) in a groupsnap repository and, as ` +
       "the image file's snapshot, in a restic repository, both on versitygw on 127.0.0.1 (posix backend); each " +
-      'round copies it into a fresh repository on the same server: groupsnap `repo copy` (replica and under another ' +
-      'key; it reads every chunk, authenticates it, seals it again and uploads it, then reads back every manifest and ' +
+      'round copies it into a fresh repository on the same server: groupsnap `repo copy` (a replica: every chunk read, ' +
+      'authenticated and stored as it is; under another key: every chunk read, authenticated, sealed anew and ' +
+      'stored; then every manifest and ' +
       "a sample of 1 in 16 chunks before the group manifest) and restic's `copy` (decrypts and re-encrypts every " +
       "blob; target created with `init --copy-chunker-params`, timed with the copy). MiB/s counts the point's data.",
     '',

@@ -195,11 +195,19 @@ describe('repo copy', () => {
     const { repo: src } = await source();
     const [id] = (await src.readDiskManifest('crm', 'gs-3', 'db-1', 'vda')).chunks as string[];
     writeFileSync(join(dir, 'from', 'chunks', id.slice(0, 2), id), randomBytes(100));
-    const { repo: dst } = await openCopyTarget(src, key, toUrl, otherKey);
-    await expect(copyRepository(src, dst, { group: 'crm' })).rejects.toBeInstanceOf(DamagedObjectError);
-    expect(await dst.listPoints()).toEqual([]);
+    // Resealed (the chunk is decrypted) and replica (its sealed bytes are checked before they are stored).
+    for (const [k, sub] of [
+      [otherKey, 'resealed'],
+      [undefined, 'replica'],
+    ] as const) {
+      const url = pathToFileURL(join(dir, sub)).href;
+      const { repo: dst } = await openCopyTarget(src, key, url, k);
+      await expect(copyRepository(src, dst, { group: 'crm' })).rejects.toBeInstanceOf(DamagedObjectError);
+      expect(await dst.listPoints()).toEqual([]);
+      expect(await dst.chunkStored(id)).toBe(false);
+      dst.close();
+    }
     src.close();
-    dst.close();
   });
 
   it('refuses another chunk size, an unknown point, and waits for a prune of the target', async () => {
