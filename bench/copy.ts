@@ -1,7 +1,7 @@
 /**
  * Copy benchmark (issue 26): `repo copy` of one point into a second repository, beside restic's `copy` of the same
  * data's snapshot between two restic repositories, all on the same versitygw (127.0.0.1, posix backend). groupsnap
- * copies as a replica (the source's key: chunks decrypted and sealed again under the same keys) and under another
+ * copies as a replica (the source's key: each chunk's sealed bytes checked, then stored as they are) and under another
  * key (resealed: new chunk ids, manifests rewritten); restic's copy decrypts and re-encrypts every blob under the
  * target repository's key. Each round copies into a fresh target; kinds alternate in order round by round.
  *
