@@ -204,8 +204,11 @@ export interface GroupRunResult {
   retention?: RetentionOutcome;
   /** The export to the group's repository, when it has one (`exportWorkflowId`, status, error). */
   export?: { repository: string; workflowId: string; status: 'completed' | 'failed'; error?: string };
-  /** The copy of the exported point to the group's copy target, when it has one (after a completed export). */
-  copy?: { to: string; workflowId: string; status: 'completed' | 'failed'; error?: string };
+  /**
+   * The copy of the exported point to the group's copy target, when it has one (after a completed export): started
+   * (a workflow of its own, `copyWorkflowId`, not waited for) or not started (`failed`, with the error).
+   */
+  copy?: { to: string; workflowId: string; status: 'started' | 'failed'; error?: string };
 }
 
 export interface DeleteSnapshotInput {

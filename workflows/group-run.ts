@@ -1,4 +1,13 @@
-import { ApplicationFailure, executeChild, isCancellation, log, patched } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  executeChild,
+  isCancellation,
+  log,
+  ParentClosePolicy,
+  patched,
+  startChild,
+} from '@temporalio/workflow';
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import { exportWorkflowId } from '../common/backup-types';
 import { copyWorkflowId } from '../common/copy-types';
 import { exportGroupSnapshot } from './group-export';
@@ -204,7 +213,11 @@ async function exportAfterSnapshot(
   }
 }
 
-/** Copies an exported point to the group's copy target; a failure is reported in the run's result, not thrown. */
+/**
+ * Starts the copy of an exported point to the group's copy target, and does not wait for it: the copy runs on the
+ * copy worker (admin side), which may be slow or absent for a while, and must never hold up the group's next
+ * snapshots. The copy outlives the run (abandoned child); its own workflow says how it ended.
+ */
 async function copyAfterExport(
   group: string,
   snapshotId: string,
@@ -213,15 +226,18 @@ async function copyAfterExport(
 ): Promise<NonNullable<GroupRunResult['copy']>> {
   const workflowId = copyWorkflowId(group, snapshotId, to);
   try {
-    await executeChild(copyGroupPoint, {
+    await startChild(copyGroupPoint, {
       workflowId,
+      parentClosePolicy: ParentClosePolicy.ABANDON,
       staticSummary: `Copy snapshot ${snapshotId} of group ${group} to ${to}`,
       args: [{ group, snapshotId, from, to }],
     });
-    return { to, workflowId, status: 'completed' };
+    return { to, workflowId, status: 'started' };
   } catch (err) {
     if (isCancellation(err)) throw err;
-    log.warn('copy after export failed', { group, snapshotId, error: errorMessage(err) });
+    // One is running for this point and copy already: it is the copy.
+    if (err instanceof WorkflowExecutionAlreadyStartedError) return { to, workflowId, status: 'started' };
+    log.warn('copy after export not started', { group, snapshotId, error: errorMessage(err) });
     return { to, workflowId, status: 'failed', error: errorMessage(err) };
   }
 }
