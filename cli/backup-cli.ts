@@ -53,15 +53,21 @@ export function registerBackupCommands(program: Command, temporalOptions: (c: Co
       .option('--chunk-size <MiB>', 'chunk size in MiB (default 4)', parseInteger)
       .option('--json', 'print JSON'),
   ).action(act(repoInit));
-  keyOption(
-    repo
-      .command('list')
-      .description('every exported point with its VMs, sizes, bytes new and last verification')
-      .argument('[url]', 'repository URL (default: GROUPSNAP_REPO)')
-      .option('--group <group>', 'only this group')
-      .option('--copy <url>', "also where each point exists: here (primary) and/or in this copy ('locations')")
-      .option('--copy-key-file <file>', "the copy's key, when it has its own (default: --key-file)")
-      .option('--json', 'print JSON'),
+  temporalOptions(
+    keyOption(
+      repo
+        .command('list')
+        .description('every exported point with its VMs, sizes, bytes new and last verification')
+        .argument('[url]', 'repository URL (default: GROUPSNAP_REPO)')
+        .option('--group <group>', 'only this group')
+        .option('--copy <url>', "also where each point exists: here (primary) and/or in this copy ('locations')")
+        .option('--copy-key-file <file>', "the copy's key, when it has its own (default: --key-file)")
+        .option(
+          '--group-copy',
+          "with --group: the group's copy target (group create --copy-to) as --copy, via Temporal",
+        )
+        .option('--json', 'print JSON'),
+    ),
   ).action(act(repoList));
   keyOption(
     repo

@@ -17,6 +17,7 @@ import {
 import { REPO_ENV, REPO_KEY_FILE_ENV, type DiskProgressReport, type ExportResult } from '../common/backup-types';
 import type { RetentionPolicy } from '../common/retention';
 import { BadInputError } from '../common/failures';
+import type { TemporalOverrides } from '../common/config';
 import { EXIT } from './commands';
 import { reportError } from './exit';
 import { withClient, type CommonOptions } from './with-client';
@@ -153,11 +154,15 @@ function listedPoint(p: PointSummary) {
 
 export async function repoList(
   url: string | undefined,
-  opts: RepoOptions & { group?: string; copy?: string; copyKeyFile?: string },
+  opts: RepoOptions & { group?: string; copy?: string; copyKeyFile?: string; groupCopy?: boolean } & TemporalOverrides,
 ): Promise<void> {
   await repoAction(
     opts,
     async () => {
+      if (opts.groupCopy) {
+        const { groupCopyTarget } = await import('./copy-command');
+        opts = { ...opts, copy: await groupCopyTarget(opts) };
+      }
       const listing = await listRepositoryReport(repoUrl(url), keyFile(opts), opts.group ? { group: opts.group } : {});
       const damaged = listing.damaged.map((d) => ({
         group: d.group ?? null,

@@ -3,6 +3,8 @@ import { resolve } from 'node:path';
 import { readKeyFile } from '../backup/crypto';
 import { Repository, type PointSummary } from '../backup/repository';
 import { parseRepositoryUrl } from '../backup/store';
+import { Client, Connection } from '@temporalio/client';
+import { getGroup } from '../client/groups';
 import { readS3CredentialsFile, S3_CREDENTIALS_FILE_ENV } from '../backup/credentials';
 import { copyRepositoryAt, type CopyResult } from '../client/copy';
 import { temporalSettings, type TemporalOverrides } from '../common/config';
@@ -155,4 +157,22 @@ export async function copyWorkerCommand(opts: TemporalOverrides & { keyFile?: st
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => worker.shutdown());
   logLine('copy worker started', { taskQueue: COPY_TASK_QUEUE, namespace, address: connectionOptions.address });
   await run();
+}
+
+/**
+ * `repo list --group <g> --group-copy`: the group's copy target (`group create --copy-to`), read from its entity
+ * workflow through Temporal. @throws BadInputError without `--group`, with `--copy`, or for a group without one
+ */
+export async function groupCopyTarget(opts: TemporalOverrides & { group?: string; copy?: string }): Promise<string> {
+  if (!opts.group) throw new BadInputError('--group-copy needs --group <group>');
+  if (opts.copy) throw new BadInputError('give either --copy <url> or --group-copy, not both');
+  const { connectionOptions, namespace } = temporalSettings(opts);
+  const connection = await Connection.connect(connectionOptions as Parameters<typeof Connection.connect>[0]);
+  try {
+    const def = await getGroup(new Client({ connection, namespace }), opts.group);
+    if (!def.copyTo) throw new BadInputError(`group ${opts.group} has no copy target (group create --copy-to)`);
+    return def.copyTo;
+  } finally {
+    await connection.close();
+  }
 }

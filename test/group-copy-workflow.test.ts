@@ -3,6 +3,7 @@
  * copy-worker`, in process) against the real Temporal test server, over file repositories. Progress shows in the
  * current details; a second copy finds the point there; a damaged source fails the copy, not retried, with a result.
  */
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,10 +13,12 @@ import { NativeConnection } from '@temporalio/worker';
 import type { Client } from '@temporalio/client';
 import { Repository } from '../backup/repository';
 import { copyResult, startCopy } from '../client/copy';
+import { createGroup } from '../client/groups';
 import { BadInputError } from '../common/failures';
 import { createCopyWorker } from '../worker/copy-worker';
 import { FakeHost } from './helpers/fake-hosts';
 import { writeTestPoint } from './helpers/repo-points';
+import { CLI } from './helpers/worker-process';
 import { connectTestClient, freshNamespace, testServerAddress, uniqueId } from './helpers/temporal';
 import { startHosts, type RunningHosts } from './helpers/workers';
 
@@ -110,3 +113,41 @@ test('a damaged source fails the copy at once (not retried), with its result; ba
     BadInputError,
   );
 }, 120_000);
+
+test("repo list --group-copy takes the group's copy target from its definition", async () => {
+  const ns = client.options.namespace;
+  await createGroup(client, { name: 'shop', selector: { tag: 'shop' }, repository: from, copyTo: to });
+  await createGroup(client, { name: 'plain', selector: { tag: 'plain' }, repository: from });
+  const cli = (...args: string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+      execFile(
+        process.execPath,
+        [
+          CLI,
+          'repo',
+          'list',
+          from,
+          '--key-file',
+          keyFile,
+          '--address',
+          testServerAddress(),
+          '--namespace',
+          ns,
+          ...args,
+        ],
+        (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      ),
+    );
+  const r = await cli('--group', 'shop', '--group-copy', '--json');
+  expect(r.code).toBe(0);
+  expect(
+    (JSON.parse(r.stdout) as { snapshotId: string; locations: string[] }[]).map((p) => [p.snapshotId, p.locations]),
+  ).toEqual([
+    ['gs-1', ['primary', 'copy']],
+    ['gs-bad', ['primary']],
+  ]);
+  const none = await cli('--group', 'plain', '--group-copy');
+  expect(none.code).toBe(2);
+  expect(none.stderr).toMatch(/no copy target/);
+  expect((await cli('--group-copy')).code).toBe(2);
+}, 60_000);
