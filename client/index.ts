@@ -139,3 +139,4 @@ export function groupSnapshotProgress(handle: GroupSnapshotHandle): Promise<Snap
 export * from './dr';
 export * from './nexus';
 export * from './pins';
+export * from './plans';
