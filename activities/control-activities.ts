@@ -1,5 +1,9 @@
 import { Context } from '@temporalio/activity';
-import { ScheduleAlreadyRunning, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
+import {
+  ScheduleAlreadyRunning,
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+} from '@temporalio/client';
 import {
   groupWorkflowId,
   HOST_REGISTRY_WORKFLOW_ID,

@@ -267,7 +267,10 @@ temporalOptions(
     )
     .argument('<plan>', 'the plan, or commit / rollback / status')
     .argument('[run]', 'the run id (with commit, rollback, status)')
-    .option('--mode <mode>', 'failover (as the original VMs, then commit or rollback) or test (isolated clones, torn down)')
+    .option(
+      '--mode <mode>',
+      'failover (as the original VMs, then commit or rollback) or test (isolated clones, torn down)',
+    )
     .option('--point <id>', 'the point to recover (default: the latest in the repository)')
     .option('--watch', 'print the progress (tier, VM, state, time to ready) as it changes')
     .option('--cron <expr>', 'test mode: instead of running now, run on this schedule (latest point)')

@@ -34,13 +34,15 @@ export async function planApply(file: string, opts: CommonOptions) {
 
 export async function planShow(name: string, opts: CommonOptions) {
   assertSafeName('plan name', name);
-  await withClient(opts, (c) => getPlan(c, name), (p) => stringify(planDocument(p)).trimEnd());
+  await withClient(
+    opts,
+    (c) => getPlan(c, name),
+    (p) => stringify(planDocument(p)).trimEnd(),
+  );
 }
 
 export async function planList(opts: CommonOptions) {
-  await withClient(opts, listPlans, (plans) =>
-    plans.length ? plans.map(planLine).join('\n') : 'no recovery plans',
-  );
+  await withClient(opts, listPlans, (plans) => (plans.length ? plans.map(planLine).join('\n') : 'no recovery plans'));
 }
 
 export async function planDelete(name: string, opts: CommonOptions) {
@@ -76,8 +78,7 @@ export async function recoverCommand(first: string, run: string | undefined, opt
   if (DECISIONS.has(first)) {
     if (!run) throw new BadInputError(`give the run: groupsnap recover ${first} <run>`);
     assertSafeName('run id', run);
-    if (first === 'status')
-      return withClient(opts, (c) => recoveryProgress(c, run), renderProgress);
+    if (first === 'status') return withClient(opts, (c) => recoveryProgress(c, run), renderProgress);
     const decision = first as 'commit' | 'rollback';
     return withClient(
       opts,
@@ -88,8 +89,7 @@ export async function recoverCommand(first: string, run: string | undefined, opt
   }
   if (run !== undefined) throw new BadInputError(`unexpected argument ${JSON.stringify(run)}`);
   assertSafeName('plan name', first);
-  if (opts.mode !== 'failover' && opts.mode !== 'test')
-    throw new BadInputError('give --mode failover or --mode test');
+  if (opts.mode !== 'failover' && opts.mode !== 'test') throw new BadInputError('give --mode failover or --mode test');
   const mode = opts.mode;
   if (opts.cron) {
     if (mode !== 'test') throw new BadInputError('only test runs can be scheduled');

@@ -139,4 +139,3 @@ export function groupSnapshotProgress(handle: GroupSnapshotHandle): Promise<Snap
 export * from './dr';
 export * from './nexus';
 export * from './pins';
-export * from './plans';

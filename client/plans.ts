@@ -64,10 +64,9 @@ export async function applyPlan(client: Client, doc: unknown): Promise<{ plan: R
   const other = (await listPlans(client)).find((p) => p.name === plan.name && p.group !== plan.group);
   if (other) throw new BadInputError(`plan name ${plan.name} is taken by group ${other.group}`);
   const r = await settle(
-    client.workflow.getHandle(groupWorkflowId(plan.group)).executeUpdate<{ created: boolean }, [RecoveryPlan]>(
-      'applyPlan',
-      { args: [plan] },
-    ),
+    client.workflow
+      .getHandle(groupWorkflowId(plan.group))
+      .executeUpdate<{ created: boolean }, [RecoveryPlan]>('applyPlan', { args: [plan] }),
   );
   return { plan, created: r.created };
 }

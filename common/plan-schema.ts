@@ -77,81 +77,87 @@ const check = z
 
 const planVm = z.strictObject({
   vm: domainName,
-  check: check.default({ running: true, timeout: 300_000 } as never),
+  check: check.default({ kind: 'running', timeoutMs: 300_000 }),
 });
 
 const tier = z.strictObject({ name: safeName('tier name'), vms: z.array(planVm).min(1).max(1000) });
 
-export const recoveryPlanSchema = z
-  .strictObject({
-    name: safeName('plan name'),
-    group: safeName('group'),
-    repository: repoUrl,
-    description: z.string().max(1000).optional(),
-    restore: z.enum(['full', 'instant']).default('full'),
-    placement: z.strictObject({
-      default: safeName('host id').optional(),
-      vms: z.record(domainName, safeName('host id')).default({}),
+export const recoveryPlanSchema = z.strictObject({
+  name: safeName('plan name'),
+  group: safeName('group'),
+  repository: repoUrl,
+  description: z.string().max(1000).optional(),
+  restore: z.enum(['full', 'instant']).default('full'),
+  placement: z.strictObject({
+    default: safeName('host id').optional(),
+    vms: z.record(domainName, safeName('host id')).default({}),
+  }),
+  tiers: z.array(tier).min(1).max(100),
+  network: z
+    .strictObject({
+      map: z.record(networkName, networkName).default({}),
+      test: z.union([z.literal('none'), z.record(networkName, networkName)]).default('none'),
+    })
+    .default({ map: {}, test: 'none' }),
+  decision: z
+    .strictObject({
+      timeout: duration('decision timeout', 1000, 7 * 24 * 3600_000).default(3600_000),
+      onTimeout: z.enum(['commit', 'rollback']).default('commit'),
+    })
+    .default({ timeout: 3600_000, onTimeout: 'commit' } as never),
+  commit: z
+    .strictObject({
+      repository: repoUrl.optional(),
+      schedule: z
+        .strictObject({ cron: z.string().min(1).max(200), timezone: z.string().max(100).default('UTC') })
+        .superRefine((sch, ctx) => {
+          for (const [field, fn] of [
+            ['cron', () => validateCron(sch.cron)],
+            ['timezone', () => validateTimezone(sch.timezone)],
+          ] as const) {
+            try {
+              fn();
+            } catch (err) {
+              ctx.addIssue({ code: 'custom', path: [field], message: (err as Error).message });
+            }
+          }
+        })
+        .optional(),
+    })
+    .default({}),
+});
+
+/** Whether `v` is a plain object (a YAML mapping). */
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * The problems between fields (a VM in two tiers, a VM without a recovery host, a placement of a VM in no tier, tier
+ * names twice, a reserved name), read leniently from the raw document so they are named beside the schema's own
+ * problems in the same answer.
+ */
+export function crossProblems(doc: unknown): string[] {
+  if (!isObject(doc)) return [];
+  const problems: string[] = [];
+  if (typeof doc.name === 'string' && ['commit', 'rollback', 'status'].includes(doc.name))
+    problems.push(`name: plan name ${doc.name} is reserved (recover ${doc.name})`);
+  const placement = isObject(doc.placement) ? doc.placement : {};
+  const placed = isObject(placement.vms) ? placement.vms : {};
+  const tiers = Array.isArray(doc.tiers) ? doc.tiers.filter(isObject) : [];
+  const seen = new Set<string>();
+  tiers.forEach((t, i) =>
+    (Array.isArray(t.vms) ? t.vms : []).forEach((v: unknown, j) => {
+      if (!isObject(v) || typeof v.vm !== 'string') return;
+      if (seen.has(v.vm)) problems.push(`tiers.${i}.vms.${j}.vm: VM ${v.vm} is listed twice`);
+      seen.add(v.vm);
+      if (placement.default === undefined && placed[v.vm] === undefined)
+        problems.push(`placement: VM ${v.vm} has no recovery host (placement.vms or placement.default)`);
     }),
-    tiers: z.array(tier).min(1).max(100),
-    network: z
-      .strictObject({
-        map: z.record(networkName, networkName).default({}),
-        test: z.union([z.literal('none'), z.record(networkName, networkName)]).default('none'),
-      })
-      .default({ map: {}, test: 'none' }),
-    decision: z
-      .strictObject({
-        timeout: duration('decision timeout', 1000, 7 * 24 * 3600_000).default(3600_000),
-        onTimeout: z.enum(['commit', 'rollback']).default('commit'),
-      })
-      .default({ timeout: 3600_000, onTimeout: 'commit' } as never),
-    commit: z
-      .strictObject({
-        repository: repoUrl.optional(),
-        schedule: z
-          .strictObject({ cron: z.string().min(1).max(200), timezone: z.string().max(100).default('UTC') })
-          .optional(),
-      })
-      .default({}),
-  })
-  .superRefine((p, ctx) => {
-    if (['commit', 'rollback', 'status'].includes(p.name))
-      ctx.addIssue({ code: 'custom', path: ['name'], message: `plan name ${p.name} is reserved (recover ${p.name})` });
-    const seen = new Set<string>();
-    p.tiers.forEach((t, i) =>
-      t.vms.forEach((v, j) => {
-        if (seen.has(v.vm))
-          ctx.addIssue({ code: 'custom', path: ['tiers', i, 'vms', j, 'vm'], message: `VM ${v.vm} is listed twice` });
-        seen.add(v.vm);
-        if (p.placement.default === undefined && p.placement.vms[v.vm] === undefined)
-          ctx.addIssue({
-            code: 'custom',
-            path: ['placement'],
-            message: `VM ${v.vm} has no recovery host (placement.vms or placement.default)`,
-          });
-      }),
-    );
-    for (const vm of Object.keys(p.placement.vms))
-      if (!seen.has(vm))
-        ctx.addIssue({ code: 'custom', path: ['placement', 'vms', vm], message: `VM ${vm} is in no tier` });
-    const tierNames = p.tiers.map((t) => t.name);
-    if (new Set(tierNames).size !== tierNames.length)
-      ctx.addIssue({ code: 'custom', path: ['tiers'], message: 'tier names must differ' });
-    const schedule = p.commit.schedule;
-    if (schedule) {
-      for (const [field, fn] of [
-        ['cron', () => validateCron(schedule.cron)],
-        ['timezone', () => validateTimezone(schedule.timezone)],
-      ] as const) {
-        try {
-          fn();
-        } catch (err) {
-          ctx.addIssue({ code: 'custom', path: ['commit', 'schedule', field], message: (err as Error).message });
-        }
-      }
-    }
-  });
+  );
+  for (const vm of Object.keys(placed)) if (!seen.has(vm)) problems.push(`placement.vms.${vm}: VM ${vm} is in no tier`);
+  const names = tiers.map((t) => t.name).filter((n) => typeof n === 'string');
+  if (new Set(names).size !== names.length) problems.push('tiers: tier names must differ');
+  return problems;
+}
 
 /**
  * Checks a plan document (parsed YAML or JSON, or the CLI's definition) and returns the plan in its normal form.
@@ -159,7 +165,8 @@ export const recoveryPlanSchema = z
  */
 export function parsePlan(doc: unknown): RecoveryPlan {
   const r = recoveryPlanSchema.safeParse(doc);
-  if (!r.success) throw new BadInputError(`invalid recovery plan: ${describeIssues(r.error).join('; ')}`);
+  const problems = [...(r.success ? [] : describeIssues(r.error)), ...crossProblems(doc)];
+  if (problems.length || !r.success) throw new BadInputError(`invalid recovery plan: ${problems.join('; ')}`);
   const p = r.data;
   return {
     name: p.name,

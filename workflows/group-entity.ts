@@ -70,7 +70,11 @@ export async function groupEntity(state: GroupEntityState): Promise<{ deleted: b
   upsertSearchAttributes([{ key: GroupsnapGroup, value: definition.name }]);
 
   setHandler(definitionQuery, () => definition);
-  setPlanHandlers(() => definition, plans, () => deleted);
+  setPlanHandlers(
+    () => definition,
+    plans,
+    () => deleted,
+  );
   setHandler(
     redefineGroupUpdate,
     (def) => {
@@ -168,7 +172,8 @@ function setPlanHandlers(
     },
     {
       validator: (name) => {
-        if (!Object.hasOwn(plans, name)) throw badInput(`group ${definition().name} has no plan ${JSON.stringify(name)}`);
+        if (!Object.hasOwn(plans, name))
+          throw badInput(`group ${definition().name} has no plan ${JSON.stringify(name)}`);
       },
     },
   );

@@ -158,14 +158,12 @@ async function readPlanAndPoint(run: RecoverRun): Promise<void> {
   result.tiers = plan.tiers.map((t) => ({
     name: t.name,
     state: 'waiting',
-    vms: t.vms.map(
-      (v): VmProgress => ({
-        vm: v.vm,
-        host: hostOf(plan, v.vm),
-        domain: input.mode === 'test' ? `${v.vm}-${run.runId}` : v.vm,
-        state: 'waiting',
-      }),
-    ),
+    vms: t.vms.map((v): VmProgress => ({
+      vm: v.vm,
+      host: hostOf(plan, v.vm),
+      domain: input.mode === 'test' ? `${v.vm}-${run.runId}` : v.vm,
+      state: 'waiting',
+    })),
   }));
   setState(run, 'recovering');
 }
@@ -307,7 +305,7 @@ function show(run: RecoverRun): void {
     `: **${r.state}**` +
     (r.rtoMs !== undefined ? `, last tier ready after ${s(r.rtoMs)}` : '') +
     (r.decisionDeadline && r.state === 'awaiting-decision' ? `, decision due ${r.decisionDeadline}` : '') +
-    (r.error ? `\n\n${escapeMarkdown(r.error.slice(0, 1000))}` : "");
+    (r.error ? `\n\n${escapeMarkdown(r.error.slice(0, 1000))}` : '');
   const table = fittedTable(rows, ['tier', 'vm', 'host', 'domain', 'state', 'ready after'], MAX_DETAILS_BYTES - 2000);
   setCurrentDetails(rows.length ? `${head}\n\n${table}` : head);
 }
@@ -392,8 +390,7 @@ async function commit(run: RecoverRun): Promise<void> {
     ...(current?.resumeWhen ? { resumeWhen: current.resumeWhen } : {}),
   };
   await control.defineGroupAs(definition);
-  if (plan.commit.schedule)
-    await control.ensureGroupSchedule({ group: run.input.group, ...plan.commit.schedule });
+  if (plan.commit.schedule) await control.ensureGroupSchedule({ group: run.input.group, ...plan.commit.schedule });
   setState(run, 'committed');
 }
 
