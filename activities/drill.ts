@@ -230,25 +230,29 @@ export function createDrillActivities(deps: DrillDeps) {
   };
   return {
     ...activities,
-
-    /**
-     * One VM of a recovery plan checked on this host until ready or its timeout: running, a serial line, a check
-     * command (as {@link waitReady}, `GROUPSNAP_DRILL_VMS` naming the VM), or its TCP port at the given address
-     * accepting a connection from this host. Only VMs a restore made here. A verdict, `ready: false` after the
-     * timeout.
-     */
-    async checkVmReady(req: CheckVmReadyRequest): Promise<ReadyVerdict> {
-      const c = req.check;
-      if (c.kind === 'tcp') return tcpReady(deps, req.domain, c);
-      return activities.waitReady({
-        domains: [req.domain],
-        readiness: c.kind === 'serial' ? 'serial-line' : c.kind,
-        ...(c.kind === 'serial' ? { serialLine: c.pattern } : {}),
-        ...(c.kind === 'command' ? { check: c.command } : {}),
-        timeoutMs: c.timeoutMs,
-      });
-    },
+    checkVmReady: (req: CheckVmReadyRequest) => checkVmReady(deps, activities.waitReady, req),
   };
+}
+
+/**
+ * One VM of a recovery plan checked on this host until ready or its timeout: running, a serial line, a check command
+ * (as `waitReady`, `GROUPSNAP_DRILL_VMS` naming the VM), or its TCP port at the given address accepting a
+ * connection from this host. Only VMs a restore made here. A verdict, `ready: false` after the timeout.
+ */
+async function checkVmReady(
+  deps: DrillDeps,
+  waitReady: (req: WaitReadyRequest) => Promise<ReadyVerdict>,
+  req: CheckVmReadyRequest,
+): Promise<ReadyVerdict> {
+  const c = req.check;
+  if (c.kind === 'tcp') return tcpReady(deps, req.domain, c);
+  return waitReady({
+    domains: [req.domain],
+    readiness: c.kind === 'serial' ? 'serial-line' : c.kind,
+    ...(c.kind === 'serial' ? { serialLine: c.pattern } : {}),
+    ...(c.kind === 'command' ? { check: c.command } : {}),
+    timeoutMs: c.timeoutMs,
+  });
 }
 
 /** Connects to `address:port` once; resolves whether it was accepted within `ms`. */

@@ -10,8 +10,10 @@ import { promisify } from 'node:util';
 import { readDrillRecord } from '../activities/drill';
 import { Repository } from '../backup/repository';
 import { createGroup, getGroup } from '../client/groups';
+import { forgetHost } from '../client/hosts';
 import {
   applyPlan,
+  createRecoveryTestSchedule,
   decideRecovery,
   getPlan,
   listPlans,
@@ -27,7 +29,9 @@ import { FakeHost } from './helpers/fake-hosts';
 import { storePoint } from './helpers/repo-point';
 import { connectTestClient, uniqueId } from './helpers/temporal';
 import { startHosts, type RunningHosts } from './helpers/workers';
-import { CLI } from './helpers/worker-process';
+import { CLI, WorkerProcess } from './helpers/worker-process';
+import { testServerAddress } from './helpers/temporal';
+import { snapshotNamedGroup } from '../client/snapshots';
 
 const exec = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -53,8 +57,12 @@ describe('recovery plans (fake hypervisors)', () => {
   let keyFile: string;
   let image: string;
   let imagesDir: string;
+  let hva: FakeHost;
   let hvb: FakeHost;
   let hvc: FakeHost;
+  /** The workflow worker, in a process of its own so a test can SIGKILL it mid-plan. */
+  let workflows: WorkerProcess;
+  let workflowsStateDir: string;
   let running: RunningHosts;
   let temporal: Awaited<ReturnType<typeof connectTestClient>>;
   let server: Server;
@@ -72,6 +80,7 @@ describe('recovery plans (fake hypervisors)', () => {
     writeFileSync(image, Buffer.alloc(1024 * 1024, 0x5a));
     imagesDir = join(dir, 'images');
     mkdirSync(imagesDir);
+    hva = new FakeHost(uniqueId('plans-a'));
     hvb = new FakeHost(uniqueId('plans-b'));
     hvc = new FakeHost(uniqueId('plans-c'));
     process.env.GROUPSNAP_REPO_KEY_FILE = keyFile;
@@ -79,11 +88,19 @@ describe('recovery plans (fake hypervisors)', () => {
     temporal = await connectTestClient();
     running = await startHosts(
       [
+        { hostId: hva.hostId, hypervisor: hva.hypervisor },
         { hostId: hvb.hostId, hypervisor: hvb.hypervisor },
         { hostId: hvc.hostId, hypervisor: hvc.hypervisor },
       ],
-      { allowDrillChecks: true },
+      { allowDrillChecks: true, workflows: false },
     );
+    workflowsStateDir = join(dir, 'wf-state');
+    mkdirSync(workflowsStateDir);
+    workflows = new WorkerProcess(uniqueId('plans-wf'), workflowsStateDir, testServerAddress(), {
+      workflows: true,
+      args: ['--no-guard'],
+    });
+    await workflows.start(temporal.client, 180_000);
     // The TCP check's target: a listener on loopback.
     server = createServer((s) => s.end());
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -92,8 +109,10 @@ describe('recovery plans (fake hypervisors)', () => {
 
   afterAll(async () => {
     server.close();
+    await workflows?.kill('SIGTERM');
     await running.stop();
     await temporal.close();
+    hva.cleanup();
     hvb.cleanup();
     hvc.cleanup();
     process.env = { ...env };
@@ -161,7 +180,7 @@ describe('recovery plans (fake hypervisors)', () => {
 
   /** What of group `g` is left on the recovery hosts: VMs, and files in the images dir. */
   const leftOf = (g: string) => ({
-    vms: [...hvb.hypervisor.domains.keys(), ...hvc.hypervisor.domains.keys()].filter((d) => d.startsWith(g)),
+    vms: [hva, hvb, hvc].flatMap((h) => [...h.hypervisor.domains.keys()]).filter((d) => d.startsWith(g)),
     files: readdirSync(imagesDir).filter((f) => f.startsWith(g)),
   });
 
@@ -282,6 +301,109 @@ describe('recovery plans (fake hypervisors)', () => {
     expect(r.state).toBe('rolled-back');
     expect(leftOf(g)).toEqual({ vms: [], files: [] });
     await recoveryResult(handle);
+  });
+
+  it('a workflow worker SIGKILLed mid-plan: the run resumes where it was, each tier restored once', async () => {
+    const g = await newGroup();
+    await applyPlan(temporal.client, planDoc(g));
+    const handle = await startRecovery(temporal.client, `${g}-plan`, { mode: 'failover' });
+    const runId = runIdOf(handle.workflowId);
+    await progressUntil(runId, (p) => p.tiers[0]?.vms[0].state === 'checking');
+    await workflows.kill('SIGKILL');
+    const killed = workflows.hostId;
+    ready(g);
+    workflows = new WorkerProcess(uniqueId('plans-wf'), workflowsStateDir, testServerAddress(), {
+      workflows: true,
+      args: ['--no-guard'],
+    });
+    await workflows.start(temporal.client, 180_000);
+    // The killed worker's (unused) host leaves the registry, as an operator would remove a host that is gone.
+    await forgetHost(temporal.client, killed);
+    await progressUntil(runId, (x) => x.state === 'awaiting-decision');
+    const r = await decideRecovery(temporal.client, runId, 'commit');
+    expect(r.state).toBe('committed');
+    // One restore per tier and host: nothing was restored twice.
+    expect(r.restores.map((x) => x.restoreId).sort()).toEqual([`${runId}-t1-h1`, `${runId}-t2-h1`, `${runId}-t2-h2`]);
+    expect(leftOf(g).vms.sort()).toEqual([`${g}-app1`, `${g}-app2`, `${g}-db`]);
+  });
+
+  it('failback: snapshot and export on the recovery side after a commit, then a plan back to the original site', async () => {
+    const g = await newGroup();
+    ready(g);
+    await applyPlan(temporal.client, planDoc(g));
+    const there = await startRecovery(temporal.client, `${g}-plan`, { mode: 'failover' });
+    await progressUntil(runIdOf(there.workflowId), (x) => x.state === 'awaiting-decision');
+    expect((await decideRecovery(temporal.client, runIdOf(there.workflowId), 'commit')).state).toBe('committed');
+    // Protected on the recovery side: a snapshot of the recovered VMs, exported to the repository as a new point.
+    const snap = await snapshotNamedGroup(temporal.client, g);
+    expect(snap.snapshot.status).toBe('completed');
+    expect(snap.export?.error).toBeUndefined();
+    expect(snap.export).toMatchObject({ status: 'completed' });
+    // The plan back: every VM to the original site (host A), in the same order.
+    const back = planDoc(g, {
+      name: `${g}-back`,
+      placement: { default: hva.hostId },
+      tiers: [
+        { name: 'db', vms: [{ vm: `${g}-db` }] },
+        { name: 'app', vms: [{ vm: `${g}-app1` }, { vm: `${g}-app2` }] },
+      ],
+    });
+    await applyPlan(temporal.client, back);
+    const test = await recover(temporal.client, `${g}-back`, { mode: 'test', point: snap.snapshot.snapshotId });
+    expect(test.state).toBe('passed');
+    const home = await startRecovery(temporal.client, `${g}-back`, {
+      mode: 'failover',
+      point: snap.snapshot.snapshotId,
+    });
+    await progressUntil(runIdOf(home.workflowId), (x) => x.state === 'awaiting-decision');
+    expect((await decideRecovery(temporal.client, runIdOf(home.workflowId), 'commit')).state).toBe('committed');
+    expect((await getGroup(temporal.client, g)).selector).toEqual({
+      vms: ['db', 'app1', 'app2'].map((n) => ({ domain: `${g}-${n}`, host: hva.hostId })),
+    });
+    expect([...hva.hypervisor.domains.keys()].filter((d) => d.startsWith(g)).sort()).toEqual([
+      `${g}-app1`,
+      `${g}-app2`,
+      `${g}-db`,
+    ]);
+  });
+
+  it('the CLI: a test run with --watch prints the progress as it changes; test runs on a Schedule', async () => {
+    const g = await newGroup();
+    ready(g);
+    await applyPlan(temporal.client, planDoc(g));
+    const env = { ...process.env, TEMPORAL_ADDRESS: testServerAddress(), TEMPORAL_NAMESPACE: 'default' };
+    const { stdout } = await exec(process.execPath, [CLI, 'recover', `${g}-plan`, '--mode', 'test', '--watch'], {
+      env,
+    });
+    expect(stdout).toMatch(/recovery rc-\w+ started/);
+    // Printed as it changed: more than one state of the run, the last one with every tier ready.
+    expect(stdout.match(/^--- /gm)!.length).toBeGreaterThanOrEqual(2);
+    expect(stdout).toMatch(/tier db: (restoring|checking)/);
+    expect(stdout).toMatch(/tier app: ready/);
+    expect(stdout).toMatch(/: PASSED, last tier ready after/);
+    const list = await exec(process.execPath, [CLI, 'plan', 'list'], { env });
+    expect(list.stdout).toContain(`${g}-plan  group ${g}  db(1) -> app(2)`);
+
+    const scheduleId = await createRecoveryTestSchedule(temporal.client, `${g}-plan`, { cron: '0 4 * * 6' });
+    const schedule = temporal.client.schedule.getHandle(scheduleId);
+    try {
+      await schedule.pause();
+      await schedule.trigger();
+      let done: string | undefined;
+      for (let i = 0; i < 600 && !done; i++) {
+        const recent = (await schedule.describe()).info.recentActions;
+        const started = recent[0]?.action.workflow;
+        if (started) {
+          const h = temporal.client.workflow.getHandle(started.workflowId, started.firstExecutionRunId);
+          if ((await h.describe()).status.name === 'COMPLETED') done = (await recoveryResult(h)).state;
+        }
+        if (!done) await sleep(200);
+      }
+      expect(done).toBe('passed');
+    } finally {
+      await schedule.delete();
+    }
+    expect(leftOf(g)).toEqual({ vms: [], files: [] });
   });
 
   it('bad plans are refused naming every problem, and nothing is stored (client, and the CLI with exit 2)', async () => {
