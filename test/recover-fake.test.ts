@@ -24,6 +24,7 @@ import {
   type RecoverProgress,
 } from '../client/plans';
 import { BadInputError } from '../common/failures';
+import { repoRestoreWorkflowId } from '../common/repo-restore';
 import { scheduleIdFor } from '../common/schedule-spec';
 import { FakeHost } from './helpers/fake-hosts';
 import { storePoint } from './helpers/repo-point';
@@ -273,6 +274,20 @@ describe('recovery plans (fake hypervisors)', () => {
     }
   });
 
+  it("restore: instant is passed to every tier's restore as its instant flag", async () => {
+    const g = await newGroup();
+    ready(g);
+    await applyPlan(temporal.client, planDoc(g, { restore: 'instant' }));
+    const r = await recover(temporal.client, `${g}-plan`, { mode: 'test' });
+    expect(r.state).toBe('passed');
+    for (const restoreId of [`${r.runId}-t1-h1`, `${r.runId}-t2-h1`, `${r.runId}-t2-h2`]) {
+      const history = await temporal.client.workflow.getHandle(repoRestoreWorkflowId(g, restoreId)).fetchHistory();
+      const payload = history.events![0].workflowExecutionStartedEventAttributes!.input!.payloads![0];
+      const input = JSON.parse(Buffer.from(payload.data!).toString('utf8')) as Record<string, unknown>;
+      expect(input).toMatchObject({ instant: true, restoreId, mode: 'clone' });
+    }
+  });
+
   it('a failed check stops the plan: test mode tears down; failover leaves the VMs until rollback', async () => {
     const g = await newGroup();
     const failing = planDoc(g, {
@@ -378,7 +393,7 @@ describe('recovery plans (fake hypervisors)', () => {
     expect(stdout).toMatch(/recovery rc-\w+ started/);
     // Printed as it changed: more than one state of the run, the last one with every tier ready.
     expect(stdout.match(/^--- /gm)!.length).toBeGreaterThanOrEqual(2);
-    expect(stdout).toMatch(/tier db: (restoring|checking)/);
+    expect(stdout).toMatch(/: (STARTING|RECOVERING)\n/);
     expect(stdout).toMatch(/tier app: ready/);
     expect(stdout).toMatch(/: PASSED, last tier ready after/);
     const list = await exec(process.execPath, [CLI, 'plan', 'list'], { env });
