@@ -6,7 +6,9 @@ import * as libvirt from '@groupsnap/libvirt';
 import { readDrillRecord } from '../activities/drill';
 import { snapshotGroup } from '../client';
 import { createGroup } from '../client/groups';
-import { applyPlan, recoveryProgress, recoveryResult, startRecovery } from '../client/plans';
+import { snapshotNamedGroup } from '../client/snapshots';
+import { applyPlan, decideRecovery, recoveryProgress, recoveryResult, startRecovery } from '../client/plans';
+import { getGroup } from '../client/groups';
 import { ensureGuestImage, workloadDomainXml } from '../dev/guest';
 import { storePoint, type PointVm } from './helpers/repo-point';
 import { startDrFixture, type DrFixture } from './helpers/dr-fixture';
@@ -171,6 +173,57 @@ describe('recovery plans on real hypervisors', () => {
       expect(await readDrillRecord(repo, group, snapshotId)).toMatchObject({ drillId: runId, status: 'pass' });
     } finally {
       repo.close();
+    }
+  });
+
+  it('failover as the original VMs: rollback leaves nothing on host B; commit leaves a group that snapshots there', async () => {
+    const imagesB = fx.hosts.host(fx.hostB).imagesDir;
+    const before = { domains: (await connB.listAllDomains()).map((d) => d.name).sort(), files: readdirSync(imagesB) };
+    await applyPlan(fx.client, {
+      name: `${group}-fo`,
+      group,
+      repository: fx.url,
+      placement: { default: fx.hostB },
+      tiers: [
+        { name: 'db', vms: [{ vm: names.db, check: { serial: READY, timeout: '200s' } }] },
+        { name: 'app', vms: [{ vm: names.app, check: { serial: READY, timeout: '200s' } }] },
+      ],
+      decision: { timeout: '10m', onTimeout: 'rollback' },
+    });
+    const untilDecision = async (runId: string) => {
+      for (;;) {
+        const p = await recoveryProgress(fx.client, runId);
+        if (p.state === 'awaiting-decision') return p;
+        if (['failed', 'stopped', 'rolled-back', 'committed'].includes(p.state)) throw new Error(JSON.stringify(p));
+        await sleep(500);
+      }
+    };
+    const first = await startRecovery(fx.client, `${group}-fo`, { mode: 'failover', point: snapshotId });
+    const firstId = first.workflowId.split('/').at(-1)!;
+    await untilDecision(firstId);
+    expect((await connB.listAllDomains()).map((d) => d.name)).toEqual(expect.arrayContaining([names.db, names.app]));
+    expect((await decideRecovery(fx.client, firstId, 'rollback')).state).toBe('rolled-back');
+    expect((await connB.listAllDomains()).map((d) => d.name).sort()).toEqual(before.domains);
+    expect(readdirSync(imagesB).sort()).toEqual(before.files.sort());
+
+    const second = await startRecovery(fx.client, `${group}-fo`, { mode: 'failover', point: snapshotId });
+    const secondId = second.workflowId.split('/').at(-1)!;
+    await untilDecision(secondId);
+    try {
+      expect((await decideRecovery(fx.client, secondId, 'commit')).state).toBe('committed');
+      expect((await getGroup(fx.client, group)).selector).toEqual({
+        vms: [names.db, names.app].map((domain) => ({ domain, host: fx.hostB })),
+      });
+      // Protected on the recovery side: the group snapshots there.
+      const snap = await snapshotNamedGroup(fx.client, group);
+      expect(snap.snapshot.status).toBe('completed');
+      expect(snap.members).toEqual([names.db, names.app].map((domain) => ({ domain, host: fx.hostB })));
+    } finally {
+      for (const name of [names.db, names.app]) {
+        const dom = await connB.lookupByName(name).catch(() => undefined);
+        await dom?.destroy().catch(() => undefined);
+        await dom?.undefine(libvirt.UndefineFlags.SNAPSHOTS_METADATA).catch(() => undefined);
+      }
     }
   });
 });
