@@ -226,4 +226,26 @@ describe('recovery plans on real hypervisors', () => {
       }
     }
   });
+
+  it("host B's worker SIGKILLed during tier 1's check: the run resumes on its restarted worker and passes", async () => {
+    const imagesB = fx.hosts.host(fx.hostB).imagesDir;
+    const before = { domains: (await connB.listAllDomains()).map((d) => d.name).sort(), files: readdirSync(imagesB) };
+    const handle = await startRecovery(fx.client, `${group}-plan`, { mode: 'test', point: snapshotId });
+    const runId = handle.workflowId.split('/').at(-1)!;
+    for (;;) {
+      const p = await recoveryProgress(fx.client, runId);
+      if (p.tiers[0]?.vms[0].state === 'checking') break;
+      if (p.state !== 'starting' && p.state !== 'recovering') throw new Error(JSON.stringify(p));
+      await sleep(250);
+    }
+    await fx.workerB.kill('SIGKILL');
+    await fx.workerB.start(fx.client);
+    const result = await recoveryResult(handle);
+    expect(result.error).toBeUndefined();
+    expect(result.state).toBe('passed');
+    // Each tier restored once; everything torn down.
+    expect(result.restores.map((r) => r.restoreId)).toEqual([`${runId}-t1-h1`, `${runId}-t2-h1`]);
+    expect((await connB.listAllDomains()).map((d) => d.name).sort()).toEqual(before.domains);
+    expect(readdirSync(imagesB).sort()).toEqual(before.files.sort());
+  });
 });
