@@ -6,7 +6,7 @@ import type { QuiesceMode, ResumeWhen, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
 import { reportError } from './exit';
 import { drillCommand } from './drill-command';
-import { planApply, planDelete, planList, planShow, recoverCommand } from './plan-commands';
+import { planApply, planDefine, planDelete, planList, planShow, recoverCommand } from './plan-commands';
 import { repoRestoreCommand, type RepoRestoreFlags } from './repo-restore-command';
 import { registerBackupCommands, withRepoKeyFile } from './backup-cli';
 import { groupCreate, groupDelete, groupList, groupShow } from './group-commands';
@@ -250,6 +250,30 @@ temporalOptions(
     .argument('<file>')
     .option('--json', 'print JSON'),
 ).action(act(planApply));
+temporalOptions(
+  plan
+    .command('define')
+    .description('a plan from the command line, checked like a file and stored with its group (or --print its YAML)')
+    .argument('<name>')
+    .option('--group <group>', 'the group it recovers')
+    .option('--repo <url>', 'the repository the points come from (or GROUPSNAP_REPO)')
+    .option('--host <id>', 'recovery host of every VM not --place-d')
+    .option('--place <vm=host>', 'recovery host of one VM (repeat)', collect(String))
+    .option('--tier <name:vm,...>', 'a tier, in order (repeat)', collect(String))
+    .option(
+      '--check <vm=kind>',
+      'readiness: vm=serial:<regex> | vm=tcp:<address>:<port> | vm=command:<cmd> | vm=running (repeat)',
+      collect(String),
+    )
+    .option('--check-timeout <duration>', 'timeout of every check (default 5m)')
+    .option('--restore <kind>', 'full (default) or instant')
+    .option('--map-network <old=new>', 'failover: network renamed on the recovery side (repeat)', collect(String))
+    .option('--test-network <old=isolated>', 'test runs: none (default) or networks mapped (repeat)', collect(String))
+    .option('--decision-timeout <duration>', 'failover: wait this long for commit/rollback (default 1h)')
+    .option('--on-timeout <policy>', 'failover: commit (default) or rollback when no answer came')
+    .option('--print', 'print the plan (YAML) instead of storing it')
+    .option('--json', 'print JSON'),
+).action(act(planDefine));
 temporalOptions(
   plan.command('show').description('a stored plan, as YAML').argument('<name>').option('--json', 'print JSON'),
 ).action(act(planShow));

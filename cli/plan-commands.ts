@@ -8,6 +8,7 @@ import {
   deletePlan,
   getPlan,
   listPlans,
+  parsePlan,
   planDocument,
   readPlanFile,
   recoveryProgress,
@@ -160,4 +161,106 @@ export function renderProgress(p: RecoverProgress): string {
   if (p.state === 'stopped')
     lines.push(`  VMs left for inspection; remove them with: groupsnap recover rollback ${p.runId}`);
   return lines.join('\n');
+}
+
+export interface PlanDefineFlags extends CommonOptions {
+  group?: string;
+  repo?: string;
+  host?: string;
+  place?: string[];
+  tier?: string[];
+  check?: string[];
+  checkTimeout?: string;
+  restore?: string;
+  mapNetwork?: string[];
+  testNetwork?: string[];
+  decisionTimeout?: string;
+  onTimeout?: string;
+  print?: boolean;
+}
+
+/** `key=value` of a repeated flag. @throws BadInputError */
+function pair(flag: string, value: string): [string, string] {
+  const i = value.indexOf('=');
+  if (i <= 0 || i === value.length - 1)
+    throw new BadInputError(`${flag} takes <name>=<value>, not ${JSON.stringify(value)}`);
+  return [value.slice(0, i), value.slice(i + 1)];
+}
+
+/** A check flag `vm=serial:<re>`, `vm=tcp:<address>:<port>`, `vm=command:<cmd>` or `vm=running`, as a document. */
+function checkDoc(spec: string, timeout: string | undefined): [string, Record<string, unknown>] {
+  const [vm, what] = pair('--check', spec);
+  const t = timeout !== undefined ? { timeout } : {};
+  if (what === 'running') return [vm, { running: true, ...t }];
+  const colon = what.indexOf(':');
+  const kind = colon > 0 ? what.slice(0, colon) : what;
+  const rest = what.slice(colon + 1);
+  if (kind === 'serial' || kind === 'command') return [vm, { [kind]: rest, ...t }];
+  if (kind === 'tcp') {
+    const last = rest.lastIndexOf(':');
+    const address = rest.slice(0, last).replace(/^\[(.*)\]$/, '$1');
+    return [vm, { tcp: Number(rest.slice(last + 1)), address, ...t }];
+  }
+  throw new BadInputError(`--check ${spec}: give serial:<re>, tcp:<address>:<port>, command:<cmd> or running`);
+}
+
+/** The plan document a `plan define` command line describes (checked by the plan schema afterwards). */
+export function planFromFlags(name: string, opts: PlanDefineFlags): Record<string, unknown> {
+  const checks = new Map((opts.check ?? []).map((c) => checkDoc(c, opts.checkTimeout)));
+  const tiers = (opts.tier ?? []).map((spec) => {
+    const i = spec.indexOf(':');
+    if (i <= 0) throw new BadInputError(`--tier takes <name>:<vm>[,<vm>...], not ${JSON.stringify(spec)}`);
+    const vms = spec
+      .slice(i + 1)
+      .split(',')
+      .filter(Boolean)
+      .map((vm) => ({
+        vm,
+        check: checks.get(vm) ?? { running: true, ...(opts.checkTimeout ? { timeout: opts.checkTimeout } : {}) },
+      }));
+    return { name: spec.slice(0, i), vms };
+  });
+  const inTiers = new Set(tiers.flatMap((t) => t.vms.map((v) => v.vm)));
+  const stray = [...checks.keys()].filter((vm) => !inTiers.has(vm));
+  if (stray.length) throw new BadInputError(`--check names VMs in no --tier: ${stray.join(', ')}`);
+  const testNetwork = opts.testNetwork ?? [];
+  return {
+    name,
+    group: opts.group,
+    repository: opts.repo ?? process.env.GROUPSNAP_REPO,
+    ...(opts.restore !== undefined ? { restore: opts.restore } : {}),
+    placement: {
+      ...(opts.host !== undefined ? { default: opts.host } : {}),
+      vms: Object.fromEntries((opts.place ?? []).map((p) => pair('--place', p))),
+    },
+    tiers,
+    network: {
+      map: Object.fromEntries((opts.mapNetwork ?? []).map((m) => pair('--map-network', m))),
+      test:
+        testNetwork.length === 0 || (testNetwork.length === 1 && testNetwork[0] === 'none')
+          ? 'none'
+          : Object.fromEntries(testNetwork.map((m) => pair('--test-network', m))),
+    },
+    decision: {
+      ...(opts.decisionTimeout !== undefined ? { timeout: opts.decisionTimeout } : {}),
+      ...(opts.onTimeout !== undefined ? { onTimeout: opts.onTimeout } : {}),
+    },
+  };
+}
+
+/**
+ * `groupsnap plan define <name> --group g --repo url --host h --tier db:db-1 --tier app:app-1,app-2 --check ...`:
+ * a plan from the command line, checked like a file; `--print` prints its YAML instead of storing it.
+ */
+export async function planDefine(name: string, opts: PlanDefineFlags) {
+  const plan = parsePlan(planFromFlags(name, opts));
+  if (opts.print) {
+    console.log(opts.json ? JSON.stringify(planDocument(plan), null, 2) : stringify(planDocument(plan)).trimEnd());
+    return;
+  }
+  await withClient(
+    opts,
+    (c) => applyPlan(c, plan),
+    (r) => `plan ${r.plan.name} of group ${r.plan.group} ${r.created ? 'created' : 'replaced'}`,
+  );
 }

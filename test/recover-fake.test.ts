@@ -396,6 +396,15 @@ describe('recovery plans (fake hypervisors)', () => {
     expect(stdout).toMatch(/: (STARTING|RECOVERING)\n/);
     expect(stdout).toMatch(/tier app: ready/);
     expect(stdout).toMatch(/: PASSED, last tier ready after/);
+    const printed = await exec(
+      process.execPath,
+      [CLI, 'plan', 'define', `${g}-flags`, '--group', g, '--repo', url, '--host', hvb.hostId, '--tier', `db:${g}-db`],
+      { env },
+    );
+    expect(printed.stdout).toBe(`plan ${g}-flags of group ${g} created\n`);
+    expect((await getPlan(temporal.client, `${g}-flags`)).tiers).toEqual([
+      { name: 'db', vms: [{ vm: `${g}-db`, check: { kind: 'running', timeoutMs: 300_000 } }] },
+    ]);
     const list = await exec(process.execPath, [CLI, 'plan', 'list'], { env });
     expect(list.stdout).toContain(`${g}-plan  group ${g}  db(1) -> app(2)`);
 

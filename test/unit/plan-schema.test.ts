@@ -2,6 +2,7 @@ import { parse } from 'yaml';
 import { crossProblems, parsePlan, planDocument } from '../../common/plan-schema';
 import { BadInputError } from '../../common/failures';
 import { hostOf, normalizeRecoverInput } from '../../common/plans';
+import { planFromFlags } from '../../cli/plan-commands';
 
 const YAML_PLAN = `
 name: shop-dr
@@ -126,5 +127,47 @@ describe('recovery plan schema', () => {
       /mode must be failover or test.*point/,
     );
     expect(normalizeRecoverInput({ group: 'g', plan: 'p', mode: 'test' }).point).toBe('latest');
+  });
+
+  it('a plan from the command line (plan define) is the same plan as from its file', () => {
+    const fromFlags = parsePlan(
+      planFromFlags('shop-dr', {
+        group: 'shop',
+        repo: 's3://dr-bucket/shop',
+        host: 'hv-b',
+        place: ['app-2=hv-c'],
+        tier: ['database:db-1', 'app:app-1,app-2,app-3'],
+        check: [
+          'db-1=serial:database system is ready',
+          'app-1=tcp:10.0.0.5:8080',
+          'app-2=command:curl -fsS http://10.0.0.6/health',
+        ],
+        checkTimeout: '2m',
+        restore: 'instant',
+        mapNetwork: ['prod=dr-prod'],
+        testNetwork: ['prod=dr-isolated'],
+        decisionTimeout: '2h',
+        onTimeout: 'rollback',
+      }),
+    );
+    const fromFile = parsePlan(parse(YAML_PLAN));
+    expect(fromFlags.tiers.map((t) => t.vms.map((v) => v.check.kind))).toEqual([
+      ['serial'],
+      ['tcp', 'command', 'running'],
+    ]);
+    expect(fromFlags.tiers[1].vms[0].check).toEqual({
+      kind: 'tcp',
+      port: 8080,
+      address: '10.0.0.5',
+      timeoutMs: 120_000,
+    });
+    expect({ ...fromFlags, tiers: [], commit: {} }).toEqual({ ...fromFile, tiers: [], commit: {} });
+  });
+
+  it('plan define: a malformed flag or a check of a VM in no tier is refused', () => {
+    expect(() => planFromFlags('p', { tier: ['db'] })).toThrow(/--tier takes <name>:<vm>/);
+    expect(() => planFromFlags('p', { tier: ['db:a'], check: ['a=ping:x'] })).toThrow(/give serial:<re>, tcp/);
+    expect(() => planFromFlags('p', { tier: ['db:a'], check: ['b=running'] })).toThrow(/VMs in no --tier: b/);
+    expect(() => planFromFlags('p', { tier: ['db:a'], place: ['a'] })).toThrow(/--place takes <name>=<value>/);
   });
 });
