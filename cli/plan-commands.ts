@@ -28,7 +28,7 @@ export async function planApply(file: string, opts: CommonOptions) {
   const plan = readPlanFile(file);
   await withClient(
     opts,
-    (c) => applyPlan(c, plan),
+    (c) => applyPlan(c, planDocument(plan)),
     (r) => `plan ${r.plan.name} of group ${r.plan.group} ${r.created ? 'created' : 'replaced'}`,
   );
 }
@@ -260,7 +260,7 @@ export async function planDefine(name: string, opts: PlanDefineFlags) {
   }
   await withClient(
     opts,
-    (c) => applyPlan(c, plan),
+    (c) => applyPlan(c, planDocument(plan)),
     (r) => `plan ${r.plan.name} of group ${r.plan.group} ${r.created ? 'created' : 'replaced'}`,
   );
 }

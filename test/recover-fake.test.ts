@@ -405,6 +405,12 @@ describe('recovery plans (fake hypervisors)', () => {
     expect((await getPlan(temporal.client, `${g}-flags`)).tiers).toEqual([
       { name: 'db', vms: [{ vm: `${g}-db`, check: { kind: 'running', timeoutMs: 300_000 } }] },
     ]);
+    // A plan file through the CLI: stored as written, and shown back as YAML that applies again.
+    const shown = await exec(process.execPath, [CLI, 'plan', 'show', `${g}-plan`], { env });
+    const file = join(dir, `${g}-plan.yaml`);
+    writeFileSync(file, shown.stdout);
+    const applied = await exec(process.execPath, [CLI, 'plan', 'apply', file], { env });
+    expect(applied.stdout).toBe(`plan ${g}-plan of group ${g} replaced\n`);
     const list = await exec(process.execPath, [CLI, 'plan', 'list'], { env });
     expect(list.stdout).toContain(`${g}-plan  group ${g}  db(1) -> app(2)`);
 
