@@ -9,7 +9,7 @@ import { readKeyFile } from '../backup/crypto';
 import { PERMANENT_REPOSITORY_ERRORS, RepositoryError } from '../backup/errors';
 import { RepositoryLock } from '../backup/locks';
 import { DRILL_RECORD, Repository } from '../backup/repository';
-import type { DrillRecord, ReadyVerdict, WaitReadyRequest } from '../common/drill';
+import type { CheckVmReadyRequest, DrillRecord, ReadyVerdict, WaitReadyRequest } from '../common/drill';
 import { safeName } from '../common/host-requests';
 import { failure } from '../common/failures';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -133,7 +133,7 @@ export function createDrillActivities(deps: DrillDeps) {
       throw err;
     }
   };
-  return {
+  const activities = {
     /** The newest point of `group` in the repository. */
     async repoLatestPoint(req: { repo: string; group: string }): Promise<string> {
       const repo = await openRepo(req.repo);
@@ -228,6 +228,70 @@ export function createDrillActivities(deps: DrillDeps) {
       }
     },
   };
+  return {
+    ...activities,
+    checkVmReady: (req: CheckVmReadyRequest) => checkVmReady(deps, activities.waitReady, req),
+  };
+}
+
+/**
+ * One VM of a recovery plan checked on this host until ready or its timeout: running, a serial line, a check command
+ * (as `waitReady`, `GROUPSNAP_DRILL_VMS` naming the VM), or its TCP port at the given address accepting a
+ * connection from this host. Only VMs a restore made here. A verdict, `ready: false` after the timeout.
+ */
+async function checkVmReady(
+  deps: DrillDeps,
+  waitReady: (req: WaitReadyRequest) => Promise<ReadyVerdict>,
+  req: CheckVmReadyRequest,
+): Promise<ReadyVerdict> {
+  const c = req.check;
+  if (c.kind === 'tcp') return tcpReady(deps, req.domain, c);
+  return waitReady({
+    domains: [req.domain],
+    readiness: c.kind === 'serial' ? 'serial-line' : c.kind,
+    ...(c.kind === 'serial' ? { serialLine: c.pattern } : {}),
+    ...(c.kind === 'command' ? { check: c.command } : {}),
+    timeoutMs: c.timeoutMs,
+  });
+}
+
+/** Connects to `address:port` once; resolves whether it was accepted within `ms`. */
+function tcpAccepts(address: string, port: number, ms: number): Promise<boolean> {
+  return new Promise((done) => {
+    const s = createConnection({ host: address, port, timeout: ms });
+    const end = (ok: boolean) => {
+      s.destroy();
+      done(ok);
+    };
+    s.once('connect', () => end(true));
+    s.once('timeout', () => end(false));
+    s.once('error', () => end(false));
+  });
+}
+
+/** A recovery plan's TCP check: the VM (restored here) running and its port accepting, until the timeout. */
+async function tcpReady(
+  deps: DrillDeps,
+  domain: string,
+  c: { port: number; address: string; timeoutMs: number },
+): Promise<ReadyVerdict> {
+  if (!deps.stateDir) throw new Error(`host ${deps.hostId}: checkVmReady needs the host's state dir`);
+  if (!new RestoreRecords(deps.stateDir).vmNamed(domain))
+    throw failure('badInput', `not a VM a restore made on ${deps.hostId}: ${JSON.stringify(domain)}`);
+  const deadline = Date.now() + c.timeoutMs;
+  const target = c.address.includes(':') ? `[${c.address}]:${c.port}` : `${c.address}:${c.port}`;
+  let last = '';
+  for (let i = 0; ; i++) {
+    heartbeat({ waiting: 'tcp', i });
+    if (cancelled()) throw new Error('cancelled');
+    const state = await deps.hypervisor.state(domain);
+    if (state !== 'running') last = `${domain} is ${state}`;
+    else if (await tcpAccepts(c.address, c.port, Math.max(200, Math.min(2000, deadline - Date.now()))))
+      return verdict(true, `${target} accepts connections`);
+    else last = `${target} does not accept connections`;
+    if (Date.now() > deadline) return verdict(false, `not ready after ${c.timeoutMs} ms: ${last}`);
+    await sleep(1000);
+  }
 }
 
 function safeRead(file: string): string {

@@ -727,6 +727,45 @@ export class Repository {
     }
   }
 
+  /**
+   * A chunk's stored (sealed) bytes, checked as {@link readChunk} checks them (decrypted and its keyed hash compared
+   * with its id, on the worker threads): a copy into a repository of the same keys (a replica) stores them as
+   * they are instead of sealing the content again.
+   * @throws DamagedObjectError when it is missing, does not decrypt, or its content does not match its name
+   */
+  async readChunkSealed(id: string): Promise<Buffer> {
+    const key = Repository.chunkKey(id);
+    if (!CHUNK_ID.test(id)) throw new DamagedObjectError(key, 'corrupt', 'not a chunk id');
+    for (let attempt = 1; ; attempt++) {
+      const sealed = await this.store.get(key, { maxBytes: this.config.chunkSize + SEAL_OVERHEAD });
+      if (!sealed) throw new DamagedObjectError(key, 'missing');
+      try {
+        await this.sealPool().open(Buffer.from(sealed), id, this.config.chunkSize);
+        return sealed;
+      } catch (err) {
+        if (!(err instanceof SealError || err instanceof ChunkIdMismatchError)) throw err;
+        if (attempt < 2) continue;
+        throw new DamagedObjectError(
+          key,
+          'corrupt',
+          err instanceof SealError ? err.message : 'content does not match its id',
+        );
+      }
+    }
+  }
+
+  /**
+   * Stores a chunk's sealed bytes as another repository of the same keys holds them (a replica's copy, checked by
+   * {@link readChunkSealed}), unless this one has the chunk. Returns the bytes stored (0: it had it).
+   */
+  async putSealedChunk(id: string, sealed: Buffer): Promise<number> {
+    if (await this.hasChunk(id)) return 0;
+    await this.put(Repository.chunkKey(id), sealed);
+    this.known?.add(id);
+    this.unindexed.add(id);
+    return sealed.length;
+  }
+
   // ---- manifests ----
 
   /**

@@ -29,6 +29,7 @@ import {
   StoreAccessDeniedError,
   TransientStoreError,
 } from './errors';
+import { s3ConfigFor } from './credentials';
 
 /** One object of a listing. */
 export interface StoredObject {
@@ -204,9 +205,11 @@ function sameEndpoint(a: string, b: string): boolean {
  * input) would make the host sign requests to any server, so one that differs from the host's is refused.
  * @throws RepositoryInputError on a bad URL or a foreign endpoint
  */
-export function openStore(url: string, s3Config: S3ClientConfig = {}): ObjectStore {
+export function openStore(url: string, config: S3ClientConfig = {}): ObjectStore {
   const loc = parseRepositoryUrl(url);
   if (loc.kind === 'file') return new FileStore(loc.url, loc.path);
+  // This machine's settings for this very repository (another bucket's own credentials, ./credentials.ts) first.
+  const s3Config = { ...s3ConfigFor(url), ...config };
   const own = hostS3Endpoint(s3Config);
   if (loc.endpoint !== undefined && (own === undefined || !sameEndpoint(loc.endpoint, own))) {
     throw new RepositoryInputError(

@@ -5,6 +5,7 @@ import { readKeyFile } from '../backup/crypto';
 import { REPO_KEY_FILE_ENV } from '../common/backup-types';
 import { BadInputError } from '../common/failures';
 import { exportCommand, repoInit, repoList, repoPrune, repoVerify } from './backup-commands';
+import { copyWorkerCommand, repoCopy } from './copy-command';
 import { parseInteger } from './parse';
 
 type Act = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
@@ -58,13 +59,21 @@ export function registerBackupCommands(program: Command, temporalOptions: (c: Co
       .option('--lock-mode <mode>', 'compliance (nobody can shorten a lock) or governance (default compliance)')
       .option('--json', 'print JSON'),
   ).action(act(repoInit));
-  keyOption(
-    repo
-      .command('list')
-      .description('every exported point with its VMs, sizes, bytes new and last verification')
-      .argument('[url]', 'repository URL (default: GROUPSNAP_REPO)')
-      .option('--group <group>', 'only this group')
-      .option('--json', 'print JSON'),
+  temporalOptions(
+    keyOption(
+      repo
+        .command('list')
+        .description('every exported point with its VMs, sizes, bytes new and last verification')
+        .argument('[url]', 'repository URL (default: GROUPSNAP_REPO)')
+        .option('--group <group>', 'only this group')
+        .option('--copy <url>', "also where each point exists: here (primary) and/or in this copy ('locations')")
+        .option('--copy-key-file <file>', "the copy's key, when it has its own (default: --key-file)")
+        .option(
+          '--group-copy',
+          "with --group: the group's copy target (group create --copy-to) as --copy, via Temporal",
+        )
+        .option('--json', 'print JSON'),
+    ),
   ).action(act(repoList));
   keyOption(
     repo
@@ -92,7 +101,31 @@ export function registerBackupCommands(program: Command, temporalOptions: (c: Co
       .option('--wait <seconds>', 'wait this long for running exports before giving up the sweep', parseInteger)
       .option('--json', 'print JSON'),
   ).action(act(repoPrune));
+  keyOption(
+    repo
+      .command('copy')
+      .description(
+        'copy points into a second repository (created when absent; never deletes there; resumes; checks what it wrote)',
+      )
+      .argument('<from-url>', 'the source repository')
+      .argument('<to-url>', 'the copy (its S3 credentials: GROUPSNAP_S3_CREDENTIALS_FILE)')
+      .option('--group <group>', 'only this group')
+      .option('--points <ids>', 'only these snapshot ids (comma-separated)')
+      .option('--to-key-file <file>', "the copy's own key (chunks resealed); default: the source's key (a replica)")
+      .option('--verify <what>', 'chunks read back and authenticated: sample (1 in 16) or all', 'sample')
+      .option('--json', 'print JSON'),
+  ).action(act(repoCopy));
 
+  temporalOptions(
+    keyOption(
+      program
+        .command('copy-worker')
+        .description(
+          "copy groups' exported points to their copy targets (run on the admin side: both repositories' credentials)",
+        )
+        .option('--to-key-file <file>', "the copies' own key (default: the source's key: replicas)"),
+    ),
+  ).action(act(copyWorkerCommand));
   temporalOptions(
     keyOption(
       program

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import type { Client } from '@temporalio/client';
 import { PERMANENT_REPOSITORY_ERRORS, RepositoryError, RepositoryInputError } from '../backup/errors';
 import { readKeyFile } from '../backup/crypto';
-import { Repository } from '../backup/repository';
+import { Repository, type PointSummary } from '../backup/repository';
 import {
   ExportFailedError,
   exportProgress,
@@ -17,6 +17,7 @@ import {
 import { REPO_ENV, REPO_KEY_FILE_ENV, type DiskProgressReport, type ExportResult } from '../common/backup-types';
 import type { RetentionPolicy } from '../common/retention';
 import { BadInputError } from '../common/failures';
+import type { TemporalOverrides } from '../common/config';
 import { EXIT } from './commands';
 import { reportError } from './exit';
 import { withClient, type CommonOptions } from './with-client';
@@ -34,7 +35,7 @@ function repoUrl(url: string | undefined): string {
 }
 
 /** The key file: `--key-file`, else `GROUPSNAP_REPO_KEY_FILE`; checked now (exists, holds 32 bytes). */
-function keyFile(opts: RepoOptions): string {
+export function keyFile(opts: RepoOptions): string {
   const f = opts.keyFile ?? process.env[REPO_KEY_FILE_ENV];
   if (!f)
     throw new BadInputError(`give --key-file <file> (32 random bytes, raw or base64) or set ${REPO_KEY_FILE_ENV}`);
@@ -43,7 +44,7 @@ function keyFile(opts: RepoOptions): string {
 }
 
 /** Repository errors that mean "nothing was done, fix the input" become BadInputError (exit 2). */
-function toBadInput<T>(fn: () => T): T {
+export function toBadInput<T>(fn: () => T): T {
   try {
     return fn();
   } catch (err) {
@@ -51,13 +52,13 @@ function toBadInput<T>(fn: () => T): T {
   }
 }
 
-function badInputOf(err: unknown): unknown {
+export function badInputOf(err: unknown): unknown {
   if (err instanceof RepositoryError && (PERMANENT_REPOSITORY_ERRORS as readonly string[]).includes(err.name))
     return new BadInputError(err.message);
   return err;
 }
 
-async function repoAction<T>(
+export async function repoAction<T>(
   opts: RepoOptions,
   fn: () => Promise<T>,
   render: (v: T) => string,
@@ -75,11 +76,11 @@ async function repoAction<T>(
   process.exitCode = failed(value) ? EXIT.failed : EXIT.ok;
 }
 
-const mib = (n: number): string => `${(n / 1024 ** 2).toFixed(1)} MiB`;
+export const mib = (n: number): string => `${(n / 1024 ** 2).toFixed(1)} MiB`;
 const gib = (n: number): string => `${(n / 1024 ** 3).toFixed(2)} GiB`;
 
 /** A one-line progress bar on stderr, only on a terminal. */
-function progressBar(enabled: boolean) {
+export function progressBar(enabled: boolean) {
   const tty = enabled && process.stderr.isTTY;
   let shown = false;
   return {
@@ -134,10 +135,58 @@ export async function repoInit(
   );
 }
 
-export async function repoList(url: string | undefined, opts: RepoOptions & { group?: string }): Promise<void> {
+/** One point as `repo list` shows it. */
+function listedPoint(p: PointSummary) {
+  return {
+    group: p.group,
+    snapshotId: p.snapshotId,
+    ...(p.label !== undefined ? { label: p.label } : {}),
+    snapshotCreatedAt: p.snapshotCreatedAt,
+    exportedAt: p.exportedAt,
+    vms: p.vms.map((v) => ({
+      domain: v.domain,
+      host: v.host,
+      disks: v.disks,
+      bytes: v.disks.reduce((n, d) => n + d.virtualSize, 0),
+    })),
+    logicalBytes: p.stats.logicalBytes,
+    lockedUntil: p.retainUntil ?? null,
+    locked: p.retainUntil !== undefined && Date.parse(p.retainUntil) > Date.now(),
+    bytesNew: p.stats.bytesNew,
+    bytesUploaded: p.stats.bytesUploaded,
+    verified: p.verification
+      ? {
+          at: p.verification.verifiedAt,
+          readData: p.verification.readData,
+          ok: p.verification.ok,
+          problems: p.verification.problems,
+        }
+      : null,
+    lastDrill: p.lastDrill
+      ? {
+          result: p.lastDrill.status,
+          at: p.lastDrill.startedAt,
+          toHost: p.lastDrill.toHost,
+          timeToReadyMs: p.lastDrill.rtoMs ?? null,
+          restoreMs: p.lastDrill.restoreMs ?? null,
+          drillId: p.lastDrill.drillId,
+          ...(p.lastDrill.error !== undefined ? { error: p.lastDrill.error } : {}),
+        }
+      : null,
+  };
+}
+
+export async function repoList(
+  url: string | undefined,
+  opts: RepoOptions & { group?: string; copy?: string; copyKeyFile?: string; groupCopy?: boolean } & TemporalOverrides,
+): Promise<void> {
   await repoAction(
     opts,
     async () => {
+      if (opts.groupCopy) {
+        const { groupCopyTarget } = await import('./copy-command');
+        opts = { ...opts, copy: await groupCopyTarget(opts) };
+      }
       const listing = await listRepositoryReport(repoUrl(url), keyFile(opts), opts.group ? { group: opts.group } : {});
       const damaged = listing.damaged.map((d) => ({
         group: d.group ?? null,
@@ -145,43 +194,11 @@ export async function repoList(url: string | undefined, opts: RepoOptions & { gr
         snapshotId: d.snapshotId,
         damaged: { object: d.manifest, problem: d.problem, detail: d.detail },
       }));
-      const points = listing.points.map((p) => ({
-        group: p.group,
-        snapshotId: p.snapshotId,
-        ...(p.label !== undefined ? { label: p.label } : {}),
-        snapshotCreatedAt: p.snapshotCreatedAt,
-        exportedAt: p.exportedAt,
-        vms: p.vms.map((v) => ({
-          domain: v.domain,
-          host: v.host,
-          disks: v.disks,
-          bytes: v.disks.reduce((n, d) => n + d.virtualSize, 0),
-        })),
-        logicalBytes: p.stats.logicalBytes,
-        lockedUntil: p.retainUntil ?? null,
-        locked: p.retainUntil !== undefined && Date.parse(p.retainUntil) > Date.now(),
-        bytesNew: p.stats.bytesNew,
-        bytesUploaded: p.stats.bytesUploaded,
-        verified: p.verification
-          ? {
-              at: p.verification.verifiedAt,
-              readData: p.verification.readData,
-              ok: p.verification.ok,
-              problems: p.verification.problems,
-            }
-          : null,
-        lastDrill: p.lastDrill
-          ? {
-              result: p.lastDrill.status,
-              at: p.lastDrill.startedAt,
-              toHost: p.lastDrill.toHost,
-              timeToReadyMs: p.lastDrill.rtoMs ?? null,
-              restoreMs: p.lastDrill.restoreMs ?? null,
-              drillId: p.lastDrill.drillId,
-              ...(p.lastDrill.error !== undefined ? { error: p.lastDrill.error } : {}),
-            }
-          : null,
-      }));
+      const points = listing.points.map(listedPoint);
+      if (opts.copy) {
+        const { withLocations } = await import('./copy-command');
+        return [...(await withLocations(points, opts, listedPoint)), ...damaged];
+      }
       return [...points, ...damaged];
     },
     (all) => {
@@ -200,6 +217,7 @@ export async function repoList(url: string | undefined, opts: RepoOptions & { gr
             (p) =>
               `${p.group} ${p.snapshotId}${p.label ? ` (${p.label})` : ''}  ${p.vms.length} VM(s), ${gib(p.logicalBytes)}, ` +
               `${mib(p.bytesNew)} new, exported ${p.exportedAt}, ` +
+              ('locations' in p && Array.isArray(p.locations) ? `in ${p.locations.join('+')}, ` : '') +
               (p.lockedUntil ? `${p.locked ? 'locked until' : 'lock lapsed'} ${p.lockedUntil}, ` : '') +
               (p.verified
                 ? `verified ${p.verified.ok ? 'ok' : `DAMAGED (${p.verified.problems})`}${p.verified.readData ? ' with data' : ''}`

@@ -47,9 +47,17 @@ export function checkSnapshotTake(
 }
 
 /** `group create <name> (--vm d@h ... | --tag t)`. */
-export function checkGroupCreate(name: string, opts: { vm?: VmRef[]; tag?: string }): void {
+export function checkGroupCreate(
+  name: string,
+  opts: { vm?: VmRef[]; tag?: string; repo?: string; copyTo?: string },
+): void {
   if (opts.vm && opts.tag !== undefined) throw new BadInputError('give either --vm (repeatable) or --tag, not both');
-  normalizeGroupDefinition({ name, selector: opts.tag !== undefined ? { tag: opts.tag } : { vms: opts.vm ?? [] } });
+  normalizeGroupDefinition({
+    name,
+    selector: opts.tag !== undefined ? { tag: opts.tag } : { vms: opts.vm ?? [] },
+    ...(opts.repo !== undefined ? { repository: opts.repo } : {}),
+    ...(opts.copyTo !== undefined ? { copyTo: opts.copyTo } : {}),
+  });
 }
 
 /** `tag` / `untag <domain@host> <tags...>`. */

@@ -8,7 +8,14 @@ import { withClient, type CommonOptions } from './with-client';
 
 export function groupCreate(
   name: string,
-  opts: CommonOptions & { vm?: VmRef[]; tag?: string; description?: string; repo?: string; resumeWhen?: ResumeWhen },
+  opts: CommonOptions & {
+    vm?: VmRef[];
+    tag?: string;
+    description?: string;
+    repo?: string;
+    copyTo?: string;
+    resumeWhen?: ResumeWhen;
+  },
 ) {
   checkGroupCreate(name, opts);
   const selector = opts.tag !== undefined ? { tag: opts.tag } : { vms: opts.vm ?? [] };
@@ -20,10 +27,13 @@ export function groupCreate(
         selector,
         description: opts.description,
         ...(opts.repo !== undefined ? { repository: opts.repo } : {}),
+        ...(opts.copyTo !== undefined ? { copyTo: opts.copyTo } : {}),
         ...(opts.resumeWhen !== undefined ? { resumeWhen: opts.resumeWhen } : {}),
       }),
     (d) =>
-      `created group ${d.name}: ${selectorText(d.selector)}` + (d.repository ? `, exported to ${d.repository}` : ''),
+      `created group ${d.name}: ${selectorText(d.selector)}` +
+      (d.repository ? `, exported to ${d.repository}` : '') +
+      (d.copyTo ? `, copied to ${d.copyTo}` : ''),
   );
 }
 
@@ -42,6 +52,8 @@ export function groupShow(name: string, opts: CommonOptions) {
       [
         `group ${g.definition.name}: ${selectorText(g.definition.selector)}`,
         ...(g.definition.description ? [`  ${g.definition.description}`] : []),
+        ...(g.definition.repository ? [`  exported to ${g.definition.repository}`] : []),
+        ...(g.definition.copyTo ? [`  copied to ${g.definition.copyTo}`] : []),
         `members (${g.members.length}):`,
         ...g.members.map((m) => `  ${vmText(m)}`),
         ...g.unreachable.map((u) => `  host ${u.host} did not answer: ${u.error}`),

@@ -6,6 +6,7 @@ import type { QuiesceMode, ResumeWhen, VmRef } from '../common/types';
 import { catalogCommand, guardCommand, snapshotCommand, workerCommand, EXIT } from './commands';
 import { reportError } from './exit';
 import { drillCommand } from './drill-command';
+import { planApply, planDefine, planDelete, planList, planShow, recoverCommand } from './plan-commands';
 import { repoRestoreCommand, type RepoRestoreFlags } from './repo-restore-command';
 import { registerBackupCommands, withRepoKeyFile } from './backup-cli';
 import { groupCreate, groupDelete, groupList, groupShow } from './group-commands';
@@ -222,6 +223,10 @@ temporalOptions(
     .option('--description <text>')
     .option('--repo <url>', 'export every snapshot of the group to this repository (s3://bucket/prefix, file:///path)')
     .option(
+      '--copy-to <url>',
+      'then copy every exported point to this second repository (needs --repo; run by `groupsnap copy-worker`)',
+    )
+    .option(
       '--resume-when <when>',
       'group-paused (default) or group-snapshotted: see `snapshot --help`',
       parseResumeWhen,
@@ -240,6 +245,66 @@ temporalOptions(
     .option('--with-schedule', "also delete the group's schedule")
     .option('--json', 'print JSON'),
 ).action(act(groupDelete));
+
+const plan = program.command('plan').description('recovery plans: how a group comes back, tier by tier, checked');
+temporalOptions(
+  plan
+    .command('apply')
+    .description('check a plan file (YAML) and store it with its group (replacing one of the same name)')
+    .argument('<file>')
+    .option('--json', 'print JSON'),
+).action(act(planApply));
+temporalOptions(
+  plan
+    .command('define')
+    .description('a plan from the command line, checked like a file and stored with its group (or --print its YAML)')
+    .argument('<name>')
+    .option('--group <group>', 'the group it recovers')
+    .option('--repo <url>', 'the repository the points come from (or GROUPSNAP_REPO)')
+    .option('--host <id>', 'recovery host of every VM not --place-d')
+    .option('--place <vm=host>', 'recovery host of one VM (repeat)', collect(String))
+    .option('--tier <name:vm,...>', 'a tier, in order (repeat)', collect(String))
+    .option(
+      '--check <vm=kind>',
+      'readiness: vm=serial:<regex> | vm=tcp:<address>:<port> | vm=command:<cmd> | vm=running (repeat)',
+      collect(String),
+    )
+    .option('--check-timeout <duration>', 'timeout of every check (default 5m)')
+    .option('--restore <kind>', 'full (default) or instant')
+    .option('--map-network <old=new>', 'failover: network renamed on the recovery side (repeat)', collect(String))
+    .option('--test-network <old=isolated>', 'test runs: none (default) or networks mapped (repeat)', collect(String))
+    .option('--decision-timeout <duration>', 'failover: wait this long for commit/rollback (default 1h)')
+    .option('--on-timeout <policy>', 'failover: commit (default) or rollback when no answer came')
+    .option('--print', 'print the plan (YAML) instead of storing it')
+    .option('--json', 'print JSON'),
+).action(act(planDefine));
+temporalOptions(
+  plan.command('show').description('a stored plan, as YAML').argument('<name>').option('--json', 'print JSON'),
+).action(act(planShow));
+temporalOptions(plan.command('list').description('every stored plan').option('--json', 'print JSON')).action(
+  act(planList),
+);
+temporalOptions(
+  plan.command('delete').description('delete a stored plan').argument('<name>').option('--json', 'print JSON'),
+).action(act(planDelete));
+temporalOptions(
+  program
+    .command('recover')
+    .description(
+      'run a recovery plan (`recover <plan> --mode failover|test`), or decide a failover (`recover commit|rollback <run>`), or show a run (`recover status <run>`)',
+    )
+    .argument('<plan>', 'the plan, or commit / rollback / status')
+    .argument('[run]', 'the run id (with commit, rollback, status)')
+    .option(
+      '--mode <mode>',
+      'failover (as the original VMs, then commit or rollback) or test (isolated clones, torn down)',
+    )
+    .option('--point <id>', 'the point to recover (default: the latest in the repository)')
+    .option('--watch', 'print the progress (tier, VM, state, time to ready) as it changes')
+    .option('--cron <expr>', 'test mode: instead of running now, run on this schedule (latest point)')
+    .option('--timezone <tz>', 'time zone of --cron (default UTC)')
+    .option('--json', 'print JSON'),
+).action(act(recoverCommand));
 
 temporalOptions(
   program

@@ -26,7 +26,8 @@ export interface DrillInput {
   drillId?: string;
 }
 
-export type DrillReadiness = 'running' | 'serial-line' | 'command';
+/** `plan`: a recovery plan's test run, each VM with its own check (common/plans.ts). */
+export type DrillReadiness = 'running' | 'serial-line' | 'command' | 'plan';
 
 export interface DrillRecord {
   drillId: string;
@@ -55,6 +56,9 @@ export interface DrillResult extends DrillRecord {
 }
 
 export type WaitReadyRequest = z.infer<typeof schemas.waitReadyRequest>;
+
+/** One VM of a recovery plan checked on its recovery host (common/plans.ts). */
+export type CheckVmReadyRequest = z.infer<typeof schemas.checkVmReadyRequest>;
 
 /** What a readiness wait reports: a verdict and a short, sanitised reason (never a console's or command's output). */
 export interface ReadyVerdict {

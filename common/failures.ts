@@ -53,6 +53,8 @@ export const FAILURES = {
   restoreFailed: spec('RestoreFailed', EXIT.failed, false, true),
   /** An export failed; details[0] is its partial ExportResult. */
   exportFailed: spec('ExportFailed', EXIT.failed, false, true),
+  /** A copy of points into a second repository failed; details[0] is its CopyPointResult. */
+  copyFailed: spec('CopyFailed', EXIT.failed, false, true),
   /** A scheduled run's retention could not be applied (the completed snapshot is in details). */
   retentionFailed: spec('GroupsnapRetentionFailed', EXIT.failed),
   /** A group run failed for a reason without a type of its own. */

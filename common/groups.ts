@@ -20,6 +20,11 @@ export interface GroupDefinition {
    * (each host's worker holds the key). None: snapshots stay on their hosts.
    */
   repository?: string;
+  /**
+   * A second repository every exported point of the group is copied to after its export (`copyGroupPoint`, run by
+   * the copy worker on the admin side, which holds both repositories' credentials). Needs `repository`.
+   */
+  copyTo?: string;
   /** When its VMs resume in each snapshot (see {@link ResumeWhen}). @default 'group-paused' */
   resumeWhen?: ResumeWhen;
   /** ISO time the group was created. */
@@ -81,6 +86,13 @@ export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition 
     !/^(s3:\/\/[a-z0-9][a-z0-9.-]+[a-z0-9](\/.*)?|file:\/\/\/.+)$/.test(def.repository)
   )
     problems.push(`repository ${JSON.stringify(def.repository)} is not an s3://bucket/prefix or file:///path URL`);
+  if (def.copyTo !== undefined) {
+    if (!/^(s3:\/\/[a-z0-9][a-z0-9.-]+[a-z0-9](\/.*)?|file:\/\/\/.+)$/.test(def.copyTo))
+      problems.push(`copy target ${JSON.stringify(def.copyTo)} is not an s3://bucket/prefix or file:///path URL`);
+    else if (def.repository === undefined) problems.push('a copy target needs a repository to copy from');
+    else if (def.copyTo.replace(/\/+$/, '') === def.repository.replace(/\/+$/, ''))
+      problems.push('the copy target is the repository itself');
+  }
   checkSnapshotOptions({ resumeWhen: def.resumeWhen }, problems);
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   const selector: GroupSelector =
@@ -90,6 +102,7 @@ export function normalizeGroupDefinition(def: GroupDefinition): GroupDefinition 
     selector,
     ...(def.description ? { description: def.description } : {}),
     ...(def.repository ? { repository: def.repository } : {}),
+    ...(def.copyTo ? { copyTo: def.copyTo } : {}),
     ...(def.resumeWhen ? { resumeWhen: def.resumeWhen } : {}),
     ...(def.createdAt ? { createdAt: def.createdAt } : {}),
   };
@@ -191,6 +204,11 @@ export interface GroupRunResult {
   retention?: RetentionOutcome;
   /** The export to the group's repository, when it has one (`exportWorkflowId`, status, error). */
   export?: { repository: string; workflowId: string; status: 'completed' | 'failed'; error?: string };
+  /**
+   * The copy of the exported point to the group's copy target, when it has one (after a completed export): started
+   * (a workflow of its own, `copyWorkflowId`, not waited for) or not started (`failed`, with the error).
+   */
+  copy?: { to: string; workflowId: string; status: 'started' | 'failed'; error?: string };
 }
 
 export interface DeleteSnapshotInput {

@@ -80,7 +80,7 @@ const diskFormat = z.enum(['raw', 'qcow2']);
 const virtType = z.enum(['kvm', 'qemu']);
 const port = z.number().int().min(1).max(65535);
 const socketPorts = z.record(z.string().max(200), port);
-const networkName = z.string().regex(/^[A-Za-z0-9._:-]{1,64}$/, { message: 'a network name' });
+export const networkName = z.string().regex(/^[A-Za-z0-9._:-]{1,64}$/, { message: 'a network name' });
 
 const diskSnapshot = z.object({ target: diskTarget, image: absolutePath, overlay: absolutePath });
 
@@ -247,6 +247,8 @@ export const repoRestorePlanRequest = z.object({
   networkMap: z.record(networkName, networkName).optional(),
   noNetwork: z.boolean().optional(),
   stripHostDevices: z.boolean().optional(),
+  /** Only these VMs of the point (their names in it), e.g. one tier of a recovery plan. @default every VM */
+  vms: z.array(domainName).min(1).max(10_000).optional(),
 });
 
 export const plannedDisk = z.object({
@@ -299,32 +301,55 @@ export const removeRestoredVmRequest = z.object({
 
 // ---- drills (activities/drill.ts; types in common/drill.ts) ----
 
+const jsRegex = z
+  .string()
+  .max(1000)
+  .refine(
+    (s) => {
+      try {
+        new RegExp(s);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    { message: 'a JavaScript regular expression' },
+  );
+
 export const repoLatestPointRequest = z.object({ repo: repoUrl, group: safeName('group') });
 
 export const waitReadyRequest = z.object({
   domains,
   readiness: z.enum(['running', 'serial-line', 'command']),
-  serialLine: z
-    .string()
-    .max(1000)
-    .refine(
-      (s) => {
-        try {
-          new RegExp(s);
-          return true;
-        } catch {
-          return false;
-        }
-      },
-      { message: 'a JavaScript regular expression' },
-    )
-    .optional(),
+  serialLine: jsRegex.optional(),
   check: z.string().min(1).max(10_000).optional(),
   timeoutMs: z
     .number()
     .int()
     .min(1000)
     .max(6 * 3600_000),
+});
+
+const readyTimeoutMs = z
+  .number()
+  .int()
+  .min(1000)
+  .max(6 * 3600_000);
+
+/** One VM of a recovery plan checked on its recovery host (activities/drill.ts `checkVmReady`; common/plans.ts). */
+export const checkVmReadyRequest = z.object({
+  domain: domainName,
+  check: z.discriminatedUnion('kind', [
+    z.object({ kind: z.literal('running'), timeoutMs: readyTimeoutMs }),
+    z.object({ kind: z.literal('serial'), pattern: jsRegex, timeoutMs: readyTimeoutMs }),
+    z.object({
+      kind: z.literal('tcp'),
+      port: z.number().int().min(1).max(65535),
+      address: z.union([z.ipv4(), z.ipv6()]),
+      timeoutMs: readyTimeoutMs,
+    }),
+    z.object({ kind: z.literal('command'), command: z.string().min(1).max(10_000), timeoutMs: readyTimeoutMs }),
+  ]),
 });
 
 export const recordDrillRequest = z.object({
@@ -373,6 +398,7 @@ export const HOST_ACTIVITY_SCHEMAS = {
   repoLatestPoint: repoLatestPointRequest,
   waitReady: waitReadyRequest,
   recordDrill: recordDrillRequest,
+  checkVmReady: checkVmReadyRequest,
 } as const satisfies Record<string, z.ZodType>;
 
 export type HostActivityName = keyof typeof HOST_ACTIVITY_SCHEMAS;

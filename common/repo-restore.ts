@@ -40,11 +40,14 @@ export interface RepoRestoreInput {
   start?: boolean;
   /** @default generated */
   restoreId?: string;
+  /** Only these VMs of the point (their names in it), e.g. one tier of a recovery plan. @default every VM */
+  vms?: string[];
 }
 
-export interface NormalizedRepoRestoreInput extends Required<Omit<RepoRestoreInput, 'suffix' | 'restoreId'>> {
+export interface NormalizedRepoRestoreInput extends Required<Omit<RepoRestoreInput, 'suffix' | 'restoreId' | 'vms'>> {
   suffix: string | undefined;
   restoreId: string | undefined;
+  vms: string[] | undefined;
 }
 
 /** Checks a restore request before anything runs. @throws BadInputError listing every problem */
@@ -78,6 +81,21 @@ export function normalizeRepoRestoreInput(input: RepoRestoreInput): NormalizedRe
     problems.push(`stripHostDevices must be true or false, not ${JSON.stringify(input.stripHostDevices)}`);
   if (input.noNetwork && input.networkMap && Object.keys(input.networkMap).length)
     problems.push('a network map and no network exclude each other');
+  if (input.vms !== undefined) {
+    if (!Array.isArray(input.vms) || input.vms.length === 0) problems.push('vms must list at least one VM');
+    else
+      for (const v of input.vms)
+        if (
+          typeof v !== 'string' ||
+          v.length === 0 ||
+          v.length > 200 ||
+          v.includes('/') ||
+          [...v].some((c) => c.charCodeAt(0) < 32 || c.charCodeAt(0) === 127) ||
+          v === '.' ||
+          v === '..'
+        )
+          problems.push(`VM name ${JSON.stringify(v)} is not valid`);
+  }
   if (problems.length) throw new BadInputError(problems.join('; '));
   return {
     group: input.group,
@@ -92,6 +110,7 @@ export function normalizeRepoRestoreInput(input: RepoRestoreInput): NormalizedRe
     format,
     start: input.start ?? true,
     restoreId: input.restoreId,
+    vms: input.vms,
   };
 }
 

@@ -36,8 +36,13 @@ export interface S3ServerOptions {
   /** @default a free port on 127.0.0.1 */
   port?: number;
   /**
-   * Versioning and Object Lock (`--versioning-dir`) and user accounts with bucket policies (`--iam-dir`), both in
-   * directories beside `dir` (removed by stop()). @default false
+   * Accounts besides root (versitygw's internal IAM, `--iam-dir`, in a temp dir of its own): {@link createUser},
+   * and buckets owned by one ({@link createBucket} with an owner). A plain user reaches only its own buckets.
+   */
+  iam?: boolean;
+  /**
+   * Versioning and Object Lock (`--versioning-dir`, a directory beside `dir`, removed by stop()), with {@link iam}
+   * (accounts whose rights bucket policies grant). @default false
    */
   objectLock?: boolean;
 }
@@ -53,6 +58,8 @@ export class S3Server {
   private exited: Promise<void> = Promise.resolve();
   private stderr = '';
 
+  private iamDir: string | undefined;
+
   private constructor(
     readonly port: number,
     readonly dir: string,
@@ -60,13 +67,9 @@ export class S3Server {
     private readonly objectLock = false,
   ) {}
 
-  /** Where versions (`--versioning-dir`) and accounts (`--iam-dir`) are kept with {@link S3ServerOptions.objectLock}. */
+  /** Where versions are kept (`--versioning-dir`) with {@link S3ServerOptions.objectLock}. */
   get versionsDir(): string {
     return `${this.dir}.versions`;
-  }
-
-  get iamDir(): string {
-    return `${this.dir}.iam`;
   }
 
   get endpoint(): string {
@@ -91,10 +94,8 @@ export class S3Server {
       options.dir === undefined,
       Boolean(options.objectLock),
     );
-    if (options.objectLock) {
-      await mkdir(server.versionsDir, { recursive: true });
-      await mkdir(server.iamDir, { recursive: true });
-    }
+    if (options.iam || options.objectLock) server.iamDir = await mkdtemp(join(tmpdir(), 'groupsnap-s3-iam-'));
+    if (options.objectLock) await mkdir(server.versionsDir, { recursive: true });
     try {
       await server.resume();
     } catch (err) {
@@ -118,7 +119,7 @@ export class S3Server {
         bin,
         '--port',
         `127.0.0.1:${this.port}`,
-        ...(this.objectLock ? ['--iam-dir', this.iamDir] : []),
+        ...(this.iamDir ? ['--iam-dir', this.iamDir] : []),
         'posix',
         ...(this.objectLock ? ['--versioning-dir', this.versionsDir] : []),
         this.dir,
@@ -156,36 +157,6 @@ export class S3Server {
     return new S3Client({ endpoint: this.endpoint, region: 'us-east-1', forcePathStyle: true, credentials });
   }
 
-  /**
-   * Creates an account of role `user` (needs {@link S3ServerOptions.objectLock}, which turns on versitygw's IAM):
-   * it can do only what bucket policies grant it. Returns its keys.
-   */
-  createUser(name: string): { accessKeyId: string; secretAccessKey: string } {
-    const accessKeyId = `${name}${randomBytes(4).toString('hex')}`;
-    const secretAccessKey = randomBytes(18).toString('base64url');
-    execFileSync(
-      versitygwPath(),
-      [
-        'admin',
-        '--access',
-        this.accessKey,
-        '--secret',
-        this.secretKey,
-        '--endpoint-url',
-        this.endpoint,
-        'create-user',
-        '--access',
-        accessKeyId,
-        '--secret',
-        secretAccessKey,
-        '--role',
-        'user',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    return { accessKeyId, secretAccessKey };
-  }
-
   async putBucketPolicy(bucket: string, policy: unknown): Promise<void> {
     const c = this.client();
     try {
@@ -195,7 +166,32 @@ export class S3Server {
     }
   }
 
-  async createBucket(name: string): Promise<void> {
+  /** A new account (role `user`: its own buckets only) with random keys; needs `iam`. */
+  async createUser(): Promise<{ accessKeyId: string; secretAccessKey: string }> {
+    const user = {
+      accessKeyId: `gu${randomBytes(6).toString('hex')}`,
+      secretAccessKey: randomBytes(18).toString('base64url'),
+    };
+    this.admin(['create-user', '--access', user.accessKeyId, '--secret', user.secretAccessKey, '--role', 'user']);
+    return user;
+  }
+
+  /** `versitygw admin <args>` with root's credentials against this server. */
+  private admin(args: string[]): void {
+    if (!this.iamDir) throw new Error('S3Server: accounts need { iam: true }');
+    execFileSync(
+      versitygwPath(),
+      ['admin', '--access', this.accessKey, '--secret', this.secretKey, '--endpoint-url', this.endpoint, ...args],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+  }
+
+  /** Creates a bucket, owned by root or by `owner` (an access key id of {@link createUser}). */
+  async createBucket(name: string, owner?: string): Promise<void> {
+    if (owner) {
+      this.admin(['create-bucket', '--owner', owner, '--bucket', name]);
+      return;
+    }
     const c = this.client();
     try {
       await c.send(new CreateBucketCommand({ Bucket: name }));
@@ -208,10 +204,8 @@ export class S3Server {
   async stop(): Promise<void> {
     await this.kill();
     if (this.ownsDir) await rm(this.dir, { recursive: true, force: true });
-    if (this.objectLock) {
-      await rm(this.versionsDir, { recursive: true, force: true });
-      await rm(this.iamDir, { recursive: true, force: true });
-    }
+    if (this.iamDir) await rm(this.iamDir, { recursive: true, force: true });
+    if (this.objectLock) await rm(this.versionsDir, { recursive: true, force: true });
   }
 }
 

@@ -385,6 +385,10 @@ export class FakeHypervisor implements Hypervisor {
       throw new HypervisorError(`domain '${name}' already exists with uuid ${existing.uuid}`);
     const parsed = parseDomainXml(xml);
     const metadata = fromLibvirtMetadata(xml);
+    // A disk file that exists on disk (e.g. one a restore rebuilt) is a base image, as libvirt would find it.
+    for (const k of parsed.disks)
+      if (k.source && !this.image(k.source) && existsSync(k.source))
+        this.images.set(k.source, { format: k.format ?? 'raw', data: new Map(), touched: true });
     const dom: FakeDomain = {
       name,
       uuid: uuid ?? existing?.uuid ?? `10000000-0000-4000-8000-${String(this.domains.size).padStart(12, '0')}`,

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
@@ -19,6 +20,7 @@ import type { Outcome } from './helpers/nexus-caller-workflows';
 import { Repository } from '../backup/repository';
 import { verifyRepository } from '../backup/verify';
 import { ExportFailedError, exportGroupSnapshot, exportProgress, exportResult, startExport } from '../client/backup';
+import { copyResult } from '../client/copy';
 import { createGroup, deleteGroup, deleteGroupSnapshot, snapshotNamedGroup } from '../client/dr';
 import { snapshotGroup } from '../client';
 import { REPO_KEY_FILE_ENV, type ExportDiskReport, type ExportResult } from '../common/backup-types';
@@ -26,6 +28,7 @@ import { S3Server } from '../dev/s3-server';
 import { VmFleet } from '../dev/vms';
 import type { DiskManifest, VmManifest } from '../backup/manifest';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
+import { createCopyWorker } from '../worker/copy-worker';
 import { runningGuardPid } from '../worker/guard';
 import { writeMarker } from './helpers/markers';
 import { scopedHypervisor } from './helpers/scoped-hypervisor';
@@ -209,6 +212,45 @@ describe('exports of group snapshots to S3 on real VMs', () => {
       expect(point.stats.bytesRead).toBeLessThan(96 * MiB);
       repo.close();
     } finally {
+      await deleteGroup(client, named);
+    }
+  });
+
+  it('a group with a copy target copies each exported point through the copy worker: the copy restores exactly', async () => {
+    const [, v2] = fleet.names;
+    const named = uniqueId('copied');
+    const copyTo = pathToFileURL(join(tmp, 'copy')).href;
+    await createGroup(client, { name: named, selector: { vms: [{ domain: v2, host: hostA }] }, repository, copyTo });
+    const native = await NativeConnection.connect({ address: testServerAddress() });
+    const copier = await createCopyWorker({ connection: native, namespace, keyFile });
+    const copying = copier.run();
+    try {
+      await writeData(v2, 'vda', 8, 2, 90);
+      const groupRun = await snapshotNamedGroup(client, named);
+      expect(groupRun.export).toMatchObject({ repository, status: 'completed' });
+      expect(groupRun.copy).toMatchObject({ to: copyTo, status: 'started' });
+      const copied = await copyResult(client.workflow.getHandle(groupRun.copy!.workflowId));
+      expect(copied).toMatchObject({ status: 'completed', point: 'copied', resealed: false });
+      const [vm] = groupRun.snapshot.vms;
+      const copy = await Repository.open(copyTo, key);
+      try {
+        for (const d of vm.disks) {
+          const disk = await copy.readDiskManifest(named, groupRun.snapshot.snapshotId, vm.domain, d.target);
+          const restored = join(tmp, `copy.${d.target}.raw`);
+          const expected = join(tmp, `copy.${d.target}.expected.raw`);
+          await copy.writeDiskImage(disk, restored);
+          await run('qemu-img', ['convert', '-U', '-O', 'raw', d.image, expected]);
+          expect((await readFile(restored)).equals(await readFile(expected))).toBe(true);
+          await rm(restored);
+          await rm(expected);
+        }
+      } finally {
+        copy.close();
+      }
+    } finally {
+      copier.worker.shutdown();
+      await copying;
+      await native.close();
       await deleteGroup(client, named);
     }
   });

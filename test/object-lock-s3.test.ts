@@ -53,7 +53,7 @@ beforeAll(async () => {
   }
   dir = mkdtempSync(join(tmpdir(), 'groupsnap-lock-'));
   writeFileSync(keyFile(), key.toString('base64'), { mode: 0o600 });
-  hostCreds = s3.createUser('lockhost');
+  hostCreds = await s3.createUser();
 });
 
 afterAll(async () => {

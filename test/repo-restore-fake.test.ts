@@ -348,6 +348,16 @@ describe('restore from the repository: the host side (fake hypervisor)', () => {
     expect(existsSync(v.disks[0].file)).toBe(false);
   });
 
+  it('plans only the VMs asked for (a tier of a recovery plan); a name not in the point is refused, nothing recorded', async () => {
+    await expect(acts.repoRestorePlan(planReq('r6', { vms: ['db-1', 'nope'] }))).rejects.toMatchObject({
+      type: BAD_INPUT,
+      message: expect.stringContaining(`VM "nope" is not in ${group} ${snapshotId}`),
+    });
+    expect(existsSync(join(stateDir, 'repo-restores', 'r6.json'))).toBe(false);
+    const plan = await acts.repoRestorePlan(planReq('r7', { vms: ['db-1'] }));
+    expect(plan.vms.map((v) => v.source)).toEqual(['db-1']);
+  });
+
   it('restores as the original with the stored UUID', async () => {
     const plan = await acts.repoRestorePlan(planReq('r5', { mode: 'original', format: 'raw' }));
     expect(plan.vms[0]).toMatchObject({ domain: 'db-1', uuid: '0b8e5a8e-1111-2222-3333-444455556666' });

@@ -3,12 +3,14 @@ import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
 import { Client } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { createRepoRestoreActivities } from '../activities/repo-restore';
 import { snapshotGroup } from '../client';
+import { copyRepositoryAt } from '../client/copy';
 import { restoreFromRepo } from '../client/repo-restore';
 import { BadInputError, errorMessage, EXIT, exitCodeFor } from '../common/failures';
 import type { HypervisorHosts } from '../dev/hypervisor-hosts';
@@ -525,5 +527,33 @@ describe('restore from the repository on another hypervisor', () => {
     const { stdout } = await run('find', [fixture.host(hostB).imagesDir, '-name', '*.part']);
     expect(stdout).toBe('');
     chownSync(wrongKey, 0, 0);
+  });
+
+  it('after the first repository is gone, the group restores on host B from its second copy (issue 26)', async () => {
+    const copyUrl = pathToFileURL(join(dir, 'copy')).href;
+    const copied = await copyRepositoryAt(url, copyUrl, keyFile, { group, points: [snapshotId] });
+    expect(copied.points).toMatchObject([{ snapshotId, status: 'copied' }]);
+    await rm(join(dir, 'repo'), { recursive: true, force: true });
+    const r = await cli(
+      'restore',
+      group,
+      snapshotId,
+      '--from-repo',
+      copyUrl,
+      '--key-file',
+      keyFile,
+      '--to-host',
+      hostB,
+      '--json',
+    );
+    expect(r.code).toBe(0);
+    const result = JSON.parse(r.stdout) as RepoRestoreResult;
+    expect(result.status).toBe('restored');
+    try {
+      for (const vm of result.vms)
+        for (const d of vm.disks) expect(await contentSha256(d.file, d.format)).toBe(sums[`${vm.source}/${d.target}`]);
+    } finally {
+      await removeFromB(result.vms.map((v) => v.domain));
+    }
   });
 });

@@ -189,6 +189,14 @@ export const DR_PRESETS = {
     retry: REPO_WRITE_RETRY,
   },
   exportManifest: { startToCloseTimeout: '2m', scheduleToCloseTimeout: '24h', retry: REPO_WRITE_RETRY },
+  // A copy of one point, on the copy worker (admin side): long, heartbeating; a retry resumes (what the copy has is
+  // not sent again); damage in the source is not retried. Waits for a copy worker for up to a day.
+  copyPoint: {
+    startToCloseTimeout: '12h',
+    heartbeatTimeout: '1m',
+    scheduleToCloseTimeout: '24h',
+    retry: { ...REPO_WRITE_RETRY, nonRetryableErrorTypes: [...REPO_PERMANENT, 'CopyFailed'] },
+  },
   // A host without a worker is reported within seconds, not waited for.
   restorePlan: { scheduleToStartTimeout: '15s', startToCloseTimeout: '2m', retry: REPO_RESTORE_RETRY },
   // Rebuilding a disk moves its data: heartbeats tell a dead worker from a slow one.

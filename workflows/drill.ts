@@ -142,7 +142,7 @@ async function waitReady(run: DrillRun): Promise<void> {
   setCurrentDetails(`drill ${run.drillId}: ${restore!.vms.length} VMs running, waiting for ${result.readiness}`);
   const ready = await run.on.waiting.waitReady({
     domains: restore!.vms.map((v) => v.domain),
-    readiness: result.readiness,
+    readiness: result.readiness as Exclude<DrillReadiness, 'plan'>,
     ...(input.serialLine !== undefined ? { serialLine: input.serialLine } : {}),
     ...(input.check !== undefined ? { check: input.check } : {}),
     timeoutMs: input.timeoutMs,

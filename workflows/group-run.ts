@@ -1,6 +1,17 @@
-import { ApplicationFailure, executeChild, isCancellation, log, patched } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  executeChild,
+  isCancellation,
+  log,
+  ParentClosePolicy,
+  patched,
+  startChild,
+} from '@temporalio/workflow';
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import { exportWorkflowId } from '../common/backup-types';
+import { copyWorkflowId } from '../common/copy-types';
 import { exportGroupSnapshot } from './group-export';
+import { copyGroupPoint } from './group-copy';
 import {
   deleteSnapshotWorkflowId,
   groupSnapshotsIn,
@@ -89,6 +100,10 @@ export async function groupSnapshotRun(input: GroupRunInput): Promise<GroupRunRe
   // A group with a repository exports each completed snapshot off the host (after the VMs run again).
   if (definition.repository && patched('export-after-snapshot')) {
     result.export = await exportAfterSnapshot(input.group, snapshot.snapshotId, definition.repository);
+    // A group with a copy target copies each exported point there (the copy worker, on the admin side).
+    if (definition.copyTo && result.export.status === 'completed' && patched('copy-after-export')) {
+      result.copy = await copyAfterExport(input.group, snapshot.snapshotId, definition.repository, definition.copyTo);
+    }
   }
   if (retention) {
     try {
@@ -195,5 +210,34 @@ async function exportAfterSnapshot(
     if (isCancellation(err)) throw err;
     log.warn('export after snapshot failed', { group, snapshotId, error: errorMessage(err) });
     return { repository, workflowId, status: 'failed', error: errorMessage(err) };
+  }
+}
+
+/**
+ * Starts the copy of an exported point to the group's copy target, and does not wait for it: the copy runs on the
+ * copy worker (admin side), which may be slow or absent for a while, and must never hold up the group's next
+ * snapshots. The copy outlives the run (abandoned child); its own workflow says how it ended.
+ */
+async function copyAfterExport(
+  group: string,
+  snapshotId: string,
+  from: string,
+  to: string,
+): Promise<NonNullable<GroupRunResult['copy']>> {
+  const workflowId = copyWorkflowId(group, snapshotId, to);
+  try {
+    await startChild(copyGroupPoint, {
+      workflowId,
+      parentClosePolicy: ParentClosePolicy.ABANDON,
+      staticSummary: `Copy snapshot ${snapshotId} of group ${group} to ${to}`,
+      args: [{ group, snapshotId, from, to }],
+    });
+    return { to, workflowId, status: 'started' };
+  } catch (err) {
+    if (isCancellation(err)) throw err;
+    // One is running for this point and copy already: it is the copy.
+    if (err instanceof WorkflowExecutionAlreadyStartedError) return { to, workflowId, status: 'started' };
+    log.warn('copy after export not started', { group, snapshotId, error: errorMessage(err) });
+    return { to, workflowId, status: 'failed', error: errorMessage(err) };
   }
 }

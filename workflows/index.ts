@@ -1,5 +1,15 @@
 export { groupSnapshot, progressQuery, SNAPSHOT_FAILED } from './group-snapshot';
-export { groupEntity, definitionQuery, snapshotNowUpdate, deleteGroupUpdate } from './group-entity';
+export {
+  groupEntity,
+  definitionQuery,
+  snapshotNowUpdate,
+  deleteGroupUpdate,
+  plansQuery,
+  applyPlanUpdate,
+  deletePlanUpdate,
+  redefineGroupUpdate,
+} from './group-entity';
+export { recoverGroup, recoverProgressQuery, commitRecoveryUpdate, rollbackRecoveryUpdate } from './recover';
 export { groupSnapshotRun } from './group-run';
 export { restoreFromRepo } from './repo-restore';
 export { drillGroup } from './drill';
@@ -14,3 +24,4 @@ export {
 } from './snapshot-admin';
 export { pinGroupSnapshot, releaseRestoreRecords } from './snapshot-pins';
 export { exportGroupSnapshot, exportProgressQuery, exportProgressSignal } from './group-export';
+export { copyGroupPoint, copyProgressQuery, copyProgressSignal } from './group-copy';

@@ -93,6 +93,7 @@ async function planRestore(run: RepoRestoreRun): Promise<RepoRestorePlan> {
     networkMap: input.networkMap,
     noNetwork: input.noNetwork,
     ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
+    ...(input.vms ? { vms: input.vms } : {}),
   });
   upsertSearchAttributes([{ key: GroupsnapVmCount, value: plan.vms.length }]);
   if (plan.virtType) result.virtType = plan.virtType;

@@ -51,8 +51,14 @@ export async function repoRestorePlan(ctx: RepoRestoreContext, req: RepoRestoreP
     const planned = new Set<string>();
     const plans: VmPlan[] = [];
     const endpoints = await pointEndpoints(repo, group);
-    for (const v of group.vms) plans.push(await planVm(ctx, repo, req, v, existing, planned, endpoints));
-    const problems = plans.flatMap((p) => p.problems);
+    // Only the VMs asked for (a tier of a recovery plan), each of which must be in the point.
+    const chosen = req.vms ? group.vms.filter((v) => req.vms!.includes(v.domain)) : group.vms;
+    const unknown = (req.vms ?? []).filter((name) => !group.vms.some((v) => v.domain === name));
+    for (const v of chosen) plans.push(await planVm(ctx, repo, req, v, existing, planned, endpoints));
+    const problems = [
+      ...unknown.map((name) => `VM ${JSON.stringify(name)} is not in ${req.group} ${req.snapshotId}`),
+      ...plans.flatMap((p) => p.problems),
+    ];
     const vms = plans.flatMap((p) => (p.vm ? [p.vm] : []));
     const xmls = plans.flatMap((p) => (p.xml ? [p.xml] : []));
     const bytesNeeded = plans.reduce((sum, p) => sum + p.bytes, 0);

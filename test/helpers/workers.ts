@@ -45,7 +45,14 @@ export interface RunningHosts {
  */
 export async function startHosts(
   hosts: { hostId: string; hypervisor: Hypervisor }[],
-  options: { namespace?: string; workflows?: boolean; address?: string; wiring?: Wiring } = {},
+  options: {
+    namespace?: string;
+    workflows?: boolean;
+    address?: string;
+    wiring?: Wiring;
+    /** Run check commands of drills and recovery plans (`--allow-drill-checks`). */
+    allowDrillChecks?: boolean;
+  } = {},
 ): Promise<RunningHosts> {
   const workflowBundleCode = await workflowBundle();
   const address = options.address ?? testServerAddress();
@@ -83,6 +90,7 @@ export async function startHosts(
       stateDir: stateDirs[h.hostId],
       workflows,
       workflowBundle: workflowBundleCode,
+      ...(options.allowDrillChecks ? { allowDrillChecks: true } : {}),
     });
     workers.push(worker);
     runs.set(h.hostId, worker.run());

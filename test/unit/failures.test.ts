@@ -63,7 +63,7 @@ describe('the failure registry (common/failures.ts)', () => {
     );
     expect(PERMANENT_FAILURE_TYPES).not.toContain('LeaseLost');
     expect([...RESULT_FAILURES].sort()).toEqual(
-      ['ExportFailed', 'GroupSnapshotFailed', 'RestoreFailed', 'SnapshotDeleteFailed'].sort(),
+      ['CopyFailed', 'ExportFailed', 'GroupSnapshotFailed', 'RestoreFailed', 'SnapshotDeleteFailed'].sort(),
     );
   });
 
