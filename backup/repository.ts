@@ -760,7 +760,7 @@ export class Repository {
    */
   async putSealedChunk(id: string, sealed: Buffer): Promise<number> {
     if (await this.hasChunk(id)) return 0;
-    await this.put(Repository.chunkKey(id), sealed);
+    if (!(await this.putChunkObject(id, sealed))) return 0;
     this.known?.add(id);
     this.unindexed.add(id);
     return sealed.length;
@@ -781,7 +781,10 @@ export class Repository {
       return;
     }
     this.lock?.assertHeld();
-    const until = retainUntil ?? manifestRetainUntil(this.objectLock, this.now());
+    // A date already past (a copied manifest's) would be refused by the store: locked from now instead.
+    const now = this.now();
+    const until =
+      retainUntil !== undefined && retainUntil > now ? retainUntil : manifestRetainUntil(this.objectLock, now);
     if (await this.locking.putLocked(key, body, this.retentionUntil(until))) return;
     // Written before (a retried activity): the first write stands, as long as it is an authentic manifest.
     await this.readSealedJson(key);
