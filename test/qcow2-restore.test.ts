@@ -61,7 +61,10 @@ function holey(): Buffer {
 }
 
 const shapes: [string, () => Promise<DiskManifest>][] = [
-  ['small, partial last chunk', () => disk('a', 3 * 256 * KiB + 512, { 0: randomBytes(256 * KiB), 3: randomBytes(256 * KiB) })],
+  [
+    'small, partial last chunk',
+    () => disk('a', 3 * 256 * KiB + 512, { 0: randomBytes(256 * KiB), 3: randomBytes(256 * KiB) }),
+  ],
   ['zero clusters inside a data chunk', () => disk('b', 4 * MiB, { 1: holey(), 2: randomBytes(256 * KiB) })],
   [
     'data on both sides of 512 MiB boundaries, several L2 tables',
