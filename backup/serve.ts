@@ -158,7 +158,12 @@ const sleep = (ms: number, signal?: AbortSignal) =>
     signal?.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
   });
 
+/**
+ * Failures at start that waiting will not fix: bad input, damage, a prune, and no S3 credentials at all (the
+ * host's configuration, not an outage). Anything else is retried while the store is away.
+ */
 const permanent = (err: unknown) =>
+  (err instanceof Error && err.message.includes('CredentialsProviderError')) ||
   err instanceof DamagedObjectError ||
   err instanceof ServeInputError ||
   err instanceof RepositoryBusyError ||

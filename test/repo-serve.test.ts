@@ -252,9 +252,9 @@ interface Run {
   stderr: string;
 }
 
-function cli(args: string[]): Promise<Run> {
+function cli(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { env: process.env }, (err, stdout, stderr) =>
+    execFile(process.execPath, [CLI, ...args], { env }, (err, stdout, stderr) =>
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
     );
   });
@@ -283,6 +283,16 @@ test('repo serve: bad flags exit 2 with nothing started; good ones serve one dis
     expect({ args, code: r.code }).toEqual({ args, code: 2 });
     expect(r.stderr).toMatch(why);
   }
+  expect(existsSync(socket)).toBe(false);
+  // No S3 credentials on this host: a configuration to fix, not an outage to wait out.
+  const { AWS_ACCESS_KEY_ID: _a, AWS_SECRET_ACCESS_KEY: _s, ...noCredentials } = process.env;
+  void [_a, _s];
+  const uncredentialed = await cli([...base, '--vm', 'db-1', '--disk', 'vda', '--socket', socket, ...k], {
+    ...noCredentials,
+    HOME: dir,
+  });
+  expect(uncredentialed.code).toBe(1);
+  expect(uncredentialed.stderr).toMatch(/CredentialsProviderError/);
   expect(existsSync(socket)).toBe(false);
   const fg = spawn(
     process.execPath,
