@@ -130,6 +130,20 @@ test('qemu-img compares and converts the export equal to the disk; a second star
   } finally {
     qemuNbd.kill('SIGTERM');
   }
+  // The instant restore's shape: a local qcow2 overlay over the export, written to, then hydrated (`qemu-img rebase`
+  // onto no backing copies every byte the overlay lacks from the export, as a block pull does).
+  const overlay = join(dir, 'overlay.qcow2');
+  const backing = `json:{"driver":"raw","file":{"driver":"nbd","path":"${socket}","export":"db-1-vda"}}`;
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', backing, '-F', 'raw', overlay]);
+  await run('qemu-io', ['-f', 'qcow2', overlay, '-c', `write -q -P 0x5a ${30 * MiB} ${MiB}`]);
+  await run('qemu-img', ['rebase', '-q', '-f', 'qcow2', '-b', '', overlay]);
+  const hydrated = join(dir, 'hydrated.raw');
+  await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', overlay, hydrated]);
+  const expected = join(dir, 'expected.raw');
+  await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', image, expected]);
+  await run('qemu-io', ['-f', 'raw', expected, '-c', `write -q -P 0x5a ${30 * MiB} ${MiB}`]);
+  expect(await sha256Of(hydrated)).toBe(await sha256Of(expected));
+  for (const f of [overlay, hydrated, expected]) rmSync(f);
   const status = readServeStatus(s.dir);
   expect(status).toMatchObject({
     running: true,
