@@ -83,7 +83,8 @@ const spec = (over: Partial<ServeSpec> = {}): ServeSpec =>
     ...over,
   }) as ServeSpec;
 
-const status = (): ServeStatus => JSON.parse(readFileSync(join(dir, 'serve', 'status.json'), 'utf8')) as ServeStatus;
+const status = (of = 'serve'): ServeStatus =>
+  JSON.parse(readFileSync(join(dir, of, 'status.json'), 'utf8')) as ServeStatus;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'gs-nbd-unit-'));
@@ -290,8 +291,9 @@ describe('the store', () => {
     // A new server, so nothing is cached.
     const other = join(dir, 'outage.sock');
     let outageStore: OutageStore | undefined;
+    mkdirSync(join(dir, 'outage'), { mode: 0o700 });
     const s = await runServe(
-      spec({ exports: [{ domain: 'db-1', target: 'vda', socket: other, exportName: 'x' }], dir: join(dir, 'serve') }),
+      spec({ exports: [{ domain: 'db-1', target: 'vda', socket: other, exportName: 'x' }], dir: join(dir, 'outage') }),
       {
         openRepository: async (u, k) => {
           const inner = await Repository.open(u, k);
@@ -313,7 +315,8 @@ describe('the store', () => {
       // Held, not failed: the status says so, and no reply comes while the store is away.
       for (let i = 0; i < 800 && s.status().heldRequests < 2; i++) await new Promise((r) => setTimeout(r, 25));
       expect(s.status()).toMatchObject({ storeReachable: false, heldRequests: 2 });
-      expect(status()).toMatchObject({ storeReachable: false });
+      // Its status file says so too (written at once when the store's state changes).
+      expect(status('outage')).toMatchObject({ storeReachable: false });
       const before = outageStore!.chunkGets;
       await new Promise((r) => setTimeout(r, 600));
       expect(outageStore!.chunkGets).toBeGreaterThan(before); // retried
