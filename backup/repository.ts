@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { open as openFile } from 'node:fs/promises';
+import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { S3ClientConfig } from '@aws-sdk/client-s3';
 import type { z } from 'zod';
@@ -59,6 +59,7 @@ import {
   type ObjectLockSettings,
 } from './object-lock';
 import { FileStore, openStore, S3Store, type LockingStore, type ObjectRetention, type ObjectStore } from './store';
+import { planQcow2, wrongLength, writeSparse } from './qcow2-image';
 
 /** What a repository writer checks before each write: the lock it holds (./locks.ts `RepositoryLock`). */
 export interface HeldLock {
@@ -1041,55 +1042,81 @@ export class Repository {
 
   /**
    * Writes the disk's content as a raw, sparse image file at `file` (created or truncated to the virtual size;
-   * zero chunks are left as holes). Convert it with `qemu-img convert -f raw -O qcow2` if needed. `concurrency`
-   * chunks are fetched at once and each is written at its offset as soon as it is opened (in no particular order).
+   * zero chunks are left as holes). `concurrency` chunks are fetched at once and each is written at its offset as
+   * soon as it is opened (in no particular order).
    */
-  async writeDiskImage(
-    m: DiskManifest,
-    file: string,
-    opts: { concurrency?: number; onProgress?: (bytesDone: number, bytesTotal: number) => void } = {},
-  ): Promise<void> {
+  async writeDiskImage(m: DiskManifest, file: string, opts: WriteDiskOptions = {}): Promise<void> {
     const fh = await openFile(file, 'w');
     try {
       await fh.truncate(m.virtualSize);
-      const todo = m.chunks.map((id, i) => (id === null ? -1 : i)).filter((i) => i >= 0);
-      let next = 0;
-      let done = 0;
-      let failed = false;
-      const worker = async (): Promise<void> => {
-        while (next < todo.length && !failed) {
-          const index = todo[next++];
-          const id = m.chunks[index] as string;
-          const offset = index * m.chunkSize;
-          const length = Math.min(m.chunkSize, m.virtualSize - offset);
-          const data = await this.readChunk(id).catch((err: unknown) => {
-            failed = true;
-            throw err;
-          });
-          if (data.length !== length) {
-            failed = true;
-            throw new DamagedObjectError(
-              Repository.chunkKey(id),
-              'corrupt',
-              `holds ${data.length} bytes, expected ${length}`,
-            );
-          }
-          if (!isZero(data)) await fh.write(data, 0, data.length, offset);
-          done += length;
-          opts.onProgress?.(done, m.virtualSize);
-        }
-      };
-      const results = await Promise.allSettled(
-        Array.from({ length: Math.max(1, opts.concurrency ?? 6) }, () => worker()),
-      );
-      const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failure) throw failure.reason;
-      opts.onProgress?.(m.virtualSize, m.virtualSize);
-      await fh.sync();
+      await this.writeChunksInto(fh, m, (index) => index * m.chunkSize, opts);
     } finally {
       await fh.close();
     }
   }
+
+  /**
+   * Writes the disk's content as a qcow2 image at `file` directly (./qcow2-image.ts: the metadata laid out from the
+   * manifest first, then each data chunk written once at its place as soon as it is opened), the same image
+   * `qemu-img convert -O qcow2` of the raw content would read back, without the raw file in between.
+   * @throws Error when the repository's chunk size is not a whole number of 64 KiB clusters ({@link qcow2Writable})
+   */
+  async writeDiskQcow2(m: DiskManifest, file: string, opts: WriteDiskOptions = {}): Promise<void> {
+    const layout = planQcow2(m);
+    const fh = await openFile(file, 'w');
+    try {
+      await fh.truncate(layout.fileSize);
+      for (const part of layout.metadata) await fh.write(part.data, 0, part.data.length, part.offset);
+      await this.writeChunksInto(fh, m, (index) => layout.chunkOffset.get(index) as number, opts);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Fetches the disk's data chunks, `concurrency` at once, and writes each (its zero clusters as holes) at `offsetOf`. */
+  private async writeChunksInto(
+    fh: FileHandle,
+    m: DiskManifest,
+    offsetOf: (index: number) => number,
+    opts: WriteDiskOptions,
+  ): Promise<void> {
+    const todo = m.chunks.map((id, i) => (id === null ? -1 : i)).filter((i) => i >= 0);
+    let next = 0;
+    let done = 0;
+    let failed = false;
+    const worker = async (): Promise<void> => {
+      while (next < todo.length && !failed) {
+        const index = todo[next++];
+        const id = m.chunks[index] as string;
+        const length = Math.min(m.chunkSize, m.virtualSize - index * m.chunkSize);
+        const data = await this.readChunk(id).catch((err: unknown) => {
+          failed = true;
+          throw err;
+        });
+        if (data.length !== length) {
+          failed = true;
+          throw wrongLength(Repository.chunkKey(id), data.length, length);
+        }
+        await writeSparse(fh, data, offsetOf(index));
+        done += length;
+        opts.onProgress?.(done, m.virtualSize);
+      }
+    };
+    const results = await Promise.allSettled(
+      Array.from({ length: Math.max(1, opts.concurrency ?? 8) }, () => worker()),
+    );
+    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) throw failure.reason;
+    opts.onProgress?.(m.virtualSize, m.virtualSize);
+    await fh.sync();
+  }
+}
+
+/** Options of {@link Repository.writeDiskImage} and {@link Repository.writeDiskQcow2}. */
+export interface WriteDiskOptions {
+  /** Chunks fetched at once. @default 8 */
+  concurrency?: number;
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
 /** The listing's fields of a stored drill record (which holds more: evidence, clones, readiness). */

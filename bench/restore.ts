@@ -22,7 +22,9 @@ import { createRepoRestoreActivities, restoredDiskPath } from '../activities/rep
 import { RestoreRecords } from '../activities/restore-records';
 import { exportDisk } from '../backup/export-disk';
 import { ImageReader } from '../backup/image-reader';
+import { FORMAT_VERSION, sumStats, type DiskManifest } from '../backup/manifest';
 import { Repository } from '../backup/repository';
+import { runServe } from '../backup/serve';
 import { snapshotGroup } from '../client';
 import { exportGroupSnapshot } from '../client/backup';
 import { restoreFromRepo } from '../client/repo-restore';
@@ -78,8 +80,31 @@ async function writeRandom(image: string, offsetMiB: number, mib: number, scratc
   await rm(scratch, { force: true });
 }
 
-function resticPath(): string | undefined {
-  const local = join(REPO_ROOT, '.tools/bin/restic');
+/** The restic the bench compares with: a named version (`@latest` of its module path resolves to 0.10.0, from 2020). */
+export const RESTIC_VERSION = 'v0.18.1';
+
+/**
+ * restic at {@link RESTIC_VERSION} in `.tools/bin`, installed there with `go install` when missing or of another
+ * version; `undefined` (its row skipped, said on stderr) when Go is not available.
+ */
+async function resticPath(): Promise<string | undefined> {
+  const bin = join(REPO_ROOT, '.tools/bin');
+  const local = join(bin, 'restic');
+  const version = async () =>
+    existsSync(local) ? (await run(local, ['version']).catch(() => ({ stdout: '' }))).stdout : '';
+  if (!(await version()).includes(`restic ${RESTIC_VERSION.slice(1)} `)) {
+    console.error(`installing restic ${RESTIC_VERSION} into .tools/bin (go install) ...`);
+    mkdirSync(bin, { recursive: true });
+    try {
+      await run('go', ['install', `github.com/restic/restic/cmd/restic@${RESTIC_VERSION}`], {
+        env: { ...process.env, GOBIN: bin, CGO_ENABLED: '0' },
+        maxBuffer: 64 * MiB,
+      });
+    } catch (err) {
+      console.error(`cannot install restic ${RESTIC_VERSION}: ${(err as Error).message}`);
+      return undefined;
+    }
+  }
   return existsSync(local) ? local : undefined;
 }
 
@@ -125,8 +150,27 @@ async function preparePoint(
   {
     const repo = await Repository.init(url, key);
     try {
-      await exportDisk({ repo, names, image, format: 'qcow2' });
-      // groupsnap's restore reads the point by its group manifest; the throughput run reads the disk manifest.
+      const { manifest: m, manifestKey } = await exportDisk({ repo, names, image, format: 'qcow2' });
+      // The NBD server reads the point by its group manifest (rebuildDisk reads the disk manifest): both are there.
+      const disk = { target: names.target, virtualSize: m.virtualSize };
+      const vmKey = await repo.writeVmManifest({
+        version: FORMAT_VERSION,
+        group: names.group,
+        snapshotId: names.snapshotId,
+        domain: names.domain,
+        host: 'bench',
+        domainXml: '<domain/>',
+        disks: [{ ...disk, manifest: manifestKey, sourceFormat: 'qcow2', sourceImage: image, stats: m.stats }],
+      });
+      await repo.writeGroupManifest({
+        version: FORMAT_VERSION,
+        group: names.group,
+        snapshotId: names.snapshotId,
+        snapshotCreatedAt: new Date().toISOString(),
+        exportedAt: new Date().toISOString(),
+        vms: [{ domain: names.domain, host: 'bench', manifest: vmKey, disks: [disk] }],
+        stats: sumStats([{ virtualSize: m.virtualSize, stats: m.stats }]),
+      });
     } finally {
       repo.close();
     }
@@ -313,6 +357,125 @@ async function measureRto(opts: Options, ctx: RtoContext): Promise<Results['rto'
   return rto;
 }
 
+/** What each timed kind of restore needs of the run. */
+interface KindsContext {
+  url: string;
+  names: PointNames;
+  dir: string;
+  keyFile: string;
+  image: string;
+  manifest: DiskManifest;
+  dataChunks: number[];
+  client: S3Client;
+  activities: ReturnType<typeof createRepoRestoreActivities>;
+  planned: (what: string, round: number, format: 'raw' | 'qcow2') => string;
+  target: (what: string, round: number) => string;
+  restic?: { bin: string; env: NodeJS.ProcessEnv; sparse: boolean; version?: string };
+}
+
+/** The kinds of restore timed side by side, each once per round. */
+function restoreKinds(ctx: KindsContext): { what: string; once: (round: number) => Promise<void> }[] {
+  const { url, names, dir, keyFile, image, manifest, dataChunks, client, activities, planned, target } = ctx;
+  const bin = ctx.restic?.bin;
+  const resticEnv = ctx.restic?.env;
+  const resticSparse = ctx.restic?.sparse ?? false;
+  const resticVersion = ctx.restic?.version;
+  return [
+    {
+      what: 'groupsnap restore, raw (rebuildDisk activity: 8 chunks in flight, sparse writes, fsync)',
+      once: async (round) => {
+        await activities.rebuildDisk({ repo: url, ...names, file: planned('gs-raw', round, 'raw'), format: 'raw' });
+      },
+    },
+    {
+      what: 'groupsnap restore, qcow2, the default format (new: written directly, rebuildDisk activity, fsync)',
+      once: async (round) => {
+        await activities.rebuildDisk({
+          repo: url,
+          ...names,
+          file: planned('gs-qcow2', round, 'qcow2'),
+          format: 'qcow2',
+        });
+      },
+    },
+    {
+      what: 'groupsnap restore, qcow2, the old path (raw as above, then qemu-img convert -O qcow2)',
+      once: async (round) => {
+        const raw = planned('gs-old', round, 'raw');
+        await activities.rebuildDisk({ repo: url, ...names, file: raw, format: 'raw' });
+        await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, `${raw}.qcow2`]);
+        await rm(raw, { force: true });
+      },
+    },
+    {
+      what: 'NBD export of the point (backup/serve.ts) read by qemu-img convert -O qcow2 -W -m 8 (the hydration fetch path)',
+      once: async (round) => {
+        const socket = join(dir, `nbd-${round}.sock`);
+        const server = await runServe(
+          {
+            version: 1,
+            repo: url,
+            keyFile,
+            group: names.group,
+            snapshotId: names.snapshotId,
+            exports: [{ domain: names.domain, target: names.target, socket, exportName: 'bench' }],
+            dir,
+          },
+          { statusFile: false },
+        );
+        try {
+          await run('qemu-img', [
+            ...['convert', '-q', '-f', 'raw', '-O', 'qcow2', '-W', '-m', '8'],
+            ...[`nbd+unix:///bench?socket=${socket}`, target('nbd', round)],
+          ]);
+          await run('sync', [target('nbd', round)]);
+        } finally {
+          await server.close();
+        }
+      },
+    },
+    {
+      what: 'plain SDK download of the same bytes (4 MiB GetObject, 4 in flight, SDK defaults, sparse positional writes, fsync)',
+      once: async (round) => {
+        const fh = await openFile(target('plain', round), 'w');
+        try {
+          await fh.truncate(manifest.virtualSize);
+          let next = 0;
+          await Promise.all(
+            [0, 1, 2, 3].map(async () => {
+              while (next < dataChunks.length) {
+                const i = dataChunks[next++];
+                const out = await client.send(new GetObjectCommand({ Bucket: 'bench', Key: `plain/${i}` }));
+                const body = Buffer.from(await out.Body!.transformToByteArray());
+                await fh.write(body, 0, body.length, i * manifest.chunkSize);
+              }
+            }),
+          );
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+      },
+    },
+    ...(bin
+      ? [
+          {
+            what: `restic restore${resticSparse ? ' --sparse' : ''} of the image file, then sync of it (${resticVersion?.split(' ').slice(0, 2).join(' ')})`,
+            once: async (round: number) => {
+              const sparse = resticSparse ? ['--sparse'] : [];
+              await run(bin, ['restore', 'latest', ...sparse, '--target', target('restic', round)], {
+                env: resticEnv,
+                maxBuffer: 64 * MiB,
+              });
+              // restic does not fsync what it restored; groupsnap and the plain download do: the same footing.
+              await run('sync', [join(target('restic', round), image)]);
+            },
+          },
+        ]
+      : []),
+  ];
+}
+
 async function main(): Promise<void> {
   const opts = parseBenchOptions<Options>(command);
   if (opts.data % 64 !== 0 || opts.data > opts.disk * 1024) {
@@ -346,7 +509,7 @@ async function main(): Promise<void> {
     const url = 's3://bench/groupsnap';
     const names = { group: 'bench', snapshotId: 'p1', domain: 'vm', target: 'vda' };
     const { image, manifest, dataChunks, dataBytes } = await preparePoint(opts, { dir, key, client, url, names });
-    const bin = resticPath();
+    const bin = await resticPath();
     const { resticEnv, resticVersion, resticSparse } = await prepareRestic(bin, s3.endpoint, image);
 
     const activities = createRepoRestoreActivities({
@@ -367,64 +530,20 @@ async function main(): Promise<void> {
       records.plan(restoreId, [{ source: names.domain, domain: 'bench', uuid: randomUUID(), disks }]);
       return file;
     };
-    const kinds: { what: string; once: (round: number) => Promise<void> }[] = [
-      {
-        what: 'groupsnap restore, raw (rebuildDisk activity: 8 chunks in flight, sparse writes, fsync)',
-        once: async (round) => {
-          await activities.rebuildDisk({ repo: url, ...names, file: planned('gs-raw', round, 'raw'), format: 'raw' });
-        },
-      },
-      {
-        what: 'groupsnap restore, qcow2 (the default format: raw as above, then qemu-img convert)',
-        once: async (round) => {
-          await activities.rebuildDisk({
-            repo: url,
-            ...names,
-            file: planned('gs-qcow2', round, 'qcow2'),
-            format: 'qcow2',
-          });
-        },
-      },
-      {
-        what: 'plain SDK download of the same bytes (4 MiB GetObject, 4 in flight, SDK defaults, sparse positional writes, fsync)',
-        once: async (round) => {
-          const fh = await openFile(target('plain', round), 'w');
-          try {
-            await fh.truncate(manifest.virtualSize);
-            let next = 0;
-            await Promise.all(
-              [0, 1, 2, 3].map(async () => {
-                while (next < dataChunks.length) {
-                  const i = dataChunks[next++];
-                  const out = await client.send(new GetObjectCommand({ Bucket: 'bench', Key: `plain/${i}` }));
-                  const body = Buffer.from(await out.Body!.transformToByteArray());
-                  await fh.write(body, 0, body.length, i * manifest.chunkSize);
-                }
-              }),
-            );
-            await fh.sync();
-          } finally {
-            await fh.close();
-          }
-        },
-      },
-      ...(bin
-        ? [
-            {
-              what: `restic restore${resticSparse ? ' --sparse' : ''} of the image file, then sync of it (${resticVersion?.split(' ').slice(0, 2).join(' ')})`,
-              once: async (round: number) => {
-                const sparse = resticSparse ? ['--sparse'] : [];
-                await run(bin, ['restore', 'latest', ...sparse, '--target', target('restic', round)], {
-                  env: resticEnv,
-                  maxBuffer: 64 * MiB,
-                });
-                // restic does not fsync what it restored; groupsnap and the plain download do: the same footing.
-                await run('sync', [join(target('restic', round), image)]);
-              },
-            },
-          ]
-        : []),
-    ];
+    const kinds = restoreKinds({
+      url,
+      names,
+      dir,
+      keyFile,
+      image,
+      manifest,
+      dataChunks,
+      client,
+      activities,
+      planned,
+      target,
+      restic: bin ? { bin, env: resticEnv, sparse: resticSparse, version: resticVersion } : undefined,
+    });
     await warmUp({ dir, key, client, url, names, planned, activities, dataChunks });
     const rows: Row[] = kinds.map((k) => ({ what: k.what, seconds: [], bytes: dataBytes }));
     for (let round = 0; round < opts.rounds; round++) {
@@ -436,12 +555,16 @@ async function main(): Promise<void> {
         rows[i].seconds.push(t.seconds);
         console.error(`  ${t.seconds.toFixed(2)} s, ${(dataBytes / MiB / t.seconds).toFixed(1)} MiB/s`);
       }
-      for (const w of ['plain', 'restic']) await rm(target(w, round), { recursive: true, force: true });
+      for (const w of ['plain', 'restic', 'nbd']) await rm(target(w, round), { recursive: true, force: true });
       for (const [w, f] of [
         ['gs-raw', 'raw'],
         ['gs-qcow2', 'qcow2'],
-      ] as const)
-        await rm(restoredDiskPath(b.imagesDir, 'bench', names.target, `bench-${w}-${round}`, f), { force: true });
+        ['gs-old', 'raw'],
+      ] as const) {
+        const file = restoredDiskPath(b.imagesDir, 'bench', names.target, `bench-${w}-${round}`, f);
+        await rm(file, { force: true });
+        await rm(`${file}.qcow2`, { force: true });
+      }
     }
 
     // ---- RTO: a group of VMs snapshotted and exported on host A, restored on host B after A is gone ----
@@ -476,13 +599,18 @@ export function renderSection(r: Results, rawFile: string): string {
   const ratio = (row: Row | undefined) =>
     row && plain ? (median(plain.seconds) / median(row.seconds)).toFixed(2) : '?';
   const raw = r.throughput.rows.find((row) => row.what.includes(', raw'));
-  const qcow2 = r.throughput.rows.find((row) => row.what.includes(', qcow2'));
+  const qcow2 = r.throughput.rows.find((row) => row.what.includes('the default format'));
+  const old = r.throughput.rows.find((row) => row.what.includes('the old path'));
+  const nbd = r.throughput.rows.find((row) => row.what.startsWith('NBD'));
   const restic = r.throughput.rows.find((row) => row.what.startsWith('restic'));
+  /** How fast `row` is against `ref` (ratio of throughputs: the inverse ratio of median times). */
+  const vs = (row: Row | undefined, ref: Row | undefined) =>
+    row && ref ? (median(ref.seconds) / median(row.seconds)).toFixed(2) : '?';
   const m = r.machine;
   const o = r.options;
   return [
     '<!-- restore:begin -->',
-    '## Restore from the repository (issue 17)',
+    '## Restore from the repository (issues 17 and 28)',
     '',
     `Generated by \`npm run bench:restore -- --disk ${o.disk} --data ${o.data} --rounds ${o.rounds} --vms ${o.vms} ` +
       `--vm-data ${o.vmData}\` (bench/restore.ts) from \`${rawFile}\`; run ${m.date} on ${m.hostname}: ${m.cores} cores ` +
@@ -505,8 +633,16 @@ export function renderSection(r: Results, rawFile: string): string {
     '| --- | --- | --- | --- |',
     ...rows,
     '',
-    `- groupsnap raw restore: ${ratio(raw)}x the plain download's throughput (target >= 0.7x); qcow2: ${ratio(qcow2)}x` +
-      (restic ? `; restic: ${ratio(restic)}x` : ''),
+    `- Against the plain download: groupsnap raw ${ratio(raw)}x, qcow2 (new) ${ratio(qcow2)}x, qcow2 (old path) ` +
+      `${ratio(old)}x, the NBD export ${ratio(nbd)}x` +
+      (restic ? `, restic ${ratio(restic)}x` : ''),
+    ...(restic
+      ? [
+          `- **Against restic's restore** (issue 28's target: >= 1.0x): the default qcow2 restore ${vs(qcow2, restic)}x ` +
+            `(the old raw-then-convert path ${vs(old, restic)}x), raw ${vs(raw, restic)}x, the NBD export (hydration ` +
+            `fetch) ${vs(nbd, restic)}x`,
+        ]
+      : []),
     ...(r.rto
       ? [
           `- **RTO**: ${r.rto.vms} VMs (${r.rto.disksPerVm} disks of 1 GiB each, ${r.rto.dataBytesPerDisk / MiB} MiB ` +

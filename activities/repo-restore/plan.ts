@@ -8,6 +8,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import { ApplicationFailure } from '@temporalio/common';
 import type { DiskManifest, GroupManifest, VmManifest } from '../../backup/manifest';
+import { QCOW2_CLUSTER } from '../../backup/qcow2-image';
 import type { Repository } from '../../backup/repository';
 import { BAD_INPUT } from '../../common/failures';
 import { uuid as uuidSchema } from '../../common/host-requests';
@@ -62,7 +63,7 @@ export async function repoRestorePlan(ctx: RepoRestoreContext, req: RepoRestoreP
     const vms = plans.flatMap((p) => (p.vm ? [p.vm] : []));
     const xmls = plans.flatMap((p) => (p.xml ? [p.xml] : []));
     const bytesNeeded = plans.reduce((sum, p) => sum + p.bytes, 0);
-    const { bytesFree, problem } = await spaceCheck(ctx, req.format, bytesNeeded);
+    const { bytesFree, problem } = await spaceCheck(ctx, req.format, bytesNeeded, repo.chunkSize);
     if (problem) problems.push(problem);
     if (problems.length) throw bad(problems.join('; '));
     // What this restore may write, and later remove, on this host.
@@ -201,17 +202,21 @@ export function identityProblems(
 
 /**
  * The free space of the host's images dir (made if missing), and the problem when the restore's peak needs more:
- * qcow2 is rebuilt through a raw file of the same data, twice the data at the peak.
+ * qcow2 is written directly (the data, plus its metadata: under 1%), unless the repository's chunks are not whole
+ * qcow2 clusters, when it is rebuilt through a raw file of the same data, twice the data at the peak.
  */
 async function spaceCheck(
   ctx: RepoRestoreContext,
   format: RepoRestorePlanRequest['format'],
   bytesNeeded: number,
+  chunkSize: number,
 ): Promise<{ bytesFree: number; problem?: string }> {
   mkdirSync(ctx.imagesDir, { recursive: true });
   const fs = await statfs(ctx.imagesDir);
   const bytesFree = Number(fs.bavail) * Number(fs.bsize);
-  const peak = format === 'qcow2' ? bytesNeeded * 2 : bytesNeeded;
+  const direct = chunkSize % QCOW2_CLUSTER === 0;
+  const peak =
+    format === 'qcow2' ? (direct ? bytesNeeded + Math.ceil(bytesNeeded / 100) : bytesNeeded * 2) : bytesNeeded;
   if (peak <= bytesFree) return { bytesFree };
   return {
     bytesFree,

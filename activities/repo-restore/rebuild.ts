@@ -5,6 +5,7 @@
 import { execFile } from 'node:child_process';
 import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
+import { qcow2Writable } from '../../backup/qcow2-image';
 import type { RebuildDiskReport, RebuildDiskRequest } from '../../common/repo-restore';
 import { heartbeat } from '../heartbeat';
 import { PRIVATE_FILE_MODE } from '../restore-records';
@@ -22,29 +23,30 @@ export function privateFile(file: string): void {
 }
 
 /**
- * Rebuilds one disk from its chunks: a sparse raw file (zero chunks stay holes), converted to qcow2 when asked
- * (`qemu-img convert` skips zeros). Starts over when retried; heartbeats its progress.
+ * Rebuilds one disk from its chunks, written once into the file of the format asked: a qcow2 image laid out from the
+ * manifest (backup/qcow2-image.ts: zero chunks unallocated), or a sparse raw file (zero chunks stay holes); a
+ * repository whose chunks are not whole qcow2 clusters goes through raw and `qemu-img convert`. Starts over when
+ * retried; heartbeats its progress.
  * @throws BAD_INPUT for a file no plan of this host recorded for that disk (nothing written)
  */
 export async function rebuildDisk(ctx: RepoRestoreContext, req: RebuildDiskRequest): Promise<RebuildDiskReport> {
   const restoreId = plannedRestoreOf(ctx.records, ctx.imagesDir, ctx.hostId, req);
   return withRepo(ctx, req.repo, async (repo) => {
     const disk = await repo.readDiskManifest(req.group, req.snapshotId, req.domain, req.target);
-    const raw = req.format === 'raw' ? req.file : `${req.file}.raw.part`;
-    let bytesWritten = 0;
+    const direct = req.format === 'raw' || qcow2Writable(disk);
+    const raw = direct ? req.file : `${req.file}.raw.part`;
+    const write = { concurrency: 8, onProgress: (done: number, total: number) => heartbeat({ done, total }) };
     ctx.records.created(restoreId, req.file);
     try {
       rmSync(raw, { force: true });
       privateFile(raw);
-      await repo.writeDiskImage(disk, raw, {
-        concurrency: 8,
-        onProgress: (done, total) => heartbeat({ done, total }),
-      });
-      bytesWritten = dataBytesOf(disk);
-      if (req.format === 'qcow2') await convertToQcow2(raw, req.file);
+      if (req.format === 'qcow2' && direct) await repo.writeDiskQcow2(disk, req.file, write);
+      else await repo.writeDiskImage(disk, raw, write);
+      if (!direct) await convertToQcow2(raw, req.file);
     } finally {
       if (raw !== req.file) rmSync(raw, { force: true });
     }
+    const bytesWritten = dataBytesOf(disk);
     ctx.log('disk rebuilt from the repository', {
       domain: req.domain,
       target: req.target,
