@@ -51,12 +51,16 @@ export async function repoRestorePlan(ctx: RepoRestoreContext, req: RepoRestoreP
     const planned = new Set<string>();
     const plans: VmPlan[] = [];
     const endpoints = await pointEndpoints(repo, group);
-    for (const v of group.vms) plans.push(await planVm(ctx, repo, req, v, existing, planned, endpoints));
+    const chosen = req.vms ? group.vms.filter((v) => req.vms!.includes(v.domain)) : group.vms;
+    for (const v of chosen) plans.push(await planVm(ctx, repo, req, v, existing, planned, endpoints));
     const problems = plans.flatMap((p) => p.problems);
+    const unknown = (req.vms ?? []).filter((n) => !group.vms.some((v) => v.domain === n));
+    if (unknown.length) problems.push(`not VMs of ${req.group} ${req.snapshotId}: ${unknown.join(', ')}`);
     const vms = plans.flatMap((p) => (p.vm ? [p.vm] : []));
     const xmls = plans.flatMap((p) => (p.xml ? [p.xml] : []));
     const bytesNeeded = plans.reduce((sum, p) => sum + p.bytes, 0);
-    const { bytesFree, problem } = await spaceCheck(ctx, req.format, bytesNeeded);
+    // An instant restore's overlays grow to the data (no raw file in between).
+    const { bytesFree, problem } = await spaceCheck(ctx, req.instant ? 'raw' : req.format, bytesNeeded);
     if (problem) problems.push(problem);
     if (problems.length) throw bad(problems.join('; '));
     // What this restore may write, and later remove, on this host.
