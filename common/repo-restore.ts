@@ -238,6 +238,8 @@ export interface RepoRestoreResult {
   bytesWritten: number;
   /** Workflow time from start to every VM running (ms). */
   durationMs?: number;
+  /** Set for an instant restore. */
+  instant?: true;
   /** Instant restore: workflow time from start to every VM running (ms), before hydration. */
   runningAfterMs?: number;
   /** Instant restore: workflow time from start to every disk hydrated (ms). */

@@ -99,6 +99,8 @@ interface Walk {
   /** Boot files checked against the boot-file directories. */
   bootFiles: Set<string>;
   diskFiles: Map<string, { file: string; format: string; nbd?: { socket: string; exportName: string } }>;
+  /** Instant restores' NBD backings, put into their disks after the walk (which drops every stored backing). */
+  backings: { disk: XmlElement; backing: XmlElement }[];
 }
 
 const UUID = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
@@ -255,7 +257,7 @@ function fixDisk(w: Walk, e: XmlElement): boolean {
   e.children = [driver, source, ...keep];
   if (restored.nbd) {
     driver.attrs = { ...driver.attrs, error_policy: 'stop', rerror_policy: 'stop' };
-    e.children.splice(2, 0, nbdBackingStore(w, restored.nbd, restored.format));
+    w.backings.push({ disk: e, backing: nbdBackingStore(w, restored.nbd, restored.format) });
   }
   return true;
 }
@@ -422,11 +424,13 @@ export function buildRestoredDomain(xml: string, o: RestoreXmlOptions): Restored
     used: new Set(o.disks.map((d) => d.file)),
     bootFiles: new Set(),
     diskFiles: new Map(o.disks.map((d) => [d.target, { file: d.file, format: d.format, nbd: d.nbd }])),
+    backings: [],
   };
   const uuidEl = child(dom, 'uuid');
   const uuid = uuidEl && UUID.test(textOf(uuidEl).trim()) ? textOf(uuidEl).trim() : undefined;
   if (uuidEl && !uuid) throw new DomainXmlError(`stored UUID ${JSON.stringify(textOf(uuidEl))} is not a UUID`);
   walk(w, dom, DOMAIN_RULE, '');
+  for (const b of w.backings) b.disk.children.splice(2, 0, b.backing);
   if (w.diskFiles.size > 0)
     throw new DomainXmlError(`disk(s) ${[...w.diskFiles.keys()].join(', ')} not found in the domain XML`);
   if (w.offending.length && !o.stripHostDevices) throw new HostResourceError(w.offending);
