@@ -368,6 +368,7 @@ temporalOptions(
     )
     .option('--vm <name>', 'with --from-repo: only this VM of the point (its name there; repeat)', collect(String))
     .option('--hydrate-parallel <n>', 'with --instant: disks hydrated at once (default 4)')
+    .option('--hydrate-bandwidth <MiB/s>', "with --instant: each disk's hydration limited to this (default unlimited)")
     .option('--json', 'print JSON'),
 ).action(
   act((group: string, snapshotId: string, opts: Parameters<typeof restoreCommand>[2] & Partial<RepoRestoreFlags>) =>

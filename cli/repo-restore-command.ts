@@ -20,6 +20,7 @@ export interface RepoRestoreFlags extends CommonOptions {
   instant?: boolean;
   vm?: string[];
   hydrateParallel?: string;
+  hydrateBandwidth?: string;
 }
 
 /** `groupsnap restore <group> <snapshotId> --from-repo <url> --to-host <id> ...`: a point rebuilt on another host. */
@@ -45,6 +46,10 @@ export function repoRestoreCommand(group: string, snapshotId: string, opts: Repo
   if (parallel !== undefined && !opts.instant) problems.push('--hydrate-parallel applies to --instant only');
   if (parallel !== undefined && (!Number.isInteger(parallel) || parallel < 1 || parallel > 64))
     problems.push(`--hydrate-parallel takes 1-64, not ${JSON.stringify(opts.hydrateParallel)}`);
+  const bandwidth = opts.hydrateBandwidth !== undefined ? Number(opts.hydrateBandwidth) : undefined;
+  if (bandwidth !== undefined && !opts.instant) problems.push('--hydrate-bandwidth applies to --instant only');
+  if (bandwidth !== undefined && (!Number.isInteger(bandwidth) || bandwidth < 1))
+    problems.push(`--hydrate-bandwidth takes whole MiB/s, not ${JSON.stringify(opts.hydrateBandwidth)}`);
   if (opts.instant && opts.format === 'raw') problems.push('--instant writes qcow2 overlays: not with --format raw');
   if (problems.length) throw new BadInputError(problems.join('; '));
   return withClient(
@@ -67,6 +72,7 @@ export function repoRestoreCommand(group: string, snapshotId: string, opts: Repo
           ...(opts.instant ? { instant: true } : {}),
           ...(opts.vm?.length ? { vms: opts.vm } : {}),
           ...(parallel !== undefined ? { hydrateParallel: parallel } : {}),
+          ...(bandwidth !== undefined ? { hydrateBandwidthMiB: bandwidth } : {}),
         },
         { keyFile },
       ),

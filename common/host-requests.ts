@@ -320,6 +320,8 @@ export const instantHydrateRequest = z.object({
   maxParallel: z.number().int().min(1).max(64),
   /** How long one step polls before it reports (ms). */
   stepMs: z.number().int().min(0).max(600_000),
+  /** Each pull's bandwidth limit (MiB/s); absent: unlimited. */
+  bandwidthMiB: z.number().int().min(1).max(1_000_000).optional(),
 });
 
 export const instantFinishRequest = z.object({

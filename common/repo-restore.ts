@@ -49,16 +49,20 @@ export interface RepoRestoreInput {
   vms?: string[];
   /** Instant restore: at most this many disks hydrate at once. @default 4 */
   hydrateParallel?: number;
+  /** Instant restore: each disk's hydration limited to this many MiB/s (spares the guests' I/O). @default unlimited */
+  hydrateBandwidthMiB?: number;
 }
 
-export interface NormalizedRepoRestoreInput
-  extends Required<Omit<RepoRestoreInput, 'suffix' | 'restoreId' | 'instant' | 'vms' | 'hydrateParallel'>> {
+export interface NormalizedRepoRestoreInput extends Required<
+  Omit<RepoRestoreInput, 'suffix' | 'restoreId' | 'instant' | 'vms' | 'hydrateParallel' | 'hydrateBandwidthMiB'>
+> {
   suffix: string | undefined;
   restoreId: string | undefined;
   /** Set only when asked (a normalized input of a restore that is not instant stays as it was). */
   instant?: true;
   vms?: string[];
   hydrateParallel?: number;
+  hydrateBandwidthMiB?: number;
 }
 
 /** Checks a restore request before anything runs. @throws BadInputError listing every problem */
@@ -103,8 +107,14 @@ export function normalizeRepoRestoreInput(input: RepoRestoreInput): NormalizedRe
   const par = input.hydrateParallel;
   if (par !== undefined && (!Number.isInteger(par) || par < 1 || par > 64))
     problems.push(`hydrate parallelism must be 1-64, not ${JSON.stringify(par)}`);
+  const bw = input.hydrateBandwidthMiB;
+  if (bw !== undefined && (!Number.isInteger(bw) || bw < 1 || bw > 1_000_000))
+    problems.push(`hydrate bandwidth must be a whole number of MiB/s (1-1000000), not ${JSON.stringify(bw)}`);
+  if (!input.instant && (par !== undefined || bw !== undefined))
+    problems.push('hydrate parallelism and bandwidth apply to an instant restore only');
   if (problems.length) throw new BadInputError(problems.join('; '));
   return {
+    ...(bw !== undefined ? { hydrateBandwidthMiB: bw } : {}),
     ...(input.instant ? { instant: true as const } : {}),
     ...(input.vms ? { vms: [...new Set(input.vms)] } : {}),
     ...(par !== undefined ? { hydrateParallel: par } : {}),
@@ -246,6 +256,11 @@ export interface RepoRestoreResult {
   hydratedAfterMs?: number;
   /** Instant restore: each disk's hydration at the end (or as far as it got). */
   hydration?: HydrationDisk[];
+  /** Instant restore: how often the serving process was restarted, and the VMs whose disks were then re-opened. */
+  serverRestarts?: number;
+  reopened?: string[];
+  /** Instant restore: VMs resumed after QEMU paused them on an I/O error (the store was away). */
+  resumedAfterIoError?: string[];
   /** Set when the VMs run under another domain type than stored (e.g. TCG: no KVM on the target). */
   virtType?: 'kvm' | 'qemu';
 }

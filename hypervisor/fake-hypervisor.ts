@@ -320,6 +320,12 @@ export class FakeHypervisor implements Hypervisor {
 
   async endBlockJob(domain: string, target: string, how: 'pivot' | 'abort'): Promise<void> {
     const key = `${domain}\0${target}`;
+    if (this.pulls.has(key)) {
+      // A pull cannot pivot; aborted, it leaves the disk on its overlay over the backing (what it copied stays).
+      if (how === 'pivot') throw new InvalidStateError(domain, `block job on ${target} cannot pivot`);
+      this.pulls.delete(key);
+      return;
+    }
     const job = this.jobs.get(key);
     if (!job) throw new InvalidStateError(domain, `no block job on ${target}`);
     if (how === 'pivot') {
@@ -353,7 +359,7 @@ export class FakeHypervisor implements Hypervisor {
     return undefined;
   }
 
-  async blockPull(domain: string, target: string): Promise<void> {
+  async blockPull(domain: string, target: string, _options: { bandwidthMiB?: number } = {}): Promise<void> {
     const d = await this.step('blockPull', domain);
     if (d.state !== 'running' && d.state !== 'paused') throw new InvalidStateError(domain, 'domain is not running');
     this.assertNoJob(domain, target);

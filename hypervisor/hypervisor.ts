@@ -89,8 +89,9 @@ export interface Hypervisor {
   /**
    * Starts a block pull of `target` (virDomainBlockPull): QEMU copies the data of the disk's backing chain into its
    * active image and drops the backing when done; the job ends by itself (follow it with {@link blockJob}).
+   * `bandwidthMiB` limits it (MiB/s; default unlimited).
    */
-  blockPull(domain: string, target: string): Promise<void>;
+  blockPull(domain: string, target: string, options?: { bandwidthMiB?: number }): Promise<void>;
   /** The NBD export the running VM's disk `target` is backed by (live definition), or undefined when none. */
   nbdBacking(domain: string, target: string): Promise<NbdBacking | undefined>;
   /** Whether a paused VM was paused by QEMU after a disk I/O error (the stop error policy), not by a caller. */

@@ -53,7 +53,19 @@ export function nbdUrl(socket: string, exportName: string): string {
  * export is not opened now). The caller makes sure `file` does not exist yet.
  */
 export async function createNbdOverlay(file: string, socket: string, exportName: string, virtualSize: number) {
-  await qemuImg(['create', '-q', '-u', '-f', 'qcow2', '-b', nbdUrl(socket, exportName), '-F', 'raw', file, String(virtualSize)]);
+  await qemuImg([
+    'create',
+    '-q',
+    '-u',
+    '-f',
+    'qcow2',
+    '-b',
+    nbdUrl(socket, exportName),
+    '-F',
+    'raw',
+    file,
+    String(virtualSize),
+  ]);
 }
 
 /**

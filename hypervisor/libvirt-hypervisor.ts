@@ -1,12 +1,6 @@
 import * as libvirt from '@groupsnap/libvirt';
 import { METADATA_KEY, METADATA_NAMESPACE } from '../common/names';
-import {
-  diskNamesFile,
-  diskNbdBacking,
-  diskOnlySnapshotXml,
-  parseDomainXml,
-  retargetDiskSource,
-} from './domain-xml';
+import { diskNamesFile, diskNbdBacking, diskOnlySnapshotXml, parseDomainXml, retargetDiskSource } from './domain-xml';
 import {
   DomainNotFoundError,
   GuestAgentUnavailableError,
@@ -210,8 +204,8 @@ export class LibvirtHypervisor implements Hypervisor {
     });
   }
 
-  blockPull(domain: string, target: string): Promise<void> {
-    return this.withDomain(domain, (d) => d.blockPull(target));
+  blockPull(domain: string, target: string, options: { bandwidthMiB?: number } = {}): Promise<void> {
+    return this.withDomain(domain, (d) => d.blockPull(target, options.bandwidthMiB ?? 0));
   }
 
   nbdBacking(domain: string, target: string): Promise<NbdBacking | undefined> {

@@ -215,6 +215,7 @@ describe('instant restore from the repository (fake hypervisor)', () => {
     expect(result.status).toBe('restored');
     expectHydrated(result);
     expect(host.hypervisor.calls.filter((c) => c.startsWith('resume:')).length).toBeGreaterThan(result.vms.length);
+    expect(result.resumedAfterIoError?.length).toBe(1);
   });
 
   it('a dead serving process is restarted and the disks re-opened (managed save and restore)', async () => {
@@ -228,6 +229,8 @@ describe('instant restore from the repository (fake hypervisor)', () => {
     const result = await restore();
     expect(result.status).toBe('restored');
     expect(server.starts).toBe(2);
+    expect(result.serverRestarts).toBe(1);
+    expect(result.reopened?.length).toBeGreaterThan(0);
     expect(host.hypervisor.calls.some((c) => c.startsWith('managedSave:'))).toBe(true);
     expectHydrated(result);
   });

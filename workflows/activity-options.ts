@@ -212,7 +212,12 @@ export const DR_PRESETS = {
   instantHydrate: {
     startToCloseTimeout: '15m',
     heartbeatTimeout: '30s',
-    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: [BAD_INPUT] },
+    retry: {
+      initialInterval: '1s',
+      backoffCoefficient: 2,
+      maximumInterval: '30s',
+      nonRetryableErrorTypes: [BAD_INPUT],
+    },
   },
   drillRead: {
     scheduleToStartTimeout: '1m',

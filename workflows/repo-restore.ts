@@ -262,9 +262,20 @@ async function hydrate(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<void
   for (let step = 1; ; step++) {
     const r = await run.target.hydrate.instantHydrate.executeWithOptions(
       { summary: `hydrate ${disks.length} disks (step ${step})` },
-      [{ restoreId: run.restoreId, disks, maxParallel, stepMs: HYDRATE_STEP_MS }],
+      [
+        {
+          restoreId: run.restoreId,
+          disks,
+          maxParallel,
+          stepMs: HYDRATE_STEP_MS,
+          ...(run.input.hydrateBandwidthMiB ? { bandwidthMiB: run.input.hydrateBandwidthMiB } : {}),
+        },
+      ],
     );
     run.result.hydration = r.disks;
+    if (r.serverRestarted) run.result.serverRestarts = (run.result.serverRestarts ?? 0) + 1;
+    if (r.reopened.length) run.result.reopened = [...(run.result.reopened ?? []), ...r.reopened];
+    if (r.resumed.length) run.result.resumedAfterIoError = [...(run.result.resumedAfterIoError ?? []), ...r.resumed];
     const done = r.disks.reduce((n, d) => n + d.done, 0);
     const all = r.disks.reduce((n, d) => n + d.total, 0);
     const pct = all ? Math.floor((done * 100) / all) : 100;

@@ -23,7 +23,7 @@ import { failure } from '../../common/failures';
 import { assertSafeName } from '../../common/validation';
 import { withoutNbdBacking } from '../../hypervisor/domain-xml';
 import { nbdUrl } from '../../hypervisor/images';
-import { heartbeat } from '../heartbeat';
+import { cancelled, heartbeat } from '../heartbeat';
 import { writePrivateFile, type RestoreRecord } from '../restore-records';
 import { bad, REPO_KEY_FILE_ENV, type RepoRestoreContext } from './context';
 import { privateFile } from './rebuild';
@@ -123,7 +123,9 @@ export async function instantServe(
   const sizes = await withRepo(ctx, req.repo, (repo) =>
     Promise.all(
       rec.vms.flatMap((v) =>
-        v.disks.map(async (d) => (await repo.readDiskManifest(req.group, req.snapshotId, v.source, d.target)).virtualSize),
+        v.disks.map(
+          async (d) => (await repo.readDiskManifest(req.group, req.snapshotId, v.source, d.target)).virtualSize,
+        ),
       ),
     ),
   );
@@ -226,6 +228,8 @@ export async function instantHydrate(ctx: RepoRestoreContext, req: InstantHydrat
   const failures = new Map<string, number>();
   const deadline = Date.now() + req.stepMs;
   for (;;) {
+    // An attempt Temporal gave up on (heartbeat timeout) stops here: its retry does the work.
+    if (cancelled()) throw new Error('hydration step cancelled');
     const pending = await pendingDomains(ctx, req, reopen);
     let status = await server(ctx).status(spec);
     if (pending.length && !status.running) {
@@ -299,7 +303,7 @@ async function pollPulls(
     if (active >= req.maxParallel || !serving) break;
     const key = `${disk.domain}\0${disk.target}`;
     try {
-      await hv.blockPull(disk.domain, disk.target);
+      await hv.blockPull(disk.domain, disk.target, req.bandwidthMiB ? { bandwidthMiB: req.bandwidthMiB } : {});
       active++;
       failures.delete(key);
     } catch (err) {

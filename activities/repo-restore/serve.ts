@@ -62,7 +62,9 @@ interface StandInStatus {
  * A stand-in server for development: `qemu-nbd -r --persistent` per export over a raw image of the disk that
  * `prepare` writes first (the slow way: it copies the whole disk before serving). The real one serves the chunks.
  */
-export function qemuNbdStandIn(prepare: (spec: ServeSpec, e: ServeExport, raw: string) => Promise<void>): InstantServer {
+export function qemuNbdStandIn(
+  prepare: (spec: ServeSpec, e: ServeExport, raw: string) => Promise<void>,
+): InstantServer {
   const rawOf = (spec: ServeSpec, e: ServeExport) => join(dirname(spec.statusFile), `${e.exportName}.raw`);
   const read = (spec: ServeSpec): StandInStatus | undefined => {
     try {

@@ -2,7 +2,12 @@ import { normalizeRepoRestoreInput, parseNetworkMapping } from '../../common/rep
 import { normalizeDrillInput } from '../../common/drill';
 import { METADATA_NAMESPACE } from '../../common/names';
 import { BadInputError } from '../../common/failures';
-import { buildRestoredDomain, DomainXmlError, HostResourceError, restoredDomainXml } from '../../hypervisor/restore-xml';
+import {
+  buildRestoredDomain,
+  DomainXmlError,
+  HostResourceError,
+  restoredDomainXml,
+} from '../../hypervisor/restore-xml';
 import { diskNbdBacking, withoutNbdBacking } from '../../hypervisor/domain-xml';
 import { restoreCommand } from '../../cli/restore-command';
 
@@ -36,7 +41,7 @@ const base = {
   stripHostDevices: true,
 };
 
-describe('an instant restore: an overlay over groupsnap\'s own NBD export, nothing else', () => {
+describe("an instant restore: an overlay over groupsnap's own NBD export, nothing else", () => {
   const instant = (nbd: { socket: string; exportName: string }, format: 'qcow2' | 'raw' = 'qcow2') => ({
     ...base,
     name: 'db-1-dr',
