@@ -6,6 +6,7 @@ import { REPO_KEY_FILE_ENV } from '../common/backup-types';
 import { BadInputError } from '../common/failures';
 import { exportCommand, repoInit, repoList, repoPrune, repoVerify } from './backup-commands';
 import { parseInteger } from './parse';
+import { repoServe, repoServeExports } from './serve-command';
 
 type Act = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
@@ -85,6 +86,26 @@ export function registerBackupCommands(program: Command, temporalOptions: (c: Co
       .option('--wait <seconds>', 'wait this long for running exports before giving up the sweep', parseInteger)
       .option('--json', 'print JSON'),
   ).action(act(repoPrune));
+  keyOption(
+    repo
+      .command('serve')
+      .description(
+        'serve one disk of a point read-only over NBD on a Unix socket until Ctrl-C (file-level recovery: qemu-img, qemu-nbd, guestfish)',
+      )
+      .argument('<url>', 'repository URL (s3://bucket/prefix or file:///path)')
+      .argument('<group>')
+      .argument('<snapshotId>')
+      .option('--vm <name>', 'the VM of the point whose disk to serve')
+      .option('--disk <target>', 'the disk to serve (vda, sdb, ...)')
+      .option('--socket <path>', 'the Unix socket to listen on (default: a new private directory under the temp dir)')
+      .option('--cache-mib <MiB>', 'chunk cache size (default 256)', parseInteger)
+      .option('--json', 'print JSON'),
+  ).action(act(repoServe));
+  repo
+    .command('serve-exports', { hidden: true })
+    .description('the detached NBD server of a spec file (started by the host side: backup/serve-process.ts)')
+    .argument('<specFile>')
+    .action(act(repoServeExports));
 
   temporalOptions(
     keyOption(

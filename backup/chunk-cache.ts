@@ -1,0 +1,351 @@
+/**
+ * Reading a point's disks chunk by chunk for the NBD server (./nbd-server.ts): offsets map to the disk manifest's
+ * fixed chunks (`chunks[i]`, `null` = zeros); chunks are fetched and opened (the repository's seal pool) once, kept
+ * in a least-recently-used cache bounded in bytes and shared by every disk (chunks are named by content, so two
+ * disks that share one share its entry), fetched once however many requests want them (single flight), and read
+ * ahead when a disk is read in order, with a bound on fetches in flight.
+ *
+ * A store that cannot be reached (network errors, the S3 server stopped, 5xx, throttling) never fails a request:
+ * the fetch is retried with backoff until it succeeds, and the requests wait. A chunk that is missing or fails
+ * authentication (damage) fails the requests that need it (EIO), and only those.
+ */
+import { DamagedObjectError } from './errors';
+import type { DiskManifest } from './manifest';
+import { Repository } from './repository';
+
+/** What the cache reads chunks with (a `Repository`, or a test's). */
+export interface ChunkSource {
+  readChunk(id: string): Promise<Buffer>;
+}
+
+export interface ChunkCacheOptions {
+  /** Bytes of opened chunks kept. @default 256 MiB */
+  maxBytes?: number;
+  /** Fetches in flight at once (demand and read-ahead together). @default 8 */
+  maxFetches?: number;
+  /** First and largest wait between attempts while the store is unreachable (ms). @default 200, 5000 */
+  retryMinMs?: number;
+  retryMaxMs?: number;
+  /** Told when the store becomes unreachable (with the error) or reachable again. */
+  onStoreState?: (reachable: boolean, error?: string) => void;
+  /** Told of every change worth a status update. */
+  onChange?: () => void;
+}
+
+interface Entry {
+  id: string;
+  /** The opened chunk once fetched. */
+  data?: Buffer;
+  /** The fetch while it runs. */
+  pending?: Promise<Buffer>;
+  /** The fetch failed at least once because the store was away: the requests waiting on it are held. */
+  held: boolean;
+  /** Waiting requests (for the held count). */
+  waiters: number;
+  /** Fetched ahead of any request, and not read yet. */
+  readAhead: boolean;
+  /** Its plaintext length. */
+  length: number;
+}
+
+/** Counters of the cache (totals since start). */
+export interface ChunkCacheStats {
+  bytes: number;
+  maxBytes: number;
+  chunks: number;
+  fetches: number;
+  fetchesInFlight: number;
+  bytesFetched: number;
+  hits: number;
+  misses: number;
+  readAheadFetches: number;
+  retries: number;
+  storeReachable: boolean;
+  lastStoreError?: string;
+}
+
+/** Where the bytes a fetch brought in are counted (an export's stats). */
+export interface FetchCounter {
+  bytesFetched: number;
+}
+
+/** The chunks a fetch's failure says are damaged, not unreachable. */
+const isDamage = (err: unknown) => err instanceof DamagedObjectError;
+
+/** A bounded LRU cache of opened chunks with single-flight fetches, a fetch bound and retry while the store is away. */
+export class ChunkCache {
+  /** Insertion order is recency order: the first entry is the least recently used. */
+  private readonly entries = new Map<string, Entry>();
+  private bytes = 0;
+  private inFlight = 0;
+  /** Demand fetches waiting for a fetch slot (served before any read-ahead). */
+  private readonly queue: (() => void)[] = [];
+  private reachable = true;
+  private lastError: string | undefined;
+  private closed = false;
+  private readonly stats = { fetches: 0, bytesFetched: 0, hits: 0, misses: 0, readAheadFetches: 0, retries: 0 };
+  readonly maxBytes: number;
+  readonly maxFetches: number;
+
+  constructor(
+    private readonly source: ChunkSource,
+    private readonly opts: ChunkCacheOptions = {},
+  ) {
+    this.maxBytes = opts.maxBytes ?? 256 * 1024 * 1024;
+    this.maxFetches = Math.max(1, opts.maxFetches ?? 8);
+  }
+
+  /** Stops retrying: waiting requests fail. */
+  close(): void {
+    this.closed = true;
+    for (const go of this.queue.splice(0)) go();
+  }
+
+  get storeReachable(): boolean {
+    return this.reachable;
+  }
+
+  /** Requests waiting on a fetch while the store is unreachable (or on a fetch it has failed). */
+  get heldRequests(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.pending && (e.held || !this.reachable)) n += e.waiters;
+    return n;
+  }
+
+  snapshot(): ChunkCacheStats {
+    return {
+      bytes: this.bytes,
+      maxBytes: this.maxBytes,
+      chunks: this.entries.size,
+      fetchesInFlight: this.inFlight,
+      ...this.stats,
+      storeReachable: this.reachable,
+      ...(this.lastError ? { lastStoreError: this.lastError } : {}),
+    };
+  }
+
+  /**
+   * The opened chunk `id` of `expectedLength` bytes: from the cache, or fetched (once, whoever asks; the bytes
+   * fetched are counted in `fetchedBy` of the one that started the fetch).
+   */
+  async get(id: string, expectedLength: number, fetchedBy?: FetchCounter): Promise<Buffer> {
+    let e = this.entries.get(id);
+    if (e?.data) {
+      this.stats.hits++;
+      e.readAhead = false;
+      this.touch(e);
+      return e.data;
+    }
+    this.stats.misses++;
+    if (!e) e = this.start(id, expectedLength, false, fetchedBy);
+    else e.readAhead = false;
+    e.waiters++;
+    try {
+      return await (e.pending as Promise<Buffer>);
+    } finally {
+      e.waiters--;
+    }
+  }
+
+  /** Starts fetching `id` ahead of any request when a fetch slot is free and it is neither cached nor fetched. */
+  prefetch(id: string, expectedLength: number, fetchedBy?: FetchCounter): void {
+    if (this.closed || this.entries.has(id) || this.inFlight >= this.maxFetches || this.queue.length > 0) return;
+    // Chunks read ahead and not read yet never fill more than half the cache.
+    if (this.readAheadBytes() + expectedLength > this.maxBytes / 2) return;
+    this.stats.readAheadFetches++;
+    const e = this.start(id, expectedLength, true, fetchedBy);
+    (e.pending as Promise<Buffer>).catch(() => undefined);
+  }
+
+  private readAheadBytes(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.readAhead) n += e.length;
+    return n;
+  }
+
+  private start(id: string, expectedLength: number, readAhead: boolean, fetchedBy?: FetchCounter): Entry {
+    const e: Entry = { id, held: false, waiters: 0, readAhead, length: expectedLength };
+    this.entries.set(id, e);
+    e.pending = this.fetch(e, expectedLength, readAhead).then(
+      (data) => {
+        e.pending = undefined;
+        e.held = false;
+        if (fetchedBy) fetchedBy.bytesFetched += data.length;
+        if (this.entries.get(id) === e) {
+          e.data = data;
+          this.bytes += data.length;
+          this.evict();
+        }
+        this.opts.onChange?.();
+        return data;
+      },
+      (err: unknown) => {
+        e.pending = undefined;
+        if (this.entries.get(id) === e) this.entries.delete(id);
+        this.opts.onChange?.();
+        throw err;
+      },
+    );
+    return e;
+  }
+
+  /** One chunk, retried with backoff for as long as the store cannot be reached. */
+  private async fetch(e: Entry, expectedLength: number, readAhead: boolean): Promise<Buffer> {
+    await this.slot(readAhead);
+    try {
+      let wait = this.opts.retryMinMs ?? 200;
+      for (;;) {
+        try {
+          this.stats.fetches++;
+          const data = await this.source.readChunk(e.id);
+          if (data.length !== expectedLength)
+            throw new DamagedObjectError(
+              Repository.chunkKey(e.id),
+              'corrupt',
+              `holds ${data.length} bytes, expected ${expectedLength}`,
+            );
+          this.stats.bytesFetched += data.length;
+          this.setReachable(true);
+          return data;
+        } catch (err) {
+          if (isDamage(err) || this.closed) throw err;
+          // Unreachable (or any other failure a retry may fix): hold the requests and try again.
+          this.stats.retries++;
+          e.held = true;
+          this.setReachable(false, (err as Error).message);
+          await new Promise((r) => setTimeout(r, wait));
+          wait = Math.min(wait * 2, this.opts.retryMaxMs ?? 5000);
+          if (this.closed) throw new Error('chunk cache closed');
+        }
+      }
+    } finally {
+      this.inFlight--;
+      this.queue.shift()?.();
+    }
+  }
+
+  /** A fetch slot: demand fetches queue for one, read-ahead only starts when one is free (see prefetch). */
+  private async slot(readAhead: boolean): Promise<void> {
+    if (readAhead || this.inFlight < this.maxFetches) {
+      this.inFlight++;
+      return;
+    }
+    await new Promise<void>((r) => this.queue.push(r));
+    this.inFlight++;
+  }
+
+  private setReachable(reachable: boolean, error?: string): void {
+    if (error) this.lastError = error;
+    if (this.reachable === reachable) {
+      if (!reachable) this.opts.onChange?.();
+      return;
+    }
+    this.reachable = reachable;
+    this.opts.onStoreState?.(reachable, error);
+    this.opts.onChange?.();
+  }
+
+  private touch(e: Entry): void {
+    this.entries.delete(e.id);
+    this.entries.set(e.id, e);
+  }
+
+  /** Drops least recently used opened chunks until the cache fits (chunks being fetched are never dropped). */
+  private evict(): void {
+    for (const e of this.entries.values()) {
+      if (this.bytes <= this.maxBytes) return;
+      if (!e.data || e.waiters > 0) continue;
+      this.entries.delete(e.id);
+      this.bytes -= e.data.length;
+    }
+  }
+}
+
+/** Counters of one disk export. */
+export interface DiskExportStats {
+  requests: number;
+  bytesServed: number;
+  readErrors: number;
+}
+
+/**
+ * One disk of a point as NBD reads it: `read(offset, length)` over the manifest's chunks through a shared
+ * {@link ChunkCache}, reading ahead `readAhead` chunks when the disk is read in order.
+ */
+export class DiskChunkReader {
+  /** Chunk indexes recently read (to tell in-order reading). */
+  private readonly recent = new Set<number>();
+  readonly stats: DiskExportStats = { requests: 0, bytesServed: 0, readErrors: 0 };
+
+  constructor(
+    private readonly manifest: DiskManifest,
+    private readonly cache: ChunkCache,
+    private readonly readAhead = 8,
+    private readonly fetched: FetchCounter = { bytesFetched: 0 },
+  ) {}
+
+  get size(): number {
+    return this.manifest.virtualSize;
+  }
+
+  private chunkLength(index: number): number {
+    const m = this.manifest;
+    return Math.min(m.chunkSize, m.virtualSize - index * m.chunkSize);
+  }
+
+  /** `length` bytes at `offset` (within the disk). @throws DamagedObjectError when a chunk it needs is damaged */
+  async read(offset: number, length: number): Promise<Buffer> {
+    const m = this.manifest;
+    if (offset < 0 || length < 0 || offset + length > m.virtualSize) throw new RangeError('read outside the disk');
+    this.stats.requests++;
+    const first = Math.floor(offset / m.chunkSize);
+    const last = Math.floor((offset + Math.max(length, 1) - 1) / m.chunkSize);
+    this.noteRead(first, last);
+    try {
+      let out: Buffer;
+      if (first === last) {
+        const data = await this.chunk(first);
+        const at = offset - first * m.chunkSize;
+        out = data ? data.subarray(at, at + length) : Buffer.alloc(length);
+      } else {
+        const parts = await Promise.all(Array.from({ length: last - first + 1 }, (_, k) => this.chunk(first + k)));
+        out = Buffer.alloc(length);
+        for (let k = 0; k < parts.length; k++) {
+          const index = first + k;
+          const start = Math.max(offset, index * m.chunkSize);
+          const end = Math.min(offset + length, index * m.chunkSize + this.chunkLength(index));
+          const data = parts[k];
+          if (data) data.copy(out, start - offset, start - index * m.chunkSize, end - index * m.chunkSize);
+        }
+      }
+      this.stats.bytesServed += length;
+      return out;
+    } catch (err) {
+      this.stats.readErrors++;
+      throw err;
+    }
+  }
+
+  /** The opened chunk, or `undefined` for a zero chunk. */
+  private async chunk(index: number): Promise<Buffer | undefined> {
+    const id = this.manifest.chunks[index];
+    if (id === null) return undefined;
+    return this.cache.get(id, this.chunkLength(index), this.fetched);
+  }
+
+  /** Reads ahead past `last` when the chunk before `first` was read recently (the disk is read in order). */
+  private noteRead(first: number, last: number): void {
+    const inOrder = first === 0 || this.recent.has(first - 1) || this.recent.has(first);
+    for (let i = first; i <= last; i++) this.recent.add(i);
+    if (this.recent.size > 256) {
+      const old = this.recent.values().next().value as number;
+      this.recent.delete(old);
+    }
+    if (!inOrder || this.readAhead <= 0) return;
+    const chunks = this.manifest.chunks;
+    for (let i = last + 1, n = 0; i < chunks.length && n < this.readAhead; i++, n++) {
+      const id = chunks[i];
+      if (id !== null) this.cache.prefetch(id, this.chunkLength(i), this.fetched);
+    }
+  }
+}

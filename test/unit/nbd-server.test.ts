@@ -1,0 +1,437 @@
+/**
+ * The NBD server of a point (backup/nbd-server.ts, backup/chunk-cache.ts, backup/serve.ts) over a file-store
+ * repository, spoken to byte by byte: the fixed newstyle handshake and its options, reads answered by handle,
+ * every kind of bad request, a damaged chunk (EIO for its range only), a store outage (requests held, then
+ * answered), the cache's bounds and single flight, and the status file.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ChunkCache } from '../../backup/chunk-cache';
+import { TransientStoreError } from '../../backup/errors';
+import { NBD, NbdServer } from '../../backup/nbd-server';
+import { Repository } from '../../backup/repository';
+import { runServe, ServeInputError, type RunningServe, type ServeSpec, type ServeStatus } from '../../backup/serve';
+import type { GetOptions, ObjectStore } from '../../backup/store';
+import { RawNbdClient } from '../helpers/nbd-client';
+import { writeTestPoint } from '../helpers/repo-points';
+
+const CHUNK = 64 * 1024;
+const GROUP = 'shop';
+const POINT = 'gs-20261207T080000Z-nbd001';
+
+/** A store in front of another whose chunk reads fail as an unreachable store would while `down`. */
+class OutageStore implements ObjectStore {
+  down = false;
+  chunkGets = 0;
+  constructor(private readonly inner: ObjectStore) {}
+  get url() {
+    return this.inner.url;
+  }
+  checkLocation() {
+    return this.inner.checkLocation();
+  }
+  async get(key: string, opts?: GetOptions) {
+    if (key.startsWith('chunks/')) {
+      this.chunkGets++;
+      if (this.down) throw new TransientStoreError(`connect ECONNREFUSED (test outage) for ${key}`);
+    }
+    return this.inner.get(key, opts);
+  }
+  put(key: string, body: Buffer) {
+    return this.inner.put(key, body);
+  }
+  exists(key: string) {
+    return this.inner.exists(key);
+  }
+  putIfAbsent(key: string, body: Buffer) {
+    return this.inner.putIfAbsent!(key, body);
+  }
+  list(prefix: string) {
+    return this.inner.list(prefix);
+  }
+  delete(key: string) {
+    return this.inner.delete(key);
+  }
+  close() {
+    this.inner.close();
+  }
+}
+
+let dir: string;
+let url: string;
+let keyFile: string;
+let content: Buffer;
+let chunkIds: (string | null)[];
+let store: OutageStore;
+let server: RunningServe;
+let socket: string;
+
+const spec = (over: Partial<ServeSpec> = {}): ServeSpec =>
+  ({
+    version: 1,
+    repo: url,
+    keyFile,
+    group: GROUP,
+    snapshotId: POINT,
+    exports: [{ domain: 'db-1', target: 'vda', socket, exportName: 'db-1-vda' }],
+    dir: join(dir, 'serve'),
+    cacheBytes: 16 * 1024 * 1024,
+    ...over,
+  }) as ServeSpec;
+
+const status = (): ServeStatus => JSON.parse(readFileSync(join(dir, 'serve', 'status.json'), 'utf8')) as ServeStatus;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'gs-nbd-unit-'));
+  url = `file://${join(dir, 'repo')}`;
+  const key = randomBytes(32);
+  keyFile = join(dir, 'repo.key');
+  writeFileSync(keyFile, key.toString('base64'), { mode: 0o600 });
+  const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+  // 6 chunks: data, zeros, data, data, data, a data chunk shared with the first (dedup).
+  const a = randomBytes(CHUNK);
+  const data = [a, null, randomBytes(CHUNK), randomBytes(CHUNK), randomBytes(CHUNK), a];
+  content = Buffer.concat(data.map((d) => d ?? Buffer.alloc(CHUNK)));
+  chunkIds = await writeTestPoint(repo, GROUP, POINT, '2026-12-07T08:00:00.000Z', data);
+  repo.close();
+  socket = join(dir, 'nbd.sock');
+  mkdirSync(join(dir, 'serve'), { mode: 0o700 });
+  server = await runServe(spec(), {
+    openRepository: async (u, k) => {
+      const inner = await Repository.open(u, k);
+      store = new OutageStore(inner.store);
+      inner.close();
+      return Repository.open(u, k, { store });
+    },
+  });
+});
+
+afterAll(async () => {
+  await server?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('handshake', () => {
+  it('greets with fixed newstyle and no-zeroes, lists its exports, and answers INFO', async () => {
+    const c = await RawNbdClient.connect(socket);
+    expect(await c.greet()).toBe(NBD.flagFixedNewstyle | NBD.flagNoZeroes);
+    c.sendOption(NBD.opt.list);
+    const server1 = await c.optionReply();
+    expect(server1.type).toBe(NBD.rep.server);
+    expect(server1.data.subarray(4).toString()).toBe('db-1-vda');
+    expect((await c.optionReply()).type).toBe(NBD.rep.ack);
+    // LIST takes no data.
+    c.sendOption(NBD.opt.list, Buffer.from('x'));
+    expect((await c.optionReply()).type).toBe(NBD.rep.errInvalid);
+    c.sendOption(
+      NBD.opt.info,
+      RawNbdClient.goData('db-1-vda', [NBD.info.blockSize, NBD.info.name, NBD.info.description]),
+    );
+    const info = await c.infoReplies();
+    expect(info.final).toBe(NBD.rep.ack);
+    const exp = info.infos.get(NBD.info.export) as Buffer;
+    expect(Number(exp.readBigUInt64BE(0))).toBe(content.length);
+    const flags = exp.readUInt16BE(8);
+    expect(flags & NBD.tflag.readOnly).toBeTruthy();
+    expect(flags & NBD.tflag.sendFlush).toBeTruthy();
+    expect((info.infos.get(NBD.info.blockSize) as Buffer).readUInt32BE(8)).toBe(32 * 1024 * 1024);
+    expect((info.infos.get(NBD.info.name) as Buffer).toString()).toBe('db-1-vda');
+    expect((info.infos.get(NBD.info.description) as Buffer).toString()).toContain(POINT);
+    // The default export (empty name) is the only one; an unknown name is refused without closing.
+    c.sendOption(NBD.opt.info, RawNbdClient.goData(''));
+    expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+    c.sendOption(NBD.opt.go, RawNbdClient.goData('nope'));
+    expect((await c.infoReplies()).final).toBe(NBD.rep.errUnknown);
+    // A malformed INFO: the request count does not match the data.
+    const bad = RawNbdClient.goData('db-1-vda', [NBD.info.name]);
+    c.sendOption(NBD.opt.info, bad.subarray(0, bad.length - 1));
+    expect((await c.infoReplies()).final).toBe(NBD.rep.errInvalid);
+    // Structured replies, STARTTLS and unknown options (with data, skipped) are unsupported.
+    for (const [opt, data] of [
+      [NBD.opt.structuredReply, Buffer.alloc(0)],
+      [NBD.opt.startTls, Buffer.alloc(0)],
+      [99, randomBytes(300)],
+    ] as const) {
+      c.sendOption(opt, data);
+      const r = await c.optionReply();
+      expect([r.option, r.type]).toEqual([opt, NBD.rep.errUnsup]);
+    }
+    // Then GO still works on the same connection.
+    c.sendOption(NBD.opt.go, RawNbdClient.goData('db-1-vda'));
+    expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+    expect(await c.read(0, 512)).toEqual(content.subarray(0, 512));
+    c.end();
+  });
+
+  it('enters transmission with EXPORT_NAME (with and without the 124 zero bytes)', async () => {
+    for (const noZeroes of [true, false]) {
+      const c = await RawNbdClient.connect(socket);
+      await c.greet(NBD.flagFixedNewstyle | (noZeroes ? NBD.flagNoZeroes : 0));
+      c.sendOption(NBD.opt.exportName, Buffer.from('db-1-vda'));
+      const r = await c.take(noZeroes ? 10 : 134);
+      expect(Number(r.readBigUInt64BE(0))).toBe(content.length);
+      if (!noZeroes) expect(r.subarray(10).equals(Buffer.alloc(124))).toBe(true);
+      expect(await c.read(CHUNK - 100, 200)).toEqual(content.subarray(CHUNK - 100, CHUNK + 100));
+      c.end();
+    }
+  });
+
+  it('closes on an unknown export by EXPORT_NAME, a bad option magic, unknown client flags; ABORT is acknowledged', async () => {
+    let c = await RawNbdClient.connect(socket);
+    await c.greet();
+    c.sendOption(NBD.opt.exportName, Buffer.from('nope'));
+    expect(await c.closedByServer()).toBe(true);
+    c = await RawNbdClient.connect(socket);
+    await c.greet();
+    c.sendOption(NBD.opt.list, Buffer.alloc(0), Buffer.from('IHAVEOPX'));
+    expect(await c.closedByServer()).toBe(true);
+    c = await RawNbdClient.connect(socket);
+    await c.greet(NBD.flagFixedNewstyle | 0x80);
+    expect(await c.closedByServer()).toBe(true);
+    c = await RawNbdClient.connect(socket);
+    await c.greet();
+    c.sendOption(NBD.opt.abort);
+    expect((await c.optionReply()).type).toBe(NBD.rep.ack);
+    expect(await c.closedByServer()).toBe(true);
+  });
+});
+
+describe('transmission', () => {
+  it('answers concurrent reads by handle: across chunks, zero chunks, the last byte', async () => {
+    const c = await RawNbdClient.connect(socket);
+    await c.go('db-1-vda');
+    const ranges: [number, number][] = [
+      [0, content.length],
+      [CHUNK + 7, 3 * CHUNK],
+      [CHUNK, CHUNK],
+      [content.length - 1, 1],
+      [123, 4567],
+      [5 * CHUNK - 1, 2],
+    ];
+    const lengths = new Map<bigint, number>();
+    ranges.forEach(([off, len], i) => {
+      lengths.set(BigInt(1000 + i), len);
+      c.sendRequest(NBD.cmd.read, BigInt(1000 + i), off, len);
+    });
+    for (let n = 0; n < ranges.length; n++) {
+      const r = await c.reply(lengths);
+      const [off, len] = ranges[Number(r.handle) - 1000];
+      expect(r.error).toBe(0);
+      expect((r.data as Buffer).equals(content.subarray(off, off + len))).toBe(true);
+    }
+    c.end();
+  });
+
+  it('refuses bad requests with EINVAL, writes with EPERM, and stays usable', async () => {
+    const c = await RawNbdClient.connect(socket);
+    await c.go('db-1-vda');
+    const size = content.length;
+    const cases: [string, () => void, number][] = [
+      ['read past the end', () => c.sendRequest(NBD.cmd.read, 1n, size - 10, 11), NBD.err.inval],
+      ['read at a huge offset', () => c.sendRequest(NBD.cmd.read, 2n, 2n ** 63n, 1), NBD.err.inval],
+      ['read of length 0', () => c.sendRequest(NBD.cmd.read, 3n, 0, 0), NBD.err.inval],
+      ['read over 32 MiB', () => c.sendRequest(NBD.cmd.read, 4n, 0, 33 * 1024 * 1024), NBD.err.inval],
+      ['read with a flag', () => c.sendRequest(NBD.cmd.read, 5n, 0, 512, 1), NBD.err.inval],
+      ['unknown command', () => c.sendRequest(42, 6n, 0, 512), NBD.err.inval],
+      ['block status (not negotiated)', () => c.sendRequest(NBD.cmd.blockStatus, 7n, 0, 512), NBD.err.inval],
+      ['trim', () => c.sendRequest(NBD.cmd.trim, 8n, 0, 512), NBD.err.perm],
+      ['write zeroes', () => c.sendRequest(NBD.cmd.writeZeroes, 9n, 0, 512), NBD.err.perm],
+      [
+        'write (its payload is skipped)',
+        () => {
+          c.sendRequest(NBD.cmd.write, 10n, 0, 1000);
+          c.write(Buffer.alloc(1000, 0x55));
+        },
+        NBD.err.perm,
+      ],
+      ['flush', () => c.sendRequest(NBD.cmd.flush, 11n, 0, 0), 0],
+      ['flush with an offset', () => c.sendRequest(NBD.cmd.flush, 12n, 512, 0), NBD.err.inval],
+    ];
+    for (const [what, send, error] of cases) {
+      send();
+      const r = await c.reply(new Map());
+      expect({ what, error: r.error }).toEqual({ what, error });
+    }
+    expect(await c.read(0, 1000)).toEqual(content.subarray(0, 1000));
+    c.end();
+  });
+
+  it('closes the connection on a bad request magic, and after DISC once reads in flight are answered', async () => {
+    let c = await RawNbdClient.connect(socket);
+    await c.go('db-1-vda');
+    c.sendRequest(NBD.cmd.read, 1n, 0, 512, 0, 0x12345678);
+    expect(await c.closedByServer()).toBe(true);
+    c = await RawNbdClient.connect(socket);
+    await c.go('db-1-vda');
+    c.sendRequest(NBD.cmd.read, 1n, 2 * CHUNK, CHUNK);
+    c.sendRequest(NBD.cmd.disc, 2n, 0, 0);
+    const r = await c.reply(new Map([[1n, CHUNK]]));
+    expect(r.data?.equals(content.subarray(2 * CHUNK, 3 * CHUNK))).toBe(true);
+    expect(await c.closedByServer()).toBe(true);
+  });
+
+  it('serves many connections at once', async () => {
+    const clients = await Promise.all([0, 1, 2, 3, 4, 5].map(() => RawNbdClient.connect(socket)));
+    await Promise.all(clients.map((c) => c.go('db-1-vda')));
+    const got = await Promise.all(clients.map((c, i) => c.read(i * CHUNK, CHUNK)));
+    got.forEach((g, i) => expect(g.equals(content.subarray(i * CHUNK, (i + 1) * CHUNK))).toBe(true));
+    for (const c of clients) c.end();
+  });
+});
+
+describe('the store', () => {
+  it('holds requests while the store is unreachable and answers them when it is back', async () => {
+    const fresh = await RawNbdClient.connect(socket);
+    await fresh.go('db-1-vda');
+    // A new server, so nothing is cached.
+    const other = join(dir, 'outage.sock');
+    let outageStore: OutageStore | undefined;
+    const s = await runServe(
+      spec({ exports: [{ domain: 'db-1', target: 'vda', socket: other, exportName: 'x' }], dir: join(dir, 'serve') }),
+      {
+        openRepository: async (u, k) => {
+          const inner = await Repository.open(u, k);
+          outageStore = new OutageStore(inner.store);
+          return Repository.open(u, k, { store: outageStore });
+        },
+      },
+    );
+    try {
+      const c = await RawNbdClient.connect(other);
+      await c.go('x');
+      outageStore!.down = true;
+      const lengths = new Map([
+        [1n, CHUNK],
+        [2n, 100],
+      ]);
+      c.sendRequest(NBD.cmd.read, 1n, 2 * CHUNK, CHUNK);
+      c.sendRequest(NBD.cmd.read, 2n, 4 * CHUNK + 5, 100);
+      // Held, not failed: the status says so, and no reply comes while the store is away.
+      for (let i = 0; i < 200 && s.status().heldRequests < 2; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(s.status()).toMatchObject({ storeReachable: false, heldRequests: 2 });
+      expect(status()).toMatchObject({ storeReachable: false });
+      const before = outageStore!.chunkGets;
+      await new Promise((r) => setTimeout(r, 600));
+      expect(outageStore!.chunkGets).toBeGreaterThan(before); // retried
+      await expect(c.take(1, 50)).rejects.toThrow(/timed out/);
+      outageStore!.down = false;
+      const got = [await c.reply(lengths), await c.reply(lengths)].sort((a, b) => Number(a.handle - b.handle));
+      expect(got.map((r) => r.error)).toEqual([0, 0]);
+      expect(got[0].data?.equals(content.subarray(2 * CHUNK, 3 * CHUNK))).toBe(true);
+      expect(got[1].data?.equals(content.subarray(4 * CHUNK + 5, 4 * CHUNK + 105))).toBe(true);
+      expect(s.status()).toMatchObject({ storeReachable: true, heldRequests: 0 });
+      c.end();
+    } finally {
+      await s.close();
+      fresh.end();
+    }
+  });
+
+  it('answers EIO for the range of a damaged chunk only', async () => {
+    const repo = await Repository.openWithKeyFile(url, keyFile);
+    const key = Repository.chunkKey(chunkIds[3] as string);
+    const original = (await repo.store.get(key)) as Buffer;
+    const flipped = Buffer.from(original);
+    flipped[flipped.length - 20] ^= 0x40;
+    await repo.store.put(key, flipped);
+    const other = join(dir, 'damaged.sock');
+    const s = await runServe(
+      spec({ exports: [{ domain: 'db-1', target: 'vda', socket: other, exportName: 'x' }], dir: join(dir, 'serve') }),
+    );
+    try {
+      const c = await RawNbdClient.connect(other);
+      await c.go('x');
+      await expect(c.read(3 * CHUNK + 10, 100)).rejects.toMatchObject({ nbdError: NBD.err.io });
+      await expect(c.read(2 * CHUNK, 2 * CHUNK, 2n)).rejects.toMatchObject({ nbdError: NBD.err.io });
+      expect((await c.read(2 * CHUNK, CHUNK, 3n)).equals(content.subarray(2 * CHUNK, 3 * CHUNK))).toBe(true);
+      expect((await c.read(4 * CHUNK, 2 * CHUNK, 4n)).equals(content.subarray(4 * CHUNK))).toBe(true);
+      expect(s.status().exports[0].readErrors).toBe(2);
+      expect(s.status().storeReachable).toBe(true);
+      c.end();
+    } finally {
+      await s.close();
+      await repo.store.put(key, original);
+      repo.close();
+    }
+  });
+});
+
+describe('the chunk cache', () => {
+  it('fetches a chunk once for many readers, and keeps within its byte bound', async () => {
+    let fetches = 0;
+    const source = {
+      readChunk: async (id: string) => {
+        fetches++;
+        await new Promise((r) => setTimeout(r, 20));
+        return Buffer.alloc(1024, id.charCodeAt(0));
+      },
+    };
+    const cache = new ChunkCache(source, { maxBytes: 4096, maxFetches: 2 });
+    const got = await Promise.all(Array.from({ length: 10 }, () => cache.get('a', 1024)));
+    expect(fetches).toBe(1);
+    expect(got.every((g) => g[0] === 'a'.charCodeAt(0))).toBe(true);
+    for (const id of 'bcdefgh') await cache.get(id, 1024);
+    expect(cache.snapshot().bytes).toBeLessThanOrEqual(4096);
+    expect(cache.snapshot().chunks).toBe(4);
+    // 'a' was pushed out (least recently used) and is fetched again; 'h' is still there.
+    const before = fetches;
+    await cache.get('h', 1024);
+    expect(fetches).toBe(before);
+    await cache.get('a', 1024);
+    expect(fetches).toBe(before + 1);
+  });
+
+  it('bounds the fetches in flight, read-ahead included', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const source = {
+      readChunk: async () => {
+        most = Math.max(most, ++inFlight);
+        await new Promise((r) => setTimeout(r, 10));
+        inFlight--;
+        return Buffer.alloc(100);
+      },
+    };
+    const cache = new ChunkCache(source, { maxBytes: 1 << 20, maxFetches: 3 });
+    for (let i = 0; i < 20; i++) cache.prefetch(`r${i}`, 100);
+    await Promise.all(Array.from({ length: 20 }, (_, i) => cache.get(`d${i}`, 100)));
+    expect(most).toBeLessThanOrEqual(3);
+  });
+});
+
+describe('the status file and start', () => {
+  it('is private and names the exports with their counters', async () => {
+    const st = status();
+    expect(statSync(join(dir, 'serve', 'status.json')).mode & 0o777).toBe(0o600);
+    expect(st).toMatchObject({ version: 1, pid: process.pid, group: GROUP, snapshotId: POINT });
+    expect(typeof st.storeReachable).toBe('boolean');
+    expect(server.status()).toMatchObject({ state: 'serving', lockHeld: true });
+    expect(server.status().exports[0]).toMatchObject({ name: 'db-1-vda', domain: 'db-1', target: 'vda', socket });
+    expect(server.status().exports[0].bytesServed).toBeGreaterThan(0);
+    expect(server.status().exports[0].bytesFetched).toBeGreaterThan(0);
+    expect(statSync(socket).mode & 0o777).toBe(0o600);
+  });
+
+  it('refuses a point, VM or disk that is not there, and a socket another server listens on', async () => {
+    const exp = (over: object) => [
+      { domain: 'db-1', target: 'vda', socket: join(dir, 'x.sock'), exportName: 'x', ...over },
+    ];
+    await expect(runServe(spec({ snapshotId: 'gs-nope', exports: exp({}) }), { statusFile: false })).rejects.toThrow(
+      ServeInputError,
+    );
+    await expect(runServe(spec({ exports: exp({ domain: 'db-9' }) }), { statusFile: false })).rejects.toThrow(
+      /no VM db-9/,
+    );
+    await expect(runServe(spec({ exports: exp({ target: 'vdz' }) }), { statusFile: false })).rejects.toThrow(
+      /no disk vdz/,
+    );
+    await expect(runServe(spec({ exports: exp({ socket }) }), { statusFile: false })).rejects.toThrow(
+      /already listens/,
+    );
+    await expect(NbdServer.listen(socket, [{ name: 'y', size: 1, read: async () => Buffer.alloc(1) }])).rejects.toThrow(
+      /already listens/,
+    );
+  });
+});
