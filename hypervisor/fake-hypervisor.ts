@@ -397,6 +397,17 @@ export class FakeHypervisor implements Hypervisor {
     this.managedSaved.add(domain);
   }
 
+  async hydrateImage(file: string): Promise<void> {
+    await this.enter('rebaseImage', file);
+    const img = this.requireImage(file);
+    this.assertNotOpen(file);
+    const data = new Map<string, string>();
+    for (const f of this.backingChain(file).reverse()) for (const [k, v] of this.images.get(f)!.data) data.set(k, v);
+    img.data = data;
+    delete img.backing;
+    this.resyncChains();
+  }
+
   async createNbdOverlay(file: string, backing: NbdBacking, _virtualSize: number): Promise<void> {
     await this.enter('createOverlay', file);
     const url = nbdUrl(backing.socket, backing.exportName);

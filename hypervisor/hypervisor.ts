@@ -106,6 +106,11 @@ export interface Hypervisor {
    * to the export while it is made. The caller makes sure `file` does not exist yet.
    */
   createNbdOverlay(file: string, backing: NbdBacking, virtualSize: number): Promise<void>;
+  /**
+   * Copies everything the backing chain of `file` shows into it and drops its backing (a safe `qemu-img rebase`
+   * onto nothing): offline hydration, for a file no running QEMU has open.
+   */
+  hydrateImage(file: string): Promise<void>;
   /** For a shut-off VM: points disks at other files in the persistent definition. */
   redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void>;
   /** groupsnap's metadata element on the VM (XML), or undefined when there is none. */

@@ -68,6 +68,11 @@ export async function createNbdOverlay(file: string, socket: string, exportName:
   ]);
 }
 
+/** Copies what the backing chain of `file` shows into it and drops the backing (safe rebase onto nothing). */
+export async function hydrateImage(file: string): Promise<void> {
+  await qemuImg(['rebase', '-q', '-f', 'qcow2', '-b', '', file]);
+}
+
 /**
  * Offline commit of `top` into `base` (`qemu-img commit -b base top`): `base` then holds what `top` showed. Only
  * for files no running QEMU has open (QEMU's image locks make it fail otherwise). `top` is left as it was.

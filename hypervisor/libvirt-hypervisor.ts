@@ -223,6 +223,10 @@ export class LibvirtHypervisor implements Hypervisor {
     return this.withDomain(domain, (d) => d.managedSave(libvirt.ManagedSaveFlags.PAUSED));
   }
 
+  hydrateImage(file: string): Promise<void> {
+    return images.hydrateImage(file);
+  }
+
   createNbdOverlay(file: string, backing: NbdBacking, virtualSize: number): Promise<void> {
     return images.createNbdOverlay(file, backing.socket, backing.exportName, virtualSize);
   }

@@ -235,6 +235,26 @@ describe('instant restore from the repository (fake hypervisor)', () => {
     expectHydrated(result);
   });
 
+  it('a VM whose QEMU crashed during hydration is hydrated offline; its disks keep what it wrote', async () => {
+    await serve(
+      hooked(host.hypervisor, 'blockPull', (domain) => {
+        host.hypervisor.writeData(domain, 'vda', 'guest', 'written before the crash');
+        host.hypervisor.domains.get(domain)!.state = 'shutoff';
+        host.hypervisor.pulls.clear();
+      }),
+    );
+    const result = await restore();
+    expect(result.status).toBe('restored');
+    const crashed = result.vms.find((v) => v.state === 'shutoff')!;
+    expect(host.hypervisor.readData(crashed.disks[0].file, 'guest')).toBe('written before the crash');
+    for (const v of result.vms)
+      for (const d of v.disks) {
+        expect(host.hypervisor.images.get(d.file)?.backing).toBeUndefined();
+        expect(host.hypervisor.readData(d.file, 'point')).toBe(`${v.source}:${d.target}`);
+      }
+    expect(server.running).toBe(false);
+  });
+
   it('a failure before the VMs ran removes everything: VMs, overlays, serving', async () => {
     host.hypervisor.failOn('start', undefined);
     host.hypervisor.failOn('start', undefined);

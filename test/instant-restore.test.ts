@@ -24,7 +24,9 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
  * process on unix sockets of host B): the VMs run while their disks still read from the repository; a write made
  * during hydration stays; after hydration no disk names its export (live or persistent), serving stopped, and every
  * disk is bit-identical to the point (apart from what was written). The serving process killed mid-hydration is
- * restarted and the VMs' disks re-opened (managed save and restore), and hydration still completes.
+ * restarted and the VMs' disks re-opened (managed save and restore), and hydration still completes. With the S3
+ * server (versitygw) stopped mid-hydration the serving process holds the reads (the VMs keep running, nothing fails)
+ * and hydration completes once it is back.
  */
 describe('instant restore from the repository on another hypervisor (real VMs)', () => {
   let fx: DrFixture;
@@ -39,7 +41,7 @@ describe('instant restore from the repository on another hypervisor (real VMs)',
   let tmp: string;
 
   beforeAll(async () => {
-    fx = await startDrFixture();
+    fx = await startDrFixture({ s3: true });
     ({ hosts: fixture, client, hostA, hostB } = fx);
     connB = await libvirt.open(fixture.host(hostB).uri);
     tmp = await mkdtemp(join(tmpdir(), 'gs-instant-'));
@@ -167,12 +169,43 @@ describe('instant restore from the repository on another hypervisor (real VMs)',
     const restoreId = handle.workflowId.split('/').pop()!;
     const doms = await waitRunning(2, restoreId);
     await guestWrite(doms[0].name, 'virtio-disk1', 'write -P 0x77 40M 1M');
-    // SIGKILL every serving process of this restore while the pulls run.
-    const status = join(fx.workerB.stateDir, 'instant', restoreId, 'status.json');
-    const { pids } = JSON.parse(readFileSync(status, 'utf8')) as { pids: number[] };
-    for (const pid of pids) process.kill(pid, 'SIGKILL');
+    // SIGKILL the serving process of this restore while the pulls run.
+    const pidFile = join(fx.workerB.stateDir, 'instant', restoreId, 'serve', 'serve.pid');
+    process.kill(Number(readFileSync(pidFile, 'utf8')), 'SIGKILL');
     const result = (await handle.result()) as RepoRestoreResult;
     expect(result.serverRestarts).toBeGreaterThanOrEqual(1);
+    expect(result.reopened).toEqual(expect.arrayContaining(doms.map((d) => d.name)));
+    await expectHydrated(result, { domain: doms[0].name, target: 'vdb' });
+  });
+
+  it('the S3 server stopped mid-hydration: reads are held, the VMs keep running, hydration completes when it is back', async () => {
+    const handle = await startRestoreFromRepo(
+      client,
+      { group, snapshotId, repo: fx.url, toHost: hostB, instant: true, hydrateParallel: 4, hydrateBandwidthMiB: 6 },
+      { keyFile: fx.keyFile },
+    );
+    const restoreId = handle.workflowId.split('/').pop()!;
+    const doms = await waitRunning(2, restoreId);
+    await guestWrite(doms[0].name, 'virtio-disk1', 'write -P 0x77 40M 1M');
+    await fx.s3!.kill();
+    // The serving process notices (a chunk the pulls need is not cached yet) and holds the request.
+    const status = join(fx.workerB.stateDir, 'instant', restoreId, 'serve', 'status.json');
+    let unreachable = false;
+    for (let i = 0; i < 300 && !unreachable; i++) {
+      await sleep(100);
+      try {
+        unreachable =
+          (JSON.parse(readFileSync(status, 'utf8')) as { storeReachable: boolean }).storeReachable === false;
+      } catch {
+        // rewritten meanwhile
+      }
+    }
+    expect(unreachable).toBe(true);
+    await sleep(3000);
+    for (const d of doms) expect(['running', 'paused']).toContain((await d.state()).state);
+    await fx.s3!.resume();
+    const result = (await handle.result()) as RepoRestoreResult;
+    expect(result.serverRestarts ?? 0).toBe(0);
     expect(result.reopened).toEqual(expect.arrayContaining(doms.map((d) => d.name)));
     await expectHydrated(result, { domain: doms[0].name, target: 'vdb' });
   });

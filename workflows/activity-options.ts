@@ -200,7 +200,7 @@ export const DR_PRESETS = {
   },
   restoreVm: { scheduleToStartTimeout: '1m', startToCloseTimeout: '2m', retry: REPO_RESTORE_RETRY },
   restoreCleanup: REPO_CLEANUP,
-  // Instant restore: starting the serving process and making the overlays (the stand-in server copies the disks).
+  // Instant restore: starting the serving process (it opens the point) and making the overlays.
   instantServe: {
     scheduleToStartTimeout: '1m',
     startToCloseTimeout: '1h',

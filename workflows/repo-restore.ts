@@ -286,9 +286,13 @@ async function hydrate(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<void
     );
     if (r.hydrated) break;
   }
-  await run.target.hydrate.instantFinish.executeWithOptions({ summary: 'drop the NBD backing, stop serving' }, [
-    { restoreId: run.restoreId, domains: plan.vms.map((v) => v.domain) },
-  ]);
+  const finished = await run.target.hydrate.instantFinish.executeWithOptions(
+    { summary: 'drop the NBD backing, stop serving' },
+    [{ restoreId: run.restoreId, domains: plan.vms.map((v) => v.domain) }],
+  );
+  // A VM shut off meanwhile (by its guest, or a crash) was hydrated offline: its state says so.
+  const states = finished?.states ?? {};
+  for (const v of run.result.vms) if (states[v.domain]) v.state = states[v.domain];
 }
 
 function finish(run: RepoRestoreRun, plan: RepoRestorePlan): RepoRestoreResult {

@@ -20,10 +20,11 @@ import type {
   InstantStopRequest,
 } from '../../common/repo-restore';
 import { failure } from '../../common/failures';
+import type { VmPowerState } from '../../common/types';
 import { assertSafeName } from '../../common/validation';
 import { withoutNbdBacking } from '../../hypervisor/domain-xml';
 import { nbdUrl } from '../../hypervisor/images';
-import { cancelled, heartbeat } from '../heartbeat';
+import { beating, cancelled, heartbeat } from '../heartbeat';
 import { writePrivateFile, type RestoreRecord } from '../restore-records';
 import { bad, REPO_KEY_FILE_ENV, type RepoRestoreContext } from './context';
 import { privateFile } from './rebuild';
@@ -76,7 +77,7 @@ function specOf(ctx: RepoRestoreContext, rec: RestoreRecord, point?: InstantServ
     keyFile,
     group: p.group,
     snapshotId: p.snapshotId,
-    statusFile: join(dir, 'status.json'),
+    dir,
     exports: rec.vms.flatMap((v) =>
       v.disks.map((d) => ({ domain: v.source, target: d.target, ...exportOf(ctx, rec.restoreId, v.domain, d.target) })),
     ),
@@ -90,11 +91,11 @@ async function ensureServing(ctx: RepoRestoreContext, spec: ServeSpec): Promise<
   if (!(await srv.status(spec)).running) {
     await srv.start(spec);
     started = true;
-    ctx.log('instant restore: serving process started', { statusFile: spec.statusFile });
+    ctx.log('instant restore: serving process started', { dir: spec.dir });
   }
   const deadline = Date.now() + 300_000;
   while (!(await srv.status(spec)).ready) {
-    if (Date.now() > deadline) throw new Error(`the serving process of ${spec.statusFile} did not become ready`);
+    if (Date.now() > deadline) throw new Error(`the serving process of ${spec.dir} did not become ready`);
     heartbeat({ waiting: 'serving process' });
     await sleep(200);
   }
@@ -230,7 +231,7 @@ export async function instantHydrate(ctx: RepoRestoreContext, req: InstantHydrat
   for (;;) {
     // An attempt Temporal gave up on (heartbeat timeout) stops here: its retry does the work.
     if (cancelled()) throw new Error('hydration step cancelled');
-    const pending = await pendingDomains(ctx, req, reopen);
+    const pending = await pendingDomains(ctx, rec, req, reopen);
     let status = await server(ctx).status(spec);
     if (pending.length && !status.running) {
       // QEMU does not reconnect to a new server (libvirt 9.0 / QEMU 7.2): every VM still reading from it re-opens.
@@ -252,7 +253,7 @@ export async function instantHydrate(ctx: RepoRestoreContext, req: InstantHydrat
         ctx.log('instant restore: VM resumed after an I/O error pause (the store is reachable)', { domain: d });
       }
     }
-    report.disks = await pollPulls(ctx, req, failures, status.running && status.storeReachable, reopen);
+    report.disks = await pollPulls(ctx, rec, req, failures, status.running && status.storeReachable, reopen);
     report.hydrated = report.disks.every((d) => d.hydrated);
     heartbeat(report);
     if (report.hydrated || Date.now() >= deadline) return report;
@@ -261,14 +262,35 @@ export async function instantHydrate(ctx: RepoRestoreContext, req: InstantHydrat
 }
 
 /** The restore's VMs that still read from their exports (or are shut off waiting to be re-opened). */
-async function pendingDomains(ctx: RepoRestoreContext, req: InstantHydrateRequest, reopen: ReopenList) {
+async function pendingDomains(
+  ctx: RepoRestoreContext,
+  rec: RestoreRecord,
+  req: InstantHydrateRequest,
+  reopen: ReopenList,
+) {
   const out = new Set<string>();
   const toReopen = reopen.list();
   for (const d of req.disks) {
     if (out.has(d.domain)) continue;
-    if (toReopen.includes(d.domain) || (await ctx.hypervisor.nbdBacking(d.domain, d.target))) out.add(d.domain);
+    if (toReopen.includes(d.domain) || (await stillBacked(ctx, rec, d.domain, d.target))) out.add(d.domain);
   }
   return [...out];
+}
+
+/** The restored file of a disk of the restore. */
+function fileOf(rec: RestoreRecord, domain: string, target: string): string {
+  return rec.vms.find((v) => v.domain === domain)!.disks.find((k) => k.target === target)!.file;
+}
+
+/**
+ * Whether a disk still reads from its export: for a running VM its live chain says so; for a shut-off one (the
+ * persistent definition names the export until the end) the image's own header.
+ */
+async function stillBacked(ctx: RepoRestoreContext, rec: RestoreRecord, domain: string, target: string) {
+  const state = await ctx.hypervisor.state(domain);
+  if (state === 'running' || state === 'paused') return (await ctx.hypervisor.nbdBacking(domain, target)) !== undefined;
+  const info = await ctx.hypervisor.imageInfo(fileOf(rec, domain, target)).catch(() => undefined);
+  return info?.backing?.startsWith('nbd') ?? false;
 }
 
 /**
@@ -277,6 +299,7 @@ async function pendingDomains(ctx: RepoRestoreContext, req: InstantHydrateReques
  */
 async function pollPulls(
   ctx: RepoRestoreContext,
+  rec: RestoreRecord,
   req: InstantHydrateRequest,
   failures: Map<string, number>,
   serving: boolean,
@@ -285,12 +308,19 @@ async function pollPulls(
   const hv = ctx.hypervisor;
   const out: HydrationDisk[] = [];
   const todo: HydrationDisk[] = [];
+  const offline: HydrationDisk[] = [];
   let active = 0;
   for (const d of req.disks) {
     const disk = { domain: d.domain, target: d.target, done: 0, total: d.virtualSize, hydrated: false };
     out.push(disk);
     const state = await hv.state(d.domain);
-    if (state !== 'running' && state !== 'paused') continue;
+    if (state !== 'running' && state !== 'paused') {
+      // A VM shut off (by its guest, or its QEMU crashed) and not waiting to be re-opened: hydrated offline.
+      if (reopen.list().includes(d.domain)) continue;
+      if (await stillBacked(ctx, rec, d.domain, d.target)) offline.push(disk);
+      else Object.assign(disk, { done: d.virtualSize, hydrated: true });
+      continue;
+    }
     const job = await hv.blockJob(d.domain, d.target);
     if (job?.type === 'pull') {
       active++;
@@ -298,6 +328,11 @@ async function pollPulls(
     } else if (job) continue;
     else if (!(await hv.nbdBacking(d.domain, d.target))) Object.assign(disk, { done: d.virtualSize, hydrated: true });
     else todo.push(disk);
+  }
+  for (const disk of serving ? offline : []) {
+    ctx.log('instant restore: hydrating the disk of a shut-off VM offline', { ...disk });
+    await beating(() => hv.hydrateImage(fileOf(rec, disk.domain, disk.target)));
+    Object.assign(disk, { done: disk.total, hydrated: true });
   }
   for (const disk of todo) {
     if (active >= req.maxParallel || !serving) break;
@@ -321,14 +356,17 @@ async function pollPulls(
  * error policies, the serving process stops and the restore's sockets go.
  * @throws HydrationIncomplete (retried) while a disk still reads from its export
  */
-export async function instantFinish(ctx: RepoRestoreContext, req: InstantFinishRequest): Promise<void> {
+export async function instantFinish(
+  ctx: RepoRestoreContext,
+  req: InstantFinishRequest,
+): Promise<{ states: Record<string, VmPowerState> }> {
   const rec = recordOf(ctx, req.restoreId);
   const hv = ctx.hypervisor;
   for (const domain of req.domains) {
     const vm = rec.vms.find((v) => v.domain === domain);
     if (!vm) throw bad(`${domain} is not a VM of restore ${req.restoreId}`);
     for (const d of vm.disks)
-      if (await hv.nbdBacking(domain, d.target))
+      if (await stillBacked(ctx, rec, domain, d.target))
         throw failure('hydrationIncomplete', `${domain} ${d.target} still reads from its NBD export`);
     const xml = await hv.domainXml(domain);
     const clean = withoutNbdBacking(xml);
@@ -336,6 +374,9 @@ export async function instantFinish(ctx: RepoRestoreContext, req: InstantFinishR
   }
   await stopServing(ctx, rec);
   ctx.log('instant restore hydrated', { restoreId: req.restoreId, vms: req.domains });
+  const states: Record<string, VmPowerState> = {};
+  for (const domain of req.domains) states[domain] = await hv.state(domain);
+  return { states };
 }
 
 /** Compensation (before the VMs ran) and the end of hydration: stop the serving process, remove its directory. */
