@@ -227,6 +227,8 @@ export async function instantHydrate(ctx: RepoRestoreContext, req: InstantHydrat
     serverRestarted: false,
   };
   const failures = new Map<string, number>();
+  /** Disks whose pull ran at the last poll. */
+  const pulling = new Set<string>();
   const deadline = Date.now() + req.stepMs;
   for (;;) {
     // An attempt Temporal gave up on (heartbeat timeout) stops here: its retry does the work.
@@ -253,7 +255,8 @@ export async function instantHydrate(ctx: RepoRestoreContext, req: InstantHydrat
         ctx.log('instant restore: VM resumed after an I/O error pause (the store is reachable)', { domain: d });
       }
     }
-    report.disks = await pollPulls(ctx, rec, req, failures, status.running && status.storeReachable, reopen);
+    const serving = status.running && status.storeReachable;
+    report.disks = await pollPulls(ctx, rec, req, { failures, pulling, serving, reopen });
     report.hydrated = report.disks.every((d) => d.hydrated);
     heartbeat(report);
     if (report.hydrated || Date.now() >= deadline) return report;
@@ -301,10 +304,9 @@ async function pollPulls(
   ctx: RepoRestoreContext,
   rec: RestoreRecord,
   req: InstantHydrateRequest,
-  failures: Map<string, number>,
-  serving: boolean,
-  reopen: ReopenList,
+  s: { failures: Map<string, number>; pulling: Set<string>; serving: boolean; reopen: ReopenList },
 ): Promise<HydrationDisk[]> {
+  const { failures, pulling, serving, reopen } = s;
   const hv = ctx.hypervisor;
   const out: HydrationDisk[] = [];
   const todo: HydrationDisk[] = [];
@@ -322,12 +324,19 @@ async function pollPulls(
       continue;
     }
     const job = await hv.blockJob(d.domain, d.target);
+    const key = `${d.domain}\0${d.target}`;
     if (job?.type === 'pull') {
       active++;
+      pulling.add(key);
       Object.assign(disk, { done: job.cur, total: job.end || d.virtualSize });
     } else if (job) continue;
     else if (!(await hv.nbdBacking(d.domain, d.target))) Object.assign(disk, { done: d.virtualSize, hydrated: true });
-    else todo.push(disk);
+    else if (pulling.delete(key)) {
+      // The pull just ended: libvirt drops the backing from the live chain only once it has processed QEMU's
+      // completion, and QEMU is still closing the export. A new pull is started only if the backing is still
+      // there at the next poll (the pull failed); starting one on a node being torn down crashed QEMU 7.2.
+      Object.assign(disk, { done: d.virtualSize });
+    } else todo.push(disk);
   }
   for (const disk of serving ? offline : []) {
     ctx.log('instant restore: hydrating the disk of a shut-off VM offline', { ...disk });

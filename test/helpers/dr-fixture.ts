@@ -78,10 +78,10 @@ export async function startDrFixture(
       // The repository on versitygw (127.0.0.1), reached by the hosts through their veth pairs.
       s3 = await S3Server.start();
       closers.push(() => s3!.stop());
-      await s3.createBucket('gs');
+      await s3.createBucket('groupsnap-dr');
       Object.assign(process.env, s3.env);
       env = { ...s3.env, AWS_ENDPOINT_URL_S3: `http://${await hosts.expose(`127.0.0.1:${s3.port}`)}` };
-      url = 's3://gs/repo';
+      url = 's3://groupsnap-dr/repo';
     }
     const key = randomBytes(32);
     const keyFile = join(dir, 'repo.key');
