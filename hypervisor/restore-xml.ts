@@ -39,7 +39,7 @@ export interface RestoreXmlOptions {
   /**
    * Each restored disk's new file and format, by target. With `nbd` (an instant restore), the file is a qcow2
    * overlay whose backing is that raw NBD export on a unix socket inside `nbdSocketDir`, and the disk gets the stop
-   * error policies while it hydrates (docs/adr/0009-instant-restore.md).
+   * error policies while it hydrates (docs/adr/0011-instant-restore.md).
    */
   disks: { target: string; file: string; format: 'raw' | 'qcow2'; nbd?: { socket: string; exportName: string } }[];
   /** The only directory an instant restore's NBD sockets may be in (groupsnap's own, under its state dir). */

@@ -213,7 +213,7 @@ const HYDRATE_STEP_MS = 10_000;
 const DEFAULT_HYDRATE_PARALLEL = 4;
 
 /**
- * An instant restore (docs/adr/0009-instant-restore.md): the target serves the point's disks from the repository
+ * An instant restore (docs/adr/0011-instant-restore.md): the target serves the point's disks from the repository
  * (NBD) and makes a local qcow2 overlay per disk over its export; the VMs are defined on them, started paused and
  * resumed together, then hydrated in the background until no disk reads from the repository. Before the VMs were
  * resumed a failure removes everything; after, nothing is removed (the guests' writes are in the overlays).

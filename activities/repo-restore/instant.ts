@@ -1,5 +1,5 @@
 /**
- * Instant restore on the target host (docs/adr/0009-instant-restore.md): the point's disks served from the repository
+ * Instant restore on the target host (docs/adr/0011-instant-restore.md): the point's disks served from the repository
  * as NBD exports by a detached serving process, a local qcow2 overlay per disk over its export, and hydration (a
  * block pull per disk) in steps the workflow repeats until no disk reads from its export any more. A step is
  * idempotent: it finds the pulls QEMU is running, restarts the serving process if it died, re-opens the disks of
