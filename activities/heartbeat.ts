@@ -9,6 +9,18 @@ export function heartbeat(details?: unknown): void {
   }
 }
 
+/**
+ * Whether the current activity was cancelled (its heartbeat timed out, or the workflow cancelled it): a loop stops
+ * then, so an attempt Temporal gave up on does not go on beside its retry. False outside an activity.
+ */
+export function cancelled(): boolean {
+  try {
+    return Context.current().cancellationSignal.aborted;
+  } catch {
+    return false;
+  }
+}
+
 /** Runs `fn`, heartbeating every second: merges, commits and boots can take a while, and must not be retried while they run. */
 export async function beating<T>(fn: () => Promise<T>): Promise<T> {
   heartbeat();

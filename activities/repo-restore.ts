@@ -8,16 +8,22 @@
  */
 import type {
   DefineRestoredVmRequest,
+  InstantFinishRequest,
+  InstantHydrateRequest,
+  InstantServeRequest,
+  InstantStopRequest,
   RebuildDiskRequest,
   RemoveRestoredVmRequest,
   RepoRestorePlanRequest,
 } from '../common/repo-restore';
 import { createRepoRestoreContext, type RepoRestoreDeps } from './repo-restore/context';
 import { defineRestoredVm, resumeRestoredVm, startRestoredVm } from './repo-restore/define';
+import { instantFinish, instantHydrate, instantServe, instantStop } from './repo-restore/instant';
 import { repoRestorePlan } from './repo-restore/plan';
 import { rebuildDisk } from './repo-restore/rebuild';
 import { removeRestoredVm } from './repo-restore/remove';
 
+export type { InstantServer, ServeSpec, ServeState } from './repo-restore/serve';
 export { BOOT_FILE_DIRS_ENV, REPO_KEY_FILE_ENV, type RepoRestoreDeps } from './repo-restore/context';
 export { restoredDiskPath } from './repo-restore/names';
 
@@ -37,6 +43,14 @@ export function createRepoRestoreActivities(deps: RepoRestoreDeps) {
     resumeRestoredVm: (req: { domain: string }) => resumeRestoredVm(ctx, req),
     /** Compensation: power off and undefine the VM (only the one with the recorded UUID), then remove its files. */
     removeRestoredVm: (req: RemoveRestoredVmRequest) => removeRestoredVm(ctx, req),
+    /** Instant restore: serves the planned disks (NBD) and makes each disk's overlay over its export. */
+    instantServe: (req: InstantServeRequest) => instantServe(ctx, req),
+    /** Instant restore: one hydration step (pulls, restarts, re-opens, resumes); reports each disk's progress. */
+    instantHydrate: (req: InstantHydrateRequest) => instantHydrate(ctx, req),
+    /** Instant restore: once hydrated, drops the NBD backing from the definitions and stops serving. */
+    instantFinish: (req: InstantFinishRequest) => instantFinish(ctx, req),
+    /** Instant restore's compensation: stops serving and removes its sockets. */
+    instantStop: (req: InstantStopRequest) => instantStop(ctx, req),
   };
 }
 

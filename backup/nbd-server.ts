@@ -419,7 +419,12 @@ class NbdConnection {
   private maybeEnd(): void {
     if (!this.disconnecting || this.inFlight > 0 || this.phase === 'closed') return;
     this.phase = 'closed';
-    this.socket.end();
+    // The client closes first: QEMU 7.2 tears its NBD node down after sending DISC, and a server closing at once
+    // raced that teardown (QEMU segfaulted as an instant restore's block pull ended). Closed here only if the
+    // client has not done so within a second.
+    const timer = setTimeout(() => this.socket.destroy(), 1000);
+    timer.unref();
+    this.socket.once('close', () => clearTimeout(timer));
   }
 
   /** Ends the connection now (server shutdown). */

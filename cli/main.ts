@@ -427,6 +427,13 @@ temporalOptions(
     .addOption(
       new Option('--format <format>', 'with --from-repo: format of the rebuilt disks').choices(['qcow2', 'raw']),
     )
+    .option(
+      '--instant',
+      'with --from-repo: run the VMs at once on local overlays over the point served from the repository, and copy the data in the background (hydration)',
+    )
+    .option('--vm <name>', 'with --from-repo: only this VM of the point (its name there; repeat)', collect(String))
+    .option('--hydrate-parallel <n>', 'with --instant: disks hydrated at once (default 4)')
+    .option('--hydrate-bandwidth <MiB/s>', "with --instant: each disk's hydration limited to this (default unlimited)")
     .option('--json', 'print JSON'),
 ).action(
   act((group: string, snapshotId: string, opts: Parameters<typeof restoreCommand>[2] & Partial<RepoRestoreFlags>) =>

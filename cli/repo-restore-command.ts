@@ -17,6 +17,10 @@ export interface RepoRestoreFlags extends CommonOptions {
   format?: string;
   restoreId?: string;
   stripHostDevices?: boolean;
+  instant?: boolean;
+  vm?: string[];
+  hydrateParallel?: string;
+  hydrateBandwidth?: string;
 }
 
 /** `groupsnap restore <group> <snapshotId> --from-repo <url> --to-host <id> ...`: a point rebuilt on another host. */
@@ -38,6 +42,15 @@ export function repoRestoreCommand(group: string, snapshotId: string, opts: Repo
       problems.push((err as Error).message);
     }
   }
+  const parallel = opts.hydrateParallel !== undefined ? Number(opts.hydrateParallel) : undefined;
+  if (parallel !== undefined && !opts.instant) problems.push('--hydrate-parallel applies to --instant only');
+  if (parallel !== undefined && (!Number.isInteger(parallel) || parallel < 1 || parallel > 64))
+    problems.push(`--hydrate-parallel takes 1-64, not ${JSON.stringify(opts.hydrateParallel)}`);
+  const bandwidth = opts.hydrateBandwidth !== undefined ? Number(opts.hydrateBandwidth) : undefined;
+  if (bandwidth !== undefined && !opts.instant) problems.push('--hydrate-bandwidth applies to --instant only');
+  if (bandwidth !== undefined && (!Number.isInteger(bandwidth) || bandwidth < 1))
+    problems.push(`--hydrate-bandwidth takes whole MiB/s, not ${JSON.stringify(opts.hydrateBandwidth)}`);
+  if (opts.instant && opts.format === 'raw') problems.push('--instant writes qcow2 overlays: not with --format raw');
   if (problems.length) throw new BadInputError(problems.join('; '));
   return withClient(
     opts,
@@ -56,6 +69,10 @@ export function repoRestoreCommand(group: string, snapshotId: string, opts: Repo
           ...(opts.stripHostDevices ? { stripHostDevices: true } : {}),
           ...(opts.format ? { format: opts.format as 'raw' | 'qcow2' } : {}),
           ...(opts.restoreId ? { restoreId: opts.restoreId } : {}),
+          ...(opts.instant ? { instant: true } : {}),
+          ...(opts.vm?.length ? { vms: opts.vm } : {}),
+          ...(parallel !== undefined ? { hydrateParallel: parallel } : {}),
+          ...(bandwidth !== undefined ? { hydrateBandwidthMiB: bandwidth } : {}),
         },
         { keyFile },
       ),
@@ -77,6 +94,20 @@ export function renderRepoRestore(r: RepoRestoreResult): string {
           .join('') +
         (v.removed ?? []).map((r) => `\n    removed: ${r}`).join(''),
     ),
-    ...(r.durationMs !== undefined ? [`  ${r.bytesWritten} bytes in ${(r.durationMs / 1000).toFixed(1)} s`] : []),
+    ...(r.instant ? instantLines(r) : []),
+    ...(r.durationMs !== undefined && !r.instant
+      ? [`  ${r.bytesWritten} bytes in ${(r.durationMs / 1000).toFixed(1)} s`]
+      : []),
   ].join('\n');
+}
+
+/** An instant restore's times and each disk's hydration. */
+function instantLines(r: RepoRestoreResult): string[] {
+  const s = (ms: number | undefined) => (ms === undefined ? '-' : `${(ms / 1000).toFixed(1)} s`);
+  return [
+    `  instant: all VMs running after ${s(r.runningAfterMs)}, fully hydrated after ${s(r.hydratedAfterMs)}`,
+    ...(r.hydration ?? []).map(
+      (d) => `    ${d.domain} ${d.target}: ${d.done}/${d.total} bytes${d.hydrated ? ' hydrated' : ''}`,
+    ),
+  ];
 }

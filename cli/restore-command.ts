@@ -15,8 +15,12 @@ export function restoreCommand(
     yes?: boolean;
     restoreId?: string;
     stripHostDevices?: boolean;
+    instant?: boolean;
+    vm?: string[];
   },
 ) {
+  if (opts.instant || opts.vm?.length)
+    throw new BadInputError('--instant and --vm apply to a restore from the repository (--from-repo) only');
   if (opts.stripHostDevices)
     throw new BadInputError('--strip-host-devices applies to a restore from the repository (--from-repo) only');
   if (Boolean(opts.asClone) === Boolean(opts.inPlace))

@@ -83,6 +83,8 @@ export const FAILURES = {
   releaseFailed: spec('ReleaseFailed', EXIT.failed),
   /** A drill's clones were not ready in time. */
   drillNotReady: spec('DrillNotReady', EXIT.failed),
+  /** An instant restore's disk still reads from its NBD export: hydration goes on (retried). */
+  hydrationIncomplete: spec('HydrationIncomplete', EXIT.failed, true),
   /** A point is damaged in the repository. */
   damagedPoint: spec('DamagedPoint', EXIT.failed),
   /** The host's worker has no repository key file. */

@@ -247,8 +247,10 @@ export const repoRestorePlanRequest = z.object({
   networkMap: z.record(networkName, networkName).optional(),
   noNetwork: z.boolean().optional(),
   stripHostDevices: z.boolean().optional(),
-  /** Only these VMs of the point (their names in it), e.g. one tier of a recovery plan. @default every VM */
-  vms: z.array(domainName).min(1).max(10_000).optional(),
+  /** Only these VMs of the point (names in the point); absent: all. */
+  vms: z.array(domainName).min(1).max(1000).optional(),
+  /** An instant restore (qcow2 overlays over the point's disks served by NBD, hydrated in the background). */
+  instant: z.boolean().optional(),
 });
 
 export const plannedDisk = z.object({
@@ -288,6 +290,8 @@ export const defineRestoredVmRequest = z.object({
   virtType: virtType.optional(),
   socketPorts: socketPorts.optional(),
   stripHostDevices: z.boolean().optional(),
+  /** Define on the instant restore's overlays over its NBD exports (sockets derived on the host, never given). */
+  instant: z.boolean().optional(),
 });
 
 export const startRestoredVmRequest = z.object({ domain: domainName, paused: z.boolean() });
@@ -298,6 +302,34 @@ export const removeRestoredVmRequest = z.object({
   uuid: uuid.optional(),
   files: z.array(absolutePath).max(1000),
 });
+
+// ---- instant restores (activities/repo-restore/instant.ts; types in common/repo-restore.ts) ----
+
+export const instantServeRequest = z.object({ ...restorePoint, restoreId: safeName('restore id') });
+
+const hydratedDisk = z.object({
+  domain: domainName,
+  target: diskTarget,
+  virtualSize: z.number().int().nonnegative(),
+});
+
+export const instantHydrateRequest = z.object({
+  restoreId: safeName('restore id'),
+  disks: z.array(hydratedDisk).min(1).max(1000),
+  /** At most this many block pulls at once on the host. */
+  maxParallel: z.number().int().min(1).max(64),
+  /** How long one step polls before it reports (ms). */
+  stepMs: z.number().int().min(0).max(600_000),
+  /** Each pull's bandwidth limit (MiB/s); absent: unlimited. */
+  bandwidthMiB: z.number().int().min(1).max(1_000_000).optional(),
+});
+
+export const instantFinishRequest = z.object({
+  restoreId: safeName('restore id'),
+  domains: z.array(domainName).min(1).max(1000),
+});
+
+export const instantStopRequest = z.object({ restoreId: safeName('restore id') });
 
 // ---- drills (activities/drill.ts; types in common/drill.ts) ----
 
@@ -395,6 +427,10 @@ export const HOST_ACTIVITY_SCHEMAS = {
   startRestoredVm: startRestoredVmRequest,
   resumeRestoredVm: resumeRestoredVmRequest,
   removeRestoredVm: removeRestoredVmRequest,
+  instantServe: instantServeRequest,
+  instantHydrate: instantHydrateRequest,
+  instantFinish: instantFinishRequest,
+  instantStop: instantStopRequest,
   repoLatestPoint: repoLatestPointRequest,
   waitReady: waitReadyRequest,
   recordDrill: recordDrillRequest,

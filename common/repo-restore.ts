@@ -40,14 +40,29 @@ export interface RepoRestoreInput {
   start?: boolean;
   /** @default generated */
   restoreId?: string;
-  /** Only these VMs of the point (their names in it), e.g. one tier of a recovery plan. @default every VM */
+  /**
+   * Instant restore: the VMs run at once on local qcow2 overlays over the point's disks served from the repository
+   * (NBD), and the data is copied in the background (hydration). qcow2 only. @default false
+   */
+  instant?: boolean;
+  /** Only these VMs of the point (their names in the point). @default all */
   vms?: string[];
+  /** Instant restore: at most this many disks hydrate at once. @default 4 */
+  hydrateParallel?: number;
+  /** Instant restore: each disk's hydration limited to this many MiB/s (spares the guests' I/O). @default unlimited */
+  hydrateBandwidthMiB?: number;
 }
 
-export interface NormalizedRepoRestoreInput extends Required<Omit<RepoRestoreInput, 'suffix' | 'restoreId' | 'vms'>> {
+export interface NormalizedRepoRestoreInput extends Required<
+  Omit<RepoRestoreInput, 'suffix' | 'restoreId' | 'instant' | 'vms' | 'hydrateParallel' | 'hydrateBandwidthMiB'>
+> {
   suffix: string | undefined;
   restoreId: string | undefined;
-  vms: string[] | undefined;
+  /** Set only when asked (a normalized input of a restore that is not instant stays as it was). */
+  instant?: true;
+  vms?: string[];
+  hydrateParallel?: number;
+  hydrateBandwidthMiB?: number;
 }
 
 /** Checks a restore request before anything runs. @throws BadInputError listing every problem */
@@ -81,23 +96,28 @@ export function normalizeRepoRestoreInput(input: RepoRestoreInput): NormalizedRe
     problems.push(`stripHostDevices must be true or false, not ${JSON.stringify(input.stripHostDevices)}`);
   if (input.noNetwork && input.networkMap && Object.keys(input.networkMap).length)
     problems.push('a network map and no network exclude each other');
+  if (input.instant !== undefined && typeof input.instant !== 'boolean')
+    problems.push(`instant must be true or false, not ${JSON.stringify(input.instant)}`);
+  if (input.instant && input.format === 'raw') problems.push('an instant restore writes qcow2 overlays, not raw');
+  if (input.instant && input.start === false) problems.push('an instant restore starts the VMs');
   if (input.vms !== undefined) {
-    if (!Array.isArray(input.vms) || input.vms.length === 0) problems.push('vms must list at least one VM');
-    else
-      for (const v of input.vms)
-        if (
-          typeof v !== 'string' ||
-          v.length === 0 ||
-          v.length > 200 ||
-          v.includes('/') ||
-          [...v].some((c) => c.charCodeAt(0) < 32 || c.charCodeAt(0) === 127) ||
-          v === '.' ||
-          v === '..'
-        )
-          problems.push(`VM name ${JSON.stringify(v)} is not valid`);
+    if (!Array.isArray(input.vms) || input.vms.length === 0) problems.push('--vm names at least one VM');
+    else for (const v of input.vms) check(() => assertSafeName('VM name', v));
   }
+  const par = input.hydrateParallel;
+  if (par !== undefined && (!Number.isInteger(par) || par < 1 || par > 64))
+    problems.push(`hydrate parallelism must be 1-64, not ${JSON.stringify(par)}`);
+  const bw = input.hydrateBandwidthMiB;
+  if (bw !== undefined && (!Number.isInteger(bw) || bw < 1 || bw > 1_000_000))
+    problems.push(`hydrate bandwidth must be a whole number of MiB/s (1-1000000), not ${JSON.stringify(bw)}`);
+  if (!input.instant && (par !== undefined || bw !== undefined))
+    problems.push('hydrate parallelism and bandwidth apply to an instant restore only');
   if (problems.length) throw new BadInputError(problems.join('; '));
   return {
+    ...(bw !== undefined ? { hydrateBandwidthMiB: bw } : {}),
+    ...(input.instant ? { instant: true as const } : {}),
+    ...(input.vms ? { vms: [...new Set(input.vms)] } : {}),
+    ...(par !== undefined ? { hydrateParallel: par } : {}),
     group: input.group,
     snapshotId: input.snapshotId,
     repo: input.repo,
@@ -161,6 +181,43 @@ export interface RebuildDiskReport {
 
 export type DefineRestoredVmRequest = z.infer<typeof schemas.defineRestoredVmRequest>;
 
+export type InstantServeRequest = z.infer<typeof schemas.instantServeRequest>;
+export type InstantHydrateRequest = z.infer<typeof schemas.instantHydrateRequest>;
+export type InstantFinishRequest = z.infer<typeof schemas.instantFinishRequest>;
+export type InstantStopRequest = z.infer<typeof schemas.instantStopRequest>;
+
+/** An instant restore's export of one disk on the target host. */
+export interface InstantExport {
+  domain: string;
+  target: string;
+  socket: string;
+  exportName: string;
+}
+
+/** Hydration of one disk: bytes copied into the local overlay of its size, and whether its backing is gone. */
+export interface HydrationDisk {
+  domain: string;
+  target: string;
+  done: number;
+  total: number;
+  hydrated: boolean;
+}
+
+/** What one hydration step saw and did on the target host. */
+export interface HydrationReport {
+  disks: HydrationDisk[];
+  /** Every disk hydrated (no NBD backing left). */
+  hydrated: boolean;
+  /** Whether the serving process says the store is reachable now. */
+  storeReachable: boolean;
+  /** VMs resumed after QEMU paused them on an I/O error (the store was away). */
+  resumed: string[];
+  /** VMs whose disks were re-opened (managed save and restore) after the serving process was restarted. */
+  reopened: string[];
+  /** The serving process was (re)started by this step. */
+  serverRestarted: boolean;
+}
+
 /**
  * Compensation of a restored VM: stop it, undefine it (only when its UUID is the one planned or defined), remove its
  * files (only those the host recorded for the restore).
@@ -192,6 +249,19 @@ export interface RepoRestoreResult {
   bytesWritten: number;
   /** Workflow time from start to every VM running (ms). */
   durationMs?: number;
+  /** Set for an instant restore. */
+  instant?: true;
+  /** Instant restore: workflow time from start to every VM running (ms), before hydration. */
+  runningAfterMs?: number;
+  /** Instant restore: workflow time from start to every disk hydrated (ms). */
+  hydratedAfterMs?: number;
+  /** Instant restore: each disk's hydration at the end (or as far as it got). */
+  hydration?: HydrationDisk[];
+  /** Instant restore: how often the serving process was restarted, and the VMs whose disks were then re-opened. */
+  serverRestarts?: number;
+  reopened?: string[];
+  /** Instant restore: VMs resumed after QEMU paused them on an I/O error (the store was away). */
+  resumedAfterIoError?: string[];
   /** Set when the VMs run under another domain type than stored (e.g. TCG: no KVM on the target). */
   virtType?: 'kvm' | 'qemu';
 }

@@ -105,3 +105,34 @@ export function serialOutputs(xml: string): { file?: string; socket?: string }[]
     return type === 'file' ? [{ file: path }] : [{ socket: path }];
   });
 }
+
+/** The first NBD export (unix socket) in disk `target`'s backing chain of a domain XML, or undefined. */
+export function diskNbdBacking(xml: string, target: string): { socket: string; exportName: string } | undefined {
+  const disk = diskElement(parseDomainTree(xml), target);
+  for (let b = disk && child(disk, 'backingStore'); b; b = child(b, 'backingStore')) {
+    const source = child(b, 'source');
+    const host = source && child(source, 'host');
+    if (b.attrs.type === 'network' && source?.attrs.protocol === 'nbd' && host?.attrs.socket !== undefined)
+      return { socket: host.attrs.socket, exportName: source.attrs.name ?? '' };
+  }
+  return undefined;
+}
+
+/**
+ * A domain XML without any NBD backing on its disks (`<backingStore type='network'>` of protocol `nbd` removed, so
+ * libvirt probes the chain from the image header) and without the stop error policies an instant restore set
+ * during hydration: the persistent definition once every disk is hydrated.
+ */
+export function withoutNbdBacking(xml: string): string {
+  const dom = parseDomainTree(xml);
+  const devices = child(dom, 'devices');
+  for (const disk of (devices ? elements(devices) : []).filter((d) => d.name === 'disk')) {
+    disk.children = disk.children.filter(
+      (c) => typeof c === 'string' || c.name !== 'backingStore' || child(c, 'source')?.attrs.protocol !== 'nbd',
+    );
+    const driver = child(disk, 'driver');
+    if (driver?.attrs.error_policy === 'stop') delete driver.attrs.error_policy;
+    if (driver?.attrs.rerror_policy === 'stop') delete driver.attrs.rerror_policy;
+  }
+  return serializeDomainTree(dom);
+}

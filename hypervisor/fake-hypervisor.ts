@@ -11,9 +11,10 @@ import type {
   DomainSummary,
   Hypervisor,
   ImageInfo,
+  NbdBacking,
   OverlaySpec,
 } from './hypervisor';
-import { ImageNotFoundError } from './images';
+import { ImageNotFoundError, nbdUrl } from './images';
 
 export type FakeOp =
   | 'describe'
@@ -29,7 +30,9 @@ export type FakeOp =
   | 'undefine'
   | 'createOverlay'
   | 'commitImage'
-  | 'rebaseImage';
+  | 'rebaseImage'
+  | 'blockPull'
+  | 'managedSave';
 
 /** An image file as the fake knows it: header (format, backing file) and the data written into this layer. */
 export interface FakeImage {
@@ -79,7 +82,26 @@ export class FakeHypervisor implements Hypervisor {
   /** Block jobs left running, by `domain\0target` (see {@link leaveActiveCommit}). */
   readonly jobs = new Map<string, { top: string; base: string; ready: boolean }>();
 
+  /** Block pulls running, by `domain\0target`: each {@link blockJob} call moves one on by `pullStep` of 100. */
+  readonly pulls = new Map<string, { cur: number; end: number }>();
+  /** How far each poll of a pull gets (of 100). @default 50 */
+  pullStep = 50;
+  /** VMs paused by QEMU after an I/O error (the stop error policy), see {@link pauseOnIoError}. */
+  readonly ioErrorPaused = new Set<string>();
+  /** VMs whose QEMU lost its NBD connection (the server died): pulls fail until the VM's QEMU is restarted. */
+  readonly deadNbd = new Set<string>();
+  /** VMs stopped by {@link managedSave}: the next start restores them. */
+  readonly managedSaved = new Set<string>();
+
   constructor(private readonly options: FakeHypervisorOptions = {}) {}
+
+  /** QEMU paused `domain` after a failed disk request (the stop error policy): resume retries it. */
+  pauseOnIoError(domain: string): void {
+    const d = this.domains.get(domain);
+    if (!d) throw new DomainNotFoundError(domain);
+    d.state = 'paused';
+    this.ioErrorPaused.add(domain);
+  }
 
   addDomain(d: Omit<FakeDomain, 'uuid' | 'hasGuestAgent'> & Partial<FakeDomain>): FakeDomain {
     const dom: FakeDomain = {
@@ -232,6 +254,7 @@ export class FakeHypervisor implements Hypervisor {
   async resume(domain: string): Promise<void> {
     const d = await this.step('resume', domain);
     if (d.state !== 'paused') throw new InvalidStateError(domain, `domain is not paused (${d.state})`);
+    this.ioErrorPaused.delete(domain);
     d.state = 'running';
   }
 
@@ -283,18 +306,26 @@ export class FakeHypervisor implements Hypervisor {
   }
 
   private assertNoJob(domain: string, target: string): void {
-    if (this.jobs.has(`${domain}\0${target}`))
+    if (this.jobs.has(`${domain}\0${target}`) || this.pulls.has(`${domain}\0${target}`))
       throw new HypervisorError(`disk '${target}' already in active block job`, domain);
   }
 
   async blockJob(domain: string, target: string): Promise<BlockJob | undefined> {
     if (!this.domains.has(domain)) throw new DomainNotFoundError(domain);
+    const pull = this.pulls.get(`${domain}\0${target}`);
+    if (pull) return this.advancePull(domain, target, pull);
     const job = this.jobs.get(`${domain}\0${target}`);
     return job && { type: 'active-commit', ready: job.ready, cur: job.ready ? 100 : 50, end: 100 };
   }
 
   async endBlockJob(domain: string, target: string, how: 'pivot' | 'abort'): Promise<void> {
     const key = `${domain}\0${target}`;
+    if (this.pulls.has(key)) {
+      // A pull cannot pivot; aborted, it leaves the disk on its overlay over the backing (what it copied stays).
+      if (how === 'pivot') throw new InvalidStateError(domain, `block job on ${target} cannot pivot`);
+      this.pulls.delete(key);
+      return;
+    }
     const job = this.jobs.get(key);
     if (!job) throw new InvalidStateError(domain, `no block job on ${target}`);
     if (how === 'pivot') {
@@ -304,6 +335,86 @@ export class FakeHypervisor implements Hypervisor {
       disk.chain.pop();
     }
     this.jobs.delete(key);
+  }
+
+  /** One poll of a pull: it moves on, fails (a dead NBD connection: the job vanishes) or ends, dropping the backing. */
+  private advancePull(domain: string, target: string, pull: { cur: number; end: number }): BlockJob | undefined {
+    const key = `${domain}\0${target}`;
+    if (this.deadNbd.has(domain)) {
+      this.pulls.delete(key);
+      return undefined;
+    }
+    pull.cur = Math.min(pull.end, pull.cur + this.pullStep);
+    if (pull.cur < pull.end) return { type: 'pull', ready: false, cur: pull.cur, end: pull.end };
+    this.pulls.delete(key);
+    const disk = this.domains.get(domain)!.disks.find((k) => k.target === target)!;
+    const top = disk.chain[disk.chain.length - 1];
+    const img = this.requireImage(top);
+    const data = new Map<string, string>();
+    for (const f of [...disk.chain].slice(0, -1)) for (const [k, v] of this.images.get(f)?.data ?? []) data.set(k, v);
+    for (const [k, v] of img.data) data.set(k, v);
+    img.data = data;
+    delete img.backing;
+    disk.chain = [top];
+    return undefined;
+  }
+
+  async blockPull(domain: string, target: string, _options: { bandwidthMiB?: number } = {}): Promise<void> {
+    const d = await this.step('blockPull', domain);
+    if (d.state !== 'running' && d.state !== 'paused') throw new InvalidStateError(domain, 'domain is not running');
+    this.assertNoJob(domain, target);
+    const disk = d.disks.find((k) => k.target === target);
+    if (!disk) throw new HypervisorError(`no disk ${target}`, domain);
+    if (disk.chain.length < 2) return; // nothing to pull: QEMU's job ends at once
+    if (this.deadNbd.has(domain)) throw new HypervisorError(`Pull failed: NBD connection of ${target} is dead`, domain);
+    this.pulls.set(`${domain}\0${target}`, { cur: 0, end: 100 });
+  }
+
+  async nbdBacking(domain: string, target: string): Promise<NbdBacking | undefined> {
+    const d = this.domains.get(domain);
+    if (!d) throw new DomainNotFoundError(domain);
+    const disk = d.disks.find((k) => k.target === target);
+    for (const f of disk?.chain ?? []) {
+      const m = /^nbd\+unix:\/\/\/([^?]+)\?socket=(.+)$/.exec(f);
+      if (m) return { exportName: m[1], socket: m[2] };
+    }
+    return undefined;
+  }
+
+  async pausedByIoError(domain: string): Promise<boolean> {
+    const d = this.domains.get(domain);
+    if (!d) throw new DomainNotFoundError(domain);
+    return d.state === 'paused' && this.ioErrorPaused.has(domain);
+  }
+
+  async managedSave(domain: string): Promise<void> {
+    const d = await this.step('managedSave', domain);
+    if (d.state !== 'running' && d.state !== 'paused') throw new InvalidStateError(domain, 'domain is not running');
+    for (const k of d.disks)
+      if (this.pulls.has(`${domain}\0${k.target}`))
+        throw new InvalidStateError(domain, `domain has active block job on ${k.target}`);
+    d.state = 'shutoff';
+    this.managedSaved.add(domain);
+  }
+
+  async hydrateImage(file: string): Promise<void> {
+    await this.enter('rebaseImage', file);
+    const img = this.requireImage(file);
+    this.assertNotOpen(file);
+    const data = new Map<string, string>();
+    for (const f of this.backingChain(file).reverse()) for (const [k, v] of this.images.get(f)!.data) data.set(k, v);
+    img.data = data;
+    delete img.backing;
+    this.resyncChains();
+  }
+
+  async createNbdOverlay(file: string, backing: NbdBacking, _virtualSize: number): Promise<void> {
+    await this.enter('createOverlay', file);
+    const url = nbdUrl(backing.socket, backing.exportName);
+    if (!this.images.has(url)) this.images.set(url, { format: 'raw', data: new Map(), touched: false });
+    const touched = this.options.touchFiles !== false;
+    if (touched) closeSync(openSync(file, 'w'));
+    this.images.set(file, { format: 'qcow2', backing: url, data: new Map(), touched });
   }
 
   async commitActive(domain: string, target: string, base: string): Promise<void> {
@@ -424,7 +535,11 @@ export class FakeHypervisor implements Hypervisor {
       }
       k.chain = chain.reverse();
     }
-    d.state = options.paused ? 'paused' : 'running';
+    // A new QEMU: fresh connections to every backing; a managed save restores the state it saved (paused).
+    this.deadNbd.delete(domain);
+    this.ioErrorPaused.delete(domain);
+    const restored = this.managedSaved.delete(domain);
+    d.state = options.paused || restored ? 'paused' : 'running';
   }
 
   async destroy(domain: string): Promise<void> {

@@ -43,12 +43,21 @@ export interface OverlaySpec {
 
 /** A block job running on a disk (e.g. a commit a dead worker left behind). */
 export interface BlockJob {
-  /** `active-commit`: merging the active layer (ends with a pivot); `commit`: a layer below it; else `other`. */
-  type: 'commit' | 'active-commit' | 'other';
+  /**
+   * `active-commit`: merging the active layer (ends with a pivot); `commit`: a layer below it; `pull`: copying the
+   * backing chain's data into the active layer (ends by itself, dropping the backing); else `other`.
+   */
+  type: 'commit' | 'active-commit' | 'pull' | 'other';
   /** All data copied: an active commit can pivot now. */
   ready: boolean;
   cur: number;
   end: number;
+}
+
+/** A disk's backing served over NBD on a unix socket (an instant restore's export). */
+export interface NbdBacking {
+  socket: string;
+  exportName: string;
 }
 
 export interface Hypervisor {
@@ -77,6 +86,31 @@ export interface Hypervisor {
    * active commit (finishing it); `abort` cancels the job, leaving the disk on the layer it was on.
    */
   endBlockJob(domain: string, target: string, how: 'pivot' | 'abort'): Promise<void>;
+  /**
+   * Starts a block pull of `target` (virDomainBlockPull): QEMU copies the data of the disk's backing chain into its
+   * active image and drops the backing when done; the job ends by itself (follow it with {@link blockJob}).
+   * `bandwidthMiB` limits it (MiB/s; default unlimited).
+   */
+  blockPull(domain: string, target: string, options?: { bandwidthMiB?: number }): Promise<void>;
+  /** The NBD export the running VM's disk `target` is backed by (live definition), or undefined when none. */
+  nbdBacking(domain: string, target: string): Promise<NbdBacking | undefined>;
+  /** Whether a paused VM was paused by QEMU after a disk I/O error (the stop error policy), not by a caller. */
+  pausedByIoError(domain: string): Promise<boolean>;
+  /**
+   * Saves a running or paused VM's state to libvirt's managed save image and stops its QEMU; the next
+   * {@link start} restores it (paused when `start` says so) with every disk's backing chain opened afresh.
+   */
+  managedSave(domain: string): Promise<void>;
+  /**
+   * New qcow2 overlay `file` (`virtualSize` bytes) whose backing is the raw NBD export `backing`; nothing connects
+   * to the export while it is made. The caller makes sure `file` does not exist yet.
+   */
+  createNbdOverlay(file: string, backing: NbdBacking, virtualSize: number): Promise<void>;
+  /**
+   * Copies everything the backing chain of `file` shows into it and drops its backing (a safe `qemu-img rebase`
+   * onto nothing): offline hydration, for a file no running QEMU has open.
+   */
+  hydrateImage(file: string): Promise<void>;
   /** For a shut-off VM: points disks at other files in the persistent definition. */
   redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void>;
   /** groupsnap's metadata element on the VM (XML), or undefined when there is none. */

@@ -40,6 +40,39 @@ export async function createOverlay(file: string, backing: string, backingFormat
   await qemuImg(['create', '-q', '-f', 'qcow2', '-b', backing, '-F', backingFormat, file]);
 }
 
+/** The `nbd+unix://` URL of an export on a unix socket, as QEMU names a backing file. */
+export function nbdUrl(socket: string, exportName: string): string {
+  // Written as is (QEMU does not decode the query): only names that need no escaping.
+  if (!/^[A-Za-z0-9._-]+$/.test(exportName) || !/^\/[A-Za-z0-9._/+-]+$/.test(socket))
+    throw new HypervisorError(`NBD export ${JSON.stringify(exportName)} on ${JSON.stringify(socket)}: unsafe name`);
+  return `nbd+unix:///${exportName}?socket=${socket}`;
+}
+
+/**
+ * Creates a qcow2 overlay `file` of `virtualSize` bytes whose backing is the raw NBD export on `socket` (`-u`: the
+ * export is not opened now). The caller makes sure `file` does not exist yet.
+ */
+export async function createNbdOverlay(file: string, socket: string, exportName: string, virtualSize: number) {
+  await qemuImg([
+    'create',
+    '-q',
+    '-u',
+    '-f',
+    'qcow2',
+    '-b',
+    nbdUrl(socket, exportName),
+    '-F',
+    'raw',
+    file,
+    String(virtualSize),
+  ]);
+}
+
+/** Copies what the backing chain of `file` shows into it and drops the backing (safe rebase onto nothing). */
+export async function hydrateImage(file: string): Promise<void> {
+  await qemuImg(['rebase', '-q', '-f', 'qcow2', '-b', '', file]);
+}
+
 /**
  * Offline commit of `top` into `base` (`qemu-img commit -b base top`): `base` then holds what `top` showed. Only
  * for files no running QEMU has open (QEMU's image locks make it fail otherwise). `top` is left as it was.

@@ -1,6 +1,6 @@
 import * as libvirt from '@groupsnap/libvirt';
 import { METADATA_KEY, METADATA_NAMESPACE } from '../common/names';
-import { diskNamesFile, diskOnlySnapshotXml, parseDomainXml, retargetDiskSource } from './domain-xml';
+import { diskNamesFile, diskNbdBacking, diskOnlySnapshotXml, parseDomainXml, retargetDiskSource } from './domain-xml';
 import {
   DomainNotFoundError,
   GuestAgentUnavailableError,
@@ -15,6 +15,7 @@ import type {
   DomainSummary,
   Hypervisor,
   ImageInfo,
+  NbdBacking,
   OverlaySpec,
 } from './hypervisor';
 import * as images from './images';
@@ -24,6 +25,7 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 /** virDomainBlockJobType: a commit of a layer below the active one, and an active-layer commit. */
 const COMMIT = 3;
 const ACTIVE_COMMIT = 4;
+const PULL = 1;
 
 /** virDomainCreateFlags: start with the vCPUs paused. */
 const START_PAUSED = 1;
@@ -179,7 +181,14 @@ export class LibvirtHypervisor implements Hypervisor {
     return this.withDomain(domain, async (d) => {
       const info = await d.blockJobInfo(target);
       if (!info) return undefined;
-      const type = info.type === ACTIVE_COMMIT ? 'active-commit' : info.type === COMMIT ? 'commit' : 'other';
+      const type =
+        info.type === ACTIVE_COMMIT
+          ? 'active-commit'
+          : info.type === COMMIT
+            ? 'commit'
+            : info.type === PULL
+              ? 'pull'
+              : 'other';
       return { type, ready: info.end > 0 && info.cur === info.end, cur: info.cur, end: info.end };
     });
   }
@@ -193,6 +202,33 @@ export class LibvirtHypervisor implements Hypervisor {
         await sleep(50);
       }
     });
+  }
+
+  blockPull(domain: string, target: string, options: { bandwidthMiB?: number } = {}): Promise<void> {
+    return this.withDomain(domain, (d) => d.blockPull(target, options.bandwidthMiB ?? 0));
+  }
+
+  nbdBacking(domain: string, target: string): Promise<NbdBacking | undefined> {
+    return this.withDomain(domain, async (d) => diskNbdBacking(await d.xml(), target));
+  }
+
+  pausedByIoError(domain: string): Promise<boolean> {
+    return this.withDomain(domain, async (d) => {
+      const s = await d.state();
+      return s.state === 'paused' && s.reason === libvirt.PausedReason.IOERROR;
+    });
+  }
+
+  managedSave(domain: string): Promise<void> {
+    return this.withDomain(domain, (d) => d.managedSave(libvirt.ManagedSaveFlags.PAUSED));
+  }
+
+  hydrateImage(file: string): Promise<void> {
+    return images.hydrateImage(file);
+  }
+
+  createNbdOverlay(file: string, backing: NbdBacking, virtualSize: number): Promise<void> {
+    return images.createNbdOverlay(file, backing.socket, backing.exportName, virtualSize);
   }
 
   redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void> {

@@ -36,8 +36,14 @@ export interface RestoreXmlOptions {
   identity: 'keep' | 'new';
   /** The UUID the VM is defined with (chosen by the restore's plan, so a retried define finds its own VM). */
   assignUuid?: string;
-  /** Each restored disk's new file and format, by target. */
-  disks: { target: string; file: string; format: 'raw' | 'qcow2' }[];
+  /**
+   * Each restored disk's new file and format, by target. With `nbd` (an instant restore), the file is a qcow2
+   * overlay whose backing is that raw NBD export on a unix socket inside `nbdSocketDir`, and the disk gets the stop
+   * error policies while it hydrates (docs/adr/0013-instant-restore.md).
+   */
+  disks: { target: string; file: string; format: 'raw' | 'qcow2'; nbd?: { socket: string; exportName: string } }[];
+  /** The only directory an instant restore's NBD sockets may be in (groupsnap's own, under its state dir). */
+  nbdSocketDir?: string;
   /** Target host's image directory: every other file the VM writes (serial logs, sockets, NVRAM) goes there. */
   imagesDir: string;
   /** Networks and bridges renamed on the target (`<source network|bridge='old'>` -> new). */
@@ -92,7 +98,9 @@ interface Walk {
   used: Set<string>;
   /** Boot files checked against the boot-file directories. */
   bootFiles: Set<string>;
-  diskFiles: Map<string, { file: string; format: string }>;
+  diskFiles: Map<string, { file: string; format: string; nbd?: { socket: string; exportName: string } }>;
+  /** Instant restores' NBD backings, put into their disks after the walk (which drops every stored backing). */
+  backings: { disk: XmlElement; backing: XmlElement }[];
 }
 
 const UUID = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
@@ -247,7 +255,35 @@ function fixDisk(w: Walk, e: XmlElement): boolean {
   driver.attrs = { ...driver.attrs, name: 'qemu', type: restored.format };
   const source = { name: 'source', attrs: { file: restored.file }, children: [] };
   e.children = [driver, source, ...keep];
+  if (restored.nbd) {
+    driver.attrs = { ...driver.attrs, error_policy: 'stop', rerror_policy: 'stop' };
+    w.backings.push({ disk: e, backing: nbdBackingStore(w, restored.nbd, restored.format) });
+  }
   return true;
+}
+
+/**
+ * An instant restore's backing: exactly a raw NBD export on a unix socket in groupsnap's own socket directory,
+ * under a qcow2 overlay; nothing else is ever allowed as a backing.
+ * @throws DomainXmlError for any other socket, export name or format
+ */
+function nbdBackingStore(w: Walk, nbd: { socket: string; exportName: string }, format: string): XmlElement {
+  const dir = w.o.nbdSocketDir;
+  const socket = posix.normalize(nbd.socket);
+  if (format !== 'qcow2' || !dir || socket !== nbd.socket || !insideAny(socket, [dir]))
+    throw new DomainXmlError(`NBD backing on ${JSON.stringify(nbd.socket)} is not one of groupsnap's own sockets`);
+  if (!/^[A-Za-z0-9._-]{1,100}$/.test(nbd.exportName))
+    throw new DomainXmlError(`NBD export name ${JSON.stringify(nbd.exportName)} is not valid`);
+  const host = { name: 'host', attrs: { transport: 'unix', socket }, children: [] };
+  return {
+    name: 'backingStore',
+    attrs: { type: 'network' },
+    children: [
+      { name: 'format', attrs: { type: 'raw' }, children: [] },
+      { name: 'source', attrs: { protocol: 'nbd', name: nbd.exportName }, children: [host] },
+      { name: 'backingStore', attrs: {}, children: [] },
+    ],
+  };
 }
 
 /** Graphics: VNC/SPICE on loopback only; a fixed port becomes automatic (the target picks a free one). */
@@ -387,12 +423,14 @@ export function buildRestoredDomain(xml: string, o: RestoreXmlOptions): Restored
     relocated: new Map(),
     used: new Set(o.disks.map((d) => d.file)),
     bootFiles: new Set(),
-    diskFiles: new Map(o.disks.map((d) => [d.target, { file: d.file, format: d.format }])),
+    diskFiles: new Map(o.disks.map((d) => [d.target, { file: d.file, format: d.format, nbd: d.nbd }])),
+    backings: [],
   };
   const uuidEl = child(dom, 'uuid');
   const uuid = uuidEl && UUID.test(textOf(uuidEl).trim()) ? textOf(uuidEl).trim() : undefined;
   if (uuidEl && !uuid) throw new DomainXmlError(`stored UUID ${JSON.stringify(textOf(uuidEl))} is not a UUID`);
   walk(w, dom, DOMAIN_RULE, '');
+  for (const b of w.backings) b.disk.children.splice(2, 0, b.backing);
   if (w.diskFiles.size > 0)
     throw new DomainXmlError(`disk(s) ${[...w.diskFiles.keys()].join(', ')} not found in the domain XML`);
   if (w.offending.length && !o.stripHostDevices) throw new HostResourceError(w.offending);

@@ -31,7 +31,7 @@ import { createControlActivities } from '../activities/control-activities';
 import { createExportActivities } from '../activities/export-activities';
 import { createHost } from '../activities/host-activities';
 import { createDrillActivities } from '../activities/drill';
-import { createRepoRestoreActivities } from '../activities/repo-restore';
+import { createRepoRestoreActivities, type InstantServer } from '../activities/repo-restore';
 import { defaultImagesDir } from '../common/images-dir';
 import { HOST_REGISTRY_WORKFLOW_ID } from '../common/groups';
 import { HOST_ACTIVITY_SCHEMAS } from '../common/host-requests';
@@ -66,6 +66,8 @@ export interface GroupsnapHostPluginOptions {
    * `DEFAULT_BOOT_FILE_DIRS` and `$GROUPSNAP_BOOT_FILE_DIRS` (docs/restore-policy.md).
    */
   bootFileDirs?: string[];
+  /** What serves instant restores' disks from the repository (NBD). @default groupsnap's serving process */
+  instantServer?: InstantServer;
   log?: Log;
   /** Meter for groupsnap's host metrics. @default `Runtime.instance().metricMeter` (a no-op unless metrics are on) */
   metricMeter?: MetricMeter;
@@ -172,6 +174,7 @@ export function hostActivities(options: GroupsnapHostPluginOptions) {
       stateDir,
       ...keyFile,
       ...(options.bootFileDirs ? { bootFileDirs: options.bootFileDirs } : {}),
+      ...(options.instantServer ? { instantServer: options.instantServer } : {}),
       log,
     }),
     ...createDrillActivities({

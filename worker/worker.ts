@@ -1,5 +1,6 @@
 import type { MetricMeter } from '@temporalio/common';
 import { NativeConnection, Worker, type NativeConnectionOptions, type WorkerOptions } from '@temporalio/worker';
+import type { InstantServer } from '../activities/repo-restore';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { groupsnapHostPlugin, groupsnapWorkflowsPlugin, registerHost } from './plugins';
 import { ensureSearchAttributes } from './search-attributes';
@@ -21,6 +22,8 @@ export interface GroupsnapWorkerOptions {
   allowDrillChecks?: boolean;
   /** More directories restored VMs may boot read-only files from (added to the firmware directories). */
   bootFileDirs?: string[];
+  /** What serves instant restores' disks from the repository (NBD). @default groupsnap's serving process */
+  instantServer?: InstantServer;
   /** Also run the workflow worker on the shared queue. @default true */
   workflows?: boolean;
   /** A pre-built bundle (tests build one per suite); else the workflows are bundled at start. */
@@ -65,6 +68,7 @@ export async function createGroupsnapWorker(options: GroupsnapWorkerOptions): Pr
       ...(options.repoKeyFile ? { repoKeyFile: options.repoKeyFile } : {}),
       ...(options.allowDrillChecks ? { allowDrillChecks: true } : {}),
       ...(options.bootFileDirs?.length ? { bootFileDirs: options.bootFileDirs } : {}),
+      ...(options.instantServer ? { instantServer: options.instantServer } : {}),
       log,
       ...(options.metricMeter ? { metricMeter: options.metricMeter } : {}),
       ...(options.snapshotsInFlight !== undefined ? { snapshotsInFlight: options.snapshotsInFlight } : {}),

@@ -208,6 +208,25 @@ export const DR_PRESETS = {
   },
   restoreVm: { scheduleToStartTimeout: '1m', startToCloseTimeout: '2m', retry: REPO_RESTORE_RETRY },
   restoreCleanup: REPO_CLEANUP,
+  // Instant restore: starting the serving process (it opens the point) and making the overlays.
+  instantServe: {
+    scheduleToStartTimeout: '1m',
+    startToCloseTimeout: '1h',
+    heartbeatTimeout: '1m',
+    retry: REPO_RESTORE_RETRY,
+  },
+  // One hydration step: polls and reports within minutes; after the VMs run it is retried for as long as it takes
+  // (a host whose worker is down is waited for: no schedule-to-start bound), never given up on.
+  instantHydrate: {
+    startToCloseTimeout: '15m',
+    heartbeatTimeout: '30s',
+    retry: {
+      initialInterval: '1s',
+      backoffCoefficient: 2,
+      maximumInterval: '30s',
+      nonRetryableErrorTypes: [BAD_INPUT],
+    },
+  },
   drillRead: {
     scheduleToStartTimeout: '1m',
     startToCloseTimeout: '2m',
@@ -242,6 +261,8 @@ export function onRestoreTarget(hostId: string) {
     rebuild: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.restoreRebuild }),
     vm: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.restoreVm }),
     cleanup: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.restoreCleanup }),
+    serve: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.instantServe }),
+    hydrate: proxyActivities<RepoRestoreActivities>({ taskQueue, ...DR_PRESETS.instantHydrate }),
   };
 }
 

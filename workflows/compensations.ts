@@ -38,6 +38,11 @@ export class Compensations {
     this.list.push({ what, undo });
   }
 
+  /** Forgets every registered undo: what they would undo is to stay (e.g. VMs whose guests now write). */
+  discard(): void {
+    this.list.splice(0);
+  }
+
   get size(): number {
     return this.list.length;
   }

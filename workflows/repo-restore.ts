@@ -38,6 +38,7 @@ interface RepoRestoreRun {
 export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoRestoreResult> {
   const run = startRun(checked(() => normalizeRepoRestoreInput(rawInput)));
   const plan = await planRestore(run);
+  if (run.input.instant) return instantRestore(run, plan);
   try {
     await rebuildDisks(run, plan);
     await defineVms(run, plan);
@@ -94,6 +95,7 @@ async function planRestore(run: RepoRestoreRun): Promise<RepoRestorePlan> {
     noNetwork: input.noNetwork,
     ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
     ...(input.vms ? { vms: input.vms } : {}),
+    ...(input.instant ? { instant: true } : {}),
   });
   upsertSearchAttributes([{ key: GroupsnapVmCount, value: plan.vms.length }]);
   if (plan.virtType) result.virtType = plan.virtType;
@@ -106,12 +108,8 @@ async function planRestore(run: RepoRestoreRun): Promise<RepoRestorePlan> {
   return plan;
 }
 
-/**
- * Registers each VM's removal (its files, and its definition by the plan's UUID, so it is removed even if define's
- * completion is lost), then rebuilds every disk from its chunks, all in parallel.
- */
-async function rebuildDisks(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<void> {
-  const { repo, group, snapshotId, toHost } = run.input;
+/** Registers each VM's removal: its files, and its definition by the plan's UUID (known before define completes). */
+function registerRemovals(run: RepoRestoreRun, plan: RepoRestorePlan): void {
   for (const v of plan.vms) {
     const made: { domain: string; uuid?: string; files: string[] } = {
       domain: v.domain,
@@ -125,6 +123,15 @@ async function rebuildDisks(run: RepoRestoreRun, plan: RepoRestorePlan): Promise
       await run.target.cleanup.removeRestoredVm.executeWithOptions({ summary: `remove ${v.domain}` }, [made]);
     });
   }
+}
+
+/**
+ * Registers each VM's removal (its files, and its definition by the plan's UUID, so it is removed even if define's
+ * completion is lost), then rebuilds every disk from its chunks, all in parallel.
+ */
+async function rebuildDisks(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<void> {
+  const { repo, group, snapshotId, toHost } = run.input;
+  registerRemovals(run, plan);
   let done = 0;
   const total = plan.vms.reduce((n, v) => n + v.disks.length, 0);
   setCurrentDetails(`rebuilding ${total} disks (${plan.bytesNeeded} bytes of data) on ${toHost}`);
@@ -167,6 +174,7 @@ async function defineVms(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<vo
         // Fresh socket-link ports chosen by the plan on the target, the same map for every VM (clones only).
         ...(plan.socketPorts && input.mode === 'clone' ? { socketPorts: plan.socketPorts } : {}),
         ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
+        ...(input.instant ? { instant: true } : {}),
       },
     ]);
     run.changed = true;
@@ -200,9 +208,96 @@ async function startTogether(run: RepoRestoreRun, plan: RepoRestorePlan): Promis
   );
 }
 
+/** Steps of hydration: each reports within this long (ms), so the run's details show the progress. */
+const HYDRATE_STEP_MS = 10_000;
+const DEFAULT_HYDRATE_PARALLEL = 4;
+
+/**
+ * An instant restore (docs/adr/0013-instant-restore.md): the target serves the point's disks from the repository
+ * (NBD) and makes a local qcow2 overlay per disk over its export; the VMs are defined on them, started paused and
+ * resumed together, then hydrated in the background until no disk reads from the repository. Before the VMs were
+ * resumed a failure removes everything; after, nothing is removed (the guests' writes are in the overlays).
+ */
+async function instantRestore(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<RepoRestoreResult> {
+  const { repo, group, snapshotId, toHost } = run.input;
+  try {
+    registerRemovals(run, plan);
+    run.undo.add('serving', () =>
+      run.target.cleanup.instantStop.executeWithOptions({ summary: 'stop serving the point' }, [
+        { restoreId: run.restoreId },
+      ]),
+    );
+    const total = plan.vms.reduce((n, v) => n + v.disks.length, 0);
+    setCurrentDetails(`serving ${total} disks of ${group} ${snapshotId} from the repository on ${toHost}`);
+    await run.target.serve.instantServe.executeWithOptions(
+      { summary: `serve ${total} disks from the repository (NBD) and make their overlays` },
+      [{ repo, group, snapshotId, restoreId: run.restoreId }],
+    );
+    run.changed = true;
+    await defineVms(run, plan);
+    await startTogether(run, plan);
+  } catch (err) {
+    await run.undo.run((what, undoErr) => {
+      const vm = run.result.vms.find((v) => v.domain === what);
+      if (vm) vm.error = `${vm.error ?? ''}; rollback failed: ${errorMessage(undoErr)}`;
+    });
+    throw rolledBack(run, err);
+  }
+  // The guests run and write into their overlays: from here on nothing is removed.
+  run.undo.discard();
+  run.result.runningAfterMs = Date.now() - run.started;
+  run.result.instant = true;
+  log.info('instant restore: all VMs running, hydrating', { group, snapshotId, toHost, restoreId: run.restoreId });
+  await hydrate(run, plan);
+  run.result.hydratedAfterMs = Date.now() - run.started;
+  return finish(run, plan);
+}
+
+/** Hydration steps until every disk is local, then the NBD backing leaves the definitions and serving stops. */
+async function hydrate(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<void> {
+  const disks = plan.vms.flatMap((v) =>
+    v.disks.map((d) => ({ domain: v.domain, target: d.target, virtualSize: d.virtualSize })),
+  );
+  const maxParallel = run.input.hydrateParallel ?? DEFAULT_HYDRATE_PARALLEL;
+  for (let step = 1; ; step++) {
+    const r = await run.target.hydrate.instantHydrate.executeWithOptions(
+      { summary: `hydrate ${disks.length} disks (step ${step})` },
+      [
+        {
+          restoreId: run.restoreId,
+          disks,
+          maxParallel,
+          stepMs: HYDRATE_STEP_MS,
+          ...(run.input.hydrateBandwidthMiB ? { bandwidthMiB: run.input.hydrateBandwidthMiB } : {}),
+        },
+      ],
+    );
+    run.result.hydration = r.disks;
+    if (r.serverRestarted) run.result.serverRestarts = (run.result.serverRestarts ?? 0) + 1;
+    if (r.reopened.length) run.result.reopened = [...(run.result.reopened ?? []), ...r.reopened];
+    if (r.resumed.length) run.result.resumedAfterIoError = [...(run.result.resumedAfterIoError ?? []), ...r.resumed];
+    const done = r.disks.reduce((n, d) => n + d.done, 0);
+    const all = r.disks.reduce((n, d) => n + d.total, 0);
+    const pct = all ? Math.floor((done * 100) / all) : 100;
+    const hydrated = r.disks.filter((d) => d.hydrated).length;
+    setCurrentDetails(
+      `all ${plan.vms.length} VMs running on ${run.input.toHost}; hydrating: ${hydrated}/${disks.length} disks done, ` +
+        `${done}/${all} bytes (${pct}%)${r.storeReachable ? '' : '; the store is unreachable (VMs pause on a miss)'}`,
+    );
+    if (r.hydrated) break;
+  }
+  const finished = await run.target.hydrate.instantFinish.executeWithOptions(
+    { summary: 'drop the NBD backing, stop serving' },
+    [{ restoreId: run.restoreId, domains: plan.vms.map((v) => v.domain) }],
+  );
+  // A VM shut off meanwhile (by its guest, or a crash) was hydrated offline: its state says so.
+  const states = finished?.states ?? {};
+  for (const v of run.result.vms) if (states[v.domain]) v.state = states[v.domain];
+}
+
 function finish(run: RepoRestoreRun, plan: RepoRestorePlan): RepoRestoreResult {
   const { group, snapshotId, toHost } = run.input;
-  run.result.durationMs = Date.now() - run.started;
+  run.result.durationMs = run.result.runningAfterMs ?? Date.now() - run.started;
   setCurrentDetails(`restored ${plan.vms.length} VMs of ${group} ${snapshotId} on ${toHost}`);
   log.info('group restored from the repository', {
     group,

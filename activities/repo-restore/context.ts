@@ -7,6 +7,7 @@ import { failure } from '../../common/failures';
 import type { Hypervisor } from '../../hypervisor/hypervisor';
 import { DEFAULT_BOOT_FILE_DIRS } from '../../hypervisor/restore-xml';
 import { RestoreRecords } from '../restore-records';
+import type { InstantServer } from './serve';
 
 /** Colon-separated directories restored VMs may boot read-only files from, added to the firmware directories. */
 export const BOOT_FILE_DIRS_ENV = 'GROUPSNAP_BOOT_FILE_DIRS';
@@ -25,6 +26,8 @@ export interface RepoRestoreDeps {
   keyFile?: string;
   /** More directories restored VMs may boot read-only files from (added to the firmware dirs and $GROUPSNAP_BOOT_FILE_DIRS). */
   bootFileDirs?: string[];
+  /** Serves an instant restore's disks (NBD) from the repository. @default the serving process of this package */
+  instantServer?: InstantServer;
   log?: (message: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -40,6 +43,9 @@ export interface RepoRestoreContext {
   readonly bootFileDirs: string[];
   /** What each restore planned and wrote on this host. */
   readonly records: RestoreRecords;
+  /** This host's state dir (instant restores keep their sockets and the serving process's files under it). */
+  readonly stateDir: string;
+  readonly instantServer?: InstantServer;
   readonly log: (message: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -59,6 +65,8 @@ export function createRepoRestoreContext(deps: RepoRestoreDeps): RepoRestoreCont
       ...(deps.bootFileDirs ?? []),
     ],
     records: new RestoreRecords(deps.stateDir),
+    stateDir: deps.stateDir,
+    ...(deps.instantServer ? { instantServer: deps.instantServer } : {}),
     log: deps.log ?? (() => {}),
   };
 }

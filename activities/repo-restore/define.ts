@@ -7,6 +7,7 @@ import type { VmPowerState } from '../../common/types';
 import { bad, type RepoRestoreContext } from './context';
 import { pointEndpoints, restoredDefinition } from './definition';
 import { plannedUuidOf } from './records';
+import { exportOf, instantSocketDir } from './instant';
 import { withRepo } from './repo';
 
 /**
@@ -33,7 +34,14 @@ export async function defineRestoredVm(
       sourceName: req.vm.source,
       name: req.vm.domain,
       identity: req.mode === 'original' ? 'keep' : 'new',
-      disks: req.vm.disks.map((d) => ({ target: d.target, file: d.file, format: d.format })),
+      disks: req.vm.disks.map((d) => ({
+        target: d.target,
+        file: d.file,
+        format: d.format,
+        // An instant restore's overlay over its export: the socket derived here, from the restore's own names.
+        ...(req.instant ? { nbd: exportOf(ctx, req.restoreId, req.vm.domain, d.target) } : {}),
+      })),
+      ...(req.instant ? { nbdSocketDir: instantSocketDir(ctx) } : {}),
       networkMap: req.networkMap,
       noNetwork: req.noNetwork,
       ...(req.socketPorts ? { socketPorts: req.socketPorts } : {}),

@@ -52,10 +52,9 @@ export async function repoRestorePlan(ctx: RepoRestoreContext, req: RepoRestoreP
     const planned = new Set<string>();
     const plans: VmPlan[] = [];
     const endpoints = await pointEndpoints(repo, group);
-    // Only the VMs asked for (a tier of a recovery plan), each of which must be in the point.
     const chosen = req.vms ? group.vms.filter((v) => req.vms!.includes(v.domain)) : group.vms;
-    const unknown = (req.vms ?? []).filter((name) => !group.vms.some((v) => v.domain === name));
     for (const v of chosen) plans.push(await planVm(ctx, repo, req, v, existing, planned, endpoints));
+    const unknown = (req.vms ?? []).filter((name) => !group.vms.some((v) => v.domain === name));
     const problems = [
       ...unknown.map((name) => `VM ${JSON.stringify(name)} is not in ${req.group} ${req.snapshotId}`),
       ...plans.flatMap((p) => p.problems),
@@ -63,7 +62,8 @@ export async function repoRestorePlan(ctx: RepoRestoreContext, req: RepoRestoreP
     const vms = plans.flatMap((p) => (p.vm ? [p.vm] : []));
     const xmls = plans.flatMap((p) => (p.xml ? [p.xml] : []));
     const bytesNeeded = plans.reduce((sum, p) => sum + p.bytes, 0);
-    const { bytesFree, problem } = await spaceCheck(ctx, req.format, bytesNeeded, repo.chunkSize);
+    // An instant restore's overlays grow to the data (no raw file in between).
+    const { bytesFree, problem } = await spaceCheck(ctx, req.instant ? 'raw' : req.format, bytesNeeded, repo.chunkSize);
     if (problem) problems.push(problem);
     if (problems.length) throw bad(problems.join('; '));
     // What this restore may write, and later remove, on this host.

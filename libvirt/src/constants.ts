@@ -50,6 +50,43 @@ export const BlockJobAbortFlags = {
   PIVOT: 1 << 1,
 } as const;
 
+/** Flags of `Domain.managedSave` (virDomainSaveRestoreFlags). */
+export const ManagedSaveFlags = {
+  BYPASS_CACHE: 1 << 0,
+  /** The domain restores with its vCPUs running. */
+  RUNNING: 1 << 1,
+  /** The domain restores with its vCPUs paused. */
+  PAUSED: 1 << 2,
+} as const;
+
+/** virDomainBlockJobType values `Domain.blockJobInfo` reports in `type`. */
+export const BlockJobType = {
+  PULL: 1,
+  COPY: 2,
+  COMMIT: 3,
+  ACTIVE_COMMIT: 4,
+  BACKUP: 5,
+} as const;
+
+/** virDomainPausedReason values (`DomainState.reason` of a paused domain). */
+export const PausedReason = {
+  UNKNOWN: 0,
+  USER: 1,
+  MIGRATION: 2,
+  SAVE: 3,
+  DUMP: 4,
+  IOERROR: 5,
+  WATCHDOG: 6,
+  FROM_SNAPSHOT: 7,
+  SHUTTING_DOWN: 8,
+  SNAPSHOT: 9,
+  CRASHED: 10,
+  STARTING_UP: 11,
+  POSTCOPY: 12,
+  POSTCOPY_FAILED: 13,
+  API_ERROR: 14,
+} as const;
+
 /** Flags of `Domain.undefine` (virDomainUndefineFlagsValues). */
 export const UndefineFlags = {
   MANAGED_SAVE: 1 << 0,

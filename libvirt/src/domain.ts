@@ -178,6 +178,34 @@ export class Domain {
   }
 
   /**
+   * Starts a block pull (stream) job (virDomainBlockPull): copies the data of `disk`'s backing chain into its active
+   * image, then drops the backing (it finishes by itself; follow it with `blockJobInfo`).
+   * @param bandwidth MiB/s, 0 = unlimited
+   */
+  blockPull(disk: string, bandwidth = 0, flags = 0): Promise<void> {
+    return this.call('blockPull', (d) => d.blockPull(disk, bandwidth, flags));
+  }
+
+  /**
+   * Saves the running or paused domain's memory and device state to libvirt's managed save image and stops it
+   * (virDomainManagedSave); the next `create()` restores from it (and re-opens every disk's backing chain).
+   * @param flags ManagedSaveFlags
+   */
+  managedSave(flags = 0): Promise<void> {
+    return this.call('managedSave', (d) => d.managedSave(flags));
+  }
+
+  /** Whether the domain has a managed save image (the next `create()` restores from it). */
+  hasManagedSaveImage(): Promise<boolean> {
+    return this.call('hasManagedSaveImage', (d) => d.hasManagedSaveImage());
+  }
+
+  /** Removes the domain's managed save image (the next `create()` boots afresh). */
+  managedSaveRemove(): Promise<void> {
+    return this.call('managedSaveRemove', (d) => d.managedSaveRemove());
+  }
+
+  /**
    * Commits a layer of `disk`'s backing chain into its base and waits for the job to finish. A middle layer
    * (`top` below the active image) just completes; the active layer (`active: true`) is pivoted onto `base`
    * once libvirt reports it ready (cur == end).

@@ -59,6 +59,10 @@ export interface NativeDomain {
   blockCommit(disk: string, base: string | null, top: string | null, bandwidth: number, flags: number): Promise<void>;
   blockJobInfo(disk: string, flags?: number): Promise<NativeBlockJobInfo | null>;
   blockJobAbort(disk: string, flags?: number): Promise<void>;
+  blockPull(disk: string, bandwidth: number, flags: number): Promise<void>;
+  managedSave(flags: number): Promise<void>;
+  hasManagedSaveImage(): Promise<boolean>;
+  managedSaveRemove(): Promise<void>;
   setMetadata(namespaceUri: string, key: string | null, xml: string | null): Promise<void>;
   getMetadata(namespaceUri: string, flags?: number): Promise<string>;
   fsFreeze(mountpoints?: string[]): Promise<number>;

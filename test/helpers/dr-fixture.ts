@@ -13,6 +13,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { Repository } from '../../backup/repository';
 import { HypervisorHosts, type HostWorker } from '../../dev/hypervisor-hosts';
+import { S3Server } from '../../dev/s3-server';
 import { startDevServer, type DevServer } from '../../dev/temporal-dev-server';
 import { groupsnapWorkflowsPlugin } from '../../worker/plugins';
 import { uniqueId } from './temporal';
@@ -30,6 +31,8 @@ export interface DrFixture {
   workerB: HostWorker;
   dir: string;
   url: string;
+  /** With `s3: true`: versitygw holding the repository (the hosts reach it over their veth pairs). */
+  s3?: S3Server;
   key: Buffer;
   keyFile: string;
   /** Opens the repository (the caller closes it). */
@@ -38,7 +41,7 @@ export interface DrFixture {
 }
 
 export async function startDrFixture(
-  options: { workerArgsB?: string[]; namespaces?: string[] } = {},
+  options: { workerArgsB?: string[]; namespaces?: string[]; s3?: boolean } = {},
 ): Promise<DrFixture> {
   const hostA = uniqueId('hva');
   const hostB = uniqueId('hvb');
@@ -68,16 +71,28 @@ export async function startDrFixture(
     const dir = await mkdtemp(join(tmpdir(), 'gs-dr-'));
     closers.push(() => rm(dir, { recursive: true, force: true }));
     chmodSync(dir, 0o755);
-    const url = pathToFileURL(join(dir, 'repo')).href;
+    let url = pathToFileURL(join(dir, 'repo')).href;
+    let env: Record<string, string> | undefined;
+    let s3: S3Server | undefined;
+    if (options.s3) {
+      // The repository on versitygw (127.0.0.1), reached by the hosts through their veth pairs.
+      s3 = await S3Server.start();
+      closers.push(() => s3!.stop());
+      await s3.createBucket('groupsnap-dr');
+      Object.assign(process.env, s3.env);
+      env = { ...s3.env, AWS_ENDPOINT_URL_S3: `http://${await hosts.expose(`127.0.0.1:${s3.port}`)}` };
+      url = 's3://groupsnap-dr/repo';
+    }
     const key = randomBytes(32);
     const keyFile = join(dir, 'repo.key');
     writeFileSync(keyFile, key.toString('base64') + '\n', { mode: 0o600 });
     hosts.giveToHost(hostB, keyFile);
     (await Repository.init(url, key, { chunkSize: 1024 * 1024 })).close();
 
-    const workerA = await hosts.worker(hostA, hostAddress, { args: ['--key-file', keyFile] });
+    const workerA = await hosts.worker(hostA, hostAddress, { args: ['--key-file', keyFile], ...(env ? { env } : {}) });
     const workerB = await hosts.worker(hostB, hostAddress, {
       args: ['--key-file', keyFile, ...(options.workerArgsB ?? [])],
+      ...(env ? { env } : {}),
     });
     closers.push(async () => {
       await workerA.stop();
@@ -95,6 +110,7 @@ export async function startDrFixture(
       workerB,
       dir,
       url,
+      ...(s3 ? { s3 } : {}),
       key,
       keyFile,
       repo: () => Repository.open(url, key),

@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bundleWorkflowCode, NativeConnection, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type { InstantServer } from '../../activities/repo-restore';
 import type { Hypervisor } from '../../hypervisor/hypervisor';
 import { groupsnapHostPlugin, groupsnapWorkflowsPlugin } from '../../worker/plugins';
 import { createGroupsnapWorker } from '../../worker/worker';
@@ -44,7 +45,7 @@ export interface RunningHosts {
  * each with its own state dir, as on separate hypervisor hosts.
  */
 export async function startHosts(
-  hosts: { hostId: string; hypervisor: Hypervisor }[],
+  hosts: { hostId: string; hypervisor: Hypervisor; instantServer?: InstantServer }[],
   options: {
     namespace?: string;
     workflows?: boolean;
@@ -88,6 +89,7 @@ export async function startHosts(
       hostId: h.hostId,
       hypervisor: h.hypervisor,
       stateDir: stateDirs[h.hostId],
+      ...(h.instantServer ? { instantServer: h.instantServer } : {}),
       workflows,
       workflowBundle: workflowBundleCode,
       ...(options.allowDrillChecks ? { allowDrillChecks: true } : {}),

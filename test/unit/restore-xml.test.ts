@@ -2,7 +2,13 @@ import { normalizeRepoRestoreInput, parseNetworkMapping } from '../../common/rep
 import { normalizeDrillInput } from '../../common/drill';
 import { METADATA_NAMESPACE } from '../../common/names';
 import { BadInputError } from '../../common/failures';
-import { buildRestoredDomain, HostResourceError, restoredDomainXml } from '../../hypervisor/restore-xml';
+import {
+  buildRestoredDomain,
+  DomainXmlError,
+  HostResourceError,
+  restoredDomainXml,
+} from '../../hypervisor/restore-xml';
+import { diskNbdBacking, withoutNbdBacking } from '../../hypervisor/domain-xml';
 import { restoreCommand } from '../../cli/restore-command';
 
 const SOURCE = `<domain type='kvm'>
@@ -34,6 +40,55 @@ const base = {
   // SOURCE's CD-ROM is a file of the old host: refused unless stripped (see the first case).
   stripHostDevices: true,
 };
+
+describe("an instant restore: an overlay over groupsnap's own NBD export, nothing else", () => {
+  const instant = (nbd: { socket: string; exportName: string }, format: 'qcow2' | 'raw' = 'qcow2') => ({
+    ...base,
+    name: 'db-1-dr',
+    identity: 'new' as const,
+    disks: [{ target: 'vda', file: '/var/lib/b/images/db-1-dr.vda.r1.qcow2', format, nbd }],
+    nbdSocketDir: '/var/lib/gs/state/instant',
+  });
+  const ok = { socket: '/var/lib/gs/state/instant/r1/ab12.sock', exportName: 'disk-ab12' };
+
+  it('the overlay gets exactly that raw NBD backing and the stop error policies; the stored chain is dropped', () => {
+    const xml = restoredDomainXml(SOURCE, instant(ok));
+    expect(xml).toContain("<driver name='qemu' type='qcow2' error_policy='stop' rerror_policy='stop'/>");
+    expect(xml).toContain(
+      "<backingStore type='network'><format type='raw'/><source protocol='nbd' name='disk-ab12'>" +
+        "<host transport='unix' socket='/var/lib/gs/state/instant/r1/ab12.sock'/></source><backingStore/></backingStore>",
+    );
+    expect(xml).not.toContain('/srv/a/db-1-vda.qcow2');
+    expect(diskNbdBacking(xml, 'vda')).toEqual(ok);
+    // Once hydrated: no NBD backing, no stop policies; libvirt probes the (now standalone) image.
+    const clean = withoutNbdBacking(xml);
+    expect(clean).not.toContain('backingStore');
+    expect(clean).not.toContain('error_policy');
+    expect(diskNbdBacking(clean, 'vda')).toBeUndefined();
+  });
+
+  it('refuses any other socket, an unsafe export name, or a raw overlay', () => {
+    for (const nbd of [
+      { socket: '/run/other.sock', exportName: 'disk-1' },
+      { socket: '/var/lib/gs/state/instant/../../x.sock', exportName: 'disk-1' },
+      { socket: '/var/lib/gs/state/instantx/a.sock', exportName: 'disk-1' },
+      { socket: ok.socket, exportName: 'a b' },
+    ])
+      expect(() => restoredDomainXml(SOURCE, instant(nbd))).toThrow(DomainXmlError);
+    expect(() => restoredDomainXml(SOURCE, instant(ok, 'raw'))).toThrow(DomainXmlError);
+    expect(() => restoredDomainXml(SOURCE, { ...instant(ok), nbdSocketDir: undefined })).toThrow(DomainXmlError);
+  });
+
+  it('an NBD backing in the stored definition is dropped like any stored chain', () => {
+    const stored = SOURCE.replace(
+      "<backingStore type='file'><format type='qcow2'/><source file='/srv/a/db-1-vda.qcow2'/><backingStore/></backingStore>",
+      "<backingStore type='network'><format type='raw'/><source protocol='nbd' name='x'><host transport='unix' socket='/run/evil.sock'/></source></backingStore>",
+    );
+    const xml = restoredDomainXml(stored, { ...base, name: 'db-1-dr', identity: 'new' });
+    expect(xml).not.toContain('evil');
+    expect(xml).not.toContain('backingStore');
+  });
+});
 
 describe('the domain XML of a VM restored on another host', () => {
   it("refuses the old host's CD-ROM unless asked to strip it, then lists it as removed", () => {

@@ -102,6 +102,10 @@ Napi::Function Domain::Init(Napi::Env env) {
                          InstanceMethod<&Domain::BlockCommit>("blockCommit"),
                          InstanceMethod<&Domain::BlockJobInfo>("blockJobInfo"),
                          InstanceMethod<&Domain::BlockJobAbort>("blockJobAbort"),
+                         InstanceMethod<&Domain::BlockPull>("blockPull"),
+                         InstanceMethod<&Domain::ManagedSave>("managedSave"),
+                         InstanceMethod<&Domain::HasManagedSaveImage>("hasManagedSaveImage"),
+                         InstanceMethod<&Domain::ManagedSaveRemove>("managedSaveRemove"),
                          InstanceMethod<&Domain::SetMetadata>("setMetadata"),
                          InstanceMethod<&Domain::GetMetadata>("getMetadata"),
                          InstanceMethod<&Domain::FSFreeze>("fsFreeze"),
@@ -361,6 +365,36 @@ Napi::Value Domain::BlockJobAbort(const Napi::CallbackInfo& info) {
   unsigned int flags = ArgFlags(info, 1);
   return Run(info.Env(), [disk, flags](virDomainPtr d, Outcome& out) {
     if (virDomainBlockJobAbort(d, disk.c_str(), flags) < 0) out.Fail();
+  });
+}
+
+Napi::Value Domain::BlockPull(const Napi::CallbackInfo& info) {
+  std::string disk = ArgString(info, 0, "disk");
+  double bandwidth = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : 0;
+  unsigned int flags = ArgFlags(info, 2);
+  return Run(info.Env(), [=](virDomainPtr d, Outcome& out) {
+    if (virDomainBlockPull(d, disk.c_str(), static_cast<unsigned long>(bandwidth), flags) < 0) out.Fail();
+  });
+}
+
+Napi::Value Domain::ManagedSave(const Napi::CallbackInfo& info) {
+  unsigned int flags = ArgFlags(info, 0);
+  return Run(info.Env(), [flags](virDomainPtr d, Outcome& out) {
+    if (virDomainManagedSave(d, flags) < 0) out.Fail();
+  });
+}
+
+Napi::Value Domain::HasManagedSaveImage(const Napi::CallbackInfo& info) {
+  return Run(info.Env(), [](virDomainPtr d, Outcome& out) {
+    int r = virDomainHasManagedSaveImage(d, 0);
+    if (r < 0) return out.Fail();
+    ReturnBool(out, r == 1);
+  });
+}
+
+Napi::Value Domain::ManagedSaveRemove(const Napi::CallbackInfo& info) {
+  return Run(info.Env(), [](virDomainPtr d, Outcome& out) {
+    if (virDomainManagedSaveRemove(d, 0) < 0) out.Fail();
   });
 }
 

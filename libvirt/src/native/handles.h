@@ -86,6 +86,10 @@ class Domain : public Napi::ObjectWrap<Domain> {
   Napi::Value BlockCommit(const Napi::CallbackInfo& info);
   Napi::Value BlockJobInfo(const Napi::CallbackInfo& info);
   Napi::Value BlockJobAbort(const Napi::CallbackInfo& info);
+  Napi::Value BlockPull(const Napi::CallbackInfo& info);
+  Napi::Value ManagedSave(const Napi::CallbackInfo& info);
+  Napi::Value HasManagedSaveImage(const Napi::CallbackInfo& info);
+  Napi::Value ManagedSaveRemove(const Napi::CallbackInfo& info);
   Napi::Value SetMetadata(const Napi::CallbackInfo& info);
   Napi::Value GetMetadata(const Napi::CallbackInfo& info);
   Napi::Value FSFreeze(const Napi::CallbackInfo& info);
