@@ -68,6 +68,8 @@ export class SnapshotRun {
   createdAt: string | undefined;
   /** The release order of this run (set by the freeze). */
   resumeWhen: ResumeWhen | undefined;
+  /** A sharded freeze (snapshot-shards.ts): tells every shard to abort; set while its shards run. */
+  abortShards: (() => Promise<void>) | undefined;
   /** Saga compensations, run newest first when a later step fails. */
   readonly compensations: (() => Promise<void>)[] = [];
 
