@@ -127,8 +127,8 @@ function simulatedSection(r: ClusterBenchResults): string[] {
       `\`group-paused\` order, barriers interleaved; freeze bound ${r.simulatedMaxFreezeMs / 1000} s. Freeze and end to end over`,
     'completed runs; load is the 1-minute load average at the start of the runs (min-max).',
     '',
-    '| hosts | backend | barrier | completed | freeze p50 ms | freeze p90 ms | end-to-end p50 ms | end-to-end p90 ms | load | history events (group / shard) | history KiB (group / shard) |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| hosts | backend | barrier | completed | freeze p50 ms | freeze p90 ms | end-to-end p50 ms | end-to-end p90 ms | load | history events (group / shard) | history KiB (group / shard) | workflow tasks failed or timed out |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ];
   const counts = [...new Set(runs.map((x) => x.hosts))].sort((a, b) => a - b);
   const barriers = [...new Set(runs.map((x) => x.barrier))];
@@ -157,7 +157,8 @@ function simulatedSection(r: ClusterBenchResults): string[] {
             `${f1(quantile(freezes, 0.9))} | ${f1(quantile(e2e, 0.5))} | ${f1(quantile(e2e, 0.9))} | ` +
             `${f1(Math.min(...loads))}-${f1(Math.max(...loads))} | ${maxOf(rs.map((x) => x.historyEvents))}` +
             `${Number.isFinite(shardEvents) ? ` / ${shardEvents}` : ''} | ${kib(maxOf(rs.map((x) => x.historyBytes)))}` +
-            `${Number.isFinite(shardBytes) ? ` / ${kib(shardBytes)}` : ''} |`,
+            `${Number.isFinite(shardBytes) ? ` / ${kib(shardBytes)}` : ''} | ` +
+            `${rs.reduce((t, x) => t + (x.workflowTaskProblems ?? 0), 0)} |`,
         );
         if (freezes.length > 0) points.push([h, quantile(freezes, 0.5)]);
       }

@@ -90,7 +90,8 @@ export async function startSimHosts(options: {
       taskQueue: plugin.taskQueue,
       plugins: [plugin],
       // One long poll per host is enough: the poller polls again as soon as a task is taken, while slots are free.
-      maxConcurrentActivityTaskPolls: 1,
+      // (Through the poller behavior: SDK 1.24 ignores `maxConcurrentActivityTaskPolls`.)
+      activityTaskPollerBehavior: { type: 'simple-maximum', maximum: 1 },
     });
     workers.push(worker);
     runs.push(worker.run());
@@ -141,6 +142,8 @@ export interface SimRun {
   historyEvents?: number;
   historyBytes?: number;
   resultBytes?: number;
+  /** Workflow tasks of the group's workflow that failed or timed out (e.g. an activation past the SDK's 5 s). */
+  workflowTaskProblems?: number;
   /** Its first shard, for a sharded run. */
   shardHistoryEvents?: number;
   shardHistoryBytes?: number;
@@ -203,7 +206,8 @@ export async function simRounds(
     out.push(run);
     console.error(
       `    ${hosts} hosts ${barrier}/${resumeWhen} round ${round}: ${run.completed ? 'completed' : `FAILED (${run.error})`} ` +
-        `${Math.round(run.endToEndMs)} ms, load ${load1.toFixed(1)}, history ${run.historyEvents ?? '?'} events`,
+        `${Math.round(run.endToEndMs)} ms, load ${load1.toFixed(1)}, history ${run.historyEvents ?? '?'} events, ` +
+        `${run.workflowTaskProblems ?? '?'} workflow tasks failed or timed out`,
     );
   }
   return out;
@@ -214,6 +218,10 @@ async function describeHistories(client: Client, workflowId: string, barrier: Si
     const d = await client.workflow.getHandle(workflowId).describe();
     run.historyEvents = d.historyLength;
     run.historyBytes = d.historySize;
+    const history = await client.workflow.getHandle(workflowId).fetchHistory();
+    run.workflowTaskProblems = (history.events ?? []).filter(
+      (e) => e.workflowTaskFailedEventAttributes || e.workflowTaskTimedOutEventAttributes,
+    ).length;
     if (barrier === 'sharded') {
       const s = await client.workflow.getHandle(`${workflowId}/shard-0`).describe();
       run.shardHistoryEvents = s.historyLength;
