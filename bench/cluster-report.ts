@@ -191,6 +191,16 @@ function simulatedSection(r: ClusterBenchResults): string[] {
           '',
         ]
       : []),
+    ...(runs.some((x) => x.problems?.length)
+      ? [
+          'Problems Temporal recorded (workflow tasks failed or timed out, activities timed out), completed runs included:',
+          '',
+          ...runs
+            .filter((x) => x.problems?.length)
+            .map((x) => `- ${x.hosts} hosts, ${x.backend}, ${x.barrier}, round ${x.round}: ${x.problems!.join('; ')}`),
+          '',
+        ]
+      : []),
     "All simulated hosts, both Temporal backends and PostgreSQL share this machine's cores, so the absolute figures",
     'at 64 hosts and more mostly measure CPU contention; on real hosts each worker has its own machine.',
   ];

@@ -9,7 +9,8 @@
  *                            [--backends dev-server,cluster] [--max-freeze-ms 60000] [--out <dir>]
  *
  * `--latency-from` skips the real VMs (`--sizes`): the simulated hosts' latencies are drawn around that earlier
- * run's, so the simulated hosts alone can be measured again (their samples and runs replace the file's).
+ * run's, so the simulated hosts alone can be measured again; the backends measured now replace theirs in that run's
+ * figures, the others' are kept (one backend per run, merged: `--backends cluster --latency-from <the first run>`).
  * The simulated hosts run many per process over one connection (bench/sim-hosts.ts); every run's outcome is kept
  * (completions out of runs), with the load average when it started and the group's (and first shard's) history size.
  */
@@ -150,10 +151,15 @@ async function main(): Promise<void> {
     clusterStartMs: 0,
     simulatedLatencyMs: earlier?.simulatedLatencyMs ?? latencyAround(30),
     simulatedMaxFreezeMs: SIMULATED_MAX_FREEZE_MS,
-    ...(latencyFrom ? { latencyFrom: basename(latencyFrom) } : {}),
-    failures: [],
-    samples: (earlier?.samples ?? []).filter((s) => s.config !== 'hosts'),
-    simRuns: [],
+    ...(latencyFrom ? { latencyFrom: earlier?.latencyFrom ?? basename(latencyFrom) } : {}),
+    // An earlier run's real-VM samples, and its simulated hosts on the backends not measured now (so each backend
+    // can be measured in a run of its own and the two merged).
+    // Only from a run of this version (with `simRuns`): older files' simulated figures are not comparable.
+    samples: (earlier?.samples ?? []).filter(
+      (s) => s.config !== 'hosts' || (earlier?.simRuns !== undefined && !order.includes(s.contender as Backend)),
+    ),
+    simRuns: (earlier?.simRuns ?? []).filter((r) => !order.includes(r.backend as Backend)),
+    failures: (earlier?.simRuns ? earlier.failures : []).filter((f) => !order.some((b) => f.includes(`on the ${b}`))),
   };
   try {
     const t0 = Date.now();

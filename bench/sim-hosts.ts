@@ -144,6 +144,8 @@ export interface SimRun {
   resultBytes?: number;
   /** Workflow tasks of the group's workflow that failed or timed out (e.g. an activation past the SDK's 5 s). */
   workflowTaskProblems?: number;
+  /** What went wrong in Temporal (distinct): workflow task failures and timeouts, activity timeouts (shards too). */
+  problems?: string[];
   /** Its first shard, for a sharded run. */
   shardHistoryEvents?: number;
   shardHistoryBytes?: number;
@@ -205,9 +207,9 @@ export async function simRounds(
     }
     out.push(run);
     console.error(
-      `    ${hosts} hosts ${barrier}/${resumeWhen} round ${round}: ${run.completed ? 'completed' : `FAILED (${run.error})`} ` +
+      `    ${hosts} hosts ${barrier}/${resumeWhen} round ${round}: ${run.completed ? 'completed' : `FAILED (${run.error?.slice(0, 300)})`} ` +
         `${Math.round(run.endToEndMs)} ms, load ${load1.toFixed(1)}, history ${run.historyEvents ?? '?'} events, ` +
-        `${run.workflowTaskProblems ?? '?'} workflow tasks failed or timed out`,
+        `${run.workflowTaskProblems ?? '?'} workflow tasks failed or timed out; ${JSON.stringify(run.problems ?? [])}`,
     );
   }
   return out;
@@ -222,6 +224,15 @@ async function describeHistories(client: Client, workflowId: string, barrier: Si
     run.workflowTaskProblems = (history.events ?? []).filter(
       (e) => e.workflowTaskFailedEventAttributes || e.workflowTaskTimedOutEventAttributes,
     ).length;
+    const problems = new Set(problemsOf(history.events ?? [], 'group'));
+    const children = (history.events ?? []).flatMap(
+      (e) => e.startChildWorkflowExecutionInitiatedEventAttributes?.workflowId ?? [],
+    );
+    for (const id of children) {
+      const h = await client.workflow.getHandle(id).fetchHistory();
+      for (const p of problemsOf(h.events ?? [], 'shard')) problems.add(p);
+    }
+    if (problems.size > 0) run.problems = [...problems];
     if (barrier === 'sharded') {
       const s = await client.workflow.getHandle(`${workflowId}/shard-0`).describe();
       run.shardHistoryEvents = s.historyLength;
@@ -230,4 +241,25 @@ async function describeHistories(client: Client, workflowId: string, barrier: Si
   } catch {
     // figures, not results: a run whose history cannot be described keeps its outcome
   }
+}
+
+type HistoryEvent = NonNullable<
+  Awaited<ReturnType<ReturnType<Client['workflow']['getHandle']>['fetchHistory']>>['events']
+>[number];
+
+/** Distinct problems in a history: failed or timed-out workflow tasks, timed-out activities (with their kind). */
+function problemsOf(events: HistoryEvent[], where: string): string[] {
+  const out: string[] = [];
+  for (const e of events) {
+    const f = e.workflowTaskFailedEventAttributes;
+    if (f) out.push(`${where} workflow task failed: ${f.cause ?? ''} ${f.failure?.message ?? ''}`.trim());
+    const t = e.workflowTaskTimedOutEventAttributes;
+    if (t) out.push(`${where} workflow task timed out (${t.timeoutType ?? '?'})`);
+    const a = e.activityTaskTimedOutEventAttributes;
+    if (a)
+      out.push(
+        `${where} activity timed out: ${a.failure?.message ?? ''} ${a.failure?.timeoutFailureInfo?.timeoutType ?? ''}`,
+      );
+  }
+  return out;
 }
