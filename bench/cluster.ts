@@ -4,10 +4,11 @@
  * VMs, interleaved round by round; then the simulated-host barrier on both. Writes raw samples to
  * bench/results/cluster-<date>-<host>.json and the "Temporal cluster vs dev server" section of BENCHMARKS.md.
  *
- *   npm run bench:cluster -- [--sizes 1,4,8] [--rounds 10] [--hosts 8,64,256] [--host-rounds 3]
+ *   npm run bench:cluster -- [--sizes 1,4,8] [--rounds 10] [--hosts 8,64,256] [--host-rounds 3 | 10,10,3]
  *                            [--barriers update,sharded] [--latency-from bench/results/cluster-<run>.json]
  *                            [--backends dev-server,cluster] [--max-freeze-ms 60000] [--out <dir>]
  *
+ * `--host-rounds` gives the rounds of every barrier at each host count (one number, or one per count).
  * `--latency-from` skips the real VMs (`--sizes`): the simulated hosts' latencies are drawn around that earlier
  * run's, so the simulated hosts alone can be measured again; the backends measured now replace theirs in that run's
  * figures, the others' are kept (one backend per run, merged: `--backends cluster --latency-from <the first run>`).
@@ -76,7 +77,7 @@ async function realVms(b: Backends, fleet: VmFleet, sizes: number[], rounds: num
 /** The simulated hosts: each count on each backend (the order alternates), every barrier kind interleaved. */
 async function simulated(
   b: Backends,
-  opts: { hostCounts: number[]; hostRounds: number; barriers: SimBarrier[]; latency: SimLatency },
+  opts: { hostCounts: number[]; hostRounds: number[]; barriers: SimBarrier[]; latency: SimLatency },
   results: ClusterBenchResults,
   save: () => void,
 ) {
@@ -88,7 +89,8 @@ async function simulated(
         const sim = await startSimHosts({ address: b.of[name].address, count, latency: opts.latency, tag: `${count}` });
         try {
           const kinds = opts.barriers.map((barrier) => ({ barrier, resumeWhen: 'group-paused' as const }));
-          const runs = await simRounds(b.of[name].client, sim, kinds, opts.hostRounds, got, SIMULATED_MAX_FREEZE_MS);
+          const rounds = opts.hostRounds[Math.min(i, opts.hostRounds.length - 1)];
+          const runs = await simRounds(b.of[name].client, sim, kinds, rounds, got, SIMULATED_MAX_FREEZE_MS);
           results.simRuns!.push(...runs.map((r) => ({ ...r, backend: name })));
         } finally {
           await sim.stop();
@@ -118,7 +120,8 @@ async function main(): Promise<void> {
   const sizes = latencyFrom ? [] : listArg('sizes', [1, 4, 8]);
   const rounds = numArg('rounds', 10);
   const hostCounts = listArg('hosts', [8, 64, 256]);
-  const hostRounds = numArg('host-rounds', 3);
+  // Rounds per host count: one number for all, or one per count of --hosts.
+  const hostRounds = listArg('host-rounds', [3]);
   const barriers = (arg('barriers')?.split(',') ?? ['update', 'sharded']) as SimBarrier[];
   const order = (arg('backends')?.split(',') ?? BACKENDS) as Backend[];
   for (const x of barriers) if (!['update', 'thaw', 'sharded'].includes(x)) throw new Error(`unknown barrier ${x}`);
