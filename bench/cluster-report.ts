@@ -16,6 +16,8 @@ export interface ClusterBenchResults {
   samples: Sample[];
   /** Every simulated group snapshot, completed or not (results before issue 29 have none). */
   simRuns?: (SimRun & { backend: string })[];
+  /** The command lines whose figures these are (a run merged with `--latency-from` adds its own). */
+  commands?: string[];
   /** The earlier run whose latencies (and real-VM samples) this one reused (`--latency-from`). */
   latencyFrom?: string;
 }
@@ -126,6 +128,7 @@ function simulatedSection(r: ClusterBenchResults): string[] {
       `(${f1(r.simulatedLatencyMs.suspend + r.simulatedLatencyMs.snapshot + r.simulatedLatencyMs.resume)} ms in all); ` +
       `\`group-paused\` order, barriers interleaved; freeze bound ${r.simulatedMaxFreezeMs / 1000} s. Freeze and end to end over`,
     'completed runs; load is the 1-minute load average at the start of the runs (min-max).',
+    ...(r.commands?.length ? ['', 'Measured by:', '', ...r.commands.map((c) => `- \`${c}\``)] : []),
     '',
     '| hosts | backend | barrier | completed | freeze p50 ms | freeze p90 ms | end-to-end p50 ms | end-to-end p90 ms | load | history events (group / shard) | history KiB (group / shard) | workflow tasks failed or timed out |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',

@@ -154,6 +154,7 @@ async function main(): Promise<void> {
     clusterStartMs: 0,
     simulatedLatencyMs: earlier?.simulatedLatencyMs ?? latencyAround(30),
     simulatedMaxFreezeMs: SIMULATED_MAX_FREEZE_MS,
+    commands: [...(earlier?.commands ?? []), `npm run bench:cluster -- ${process.argv.slice(2).join(' ')}`],
     ...(latencyFrom ? { latencyFrom: earlier?.latencyFrom ?? basename(latencyFrom) } : {}),
     // An earlier run's real-VM samples, and its simulated hosts on the backends not measured now (so each backend
     // can be measured in a run of its own and the two merged).
