@@ -90,8 +90,12 @@ async function simulated(
         try {
           const kinds = opts.barriers.map((barrier) => ({ barrier, resumeWhen: 'group-paused' as const }));
           const rounds = opts.hostRounds[Math.min(i, opts.hostRounds.length - 1)];
-          const runs = await simRounds(b.of[name].client, sim, kinds, rounds, got, SIMULATED_MAX_FREEZE_MS);
-          results.simRuns!.push(...runs.map((r) => ({ ...r, backend: name })));
+          // Saved after every run: a run stopped by its time limit keeps what it measured.
+          await simRounds(b.of[name].client, sim, kinds, rounds, got, SIMULATED_MAX_FREEZE_MS, (run, samples) => {
+            results.simRuns!.push({ ...run, backend: name });
+            results.samples.push(...samples.map((x) => ({ ...x, contender: name })));
+            save();
+          });
         } finally {
           await sim.stop();
         }
@@ -102,7 +106,6 @@ async function simulated(
         );
         console.error(`  ${results.failures[results.failures.length - 1]}`);
       }
-      results.samples.push(...got.map((s) => ({ ...s, contender: name })));
       save();
       console.error(`  ${count} simulated hosts on the ${name}: done`);
     }
@@ -160,10 +163,16 @@ async function main(): Promise<void> {
     // can be measured in a run of its own and the two merged).
     // Only from a run of this version (with `simRuns`): older files' simulated figures are not comparable.
     samples: (earlier?.samples ?? []).filter(
-      (s) => s.config !== 'hosts' || (earlier?.simRuns !== undefined && !order.includes(s.contender as Backend)),
+      (s) =>
+        s.config !== 'hosts' ||
+        (earlier?.simRuns !== undefined && !(order.includes(s.contender as Backend) && hostCounts.includes(s.hosts!))),
     ),
-    simRuns: (earlier?.simRuns ?? []).filter((r) => !order.includes(r.backend as Backend)),
-    failures: (earlier?.simRuns ? earlier.failures : []).filter((f) => !order.some((b) => f.includes(`on the ${b}`))),
+    simRuns: (earlier?.simRuns ?? []).filter(
+      (r) => !(order.includes(r.backend as Backend) && hostCounts.includes(r.hosts)),
+    ),
+    failures: (earlier?.simRuns ? earlier.failures : []).filter(
+      (f) => !order.some((b) => hostCounts.some((h) => f.startsWith(`${h} simulated hosts on the ${b}`))),
+    ),
   };
   try {
     const t0 = Date.now();

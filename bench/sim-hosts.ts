@@ -162,6 +162,8 @@ export async function simRounds(
   rounds: number,
   samples: Sample[],
   maxFreezeMs?: number,
+  /** Called after every run with it and its samples. */
+  onRun?: (run: SimRun, samples: Sample[]) => void,
 ): Promise<SimRun[]> {
   const out: SimRun[] = [];
   await waitForHostWorkers(client, sim.hostIds, 300_000);
@@ -172,6 +174,7 @@ export async function simRounds(
     const load1 = loadavg()[0];
     const t0 = nowMs();
     const run: SimRun = { hosts, barrier, resumeWhen, round, completed: false, endToEndMs: 0, load1 };
+    const from = samples.length;
     try {
       const result = await snapshotGroup(client, {
         group: 'sim',
@@ -206,6 +209,7 @@ export async function simRounds(
       run.error = (err as Error).message;
     }
     out.push(run);
+    onRun?.(run, samples.slice(from));
     console.error(
       `    ${hosts} hosts ${barrier}/${resumeWhen} round ${round}: ${run.completed ? 'completed' : `FAILED (${run.error?.slice(0, 300)})`} ` +
         `${Math.round(run.endToEndMs)} ms, load ${load1.toFixed(1)}, history ${run.historyEvents ?? '?'} events, ` +
