@@ -189,7 +189,7 @@ function simulatedSection(r: ClusterBenchResults): string[] {
             .filter((x) => !x.completed)
             .map(
               (x) =>
-                `- ${x.hosts} hosts, ${x.backend}, ${x.barrier}, round ${x.round} (load ${f1(x.load1)}): ${x.error}`,
+                `- ${x.hosts} hosts, ${x.backend}, ${x.barrier}, round ${x.round} (load ${f1(x.load1)}): ${summarize(x.error)}`,
             ),
           '',
         ]
@@ -234,4 +234,15 @@ export function keepClusterSection(path: string, report: string): string {
   }
   const section = clusterSectionOf(existing);
   return section ? replaceClusterSection(report, section) : report;
+}
+
+/** A run's error with its per-VM repeats counted: `64x <message>; <message>`. */
+export function summarize(error: string | undefined): string {
+  if (!error) return 'no error recorded';
+  const counts = new Map<string, number>();
+  for (const part of error.split('; ')) {
+    const m = part.replace(/^[^\s:@]+@[^\s:]+: /, '');
+    counts.set(m, (counts.get(m) ?? 0) + 1);
+  }
+  return [...counts].map(([m, n]) => (n > 1 ? `${n}x ${m}` : m)).join('; ');
 }
