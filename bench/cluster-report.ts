@@ -128,7 +128,7 @@ function simulatedSection(r: ClusterBenchResults): string[] {
       `(${f1(r.simulatedLatencyMs.suspend + r.simulatedLatencyMs.snapshot + r.simulatedLatencyMs.resume)} ms in all); ` +
       `\`group-paused\` order, barriers interleaved; freeze bound ${r.simulatedMaxFreezeMs / 1000} s. Freeze and end to end over`,
     'completed runs; load is the 1-minute load average at the start of the runs (min-max).',
-    ...(r.commands?.length ? ['', 'Measured by:', '', ...r.commands.map((c) => `- \`${c}\``)] : []),
+    ...(r.commands?.length ? ['', 'Measured by:', '', ...[...new Set(r.commands)].map((c) => `- \`${c}\``)] : []),
     '',
     '| hosts | backend | barrier | completed | freeze p50 ms | freeze p90 ms | end-to-end p50 ms | end-to-end p90 ms | load | history events (group / shard) | history KiB (group / shard) | workflow tasks failed or timed out |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',

@@ -165,10 +165,11 @@ async function main(): Promise<void> {
     samples: (earlier?.samples ?? []).filter(
       (s) =>
         s.config !== 'hosts' ||
-        (earlier?.simRuns !== undefined && !(order.includes(s.contender as Backend) && hostCounts.includes(s.hosts!))),
+        (earlier?.simRuns !== undefined &&
+          !(order.includes(s.contender as Backend) && hostCounts.includes(s.hosts!) && barriers.includes(s.barrier!))),
     ),
     simRuns: (earlier?.simRuns ?? []).filter(
-      (r) => !(order.includes(r.backend as Backend) && hostCounts.includes(r.hosts)),
+      (r) => !(order.includes(r.backend as Backend) && hostCounts.includes(r.hosts) && barriers.includes(r.barrier)),
     ),
     failures: (earlier?.simRuns ? earlier.failures : []).filter(
       (f) => !order.some((b) => hostCounts.some((h) => f.startsWith(`${h} simulated hosts on the ${b}`))),

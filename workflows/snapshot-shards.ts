@@ -12,6 +12,7 @@ import {
   condition,
   defineSignal,
   getExternalWorkflowHandle,
+  proxyActivities,
   isCancellation,
   log,
   patched,
@@ -22,9 +23,10 @@ import {
 } from '@temporalio/workflow';
 import { errorMessage, failure } from '../common/failures';
 import type { FreezeRequest, FreezeVmReport, PlannedVm } from '../common/host-types';
-import { groupSnapshotWorkflowId, SHARD_DECISION_SIGNAL, SHARD_REPORT_SIGNAL } from '../common/names';
+import { groupSnapshotWorkflowId, hostTaskQueue, SHARD_DECISION_SIGNAL, SHARD_REPORT_SIGNAL } from '../common/names';
 import type { QuiesceMode, ResumeWhen } from '../common/types';
-import { onHost } from './activity-options';
+import type { HostActivities } from '../activities/host-activities';
+import { freezeOptions } from './activity-options';
 import { adoptFreezeReports, afterFreeze, undoFreeze } from './snapshot-phases';
 import { hostFrozenUpdate, type SnapshotRun } from './snapshot-run';
 import { onHostSummary } from './ui';
@@ -201,10 +203,18 @@ export async function groupSnapshotShard(input: ShardInput): Promise<ShardResult
   const release: FreezeRequest['release'] = 'barrier';
   const order = input.resumeWhen === 'group-paused' ? { resumeWhen: input.resumeWhen } : {};
   const outcomes: ShardHostOutcome[] = [];
+  // A host's freeze may wait to start as long as the group may stay paused (5 s by default, as in the flat freeze):
+  // the plan showed every host's worker alive moments ago, and the group's deadline bounds every pause anyway. Under
+  // load a fixed 5 s failed whole 256-host groups whose bound was 60 s (issue 29).
+  const freezeVms = (host: string) =>
+    proxyActivities<HostActivities>({
+      taskQueue: hostTaskQueue(host),
+      ...freezeOptions(input.maxFreezeMs, true),
+      scheduleToStartTimeout: input.maxFreezeMs,
+    }).freezeVms;
   const freezes = input.hosts.map(({ host, vms }) =>
-    onHost(host)
-      .freeze(input.maxFreezeMs, true)
-      .freezeVms.executeWithOptions(
+    freezeVms(host)
+      .executeWithOptions(
         {
           summary: onHostSummary(
             input.quiesce === 'none' ? 'pause + snapshot' : 'quiesce, pause + snapshot',
