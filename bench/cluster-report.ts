@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { Sample } from './sample';
+import type { SimRun } from './sim-hosts';
 
 export interface ClusterBenchResults {
   machine: Record<string, string | number>;
@@ -13,6 +14,12 @@ export interface ClusterBenchResults {
   failures: string[];
   /** `contender` is the backend: 'dev-server' or 'cluster'. */
   samples: Sample[];
+  /** Every simulated group snapshot, completed or not (results before issue 29 have none). */
+  simRuns?: (SimRun & { backend: string })[];
+  /** The command lines whose figures these are (a run merged with `--latency-from` adds its own). */
+  commands?: string[];
+  /** The earlier run whose latencies (and real-VM samples) this one reused (`--latency-from`). */
+  latencyFrom?: string;
 }
 
 const BEGIN = '<!-- cluster-bench:begin (npm run bench:cluster) -->';
@@ -90,38 +97,116 @@ export function renderClusterSection(r: ClusterBenchResults, rawFile: string): s
     '',
     '### Simulated hosts (cross-host barrier)',
     '',
-    `N fake hosts x 8 VMs, each its own worker on its own task queue, with pause/snapshot/resume latencies drawn around`,
-    `this run's freeze for one VM (${f1(r.simulatedLatencyMs.suspend + r.simulatedLatencyMs.snapshot + r.simulatedLatencyMs.resume)} ms in all); ` +
-      `the update barrier and thaw activities, interleaved; freeze bound ${r.simulatedMaxFreezeMs / 1000} s (the default 5 s is`,
-    'too short for 512 VMs on 2 shared cores).',
-    '',
-    '| hosts | backend | update p50 ms | update p90 ms | thaw p50 ms | thaw p90 ms | end-to-end p50 ms (update) | end-to-end p50 ms (thaw) |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- |',
-  );
-  const counts = [...new Set(r.samples.filter((s) => s.config === 'hosts').map((s) => s.hosts!))].sort((a, b) => a - b);
-  for (const h of counts) {
-    for (const b of backends) {
-      const of = (barrier: string) =>
-        r.samples.filter((s) => s.config === 'hosts' && s.hosts === h && s.contender === b && s.barrier === barrier);
-      const q = (barrier: string, p: number) =>
-        quantile(
-          of(barrier).map((s) => s.freezeMs),
-          p,
-        );
-      lines.push(
-        `| ${h} | ${b} | ${f1(q('update', 0.5))} | ${f1(q('update', 0.9))} | ${f1(q('thaw', 0.5))} | ${f1(q('thaw', 0.9))} | ` +
-          `${f1(quantile(perRound(of('update')), 0.5))} | ${f1(quantile(perRound(of('thaw')), 0.5))} |`,
-      );
-    }
-  }
-  lines.push(
-    '',
-    ...(r.failures.length > 0 ? ['Failed:', '', ...r.failures.map((f) => `- ${f}`), ''] : []),
-    "All simulated hosts, both Temporal backends and PostgreSQL share this machine's cores, so the absolute figures",
-    'at 64 hosts mostly measure CPU contention; on real hosts each worker has its own machine.',
+    ...simulatedSection(r),
     END,
   );
   return lines.join('\n') + '\n';
+}
+
+const BARRIER_NAMES: Record<string, string> = {
+  update: 'update (one workflow)',
+  thaw: 'thaw activities',
+  sharded: 'sharded (8 hosts a shard)',
+};
+
+/** Least squares y = a + b x. */
+export function fitLine(points: [number, number][]): { a: number; b: number } {
+  const n = points.length;
+  const mx = points.reduce((t, [x]) => t + x, 0) / n;
+  const my = points.reduce((t, [, y]) => t + y, 0) / n;
+  const sxx = points.reduce((t, [x]) => t + (x - mx) ** 2, 0);
+  const b = sxx === 0 ? 0 : points.reduce((t, [x, y]) => t + (x - mx) * (y - my), 0) / sxx;
+  return { a: my - b * mx, b };
+}
+
+/** The simulated hosts' table (completions out of runs, load beside every row) and the fitted freeze model. */
+function simulatedSection(r: ClusterBenchResults): string[] {
+  const runs = r.simRuns ?? [];
+  const lines = [
+    `N fake hosts x 8 VMs, many per process (one Worker per host over one shared connection, bench/sim-hosts.ts), with`,
+    `pause/snapshot/resume latencies drawn around ${r.latencyFrom ? `the 1-VM freeze of ${r.latencyFrom}` : "this run's freeze for one VM"} ` +
+      `(${f1(r.simulatedLatencyMs.suspend + r.simulatedLatencyMs.snapshot + r.simulatedLatencyMs.resume)} ms in all); ` +
+      `\`group-paused\` order, barriers interleaved; freeze bound ${r.simulatedMaxFreezeMs / 1000} s. Freeze and end to end over`,
+    'completed runs; load is the 1-minute load average at the start of the runs (min-max).',
+    ...(r.commands?.length ? ['', 'Measured by:', '', ...[...new Set(r.commands)].map((c) => `- \`${c}\``)] : []),
+    '',
+    '| hosts | backend | barrier | completed | freeze p50 ms | freeze p90 ms | end-to-end p50 ms | end-to-end p90 ms | load | history events (group / shard) | history KiB (group / shard) | workflow tasks failed or timed out |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  ];
+  const counts = [...new Set(runs.map((x) => x.hosts))].sort((a, b) => a - b);
+  const barriers = [...new Set(runs.map((x) => x.barrier))];
+  const fits: string[] = [];
+  for (const b of ['dev-server', 'cluster']) {
+    for (const barrier of barriers) {
+      const points: [number, number][] = [];
+      for (const h of counts) {
+        const rs = runs.filter((x) => x.hosts === h && x.backend === b && x.barrier === barrier);
+        if (rs.length === 0) continue;
+        const ok = rs.filter((x) => x.completed);
+        const freezes = r.samples
+          .filter((s) => s.config === 'hosts' && s.hosts === h && s.contender === b && s.barrier === barrier)
+          .map((s) => s.freezeMs);
+        const e2e = ok.map((x) => x.endToEndMs);
+        const loads = rs.map((x) => x.load1);
+        const maxOf = (xs: (number | undefined)[]) => {
+          const v = xs.filter((x): x is number => x !== undefined);
+          return v.length ? Math.max(...v) : NaN;
+        };
+        const kib = (x: number) => (Number.isFinite(x) ? (x / 1024).toFixed(0) : 'n/a');
+        const shardEvents = maxOf(rs.map((x) => x.shardHistoryEvents));
+        const shardBytes = maxOf(rs.map((x) => x.shardHistoryBytes));
+        lines.push(
+          `| ${h} | ${b} | ${BARRIER_NAMES[barrier] ?? barrier} | ${ok.length}/${rs.length} | ${f1(quantile(freezes, 0.5))} | ` +
+            `${f1(quantile(freezes, 0.9))} | ${f1(quantile(e2e, 0.5))} | ${f1(quantile(e2e, 0.9))} | ` +
+            `${f1(Math.min(...loads))}-${f1(Math.max(...loads))} | ${maxOf(rs.map((x) => x.historyEvents))}` +
+            `${Number.isFinite(shardEvents) ? ` / ${shardEvents}` : ''} | ${kib(maxOf(rs.map((x) => x.historyBytes)))}` +
+            `${Number.isFinite(shardBytes) ? ` / ${kib(shardBytes)}` : ''} | ` +
+            `${rs.reduce((t, x) => t + (x.workflowTaskProblems ?? 0), 0)} |`,
+        );
+        if (freezes.length > 0) points.push([h, quantile(freezes, 0.5)]);
+      }
+      if (points.length >= 2) {
+        const { a, b: slope } = fitLine(points);
+        fits.push(
+          `- ${b}, ${BARRIER_NAMES[barrier] ?? barrier}: freeze p50 = ${f1(a)} + ${f2(slope)} x hosts ms ` +
+            `(from ${points.map(([x]) => x).join(', ')} hosts); at 1,000 hosts: ${f1(a + slope * 1000)} ms`,
+        );
+      }
+    }
+  }
+  return [
+    ...lines,
+    '',
+    ...(fits.length > 0
+      ? ['Linear fit of the per-VM freeze p50 against hosts (least squares over the sizes above):', '', ...fits, '']
+      : []),
+    ...(r.failures.length > 0 ? ['Failed:', '', ...r.failures.map((f) => `- ${f}`), ''] : []),
+    ...(runs.some((x) => !x.completed)
+      ? [
+          'Runs that did not complete:',
+          '',
+          ...runs
+            .filter((x) => !x.completed)
+            .map(
+              (x) =>
+                `- ${x.hosts} hosts, ${x.backend}, ${x.barrier}, round ${x.round} (load ${f1(x.load1)}): ${summarize(x.error)}`,
+            ),
+          '',
+        ]
+      : []),
+    ...(runs.some((x) => x.problems?.length)
+      ? [
+          'Problems Temporal recorded (workflow tasks failed or timed out, activities timed out), completed runs included:',
+          '',
+          ...runs
+            .filter((x) => x.problems?.length)
+            .map((x) => `- ${x.hosts} hosts, ${x.backend}, ${x.barrier}, round ${x.round}: ${x.problems!.join('; ')}`),
+          '',
+        ]
+      : []),
+    "All simulated hosts, both Temporal backends and PostgreSQL share this machine's cores, so the absolute figures",
+    'at 64 hosts and more mostly measure CPU contention; on real hosts each worker has its own machine.',
+  ];
 }
 
 /** `report` with its cluster section replaced by `section` (or `section` appended when it has none). */
@@ -149,4 +234,15 @@ export function keepClusterSection(path: string, report: string): string {
   }
   const section = clusterSectionOf(existing);
   return section ? replaceClusterSection(report, section) : report;
+}
+
+/** A run's error with its per-VM repeats counted: `64x <message>; <message>`. */
+export function summarize(error: string | undefined): string {
+  if (!error) return 'no error recorded';
+  const counts = new Map<string, number>();
+  for (const part of error.split('; ')) {
+    const m = part.replace(/^[^\s:@]+@[^\s:]+: /, '');
+    counts.set(m, (counts.get(m) ?? 0) + 1);
+  }
+  return [...counts].map(([m, n]) => (n > 1 ? `${n}x ${m}` : m)).join('; ');
 }

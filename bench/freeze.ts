@@ -21,7 +21,7 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
 import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { nowMs } from '../activities/clock';
 import { snapshotGroup, waitForHostWorkers } from '../client';
 import { startDevServer } from '../dev/temporal-dev-server';
@@ -30,7 +30,9 @@ import { VmFleet } from '../dev/vms';
 import { FakeHypervisor } from '../hypervisor/fake-hypervisor';
 import { parseDomainXml } from '../hypervisor/domain-xml';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
-import { createGroupsnapWorker, type GroupsnapWorker } from '../worker/worker';
+import { groupsnapWorkflowsPlugin } from '../worker/plugins';
+import { createGroupsnapWorker } from '../worker/worker';
+import { simRounds, startSimHosts, type SimRun } from './sim-hosts';
 import type { ResumeWhen } from '../common/types';
 import { describeMachine } from './machine';
 import { benchCommand, integer, integerList, parseBenchOptions } from './options';
@@ -357,7 +359,12 @@ export async function hostWorker(
   });
 }
 
-/** Fake hosts whose latencies are drawn around the real figures measured in this same run. */
+/**
+ * Fake hosts whose latencies are drawn around the real figures measured in this same run: many in this process over
+ * one connection (bench/sim-hosts.ts). Both barriers and both release orders, interleaved: the update barrier for
+ * every size (the bench's server allows 1000 updates in flight), and thaw activities (the old order above
+ * `updateBarrierMaxHosts`). Throws after the rounds if any run failed.
+ */
 export async function simulatedHosts(
   server: { address: string },
   client: Client,
@@ -367,88 +374,49 @@ export async function simulatedHosts(
   samples: Sample[],
   /** The groups' freeze bound (bench/cluster.ts raises it on a shared, loaded machine). @default 5000 */
   maxFreezeMs?: number,
-  /** The first simulated host's worker also runs the workflows (when no other worker does). */
+  /** Also run a workflow worker (when no other worker does). */
   workflows = false,
 ) {
-  const jitter = (ms: number) => () => Math.max(0.5, ms * (0.8 + 0.4 * Math.random()));
-  for (const hostsCount of counts) {
-    const workers: GroupsnapWorker[] = [];
-    const runs: Promise<void>[] = [];
-    const stateRoot = `/tmp/groupsnap-bench-sim-${hostsCount}`;
-    const vms: { domain: string; host: string }[] = [];
-    for (let h = 0; h < hostsCount; h++) {
-      const hostId = `sim${hostsCount}-${h}`;
-      const fake = new FakeHypervisor({
-        touchFiles: false,
-        latencyMs: {
-          suspend: jitter(latency.suspend),
-          snapshot: jitter(latency.snapshot),
-          resume: jitter(latency.resume),
-        },
-      });
-      for (let v = 0; v < 8; v++) {
-        const domain = `vm${v}`;
-        fake.addDomain({
-          name: domain,
-          state: 'running',
-          disks: ['vda', 'vdb'].map((target) => ({
-            target,
-            format: 'qcow2',
-            type: 'file',
-            device: 'disk',
-            // Each host's images in a directory of its own, as on separate machines (overlays are made beside them).
-            chain: [`${stateRoot}/${hostId}-images/${domain}-${target}.qcow2`],
-          })),
-        });
-        vms.push({ domain, host: hostId });
+  const wf = workflows ? await workflowWorker(server.address) : undefined;
+  try {
+    for (const hostsCount of counts) {
+      const sim = await startSimHosts({ address: server.address, count: hostsCount, latency, tag: `${hostsCount}` });
+      let runs: SimRun[];
+      try {
+        const kinds = (['update', 'thaw'] as const).flatMap((barrier) =>
+          (['group-paused', 'group-snapshotted'] as const).map((resumeWhen) => ({ barrier, resumeWhen })),
+        );
+        runs = await simRounds(client, sim, kinds, rounds, samples, maxFreezeMs);
+      } finally {
+        await sim.stop();
       }
-      mkdirSync(`${stateRoot}/${hostId}`, { recursive: true });
-      mkdirSync(`${stateRoot}/${hostId}-images`, { recursive: true });
-      const w = await hostWorker(server, hostId, fake, `${stateRoot}/${hostId}`, workflows && h === 0);
-      workers.push(w);
-      runs.push(w.run());
+      const failed = runs.find((r) => !r.completed);
+      if (failed) throw new Error(`simulated snapshot failed: ${failed.error}`);
+      console.error(`  simulated ${hostsCount} hosts x 8 VMs: done`);
     }
-    try {
-      await waitForHostWorkers(client, [...new Set(vms.map((v) => v.host))], 120_000);
-      // Both barriers and both release orders, interleaved: the update barrier for every size (the bench's server
-      // allows 1000 updates in flight), and thaw activities (what groups over updateBarrierMaxHosts get).
-      const kinds = (['update', 'thaw'] as const).flatMap((barrier) =>
-        (['group-paused', 'group-snapshotted'] as const).map((resumeWhen) => ({ barrier, resumeWhen })),
-      );
-      for (let n = 0; n < rounds * kinds.length; n++) {
-        const round = Math.floor(n / kinds.length);
-        const { barrier, resumeWhen } = kinds[(n + round) % kinds.length];
-        const t0 = nowMs();
-        const result = await snapshotGroup(client, {
-          group: 'sim',
-          vms,
-          updateBarrierMaxHosts: barrier === 'update' ? 1000 : 0,
-          resumeWhen,
-          ...(maxFreezeMs !== undefined ? { maxFreezeMs } : {}),
-        });
-        const endToEndMs = nowMs() - t0;
-        if (result.status !== 'completed') throw new Error(`simulated snapshot failed: ${result.error}`);
-        for (const v of result.vms) {
-          samples.push({
-            config: 'hosts',
-            hosts: hostsCount,
-            barrier,
-            resumeWhen,
-            contender: 'groupsnap',
-            round,
-            vm: `${v.domain}@${v.host}`,
-            freezeMs: v.freezeMs!,
-            endToEndMs,
-          });
-        }
-      }
-    } finally {
-      for (const w of workers) w.shutdown();
-      await Promise.all(runs);
-      rmSync(stateRoot, { recursive: true, force: true });
-    }
-    console.error(`  simulated ${hostsCount} hosts x 8 VMs: done`);
+  } finally {
+    await wf?.stop();
   }
+}
+
+/** A worker of groupsnap's workflows alone, on its own connection. */
+export async function workflowWorker(address: string): Promise<{ stop(): Promise<void> }> {
+  const connection = await NativeConnection.connect({ address });
+  const plugin = groupsnapWorkflowsPlugin();
+  const worker = await Worker.create({
+    connection,
+    namespace: 'default',
+    taskQueue: plugin.taskQueue,
+    plugins: [plugin],
+  });
+  const running = worker.run();
+  return {
+    async stop() {
+      worker.shutdown();
+      await running;
+      await connection.close();
+    },
+  };
 }
 
 /** 1-VM floor p50 of a run: the simulated hosts' latencies are drawn around it. */

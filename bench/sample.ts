@@ -7,7 +7,7 @@ export interface Sample {
   depth?: number;
   hosts?: number;
   /** Simulated hosts: how the group was released. */
-  barrier?: 'update' | 'thaw';
+  barrier?: 'update' | 'thaw' | 'sharded';
   /** Simulated hosts: the release order (`group-paused`, or the old `group-snapshotted`). */
   resumeWhen?: string;
   /** The new floor's snapshots in flight. */
@@ -20,6 +20,8 @@ export interface Sample {
   /** Suspended to resumed, from QEMU's lifecycle events as they reached the bench process. */
   qemuFreezeMs?: number;
   endToEndMs: number;
+  /** Simulated hosts: the 1-minute load average when the run started. */
+  load1?: number;
   /** Floor only: the group's pause-all, snapshot-all and resume-all wall times. */
   phasesMs?: { pause: number; snapshot: number; resume: number };
 }

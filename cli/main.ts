@@ -115,6 +115,16 @@ temporalOptions(
       "largest group (hosts) released through the workflow's update barrier; keep under the server's history.maxInFlightUpdates",
       parseInteger,
     )
+    .option(
+      '--shard-above-hosts <n>',
+      'groups over this many hosts freeze through shard child workflows (default 64; docs/adr/0014)',
+      parseInteger,
+    )
+    .option(
+      '--shard-hosts <n>',
+      "hosts per shard, each shard's update barrier (default 8; keep under the server's history.maxInFlightUpdates)",
+      parseInteger,
+    )
     .option('--json', 'print one JSON result object'),
 ).action(
   act(
@@ -129,6 +139,8 @@ temporalOptions(
         quiesce: QuiesceMode;
         resumeWhen?: ResumeWhen;
         updateBarrierMaxHosts?: number;
+        shardAboveHosts?: number;
+        shardHosts?: number;
         json?: boolean;
         address?: string;
         namespace?: string;
@@ -143,6 +155,8 @@ temporalOptions(
         quiesce: opts.quiesce,
         resumeWhen: opts.resumeWhen,
         updateBarrierMaxHosts: opts.updateBarrierMaxHosts,
+        shardAboveHosts: opts.shardAboveHosts,
+        shardHosts: opts.shardHosts,
       });
       if (!opts.vm) {
         if (!group) throw new BadInputError('give a group name, or the VMs of an ad hoc group with --vm');
@@ -169,6 +183,8 @@ temporalOptions(
           quiesce: opts.quiesce,
           ...(opts.resumeWhen ? { resumeWhen: opts.resumeWhen } : {}),
           updateBarrierMaxHosts: opts.updateBarrierMaxHosts,
+          shardAboveHosts: opts.shardAboveHosts,
+          shardHosts: opts.shardHosts,
         },
         opts,
       );

@@ -45,6 +45,21 @@ export const HOST_PAUSED_SIGNAL = 'hostPaused';
 export const DEFAULT_UPDATE_BARRIER_MAX_HOSTS = 8;
 
 /**
+ * Default of `shardAboveHosts`: larger groups are frozen through shard child workflows (docs/adr/0014). 64 hosts is
+ * the largest group measured through one workflow's barrier (BENCHMARKS.md).
+ */
+export const DEFAULT_SHARD_ABOVE_HOSTS = 64;
+
+/** Default of `shardHosts`: a shard's hosts wait in its update barrier, under Temporal's default cap of 10. */
+export const DEFAULT_SHARD_HOSTS = 8;
+
+/** Signal a shard of a sharded freeze sends its group's workflow: its hosts are all paused (or one failed). */
+export const SHARD_REPORT_SIGNAL = 'shardReport';
+
+/** Signal the group's workflow sends each shard: release (`true`) or abort (`false`) its hosts. */
+export const SHARD_DECISION_SIGNAL = 'shardDecision';
+
+/**
  * A snapshot id `gs-<UTC time>-<suffix>` (e.g. `gs-20261124T101500Z-3fa2c1`): safe in file names, sortable by time.
  * Pure: the caller brings the time and the random suffix (workflows their deterministic ones).
  */

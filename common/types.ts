@@ -27,6 +27,17 @@ export interface GroupSnapshotInput {
    * order): one more round trip. Keep it below the server's `history.maxInFlightUpdates` (10 by default). @default 8
    */
   updateBarrierMaxHosts?: number;
+  /**
+   * Groups over this many hosts are frozen through shard child workflows of `shardHosts` hosts each: every shard runs
+   * the update barrier of its hosts and the group's workflow decides the cut once every shard is ready
+   * (docs/adr/0014). @default 64
+   */
+  shardAboveHosts?: number;
+  /**
+   * Hosts per shard of a sharded freeze; they all wait in the shard's update barrier at once, so keep it under the
+   * server's `history.maxInFlightUpdates` (10 by default). @default 8
+   */
+  shardHosts?: number;
   /** @default 'group-paused' */
   resumeWhen?: ResumeWhen;
 }

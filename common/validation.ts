@@ -1,4 +1,9 @@
-import { DEFAULT_MAX_FREEZE_MS, DEFAULT_UPDATE_BARRIER_MAX_HOSTS } from './names';
+import {
+  DEFAULT_MAX_FREEZE_MS,
+  DEFAULT_SHARD_ABOVE_HOSTS,
+  DEFAULT_SHARD_HOSTS,
+  DEFAULT_UPDATE_BARRIER_MAX_HOSTS,
+} from './names';
 import {
   QUIESCE_MODES,
   RESUME_WHEN,
@@ -94,7 +99,8 @@ export type SnapshotOptions = Omit<GroupSnapshotInput, 'group' | 'vms'>;
  * the Nexus handler and the workflows alike. An option left out is not checked (its default is valid).
  */
 export function checkSnapshotOptions(options: SnapshotOptions, problems: string[]): void {
-  const { label, snapshotId, maxFreezeMs, quiesce, updateBarrierMaxHosts, resumeWhen } = options;
+  const { label, snapshotId, maxFreezeMs, quiesce, updateBarrierMaxHosts, resumeWhen, shardAboveHosts, shardHosts } =
+    options;
   const check = (fn: () => void) => {
     try {
       fn();
@@ -115,6 +121,14 @@ export function checkSnapshotOptions(options: SnapshotOptions, problems: string[
   }
   if (resumeWhen !== undefined && !RESUME_WHEN.includes(resumeWhen))
     problems.push(`resume when must be one of ${RESUME_WHEN.join(', ')}, got ${JSON.stringify(resumeWhen)}`);
+  if (shardAboveHosts !== undefined && !isIntegerIn(shardAboveHosts, 1, 100_000))
+    problems.push(`shard above hosts must be an integer from 1 to 100000, got ${shardAboveHosts}`);
+  if (shardHosts !== undefined && !isIntegerIn(shardHosts, 1, 1000))
+    problems.push(`shard hosts must be an integer from 1 to 1000, got ${shardHosts}`);
+}
+
+function isIntegerIn(x: unknown, min: number, max: number): boolean {
+  return Number.isInteger(x) && (x as number) >= min && (x as number) <= max;
 }
 
 /** {@link checkSnapshotOptions}, throwing. @throws BadInputError listing every problem found. */
@@ -134,6 +148,8 @@ export interface NormalizedSnapshotInput {
   quiesce: QuiesceMode;
   updateBarrierMaxHosts: number;
   resumeWhen: ResumeWhen;
+  shardAboveHosts: number;
+  shardHosts: number;
 }
 
 /**
@@ -152,7 +168,12 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
   const quiesce = input.quiesce ?? 'none';
   const updateBarrierMaxHosts = input.updateBarrierMaxHosts ?? DEFAULT_UPDATE_BARRIER_MAX_HOSTS;
   const resumeWhen = input.resumeWhen ?? 'group-paused';
-  checkSnapshotOptions({ maxFreezeMs, quiesce, updateBarrierMaxHosts, resumeWhen }, problems);
+  const shardAboveHosts = input.shardAboveHosts ?? DEFAULT_SHARD_ABOVE_HOSTS;
+  const shardHosts = input.shardHosts ?? DEFAULT_SHARD_HOSTS;
+  checkSnapshotOptions(
+    { maxFreezeMs, quiesce, updateBarrierMaxHosts, resumeWhen, shardAboveHosts, shardHosts },
+    problems,
+  );
   if (problems.length > 0) throw new BadInputError(problems.join('; '));
   return {
     group,
@@ -163,5 +184,7 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
     quiesce,
     updateBarrierMaxHosts,
     resumeWhen,
+    shardAboveHosts,
+    shardHosts,
   };
 }

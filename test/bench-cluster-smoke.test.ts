@@ -25,7 +25,9 @@ describe('npm run bench:cluster (smoke)', () => {
       expect(report).toContain('## Temporal cluster vs dev server');
       for (const b of ['dev-server', 'cluster']) {
         expect(report).toMatch(new RegExp(`\\| 1 \\| ${b} \\| \\d+\\.\\d`));
-        expect(report).toMatch(new RegExp(`\\| 2 \\| ${b} \\| \\d+\\.\\d`));
+        // Simulated hosts: both barriers, each run completed, with its load beside it.
+        for (const barrier of ['update', 'sharded'])
+          expect(report).toMatch(new RegExp(`\\| 2 \\| ${b} \\| ${barrier}[^|]* \\| 1/1 \\| \\d+\\.\\d`));
       }
       const raw = readdirSync(join(out, 'bench', 'results'));
       expect(raw).toEqual([expect.stringMatching(/^cluster-.*\.json$/)]);

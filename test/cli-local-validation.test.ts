@@ -44,6 +44,11 @@ const CASES: { args: string[]; message: RegExp }[] = [
   },
   { args: ['worker', '--snapshots-in-flight', '2.5'], message: /expected an integer, got "2.5"/ },
   { args: ['snapshot', '--vm', 'x@h', '--max-freeze', '5'], message: /max freeze must be an integer from 100/ },
+  { args: ['snapshot', '--vm', 'x@h', '--shard-hosts', '0'], message: /shard hosts must be an integer from 1 to 1000/ },
+  {
+    args: ['snapshot', '--vm', 'x@h', '--shard-above-hosts', '0'],
+    message: /shard above hosts must be an integer from 1/,
+  },
   { args: ['snapshot', 'shop', '--label', 'a/b'], message: /label "a\/b" is not safe/ },
   { args: ['snapshot', 'shop', '--snapshot-id', '../../etc'], message: /snapshot id "..\/..\/etc" is not safe/ },
   { args: ['snapshot', 'shop', '--max-freeze', '700000'], message: /max freeze must be an integer from 100/ },

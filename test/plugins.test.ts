@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
-import { NativeConnection, Worker } from '@temporalio/worker';
+import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { waitForHostWorkers } from '../client';
 import { createGroup, listHosts, snapshotNamedGroup } from '../client/dr';
 import { FreezeJournal } from '../activities/freeze-journal';
@@ -88,6 +88,18 @@ describe('groupsnap as Temporal worker plugins', () => {
     const run = await snapshotNamedGroup(client, name, { label: 'plugins' });
     expect(run.snapshot).toMatchObject({ status: 'completed', label: 'plugins' });
     expect(hostB.chain(vm)).toHaveLength(2);
+  });
+
+  it("keeps 2 long polls open on a host's queue unless told otherwise (the SDK's 10 each: 1,000 hosts past the server's limit)", async () => {
+    const options = async (extra: Partial<WorkerOptions>) => {
+      const dir = await mkdtemp(join(tmpdir(), 'groupsnap-plugin-polls-'));
+      stateDirs.push(dir);
+      const plugin = groupsnapHostPlugin({ hostId: uniqueId('pp'), hypervisor: hostB.hypervisor, stateDir: dir });
+      return plugin.configureWorker({ connection, namespace, taskQueue: plugin.taskQueue, ...extra });
+    };
+    expect((await options({})).activityTaskPollerBehavior).toEqual({ type: 'simple-maximum', maximum: 2 });
+    const own = { type: 'autoscaling', maximum: 20 } as const;
+    expect((await options({ activityTaskPollerBehavior: own })).activityTaskPollerBehavior).toEqual(own);
   });
 
   it('refuses to serve another task queue or other workflows than its own', async () => {

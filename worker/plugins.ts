@@ -49,6 +49,13 @@ export const GROUPSNAP_WORKFLOWS_PATH = require.resolve('../workflows');
 /** How many activities a host worker runs at once by default: a group's VMs are paused in parallel. */
 const HOST_MAX_CONCURRENT_ACTIVITIES = 200;
 
+/**
+ * Long polls a host worker keeps open on its queue by default (the SDK's default is 10). A host runs few activities,
+ * each long: 2 polls take the next task at once, and 1,000 hosts stay within the server's 1,200 concurrent polls
+ * per frontend (`frontend.namespaceCount`) with two frontends, where 10 each would need nine (docs/adr/0014).
+ */
+const HOST_ACTIVITY_POLLERS = 2;
+
 export interface GroupsnapHostPluginOptions {
   /** This host's id: the worker serves the activities of VMs `<domain>@<hostId>`, on `groupsnap-host/<hostId>`. */
   hostId: string;
@@ -223,6 +230,10 @@ export class GroupsnapHostPlugin extends GroupsnapPlugin {
       activities: { ...configured.activities, ...guardActivities(activities, HOST_ACTIVITY_SCHEMAS) },
       maxConcurrentActivityTaskExecutions:
         configured.maxConcurrentActivityTaskExecutions ?? HOST_MAX_CONCURRENT_ACTIVITIES,
+      activityTaskPollerBehavior: configured.activityTaskPollerBehavior ?? {
+        type: 'simple-maximum',
+        maximum: HOST_ACTIVITY_POLLERS,
+      },
     };
   }
 

@@ -5,6 +5,7 @@ import { normalizeSnapshotInput } from '../common/validation';
 import { recordCompensation, recordRun } from './run-metrics';
 import { catalog, compensate, freeze, lease, plan, releaseLeases } from './snapshot-phases';
 import { SnapshotRun } from './snapshot-run';
+import { freezeSharded, isSharded } from './snapshot-shards';
 
 export { hostFrozenUpdate, progressQuery } from './snapshot-run';
 
@@ -27,7 +28,8 @@ export async function groupSnapshot(rawInput: GroupSnapshotInput): Promise<Group
     run.setPhase('locking');
     await lease(run);
     run.setPhase('freezing');
-    await freeze(run);
+    if (isSharded(run)) await freezeSharded(run);
+    else await freeze(run);
     run.setPhase('cataloguing');
     await catalog(run);
     run.setPhase('done');

@@ -1,4 +1,5 @@
 export { groupSnapshot, progressQuery, SNAPSHOT_FAILED } from './group-snapshot';
+export { groupSnapshotShard } from './snapshot-shards';
 export {
   groupEntity,
   definitionQuery,

@@ -3,7 +3,7 @@
  * {@link SnapshotRun}. Read workflows/group-snapshot.ts first: it strings them together.
  */
 import { ApplicationFailure, CancellationScope, condition, log, patched, sleep } from '@temporalio/workflow';
-import type { FreezeRequest, PlannedVm, UndoVmReport } from '../common/host-types';
+import type { FreezeRequest, FreezeVmReport, PlannedVm, UndoVmReport } from '../common/host-types';
 import { BAD_INPUT, errorMessage, failure } from '../common/failures';
 import { onHost } from './activity-options';
 import type { SnapshotRun } from './snapshot-run';
@@ -184,27 +184,7 @@ export async function freeze(run: SnapshotRun): Promise<void> {
           },
         ],
       )
-      .then((reports) => {
-        if (reports.some((r) => r.error)) run.barrier = 'abort';
-        run.freezeReports.set(h, reports);
-        for (const r of reports) {
-          const vm = run.vm(h, r.domain);
-          vm.pausedByUs = r.pausedByUs;
-          vm.quiesced = r.quiesced;
-          if (r.snapshotted) {
-            vm.outcome = 'snapshotted';
-            vm.disks = run.plans.get(h)!.find((p) => p.domain === r.domain)!.disks;
-          }
-          if (r.error) vm.error = r.error;
-          if (r.state) vm.state = r.state;
-          if (r.snapshottedAtMs !== undefined) vm.snapshottedAtMs = r.snapshottedAtMs;
-          if (r.pausedByUs) vm.pausedAtMs = r.pauseReturnedAtMs ?? r.pausedAtMs;
-          if (r.resumeIssuedAtMs !== undefined) vm.resumeIssuedAtMs = r.resumeIssuedAtMs;
-          run.markVm(h, r.domain, r.error ? 'failed' : r.snapshotted ? 'snapshotted' : 'paused');
-          run.applyResume(h, r);
-        }
-        return reports;
-      })
+      .then((reports) => adoptFreezeReports(run, h, reports))
       .catch((err) => {
         run.barrier = 'abort';
         throw err;
@@ -238,6 +218,38 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   const released = release === 'signal' ? releaseHosts(run, run.barrier === 'release') : Promise.resolve();
   await allFrozen;
   await released;
+  await afterFreeze(run);
+}
+
+/** A host's freeze reports, into the run's per-VM results and progress. */
+export function adoptFreezeReports(run: SnapshotRun, h: string, reports: FreezeVmReport[]): FreezeVmReport[] {
+  if (reports.some((r) => r.error)) run.barrier = 'abort';
+  run.freezeReports.set(h, reports);
+  for (const r of reports) {
+    const vm = run.vm(h, r.domain);
+    vm.pausedByUs = r.pausedByUs;
+    vm.quiesced = r.quiesced;
+    if (r.snapshotted) {
+      vm.outcome = 'snapshotted';
+      vm.disks = run.plans.get(h)!.find((p) => p.domain === r.domain)!.disks;
+    }
+    if (r.error) vm.error = r.error;
+    if (r.state) vm.state = r.state;
+    if (r.snapshottedAtMs !== undefined) vm.snapshottedAtMs = r.snapshottedAtMs;
+    if (r.pausedByUs) vm.pausedAtMs = r.pauseReturnedAtMs ?? r.pausedAtMs;
+    if (r.resumeIssuedAtMs !== undefined) vm.resumeIssuedAtMs = r.resumeIssuedAtMs;
+    run.markVm(h, r.domain, r.error ? 'failed' : r.snapshotted ? 'snapshotted' : 'paused');
+    run.applyResume(h, r);
+  }
+  return reports;
+}
+
+/**
+ * Once every freeze has ended: fails the run on any VM's error, thaws (old order above the update barrier), sets the
+ * cut, and fails it when a deadline resumed a VM before the release. Shared by the flat and the sharded freeze.
+ */
+export async function afterFreeze(run: SnapshotRun): Promise<void> {
+  const release = run.release;
   // A cancellation that arrived during the window (the hosts then saw their waits cancelled) ends the run cancelled.
   if (CancellationScope.current().consideredCancelled) await CancellationScope.current().cancelRequested;
   const failures = run.vmResults.filter((v) => v.error);
@@ -345,8 +357,10 @@ async function thawAll(run: SnapshotRun, hostIds: string[]): Promise<void> {
  * catalog entries). Undo is asked for every planned VM of the host: it checks each disk's chain and only touches
  * overlays of this run, so a host whose freeze report was lost is covered too.
  */
-async function undoFreeze(run: SnapshotRun): Promise<void> {
+export async function undoFreeze(run: SnapshotRun): Promise<void> {
   if (run.release === 'signal') await releaseHosts(run, false);
+  // A sharded freeze: every shard answers its hosts' barrier with an abort (they resume at once).
+  if (run.abortShards) await run.abortShards();
   await thawAll(run, run.freezeStartedOn).catch((err) => log.warn('thaw failed', { error: errorMessage(err) }));
   await run.freezesSettled;
   await thawAll(run, run.freezeStartedOn).catch((err) => log.error('thaw failed', { error: errorMessage(err) }));

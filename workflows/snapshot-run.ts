@@ -25,7 +25,7 @@ import {
 } from '../common/search-attributes';
 import type { GroupSnapshotResult, ResumeWhen, SnapshotPhase, SnapshotProgress, VmResult } from '../common/types';
 import type { NormalizedSnapshotInput } from '../common/validation';
-import { progressDetails } from './ui';
+import { DetailsBatcher, progressDetails } from './ui';
 
 export const progressQuery = defineQuery<SnapshotProgress>('progress');
 
@@ -68,6 +68,12 @@ export class SnapshotRun {
   createdAt: string | undefined;
   /** The release order of this run (set by the freeze). */
   resumeWhen: ResumeWhen | undefined;
+  /** A sharded freeze (snapshot-shards.ts): tells every shard to abort; set while its shards run. */
+  abortShards: (() => Promise<void>) | undefined;
+  /** Per-VM results and progress rows by `domain@host` (lookups in O(1): groups of thousands of VMs). */
+  private readonly resultsByVm: Map<string, VmResult>;
+  private readonly progressByVm: Map<string, SnapshotProgress['vms'][number]>;
+  private readonly details = new DetailsBatcher(() => setCurrentDetails(progressDetails(this.progress)));
   /** Saga compensations, run newest first when a later step fails. */
   readonly compensations: (() => Promise<void>)[] = [];
 
@@ -81,6 +87,8 @@ export class SnapshotRun {
       snapshotId: this.snapshotId,
       vms: input.vms.map((v) => ({ ...v, state: 'pending' })),
     };
+    this.resultsByVm = new Map(this.vmResults.map((v) => [`${v.domain}@${v.host}`, v]));
+    this.progressByVm = new Map(this.progress.vms.map((v) => [`${v.domain}@${v.host}`, v]));
   }
 
   /** Query and update handlers, search attributes and the first "current details". */
@@ -125,12 +133,12 @@ export class SnapshotRun {
   }
 
   vm(h: string, domain: string): VmResult {
-    return this.vmResults.find((r) => r.host === h && r.domain === domain)!;
+    return this.resultsByVm.get(`${domain}@${h}`)!;
   }
 
   /** The live "current details" in the Temporal UI: phase and per-VM progress (and the result once known). */
   show(final?: GroupSnapshotResult): void {
-    setCurrentDetails(progressDetails(this.progress, final));
+    this.details.now(() => setCurrentDetails(progressDetails(this.progress, final)));
   }
 
   setPhase(phase: SnapshotPhase): void {
@@ -140,10 +148,11 @@ export class SnapshotRun {
   }
 
   markVm(h: string, domain: string, state: SnapshotProgress['vms'][number]['state']): void {
-    const vm = this.progress.vms.find((v) => v.host === h && v.domain === domain);
+    const vm = this.progressByVm.get(`${domain}@${h}`);
     if (vm && vm.state !== state) {
       vm.state = state;
-      this.show();
+      // Once for every VM marked in this activation, not once per VM (O(VMs^2) at hundreds of hosts).
+      this.details.request();
     }
   }
 

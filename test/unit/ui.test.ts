@@ -1,5 +1,6 @@
 import type { GroupSnapshotResult, SnapshotProgress } from '../../common/types';
 import {
+  DetailsBatcher,
   markdownTable,
   onHostSummary,
   payloadBytes,
@@ -149,5 +150,29 @@ describe('Temporal UI texts', () => {
     );
     expect(text).toContain('| db-1 | hv-a | resumed | snapshotted | 33 | 0 | 30 | 33 |');
     expect(text).toContain('| db-2 | hv-a | resumed | snapshotted | 55.75 | 4.3 | 57 | 60 |');
+  });
+});
+
+describe('DetailsBatcher (current details of a run with thousands of VMs, issue 29)', () => {
+  it('renders once for every state change made in one go, not once per change', async () => {
+    let renders = 0;
+    const batcher = new DetailsBatcher(() => renders++);
+    for (let i = 0; i < 2048; i++) batcher.request();
+    expect(renders).toBe(0);
+    await Promise.resolve();
+    expect(renders).toBe(1);
+    batcher.request();
+    await Promise.resolve();
+    expect(renders).toBe(2);
+  });
+
+  it('drops a queued render when the details are shown at once (the result is never overwritten)', async () => {
+    const shown: string[] = [];
+    const batcher = new DetailsBatcher(() => shown.push('progress'));
+    batcher.request();
+    batcher.now(() => shown.push('result'));
+    await Promise.resolve();
+    await Promise.resolve();
+    expect(shown).toEqual(['result']);
   });
 });
