@@ -333,7 +333,8 @@ export const instantStopRequest = z.object({ restoreId: safeName('restore id') }
 
 // ---- drills (activities/drill.ts; types in common/drill.ts) ----
 
-const jsRegex = z
+/** A JavaScript regular expression (checked by compiling it), at most 1000 characters. */
+export const jsRegex = z
   .string()
   .max(1000)
   .refine(

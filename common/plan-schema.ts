@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { BadInputError } from './failures';
-import { describeIssues, domainName, networkName, repoUrl, safeName } from './host-requests';
+import { describeIssues, domainName, jsRegex, networkName, repoUrl, safeName } from './host-requests';
 import type { ReadinessCheck, RecoveryPlan } from './plans';
 import { parseDuration, validateCron, validateTimezone } from './schedule-spec';
 
@@ -29,21 +29,7 @@ function duration(what: string, min: number, max: number) {
   });
 }
 
-const regex = z
-  .string()
-  .min(1)
-  .max(1000)
-  .refine(
-    (s) => {
-      try {
-        new RegExp(s);
-        return true;
-      } catch {
-        return false;
-      }
-    },
-    { message: 'a JavaScript regular expression' },
-  );
+const regex = jsRegex.refine((s) => s.length > 0, { message: 'a non-empty regular expression' });
 
 /** An IPv4 or IPv6 address literal (never a name: nothing is resolved on the host). */
 const address = z.union([z.ipv4(), z.ipv6()], { message: 'an IPv4 or IPv6 address' });
