@@ -349,7 +349,13 @@ export async function runServe(spec: ServeSpec, opts: ServeOptions = {}): Promis
       fetched.set(`${spec.exports[i].domain}\0${spec.exports[i].target}`, stats);
       return new DiskChunkReader(m, cache, spec.readAhead ?? 8, stats);
     });
-    servers = await listenAll(spec, readers, connections, () => writer?.soon());
+    servers = await listenAll(
+      spec,
+      readers,
+      connections,
+      () => writer?.soon(),
+      () => writer?.now(),
+    );
     state = 'serving';
     writer?.now();
     log('serving', { exports: spec.exports.map((e) => `${e.exportName} on ${e.socket}`) });
@@ -369,6 +375,7 @@ async function listenAll(
   readers: DiskChunkReader[],
   connections: Map<string, number>,
   changed: () => void,
+  failed: () => void = changed,
 ): Promise<NbdServer[]> {
   const bySocket = new Map<string, NbdExport[]>();
   spec.exports.forEach((e, i) => {
@@ -377,7 +384,12 @@ async function listenAll(
       name: e.exportName,
       size: r.size,
       description: `${spec.group}/${spec.snapshotId} ${e.domain} ${e.target} (read-only)`,
-      read: (offset, length) => r.read(offset, length),
+      // A failed read (a damaged chunk) is reported at once, not with the next throttled update.
+      read: (offset, length) =>
+        r.read(offset, length).catch((err: unknown) => {
+          failed();
+          throw err;
+        }),
     };
     bySocket.set(e.socket, [...(bySocket.get(e.socket) ?? []), exp]);
   });

@@ -9,6 +9,7 @@ import { groupSnapshotResult, snapshotGroup, startGroupSnapshot } from '../clien
 import { parseVmMetadata } from '../common/catalog';
 import { cutViolations } from '../common/cut';
 import { FreezeJournal } from '../activities/freeze-journal';
+import { restartablePort } from '../dev/free-port';
 import { startDevServer } from '../dev/temporal-dev-server';
 import { backingChain, VmFleet } from '../dev/vms';
 import { parseDomainXml } from '../hypervisor/domain-xml';
@@ -303,8 +304,8 @@ describe('group snapshot saga on real VMs', () => {
     const before = { [v5]: await sources(v5), [v6]: await sources(v6) };
     const dir = await mkdtemp(join(tmpdir(), 'groupsnap-outage-'));
     const dbFilename = join(dir, 'temporal.db');
-    let server = await startDevServer({ dbFilename });
-    const port = server.port;
+    const port = await restartablePort();
+    let server = await startDevServer({ dbFilename, port });
     const real = uniqueId('hr');
     const slow = new FakeHost(uniqueId('slow'), { latencyMs: { suspend: 2500 } });
     const outageHosts = await startHosts(
@@ -364,8 +365,8 @@ describe('group snapshot saga on real VMs', () => {
     const [, , , , v5, v6] = fleet.names;
     const dir = await mkdtemp(join(tmpdir(), 'groupsnap-outage-'));
     const dbFilename = join(dir, 'temporal.db');
-    let server = await startDevServer({ dbFilename });
-    const port = server.port;
+    const port = await restartablePort();
+    let server = await startDevServer({ dbFilename, port });
     const real = uniqueId('hr');
     let restarted: Promise<void> | undefined;
     const hypervisor = await openHypervisor();

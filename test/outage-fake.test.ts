@@ -7,7 +7,7 @@ import { Client, Connection } from '@temporalio/client';
 import { groupSnapshotResult, startGroupSnapshot, waitForHostWorkers, type GroupSnapshotHandle } from '../client';
 import { cutViolations } from '../common/cut';
 import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
-import { freePort } from '../dev/free-port';
+import { restartablePort } from '../dev/free-port';
 import { startDevServer, type DevServer } from '../dev/temporal-dev-server';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { FakeHost } from './helpers/fake-hosts';
@@ -74,7 +74,7 @@ describe('orchestrator outage mid-freeze (fake hypervisors, real Temporal SIGKIL
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'groupsnap-outage-'));
-    port = await freePort();
+    port = await restartablePort();
     server = await startDevServer({ port, dbFilename: join(dir, 'temporal.db') });
     servers.push(server);
     const latencyMs = { suspend: 5, snapshot: 40, resume: 5 };
