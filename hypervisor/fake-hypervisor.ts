@@ -63,6 +63,8 @@ export interface FakeHypervisorOptions {
   latencyMs?: Partial<Record<FakeOp, number | (() => number)>>;
   /** Create (empty) overlay files on disk like libvirt does, and delete them on commit. @default true */
   touchFiles?: boolean;
+  /** The QEMU version the fake reports. @default 10.0 */
+  qemuVersion?: { major: number; minor: number };
 }
 
 /**
@@ -379,6 +381,10 @@ export class FakeHypervisor implements Hypervisor {
       if (m) return { exportName: m[1], socket: m[2] };
     }
     return undefined;
+  }
+
+  async qemuVersion(): Promise<{ major: number; minor: number }> {
+    return this.options.qemuVersion ?? { major: 10, minor: 0 };
   }
 
   async pausedByIoError(domain: string): Promise<boolean> {
