@@ -126,9 +126,9 @@ export function ensureGuard(stateDir: string, libvirtUri: string, cliEntry: stri
 /**
  * Ends the guard of `stateDir` when no freeze record is open, after a clean stop of the worker that started it
  * (there is nothing left for it to protect). With an open record the guard is left running: it resumes that VM at
- * its deadline. Waits up to `waitMs` for it to exit. Returns the pid stopped, if any.
+ * its deadline. Waits up to `waitMs` for it to exit (20 s: on a loaded 2-core machine 5 s was once not enough). Returns the pid stopped, if any.
  */
-export async function stopIdleGuard(stateDir: string, waitMs = 5_000): Promise<number | undefined> {
+export async function stopIdleGuard(stateDir: string, waitMs = 20_000): Promise<number | undefined> {
   const pid = runningGuardPid(stateDir);
   if (pid === undefined || new FreezeJournal(stateDir).listOpen().length > 0) return undefined;
   try {
