@@ -63,7 +63,8 @@ export class ChunkIdSet implements Iterable<string> {
 }
 
 /** Whether `want` (32 bytes) is one of the ascending 32-byte ids in `b`. */
-function bisect(b: Buffer, want: Buffer): boolean {
+/** Whether `want` (32 bytes) is in `b`, a buffer of 32-byte ids in ascending order. */
+export function bisect(b: Buffer, want: Buffer): boolean {
   let lo = 0;
   let hi = Math.floor(b.length / 32) - 1;
   while (lo <= hi) {

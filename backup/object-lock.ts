@@ -3,6 +3,7 @@
  * what an export knows of its chunks' retention (from the chunk index), so it extends only the chunks whose known
  * lock ends too early.
  */
+import { bisect } from './chunk-id-set';
 import type { LockMode } from './store';
 
 export const DAY_MS = 24 * 3600_000;
@@ -67,19 +68,6 @@ export class ChunkRetention {
     for (const o of this.objects) if (o.until > best && bisect(o.ids, want)) best = o.until;
     return best;
   }
-}
-
-function bisect(b: Buffer, want: Buffer): boolean {
-  let lo = 0;
-  let hi = Math.floor(b.length / 32) - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1;
-    const c = b.compare(want, 0, 32, mid * 32, mid * 32 + 32);
-    if (c === 0) return true;
-    if (c < 0) lo = mid + 1;
-    else hi = mid - 1;
-  }
-  return false;
 }
 
 /** An index object's body in a locked repository: the date (8 bytes, ms, big-endian) its chunks are locked until. */
