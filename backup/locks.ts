@@ -21,6 +21,9 @@ export const LOCK_REFRESH_MS = 60_000;
 
 export type LockKind = 'export' | 'read' | 'prune';
 
+/** How long an exclusive lock's creator waits before reading it back (see `stillOurs`). */
+const EXCLUSIVE_SETTLE_MS = 250;
+
 /** Object key of the exclusive (prune) lock. */
 export const EXCLUSIVE_LOCK_KEY = `${KEYS.locksPrefix}prune`;
 
@@ -163,7 +166,10 @@ export class RepositoryLock implements HeldLock {
         await store.put(this.key, this.body); // a store without conditional writes: best effort
         created = true;
       }
-      if (created) return;
+      if (created && (await this.stillOurs())) return;
+      if (created) {
+        throw new RepositoryBusyError(`${this.key} was written by another prune at the same time: ${owner} gives way`);
+      }
       const held = (await RepositoryLock.list(this.repo, Number.POSITIVE_INFINITY)).find((l) => l.key === this.key);
       if (!held) {
         // Released meanwhile; or, on a versioned bucket (Object Lock), a delete marker that a store counts as an
@@ -181,6 +187,18 @@ export class RepositoryLock implements HeldLock {
       // Stale: its holder died. Remove it and try again (a racing prune's conditional write still decides).
       await (this.repo.objectLock ? this.repo.purge(this.key) : store.delete(this.key));
     }
+  }
+
+  /**
+   * Reads the exclusive lock back a moment after creating it. A store whose conditional create checks and then
+   * writes (versitygw's posix backend) lets two racing creates both succeed, the later overwriting the earlier:
+   * only the one whose body is there after the settle holds the lock. On a store with an atomic If-None-Match
+   * (AWS S3) this always finds our own body.
+   */
+  private async stillOurs(): Promise<boolean> {
+    await new Promise((r) => setTimeout(r, EXCLUSIVE_SETTLE_MS));
+    const now = await this.repo.store.get(this.key);
+    return now !== undefined && now.equals(this.body);
   }
 
   /** Object Lock (versioned bucket): deletes the delete markers of this lock's key (they are not locked). */

@@ -129,7 +129,7 @@ async function hostExport(url: string, snapshotId: string, file: string, base?: 
       repository: url,
       group: 'shop',
       snapshotId,
-      snapshotCreatedAt: new Date().toISOString(),
+      snapshotCreatedAt: new Date((clock ?? Date.now)()).toISOString(),
       vms: [
         { domain: 'db-1', host: 'hv-a', manifest: vmKey, disks: [{ target: 'vda', virtualSize: disk.virtualSize }] },
       ],
@@ -272,6 +272,8 @@ describe('repository with Object Lock on versitygw', () => {
 
   it("the host's export activities run with the write-only credentials (no delete but their locks')", async () => {
     const snapshotId = 'gs-20261207T100000Z-eeeeee';
+    // The newest point of the repository, whenever the test runs (the others are taken now and two days later).
+    const createdAt = new Date(Date.now() + 3 * DAY_MS).toISOString();
     const file = await image('p5');
     const hypervisor = {
       getMetadata: async () =>
@@ -283,7 +285,7 @@ describe('repository with Object Lock on versitygw', () => {
             {
               snapshotId,
               group: 'shop',
-              createdAt: '2026-12-07T10:00:00.000Z',
+              createdAt,
               disks: [{ target: 'vda', image: file, overlay: join(dir, 'p5.overlay.qcow2') }],
             },
           ],
@@ -310,7 +312,7 @@ describe('repository with Object Lock on versitygw', () => {
         repository: url,
         group: 'shop',
         snapshotId,
-        snapshotCreatedAt: '2026-12-07T10:00:00.000Z',
+        snapshotCreatedAt: createdAt,
         vms: [
           { domain: 'db-2', host: 'hv-b', manifest: vmKey, disks: [{ target: 'vda', virtualSize: disk.virtualSize }] },
         ],
@@ -327,7 +329,7 @@ describe('repository with Object Lock on versitygw', () => {
   it('prune keeps a point whose lock holds and says until when', async () => {
     const admin = await Repository.open(url, key);
     const result = await pruneRepository(admin, { policy: { keepLast: 1 } });
-    // The newest point (the activities', taken at 10:00) is kept by the policy; the two others are locked.
+    // The newest point (the activities', dated three days ahead) is kept by the policy; the two others are locked.
     expect(result.held.map((h) => h.snapshotId).sort()).toEqual([
       'gs-20261207T080000Z-aaaaaa',
       'gs-20261209T080000Z-bbbbbb',

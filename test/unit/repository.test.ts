@@ -495,6 +495,35 @@ describe('damaged objects, size bounds and locks (file store)', () => {
     repo.close();
   });
 
+  test('two prunes racing on a store whose conditional create checks, then writes: exactly one holds the lock', async () => {
+    const repo = await Repository.init(url, key, { chunkSize: CHUNK });
+    // As versitygw's posix backend: If-None-Match is a check, then a write; both racers pass the check.
+    const racy: ObjectStore = Object.create(repo.store) as ObjectStore;
+    racy.putIfAbsent = async (k, body) => {
+      if (await repo.store.exists(k)) return false;
+      await new Promise((r) => setTimeout(r, 20));
+      await repo.store.put(k, body);
+      return true;
+    };
+    const racing = await Repository.open(url, key, { store: racy });
+    for (let round = 0; round < 3; round++) {
+      const [a, b] = await Promise.allSettled([
+        RepositoryLock.acquire(racing, 'prune', 'pruner-a'),
+        RepositoryLock.acquire(racing, 'prune', 'pruner-b'),
+      ]);
+      expect([a.status, b.status].sort()).toEqual(['fulfilled', 'rejected']);
+      const lost = (a.status === 'rejected' ? a : b) as PromiseRejectedResult;
+      expect(lost.reason).toBeInstanceOf(RepositoryBusyError);
+      const won = (a.status === 'fulfilled' ? a : b) as PromiseFulfilledResult<RepositoryLock>;
+      // The winner's lock is the one in the store, and it is still held.
+      expect(won.value.signal.aborted).toBe(false);
+      await won.value.release();
+      expect(await repo.store.exists('locks/prune')).toBe(false);
+    }
+    racing.close();
+    repo.close();
+  });
+
   test('an S3 endpoint comes only from the host: a URL naming another one is bad input', () => {
     const saved = [process.env.AWS_ENDPOINT_URL_S3, process.env.AWS_ENDPOINT_URL];
     try {
