@@ -13,6 +13,7 @@ export interface DrillFlags extends CommonOptions {
   cron?: string;
   timezone?: string;
   stripHostDevices?: boolean;
+  instant?: boolean;
 }
 
 /** `groupsnap drill <group> --to-host <id> [--point latest] [--check cmd | --serial-line re] [--cron expr]`. */
@@ -33,6 +34,7 @@ export function drillCommand(group: string, opts: DrillFlags) {
     ...(opts.serialLine !== undefined ? { serialLine: opts.serialLine } : {}),
     ...(opts.timeout !== undefined ? { timeoutMs: opts.timeout * 1000 } : {}),
     ...(opts.stripHostDevices ? { stripHostDevices: true } : {}),
+    ...(opts.instant ? { instant: true } : {}),
   };
   if (opts.cron) {
     const cron = opts.cron;
@@ -55,7 +57,7 @@ export function renderDrill(r: DrillResult): string {
   return [
     `drill ${r.drillId} of ${r.group} ${r.snapshotId} on ${r.toHost}: ${r.status.toUpperCase()}` +
       (r.error ? ` (${r.error})` : ''),
-    `  restore ${s(r.restoreMs)}, ready (${r.readiness}) ${s(r.readyMs)} later, RTO ${s(r.rtoMs)}`,
+    `  ${r.restore?.instant ? 'instant restore (VMs running)' : 'restore'} ${s(r.restoreMs)}, ready (${r.readiness}) ${s(r.readyMs)} later, RTO ${s(r.rtoMs)}`,
     ...r.vms.map((v) => `  ${v.source} -> ${v.clone} (torn down)`),
     ...(r.restore?.vms ?? []).flatMap((v) => (v.removed ?? []).map((x) => `  ${v.source}: removed ${x}`)),
     ...(r.evidence ?? []).map((e) => `  ${e}`),

@@ -472,6 +472,10 @@ temporalOptions(
     .option('--check <command>', 'ready when this exits 0 on the host (worker started with --allow-drill-checks)')
     .option('--serial-line <regex>', "ready when a matching line appears on every clone's serial console")
     .option('--timeout <seconds>', 'how long the clones may take to be ready', parseInteger)
+    .option(
+      '--instant',
+      'instant restore: the clones run over the point served from the repository and are checked while they hydrate (the RTO of an instant failover)',
+    )
     .option('--cron <expr>', 'instead of drilling now, drill the latest point on this schedule')
     .option('--timezone <tz>', 'time zone of --cron', 'UTC')
     .option(

@@ -20,6 +20,11 @@ export interface DrillInput {
   check?: string;
   /** Remove what names a host resource from the stored definitions instead of failing (see RepoRestoreInput). */
   stripHostDevices?: boolean;
+  /**
+   * Instant restore (RepoRestoreInput.instant): the clones run over the point served from the repository; readiness
+   * is checked while they hydrate, and hydration stops at the teardown. The RTO of an instant failover. @default false
+   */
+  instant?: boolean;
   /** Readiness deadline after the VMs run. @default 300000 */
   timeoutMs?: number;
   /** @default generated */
@@ -93,6 +98,8 @@ export function normalizeDrillInput(input: DrillInput): Required<Pick<DrillInput
   }
   if (input.stripHostDevices !== undefined && typeof input.stripHostDevices !== 'boolean')
     problems.push(`stripHostDevices must be true or false, not ${JSON.stringify(input.stripHostDevices)}`);
+  if (input.instant !== undefined && typeof input.instant !== 'boolean')
+    problems.push(`instant must be true or false, not ${JSON.stringify(input.instant)}`);
   const timeoutMs = input.timeoutMs ?? 300_000;
   if (!Number.isInteger(timeoutMs) || timeoutMs < 1000 || timeoutMs > 6 * 3600_000)
     problems.push('the readiness timeout must be 1 s to 6 h');

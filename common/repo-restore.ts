@@ -51,10 +51,21 @@ export interface RepoRestoreInput {
   hydrateParallel?: number;
   /** Instant restore: each disk's hydration limited to this many MiB/s (spares the guests' I/O). @default unlimited */
   hydrateBandwidthMiB?: number;
+  /**
+   * Instant restore started as a child workflow: signal the parent ({@link RESTORE_RUNNING_SIGNAL}) with the result
+   * so far once every VM runs, so it goes on (readiness checks) while this restore hydrates. @default false
+   */
+  reportRunning?: boolean;
 }
 
+/** The signal an instant restore sends its parent once every VM runs (see `reportRunning`). */
+export const RESTORE_RUNNING_SIGNAL = 'restoreRunning';
+
 export interface NormalizedRepoRestoreInput extends Required<
-  Omit<RepoRestoreInput, 'suffix' | 'restoreId' | 'instant' | 'vms' | 'hydrateParallel' | 'hydrateBandwidthMiB'>
+  Omit<
+    RepoRestoreInput,
+    'suffix' | 'restoreId' | 'instant' | 'vms' | 'hydrateParallel' | 'hydrateBandwidthMiB' | 'reportRunning'
+  >
 > {
   suffix: string | undefined;
   restoreId: string | undefined;
@@ -63,6 +74,7 @@ export interface NormalizedRepoRestoreInput extends Required<
   vms?: string[];
   hydrateParallel?: number;
   hydrateBandwidthMiB?: number;
+  reportRunning?: true;
 }
 
 /** Checks a restore request before anything runs. @throws BadInputError listing every problem */
@@ -112,9 +124,11 @@ export function normalizeRepoRestoreInput(input: RepoRestoreInput): NormalizedRe
     problems.push(`hydrate bandwidth must be a whole number of MiB/s (1-1000000), not ${JSON.stringify(bw)}`);
   if (!input.instant && (par !== undefined || bw !== undefined))
     problems.push('hydrate parallelism and bandwidth apply to an instant restore only');
+  if (input.reportRunning && !input.instant) problems.push('only an instant restore reports its VMs running');
   if (problems.length) throw new BadInputError(problems.join('; '));
   return {
     ...(bw !== undefined ? { hydrateBandwidthMiB: bw } : {}),
+    ...(input.reportRunning ? { reportRunning: true as const } : {}),
     ...(input.instant ? { instant: true as const } : {}),
     ...(input.vms ? { vms: [...new Set(input.vms)] } : {}),
     ...(par !== undefined ? { hydrateParallel: par } : {}),

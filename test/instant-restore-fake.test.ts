@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Repository } from '../backup/repository';
 import type { InstantServer, ServeSpec } from '../activities/repo-restore';
+import { runDrill } from '../client/drill';
 import { restoreFromRepo } from '../client/repo-restore';
 import { repoRestoreWorkflowId } from '../common/repo-restore';
 import type { FakeHypervisor } from '../hypervisor/fake-hypervisor';
@@ -254,6 +255,32 @@ describe('instant restore from the repository (fake hypervisor)', () => {
       }
     expect(server.running).toBe(false);
   });
+
+  it('drill --instant: the clones are checked while they hydrate, then hydration stops and everything goes', async () => {
+    // Hydration never ends here: the drill passes only if it checks the clones before it has.
+    host.hypervisor.pullStep = 0;
+    await serve(host.hypervisor);
+    const r = await runDrill(temporal.client, {
+      group,
+      point: snapshotId,
+      repo: url,
+      toHost: host.hostId,
+      instant: true,
+      timeoutMs: 20_000,
+    });
+    expect(r.status).toBe('pass');
+    expect(r.restore).toMatchObject({ instant: true, status: 'restored' });
+    expect(r.restore?.runningAfterMs).toBeGreaterThan(0);
+    expect(r.restore?.hydratedAfterMs).toBeUndefined();
+    expect(r.vms.map((v) => v.source).sort()).toEqual(['app-1', 'db-1']);
+    // Torn down: hydration cancelled first, then the clones and their overlays, then the serving process.
+    const child = await temporal.client.workflow.getHandle(repoRestoreWorkflowId(group, r.drillId)).describe();
+    expect(child.status.name).toBe('CANCELLED');
+    expect([...host.hypervisor.domains.keys()]).toEqual([]);
+    for (const v of r.restore!.vms) for (const d of v.disks) expect(existsSync(d.file)).toBe(false);
+    expect(server.running).toBe(false);
+    expect(server.stops).toBeGreaterThan(0);
+  }, 60_000);
 
   it('a failure before the VMs ran removes everything: VMs, overlays, serving', async () => {
     host.hypervisor.failOn('start', undefined);

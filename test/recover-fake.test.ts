@@ -274,18 +274,53 @@ describe('recovery plans (fake hypervisors)', () => {
     }
   });
 
-  it("restore: instant is passed to every tier's restore as its instant flag", async () => {
+  const restoreIdsOf = (runId: string) => [`${runId}-t1-h1`, `${runId}-t2-h1`, `${runId}-t2-h2`];
+  const childStatus = async (g: string, restoreId: string) =>
+    (await temporal.client.workflow.getHandle(repoRestoreWorkflowId(g, restoreId)).describe()).status.name;
+
+  it('restore: instant: each tier is checked while its restore hydrates; a test run stops hydrating and tears down', async () => {
     const g = await newGroup();
     ready(g);
     await applyPlan(temporal.client, planDoc(g, { restore: 'instant' }));
-    const r = await recover(temporal.client, `${g}-plan`, { mode: 'test' });
-    expect(r.state).toBe('passed');
-    for (const restoreId of [`${r.runId}-t1-h1`, `${r.runId}-t2-h1`, `${r.runId}-t2-h2`]) {
-      const history = await temporal.client.workflow.getHandle(repoRestoreWorkflowId(g, restoreId)).fetchHistory();
-      const payload = history.events![0].workflowExecutionStartedEventAttributes!.input!.payloads![0];
-      const input = JSON.parse(Buffer.from(payload.data!).toString('utf8')) as Record<string, unknown>;
-      expect(input).toMatchObject({ instant: true, restoreId, mode: 'clone' });
+    // Hydration never ends: the plan gets past a tier only if it checks the VMs while they hydrate.
+    for (const h of [hvb, hvc]) h.hypervisor.pullStep = 0;
+    try {
+      const r = await recover(temporal.client, `${g}-plan`, { mode: 'test' });
+      expect(r.state).toBe('passed');
+      for (const restoreId of restoreIdsOf(r.runId)) {
+        const history = await temporal.client.workflow.getHandle(repoRestoreWorkflowId(g, restoreId)).fetchHistory();
+        const payload = history.events![0].workflowExecutionStartedEventAttributes!.input!.payloads![0];
+        const input = JSON.parse(Buffer.from(payload.data!).toString('utf8')) as Record<string, unknown>;
+        expect(input).toMatchObject({ instant: true, restoreId, mode: 'clone' });
+        // Torn down: the hydration was cancelled before the VMs were removed.
+        expect(await childStatus(g, restoreId)).toBe('CANCELLED');
+      }
+      expect(r.restores.every((x) => x.instant && x.runningAfterMs !== undefined && !x.hydratedAfterMs)).toBe(true);
+      expect(leftOf(g)).toEqual({ vms: [], files: [] });
+    } finally {
+      for (const h of [hvb, hvc]) h.hypervisor.pullStep = 50;
     }
+  });
+
+  it('restore: instant failover: every tier ready while hydrating; commit waits until every disk is hydrated', async () => {
+    const g = await newGroup();
+    ready(g);
+    await applyPlan(temporal.client, planDoc(g, { restore: 'instant' }));
+    for (const h of [hvb, hvc]) h.hypervisor.pullStep = 0;
+    const handle = await startRecovery(temporal.client, `${g}-plan`, { mode: 'failover' });
+    const runId = runIdOf(handle.workflowId);
+    try {
+      await progressUntil(runId, (p) => p.state === 'awaiting-decision');
+      for (const restoreId of restoreIdsOf(runId)) expect(await childStatus(g, restoreId)).toBe('RUNNING');
+    } finally {
+      for (const h of [hvb, hvc]) h.hypervisor.pullStep = 50;
+    }
+    const r = await decideRecovery(temporal.client, runId, 'commit');
+    expect(r.state).toBe('committed');
+    expect(r.restores.every((x) => x.hydration?.every((d) => d.hydrated))).toBe(true);
+    for (const restoreId of restoreIdsOf(r.runId)) expect(await childStatus(g, restoreId)).toBe('COMPLETED');
+    for (const v of [`${g}-db`, `${g}-app1`]) expect(hvb.state(v)).toBe('running');
+    expect(hvc.state(`${g}-app2`)).toBe('running');
   });
 
   it('a failed check stops the plan: test mode tears down; failover leaves the VMs until rollback', async () => {

@@ -13,6 +13,7 @@ import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes
 import { checked, errorMessage, rootType, BAD_INPUT, failure } from '../common/failures';
 import { onDrillHost } from './activity-options';
 import { Compensations } from './compensations';
+import { InstantRestores } from './instant-children';
 import { restoreFromRepo } from './repo-restore';
 
 /** The state of one drill: its input, the target's activities, the result, the restore and the teardown list. */
@@ -26,6 +27,8 @@ interface DrillRun {
   restore?: RepoRestoreResult;
   /** Run on every outcome: the drill's clones never outlive it. */
   readonly teardown: Compensations;
+  /** An instant drill's restore, hydrating while the clones are checked; stopped at the teardown. */
+  instant?: InstantRestores;
 }
 
 /**
@@ -87,25 +90,27 @@ async function restoreClones(run: DrillRun): Promise<void> {
   const { snapshotId } = result;
   setCurrentDetails(`drill ${drillId}: restoring ${input.group} ${snapshotId} on ${input.toHost} as isolated clones`);
   let restore: RepoRestoreResult;
+  const request = {
+    group: input.group,
+    snapshotId,
+    repo: input.repo,
+    toHost: input.toHost,
+    mode: 'clone' as const,
+    suffix: `-${drillId}`,
+    noNetwork: true,
+    restoreId: drillId,
+    ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
+  };
+  const options = {
+    workflowId: repoRestoreWorkflowId(input.group, drillId),
+    taskQueue: workflowInfo().taskQueue,
+    staticSummary: `drill ${drillId}: restore ${input.group} ${snapshotId} on ${input.toHost}`,
+  };
   try {
-    restore = await executeChild(restoreFromRepo, {
-      workflowId: repoRestoreWorkflowId(input.group, drillId),
-      taskQueue: workflowInfo().taskQueue,
-      args: [
-        {
-          group: input.group,
-          snapshotId,
-          repo: input.repo,
-          toHost: input.toHost,
-          mode: 'clone',
-          suffix: `-${drillId}`,
-          noNetwork: true,
-          restoreId: drillId,
-          ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
-        },
-      ],
-      staticSummary: `drill ${drillId}: restore ${input.group} ${snapshotId} on ${input.toHost}`,
-    });
+    if (input.instant) {
+      run.instant = new InstantRestores();
+      restore = await run.instant.start(request, options);
+    } else restore = await executeChild(restoreFromRepo, { ...options, args: [request] });
   } catch (err) {
     // A failed restore was rolled back by the child; its result (if any) rides in the failure's details.
     const details = (err as { cause?: { details?: unknown[] } }).cause?.details;
@@ -123,6 +128,15 @@ async function restoreClones(run: DrillRun): Promise<void> {
  * replay), each failure noted and the others still removed.
  */
 function registerTeardown(run: DrillRun, restore: RepoRestoreResult): void {
+  const instant = run.instant;
+  if (instant) {
+    // Last: the serving process, once no clone reads from it (compensations run newest first).
+    run.teardown.add(`serving ${run.drillId}`, () =>
+      run.on.cleanup.instantStop.executeWithOptions({ summary: 'stop serving the point' }, [
+        { restoreId: run.drillId },
+      ]),
+    );
+  }
   run.teardown.add(`the clones of ${run.drillId}`, async () => {
     for (const v of restore.status === 'restored' ? restore.vms : []) {
       await run.on.cleanup.removeRestoredVm
@@ -134,6 +148,8 @@ function registerTeardown(run: DrillRun, restore: RepoRestoreResult): void {
         });
     }
   });
+  // First: the hydration stops (the child restore is cancelled and has ended) before the clones go.
+  if (instant) run.teardown.add(`the hydration of ${run.drillId}`, () => instant.stop());
 }
 
 /** Waits for the clones to be ready; the verdict decides pass or fail. */

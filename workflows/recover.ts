@@ -30,6 +30,7 @@ import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes
 import { checked, errorMessage, failure, rootType, BAD_INPUT } from '../common/failures';
 import { control, onDrillHost } from './activity-options';
 import { Compensations } from './compensations';
+import { InstantRestores } from './instant-children';
 import { restoreFromRepo } from './repo-restore';
 import { escapeMarkdown, fittedTable, MAX_DETAILS_BYTES } from './ui';
 
@@ -49,6 +50,8 @@ interface RecoverRun {
   readonly result: RecoverResult;
   /** Removal of every VM the run's restores made, newest first. */
   readonly undo: Compensations;
+  /** The instant restores (plan.restore `instant`): hydrating after their tier; stopped before `undo` runs. */
+  readonly instant: InstantRestores;
   decision?: 'commit' | 'rollback';
 }
 
@@ -102,6 +105,7 @@ function startRun(input: RecoverRun['input']): RecoverRun {
       restores: [],
     },
     undo: new Compensations(),
+    instant: new InstantRestores(),
   };
   setHandler(recoverProgressQuery, () => progressOf(run));
   setHandler(
@@ -225,14 +229,17 @@ async function restoreOnHost(run: RecoverRun, i: number, host: string, k: number
     // The restore's instant mode (VMs running while their data streams in), where the restore has it.
     ...(plan.restore === 'instant' ? { instant: true } : {}),
   };
+  const options = {
+    workflowId: repoRestoreWorkflowId(input.group, restoreId),
+    taskQueue: workflowInfo().taskQueue,
+    staticSummary: `recovery ${runId}, tier ${progress.name}: restore ${vms.map((v) => v.vm).join(', ')} on ${host}`,
+  };
   let restore: RepoRestoreResult;
+  const cleanup = onDrillHost(host, 60_000).cleanup;
   try {
-    restore = await executeChild(restoreFromRepo, {
-      workflowId: repoRestoreWorkflowId(input.group, restoreId),
-      taskQueue: workflowInfo().taskQueue,
-      args: [request],
-      staticSummary: `recovery ${runId}, tier ${progress.name}: restore ${vms.map((v) => v.vm).join(', ')} on ${host}`,
-    });
+    // Instant: back as soon as the VMs run; the tier's checks go on while the restore hydrates.
+    if (plan.restore === 'instant') restore = await run.instant.start({ ...request, restoreId }, options);
+    else restore = await executeChild(restoreFromRepo, { ...options, args: [request] });
   } catch (err) {
     // A failed restore rolled itself back; its result rides in the failure's details.
     const details = (err as { cause?: { details?: unknown[] } }).cause?.details;
@@ -241,7 +248,12 @@ async function restoreOnHost(run: RecoverRun, i: number, host: string, k: number
     throw err;
   }
   run.result.restores.push(restore);
-  const cleanup = onDrillHost(host, 60_000).cleanup;
+  if (plan.restore === 'instant') {
+    // The serving process stops last, once no VM of this restore reads from it (compensations run newest first).
+    run.undo.add(`serving ${restoreId} on ${host}`, () =>
+      cleanup.instantStop.executeWithOptions({ summary: `stop serving (recovery ${runId})` }, [{ restoreId }]),
+    );
+  }
   for (const v of restore.vms) {
     run.undo.add(`${v.domain} on ${host}`, async () => {
       await cleanup.removeRestoredVm.executeWithOptions({ summary: `remove ${v.domain} (recovery ${runId})` }, [
@@ -313,6 +325,7 @@ function show(run: RecoverRun): void {
 /** Removes everything the run made (newest first), each failure noted. */
 async function tearDown(run: RecoverRun, end: RecoverState): Promise<void> {
   setState(run, run.input.mode === 'test' ? 'tearing-down' : 'rolling-back');
+  await run.instant.stop();
   await run.undo.run((what, e) => {
     run.result.error = `${run.result.error ?? ''}; removing ${what}: ${errorMessage(e)}`;
   });
@@ -379,6 +392,12 @@ async function decide(run: RecoverRun): Promise<RecoverResult> {
  */
 async function commit(run: RecoverRun): Promise<void> {
   setState(run, 'committing');
+  if (run.instant.size > 0) {
+    // The group is protected from here: its first snapshot must find local disks, no export read over NBD.
+    setCurrentDetails(`committing recovery ${run.runId}: waiting until every disk is hydrated`);
+    const hydrated = await run.instant.hydrated();
+    run.result.restores = run.result.restores.map((r) => hydrated.find((h) => h.restoreId === r.restoreId) ?? r);
+  }
   const plan = run.plan!;
   const current = await control.readGroup(run.input.group).catch(() => undefined);
   const repository = plan.commit.repository ?? current?.repository;

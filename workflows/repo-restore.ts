@@ -1,6 +1,15 @@
-import { log, setCurrentDetails, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
+import {
+  defineSignal,
+  getExternalWorkflowHandle,
+  log,
+  setCurrentDetails,
+  upsertSearchAttributes,
+  uuid4,
+  workflowInfo,
+} from '@temporalio/workflow';
 import {
   normalizeRepoRestoreInput,
+  RESTORE_RUNNING_SIGNAL,
   type NormalizedRepoRestoreInput,
   type RepoRestoreInput,
   type RepoRestorePlan,
@@ -11,6 +20,9 @@ import { GroupsnapGroup, GroupsnapSnapshotId, GroupsnapVmCount } from '../common
 import { checked, errorMessage, rootType, BAD_INPUT, failure } from '../common/failures';
 import { onRestoreTarget } from './activity-options';
 import { Compensations } from './compensations';
+
+/** An instant restore's result once every VM runs, sent to the parent that asked (`reportRunning`). */
+export const restoreRunningSignal = defineSignal<[RepoRestoreResult]>(RESTORE_RUNNING_SIGNAL);
 
 /** The state of one restore from the repository: its input, the target's activities, the result, the undo list. */
 interface RepoRestoreRun {
@@ -248,6 +260,13 @@ async function instantRestore(run: RepoRestoreRun, plan: RepoRestorePlan): Promi
   run.result.runningAfterMs = Date.now() - run.started;
   run.result.instant = true;
   log.info('instant restore: all VMs running, hydrating', { group, snapshotId, toHost, restoreId: run.restoreId });
+  const parent = workflowInfo().parent;
+  if (run.input.reportRunning && parent) {
+    // The parent (a recovery plan's tier, a drill) goes on with its readiness checks while this one hydrates.
+    await getExternalWorkflowHandle(parent.workflowId, parent.runId)
+      .signal(restoreRunningSignal, { ...run.result, durationMs: run.result.runningAfterMs })
+      .catch((err: unknown) => log.warn('parent not told the VMs run', { error: errorMessage(err) }));
+  }
   await hydrate(run, plan);
   run.result.hydratedAfterMs = Date.now() - run.started;
   return finish(run, plan);
