@@ -63,7 +63,10 @@ export interface FakeHypervisorOptions {
   latencyMs?: Partial<Record<FakeOp, number | (() => number)>>;
   /** Create (empty) overlay files on disk like libvirt does, and delete them on commit. @default true */
   touchFiles?: boolean;
-  /** The QEMU version the fake reports. @default 10.0 */
+  /**
+   * The QEMU version the fake models. Below 8.0 a pull that ends while another pull of the same VM runs crashes
+   * the VM (shut off), as QEMU 7.2 can when both end together (ADR 0013). @default 10.0
+   */
   qemuVersion?: { major: number; minor: number };
 }
 
@@ -349,6 +352,7 @@ export class FakeHypervisor implements Hypervisor {
     pull.cur = Math.min(pull.end, pull.cur + this.pullStep);
     if (pull.cur < pull.end) return { type: 'pull', ready: false, cur: pull.cur, end: pull.end };
     this.pulls.delete(key);
+    if ((this.options.qemuVersion?.major ?? 10) < 8 && this.crashOnConcurrentPull(domain)) return undefined;
     const disk = this.domains.get(domain)!.disks.find((k) => k.target === target)!;
     const top = disk.chain[disk.chain.length - 1];
     const img = this.requireImage(top);
@@ -359,6 +363,18 @@ export class FakeHypervisor implements Hypervisor {
     delete img.backing;
     disk.chain = [top];
     return undefined;
+  }
+
+  /**
+   * QEMU 7.2: a pull's end while another pull of the VM runs may meet that one's end, and libvirt's query of the
+   * nodes then segfaults QEMU (ADR 0013). Modelled at its worst: the VM is shut off, its pulls gone, nothing pulled.
+   */
+  private crashOnConcurrentPull(domain: string): boolean {
+    const others = [...this.pulls.keys()].filter((k) => k.startsWith(`${domain}\0`));
+    if (others.length === 0) return false;
+    for (const k of others) this.pulls.delete(k);
+    this.domains.get(domain)!.state = 'shutoff';
+    return true;
   }
 
   async blockPull(domain: string, target: string, _options: { bandwidthMiB?: number } = {}): Promise<void> {
@@ -381,10 +397,6 @@ export class FakeHypervisor implements Hypervisor {
       if (m) return { exportName: m[1], socket: m[2] };
     }
     return undefined;
-  }
-
-  async qemuVersion(): Promise<{ major: number; minor: number }> {
-    return this.options.qemuVersion ?? { major: 10, minor: 0 };
   }
 
   async pausedByIoError(domain: string): Promise<boolean> {

@@ -96,8 +96,6 @@ export interface Hypervisor {
   nbdBacking(domain: string, target: string): Promise<NbdBacking | undefined>;
   /** Whether a paused VM was paused by QEMU after a disk I/O error (the stop error policy), not by a caller. */
   pausedByIoError(domain: string): Promise<boolean>;
-  /** This host's QEMU version (`qemu-system-x86_64 --version`). */
-  qemuVersion(): Promise<{ major: number; minor: number }>;
   /**
    * Saves a running or paused VM's state to libvirt's managed save image and stops its QEMU; the next
    * {@link start} restores it (paused when `start` says so) with every disk's backing chain opened afresh.

@@ -110,15 +110,3 @@ export async function imageInfo(file: string): Promise<ImageInfo> {
 export async function removeImage(file: string): Promise<void> {
   rmSync(file, { force: true });
 }
-
-let qemuVersionSeen: Promise<{ major: number; minor: number }> | undefined;
-
-/** The version of `qemu-system-x86_64` on this host (asked once). @throws HypervisorError when it does not say */
-export function qemuVersion(): Promise<{ major: number; minor: number }> {
-  qemuVersionSeen ??= run('qemu-system-x86_64', ['--version']).then(({ stdout }) => {
-    const m = /QEMU emulator version (\d+)\.(\d+)/.exec(stdout);
-    if (!m) throw new HypervisorError(`qemu-system-x86_64 --version did not name a version: ${stdout.slice(0, 200)}`);
-    return { major: Number(m[1]), minor: Number(m[2]) };
-  });
-  return qemuVersionSeen;
-}

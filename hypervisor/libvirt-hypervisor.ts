@@ -212,10 +212,6 @@ export class LibvirtHypervisor implements Hypervisor {
     return this.withDomain(domain, async (d) => diskNbdBacking(await d.xml(), target));
   }
 
-  qemuVersion(): Promise<{ major: number; minor: number }> {
-    return images.qemuVersion();
-  }
-
   pausedByIoError(domain: string): Promise<boolean> {
     return this.withDomain(domain, async (d) => {
       const s = await d.state();

@@ -18,7 +18,11 @@ import { connectTestClient, uniqueId } from './helpers/temporal';
 import { startHosts, type RunningHosts } from './helpers/workers';
 import { maybeRecordHistory } from './helpers/histories';
 
-const domainXml = (name: string) => `<domain type='kvm'>
+const diskXml = (name: string, target: string) =>
+  `<disk type='file' device='disk'><driver name='qemu' type='raw'/>
+      <source file='/srv/a/${name}-${target}.raw'/><target dev='${target}' bus='virtio'/></disk>`;
+
+const domainXml = (name: string, targets = ['vda']) => `<domain type='kvm'>
   <name>${name}</name>
   <uuid>${randomBytes(16)
     .toString('hex')
@@ -26,8 +30,7 @@ const domainXml = (name: string) => `<domain type='kvm'>
   <memory unit='MiB'>64</memory>
   <os><type arch='x86_64' machine='q35'>hvm</type></os>
   <devices>
-    <disk type='file' device='disk'><driver name='qemu' type='raw'/>
-      <source file='/srv/a/${name}-vda.raw'/><target dev='vda' bus='virtio'/></disk>
+    ${targets.map((t) => diskXml(name, t)).join('\n    ')}
   </devices>
 </domain>`;
 
@@ -95,6 +98,7 @@ describe('instant restore from the repository (fake hypervisor)', () => {
   let temporal: Awaited<ReturnType<typeof connectTestClient>>;
   const env = { ...process.env };
   const group = 'gi';
+  const group2 = 'gi2';
   const snapshotId = 's1';
 
   beforeAll(async () => {
@@ -116,6 +120,17 @@ describe('instant restore from the repository (fake hypervisor)', () => {
           host: 'hva',
           domainXml: domainXml(domain),
           disks: [{ target: 'vda', image, format: 'raw' as const }],
+        })),
+      });
+      // VMs of two disks, each pulled from its own export.
+      await storePoint(repo, {
+        group: group2,
+        snapshotId,
+        vms: ['db-2', 'app-2'].map((domain) => ({
+          domain,
+          host: 'hva',
+          domainXml: domainXml(domain, ['vda', 'vdb']),
+          disks: ['vda', 'vdb'].map((target) => ({ target, image, format: 'raw' as const })),
         })),
       });
     } finally {
@@ -281,6 +296,31 @@ describe('instant restore from the repository (fake hypervisor)', () => {
     expect(server.running).toBe(false);
     expect(server.stops).toBeGreaterThan(0);
   }, 60_000);
+
+  it('on QEMU 7.2 every VM of two disks keeps running: one pull per VM at a time (two ending together crash it)', async () => {
+    host.cleanup();
+    host = new FakeHost(uniqueId('inst72'), { qemuVersion: { major: 7, minor: 2 } });
+    server = new FakeServer(host.hypervisor);
+    const pullsPerVm: number[] = [];
+    await serve(
+      new Proxy(host.hypervisor, {
+        get(target, prop, receiver) {
+          const value = Reflect.get(target, prop, receiver) as unknown;
+          if (prop !== 'blockPull') return typeof value === 'function' ? value.bind(target) : value;
+          return async (domain: string, disk: string, options: object) => {
+            await target.blockPull(domain, disk, options);
+            pullsPerVm.push([...target.pulls.keys()].filter((k) => k.startsWith(`${domain}\0`)).length);
+          };
+        },
+      }),
+    );
+    const result = await restore({ group: group2, hydrateParallel: 4 });
+    expect(result.status).toBe('restored');
+    expect(result.vms).toHaveLength(2);
+    expect(pullsPerVm.length).toBe(4);
+    expect(Math.max(...pullsPerVm)).toBe(1);
+    expectHydrated(result);
+  });
 
   it('a failure before the VMs ran removes everything: VMs, overlays, serving', async () => {
     host.hypervisor.failOn('start', undefined);

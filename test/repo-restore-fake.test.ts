@@ -348,29 +348,6 @@ describe('restore from the repository: the host side (fake hypervisor)', () => {
     expect(existsSync(v.disks[0].file)).toBe(false);
   });
 
-  it('an instant restore is refused, nothing recorded, on a host whose QEMU is older than 8.0 (7.2 crashed as pulls ended)', async () => {
-    const old = createRepoRestoreActivities({
-      hypervisor: new Proxy(host.hypervisor, {
-        get: (target, prop, receiver) =>
-          prop === 'qemuVersion'
-            ? async () => ({ major: 7, minor: 2 })
-            : (Reflect.get(target, prop, receiver) as unknown),
-      }),
-      hostId: host.hostId,
-      imagesDir,
-      stateDir,
-      keyFile,
-    });
-    await expect(old.repoRestorePlan(planReq('r8', { instant: true }))).rejects.toMatchObject({
-      type: BAD_INPUT,
-      message: expect.stringContaining('an instant restore needs QEMU 8.0 or newer'),
-    });
-    expect(existsSync(join(stateDir, 'repo-restores', 'r8.json'))).toBe(false);
-    // The same host restores in full, and an instant restore plans where QEMU is new enough (the fake's 10.0).
-    expect((await old.repoRestorePlan(planReq('r9'))).vms.length).toBeGreaterThan(0);
-    expect((await acts.repoRestorePlan(planReq('r10', { instant: true }))).vms.length).toBeGreaterThan(0);
-  });
-
   it('plans only the VMs asked for (a tier of a recovery plan); a name not in the point is refused, nothing recorded', async () => {
     await expect(acts.repoRestorePlan(planReq('r6', { vms: ['db-1', 'nope'] }))).rejects.toMatchObject({
       type: BAD_INPUT,

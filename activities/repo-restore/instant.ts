@@ -297,7 +297,10 @@ async function stillBacked(ctx: RepoRestoreContext, rec: RestoreRecord, domain: 
 }
 
 /**
- * Each disk's progress; starts a pull on disks still backed by their export while fewer than `maxParallel` run.
+ * Each disk's progress; starts a pull on disks still backed by their export while fewer than `maxParallel` run, and
+ * never on a VM that has a block job already: one pull per QEMU at a time. QEMU 7.2 keeps a finished pull's implicit
+ * copy-on-read filter, without its child, until the job is dismissed, and a `query-named-block-nodes` in that window
+ * (libvirt sends one as it processes the end of another pull of the same VM) segfaults QEMU (ADR 0013).
  * A VM whose pulls keep failing while the server runs and reaches the store holds a dead connection: re-opened.
  */
 async function pollPulls(
@@ -311,6 +314,8 @@ async function pollPulls(
   const out: HydrationDisk[] = [];
   const todo: HydrationDisk[] = [];
   const offline: HydrationDisk[] = [];
+  /** VMs with a block job: no second pull starts on them. */
+  const busy = new Set<string>();
   let active = 0;
   for (const d of req.disks) {
     const disk = { domain: d.domain, target: d.target, done: 0, total: d.virtualSize, hydrated: false };
@@ -325,6 +330,7 @@ async function pollPulls(
     }
     const job = await hv.blockJob(d.domain, d.target);
     const key = `${d.domain}\0${d.target}`;
+    if (job) busy.add(d.domain);
     if (job?.type === 'pull') {
       active++;
       pulling.add(key);
@@ -333,8 +339,7 @@ async function pollPulls(
     else if (!(await hv.nbdBacking(d.domain, d.target))) Object.assign(disk, { done: d.virtualSize, hydrated: true });
     else if (pulling.delete(key)) {
       // The pull just ended: libvirt drops the backing from the live chain only once it has processed QEMU's
-      // completion, and QEMU is still closing the export. A new pull is started only if the backing is still
-      // there at the next poll (the pull failed); starting one on a node being torn down crashed QEMU 7.2.
+      // completion. A new pull is started only if the backing is still there at the next poll (the pull failed).
       Object.assign(disk, { done: d.virtualSize });
     } else todo.push(disk);
   }
@@ -345,9 +350,11 @@ async function pollPulls(
   }
   for (const disk of todo) {
     if (active >= req.maxParallel || !serving) break;
+    if (busy.has(disk.domain)) continue;
     const key = `${disk.domain}\0${disk.target}`;
     try {
       await hv.blockPull(disk.domain, disk.target, req.bandwidthMiB ? { bandwidthMiB: req.bandwidthMiB } : {});
+      busy.add(disk.domain);
       active++;
       failures.delete(key);
     } catch (err) {

@@ -65,7 +65,6 @@ export async function repoRestorePlan(ctx: RepoRestoreContext, req: RepoRestoreP
     // An instant restore's overlays grow to the data (no raw file in between).
     const { bytesFree, problem } = await spaceCheck(ctx, req.instant ? 'raw' : req.format, bytesNeeded, repo.chunkSize);
     if (problem) problems.push(problem);
-    if (req.instant) problems.push(...(await instantSupported(ctx)));
     if (problems.length) throw bad(problems.join('; '));
     // What this restore may write, and later remove, on this host.
     ctx.records.plan(
@@ -223,23 +222,4 @@ async function spaceCheck(
     bytesFree,
     problem: `not enough space in ${ctx.imagesDir} on ${ctx.hostId}: the point needs ${peak} bytes, ${bytesFree} are free`,
   };
-}
-
-/** The QEMU an instant restore needs: 8.0 or newer (docs/adr/0013-instant-restore.md). */
-export const INSTANT_MIN_QEMU = { major: 8, minor: 0 };
-
-/**
- * Why this host cannot take an instant restore, if it cannot: on QEMU 7.2, QEMU itself was seen to segfault
- * (NULL + 0x40) as a block pull from the NBD export ended, now and then, which would kill a running restored VM
- * (ADR 0013). Such a host restores in full instead.
- */
-async function instantSupported(ctx: RepoRestoreContext): Promise<string[]> {
-  const v = await ctx.hypervisor.qemuVersion();
-  if (v.major > INSTANT_MIN_QEMU.major || (v.major === INSTANT_MIN_QEMU.major && v.minor >= INSTANT_MIN_QEMU.minor))
-    return [];
-  return [
-    `an instant restore needs QEMU ${INSTANT_MIN_QEMU.major}.${INSTANT_MIN_QEMU.minor} or newer on host ${ctx.hostId} ` +
-      `(it has ${v.major}.${v.minor}, whose QEMU was seen to crash as a block pull from the NBD export ended: ` +
-      'docs/adr/0013-instant-restore.md); restore without --instant',
-  ];
 }
