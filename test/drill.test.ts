@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as libvirt from '@groupsnap/libvirt';
@@ -146,6 +146,35 @@ describe('DR drills of a repository point on another hypervisor', () => {
       repo.close();
     }
     expect((await lastDrill(fx.client, group))?.drillId).toBe(result.drillId);
+  });
+
+  it('--instant: the clone passes its self-check over the point served from the repository; nothing is left', async () => {
+    const domains = await domainsOnB();
+    const files = filesOnB();
+    const { code, stdout, stderr } = await cli(
+      'drill',
+      group,
+      '--repo',
+      fx.url,
+      '--to-host',
+      fx.hostB,
+      '--instant',
+      '--serial-line',
+      'GROUPSNAP-RECOVERY .* ok=1',
+      '--timeout',
+      '240',
+      '--json',
+    );
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    const result = JSON.parse(stdout) as DrillResult;
+    expect(result).toMatchObject({ status: 'pass', snapshotId, readiness: 'serial-line' });
+    expect(result.restore).toMatchObject({ instant: true, status: 'restored' });
+    // The restore time is the time to running (the guest checked itself over the export, hydrating or not).
+    expect(result.restoreMs).toBeGreaterThanOrEqual(result.restore!.runningAfterMs!);
+    // Torn down: the clone, its overlays, and the serving process's state.
+    expect(await domainsOnB()).toEqual(domains);
+    expect(filesOnB()).toEqual(files);
+    expect(existsSync(join(fx.workerB.stateDir, 'instant', result.drillId))).toBe(false);
   });
 
   it('fails (and still tears down) when the check command never succeeds', async () => {
