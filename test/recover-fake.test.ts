@@ -286,6 +286,41 @@ describe('recovery plans (fake hypervisors)', () => {
       const input = JSON.parse(Buffer.from(payload.data!).toString('utf8')) as Record<string, unknown>;
       expect(input).toMatchObject({ instant: true, restoreId, mode: 'clone' });
     }
+    // Torn down once hydrated: nothing left.
+    expect(leftOf(g)).toEqual({ vms: [], files: [] });
+  });
+
+  it('instant: each tier is checked while its VMs hydrate, the next tier starts before; commit waits for the hydration', async () => {
+    const g = await newGroup();
+    ready(g);
+    await applyPlan(temporal.client, planDoc(g, { restore: 'instant' }));
+    // Hydration in 25 polls of a second each: far longer than the plan takes to get every tier ready.
+    for (const h of [hvb, hvc]) h.hypervisor.pullStep = 4;
+    try {
+      const handle = await startRecovery(temporal.client, `${g}-plan`, { mode: 'failover' });
+      const runId = runIdOf(handle.workflowId);
+      const p = await progressUntil(runId, (x) => x.state === 'awaiting-decision');
+      expect(p.tiers.map((t) => t.state)).toEqual(['ready', 'ready']);
+      const restore = (k: string) => temporal.client.workflow.getHandle(repoRestoreWorkflowId(g, `${runId}-${k}`));
+      // Tier 1's restore still hydrates: tier 2 did not wait for it.
+      expect((await restore('t1-h1').describe()).status.name).toBe('RUNNING');
+      const r = await decideRecovery(temporal.client, runId, 'commit');
+      expect(r.state).toBe('committed');
+      expect(r.error).toBeUndefined();
+      for (const k of ['t1-h1', 't2-h1', 't2-h2']) {
+        const d = await restore(k).describe();
+        expect({ k, status: d.status.name }).toEqual({ k, status: 'COMPLETED' });
+      }
+      // Committed once hydrated: every disk local, no backing over the repository's export.
+      for (const [h, vm] of [
+        [hvb, `${g}-db`],
+        [hvb, `${g}-app1`],
+        [hvc, `${g}-app2`],
+      ] as const)
+        expect(h.chain(vm)).toHaveLength(1);
+    } finally {
+      for (const h of [hvb, hvc]) h.hypervisor.pullStep = 50;
+    }
   });
 
   it('a failed check stops the plan: test mode tears down; failover leaves the VMs until rollback', async () => {

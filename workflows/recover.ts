@@ -7,6 +7,7 @@ import {
   log,
   setCurrentDetails,
   setHandler,
+  startChild,
   upsertMemo,
   upsertSearchAttributes,
   uuid4,
@@ -30,7 +31,7 @@ import { GroupsnapGroup, GroupsnapSnapshotId } from '../common/search-attributes
 import { checked, errorMessage, failure, rootType, BAD_INPUT } from '../common/failures';
 import { control, onDrillHost } from './activity-options';
 import { Compensations } from './compensations';
-import { restoreFromRepo } from './repo-restore';
+import { restoreFromRepo, restoreRunningSignal } from './repo-restore';
 import { escapeMarkdown, fittedTable, MAX_DETAILS_BYTES } from './ui';
 
 /** The run's progress: tier, VM, state, time to ready (also the Temporal UI's current details). */
@@ -50,6 +51,10 @@ interface RecoverRun {
   /** Removal of every VM the run's restores made, newest first. */
   readonly undo: Compensations;
   decision?: 'commit' | 'rollback';
+  /** Instant restores whose VMs run (by restore id), told by their `restoreRunning` signal. */
+  readonly running: Map<string, RepoRestoreResult>;
+  /** Instant restores still hydrating: each settles when its restore ends (failures noted in the result). */
+  readonly hydrating: Promise<void>[];
 }
 
 /**
@@ -102,8 +107,11 @@ function startRun(input: RecoverRun['input']): RecoverRun {
       restores: [],
     },
     undo: new Compensations(),
+    running: new Map(),
+    hydrating: [],
   };
   setHandler(recoverProgressQuery, () => progressOf(run));
+  setHandler(restoreRunningSignal, (r) => void run.running.set(r.restoreId, r));
   setHandler(
     commitRecoveryUpdate,
     async () => {
@@ -210,7 +218,7 @@ async function restoreOnHost(run: RecoverRun, i: number, host: string, k: number
   const vms = progress.vms.filter((v) => v.host === host);
   const restoreId = `${runId}-t${i + 1}-h${k + 1}`;
   const test = input.mode === 'test';
-  const request: RepoRestoreInput & { instant?: boolean } = {
+  const request: RepoRestoreInput & { instant?: boolean; restoreId: string } = {
     group: input.group,
     snapshotId: run.result.snapshotId!,
     repo: plan.repository,
@@ -226,13 +234,13 @@ async function restoreOnHost(run: RecoverRun, i: number, host: string, k: number
     ...(plan.restore === 'instant' ? { instant: true } : {}),
   };
   let restore: RepoRestoreResult;
+  let hydrated: Promise<void> | undefined;
   try {
-    restore = await executeChild(restoreFromRepo, {
+    ({ restore, hydrated } = await childRestore(run, request, {
       workflowId: repoRestoreWorkflowId(input.group, restoreId),
       taskQueue: workflowInfo().taskQueue,
-      args: [request],
       staticSummary: `recovery ${runId}, tier ${progress.name}: restore ${vms.map((v) => v.vm).join(', ')} on ${host}`,
-    });
+    }));
   } catch (err) {
     // A failed restore rolled itself back; its result rides in the failure's details.
     const details = (err as { cause?: { details?: unknown[] } }).cause?.details;
@@ -244,6 +252,8 @@ async function restoreOnHost(run: RecoverRun, i: number, host: string, k: number
   const cleanup = onDrillHost(host, 60_000).cleanup;
   for (const v of restore.vms) {
     run.undo.add(`${v.domain} on ${host}`, async () => {
+      // An instant restore's VM is removed once its hydration has ended (nothing reads it from the repository).
+      await hydrated;
       await cleanup.removeRestoredVm.executeWithOptions({ summary: `remove ${v.domain} (recovery ${runId})` }, [
         { domain: v.domain, ...(v.uuid ? { uuid: v.uuid } : {}), files: v.disks.map((d) => d.file) },
       ]);
@@ -252,6 +262,33 @@ async function restoreOnHost(run: RecoverRun, i: number, host: string, k: number
     });
   }
   for (const v of vms) v.state = 'checking';
+}
+
+/**
+ * The child restore of one tier on one host. A full restore's result is its end; an instant restore's is when its VMs
+ * run (its `restoreRunning` signal), so the tier's checks run while it hydrates: `hydrated` settles when it ends.
+ */
+async function childRestore(
+  run: RecoverRun,
+  request: RepoRestoreInput & { instant?: boolean; restoreId: string },
+  options: { workflowId: string; taskQueue: string; staticSummary: string },
+): Promise<{ restore: RepoRestoreResult; hydrated?: Promise<void> }> {
+  if (!request.instant) return { restore: await executeChild(restoreFromRepo, { ...options, args: [request] }) };
+  const child = await startChild(restoreFromRepo, { ...options, args: [request] });
+  let outcome: { ok: RepoRestoreResult } | { err: unknown } | undefined;
+  const ended = child.result().then(
+    (ok) => void (outcome = { ok }),
+    (err: unknown) => void (outcome = { err }),
+  );
+  await condition(() => outcome !== undefined || run.running.has(request.restoreId));
+  if (outcome && 'err' in outcome) throw outcome.err;
+  if (outcome) return { restore: outcome.ok };
+  const hydrated = ended.then(() => {
+    if (outcome && 'err' in outcome)
+      run.result.error = `${run.result.error ? `${run.result.error}; ` : ''}hydration of ${request.restoreId}: ${errorMessage(outcome.err)}`;
+  });
+  run.hydrating.push(hydrated);
+  return { restore: run.running.get(request.restoreId)!, hydrated };
 }
 
 /** One VM's readiness check on its host; undefined when ready, else why not. */
@@ -379,6 +416,8 @@ async function decide(run: RecoverRun): Promise<RecoverResult> {
  */
 async function commit(run: RecoverRun): Promise<void> {
   setState(run, 'committing');
+  // The group is protected from here on: its instant restores' VMs no longer read from the repository.
+  await Promise.all(run.hydrating);
   const plan = run.plan!;
   const current = await control.readGroup(run.input.group).catch(() => undefined);
   const repository = plan.commit.repository ?? current?.repository;

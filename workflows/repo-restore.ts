@@ -1,4 +1,13 @@
-import { log, setCurrentDetails, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
+import {
+  defineSignal,
+  getExternalWorkflowHandle,
+  log,
+  patched,
+  setCurrentDetails,
+  upsertSearchAttributes,
+  uuid4,
+  workflowInfo,
+} from '@temporalio/workflow';
 import {
   normalizeRepoRestoreInput,
   type NormalizedRepoRestoreInput,
@@ -11,6 +20,12 @@ import { GroupsnapGroup, GroupsnapSnapshotId, GroupsnapVmCount } from '../common
 import { checked, errorMessage, rootType, BAD_INPUT, failure } from '../common/failures';
 import { onRestoreTarget } from './activity-options';
 import { Compensations } from './compensations';
+
+/**
+ * Sent to the parent workflow (a recovery plan's tier) once an instant restore's VMs run, with the result so far: the
+ * parent checks them while they hydrate.
+ */
+export const restoreRunningSignal = defineSignal<[RepoRestoreResult]>('restoreRunning');
 
 /** The state of one restore from the repository: its input, the target's activities, the result, the undo list. */
 interface RepoRestoreRun {
@@ -248,9 +263,25 @@ async function instantRestore(run: RepoRestoreRun, plan: RepoRestorePlan): Promi
   run.result.runningAfterMs = Date.now() - run.started;
   run.result.instant = true;
   log.info('instant restore: all VMs running, hydrating', { group, snapshotId, toHost, restoreId: run.restoreId });
+  await tellParentRunning(run);
   await hydrate(run, plan);
   run.result.hydratedAfterMs = Date.now() - run.started;
   return finish(run, plan);
+}
+
+/** A restore started by another workflow (a recovery plan) tells it that the VMs run, so it need not wait for hydration. */
+async function tellParentRunning(run: RepoRestoreRun): Promise<void> {
+  const parent = workflowInfo().parent;
+  if (!parent || !patched('instant-restore-running-signal')) return;
+  try {
+    await getExternalWorkflowHandle(parent.workflowId, parent.runId).signal(restoreRunningSignal, {
+      ...run.result,
+      durationMs: run.result.runningAfterMs,
+    });
+  } catch (err) {
+    // A parent that has ended, or is not listening: the restore goes on all the same.
+    log.warn('the parent workflow was not told that the VMs run', { error: errorMessage(err) });
+  }
 }
 
 /** Hydration steps until every disk is local, then the NBD backing leaves the definitions and serving stops. */
