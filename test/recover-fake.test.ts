@@ -27,6 +27,7 @@ import { BadInputError } from '../common/failures';
 import { repoRestoreWorkflowId } from '../common/repo-restore';
 import { scheduleIdFor } from '../common/schedule-spec';
 import { FakeHost } from './helpers/fake-hosts';
+import { maybeRecordHistory } from './helpers/histories';
 import { storePoint } from './helpers/repo-point';
 import { connectTestClient, uniqueId } from './helpers/temporal';
 import { startHosts, type RunningHosts } from './helpers/workers';
@@ -318,6 +319,12 @@ describe('recovery plans (fake hypervisors)', () => {
         [hvc, `${g}-app2`],
       ] as const)
         expect(h.chain(vm)).toHaveLength(1);
+      await maybeRecordHistory(temporal.client, handle.workflowId, 'recover-instant-committed');
+      await maybeRecordHistory(
+        temporal.client,
+        repoRestoreWorkflowId(g, `${runId}-t1-h1`),
+        'repo-restore-instant-in-plan',
+      );
     } finally {
       for (const h of [hvb, hvc]) h.hypervisor.pullStep = 50;
     }

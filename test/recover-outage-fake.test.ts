@@ -13,6 +13,7 @@ import { recoverWorkflowId } from '../common/plans';
 import { restartablePort } from '../dev/free-port';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import { FakeHost } from './helpers/fake-hosts';
+import { maybeRecordHistory } from './helpers/histories';
 import { storePoint } from './helpers/repo-point';
 import { RestartableServer } from './helpers/server-outage';
 import { uniqueId } from './helpers/temporal';
@@ -245,6 +246,7 @@ describe('recovery plan through a Temporal server outage (fake hypervisors, real
     await restarted;
     await withClient((c) => waitForHostWorkers(c, [hvb.hostId, hvc.hostId]));
     await expectCommittedOnce(g, runId, dbReadyAt);
+    await withClient((c) => maybeRecordHistory(c, handle.workflowId, 'recover-committed-after-outage'));
   });
 
   it("killed as tier 2's first VM is defined: tier 2 is restored once, the plan completes", async () => {
