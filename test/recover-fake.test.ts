@@ -330,6 +330,27 @@ describe('recovery plans (fake hypervisors)', () => {
     }
   });
 
+  it('instant: a rollback while the VMs hydrate removes them once hydrated, nothing left', async () => {
+    const g = await newGroup();
+    ready(g);
+    await applyPlan(temporal.client, planDoc(g, { restore: 'instant' }));
+    for (const h of [hvb, hvc]) h.hypervisor.pullStep = 10;
+    try {
+      const handle = await startRecovery(temporal.client, `${g}-plan`, { mode: 'failover' });
+      const runId = runIdOf(handle.workflowId);
+      await progressUntil(runId, (x) => x.state === 'awaiting-decision');
+      const t1 = temporal.client.workflow.getHandle(repoRestoreWorkflowId(g, `${runId}-t1-h1`));
+      expect((await t1.describe()).status.name).toBe('RUNNING');
+      const r = await decideRecovery(temporal.client, runId, 'rollback');
+      expect(r.state).toBe('rolled-back');
+      expect(r.error).toBeUndefined();
+      expect((await t1.describe()).status.name).toBe('COMPLETED');
+      expect(leftOf(g)).toEqual({ vms: [], files: [] });
+    } finally {
+      for (const h of [hvb, hvc]) h.hypervisor.pullStep = 50;
+    }
+  });
+
   it('a failed check stops the plan: test mode tears down; failover leaves the VMs until rollback', async () => {
     const g = await newGroup();
     const failing = planDoc(g, {
