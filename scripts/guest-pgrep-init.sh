@@ -14,7 +14,11 @@
 # load, client    one transaction after the other against the primary, each pgbench's TPC-B-like one plus
 #                 `INSERT INTO gs_commits VALUES (n)`, n = 1, 2, ...; once COMMIT returned and the row reads back, it
 #                 writes "GSACK n" to sector 0 of vdb with O_DIRECT and fsync, and only then starts n + 1. So the log
-#                 says: commits 1..n were acknowledged. Prints "GSMV-LOAD acked n" every 20 commits.
+#                 says: commits 1..n were acknowledged. Prints "GSMV-LOAD acked n" every 20 commits. At start it
+#                 reads its log's N and prints "GSMV-LOAD started role=client after=N present=P" (P: how many of
+#                 the ids 1..N the primary holds; after a recovery P = N means every acknowledged commit is there),
+#                 and once its first commit of this boot is acknowledged "GSMV-LOAD ready role=client after=N
+#                 present=P acked=n" (the application runs again: bench/recover.ts's readiness check).
 # check, primary  (a restored clone, alone: no network) crash recovery, then the checks below.
 # check, standby  crash recovery as a standby, then `pg_ctl promote` (the failover drill), then the checks.
 #                 Both print one line and power off:
@@ -57,7 +61,10 @@ if [ "$ROLE" = client ]; then
   until [ "$(sql -c "select to_regclass('gs_commits') is not null" 2>/dev/null)" = t ]; do sleep 2; done
   N=$(dd if=/dev/vdb bs=512 count=1 2>/dev/null | tr -d '\000' | sed -n 's/^GSACK \([0-9][0-9]*\)$/\1/p')
   N=${N:-0}
-  echo "GSMV-LOAD started role=client after=$N"
+  # How many of the acknowledged commits 1..N the primary holds (a recovered application must hold all of them).
+  P=$(sql -c "select count(*) from gs_commits where id between 1 and $N" 2>/dev/null)
+  P=${P:-x} FROM=$N READY=0
+  echo "GSMV-LOAD started role=client after=$N present=$P"
   while :; do
     coproc PSQL { sql -v ON_ERROR_STOP=0 2>&1; }
     while :; do
@@ -89,6 +96,10 @@ if [ "$ROLE" = client ]; then
         off
       }
       N=$n
+      if [ $READY = 0 ]; then
+        READY=1
+        echo "GSMV-LOAD ready role=client after=$FROM present=$P acked=$N"
+      fi
       [ $((N % 20)) = 0 ] && echo "GSMV-LOAD acked $N"
     done
     echo "GSMV-CLIENT psql ended; reconnecting"

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +12,7 @@ import type { Hypervisor } from '../hypervisor/hypervisor';
 import { FakeHost } from './helpers/fake-hosts';
 import { uniqueId } from './helpers/temporal';
 import { maybeRecordHistory } from './helpers/histories';
+import { serverPid } from './helpers/server-outage';
 import { startHosts, type RunningHosts } from './helpers/workers';
 
 /**
@@ -41,11 +41,6 @@ function hooked(inner: Hypervisor, hook: (op: Op, when: 'before' | 'after', doma
       };
     },
   });
-}
-
-/** The real server process under the dev server's watchdog shell (its only child). */
-function serverPid(server: DevServer): number {
-  return Number(readFileSync(`/proc/${server.pid}/task/${server.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
 }
 
 describe('orchestrator outage mid-freeze (fake hypervisors, real Temporal SIGKILLed and restarted)', () => {

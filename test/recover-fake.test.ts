@@ -27,6 +27,7 @@ import { BadInputError } from '../common/failures';
 import { repoRestoreWorkflowId } from '../common/repo-restore';
 import { scheduleIdFor } from '../common/schedule-spec';
 import { FakeHost } from './helpers/fake-hosts';
+import { maybeRecordHistory } from './helpers/histories';
 import { storePoint } from './helpers/repo-point';
 import { connectTestClient, uniqueId } from './helpers/temporal';
 import { startHosts, type RunningHosts } from './helpers/workers';
@@ -300,27 +301,68 @@ describe('recovery plans (fake hypervisors)', () => {
     } finally {
       for (const h of [hvb, hvc]) h.hypervisor.pullStep = 50;
     }
+    // Torn down once hydrated: nothing left.
+    expect(leftOf(g)).toEqual({ vms: [], files: [] });
   });
 
-  it('restore: instant failover: every tier ready while hydrating; commit waits until every disk is hydrated', async () => {
+  it('instant: each tier is checked while its VMs hydrate, the next tier starts before; commit waits for the hydration', async () => {
     const g = await newGroup();
     ready(g);
     await applyPlan(temporal.client, planDoc(g, { restore: 'instant' }));
-    for (const h of [hvb, hvc]) h.hypervisor.pullStep = 0;
-    const handle = await startRecovery(temporal.client, `${g}-plan`, { mode: 'failover' });
-    const runId = runIdOf(handle.workflowId);
+    // Hydration in 25 polls of a second each: far longer than the plan takes to get every tier ready.
+    for (const h of [hvb, hvc]) h.hypervisor.pullStep = 4;
     try {
-      await progressUntil(runId, (p) => p.state === 'awaiting-decision');
-      for (const restoreId of restoreIdsOf(runId)) expect(await childStatus(g, restoreId)).toBe('RUNNING');
+      const handle = await startRecovery(temporal.client, `${g}-plan`, { mode: 'failover' });
+      const runId = runIdOf(handle.workflowId);
+      const p = await progressUntil(runId, (x) => x.state === 'awaiting-decision');
+      expect(p.tiers.map((t) => t.state)).toEqual(['ready', 'ready']);
+      const restore = (k: string) => temporal.client.workflow.getHandle(repoRestoreWorkflowId(g, `${runId}-${k}`));
+      // Tier 1's restore still hydrates: tier 2 did not wait for it.
+      expect((await restore('t1-h1').describe()).status.name).toBe('RUNNING');
+      const r = await decideRecovery(temporal.client, runId, 'commit');
+      expect(r.state).toBe('committed');
+      expect(r.error).toBeUndefined();
+      for (const k of ['t1-h1', 't2-h1', 't2-h2']) {
+        const d = await restore(k).describe();
+        expect({ k, status: d.status.name }).toEqual({ k, status: 'COMPLETED' });
+      }
+      // Committed once hydrated: every disk local, no backing over the repository's export.
+      for (const [h, vm] of [
+        [hvb, `${g}-db`],
+        [hvb, `${g}-app1`],
+        [hvc, `${g}-app2`],
+      ] as const)
+        expect(h.chain(vm)).toHaveLength(1);
+      await maybeRecordHistory(temporal.client, handle.workflowId, 'recover-instant-committed');
+      await maybeRecordHistory(
+        temporal.client,
+        repoRestoreWorkflowId(g, `${runId}-t1-h1`),
+        'repo-restore-instant-in-plan',
+      );
     } finally {
       for (const h of [hvb, hvc]) h.hypervisor.pullStep = 50;
     }
-    const r = await decideRecovery(temporal.client, runId, 'commit');
-    expect(r.state).toBe('committed');
-    expect(r.restores.every((x) => x.hydration?.every((d) => d.hydrated))).toBe(true);
-    for (const restoreId of restoreIdsOf(r.runId)) expect(await childStatus(g, restoreId)).toBe('COMPLETED');
-    for (const v of [`${g}-db`, `${g}-app1`]) expect(hvb.state(v)).toBe('running');
-    expect(hvc.state(`${g}-app2`)).toBe('running');
+  });
+
+  it('instant: a rollback while the VMs hydrate cancels the hydration, then removes everything', async () => {
+    const g = await newGroup();
+    ready(g);
+    await applyPlan(temporal.client, planDoc(g, { restore: 'instant' }));
+    for (const h of [hvb, hvc]) h.hypervisor.pullStep = 10;
+    try {
+      const handle = await startRecovery(temporal.client, `${g}-plan`, { mode: 'failover' });
+      const runId = runIdOf(handle.workflowId);
+      await progressUntil(runId, (x) => x.state === 'awaiting-decision');
+      const t1 = temporal.client.workflow.getHandle(repoRestoreWorkflowId(g, `${runId}-t1-h1`));
+      expect((await t1.describe()).status.name).toBe('RUNNING');
+      const r = await decideRecovery(temporal.client, runId, 'rollback');
+      expect(r.state).toBe('rolled-back');
+      expect(r.error).toBeUndefined();
+      expect((await t1.describe()).status.name).toBe('CANCELLED');
+      expect(leftOf(g)).toEqual({ vms: [], files: [] });
+    } finally {
+      for (const h of [hvb, hvc]) h.hypervisor.pullStep = 50;
+    }
   });
 
   it('a failed check stops the plan: test mode tears down; failover leaves the VMs until rollback', async () => {

@@ -275,7 +275,7 @@ async function checkVm(
   tierStart: number,
 ): Promise<string | undefined> {
   const verdict = await onDrillHost(p.host, v.check.timeoutMs)
-    .waiting.checkVmReady.executeWithOptions({ summary: `${v.check.kind} check of ${p.domain}` }, [
+    .waiting.checkVmReady.executeWithOptions({ summary: `tier ${tier.name}: ${v.check.kind} check of ${p.domain}` }, [
       { domain: p.domain, check: v.check },
     ])
     .catch((err: unknown) => ({ ready: false, reason: errorMessage(err) }));
