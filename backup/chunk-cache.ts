@@ -10,6 +10,7 @@
  * authentication (damage) fails the requests that need it (EIO), and only those.
  */
 import { DamagedObjectError } from './errors';
+import type { NbdExtent } from './nbd-server';
 import type { DiskManifest } from './manifest';
 import { Repository } from './repository';
 
@@ -261,6 +262,14 @@ export class ChunkCache {
   }
 }
 
+let zeroBuffer = Buffer.alloc(0);
+
+/** `length` zero bytes, from one shared buffer (never written to): a read of a zero chunk allocates nothing. */
+function zeros(length: number): Buffer {
+  if (zeroBuffer.length < length) zeroBuffer = Buffer.alloc(Math.max(length, 4 * 1024 * 1024));
+  return zeroBuffer.subarray(0, length);
+}
+
 /** Counters of one disk export. */
 export interface DiskExportStats {
   requests: number;
@@ -295,35 +304,81 @@ export class DiskChunkReader {
 
   /** `length` bytes at `offset` (within the disk). @throws DamagedObjectError when a chunk it needs is damaged */
   async read(offset: number, length: number): Promise<Buffer> {
-    const m = this.manifest;
-    if (offset < 0 || length < 0 || offset + length > m.virtualSize) throw new RangeError('read outside the disk');
-    this.stats.requests++;
-    const first = Math.floor(offset / m.chunkSize);
-    const last = Math.floor((offset + Math.max(length, 1) - 1) / m.chunkSize);
-    this.noteRead(first, last);
+    this.begin(offset, length);
     try {
-      let out: Buffer;
-      if (first === last) {
-        const data = await this.chunk(first);
-        const at = offset - first * m.chunkSize;
-        out = data ? data.subarray(at, at + length) : Buffer.alloc(length);
-      } else {
-        const parts = await Promise.all(Array.from({ length: last - first + 1 }, (_, k) => this.chunk(first + k)));
-        out = Buffer.alloc(length);
-        for (let k = 0; k < parts.length; k++) {
-          const index = first + k;
-          const start = Math.max(offset, index * m.chunkSize);
-          const end = Math.min(offset + length, index * m.chunkSize + this.chunkLength(index));
-          const data = parts[k];
-          if (data) data.copy(out, start - offset, start - index * m.chunkSize, end - index * m.chunkSize);
-        }
-      }
+      const out = await this.range(offset, length);
       this.stats.bytesServed += length;
       return out;
     } catch (err) {
       this.stats.readErrors++;
       throw err;
     }
+  }
+
+  /**
+   * {@link read} in pieces: the runs of the disk's zero chunks without data (the NBD server sends them as holes),
+   * the runs of data chunks read as {@link read} reads them.
+   * @throws DamagedObjectError when a chunk it needs is damaged
+   */
+  async readSparse(offset: number, length: number): Promise<NbdExtent[]> {
+    this.begin(offset, length);
+    const m = this.manifest;
+    const runs: { offset: number; length: number; zero: boolean }[] = [];
+    for (let at = offset; at < offset + length;) {
+      const index = Math.floor(at / m.chunkSize);
+      const end = Math.min(offset + length, (index + 1) * m.chunkSize);
+      const zero = m.chunks[index] === null;
+      const prev = runs[runs.length - 1];
+      if (prev && prev.zero === zero) prev.length += end - at;
+      else runs.push({ offset: at, length: end - at, zero });
+      at = end;
+    }
+    try {
+      const out = await Promise.all(
+        runs.map(async (r): Promise<NbdExtent> =>
+          r.zero
+            ? { offset: r.offset, length: r.length }
+            : { offset: r.offset, length: r.length, data: await this.range(r.offset, r.length) },
+        ),
+      );
+      this.stats.bytesServed += length;
+      return out;
+    } catch (err) {
+      this.stats.readErrors++;
+      throw err;
+    }
+  }
+
+  /** Checks a read's bounds, counts it and reads ahead when the disk is read in order. */
+  private begin(offset: number, length: number): void {
+    const m = this.manifest;
+    if (offset < 0 || length < 0 || offset + length > m.virtualSize) throw new RangeError('read outside the disk');
+    this.stats.requests++;
+    const first = Math.floor(offset / m.chunkSize);
+    const last = Math.floor((offset + Math.max(length, 1) - 1) / m.chunkSize);
+    this.noteRead(first, last);
+  }
+
+  /** The bytes of a range within the disk (zero chunks as zeros). */
+  private async range(offset: number, length: number): Promise<Buffer> {
+    const m = this.manifest;
+    const first = Math.floor(offset / m.chunkSize);
+    const last = Math.floor((offset + Math.max(length, 1) - 1) / m.chunkSize);
+    if (first === last) {
+      const data = await this.chunk(first);
+      const at = offset - first * m.chunkSize;
+      return data ? data.subarray(at, at + length) : zeros(length);
+    }
+    const parts = await Promise.all(Array.from({ length: last - first + 1 }, (_, k) => this.chunk(first + k)));
+    const out = Buffer.alloc(length);
+    for (let k = 0; k < parts.length; k++) {
+      const index = first + k;
+      const start = Math.max(offset, index * m.chunkSize);
+      const end = Math.min(offset + length, index * m.chunkSize + this.chunkLength(index));
+      const data = parts[k];
+      if (data) data.copy(out, start - offset, start - index * m.chunkSize, end - index * m.chunkSize);
+    }
+    return out;
   }
 
   /** The opened chunk, or `undefined` for a zero chunk. */

@@ -1,8 +1,10 @@
 /**
  * A read-only NBD server over Unix sockets (docs: the NBD protocol, doc/proto.md of NetworkBlockDevice/nbd): the
- * fixed newstyle handshake with the options EXPORT_NAME, GO, INFO, LIST and ABORT (every other option, structured
- * replies among them, is answered `NBD_REP_ERR_UNSUP`), read-only exports, simple replies, and the commands READ,
- * DISC and FLUSH (a no-op: nothing is ever written); WRITE, TRIM and WRITE_ZEROES are refused with EPERM. Many
+ * fixed newstyle handshake with the options EXPORT_NAME, GO, INFO, LIST, ABORT and STRUCTURED_REPLY (every other
+ * option is answered `NBD_REP_ERR_UNSUP`), read-only exports, and the commands READ, DISC and FLUSH (a no-op:
+ * nothing is ever written); WRITE, TRIM and WRITE_ZEROES are refused with EPERM. Reads are answered with simple
+ * replies, or, once a client negotiated structured replies (QEMU does), with structured ones in which the ranges an
+ * export knows to be zero (a point's zero chunks) are holes: no zero bytes cross the socket. Many
  * connections, many requests in flight on each (answered by handle, in whatever order they complete). Every
  * request is checked: bounds, lengths and flags (EINVAL), unknown commands (EINVAL); a bad magic number ends the
  * connection. What the exports hold comes from {@link NbdExport.read} (here: a point's disk in the repository).
@@ -20,6 +22,18 @@ export interface NbdExport {
    * damaged); a read that cannot be served yet (the store is away) should wait rather than reject.
    */
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * The same bytes as pieces in order, those known to read as zeros without `data` (sent as holes when the client
+   * negotiated structured replies). Optional: without it every read goes through {@link read}.
+   */
+  readSparse?(offset: number, length: number): Promise<NbdExtent[]>;
+}
+
+/** A piece of a read: `length` bytes at `offset`, its `data`, or none when it reads as zeros. */
+export interface NbdExtent {
+  offset: number;
+  length: number;
+  data?: Buffer;
 }
 
 /** What a server reports as it works (for its status). */
@@ -37,6 +51,9 @@ export const NBD = {
   optReplyMagic: 0x3e889045565a9n,
   requestMagic: 0x25609513,
   simpleReplyMagic: 0x67446698,
+  structuredReplyMagic: 0x668e33ef,
+  replyFlagDone: 1,
+  replyType: { none: 0, offsetData: 1, offsetHole: 2, error: 0x8001 },
   flagFixedNewstyle: 1,
   flagNoZeroes: 2,
   opt: {
@@ -132,6 +149,8 @@ class NbdConnection {
   private readonly input = new InBuffer();
   private phase: Phase = 'clientFlags';
   private noZeroes = false;
+  /** The client negotiated structured replies: reads are answered with them. */
+  private structured = false;
   private option = { code: 0, length: 0 };
   /** Payload bytes of a refused write still to be dropped, and that write's handle. */
   private skipping = { left: 0, handle: Buffer.alloc(8) };
@@ -299,8 +318,12 @@ class NbdConnection {
       case NBD.opt.info:
       case NBD.opt.go:
         return this.infoOrGo(code, data);
+      case NBD.opt.structuredReply:
+        if (data.length !== 0) return this.errorReply(code, NBD.rep.errInvalid, 'STRUCTURED_REPLY takes no data');
+        this.structured = true;
+        return this.optionReply(code, NBD.rep.ack);
       default:
-        // STARTTLS, STRUCTURED_REPLY, the meta contexts, and anything unknown.
+        // STARTTLS, the meta contexts, and anything unknown.
         return this.errorReply(code, NBD.rep.errUnsup, `option ${code} is not supported`);
     }
   }
@@ -397,9 +420,74 @@ class NbdConnection {
     }
   }
 
+  /**
+   * A structured reply to a read: a chunk per piece (data, or a hole for zeros), then NONE with the DONE flag; or
+   * one ERROR chunk (EIO) with DONE when the read failed.
+   */
+  private structuredRead(handle: Buffer, pieces: NbdExtent[] | undefined): void {
+    if (this.phase === 'closed' || this.socket.destroyed) return;
+    /** A chunk's header and fixed fields; `data` (sent after them) counts in its length too. */
+    const chunk = (flags: number, type: number, fields: Buffer, data?: Buffer) => {
+      const h = Buffer.alloc(20 + fields.length);
+      h.writeUInt32BE(NBD.structuredReplyMagic, 0);
+      h.writeUInt16BE(flags, 4);
+      h.writeUInt16BE(type, 6);
+      handle.copy(h, 8);
+      h.writeUInt32BE(fields.length + (data?.length ?? 0), 16);
+      fields.copy(h, 20);
+      return data ? [h, data] : [h];
+    };
+    const out: Buffer[] = [];
+    let sent = 0;
+    if (!pieces) {
+      const message = Buffer.from('read failed (damaged data)', 'utf8');
+      const p = Buffer.alloc(6 + message.length);
+      p.writeUInt32BE(NBD.err.io, 0);
+      p.writeUInt16BE(message.length, 4);
+      message.copy(p, 6);
+      out.push(...chunk(NBD.replyFlagDone, NBD.replyType.error, p));
+    } else {
+      for (const piece of pieces) {
+        const at = Buffer.alloc(piece.data ? 8 : 12);
+        at.writeBigUInt64BE(BigInt(piece.offset), 0);
+        if (piece.data) {
+          out.push(...chunk(0, NBD.replyType.offsetData, at, piece.data));
+          sent += piece.data.length;
+        } else {
+          at.writeUInt32BE(piece.length, 8);
+          out.push(...chunk(0, NBD.replyType.offsetHole, at));
+        }
+      }
+      out.push(...chunk(NBD.replyFlagDone, NBD.replyType.none, Buffer.alloc(0)));
+    }
+    this.socket.cork();
+    for (const b of out) this.socket.write(b);
+    this.socket.uncork();
+    this.events.request?.(this.export?.name ?? '', NBD.cmd.read, sent, pieces ? 0 : NBD.err.io);
+  }
+
   private read(handle: Buffer, offset: number, length: number): void {
     const e = this.export as NbdExport;
     this.inFlight++;
+    if (this.structured) {
+      const pieces = e.readSparse
+        ? e.readSparse(offset, length)
+        : e.read(offset, length).then((data) => [{ offset, length, data }]);
+      pieces
+        .then(
+          (list) => {
+            const whole = list.reduce((n, p) => n + (p.data ? p.data.length : p.length), 0) === length;
+            this.structuredRead(handle, whole ? list.filter((p) => p.length > 0) : undefined);
+          },
+          () => this.structuredRead(handle, undefined),
+        )
+        .finally(() => {
+          this.inFlight--;
+          this.maybeEnd();
+          this.maybeResume();
+        });
+      return;
+    }
     e.read(offset, length)
       .then(
         (data) => {

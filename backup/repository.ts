@@ -698,7 +698,7 @@ export class Repository {
   }
 
   /**
-   * Reads, decrypts and checks one chunk (on the repository's worker threads).
+   * Reads, decrypts and checks one chunk on the repository's worker threads (on S3 the GET too: ./seal-pool.ts).
    * @throws DamagedObjectError when it is missing, does not decrypt, or its content does not match its name
    */
   async readChunk(id: string): Promise<Buffer> {
@@ -707,12 +707,24 @@ export class Repository {
     // may hand out what it keeps, so that is copied.
     const own = this.store instanceof S3Store || this.store instanceof FileStore;
     if (!/^[0-9a-f]{64}$/.test(id)) throw new DamagedObjectError(key, 'corrupt', 'not a chunk id');
+    const pool = this.sealPool();
+    // No chunk is larger than the chunk size sealed uncompressed: anything bigger is refused unread.
+    const maxSealed = this.config.chunkSize + SEAL_OVERHEAD;
     for (let attempt = 1; ; attempt++) {
-      // No chunk is larger than the chunk size sealed uncompressed: anything bigger is refused unread.
-      const sealed = await this.store.get(key, { maxBytes: this.config.chunkSize + SEAL_OVERHEAD });
-      if (!sealed) throw new DamagedObjectError(key, 'missing');
       try {
-        return await this.sealPool().open(own ? sealed : Buffer.from(sealed), id, this.config.chunkSize);
+        let plain: Buffer | undefined;
+        const store = this.store;
+        if (store instanceof S3Store && store.threadGets) {
+          // The GET is sent from the thread that opens it: HTTP parsing and body buffers stay off this thread.
+          plain = await store.getOnThread(key, maxSealed, (req) =>
+            pool.getAndOpen(req, key, id, maxSealed, this.config.chunkSize),
+          );
+        } else {
+          const sealed = await this.store.get(key, { maxBytes: maxSealed });
+          if (sealed) plain = await pool.open(own ? sealed : Buffer.from(sealed), id, this.config.chunkSize);
+        }
+        if (!plain) throw new DamagedObjectError(key, 'missing');
+        return plain;
       } catch (err) {
         const damage =
           err instanceof SealError

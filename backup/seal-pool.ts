@@ -1,13 +1,16 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { SealError, type RepositoryKeys } from './crypto';
+import { TransientStoreError } from './errors';
 
 /**
  * Chunk work off the main thread: the keyed hash that names a chunk, sealing (deflate when worth it, AES-256-GCM)
  * and the two digests the S3 request needs of the sealed body (SHA-256 for the SigV4 payload hash, CRC32 for the
  * flexible checksum), which the SDK would otherwise compute on the main thread; and the reverse for reads
  * (open, inflate, check the name). An export's main thread is left with the NBD reads and the HTTP writes, so on
- * a machine with a spare core the crypto runs beside them instead of in turn.
+ * a machine with a spare core the crypto runs beside them instead of in turn. A chunk read from S3 is also fetched
+ * here (`getAndOpen`): the main thread's S3 client builds and signs the GET, a thread sends it and receives the
+ * body into a buffer it reuses, so HTTP parsing and 4 MiB body buffers stay off the main thread too.
  *
  * The sealed layout is the one of `seal`/`unseal` in ./crypto.ts (docs/repository-format.md); test/unit/seal-pool.test.ts
  * checks the two against each other both ways. The worker's source is inline (node built-ins only) so the same
@@ -78,7 +81,88 @@ function open(sealed, context, maxPlain) {
     throw { kind: 'seal', message: 'compressed body does not inflate' };
   }
 }
+// Chunk reads (getAndOpen): the GET the main thread's S3 client built and signed, sent from here with node:http, its
+// body gathered into a receive buffer this thread reuses, then opened and checked; the main thread gets the
+// plaintext, or the status, headers and (small) body of any other answer for its client to read.
+const http = require('node:http');
+const https = require('node:https');
+const agents = {
+  'http:': new http.Agent({ keepAlive: true, maxSockets: 64 }),
+  'https:': new https.Agent({ keepAlive: true, maxSockets: 64 }),
+};
+const spare = [];
+const netError = (err) => ({ kind: 'http', code: err && err.code, name: err && err.name, message: String((err && err.message) || err) });
+function httpGet(m) {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const done = (fn, v) => { if (!settled) { settled = true; fn(v); } };
+    const r = m.req;
+    const mod = r.protocol === 'https:' ? https : http;
+    const req = mod.request({ protocol: r.protocol, hostname: r.hostname, port: r.port, method: r.method, path: r.path, headers: r.headers, agent: agents[r.protocol] }, (res) => {
+      const headers = res.headers;
+      const status = res.statusCode;
+      res.on('error', (err) => done(reject, netError(err)));
+      if (status !== 200) {
+        const parts = [];
+        let n = 0;
+        res.on('data', (d) => { if (n < 1048576) { parts.push(d); n += d.length; } });
+        res.on('end', () => done(resolve, { status, headers, body: Buffer.concat(parts) }));
+        return;
+      }
+      const cl = headers['content-length'];
+      const length = cl === undefined ? undefined : Number(cl);
+      if (length !== undefined && length > m.maxSealed) {
+        // Refused from its length: the connection is closed instead of reading the body.
+        res.destroy();
+        return done(resolve, { status, headers, tooLarge: length });
+      }
+      const limit = length === undefined ? m.maxSealed : length;
+      let buf = spare.pop();
+      if (!buf || buf.length < limit) buf = Buffer.allocUnsafeSlow(m.maxSealed);
+      let pos = 0;
+      const fail = (v, how) => { if (!settled) spare.push(buf); res.destroy(); done(how, v); };
+      res.on('data', (d) => {
+        if (settled) return;
+        if (pos + d.length > limit) {
+          if (length === undefined) return fail({ status, headers, tooLarge: -1 }, resolve);
+          return fail({ kind: 'transient', message: 'S3 response for ' + m.key + ' longer than its Content-Length (' + length + ')' }, reject);
+        }
+        d.copy(buf, pos);
+        pos += d.length;
+      });
+      res.on('aborted', () => fail({ kind: 'transient', message: 'S3 response for ' + m.key + ' failed after ' + pos + ' bytes: aborted' }, reject));
+      res.on('end', () => {
+        if (settled) return;
+        if (length !== undefined && pos !== length)
+          return fail({ kind: 'transient', message: 'S3 response for ' + m.key + ' ended after ' + pos + ' of ' + length + ' bytes' }, reject);
+        done(resolve, { status, headers, buf, length: pos });
+      });
+    });
+    req.on('error', (err) => done(reject, netError(err)));
+    req.end();
+  });
+}
+async function getAndOpen(m) {
+  const got = await httpGet(m);
+  if (!got.buf) return got;
+  let plain;
+  try {
+    plain = open(got.buf.subarray(0, got.length), m.id, m.maxPlain);
+  } finally {
+    // open copied what it keeps (the decipher's output): the receive buffer serves the next GET.
+    if (spare.length < 8) spare.push(got.buf);
+  }
+  if (chunkId(plain) !== m.id) throw { kind: 'id', message: 'content does not match its id' };
+  return { status: got.status, headers: got.headers, plain: own(plain).length ? plain : Buffer.from(plain) };
+}
 parentPort.on('message', (m) => {
+  if (m.op === 'get') {
+    getAndOpen(m).then(
+      (r) => parentPort.postMessage({ job: m.job, ...r }, r.plain ? own(r.plain) : []),
+      (err) => parentPort.postMessage({ job: m.job, error: { ...err, kind: err.kind || 'other', message: String(err.message || err) } }),
+    );
+    return;
+  }
   try {
     if (m.op === 'hash') {
       const data = asBuffer(m.data);
@@ -125,6 +209,41 @@ export class ChunkIdMismatchError extends Error {
   override readonly name = 'ChunkIdMismatchError';
 }
 
+/** An HTTP GET built and signed by an S3 client, for a pool thread to send ({@link SealPool.getAndOpen}). */
+export interface SignedGet {
+  protocol: string;
+  hostname: string;
+  port?: number;
+  method: string;
+  /** Path and query string. */
+  path: string;
+  headers: Record<string, string>;
+}
+
+/** What a thread's GET brought back: the opened plaintext of a 200, or another answer for the S3 client to read. */
+export interface ThreadGetReply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  /** The opened, checked chunk (status 200). */
+  plain?: Buffer;
+  /** The body of any other answer (at most 1 MiB kept). */
+  body?: Buffer;
+  /** A 200 refused unread: its Content-Length (or -1: it streamed past the bound without one). */
+  tooLarge?: number;
+}
+
+/** A pool thread's GET failed in transit: the code and name of node's error, for the S3 client's retry policy. */
+export class ThreadNetworkError extends Error {
+  constructor(
+    message: string,
+    readonly code?: string,
+    name = 'Error',
+  ) {
+    super(message);
+    this.name = name;
+  }
+}
+
 type Reply = {
   job: number;
   id?: string;
@@ -132,7 +251,11 @@ type Reply = {
   sha256?: string;
   crc32?: string;
   plain?: Uint8Array;
-  error?: { kind: 'seal' | 'id' | 'other'; message: string };
+  status?: number;
+  headers?: Record<string, string | string[] | undefined>;
+  body?: Uint8Array;
+  tooLarge?: number;
+  error?: { kind: 'seal' | 'id' | 'http' | 'transient' | 'other'; message: string; code?: string; name?: string };
 };
 
 interface Slot {
@@ -228,6 +351,8 @@ export class SealPool {
       slot.worker.postMessage(msg, transfer);
     }).then((r) => {
       if (r.error) {
+        if (r.error.kind === 'http') throw new ThreadNetworkError(r.error.message, r.error.code, r.error.name);
+        if (r.error.kind === 'transient') throw new TransientStoreError(r.error.message);
         if (r.error.kind === 'seal') throw new SealError(r.error.message);
         if (r.error.kind === 'id') throw new ChunkIdMismatchError(r.error.message);
         throw new Error(r.error.message);
@@ -275,6 +400,33 @@ export class SealPool {
     const transfer = ownsMemory(sealed) ? [sealed.buffer as ArrayBuffer] : [];
     const r = await this.call(slot, { op: 'open', job, sealed, id, maxPlain }, transfer);
     return asBuffer(r.plain as Uint8Array);
+  }
+
+  /**
+   * Sends `req` (a GET of the sealed chunk `id`, signed by the caller's S3 client) from a thread, gathers a 200's body
+   * there into a buffer the thread reuses, opens it and checks its content against `id`, as {@link open} does: this
+   * thread only receives the plaintext. A 200 longer than `maxSealed` is refused from its Content-Length unread;
+   * any other answer comes back as it is (status, headers, body) for the S3 client to read.
+   * @throws SealError, ChunkIdMismatchError as {@link open}; ThreadNetworkError when the request fails in transit;
+   * TransientStoreError when the body is cut short
+   */
+  async getAndOpen(
+    req: SignedGet,
+    key: string,
+    id: string,
+    maxSealed: number,
+    maxPlain: number,
+  ): Promise<ThreadGetReply> {
+    const slot = this.slot();
+    const job = this.nextJob++;
+    const r = await this.call(slot, { op: 'get', job, req, key, id, maxSealed, maxPlain });
+    return {
+      status: r.status as number,
+      headers: r.headers ?? {},
+      ...(r.plain ? { plain: asBuffer(r.plain) } : {}),
+      ...(r.body ? { body: asBuffer(r.body) } : {}),
+      ...(r.tooLarge !== undefined ? { tooLarge: r.tooLarge } : {}),
+    };
   }
 
   async close(): Promise<void> {

@@ -390,6 +390,12 @@ async function listenAll(
           failed();
           throw err;
         }),
+      // Zero chunks become holes of a structured reply: no zeros cross the socket.
+      readSparse: (offset, length) =>
+        r.readSparse(offset, length).catch((err: unknown) => {
+          failed();
+          throw err;
+        }),
     };
     bySocket.set(e.socket, [...(bySocket.get(e.socket) ?? []), exp]);
   });

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join, sep } from 'node:path';
+import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import {
   CopyObjectCommand,
@@ -30,6 +31,7 @@ import {
   TransientStoreError,
 } from './errors';
 import { s3ConfigFor } from './credentials';
+import { ThreadNetworkError, type SignedGet, type ThreadGetReply } from './seal-pool';
 
 /** One object of a listing. */
 export interface StoredObject {
@@ -463,6 +465,48 @@ export class S3Store implements ObjectStore {
     return (this.chunkReads ??= new S3Client({ ...this.clientConfig, responseChecksumValidation: 'WHEN_REQUIRED' }));
   }
 
+  private threadReads?: S3Client;
+
+  /** Whether {@link getOnThread} can be used: not with a request handler of the caller's (tests' fault injection). */
+  get threadGets(): boolean {
+    return this.clientConfig.requestHandler === undefined;
+  }
+
+  /**
+   * A chunk object read and opened on a thread (the repository's seal pool): this store's client builds and signs
+   * the GET (credentials, endpoint, retries, error parsing: all the SDK's, as {@link get}), and its request handler
+   * hands the signed request to `send`, which sends it from a thread that also opens the body. Without response
+   * checksum validation, as {@link chunkClient}.
+   * @returns the opened chunk, or `undefined` when the object does not exist
+   * @throws ObjectTooLargeError for an object larger than `maxBytes` (from its Content-Length, unread); what `send`
+   * throws on opening (damage); the errors of {@link get}
+   */
+  async getOnThread(key: string, maxBytes: number, send: ThreadSend): Promise<Buffer | undefined> {
+    const client = (this.threadReads ??= new S3Client({
+      ...this.clientConfig,
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      requestHandler: new ThreadRequestHandler(),
+    }));
+    const ctx: ThreadGetContext = { send };
+    try {
+      const out = await client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }), {
+        [THREAD_GET]: ctx,
+      } as HandlerOptions);
+      discardBody(out.Body);
+    } catch (err) {
+      if (ctx.failure !== undefined) throw ctx.failure;
+      if (err instanceof RepositoryError) throw err;
+      if (isNotFound(err)) return undefined;
+      throw this.translate(err, key);
+    }
+    if (ctx.failure !== undefined) throw ctx.failure;
+    const got = ctx.reply;
+    if (got?.tooLarge !== undefined)
+      throw new ObjectTooLargeError(key, got.tooLarge < 0 ? undefined : got.tooLarge, maxBytes);
+    if (!got?.plain) throw new TransientStoreError(`S3 response for ${key} brought no content`);
+    return got.plain;
+  }
+
   async put(key: string, body: Buffer, digests: BodyDigests = {}): Promise<void> {
     try {
       await this.putObject(key, body, digests);
@@ -559,6 +603,7 @@ export class S3Store implements ObjectStore {
   close(): void {
     this.client.destroy();
     this.chunkReads?.destroy();
+    this.threadReads?.destroy();
   }
 
   /** Maps an SDK error to a {@link RepositoryError} (for {@link S3Locking} too). */
@@ -809,6 +854,92 @@ async function collectBody(body: unknown, length: number | undefined, max: numbe
     return out;
   }
   return Buffer.concat(pieces, pos);
+}
+
+/** Sends a signed chunk GET from a thread and opens what it brings (./seal-pool.ts `getAndOpen`). */
+export type ThreadSend = (req: SignedGet) => Promise<ThreadGetReply>;
+
+/** Where a thread GET's caller and the request handler meet: the send, and what came back. */
+interface ThreadGetContext {
+  send: ThreadSend;
+  reply?: ThreadGetReply;
+  /** Opening failed (damage): kept here so the SDK neither retries it nor rewrites it. */
+  failure?: unknown;
+}
+
+const THREAD_GET = 'groupsnapThreadGet';
+type HandlerOptions = Parameters<S3Client['send']>[1];
+
+/**
+ * The request handler of {@link S3Store.getOnThread}'s client: the SDK passes `send`'s options to its handler, so
+ * each GET carries its context there. A 200 is answered with an empty body (the content was opened on the thread and
+ * waits in the context); any other answer is given back whole for the SDK to parse (errors, retries).
+ */
+class ThreadRequestHandler {
+  readonly metadata = { handlerProtocol: 'http/1.1' };
+
+  async handle(
+    request: {
+      protocol: string;
+      hostname: string;
+      port?: number;
+      method: string;
+      path: string;
+      query?: Record<string, string | string[] | null>;
+      headers: Record<string, string>;
+    },
+    options: object = {},
+  ): Promise<{ response: { statusCode: number; headers: Record<string, string>; body: Readable } }> {
+    const ctx = (options as Record<string, unknown>)[THREAD_GET] as ThreadGetContext | undefined;
+    if (!ctx) throw new Error('a thread GET without its context');
+    const query = queryString(request.query ?? {});
+    const signed: SignedGet = {
+      protocol: request.protocol,
+      hostname: request.hostname.replace(/^\[(.*)\]$/, '$1'),
+      ...(request.port !== undefined ? { port: request.port } : {}),
+      method: request.method,
+      path: query ? `${request.path}?${query}` : request.path,
+      headers: request.headers,
+    };
+    let reply: ThreadGetReply;
+    try {
+      reply = await ctx.send(signed);
+    } catch (err) {
+      // In transit (the SDK's retry policy decides), or opening failed: damage, which is the caller's to judge.
+      if (err instanceof ThreadNetworkError) throw err;
+      ctx.failure = err;
+      reply = { status: 200, headers: {} };
+    }
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(reply.headers)) {
+      if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(', ') : value;
+    }
+    if (reply.status === 200) ctx.reply = reply;
+    return {
+      response: { statusCode: reply.status, headers, body: Readable.from(reply.body ? [reply.body] : []) },
+    };
+  }
+
+  updateHttpClientConfig(): void {}
+
+  httpHandlerConfigs(): Record<string, never> {
+    return {};
+  }
+
+  destroy(): void {}
+}
+
+/** A request's query as the SDK's node handler sends it (keys sorted, RFC 3986 escaping). */
+function queryString(query: Record<string, string | string[] | null>): string {
+  const escape = (s: string) =>
+    encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  const parts: string[] = [];
+  for (const name of Object.keys(query).sort()) {
+    const value = query[name];
+    if (value === null) parts.push(escape(name));
+    else for (const v of Array.isArray(value) ? value : [value]) parts.push(`${escape(name)}=${escape(v)}`);
+  }
+  return parts.join('&');
 }
 
 function isNotFound(err: unknown): boolean {

@@ -3,7 +3,7 @@
  * prune with retention and a chunk sweep that an export lock holds off.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -23,6 +23,7 @@ import { RepositoryBusyError, RepositoryLock } from '../backup/locks';
 import { FORMAT_VERSION, sumStats, type DiskExportStats, type DiskManifest } from '../backup/manifest';
 import { pruneRepository } from '../backup/prune';
 import { Repository } from '../backup/repository';
+import type { S3Store } from '../backup/store';
 import { verifyRepository } from '../backup/verify';
 import { S3Server } from '../dev/s3-server';
 import { damageRepository, expectDamageHandled } from './helpers/repo-damage';
@@ -285,6 +286,45 @@ test('an oversize object is refused from its Content-Length without downloading 
   expect((err as Error).message).toMatch(/314572800 bytes, larger than the 65570 bytes/);
   expect(received).toBeLessThan(4 * 1024 * 1024);
   repo.close();
+});
+
+test('chunks are fetched and opened on the seal threads, with the SDK signing and its errors: exact, missing, damaged, oversize, store down', async () => {
+  const url = 's3://gs-test/threads';
+  (await Repository.init(url, key, { chunkSize: CHUNK })).close();
+  const repo = await Repository.open(url, key, { s3: { maxAttempts: 1 } });
+  try {
+    expect((repo.store as S3Store).threadGets).toBe(true);
+    const chunks = [randomBytes(CHUNK), Buffer.alloc(CHUNK, 'groupsnap '), randomBytes(CHUNK - 1000)];
+    const ids: string[] = [];
+    for (const c of chunks) ids.push((await repo.putChunk(Buffer.from(c))).id);
+    // Many at once, on both threads: each comes back whole and in its place.
+    const back = await Promise.all([...ids, ...ids, ...ids].map((id) => repo.readChunk(id)));
+    back.forEach((b, i) => expect(b.equals(chunks[i % 3])).toBe(true));
+
+    const file = (id: string) => join(s3.dir, 'gs-test', 'threads', Repository.chunkKey(id));
+    const flipped = readFileSync(file(ids[0]));
+    flipped[flipped.length - 20] ^= 0xff;
+    writeFileSync(file(ids[0]), flipped);
+    await expect(repo.readChunk(ids[0])).rejects.toMatchObject({ name: 'DamagedObjectError', problem: 'corrupt' });
+    rmSync(file(ids[1]));
+    await expect(repo.readChunk(ids[1])).rejects.toMatchObject({ name: 'DamagedObjectError', problem: 'missing' });
+    truncateSync(file(ids[2]), 300 * 1024 * 1024);
+    const oversize = await repo.readChunk(ids[2]).catch((e: unknown) => e);
+    expect(oversize).toBeInstanceOf(DamagedObjectError);
+    expect((oversize as Error).message).toMatch(/314572800 bytes, larger than the 65570 bytes/);
+
+    // The server stopped: a transient error (the SDK's retry policy saw a network error), not damage.
+    const again = (await repo.putChunk(randomBytes(CHUNK))).id;
+    await s3.kill();
+    try {
+      await expect(repo.readChunk(again)).rejects.toBeInstanceOf(TransientStoreError);
+    } finally {
+      await s3.resume();
+    }
+    expect((await repo.readChunk(again)).length).toBe(CHUNK);
+  } finally {
+    repo.close();
+  }
 });
 
 test('a store that is down is a transient (retryable) error, a foreign endpoint in the URL is bad input', async () => {

@@ -154,6 +154,23 @@ export class RawNbdClient {
     return { handle, error };
   }
 
+  /** The chunks of one structured reply, up to the one with the DONE flag. */
+  async structuredReply(): Promise<{ handle: bigint; flags: number; type: number; payload: Buffer }[]> {
+    const chunks: { handle: bigint; flags: number; type: number; payload: Buffer }[] = [];
+    for (;;) {
+      const h = await this.take(20);
+      if (h.readUInt32BE(0) !== NBD.structuredReplyMagic) throw new Error('bad structured reply magic');
+      const chunk = {
+        flags: h.readUInt16BE(4),
+        type: h.readUInt16BE(6),
+        handle: h.readBigUInt64BE(8),
+        payload: Buffer.from(await this.take(h.readUInt32BE(16))),
+      };
+      chunks.push(chunk);
+      if (chunk.flags & NBD.replyFlagDone) return chunks;
+    }
+  }
+
   /** Reads `length` bytes at `offset` (one request); rejects with the NBD error number. */
   async read(offset: number, length: number, handle = 1n): Promise<Buffer> {
     this.sendRequest(NBD.cmd.read, handle, offset, length);

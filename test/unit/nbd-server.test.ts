@@ -151,9 +151,8 @@ describe('handshake', () => {
     const bad = RawNbdClient.goData('db-1-vda', [NBD.info.name]);
     c.sendOption(NBD.opt.info, bad.subarray(0, bad.length - 1));
     expect((await c.infoReplies()).final).toBe(NBD.rep.errInvalid);
-    // Structured replies, STARTTLS and unknown options (with data, skipped) are unsupported.
+    // STARTTLS and unknown options (with data, skipped) are unsupported.
     for (const [opt, data] of [
-      [NBD.opt.structuredReply, Buffer.alloc(0)],
       [NBD.opt.startTls, Buffer.alloc(0)],
       [99, randomBytes(300)],
     ] as const) {
@@ -275,6 +274,39 @@ describe('transmission', () => {
     expect(await c.closedByServer()).toBe(true);
   });
 
+  it('with structured replies negotiated, a read is data chunks and holes for zero chunks, then DONE', async () => {
+    const c = await RawNbdClient.connect(socket);
+    await c.greet();
+    c.sendOption(NBD.opt.structuredReply, Buffer.from('x'));
+    expect((await c.optionReply()).type).toBe(NBD.rep.errInvalid);
+    c.sendOption(NBD.opt.structuredReply);
+    expect((await c.optionReply()).type).toBe(NBD.rep.ack);
+    c.sendOption(NBD.opt.go, RawNbdClient.goData('db-1-vda'));
+    expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+    // Chunk 1 is the zero chunk: a read across chunks 0-2 is data, a hole, data.
+    c.sendRequest(NBD.cmd.read, 7n, 100, 3 * CHUNK - 200);
+    const chunks = await c.structuredReply();
+    expect(chunks.map((k) => [k.handle, k.type, k.flags])).toEqual([
+      [7n, NBD.replyType.offsetData, 0],
+      [7n, NBD.replyType.offsetHole, 0],
+      [7n, NBD.replyType.offsetData, 0],
+      [7n, NBD.replyType.none, NBD.replyFlagDone],
+    ]);
+    const read = Buffer.alloc(3 * CHUNK);
+    for (const k of chunks.slice(0, 3)) {
+      const at = Number(k.payload.readBigUInt64BE(0));
+      if (k.type === NBD.replyType.offsetHole) expect([at, k.payload.readUInt32BE(8)]).toEqual([CHUNK, CHUNK]);
+      else k.payload.subarray(8).copy(read, at);
+    }
+    expect(read.subarray(100, 3 * CHUNK - 100).equals(content.subarray(100, 3 * CHUNK - 100))).toBe(true);
+    // A read within the zero chunk is one hole; other commands keep simple replies.
+    c.sendRequest(NBD.cmd.read, 8n, CHUNK + 10, 20);
+    expect((await c.structuredReply()).map((k) => k.type)).toEqual([NBD.replyType.offsetHole, NBD.replyType.none]);
+    c.sendRequest(NBD.cmd.flush, 9n, 0, 0);
+    expect(await c.reply(new Map())).toEqual({ handle: 9n, error: 0 });
+    c.end();
+  });
+
   it('serves many connections at once', async () => {
     const clients = await Promise.all([0, 1, 2, 3, 4, 5].map(() => RawNbdClient.connect(socket)));
     await Promise.all(clients.map((c) => c.go('db-1-vda')));
@@ -352,7 +384,23 @@ describe('the store', () => {
       await expect(c.read(2 * CHUNK, 2 * CHUNK, 2n)).rejects.toMatchObject({ nbdError: NBD.err.io });
       expect((await c.read(2 * CHUNK, CHUNK, 3n)).equals(content.subarray(2 * CHUNK, 3 * CHUNK))).toBe(true);
       expect((await c.read(4 * CHUNK, 2 * CHUNK, 4n)).equals(content.subarray(4 * CHUNK))).toBe(true);
-      expect(s.status().exports[0].readErrors).toBe(2);
+      // With structured replies: one error chunk (EIO) with DONE.
+      const d = await RawNbdClient.connect(other);
+      await d.greet();
+      d.sendOption(NBD.opt.structuredReply);
+      expect((await d.optionReply()).type).toBe(NBD.rep.ack);
+      d.sendOption(NBD.opt.go, RawNbdClient.goData('x'));
+      expect((await d.infoReplies()).final).toBe(NBD.rep.ack);
+      d.sendRequest(NBD.cmd.read, 5n, CHUNK, 3 * CHUNK);
+      const [err, ...more] = await d.structuredReply();
+      expect([err.type, err.flags, err.payload.readUInt32BE(0), more.length]).toEqual([
+        NBD.replyType.error,
+        NBD.replyFlagDone,
+        NBD.err.io,
+        0,
+      ]);
+      d.end();
+      expect(s.status().exports[0].readErrors).toBe(3);
       expect(s.status().storeReachable).toBe(true);
       c.end();
     } finally {
