@@ -11,7 +11,7 @@ import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import {
   claimGuardPidFile,
   ensureGuard,
-  runGuard,
+  runGuardReconnecting,
   runningGuardPid,
   stopIdleGuard,
   superviseGuard,
@@ -127,32 +127,12 @@ export async function guardCommand(opts: { stateDir: string; libvirtUri: string 
   const controller = new AbortController();
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => controller.abort());
   logLine('guard started', { stateDir: opts.stateDir, libvirtUri: opts.libvirtUri });
-  // The guard must outlive libvirtd restarts: reconnect whenever the connection is lost.
-  while (!controller.signal.aborted) {
-    let hypervisor: LibvirtHypervisor | undefined;
-    try {
-      hypervisor = await LibvirtHypervisor.open(opts.libvirtUri);
-      const conn = hypervisor.connection;
-      const lost = new AbortController();
-      const watch = setInterval(() => {
-        conn.isAlive().then(
-          (alive) => alive || lost.abort(),
-          () => lost.abort(),
-        );
-      }, 2000);
-      controller.signal.addEventListener('abort', () => lost.abort());
-      try {
-        await runGuard({ hypervisor, stateDir: opts.stateDir, signal: lost.signal, log: logLine });
-      } finally {
-        clearInterval(watch);
-      }
-    } catch (err) {
-      logLine('guard cannot reach libvirt, retrying', { error: (err as Error).message });
-      await sleep(1000);
-    } finally {
-      await hypervisor?.close().catch(() => undefined);
-    }
-  }
+  await runGuardReconnecting({
+    open: () => LibvirtHypervisor.open(opts.libvirtUri),
+    stateDir: opts.stateDir,
+    signal: controller.signal,
+    log: logLine,
+  });
 }
 
 export interface SnapshotCommandOptions extends TemporalOverrides {

@@ -48,6 +48,52 @@ export async function runGuard(options: GuardOptions): Promise<void> {
   }
 }
 
+/** What the guard's reconnecting loop needs of a hypervisor connection (LibvirtHypervisor has it). */
+export interface GuardConnection extends Hypervisor {
+  readonly connection: { isAlive(): Promise<boolean> };
+  close(): Promise<void>;
+}
+
+/**
+ * The guard process's loop: runs {@link runGuard} over a connection opened by `open`, and opens a new one whenever
+ * it is lost (libvirtd restarted), until `signal` aborts. An abort that comes while a connection is being opened
+ * still ends the loop (it once went unseen: the guard then ran on after SIGTERM).
+ */
+export async function runGuardReconnecting(options: {
+  open: () => Promise<GuardConnection>;
+  stateDir: string;
+  signal: AbortSignal;
+  log: (message: string, fields?: Record<string, unknown>) => void;
+  aliveEveryMs?: number;
+  retryMs?: number;
+}): Promise<void> {
+  const { open, stateDir, signal, log } = options;
+  while (!signal.aborted) {
+    let hypervisor: GuardConnection | undefined;
+    try {
+      hypervisor = await open();
+      const conn = hypervisor.connection;
+      const lost = new AbortController();
+      const watch = setInterval(() => {
+        conn.isAlive().then(
+          (alive) => alive || lost.abort(),
+          () => lost.abort(),
+        );
+      }, options.aliveEveryMs ?? 2000);
+      try {
+        await runGuard({ hypervisor, stateDir, signal: AbortSignal.any([signal, lost.signal]), log });
+      } finally {
+        clearInterval(watch);
+      }
+    } catch (err) {
+      log('guard cannot reach libvirt, retrying', { error: (err as Error).message });
+      await new Promise((r) => setTimeout(r, options.retryMs ?? 1000));
+    } finally {
+      await hypervisor?.close().catch(() => undefined);
+    }
+  }
+}
+
 function pidFile(stateDir: string): string {
   return join(stateDir, 'guard.pid');
 }
