@@ -168,7 +168,13 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
     if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
       throw new RepositoryInputError(`repository URL '${url}': '${bucket}' is not a valid bucket name`);
     }
-    const prefix = decodeURIComponent(u.pathname).replace(/^\/+|\/+$/g, '');
+    let path: string;
+    try {
+      path = decodeURIComponent(u.pathname);
+    } catch {
+      throw new RepositoryInputError(`repository URL '${url}': its path is not validly %-encoded`);
+    }
+    const prefix = path.replace(/^\/+|\/+$/g, '');
     const endpoint = u.searchParams.get('endpoint') ?? undefined;
     return { kind: 's3', url, bucket, prefix: prefix ? `${prefix}/` : '', ...(endpoint ? { endpoint } : {}) };
   }
@@ -176,7 +182,12 @@ export function parseRepositoryUrl(url: string): RepositoryLocation {
     if (u.host !== '' && u.host !== 'localhost') {
       throw new RepositoryInputError(`repository URL '${url}': a file URL names a local path (file:///path)`);
     }
-    const path = fileURLToPath(u).replace(/\/+$/, '') || '/';
+    let path: string;
+    try {
+      path = fileURLToPath(u).replace(/\/+$/, '') || '/';
+    } catch {
+      throw new RepositoryInputError(`repository URL '${url}': its path is not validly %-encoded`);
+    }
     return { kind: 'file', url, path };
   }
   throw new RepositoryInputError(`repository URL '${url}': use s3://bucket/prefix or file:///path`);

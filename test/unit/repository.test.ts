@@ -147,7 +147,15 @@ describe('repository URLs', () => {
       endpoint: 'http://127.0.0.1:9000',
     });
     expect(parseRepositoryUrl('file:///srv/backups/')).toMatchObject({ kind: 'file', path: '/srv/backups' });
-    for (const bad of ['http://x/y', '/srv/backups', 's3://UPPER/x', 'file://otherhost/x', 'nonsense']) {
+    for (const bad of [
+      'http://x/y',
+      '/srv/backups',
+      's3://UPPER/x',
+      'file://otherhost/x',
+      'nonsense',
+      's3://0aa/%',
+      'file:///%',
+    ]) {
       expect(() => parseRepositoryUrl(bad)).toThrow(RepositoryInputError);
     }
   });
