@@ -88,9 +88,4 @@ export class InstantRestores {
       await condition(() => this.children.every((c) => c.final !== undefined || c.failure !== undefined));
     });
   }
-
-  /** The restore ids of the children, for the serving processes to stop once their VMs are gone. */
-  restoreIds(): string[] {
-    return this.children.map((c) => c.restoreId);
-  }
 }
