@@ -20,6 +20,21 @@ export interface ClusterBenchResults {
   commands?: string[];
   /** The earlier run whose latencies (and real-VM samples) this one reused (`--latency-from`). */
   latencyFrom?: string;
+  /** Set since the armed barrier: `update` and `sharded` runs are armed (earlier files' are `-unarmed`). */
+  armedBarrier?: true;
+}
+
+/** An earlier file's runs and samples, relabelled: before the armed barrier, `update` and `sharded` were unarmed. */
+export function withArmedLabels(r: ClusterBenchResults): ClusterBenchResults {
+  if (r.armedBarrier) return r;
+  const relabel = <T extends { barrier?: string }>(x: T): T =>
+    x.barrier === 'update' || x.barrier === 'sharded' ? { ...x, barrier: `${x.barrier}-unarmed` } : x;
+  return {
+    ...r,
+    armedBarrier: true,
+    samples: r.samples.map(relabel),
+    ...(r.simRuns ? { simRuns: r.simRuns.map(relabel) } : {}),
+  };
 }
 
 const BEGIN = '<!-- cluster-bench:begin (npm run bench:cluster) -->';
@@ -104,9 +119,11 @@ export function renderClusterSection(r: ClusterBenchResults, rawFile: string): s
 }
 
 const BARRIER_NAMES: Record<string, string> = {
-  update: 'update (one workflow)',
+  update: 'update (one workflow), armed',
   thaw: 'thaw activities',
-  sharded: 'sharded (8 hosts a shard)',
+  sharded: 'sharded (8 hosts a shard), armed',
+  'update-unarmed': 'update (one workflow), not armed',
+  'sharded-unarmed': 'sharded (8 hosts a shard), not armed',
 };
 
 /** Least squares y = a + b x. */

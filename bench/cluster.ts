@@ -28,7 +28,12 @@ import { REPO_ROOT } from '../dev/tools';
 import { virtType, VmFleet } from '../dev/vms';
 import { LibvirtHypervisor } from '../hypervisor/libvirt-hypervisor';
 import type { GroupsnapWorker } from '../worker/worker';
-import { renderClusterSection, replaceClusterSection, type ClusterBenchResults } from './cluster-report';
+import {
+  renderClusterSection,
+  replaceClusterSection,
+  withArmedLabels,
+  type ClusterBenchResults,
+} from './cluster-report';
 import { Bench, hostWorker, workflowWorker } from './freeze';
 import { simRounds, startSimHosts, type SimBarrier, type SimLatency } from './sim-hosts';
 import type { Sample } from './report';
@@ -127,7 +132,9 @@ async function main(): Promise<void> {
   const hostRounds = listArg('host-rounds', [3]);
   const barriers = (arg('barriers')?.split(',') ?? ['update', 'sharded']) as SimBarrier[];
   const order = (arg('backends')?.split(',') ?? BACKENDS) as Backend[];
-  for (const x of barriers) if (!['update', 'thaw', 'sharded'].includes(x)) throw new Error(`unknown barrier ${x}`);
+  for (const x of barriers)
+    if (!['update', 'thaw', 'sharded', 'update-unarmed', 'sharded-unarmed'].includes(x))
+      throw new Error(`unknown barrier ${x}`);
   for (const x of order) if (!BACKENDS.includes(x)) throw new Error(`unknown backend ${x}`);
   const outRoot = arg('out') ?? REPO_ROOT;
   const machine = {
@@ -150,8 +157,11 @@ async function main(): Promise<void> {
   const hypervisors: LibvirtHypervisor[] = [];
   const workers: { stop(): Promise<void> }[] = [];
   const connections: Connection[] = [];
-  const earlier = latencyFrom ? (JSON.parse(readFileSync(latencyFrom, 'utf8')) as ClusterBenchResults) : undefined;
+  const earlier = latencyFrom
+    ? withArmedLabels(JSON.parse(readFileSync(latencyFrom, 'utf8')) as ClusterBenchResults)
+    : undefined;
   const results: ClusterBenchResults = {
+    armedBarrier: true,
     machine,
     rounds: earlier?.rounds ?? rounds,
     clusterStartMs: 0,

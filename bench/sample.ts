@@ -7,7 +7,7 @@ export interface Sample {
   depth?: number;
   hosts?: number;
   /** Simulated hosts: how the group was released. */
-  barrier?: 'update' | 'thaw' | 'sharded';
+  barrier?: 'update' | 'thaw' | 'sharded' | 'update-unarmed' | 'sharded-unarmed';
   /** Simulated hosts: the release order (`group-paused`, or the old `group-snapshotted`). */
   resumeWhen?: string;
   /** The new floor's snapshots in flight. */

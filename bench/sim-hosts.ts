@@ -116,12 +116,15 @@ async function stopAll(workers: Worker[], runs: Promise<void>[], connection: Nat
 /**
  * How a simulated group is released: `update`, one workflow's update barrier over every host (the server must allow
  * that many Updates in flight); `thaw`, thaw activities (the old order above `updateBarrierMaxHosts`); `sharded`,
- * shard child workflows of 8 hosts, each with its own update barrier (docs/adr/0014).
+ * shard child workflows of 8 hosts, each with its own update barrier (docs/adr/0014). Both are armed (no host pauses
+ * before every host is ready); `-unarmed` pauses each host as soon as its freeze starts, as before the armed barrier.
  */
-export type SimBarrier = 'update' | 'thaw' | 'sharded';
+export type SimBarrier = 'update' | 'thaw' | 'sharded' | 'update-unarmed' | 'sharded-unarmed';
 
 /** The snapshot options that select `barrier`. */
 export function barrierOptions(barrier: SimBarrier): Partial<GroupSnapshotInput> {
+  if (barrier.endsWith('-unarmed'))
+    return { ...barrierOptions(barrier.replace('-unarmed', '') as SimBarrier), armedBarrier: false };
   if (barrier === 'update') return { updateBarrierMaxHosts: 10_000, shardAboveHosts: 100_000 };
   if (barrier === 'thaw') return { updateBarrierMaxHosts: 0, shardAboveHosts: 100_000 };
   return { shardAboveHosts: 1, shardHosts: 8 };
@@ -237,7 +240,7 @@ async function describeHistories(client: Client, workflowId: string, barrier: Si
       for (const p of problemsOf(h.events ?? [], 'shard')) problems.add(p);
     }
     if (problems.size > 0) run.problems = [...problems];
-    if (barrier === 'sharded') {
+    if (barrier.startsWith('sharded')) {
       const s = await client.workflow.getHandle(`${workflowId}/shard-0`).describe();
       run.shardHistoryEvents = s.historyLength;
       run.shardHistoryBytes = s.historySize;

@@ -119,6 +119,7 @@ export const freezeRequest = z.object({
   leaseOwner,
   resumeWhen: z.enum(['group-paused', 'group-snapshotted']).optional(),
   snapshotsInFlight: z.number().int().min(1).max(64).optional(),
+  arm: z.literal(true).optional(),
 });
 
 export const releaseRequest = z.object({

@@ -64,6 +64,12 @@ export interface FreezeRequest {
   resumeWhen?: ResumeWhen;
   /** With `group-paused`: most snapshots taken at once on this host. @default the worker's (2 unless set) */
   snapshotsInFlight?: number;
+  /**
+   * The armed barrier (with the `barrier` release): planned again under the leases, before quiescing or pausing
+   * anything, the host reports itself ready through the workflow's `hostArmed` update and pauses only on its go
+   * (every host of the group ready), so no VM waits paused while another host's freeze is still starting.
+   */
+  arm?: true;
 }
 
 /** The workflow's decision for the `signal` barrier, handed to the freeze waiting on one host. */

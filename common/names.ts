@@ -36,6 +36,12 @@ export const GUARD_GRACE_MS = 250;
 export const HOST_FROZEN_UPDATE = 'hostFrozen';
 
 /**
+ * Update through which each host's freeze reports itself ready to pause (planned again under the leases, nothing
+ * paused yet) and waits for the group's go: every host of the group ready (docs/adr/0014, the armed barrier).
+ */
+export const HOST_ARMED_UPDATE = 'hostArmed';
+
+/**
  * Signal each host's freeze sends once its VMs are paused, for groups over `updateBarrierMaxHosts` hosts in the
  * `group-paused` order; the workflow releases them with the `releaseFreeze` activity on each host.
  */
@@ -58,6 +64,12 @@ export const SHARD_REPORT_SIGNAL = 'shardReport';
 
 /** Signal the group's workflow sends each shard: release (`true`) or abort (`false`) its hosts. */
 export const SHARD_DECISION_SIGNAL = 'shardDecision';
+
+/** Signal a shard sends its group's workflow in the armed barrier: its hosts are all ready to pause (or one failed). */
+export const SHARD_ARMED_SIGNAL = 'shardArmed';
+
+/** Signal the group's workflow sends each shard in the armed barrier: every shard is ready, its hosts may pause. */
+export const SHARD_GO_SIGNAL = 'shardGo';
 
 /**
  * A snapshot id `gs-<UTC time>-<suffix>` (e.g. `gs-20261124T101500Z-3fa2c1`): safe in file names, sortable by time.

@@ -150,6 +150,8 @@ export interface NormalizedSnapshotInput {
   resumeWhen: ResumeWhen;
   shardAboveHosts: number;
   shardHosts: number;
+  /** Only when `false` (the default is the armed barrier). */
+  armedBarrier?: false;
 }
 
 /**
@@ -170,6 +172,8 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
   const resumeWhen = input.resumeWhen ?? 'group-paused';
   const shardAboveHosts = input.shardAboveHosts ?? DEFAULT_SHARD_ABOVE_HOSTS;
   const shardHosts = input.shardHosts ?? DEFAULT_SHARD_HOSTS;
+  if (input.armedBarrier !== undefined && typeof input.armedBarrier !== 'boolean')
+    problems.push(`armed barrier must be true or false, got ${JSON.stringify(input.armedBarrier)}`);
   checkSnapshotOptions(
     { maxFreezeMs, quiesce, updateBarrierMaxHosts, resumeWhen, shardAboveHosts, shardHosts },
     problems,
@@ -186,5 +190,6 @@ export function normalizeSnapshotInput(input: GroupSnapshotInput): NormalizedSna
     resumeWhen,
     shardAboveHosts,
     shardHosts,
+    ...(input.armedBarrier === false ? { armedBarrier: false as const } : {}),
   };
 }

@@ -89,7 +89,8 @@ describe('the sharded freeze (groups over shardAboveHosts hosts)', () => {
       expect(scheduledInGroup).not.toContain('freezeVms');
       for (const i of [0, 1, 2]) {
         const shard = await events(`${result.workflowId}/shard-${i}`);
-        expect(shard.filter((e) => e.workflowExecutionUpdateAcceptedEventAttributes)).toHaveLength(2);
+        // Each host: ready (the armed barrier), then paused.
+        expect(shard.filter((e) => e.workflowExecutionUpdateAcceptedEventAttributes)).toHaveLength(4);
         expect(shard.filter((e) => e.activityTaskScheduledEventAttributes)).toHaveLength(2);
       }
       if (resumeWhen === 'group-paused') {
@@ -135,11 +136,12 @@ describe('the sharded freeze (groups over shardAboveHosts hosts)', () => {
     expect(result.error).toContain('injected snapshot failure');
     expectAllRunningNothingLeft(result, vms);
     for (const v of result.vms) expect(['rolled-back', 'not-snapshotted']).toContain(v.outcome);
-    // A shard's freezes may wait to start as long as the group may stay paused (not a fixed 5 s: issue 29).
+    // A shard's freezes may wait to start as long as the group may stay paused, and at least 30 s (the armed
+    // barrier: nothing is paused before every host's freeze has started); not a fixed 5 s (issue 29).
     const scheduled = (await events(`${result.workflowId}/shard-0`)).flatMap(
       (e) => e.activityTaskScheduledEventAttributes ?? [],
     );
-    expect(scheduled.map((a) => Number(a.scheduleToStartTimeout?.seconds))).toEqual([20, 20]);
+    expect(scheduled.map((a) => Number(a.scheduleToStartTimeout?.seconds))).toEqual([30, 30]);
     const again = await snapshotGroup(client, { vms: refs(vms), ...sharding });
     expect(again.status).toBe('completed');
   }, 60_000);

@@ -74,6 +74,9 @@ export const PRESETS: Record<Kind, ActivityOptions> = {
   },
 };
 
+/** The armed barrier: how long a host's freeze may take to start, and to hear the group's go once started. */
+export const ARMED_START_MS = 30_000;
+
 /**
  * The freeze: bounded by the freeze deadline, never repeated (a failed freeze is compensated). With `retryLost`
  * (runs from the `freeze-retry-finds-outcome` patch on), an attempt the server timed out is retried: a retried
@@ -82,10 +85,12 @@ export const PRESETS: Record<Kind, ActivityOptions> = {
  * restart) does not cost a point the host took. A host whose worker died is still noticed within seconds: nothing
  * polls its queue, and the retry times out before it starts.
  */
-export function freezeOptions(maxFreezeMs: number, retryLost = false): ActivityOptions {
+export function freezeOptions(maxFreezeMs: number, retryLost = false, armed = false): ActivityOptions {
   return {
-    scheduleToStartTimeout: '5s',
-    startToCloseTimeout: maxFreezeMs + 30_000,
+    // Armed (the armed barrier): nothing is paused before every host's freeze has started and reported ready, so a
+    // slow start costs the run time, not freeze time; it may wait up to ARMED_START_MS to start and to hear its go.
+    scheduleToStartTimeout: armed ? ARMED_START_MS : '5s',
+    startToCloseTimeout: maxFreezeMs + 30_000 + (armed ? ARMED_START_MS : 0),
     // The freeze heartbeats while it runs: a host that dies mid-freeze is noticed in seconds.
     heartbeatTimeout: '2s',
     retry: retryLost
@@ -132,8 +137,8 @@ export function onHost(hostId: string) {
     merge: proxy('merge'),
     thaw: proxy('thaw'),
     cleanup: proxy('cleanup'),
-    freeze: (maxFreezeMs: number, retryLost = false) =>
-      proxyActivities<HostActivities>({ taskQueue, ...freezeOptions(maxFreezeMs, retryLost) }),
+    freeze: (maxFreezeMs: number, retryLost = false, armed = false) =>
+      proxyActivities<HostActivities>({ taskQueue, ...freezeOptions(maxFreezeMs, retryLost, armed) }),
     release: (maxFreezeMs: number) => proxyActivities<HostActivities>({ taskQueue, ...releaseOptions(maxFreezeMs) }),
   };
 }

@@ -160,9 +160,11 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   // A freeze attempt timed out by the server (e.g. it was down when the host completed) is retried, and the retry
   // returns the host's outcome of the first attempt instead of failing the run (activity-options.ts, freezeOptions).
   const retryLost = patched('freeze-retry-finds-outcome');
+  // The armed barrier: no host pauses before every host's freeze has started and is ready (docs/adr/0014).
+  const arm = release === 'barrier' && patched('armed-barrier') && input.armedBarrier !== false;
   const freezes = hosts.map((h) =>
     onHost(h)
-      .freeze(maxFreezeMs, retryLost)
+      .freeze(maxFreezeMs, retryLost, arm)
       .freezeVms.executeWithOptions(
         {
           summary: onHostSummary(
@@ -181,6 +183,7 @@ export async function freeze(run: SnapshotRun): Promise<void> {
             quiesce,
             leaseOwner: run.leaseOwner,
             ...order,
+            ...(arm ? { arm: true as const } : {}),
           },
         ],
       )
@@ -194,6 +197,11 @@ export async function freeze(run: SnapshotRun): Promise<void> {
   const allFrozen = CancellationScope.nonCancellable(() => Promise.all(freezes));
   // Awaited below on the success path; failures are also seen through freezesSettled by compensation.
   allFrozen.catch(() => undefined);
+  if (arm) {
+    // Bounded by the freezes themselves: one that cannot start or dies fails, which aborts the run.
+    await condition(() => run.armedHosts.size === hosts.length || run.barrier === 'abort');
+    run.go = run.barrier !== 'abort';
+  }
   const barrierPassed =
     release === 'barrier'
       ? condition(() => run.frozenHosts.size === hosts.length || run.barrier === 'abort')

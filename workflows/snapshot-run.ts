@@ -16,7 +16,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { FreezeRequest, FreezeVmReport, PlannedVm } from '../common/host-types';
-import { formatSnapshotId, HOST_FROZEN_UPDATE, HOST_PAUSED_SIGNAL } from '../common/names';
+import { formatSnapshotId, HOST_ARMED_UPDATE, HOST_FROZEN_UPDATE, HOST_PAUSED_SIGNAL } from '../common/names';
 import {
   GroupsnapGroup,
   GroupsnapMaxFreezeMs,
@@ -34,6 +34,12 @@ export const progressQuery = defineQuery<SnapshotProgress>('progress');
  * in it; all calls return together, `true` when every host has reported (release) or `false` (abort).
  */
 export const hostFrozenUpdate = defineUpdate<boolean, [string]>(HOST_FROZEN_UPDATE);
+
+/**
+ * The armed barrier (docs/adr/0014): each host's freeze, planned again and ready to pause, calls this update and waits
+ * for the group's go (true, once every host is ready) or abort (false) before it pauses anything.
+ */
+export const hostArmedUpdate = defineUpdate<boolean, [string]>(HOST_ARMED_UPDATE);
 
 /**
  * The barrier above `updateBarrierMaxHosts` hosts in the `group-paused` order: each host's freeze signals once its
@@ -61,6 +67,9 @@ export class SnapshotRun {
   readonly times = new Map<string, { pausedAtMs: number; resumedAtMs?: number }>();
   barrier: 'waiting' | 'release' | 'abort' = 'waiting';
   readonly frozenHosts = new Set<string>();
+  /** Hosts ready to pause (the armed barrier), and the group's go once all are (false: aborted before it). */
+  readonly armedHosts = new Set<string>();
+  go: boolean | undefined;
   /** Hosts whose `hostPaused` signal arrived (the `signal` barrier). */
   readonly pausedHosts = new Set<string>();
   /** How the hosts are released (set by the freeze). */
@@ -107,6 +116,20 @@ export class SnapshotRun {
       {
         description:
           "A host's freeze reports its VMs paused (snapshotted, in the old order) and waits for the group's release (true) or abort",
+        validator: (h) => {
+          if (!this.hosts.includes(h)) throw new Error(`host ${h} is not part of this snapshot`);
+        },
+      },
+    );
+    setHandler(
+      hostArmedUpdate,
+      async (h) => {
+        this.armedHosts.add(h);
+        await condition(() => this.go !== undefined || this.barrier === 'abort');
+        return this.go === true && this.barrier !== 'abort';
+      },
+      {
+        description: "A host's freeze reports itself ready to pause and waits for the group's go (true) or abort",
         validator: (h) => {
           if (!this.hosts.includes(h)) throw new Error(`host ${h} is not part of this snapshot`);
         },

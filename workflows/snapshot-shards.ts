@@ -23,12 +23,19 @@ import {
 } from '@temporalio/workflow';
 import { errorMessage, failure } from '../common/failures';
 import type { FreezeRequest, FreezeVmReport, PlannedVm } from '../common/host-types';
-import { groupSnapshotWorkflowId, hostTaskQueue, SHARD_DECISION_SIGNAL, SHARD_REPORT_SIGNAL } from '../common/names';
+import {
+  groupSnapshotWorkflowId,
+  hostTaskQueue,
+  SHARD_ARMED_SIGNAL,
+  SHARD_DECISION_SIGNAL,
+  SHARD_GO_SIGNAL,
+  SHARD_REPORT_SIGNAL,
+} from '../common/names';
 import type { QuiesceMode, ResumeWhen } from '../common/types';
 import type { HostActivities } from '../activities/host-activities';
-import { freezeOptions } from './activity-options';
+import { ARMED_START_MS, freezeOptions } from './activity-options';
 import { adoptFreezeReports, afterFreeze, undoFreeze } from './snapshot-phases';
-import { hostFrozenUpdate, type SnapshotRun } from './snapshot-run';
+import { hostArmedUpdate, hostFrozenUpdate, type SnapshotRun } from './snapshot-run';
 import { onHostSummary } from './ui';
 
 /** What one shard freezes: its hosts' planned VMs, and the run's freeze settings. */
@@ -41,6 +48,8 @@ export interface ShardInput {
   leaseOwner: string;
   resumeWhen: ResumeWhen;
   hosts: { host: string; vms: PlannedVm[] }[];
+  /** The armed barrier: the shard's hosts pause only once every shard reported them ready (`shardArmed`, `shardGo`). */
+  arm?: boolean;
 }
 
 /** A host's freeze as its shard saw it: the host's reports, or why its freeze activity failed. */
@@ -60,6 +69,12 @@ export const shardReportSignal = defineSignal<[{ shard: number; ready: boolean }
 
 /** The group's workflow to a shard: release (`true`) or abort (`false`) its hosts. The first decision counts. */
 export const shardDecisionSignal = defineSignal<[boolean]>(SHARD_DECISION_SIGNAL);
+
+/** A shard to the group's workflow (armed barrier): every host of the shard is ready to pause, or one failed. */
+export const shardArmedSignal = defineSignal<[{ shard: number; armed: boolean }]>(SHARD_ARMED_SIGNAL);
+
+/** The group's workflow to a shard (armed barrier): every shard is ready, its hosts may pause. */
+export const shardGoSignal = defineSignal(SHARD_GO_SIGNAL);
 
 /** Whether this run freezes through shards (groups over `shardAboveHosts` hosts, from the `sharded-barrier` patch). */
 export function isSharded(run: SnapshotRun): boolean {
@@ -91,6 +106,16 @@ export async function freezeSharded(run: SnapshotRun): Promise<void> {
     },
     { description: 'A shard of a sharded freeze reports its hosts paused (ready) or a failure' },
   );
+  const armed = new Set<number>();
+  setHandler(
+    shardArmedSignal,
+    ({ shard, armed: ok }) => {
+      if (ok) armed.add(shard);
+      else run.barrier = 'abort';
+    },
+    { description: 'A shard of a sharded freeze reports its hosts ready to pause (armed) or a failure' },
+  );
+  const arm = patched('armed-barrier') && input.armedBarrier !== false;
   run.freezeStartedOn = hosts;
   run.compensations.push(() => undoFreeze(run));
   // From the run's input (not its workflow id, which a replay renames): the group's own id, as the client names it.
@@ -107,6 +132,7 @@ export async function freezeSharded(run: SnapshotRun): Promise<void> {
           leaseOwner: run.leaseOwner,
           resumeWhen: run.resumeWhen!,
           hosts: hs.map((host) => ({ host, vms: run.plans.get(host)! })),
+          ...(arm ? { arm } : {}),
         },
       ],
       staticSummary: `freeze shard ${shard} of ${snapshotId}: ${hs.length} hosts (${hs[0]}..${hs[hs.length - 1]})`,
@@ -140,6 +166,7 @@ export async function freezeSharded(run: SnapshotRun): Promise<void> {
   run.freezesSettled = Promise.allSettled(outcomes);
   const allFrozen = CancellationScope.nonCancellable(() => Promise.all(outcomes));
   allFrozen.catch(() => undefined);
+  if (arm) await goWhenArmed(run, starts, () => armed.size === groups.length);
   const barrierPassed = condition(() => ready.size === groups.length || run.barrier === 'abort');
   const deadline = sleep(input.maxFreezeMs, { summary: `freeze deadline (${input.maxFreezeMs} ms)` }).then(
     () => 'deadline' as const,
@@ -152,6 +179,30 @@ export async function freezeSharded(run: SnapshotRun): Promise<void> {
   await decide(run.barrier === 'release');
   await allFrozen;
   await afterFreeze(run);
+}
+
+/**
+ * The armed barrier in the group's workflow: once every shard reports its hosts ready, tells every shard to go (the
+ * freeze deadline starts after it). Bounded by the shards: a host that cannot start fails its freeze, and its shard
+ * reports not armed, which aborts the run.
+ */
+async function goWhenArmed(
+  run: SnapshotRun,
+  starts: Promise<{ signal: (s: typeof shardGoSignal) => Promise<void> }>[],
+  allArmed: () => boolean,
+): Promise<void> {
+  await condition(() => allArmed() || run.barrier === 'abort');
+  run.go = run.barrier !== 'abort';
+  if (!run.go) return;
+  await CancellationScope.nonCancellable(() =>
+    Promise.all(
+      starts.map((s) =>
+        s
+          .then((h) => h.signal(shardGoSignal))
+          .catch((err) => log.warn('telling a shard to go failed', { error: errorMessage(err) })),
+      ),
+    ),
+  );
 }
 
 /** A shard's outcome into the run: each host's reports, or its failure on every VM of the host. */
@@ -179,6 +230,29 @@ export async function groupSnapshotShard(input: ShardInput): Promise<ShardResult
   let barrier: 'waiting' | 'release' | 'abort' = 'waiting';
   let decision: boolean | undefined;
   let failed = false;
+  const armed = new Set<string>();
+  let go = false;
+  setHandler(
+    hostArmedUpdate,
+    async (h) => {
+      armed.add(h);
+      await condition(() => go || decision !== undefined);
+      return go && decision !== false;
+    },
+    {
+      description: "A host's freeze reports itself ready to pause and waits for the group's go (true) or abort",
+      validator: (h) => {
+        if (!names.includes(h)) throw new Error(`host ${h} is not part of this shard`);
+      },
+    },
+  );
+  setHandler(
+    shardGoSignal,
+    () => {
+      go = true;
+    },
+    { description: "The group's go: every shard is ready, the hosts may pause" },
+  );
   setHandler(
     hostFrozenUpdate,
     async (h) => {
@@ -209,8 +283,8 @@ export async function groupSnapshotShard(input: ShardInput): Promise<ShardResult
   const freezeVms = (host: string) =>
     proxyActivities<HostActivities>({
       taskQueue: hostTaskQueue(host),
-      ...freezeOptions(input.maxFreezeMs, true),
-      scheduleToStartTimeout: input.maxFreezeMs,
+      ...freezeOptions(input.maxFreezeMs, true, input.arm),
+      scheduleToStartTimeout: input.arm ? Math.max(input.maxFreezeMs, ARMED_START_MS) : input.maxFreezeMs,
     }).freezeVms;
   const freezes = input.hosts.map(({ host, vms }) =>
     freezeVms(host)
@@ -232,6 +306,7 @@ export async function groupSnapshotShard(input: ShardInput): Promise<ShardResult
             quiesce: input.quiesce,
             leaseOwner: input.leaseOwner,
             ...order,
+            ...(input.arm ? { arm: true as const } : {}),
           },
         ],
       )
@@ -247,6 +322,13 @@ export async function groupSnapshotShard(input: ShardInput): Promise<ShardResult
       ),
   );
   try {
+    if (input.arm)
+      await reportArmed(
+        input.shard,
+        () => armed.size === names.length,
+        () => failed,
+        () => go || decision !== undefined,
+      );
     await reportToGroup(
       input.shard,
       () => frozen.size === names.length,
@@ -260,6 +342,23 @@ export async function groupSnapshotShard(input: ShardInput): Promise<ShardResult
   barrier = decision ? 'release' : 'abort';
   await CancellationScope.nonCancellable(() => Promise.all(freezes));
   return { shard: input.shard, hosts: outcomes };
+}
+
+/**
+ * The shard's side of the armed barrier: reports armed once every host is ready to pause (or not armed at a failure)
+ * and returns once the group said go or decided.
+ */
+async function reportArmed(
+  shard: number,
+  allArmed: () => boolean,
+  failed: () => boolean,
+  heard: () => boolean,
+): Promise<void> {
+  const group = getExternalWorkflowHandle(workflowInfo().parent!.workflowId);
+  await condition(() => allArmed() || failed() || heard());
+  if (heard()) return;
+  await group.signal(shardArmedSignal, { shard, armed: !failed() });
+  await condition(heard);
 }
 
 /**

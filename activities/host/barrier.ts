@@ -4,9 +4,9 @@
  * hosts than updates may wait at once, through the `hostPaused` signal and the workflow's `releaseFreeze` activity.
  */
 import { Context } from '@temporalio/activity';
-import { WorkflowUpdateFailedError } from '@temporalio/client';
+import { WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import type { FreezeRequest, FreezeVmReport, ReleaseRequest } from '../../common/host-types';
-import { HOST_FROZEN_UPDATE, HOST_PAUSED_SIGNAL } from '../../common/names';
+import { HOST_ARMED_UPDATE, HOST_FROZEN_UPDATE, HOST_PAUSED_SIGNAL } from '../../common/names';
 import { checkName, checkOwner, failIf } from '../input-checks';
 import type { HostContext } from './context';
 import { freezeDeadline } from './freeze-deadline';
@@ -42,6 +42,41 @@ export async function waitForRelease(
       }
     }
   });
+}
+
+/**
+ * The armed barrier's first half: tells the workflow this host is ready to pause (nothing paused yet) and waits for
+ * its go, given once every host of the group is ready. Resolves true on go, false when the workflow aborted the run
+ * first. Nothing is paused while it waits, so it has no freeze deadline: the activity's own timeouts and its
+ * cancellation bound it.
+ */
+export async function waitForGo(ctx: HostContext, req: FreezeRequest): Promise<boolean> {
+  const activity = Context.current();
+  const workflow = activity.info.workflowExecution;
+  if (!workflow) throw new Error('the armed barrier needs the activity to run for a workflow');
+  const handle = activity.client.workflow.getHandle(workflow.workflowId);
+  const started = ctx.now();
+  return activity.client.withAbortSignal(activity.cancellationSignal, async () => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await handle.executeUpdate<boolean, [string]>(HOST_ARMED_UPDATE, { args: [req.host] });
+      } catch (err) {
+        // Nothing is paused while this host waits, so anything short of the workflow's own answer is asked again: an
+        // Update lost with its workflow task (as in waitForRelease), the server unreachable for a while. Bounded by
+        // the activity: its cancellation, or its timeout, after which the workflow has aborted the run anyway.
+        const expired = ctx.now() - started > activity.info.startToCloseTimeoutMs;
+        if (answeredByWorkflow(err) || activity.cancellationSignal.aborted || expired) throw err;
+        ctx.log('armed update not answered, asking again', { host: req.host, attempt, error: String(err) });
+        await new Promise((r) => setTimeout(r, Math.min(1000, 50 * attempt)));
+      }
+    }
+  });
+}
+
+/** The workflow refused the Update or is gone: asking again cannot help. */
+function answeredByWorkflow(err: unknown): boolean {
+  if (updateLostWithItsTask(err)) return false;
+  return err instanceof WorkflowUpdateFailedError || err instanceof WorkflowNotFoundError;
 }
 
 /**

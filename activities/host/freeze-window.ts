@@ -14,7 +14,7 @@ import { GuestAgentUnavailableError, InvalidStateError } from '../../hypervisor/
 import type { FreezeRecord } from '../freeze-journal';
 import { heartbeat } from '../heartbeat';
 import { checkName, checkOwner, failIf } from '../input-checks';
-import { signalPausedAndWait, waitForRelease } from './barrier';
+import { signalPausedAndWait, waitForGo, waitForRelease } from './barrier';
 import { message, round, type HostContext } from './context';
 import { freezeDeadline, untilDeadline } from './freeze-deadline';
 import { checkVmDisks, removeUnusedOverlays } from './overlays';
@@ -292,6 +292,24 @@ async function earlyWindow(
   if (req.release !== 'thaw' || failed()) await afterWindow(ctx, req, vms, reports);
 }
 
+/**
+ * The armed barrier's wait for the group's go (nothing quiesced or paused yet). On an abort, or when the workflow
+ * could not be asked, every VM is reported failed and the overlays prepared for it are removed; true on go.
+ */
+async function armed(
+  ctx: HostContext,
+  req: FreezeRequest,
+  vms: PlannedVm[],
+  reports: FreezeVmReport[],
+): Promise<boolean> {
+  const go = await waitForGo(ctx, req).catch((err: unknown) => message(err));
+  if (go === true) return true;
+  const why = go === false ? 'aborted by the workflow' : go;
+  for (const r of reports) r.error ??= `the group was not started: ${why}`;
+  await removeUnusedOverlays(ctx, vms, reports);
+  return false;
+}
+
 /** The freeze of one run on this host (see the file's comment); every problem is in the reports, never thrown. */
 async function freeze(ctx: HostContext, req: FreezeRequest): Promise<FreezeVmReport[]> {
   const reports: FreezeVmReport[] = req.vms.map((vm) => ({
@@ -324,6 +342,7 @@ async function freeze(ctx: HostContext, req: FreezeRequest): Promise<FreezeVmRep
     ),
   );
   if (reports.some((r) => r.error)) return reports;
+  if (req.arm && !(await armed(ctx, req, vms, reports))) return reports;
   await quiesceAll(ctx, req, vms, reports, fail);
   if (req.resumeWhen === 'group-paused') await earlyWindow(ctx, req, vms, reports, fail);
   else await classicWindow(ctx, req, vms, reports, fail);
@@ -361,6 +380,21 @@ async function earlierOutcome(ctx: HostContext, req: FreezeRequest, attempt: num
   }));
 }
 
+/**
+ * A retried attempt of an armed freeze that no earlier attempt ever began on this host: none is remembered and the
+ * journal holds no record of this run for any of its VMs (every quiesce and pause is journalled before it is issued).
+ * Nothing of the run was touched here, so this attempt may freeze as a first one would: its `hostArmed` update asks
+ * the workflow, which answers go only while the run goes on, and the release waits for this host's report anyway.
+ * (Seen at 256 simulated hosts under load: the first attempt's task was timed out before the host ever ran it.)
+ */
+function neverStartedHere(ctx: HostContext, req: FreezeRequest): boolean {
+  if (!req.arm || ctx.undo.lastFreeze(runKey(req)) !== undefined) return false;
+  const untouched = req.vms.every((vm) => ctx.journal.read(req.snapshotId, vm.domain) === undefined);
+  if (untouched)
+    ctx.log('freeze retried, no earlier attempt began here: freezing afresh', { snapshotId: req.snapshotId });
+  return untouched;
+}
+
 /** The freeze activity, `freezeVms`. */
 export function createFreezeActivities(ctx: HostContext) {
   return {
@@ -374,6 +408,7 @@ export function createFreezeActivities(ctx: HostContext) {
         problems.push(`release ${req.release} is not valid`);
       if (req.release === 'signal' && req.resumeWhen !== 'group-paused')
         problems.push('the signal release needs the group-paused order');
+      if (req.arm && req.release !== 'barrier') problems.push(`arm needs the barrier release, not ${req.release}`);
       if (!QUIESCE_MODES.includes(req.quiesce))
         problems.push(`quiesce mode ${JSON.stringify(req.quiesce)} is not valid`);
       checkVmDisks(req.vms, req.snapshotId, problems);
@@ -382,7 +417,7 @@ export function createFreezeActivities(ctx: HostContext) {
       const beat = setInterval(() => heartbeat(), 500);
       const key = runKey(req);
       const attempt = activityAttempt();
-      if (attempt > 1) {
+      if (attempt > 1 && !neverStartedHere(ctx, req)) {
         try {
           return await earlierOutcome(ctx, req, attempt);
         } finally {

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Client } from '@temporalio/client';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createHost } from '../../activities/host-activities';
 import type { FreezeRequest, FreezeVmReport } from '../../common/host-types';
@@ -95,5 +96,49 @@ describe('freezeVms retried', () => {
     const reports = await attempt(h, 2, { ...req, leaseOwner: 'run-2' });
     for (const r of reports) expect(r.error).toMatch(/no earlier attempt/);
     expect(pauses()).toBe(2);
+  });
+
+  describe('in the armed barrier', () => {
+    /** The workflow's side, as far as the host sees it: Updates answered true, their names recorded. */
+    function workflowSaying(updates: string[]) {
+      const handle = { executeUpdate: async (name: string) => (updates.push(name), true) };
+      const client = {
+        workflow: { getHandle: () => handle },
+        withAbortSignal: (_: AbortSignal, fn: () => unknown) => fn(),
+        withDeadline: (_: number, fn: () => unknown) => fn(),
+      };
+      return client as unknown as Client;
+    }
+    const armedAttempt = (h: ReturnType<typeof createHost>, n: number, req: FreezeRequest, updates: string[]) =>
+      new MockActivityEnvironment(
+        { attempt: n, workflowExecution: { workflowId: 'wf', runId: 'run' } },
+        { client: workflowSaying(updates) },
+      ).run(h.activities.freezeVms, req) as Promise<FreezeVmReport[]>;
+
+    it('a retry that no attempt ever began on this host freezes as a first attempt would', async () => {
+      const { req } = await prepare();
+      const restarted = createHost({ hypervisor: host.hypervisor, hostId: host.hostId, stateDir });
+      hosts.push(restarted);
+      const updates: string[] = [];
+      const reports = await armedAttempt(restarted, 2, { ...req, release: 'barrier', arm: true }, updates);
+      for (const r of reports) expect(r).toMatchObject({ pausedByUs: true, snapshotted: true, state: 'running' });
+      expect(reports.every((r) => r.error === undefined)).toBe(true);
+      // Ready, go, then paused, released.
+      expect(updates).toEqual(['hostArmed', 'hostFrozen']);
+      expect(pauses()).toBe(2);
+    });
+
+    it('a retry after an attempt that paused here (its record in the journal, the worker restarted) pauses nothing', async () => {
+      const { h, req } = await prepare();
+      await attempt(h, 1, req);
+      expect(pauses()).toBe(2);
+      const restarted = createHost({ hypervisor: host.hypervisor, hostId: host.hostId, stateDir });
+      hosts.push(restarted);
+      const updates: string[] = [];
+      const reports = await armedAttempt(restarted, 2, { ...req, release: 'barrier', arm: true }, updates);
+      for (const r of reports) expect(r.error).toMatch(/no earlier attempt/);
+      expect(updates).toEqual([]);
+      expect(pauses()).toBe(2);
+    });
   });
 });
