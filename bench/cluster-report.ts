@@ -223,6 +223,16 @@ function simulatedSection(r: ClusterBenchResults): string[] {
       : []),
     "All simulated hosts, both Temporal backends and PostgreSQL share this machine's cores, so the absolute figures",
     'at 64 hosts and more mostly measure CPU contention; on real hosts each worker has its own machine.',
+    ...(r.simRuns?.some((x) => x.barrier.endsWith('-unarmed')) && r.simRuns.some((x) => !x.barrier.includes('-'))
+      ? [
+          '',
+          '"Armed" is the armed barrier (docs/adr/0014, decision 5): no host pauses before every host is ready; "not',
+          'armed" pauses each host as soon as its freeze starts, as before it. On this machine they come out the same:',
+          'the simulated hosts of a run share one process and its 2 cores, so when a host gets to pause is set by CPU',
+          'contention, not by when its freeze activity started; what the armed barrier takes out of the freeze (the',
+          "spread of the hosts' starts and re-plans) needs hosts with their own cores to show.",
+        ]
+      : []),
   ];
 }
 

@@ -75,6 +75,9 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
     'synchronous=OFF',
     '--dynamic-config-value',
     'system.enableActivityEagerExecution=true',
+    // As deploy/dynamicconfig/groupsnap.yaml (the production shape's file) says, and why.
+    '--dynamic-config-value',
+    'history.maximumBufferedEventsBatch=1000',
     ...Object.entries(options.dynamicConfig ?? {}).flatMap(([k, v]) => [
       '--dynamic-config-value',
       `${k}=${JSON.stringify(v)}`,
