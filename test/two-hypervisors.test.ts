@@ -155,6 +155,13 @@ describe('two independent hypervisors, each host in its own network namespace', 
         expect(existsSync(d.overlay)).toBe(true);
       }
     }
+    // The armed barrier (issue 29): each host reported itself ready, then paused, through the workflow's Updates.
+    const events = (await client.workflow.getHandle(result.workflowId).fetchHistory()).events ?? [];
+    const updates = events.flatMap((e) => {
+      const r = e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input;
+      return r ? [r.name] : [];
+    });
+    expect(updates.sort()).toEqual(['hostArmed', 'hostArmed', 'hostFrozen', 'hostFrozen']);
     // Host B's overlays were made by its own daemon, as its user, in its images dir.
     const { statSync } = await import('node:fs');
     for (const d of result.vms.find((v) => v.domain === b1)!.disks)
