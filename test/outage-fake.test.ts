@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Client, Connection } from '@temporalio/client';
+import { Context } from '@temporalio/activity';
 import { groupSnapshotResult, startGroupSnapshot, waitForHostWorkers, type GroupSnapshotHandle } from '../client';
 import { cutViolations } from '../common/cut';
 import type { GroupSnapshotInput, GroupSnapshotResult } from '../common/types';
@@ -23,16 +24,31 @@ import { startHosts, type RunningHosts } from './helpers/workers';
  */
 jest.setTimeout(60_000);
 
-type Op = 'suspend' | 'snapshotDisks' | 'resume';
-type Phase = 'before the pause' | 'at the first paused VM' | 'during the snapshots' | 'after the resume';
+type Op = 'describe' | 'suspend' | 'snapshotDisks' | 'resume';
+type Phase =
+  | 'as the freeze plans again, before the go'
+  | 'before the pause'
+  | 'at the first paused VM'
+  | 'during the snapshots'
+  | 'after the resume';
 
-/** Calls of `suspend`, `snapshotDisks` and `resume` on `inner`, with `hook` run before and after each. */
+/** Whether the caller runs inside a `freezeVms` activity (the hooks run in the activity's own context). */
+function inFreeze(): boolean {
+  try {
+    return Context.current().info.activityType === 'freezeVms';
+  } catch {
+    return false;
+  }
+}
+
+/** Calls of `describe`, `suspend`, `snapshotDisks` and `resume` on `inner`, with `hook` run before and after each. */
 function hooked(inner: Hypervisor, hook: (op: Op, when: 'before' | 'after', domain: string) => void): Hypervisor {
   return new Proxy(inner, {
     get(target, prop, receiver) {
       const value = Reflect.get(target, prop, receiver);
       if (typeof value !== 'function') return value;
-      if (prop !== 'suspend' && prop !== 'snapshotDisks' && prop !== 'resume') return value.bind(target);
+      if (prop !== 'describe' && prop !== 'suspend' && prop !== 'snapshotDisks' && prop !== 'resume')
+        return value.bind(target);
       return async (domain: string, ...rest: unknown[]) => {
         hook(prop, 'before', domain);
         const out = await (value as (...a: unknown[]) => Promise<unknown>).call(target, domain, ...rest);
@@ -104,6 +120,9 @@ describe('orchestrator outage mid-freeze (fake hypervisors, real Temporal SIGKIL
 
   /** Whether the hook at (op, when) is where `phase` begins, given the calls seen so far on the killed host. */
   function at(phase: Phase, op: Op, when: 'before' | 'after', n: { resumes: number; vms: number }): boolean {
+    // The freeze's own plan under the leases: with two hosts, before this host reports itself ready for the go.
+    if (phase === 'as the freeze plans again, before the go')
+      return op === 'describe' && when === 'after' && inFreeze();
     if (phase === 'before the pause') return op === 'suspend' && when === 'before';
     if (phase === 'at the first paused VM') return op === 'suspend' && when === 'after';
     if (phase === 'during the snapshots') return op === 'snapshotDisks' && when === 'after';
@@ -203,7 +222,13 @@ describe('orchestrator outage mid-freeze (fake hypervisors, real Temporal SIGKIL
       return vm;
     });
 
-  const PHASES: Phase[] = ['before the pause', 'at the first paused VM', 'during the snapshots', 'after the resume'];
+  const PHASES: Phase[] = [
+    'as the freeze plans again, before the go',
+    'before the pause',
+    'at the first paused VM',
+    'during the snapshots',
+    'after the resume',
+  ];
 
   it.each(PHASES)('one host, server killed %s: the point is kept', async (phase) => {
     const vms = addVms(hostA, 3);
