@@ -396,6 +396,8 @@ async function listenAll(
           failed();
           throw err;
         }),
+      // Block status from the manifest: zero chunks are holes, so a client (a block pull) can skip them.
+      allocation: (offset, length) => r.allocation(offset, length),
     };
     bySocket.set(e.socket, [...(bySocket.get(e.socket) ?? []), exp]);
   });
