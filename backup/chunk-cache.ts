@@ -275,6 +275,8 @@ export interface DiskExportStats {
   requests: number;
   bytesServed: number;
   readErrors: number;
+  /** NBD BLOCK_STATUS requests answered (from the manifest; not reads). */
+  blockStatusRequests: number;
 }
 
 /**
@@ -284,7 +286,7 @@ export interface DiskExportStats {
 export class DiskChunkReader {
   /** Chunk indexes recently read (to tell in-order reading). */
   private readonly recent = new Set<number>();
-  readonly stats: DiskExportStats = { requests: 0, bytesServed: 0, readErrors: 0 };
+  readonly stats: DiskExportStats = { requests: 0, bytesServed: 0, readErrors: 0, blockStatusRequests: 0 };
 
   constructor(
     private readonly manifest: DiskManifest,
@@ -359,6 +361,12 @@ export class DiskChunkReader {
       at = end;
     }
     return runs;
+  }
+
+  /** {@link allocation} answering an NBD BLOCK_STATUS request: counted in the stats. */
+  blockStatus(offset: number, length: number): NbdAllocation[] {
+    this.stats.blockStatusRequests++;
+    return this.allocation(offset, length);
   }
 
   /** Checks a read's bounds, counts it and reads ahead when the disk is read in order. */

@@ -43,8 +43,8 @@ export interface NbdExport {
   readSparse?(offset: number, length: number): Promise<NbdExtent[]>;
   /**
    * Which of `length` bytes at `offset` (always within the size) hold data: runs in order covering the range,
-   * answered to BLOCK_STATUS in the `base:allocation` context (`zero` runs as HOLE|ZERO). Optional: without it the
-   * whole export is reported as data (status 0, which the protocol always allows).
+   * answered to BLOCK_STATUS in the `base:allocation` context (`zero` runs as HOLE|ZERO). Optional: an export
+   * without it offers no metadata context (a client then reads every range, as from a server without block status).
    */
   allocation?(offset: number, length: number): NbdAllocation[];
 }
@@ -435,7 +435,7 @@ class NbdConnection {
     if (typeof request === 'string') return this.errorReply(code, NBD.rep.errInvalid, request);
     const e = this.lookup(request.exportName);
     if (!e) return this.errorReply(code, NBD.rep.errUnknown, `no export named '${request.exportName}'`);
-    if (selectsBaseAllocation(request.queries, !set)) {
+    if (e.allocation && selectsBaseAllocation(request.queries, !set)) {
       // LIST: the id is reserved there, and SHOULD be zero.
       this.optionReply(code, NBD.rep.metaContext, metaContextReply(set ? BASE_ALLOCATION_ID : 0, BASE_ALLOCATION));
       if (set) this.metaExport = e;
@@ -553,14 +553,14 @@ class NbdConnection {
   }
 
   /**
-   * BLOCK_STATUS, already checked: one NBD_REPLY_TYPE_BLOCK_STATUS chunk for `base:allocation` (the only context),
-   * flagged DONE. An export without allocation information reports the range as data.
+   * BLOCK_STATUS, already checked (the export offered `base:allocation`, the only context, and the client selected
+   * it): one NBD_REPLY_TYPE_BLOCK_STATUS chunk flagged DONE; EIO when the export's allocation fails.
    */
   private blockStatus(handle: Buffer, offset: number, length: number, reqOne: boolean): void {
     const e = this.export as NbdExport;
     let payload: Buffer;
     try {
-      const runs = e.allocation ? e.allocation(offset, length) : [{ offset, length, zero: false }];
+      const runs = e.allocation?.(offset, length) ?? [];
       payload = blockStatusPayload(BASE_ALLOCATION_ID, runs, offset, length, reqOne);
     } catch (err) {
       return this.reply(handle, NBD.err.io, NBD.cmd.blockStatus, undefined, (err as Error).message);

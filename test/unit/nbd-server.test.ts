@@ -457,7 +457,8 @@ describe('block status (base:allocation)', () => {
     const plain = (name: string) => ({ name, size: 4096, read: async (_o: number, n: number) => Buffer.alloc(n, 1) });
     const calls: [number, number][] = [];
     const srv = await NbdServer.listen(other, [
-      plain('a'),
+      plain('plain'),
+      { ...plain('a'), allocation: (offset: number, length: number) => [{ offset, length, zero: false }] },
       {
         ...plain('b'),
         allocation: (offset: number, length: number) => {
@@ -479,18 +480,30 @@ describe('block status (base:allocation)', () => {
       expect(await c.blockStatus(0, 512)).toMatchObject({ error: NBD.err.inval });
       c.end();
       // Selected for 'a', then GO to 'b'.
-      ({ c } = await negotiated(['base:allocation'], 'a', other));
+      const selected = await negotiated(['base:allocation'], 'a', other);
+      c = selected.c;
+      expect(selected.set.contexts).toHaveLength(1);
       c.sendOption(NBD.opt.go, RawNbdClient.goData('b'));
       expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
       expect(await c.blockStatus(0, 512)).toMatchObject({ error: NBD.err.inval });
       c.end();
-      // An export without allocation information is all data; one with it is asked, and its failures are EIO.
+      // An export without allocation information offers no context; one with it is asked, its failures are EIO.
+      let set: Awaited<ReturnType<typeof negotiated>>['set'];
+      ({ c, set } = await negotiated(['base:allocation'], 'plain', other));
+      expect(set).toMatchObject({ contexts: [], final: NBD.rep.ack });
+      c.sendOption(NBD.opt.listMetaContext, RawNbdClient.metaData('plain', []));
+      expect(await c.metaReplies()).toMatchObject({ contexts: [], final: NBD.rep.ack });
+      c.sendOption(NBD.opt.exportName, Buffer.from('plain'));
+      await c.take(10);
+      expect(await c.blockStatus(0, 4096)).toMatchObject({ error: NBD.err.inval });
+      c.end();
       ({ c } = await negotiated(['base:allocation'], 'a', other));
       c.sendOption(NBD.opt.exportName, Buffer.from('a'));
       await c.take(10);
       expect((await c.blockStatus(0, 4096)).extents).toEqual([[4096, 0]]);
       c.end();
-      ({ c } = await negotiated(['base:allocation'], 'b', other));
+      ({ c, set } = await negotiated(['base:allocation'], 'b', other));
+      expect(set.contexts).toHaveLength(1);
       c.sendOption(NBD.opt.go, RawNbdClient.goData('b'));
       expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
       expect((await c.blockStatus(512, 512)).extents).toEqual([[512, HOLE_ZERO]]);
@@ -506,6 +519,30 @@ describe('block status (base:allocation)', () => {
       c.end();
     } finally {
       await srv.close();
+    }
+  });
+
+  it('a spec with blockStatus: false offers no context (the server as it was, for side-by-side benches)', async () => {
+    const other = join(dir, 'nobs.sock');
+    mkdirSync(join(dir, 'nobs'), { mode: 0o700 });
+    const s = await runServe(
+      spec({
+        exports: [{ domain: 'db-1', target: 'vda', socket: other, exportName: 'x' }],
+        dir: join(dir, 'nobs'),
+        blockStatus: false,
+      }),
+    );
+    try {
+      const { c, set } = await negotiated(['base:allocation'], 'x', other);
+      expect(set).toMatchObject({ contexts: [], final: NBD.rep.ack });
+      c.sendOption(NBD.opt.go, RawNbdClient.goData('x'));
+      expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+      expect(await c.blockStatus(0, CHUNK)).toMatchObject({ error: NBD.err.inval });
+      c.end();
+      expect(s.status().exports[0].blockStatusRequests).toBe(0);
+      expect(server.status().exports[0].blockStatusRequests).toBeGreaterThan(0);
+    } finally {
+      await s.close();
     }
   });
 
