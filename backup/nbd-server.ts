@@ -19,6 +19,7 @@ import {
   blockStatusPayload,
   metaContextReply,
   NBD_CMD_FLAG_REQ_ONE,
+  NBD_STATE,
   parseMetaContextOption,
   selectsBaseAllocation,
   type NbdAllocation,
@@ -102,7 +103,7 @@ export const NBD = {
   tflag: { hasFlags: 1, readOnly: 2, sendFlush: 4, canMultiConn: 256 },
   cmd: { read: 0, write: 1, disc: 2, flush: 3, trim: 4, cache: 5, writeZeroes: 6, blockStatus: 7 },
   cmdFlag: { reqOne: NBD_CMD_FLAG_REQ_ONE },
-  state: { hole: 1, zero: 2 },
+  state: NBD_STATE,
   err: { perm: 1, io: 5, inval: 22, shutdown: 108 },
 } as const;
 
