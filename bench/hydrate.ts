@@ -84,14 +84,19 @@ const command = benchCommand('hydrate', 'Hydration of a sparse disk over the NBD
   .option('--rounds <n>', 'hydrations of each kind, in alternating order', integer(1, 10), 2)
   .option('--out <dir>', 'where bench/results/ and BENCHMARKS.md are written', REPO_ROOT);
 
+/** Where the data goes: `piece` MiB every `stride` MiB (checked in main: 1 <= piece <= stride). */
+function layout(opts: Options): { stride: number; piece: number } {
+  const stride = Math.floor((opts.diskSize * 1024) / opts.extents);
+  const piece = Math.floor(opts.data / opts.extents);
+  return { stride, piece };
+}
+
 /** The source image: `data` MiB of random data in `extents` pieces spread evenly over a `diskSize` GiB qcow2. */
 async function prepareImage(opts: Options, dir: string): Promise<string> {
   const image = join(dir, 'source.qcow2');
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', image, `${opts.diskSize}G`]);
   const scratch = join(dir, 'random.bin');
-  const stride = Math.floor((opts.diskSize * 1024) / opts.extents);
-  const piece = Math.floor(opts.data / opts.extents);
-  if (piece < 1 || piece > stride) throw new Error('--data must give each extent 1 MiB to its share of the disk');
+  const { stride, piece } = layout(opts);
   for (let i = 0; i < opts.extents; i++) {
     await writeFile(scratch, randomBytes(piece * MiB));
     await run('qemu-io', ['-f', 'qcow2', image, '-c', `write -q -s ${scratch} ${i * stride * MiB} ${piece * MiB}`]);
@@ -307,6 +312,13 @@ function report(res: Results, file: string): string {
 
 async function main(): Promise<void> {
   const opts = parseBenchOptions<Options>(command);
+  const { stride, piece } = layout(opts);
+  if (piece < 1 || piece > stride) {
+    console.error(
+      `--data ${opts.data} in --extents ${opts.extents} must give each extent 1 MiB to its share of the disk`,
+    );
+    process.exit(2);
+  }
   const machine = describeMachine();
   const qemu = (await run('qemu-system-x86_64', ['--version'])).stdout.split('\n')[0];
   const dir = await mkdtemp('/var/tmp/groupsnap-bench-hydrate-');
