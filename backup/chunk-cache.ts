@@ -10,7 +10,7 @@
  * authentication (damage) fails the requests that need it (EIO), and only those.
  */
 import { DamagedObjectError } from './errors';
-import type { NbdExtent } from './nbd-server';
+import type { NbdAllocation, NbdExtent } from './nbd-server';
 import type { DiskManifest } from './manifest';
 import { Repository } from './repository';
 
@@ -275,6 +275,8 @@ export interface DiskExportStats {
   requests: number;
   bytesServed: number;
   readErrors: number;
+  /** NBD BLOCK_STATUS requests answered (from the manifest; not reads). */
+  blockStatusRequests: number;
 }
 
 /**
@@ -284,7 +286,7 @@ export interface DiskExportStats {
 export class DiskChunkReader {
   /** Chunk indexes recently read (to tell in-order reading). */
   private readonly recent = new Set<number>();
-  readonly stats: DiskExportStats = { requests: 0, bytesServed: 0, readErrors: 0 };
+  readonly stats: DiskExportStats = { requests: 0, bytesServed: 0, readErrors: 0, blockStatusRequests: 0 };
 
   constructor(
     private readonly manifest: DiskManifest,
@@ -322,17 +324,7 @@ export class DiskChunkReader {
    */
   async readSparse(offset: number, length: number): Promise<NbdExtent[]> {
     this.begin(offset, length);
-    const m = this.manifest;
-    const runs: { offset: number; length: number; zero: boolean }[] = [];
-    for (let at = offset; at < offset + length;) {
-      const index = Math.floor(at / m.chunkSize);
-      const end = Math.min(offset + length, (index + 1) * m.chunkSize);
-      const zero = m.chunks[index] === null;
-      const prev = runs[runs.length - 1];
-      if (prev && prev.zero === zero) prev.length += end - at;
-      else runs.push({ offset: at, length: end - at, zero });
-      at = end;
-    }
+    const runs = this.allocation(offset, length);
     try {
       const out = await Promise.all(
         runs.map(async (r): Promise<NbdExtent> =>
@@ -347,6 +339,34 @@ export class DiskChunkReader {
       this.stats.readErrors++;
       throw err;
     }
+  }
+
+  /**
+   * The runs of `length` bytes at `offset` in order: those of the manifest's zero chunks (no data in the point:
+   * the chunk was all zeros or never written) as `zero`, the others as data. From the manifest alone: nothing is
+   * fetched, nothing counted as a read.
+   * @throws RangeError when the range is outside the disk
+   */
+  allocation(offset: number, length: number): NbdAllocation[] {
+    const m = this.manifest;
+    if (offset < 0 || length < 0 || offset + length > m.virtualSize) throw new RangeError('range outside the disk');
+    const runs: NbdAllocation[] = [];
+    for (let at = offset; at < offset + length;) {
+      const index = Math.floor(at / m.chunkSize);
+      const end = Math.min(offset + length, (index + 1) * m.chunkSize);
+      const zero = m.chunks[index] === null;
+      const prev = runs[runs.length - 1];
+      if (prev && prev.zero === zero) prev.length += end - at;
+      else runs.push({ offset: at, length: end - at, zero });
+      at = end;
+    }
+    return runs;
+  }
+
+  /** {@link allocation} answering an NBD BLOCK_STATUS request: counted in the stats. */
+  blockStatus(offset: number, length: number): NbdAllocation[] {
+    this.stats.blockStatusRequests++;
+    return this.allocation(offset, length);
   }
 
   /** Checks a read's bounds, counts it and reads ahead when the disk is read in order. */

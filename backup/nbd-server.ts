@@ -1,16 +1,31 @@
 /**
  * A read-only NBD server over Unix sockets (docs: the NBD protocol, doc/proto.md of NetworkBlockDevice/nbd): the
- * fixed newstyle handshake with the options EXPORT_NAME, GO, INFO, LIST, ABORT and STRUCTURED_REPLY (every other
- * option is answered `NBD_REP_ERR_UNSUP`), read-only exports, and the commands READ, DISC and FLUSH (a no-op:
- * nothing is ever written); WRITE, TRIM and WRITE_ZEROES are refused with EPERM. Reads are answered with simple
- * replies, or, once a client negotiated structured replies (QEMU does), with structured ones in which the ranges an
- * export knows to be zero (a point's zero chunks) are holes: no zero bytes cross the socket. Many
+ * fixed newstyle handshake with the options EXPORT_NAME, GO, INFO, LIST, ABORT, STRUCTURED_REPLY,
+ * LIST_META_CONTEXT and SET_META_CONTEXT (every other option is answered `NBD_REP_ERR_UNSUP`), read-only exports,
+ * and the commands READ, BLOCK_STATUS, DISC and FLUSH (a no-op: nothing is ever written); WRITE, TRIM and
+ * WRITE_ZEROES are refused with EPERM. Reads are answered with simple replies, or, once a client negotiated
+ * structured replies (QEMU does), with structured ones in which the ranges an export knows to be zero (a point's
+ * zero chunks) are holes: no zero bytes cross the socket. With structured replies a client may also select the
+ * `base:allocation` metadata context and ask BLOCK_STATUS which ranges hold data (./nbd-block-status.ts). Many
  * connections, many requests in flight on each (answered by handle, in whatever order they complete). Every
  * request is checked: bounds, lengths and flags (EINVAL), unknown commands (EINVAL); a bad magic number ends the
  * connection. What the exports hold comes from {@link NbdExport.read} (here: a point's disk in the repository).
  */
 import { chmod, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import {
+  BASE_ALLOCATION,
+  BASE_ALLOCATION_ID,
+  blockStatusPayload,
+  metaContextReply,
+  NBD_CMD_FLAG_REQ_ONE,
+  NBD_STATE,
+  parseMetaContextOption,
+  selectsBaseAllocation,
+  type NbdAllocation,
+} from './nbd-block-status';
+
+export type { NbdAllocation } from './nbd-block-status';
 
 /** One export: a name, a size, and reads. */
 export interface NbdExport {
@@ -27,6 +42,12 @@ export interface NbdExport {
    * negotiated structured replies). Optional: without it every read goes through {@link read}.
    */
   readSparse?(offset: number, length: number): Promise<NbdExtent[]>;
+  /**
+   * Which of `length` bytes at `offset` (always within the size) hold data: runs in order covering the range,
+   * answered to BLOCK_STATUS in the `base:allocation` context (`zero` runs as HOLE|ZERO). Optional: an export
+   * without it offers no metadata context (a client then reads every range, as from a server without block status).
+   */
+  allocation?(offset: number, length: number): NbdAllocation[];
 }
 
 /** A piece of a read: `length` bytes at `offset`, its `data`, or none when it reads as zeros. */
@@ -53,7 +74,7 @@ export const NBD = {
   simpleReplyMagic: 0x67446698,
   structuredReplyMagic: 0x668e33ef,
   replyFlagDone: 1,
-  replyType: { none: 0, offsetData: 1, offsetHole: 2, error: 0x8001 },
+  replyType: { none: 0, offsetData: 1, offsetHole: 2, blockStatus: 5, error: 0x8001 },
   flagFixedNewstyle: 1,
   flagNoZeroes: 2,
   opt: {
@@ -64,11 +85,14 @@ export const NBD = {
     info: 6,
     go: 7,
     structuredReply: 8,
+    listMetaContext: 9,
+    setMetaContext: 10,
   },
   rep: {
     ack: 1,
     server: 2,
     info: 3,
+    metaContext: 4,
     errUnsup: 0x80000001,
     errPolicy: 0x80000002,
     errInvalid: 0x80000003,
@@ -78,6 +102,8 @@ export const NBD = {
   info: { export: 0, name: 1, description: 2, blockSize: 3 },
   tflag: { hasFlags: 1, readOnly: 2, sendFlush: 4, canMultiConn: 256 },
   cmd: { read: 0, write: 1, disc: 2, flush: 3, trim: 4, cache: 5, writeZeroes: 6, blockStatus: 7 },
+  cmdFlag: { reqOne: NBD_CMD_FLAG_REQ_ONE },
+  state: NBD_STATE,
   err: { perm: 1, io: 5, inval: 22, shutdown: 108 },
 } as const;
 
@@ -91,6 +117,34 @@ const MAX_IN_FLIGHT = 64;
 const MAX_QUEUED_REPLY_BYTES = 64 * 1024 * 1024;
 /** Transmission flags of every export: read-only, flush accepted, a cache shared by all connections. */
 export const EXPORT_FLAGS = NBD.tflag.hasFlags | NBD.tflag.readOnly | NBD.tflag.sendFlush | NBD.tflag.canMultiConn;
+
+/** A structured reply chunk of `handle`: its header and fixed fields, then `data` (counted in its length too). */
+function chunk(handle: Buffer, flags: number, type: number, fields: Buffer, data?: Buffer): Buffer[] {
+  const h = Buffer.alloc(20 + fields.length);
+  h.writeUInt32BE(NBD.structuredReplyMagic, 0);
+  h.writeUInt16BE(flags, 4);
+  h.writeUInt16BE(type, 6);
+  handle.copy(h, 8);
+  h.writeUInt32BE(fields.length + (data?.length ?? 0), 16);
+  fields.copy(h, 20);
+  return data ? [h, data] : [h];
+}
+
+/** The final ERROR chunk of a structured reply: the error and a message for the user. */
+function errorChunk(handle: Buffer, error: number, message: string): Buffer[] {
+  const m = Buffer.from(message.slice(0, 1000), 'utf8');
+  const p = Buffer.alloc(6 + m.length);
+  p.writeUInt32BE(error, 0);
+  p.writeUInt16BE(m.length, 4);
+  m.copy(p, 6);
+  return chunk(handle, NBD.replyFlagDone, NBD.replyType.error, p);
+}
+
+const errorMessages: Record<number, string> = {
+  [NBD.err.perm]: 'the export is read-only',
+  [NBD.err.io]: 'input/output error',
+  [NBD.err.inval]: 'invalid request',
+};
 
 /** Bytes received and not yet parsed. */
 class InBuffer {
@@ -151,6 +205,8 @@ class NbdConnection {
   private noZeroes = false;
   /** The client negotiated structured replies: reads are answered with them. */
   private structured = false;
+  /** The export whose `base:allocation` context the last SET_META_CONTEXT selected (none: BLOCK_STATUS is refused). */
+  private metaExport: NbdExport | undefined;
   private option = { code: 0, length: 0 };
   /** Payload bytes of a refused write still to be dropped, and that write's handle. */
   private skipping = { left: 0, handle: Buffer.alloc(8) };
@@ -322,8 +378,11 @@ class NbdConnection {
         if (data.length !== 0) return this.errorReply(code, NBD.rep.errInvalid, 'STRUCTURED_REPLY takes no data');
         this.structured = true;
         return this.optionReply(code, NBD.rep.ack);
+      case NBD.opt.listMetaContext:
+      case NBD.opt.setMetaContext:
+        return this.metaContext(code, data);
       default:
-        // STARTTLS, the meta contexts, and anything unknown.
+        // STARTTLS and anything unknown.
         return this.errorReply(code, NBD.rep.errUnsup, `option ${code} is not supported`);
     }
   }
@@ -364,14 +423,46 @@ class NbdConnection {
     if (code === NBD.opt.go) this.transmit(e);
   }
 
+  /**
+   * LIST_META_CONTEXT (which contexts the queries match) or SET_META_CONTEXT (select them for the export the client
+   * then enters transmission on). Both need structured replies first; SET replaces the selection even when it fails.
+   */
+  private metaContext(code: number, data: Buffer): void {
+    const set = code === NBD.opt.setMetaContext;
+    if (set) this.metaExport = undefined;
+    if (!this.structured)
+      return this.errorReply(code, NBD.rep.errInvalid, 'meta contexts need structured replies negotiated first');
+    const request = parseMetaContextOption(data);
+    if (typeof request === 'string') return this.errorReply(code, NBD.rep.errInvalid, request);
+    const e = this.lookup(request.exportName);
+    if (!e) return this.errorReply(code, NBD.rep.errUnknown, `no export named '${request.exportName}'`);
+    if (e.allocation && selectsBaseAllocation(request.queries, !set)) {
+      // LIST: the id is reserved there, and SHOULD be zero.
+      this.optionReply(code, NBD.rep.metaContext, metaContextReply(set ? BASE_ALLOCATION_ID : 0, BASE_ALLOCATION));
+      if (set) this.metaExport = e;
+    }
+    this.optionReply(code, NBD.rep.ack);
+  }
+
   private transmit(e: NbdExport): void {
+    // Contexts selected for another export do not apply to this one.
+    if (this.metaExport !== e) this.metaExport = undefined;
     this.export = e;
     this.phase = 'request';
     this.events.connection?.(e.name, true);
   }
 
-  private reply(handle: Buffer, error: number, command: number, data?: Buffer): void {
+  /**
+   * A reply without data: `error` (0: success). Once structured replies are negotiated an error is an ERROR chunk
+   * with `message` (the protocol: a read MUST NOT get a simple reply then, and errors SHOULD be structured).
+   */
+  private reply(handle: Buffer, error: number, command: number, data?: Buffer, message?: string): void {
     if (this.phase === 'closed' || this.socket.destroyed) return;
+    if (error !== 0 && this.structured) {
+      this.sendChunks([errorChunk(handle, error, message ?? errorMessages[error] ?? 'request failed')]);
+      this.events.request?.(this.export?.name ?? '', command, 0, error);
+      return;
+    }
     const h = Buffer.alloc(16);
     h.writeUInt32BE(NBD.simpleReplyMagic, 0);
     h.writeUInt32BE(error, 4);
@@ -396,8 +487,15 @@ class NbdConnection {
     switch (type) {
       case NBD.cmd.read: {
         if (flags !== 0 || length === 0 || length > NBD_MAX_PAYLOAD || offset + BigInt(length) > BigInt(e.size))
-          return this.reply(handle, NBD.err.inval, type);
+          return this.reply(handle, NBD.err.inval, type, undefined, 'bad read: flags, length or range');
         return this.read(handle, Number(offset), length);
+      }
+      case NBD.cmd.blockStatus: {
+        if (this.metaExport !== e)
+          return this.reply(handle, NBD.err.inval, type, undefined, 'no metadata context was negotiated');
+        if ((flags & ~NBD.cmdFlag.reqOne) !== 0 || length === 0 || offset + BigInt(length) > BigInt(e.size))
+          return this.reply(handle, NBD.err.inval, type, undefined, 'bad block status: flags, length or range');
+        return this.blockStatus(handle, Number(offset), length, (flags & NBD.cmdFlag.reqOne) !== 0);
       }
       case NBD.cmd.write:
         // The payload follows the header whatever the answer: dropped, then refused.
@@ -426,44 +524,50 @@ class NbdConnection {
    */
   private structuredRead(handle: Buffer, pieces: NbdExtent[] | undefined): void {
     if (this.phase === 'closed' || this.socket.destroyed) return;
-    /** A chunk's header and fixed fields; `data` (sent after them) counts in its length too. */
-    const chunk = (flags: number, type: number, fields: Buffer, data?: Buffer) => {
-      const h = Buffer.alloc(20 + fields.length);
-      h.writeUInt32BE(NBD.structuredReplyMagic, 0);
-      h.writeUInt16BE(flags, 4);
-      h.writeUInt16BE(type, 6);
-      handle.copy(h, 8);
-      h.writeUInt32BE(fields.length + (data?.length ?? 0), 16);
-      fields.copy(h, 20);
-      return data ? [h, data] : [h];
-    };
-    const out: Buffer[] = [];
+    const out: Buffer[][] = [];
     let sent = 0;
     if (!pieces) {
-      const message = Buffer.from('read failed (damaged data)', 'utf8');
-      const p = Buffer.alloc(6 + message.length);
-      p.writeUInt32BE(NBD.err.io, 0);
-      p.writeUInt16BE(message.length, 4);
-      message.copy(p, 6);
-      out.push(...chunk(NBD.replyFlagDone, NBD.replyType.error, p));
+      out.push(errorChunk(handle, NBD.err.io, 'read failed (damaged data)'));
     } else {
       for (const piece of pieces) {
         const at = Buffer.alloc(piece.data ? 8 : 12);
         at.writeBigUInt64BE(BigInt(piece.offset), 0);
         if (piece.data) {
-          out.push(...chunk(0, NBD.replyType.offsetData, at, piece.data));
+          out.push(chunk(handle, 0, NBD.replyType.offsetData, at, piece.data));
           sent += piece.data.length;
         } else {
           at.writeUInt32BE(piece.length, 8);
-          out.push(...chunk(0, NBD.replyType.offsetHole, at));
+          out.push(chunk(handle, 0, NBD.replyType.offsetHole, at));
         }
       }
-      out.push(...chunk(NBD.replyFlagDone, NBD.replyType.none, Buffer.alloc(0)));
+      out.push(chunk(handle, NBD.replyFlagDone, NBD.replyType.none, Buffer.alloc(0)));
     }
-    this.socket.cork();
-    for (const b of out) this.socket.write(b);
-    this.socket.uncork();
+    this.sendChunks(out);
     this.events.request?.(this.export?.name ?? '', NBD.cmd.read, sent, pieces ? 0 : NBD.err.io);
+  }
+
+  /** The chunks of one structured reply, written together. */
+  private sendChunks(chunks: Buffer[][]): void {
+    this.socket.cork();
+    for (const c of chunks) for (const b of c) this.socket.write(b);
+    this.socket.uncork();
+  }
+
+  /**
+   * BLOCK_STATUS, already checked (the export offered `base:allocation`, the only context, and the client selected
+   * it): one NBD_REPLY_TYPE_BLOCK_STATUS chunk flagged DONE; EIO when the export's allocation fails.
+   */
+  private blockStatus(handle: Buffer, offset: number, length: number, reqOne: boolean): void {
+    const e = this.export as NbdExport;
+    let payload: Buffer;
+    try {
+      const runs = e.allocation?.(offset, length) ?? [];
+      payload = blockStatusPayload(BASE_ALLOCATION_ID, runs, offset, length, reqOne);
+    } catch (err) {
+      return this.reply(handle, NBD.err.io, NBD.cmd.blockStatus, undefined, (err as Error).message);
+    }
+    this.sendChunks([chunk(handle, NBD.replyFlagDone, NBD.replyType.blockStatus, payload)]);
+    this.events.request?.(e.name, NBD.cmd.blockStatus, 0, 0);
   }
 
   private read(handle: Buffer, offset: number, length: number): void {

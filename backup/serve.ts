@@ -67,6 +67,12 @@ export const ServeSpecSchema = z
       .optional(),
     /** Chunks read ahead of an export read in order. @default 8 */
     readAhead: z.number().int().min(0).max(256).optional(),
+    /**
+     * Offer block status (`base:allocation`: the point's zero chunks as holes, so a block pull or a copy skips
+     * them). `false` serves as the server did before it had block status (no metadata context offered), for
+     * side-by-side measurements (bench/hydrate.ts), as nbdkit's `noextents` filter does. @default true
+     */
+    blockStatus: z.boolean().optional(),
     /** Chunk fetches in flight at once. @default 8 */
     maxFetches: z.number().int().min(1).max(64).optional(),
     /** Who holds the read lock (the host id). */
@@ -104,6 +110,8 @@ export interface ServeExportStatus {
   bytesServed: number;
   bytesFetched: number;
   readErrors: number;
+  /** BLOCK_STATUS requests answered (`base:allocation`). */
+  blockStatusRequests: number;
 }
 
 /** The status file (`<dir>/status.json`, 0600), rewritten whole (atomically) as it changes. */
@@ -308,6 +316,7 @@ export async function runServe(spec: ServeSpec, opts: ServeOptions = {}): Promis
       bytesServed: readers[i]?.stats.bytesServed ?? 0,
       bytesFetched: fetched.get(`${e.domain}\0${e.target}`)?.bytesFetched ?? 0,
       readErrors: readers[i]?.stats.readErrors ?? 0,
+      blockStatusRequests: readers[i]?.stats.blockStatusRequests ?? 0,
     }));
     const { storeReachable, lastStoreError, ...cacheStats } = c;
     return {
@@ -396,6 +405,10 @@ async function listenAll(
           failed();
           throw err;
         }),
+      // Block status from the manifest: zero chunks are holes, so a client (a block pull) can skip them.
+      ...(spec.blockStatus === false
+        ? {}
+        : { allocation: (offset: number, length: number) => r.blockStatus(offset, length) }),
     };
     bySocket.set(e.socket, [...(bySocket.get(e.socket) ?? []), exp]);
   });

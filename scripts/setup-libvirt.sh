@@ -24,8 +24,9 @@ WAIT_S="${GROUPSNAP_LIBVIRTD_WAIT_S:-10}"
 QEMU_CONF="${GROUPSNAP_QEMU_CONF:-/etc/libvirt/qemu.conf}"
 # Written when this script installed libvirt's packages: only then (or when asked) does it configure libvirt.
 MARKER="${GROUPSNAP_LIBVIRT_MARKER:-/var/lib/groupsnap/libvirt-installed-by-groupsnap}"
+# libnbd-bin: nbdinfo, a second NBD client the tests check groupsnap's NBD server against (test/repo-serve.test.ts).
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
-  python3-libvirt)
+  python3-libvirt libnbd-bin)
 STACK="${GROUPSNAP_LIBVIRT_STACK:-debian}"
 BACKPORTS_LIST="${GROUPSNAP_BACKPORTS_LIST:-/etc/apt/sources.list.d/bookworm-backports.list}"
 

@@ -103,6 +103,7 @@ describe.each([
   ['backup', ['--disk', '--data', '--delta', '--rounds', '--out'], ['--rounds', '0']],
   ['restore', ['--disk', '--data', '--rounds', '--vms', '--vm-data', '--out'], ['--vms', 'x']],
   ['copy', ['--data', '--rounds', '--out'], ['--rounds', '0']],
+  ['hydrate', ['--disk-size', '--data', '--extents', '--rounds', '--out'], ['--extents', '0']],
   ['recover', ['--rounds', '--instant', '--warmup-s', '--check-timeout-s', '--out'], ['--rounds', '0']],
 ])('node dist/bench/%s.js', (name, options, badArgs) => {
   it('lists its options with --help', async () => {

@@ -3,7 +3,8 @@
  * `qemu-img compare`/`convert` and `qemu-io` from `nbd+unix:///<name>?socket=<path>`, `qemu-nbd` as a client.
  * The server runs as its own process (backup/serve-process.ts, the built CLI) that outlives its parent; a versitygw
  * outage in the middle of reads holds the requests until it is back; a damaged chunk is an EIO for its range
- * only; and `groupsnap repo serve` checks its flags (exit 2) and serves one disk in the foreground.
+ * only; `qemu-img map` and `nbdinfo --map` see exactly the point's data as data (block status, `base:allocation`);
+ * and `groupsnap repo serve` checks its flags (exit 2) and serves one disk in the foreground.
  */
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -72,6 +73,7 @@ beforeAll(async () => {
   keyFile = join(dir, 'repo.key');
   writeFileSync(keyFile, key.toString('base64') + '\n', { mode: 0o600 });
   // 48 MiB of random data in a 64 MiB disk, with a hole in the middle: 1 MiB chunks, more than the 16 MiB cache.
+  // Then 1 MiB of zeros written at 40 MiB: data in the qcow2, a zero chunk (no data) in the point.
   image = join(dir, 'db-1.vda.qcow2');
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
   const scratch = join(dir, 'random.bin');
@@ -82,6 +84,7 @@ beforeAll(async () => {
     writeFileSync(scratch, randomBytes(mib * MiB));
     await run('qemu-io', ['-f', 'qcow2', image, '-c', `write -q -s ${scratch} ${at * MiB} ${mib * MiB}`]);
   }
+  await run('qemu-io', ['-f', 'qcow2', image, '-c', `write -q -P 0 ${40 * MiB} ${MiB}`]);
   rmSync(scratch);
   const repo = await Repository.init(url, key, { chunkSize: MiB });
   try {
@@ -165,6 +168,56 @@ test('qemu-img compares and converts the export equal to the disk; a second star
   expect(await stopServeProcess(s.dir)).toBe(started.pid);
   expect(readServeStatus(s.dir)).toMatchObject({ running: false, state: 'stopped' });
   expect(existsSync(socket)).toBe(false);
+});
+
+test("qemu-img map and nbdinfo --map report exactly the point's data ranges as data, the rest as zero", async () => {
+  const s = spec('map');
+  await startServeProcess(s);
+  const target = uri(s.exports[0].socket, 'db-1-vda');
+  try {
+    // The point's data, in MiB: written at 0-24 and 36-60, except 40-41 (zeros written: the qcow2 holds them as
+    // data, the point as a zero chunk).
+    const expected = [
+      [0, 24, true],
+      [24, 12, false],
+      [36, 4, true],
+      [40, 1, false],
+      [41, 19, true],
+      [60, 4, false],
+    ].map(([at, mib, data]) => ({ start: Number(at) * MiB, length: Number(mib) * MiB, data, zero: !data }));
+    const map = JSON.parse((await run('qemu-img', ['map', '--output=json', '-f', 'raw', target])).stdout) as {
+      start: number;
+      length: number;
+      data: boolean;
+      zero: boolean;
+    }[];
+    expect(map.map(({ start, length, data, zero }) => ({ start, length, data, zero }))).toEqual(expected);
+    // The qcow2 the point was taken from maps the written zeros as data: the point is sparser than its source.
+    const source = JSON.parse((await run('qemu-img', ['map', '--output=json', image])).stdout) as { data: boolean }[];
+    expect(source.filter((e) => e.data).length).toBe(2);
+    // libnbd's nbdinfo asks for base:allocation by name (qemu-img through QEMU's NBD client).
+    const info = JSON.parse((await run('nbdinfo', ['--map', '--json', target])).stdout) as {
+      offset: number;
+      length: number;
+      type: number;
+    }[];
+    expect(
+      info.map(({ offset, length, type }) => ({ start: offset, length, data: type === 0, zero: type === 3 })),
+    ).toEqual(expected);
+    // Answered by block status from the manifest: nothing read, nothing fetched (the status file is written within
+    // 250 ms of a change).
+    let st = readServeStatus(s.dir)!.exports[0];
+    for (let i = 0; i < 50 && !(st.blockStatusRequests > 0); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      st = readServeStatus(s.dir)!.exports[0];
+    }
+    expect(st).toMatchObject({ bytesFetched: 0, requests: 0 });
+    expect(st.blockStatusRequests).toBeGreaterThan(0);
+    // The data read through the map is still the disk's.
+    await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', target, image]);
+  } finally {
+    await stopServeProcess(s.dir);
+  }
 });
 
 test('a versitygw outage in the middle of reads holds them; they complete correctly when it is back', async () => {

@@ -105,6 +105,30 @@ export class RawNbdClient {
     return d;
   }
 
+  /** The data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT for `name` with `queries`. */
+  static metaData(name: string, queries: string[]): Buffer {
+    const parts = [Buffer.from(name, 'utf8'), ...queries.map((q) => Buffer.from(q, 'utf8'))];
+    const d = Buffer.alloc(4 + parts[0].length + 4 + parts.slice(1).reduce((n, q) => n + 4 + q.length, 0));
+    let at = d.writeUInt32BE(parts[0].length, 0);
+    at += parts[0].copy(d, at);
+    at = d.writeUInt32BE(queries.length, at);
+    for (const q of parts.slice(1)) {
+      at = d.writeUInt32BE(q.length, at);
+      at += q.copy(d, at);
+    }
+    return d;
+  }
+
+  /** Replies to LIST/SET_META_CONTEXT up to the final one: the contexts (id, name) and the final reply type. */
+  async metaReplies(): Promise<{ contexts: [number, string][]; final: number; message: string }> {
+    const contexts: [number, string][] = [];
+    for (;;) {
+      const r = await this.optionReply();
+      if (r.type === NBD.rep.metaContext) contexts.push([r.data.readUInt32BE(0), r.data.subarray(4).toString('utf8')]);
+      else return { contexts, final: r.type, message: r.data.toString('utf8') };
+    }
+  }
+
   /** Replies to INFO/GO up to the final one: the infos by type, and the final reply type. */
   async infoReplies(): Promise<{ infos: Map<number, Buffer>; final: number; message: string }> {
     const infos = new Map<number, Buffer>();
@@ -169,6 +193,32 @@ export class RawNbdClient {
       chunks.push(chunk);
       if (chunk.flags & NBD.replyFlagDone) return chunks;
     }
+  }
+
+  /**
+   * BLOCK_STATUS for `length` bytes at `offset` (structured replies and a context negotiated): the context id and
+   * descriptors of its one chunk, or the error of an ERROR chunk.
+   */
+  async blockStatus(
+    offset: bigint | number,
+    length: number,
+    flags = 0,
+    handle = 77n,
+  ): Promise<{ id?: number; extents?: [number, number][]; error?: number; message?: string }> {
+    this.sendRequest(NBD.cmd.blockStatus, handle, offset, length, flags);
+    const chunks = await this.structuredReply();
+    if (chunks.some((c) => c.handle !== handle)) throw new Error('a reply to another handle');
+    if (chunks.length !== 1) throw new Error(`${chunks.length} chunks in a block status reply`);
+    const [c] = chunks;
+    if (c.type === NBD.replyType.error) {
+      const n = c.payload.readUInt16BE(4);
+      return { error: c.payload.readUInt32BE(0), message: c.payload.subarray(6, 6 + n).toString('utf8') };
+    }
+    if (c.type !== NBD.replyType.blockStatus) throw new Error(`chunk type ${c.type} in a block status reply`);
+    const extents: [number, number][] = [];
+    for (let at = 4; at < c.payload.length; at += 8)
+      extents.push([c.payload.readUInt32BE(at), c.payload.readUInt32BE(at + 4)]);
+    return { id: c.payload.readUInt32BE(0), extents };
   }
 
   /** Reads `length` bytes at `offset` (one request); rejects with the NBD error number. */

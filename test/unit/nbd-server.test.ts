@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChunkCache } from '../../backup/chunk-cache';
 import { TransientStoreError } from '../../backup/errors';
+import { blockStatusPayload } from '../../backup/nbd-block-status';
 import { NBD, NbdServer } from '../../backup/nbd-server';
 import { Repository } from '../../backup/repository';
 import { runServe, ServeInputError, type RunningServe, type ServeSpec, type ServeStatus } from '../../backup/serve';
@@ -313,6 +314,265 @@ describe('transmission', () => {
     const got = await Promise.all(clients.map((c, i) => c.read(i * CHUNK, CHUNK)));
     got.forEach((g, i) => expect(g.equals(content.subarray(i * CHUNK, (i + 1) * CHUNK))).toBe(true));
     for (const c of clients) c.end();
+  });
+});
+
+describe('block status (base:allocation)', () => {
+  const HOLE_ZERO = NBD.state.hole | NBD.state.zero;
+
+  /** A connection with structured replies whose SET_META_CONTEXT asked for `queries` on `name`. */
+  async function negotiated(queries: string[], name = 'db-1-vda', path = socket) {
+    const c = await RawNbdClient.connect(path);
+    await c.greet();
+    c.sendOption(NBD.opt.structuredReply);
+    expect((await c.optionReply()).type).toBe(NBD.rep.ack);
+    c.sendOption(NBD.opt.setMetaContext, RawNbdClient.metaData(name, queries));
+    const set = await c.metaReplies();
+    return { c, set };
+  }
+
+  it('lists and selects base:allocation only after structured replies, ignoring other queries', async () => {
+    const c = await RawNbdClient.connect(socket);
+    await c.greet();
+    for (const opt of [NBD.opt.listMetaContext, NBD.opt.setMetaContext]) {
+      c.sendOption(opt, RawNbdClient.metaData('db-1-vda', ['base:allocation']));
+      expect(await c.metaReplies()).toMatchObject({ contexts: [], final: NBD.rep.errInvalid });
+    }
+    c.sendOption(NBD.opt.structuredReply);
+    expect((await c.optionReply()).type).toBe(NBD.rep.ack);
+    const list = async (name: string, queries: string[]) => {
+      c.sendOption(NBD.opt.listMetaContext, RawNbdClient.metaData(name, queries));
+      return c.metaReplies();
+    };
+    // No query lists every context; `base:` is the namespace's wildcard; unknown names and namespaces are ignored.
+    for (const q of [[], ['base:'], ['base:allocation'], ['qemu:dirty-bitmap:x', 'base:allocation']])
+      expect(await list('db-1-vda', q)).toEqual({
+        contexts: [[0, 'base:allocation']],
+        final: NBD.rep.ack,
+        message: '',
+      });
+    for (const q of [['base:nope'], ['x-other:allocation'], ['qemu:allocation-depth']])
+      expect(await list('', q)).toEqual({ contexts: [], final: NBD.rep.ack, message: '' });
+    expect(await list('nope', [])).toMatchObject({ contexts: [], final: NBD.rep.errUnknown });
+    // SET ignores the wildcard, selects the name once however often it is asked for.
+    c.sendOption(NBD.opt.setMetaContext, RawNbdClient.metaData('db-1-vda', ['base:']));
+    expect(await c.metaReplies()).toMatchObject({ contexts: [], final: NBD.rep.ack });
+    c.sendOption(NBD.opt.setMetaContext, RawNbdClient.metaData('db-1-vda', ['base:allocation', 'base:allocation']));
+    const set = await c.metaReplies();
+    expect(set).toMatchObject({ contexts: [[expect.any(Number), 'base:allocation']], final: NBD.rep.ack });
+    // Malformed option data is refused and the connection goes on.
+    const good = RawNbdClient.metaData('db-1-vda', ['base:allocation']);
+    const hugeCount = Buffer.from(good);
+    hugeCount.writeUInt32BE(0xffffffff, 4 + 'db-1-vda'.length);
+    const longName = Buffer.alloc(8);
+    longName.writeUInt32BE(5000, 0);
+    const cases: [string, Buffer][] = [
+      ['too short', Buffer.alloc(5)],
+      ['name past the data', longName],
+      ['query past the data', good.subarray(0, good.length - 1)],
+      ['data left over', Buffer.concat([good, Buffer.from('x')])],
+      ['a count the data cannot hold', hugeCount],
+      ['a query without a namespace', RawNbdClient.metaData('db-1-vda', ['allocation'])],
+      ['a query starting with a colon', RawNbdClient.metaData('db-1-vda', [':allocation'])],
+    ];
+    for (const [what, data] of cases) {
+      for (const opt of [NBD.opt.listMetaContext, NBD.opt.setMetaContext]) {
+        c.sendOption(opt, data);
+        const r = await c.metaReplies();
+        expect({ what, opt, final: r.final, contexts: r.contexts }).toEqual({
+          what,
+          opt,
+          final: NBD.rep.errInvalid,
+          contexts: [],
+        });
+      }
+    }
+    // The failed SETs dropped the selection: BLOCK_STATUS is refused after GO.
+    c.sendOption(NBD.opt.go, RawNbdClient.goData('db-1-vda'));
+    expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+    expect(await c.blockStatus(0, CHUNK)).toMatchObject({ error: NBD.err.inval });
+    c.end();
+  });
+
+  it("reports the point's zero chunks as HOLE|ZERO and its data chunks as 0, with REQ_ONE and unaligned ranges", async () => {
+    const { c, set } = await negotiated(['base:allocation']);
+    expect(set.final).toBe(NBD.rep.ack);
+    const [[id]] = set.contexts;
+    c.sendOption(NBD.opt.go, RawNbdClient.goData('db-1-vda'));
+    expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+    // Chunks: data, zeros, data, data, data, data.
+    expect(await c.blockStatus(0, content.length)).toEqual({
+      id,
+      extents: [
+        [CHUNK, 0],
+        [CHUNK, HOLE_ZERO],
+        [4 * CHUNK, 0],
+      ],
+    });
+    expect((await c.blockStatus(100, 2 * CHUNK)).extents).toEqual([
+      [CHUNK - 100, 0],
+      [CHUNK, HOLE_ZERO],
+      [100, 0],
+    ]);
+    expect((await c.blockStatus(CHUNK + 10, 20)).extents).toEqual([[20, HOLE_ZERO]]);
+    expect((await c.blockStatus(content.length - 1, 1)).extents).toEqual([[1, 0]]);
+    expect((await c.blockStatus(0, content.length, NBD.cmdFlag.reqOne)).extents).toEqual([[CHUNK, 0]]);
+    expect((await c.blockStatus(CHUNK, 3 * CHUNK, NBD.cmdFlag.reqOne)).extents).toEqual([[CHUNK, HOLE_ZERO]]);
+    expect((await c.blockStatus(2 * CHUNK, CHUNK + 5, NBD.cmdFlag.reqOne)).extents).toEqual([[CHUNK + 5, 0]]);
+    c.end();
+  });
+
+  it('refuses bad block status requests with EINVAL error chunks and stays usable', async () => {
+    const { c } = await negotiated(['base:allocation'], '');
+    c.sendOption(NBD.opt.go, RawNbdClient.goData(''));
+    expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+    const size = content.length;
+    const cases: [string, bigint | number, number, number][] = [
+      ['past the end', size - 10, 11, 0],
+      ['at the end', size, 1, 0],
+      ['at a huge offset', 2n ** 63n, 1, 0],
+      ['at the largest offset', 2n ** 64n - 1n, 0xffffffff, 0],
+      ['of length 0', 0, 0, 0],
+      ['with an unknown flag', 0, 512, 1],
+      ['with REQ_ONE and an unknown flag', 0, 512, NBD.cmdFlag.reqOne | 0x100],
+    ];
+    for (const [what, offset, length, flags] of cases)
+      expect({ what, ...(await c.blockStatus(offset, length, flags)) }).toMatchObject({ what, error: NBD.err.inval });
+    // Reads: with structured replies negotiated even their EINVAL is a structured error chunk.
+    c.sendRequest(NBD.cmd.read, 5n, size - 10, 11);
+    const [err, ...more] = await c.structuredReply();
+    expect([err.type, err.flags, err.payload.readUInt32BE(0), more.length]).toEqual([
+      NBD.replyType.error,
+      NBD.replyFlagDone,
+      NBD.err.inval,
+      0,
+    ]);
+    expect((await c.blockStatus(0, 4 * 1024 * 1024 * 1024 - 1)).error).toBe(NBD.err.inval);
+    expect((await c.blockStatus(0, size)).extents).toHaveLength(3);
+    c.end();
+  });
+
+  it('without a selected context, or with it selected for another export, block status is EINVAL', async () => {
+    const other = join(dir, 'two.sock');
+    const plain = (name: string) => ({ name, size: 4096, read: async (_o: number, n: number) => Buffer.alloc(n, 1) });
+    const calls: [number, number][] = [];
+    const srv = await NbdServer.listen(other, [
+      plain('plain'),
+      { ...plain('a'), allocation: (offset: number, length: number) => [{ offset, length, zero: false }] },
+      {
+        ...plain('b'),
+        allocation: (offset: number, length: number) => {
+          calls.push([offset, length]);
+          if (offset === 1024) throw new Error('allocation failed');
+          if (offset === 2048) return [{ offset: offset + 1, length: length - 1, zero: true }]; // a gap
+          return [{ offset, length, zero: true }];
+        },
+      },
+    ]);
+    try {
+      // Structured replies, no SET at all.
+      let c = await RawNbdClient.connect(other);
+      await c.greet();
+      c.sendOption(NBD.opt.structuredReply);
+      expect((await c.optionReply()).type).toBe(NBD.rep.ack);
+      c.sendOption(NBD.opt.go, RawNbdClient.goData('b'));
+      expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+      expect(await c.blockStatus(0, 512)).toMatchObject({ error: NBD.err.inval });
+      c.end();
+      // Selected for 'a', then GO to 'b'.
+      const selected = await negotiated(['base:allocation'], 'a', other);
+      c = selected.c;
+      expect(selected.set.contexts).toHaveLength(1);
+      c.sendOption(NBD.opt.go, RawNbdClient.goData('b'));
+      expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+      expect(await c.blockStatus(0, 512)).toMatchObject({ error: NBD.err.inval });
+      c.end();
+      // An export without allocation information offers no context; one with it is asked, its failures are EIO.
+      let set: Awaited<ReturnType<typeof negotiated>>['set'];
+      ({ c, set } = await negotiated(['base:allocation'], 'plain', other));
+      expect(set).toMatchObject({ contexts: [], final: NBD.rep.ack });
+      c.sendOption(NBD.opt.listMetaContext, RawNbdClient.metaData('plain', []));
+      expect(await c.metaReplies()).toMatchObject({ contexts: [], final: NBD.rep.ack });
+      c.sendOption(NBD.opt.exportName, Buffer.from('plain'));
+      await c.take(10);
+      expect(await c.blockStatus(0, 4096)).toMatchObject({ error: NBD.err.inval });
+      c.end();
+      ({ c } = await negotiated(['base:allocation'], 'a', other));
+      c.sendOption(NBD.opt.exportName, Buffer.from('a'));
+      await c.take(10);
+      expect((await c.blockStatus(0, 4096)).extents).toEqual([[4096, 0]]);
+      c.end();
+      ({ c, set } = await negotiated(['base:allocation'], 'b', other));
+      expect(set.contexts).toHaveLength(1);
+      c.sendOption(NBD.opt.go, RawNbdClient.goData('b'));
+      expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+      expect((await c.blockStatus(512, 512)).extents).toEqual([[512, HOLE_ZERO]]);
+      expect(await c.blockStatus(1024, 512)).toMatchObject({ error: NBD.err.io, message: 'allocation failed' });
+      expect(await c.blockStatus(2048, 512)).toMatchObject({ error: NBD.err.io });
+      expect((await c.blockStatus(0, 4096)).extents).toEqual([[4096, HOLE_ZERO]]);
+      expect(calls).toEqual([
+        [512, 512],
+        [1024, 512],
+        [2048, 512],
+        [0, 4096],
+      ]);
+      c.end();
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('a spec with blockStatus: false offers no context (the server as it was, for side-by-side benches)', async () => {
+    const other = join(dir, 'nobs.sock');
+    mkdirSync(join(dir, 'nobs'), { mode: 0o700 });
+    const s = await runServe(
+      spec({
+        exports: [{ domain: 'db-1', target: 'vda', socket: other, exportName: 'x' }],
+        dir: join(dir, 'nobs'),
+        blockStatus: false,
+      }),
+    );
+    try {
+      const { c, set } = await negotiated(['base:allocation'], 'x', other);
+      expect(set).toMatchObject({ contexts: [], final: NBD.rep.ack });
+      c.sendOption(NBD.opt.go, RawNbdClient.goData('x'));
+      expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+      expect(await c.blockStatus(0, CHUNK)).toMatchObject({ error: NBD.err.inval });
+      c.end();
+      expect(s.status().exports[0].blockStatusRequests).toBe(0);
+      expect(server.status().exports[0].blockStatusRequests).toBeGreaterThan(0);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('caps a reply at 2^20 descriptors and merges adjacent runs of one kind', () => {
+    const runs = Array.from({ length: (1 << 20) + 5 }, (_, i) => ({ offset: i * 512, length: 512, zero: i % 2 === 1 }));
+    const p = blockStatusPayload(9, runs, 0, runs.length * 512, false);
+    expect(p.length).toBe(4 + 8 * (1 << 20));
+    expect([p.readUInt32BE(0), p.readUInt32BE(4), p.readUInt32BE(8), p.readUInt32BE(12), p.readUInt32BE(16)]).toEqual([
+      9,
+      512,
+      0,
+      512,
+      HOLE_ZERO,
+    ]);
+    const merged = blockStatusPayload(
+      1,
+      [
+        { offset: 0, length: 10, zero: true },
+        { offset: 10, length: 10, zero: true },
+        { offset: 20, length: 10, zero: false },
+      ],
+      5,
+      20,
+      false,
+    );
+    expect([...Array(2)].map((_, i) => [merged.readUInt32BE(4 + 8 * i), merged.readUInt32BE(8 + 8 * i)])).toEqual([
+      [15, HOLE_ZERO],
+      [5, 0],
+    ]);
+    expect(() => blockStatusPayload(1, [], 0, 10, false)).toThrow(/do not cover/);
   });
 });
 
