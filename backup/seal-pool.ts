@@ -9,8 +9,10 @@ import { TransientStoreError } from './errors';
  * flexible checksum), which the SDK would otherwise compute on the main thread; and the reverse for reads
  * (open, inflate, check the name). An export's main thread is left with the NBD reads and the HTTP writes, so on
  * a machine with a spare core the crypto runs beside them instead of in turn. A chunk read from S3 is also fetched
- * here (`getAndOpen`): the main thread's S3 client builds and signs the GET, a thread sends it and receives the
- * body into a buffer it reuses, so HTTP parsing and 4 MiB body buffers stay off the main thread too.
+ * here (`getAndOpen`): the main thread's S3 client builds and signs the GET, a thread sends it on a keep-alive
+ * connection of its own and the kernel writes the body straight into a buffer the thread reuses (a minimal HTTP/1.1
+ * receiver on node:net / node:tls: node:http's parser, per-read buffers and copy cost about 1 CPU second per GiB),
+ * so HTTP parsing and 4 MiB body buffers stay off the main thread too.
  *
  * The sealed layout is the one of `seal`/`unseal` in ./crypto.ts (docs/repository-format.md); test/unit/seal-pool.test.ts
  * checks the two against each other both ways. The worker's source is inline (node built-ins only) so the same
@@ -81,66 +83,258 @@ function open(sealed, context, maxPlain) {
     throw { kind: 'seal', message: 'compressed body does not inflate' };
   }
 }
-// Chunk reads (getAndOpen): the GET the main thread's S3 client built and signed, sent from here with node:http, its
-// body gathered into a receive buffer this thread reuses, then opened and checked; the main thread gets the
-// plaintext, or the status, headers and (small) body of any other answer for its client to read.
-const http = require('node:http');
-const https = require('node:https');
-const agents = {
-  'http:': new http.Agent({ keepAlive: true, maxSockets: 64 }),
-  'https:': new https.Agent({ keepAlive: true, maxSockets: 64 }),
-};
+// Chunk reads (getAndOpen): the GET the main thread's S3 client built and signed, sent from here on a keep-alive
+// connection of this thread's own (node:net / node:tls with onread: the kernel writes a 200's body straight into a
+// receive buffer this thread reuses, no per-read buffers, no node:http), then opened and checked; the main thread
+// gets the plaintext, or the status, headers and (small) body of any other answer for its client to read.
+// Only what an S3 GET answer needs is parsed: the status line, headers, a body by Content-Length, chunked or up to
+// the end of the connection.
+const net = require('node:net');
+const tls = require('node:tls');
+const HEAD_MAX = 64 * 1024;
+const KEEP_ERROR_BODY = 1048576;
+const IDLE_PER_ORIGIN = 16;
+const IDLE_MS = 30000;
+const idle = new Map();
 const spare = [];
 const netError = (err) => ({ kind: 'http', code: err && err.code, name: err && err.name, message: String((err && err.message) || err) });
+const hangUp = () => ({ kind: 'http', code: 'ECONNRESET', name: 'Error', message: 'socket hang up' });
+const badAnswer = (m, what) => ({ kind: 'http', code: 'EPROTO', name: 'Error', message: 'bad HTTP answer to the GET of ' + m.key + ': ' + what });
+const originOf = (r) => r.protocol + '//' + r.hostname + ':' + (r.port || (r.protocol === 'https:' ? 443 : 80));
+function requestHead(r) {
+  let head = r.method + ' ' + r.path + ' HTTP/1.1\r\n';
+  let host = false;
+  for (const name of Object.keys(r.headers)) {
+    const value = String(r.headers[name]);
+    if (/[\r\n]/.test(name) || /[\r\n]/.test(value)) throw { kind: 'other', message: 'a header of the signed GET holds a line break' };
+    if (name.toLowerCase() === 'host') host = true;
+    head += name + ': ' + value + '\r\n';
+  }
+  if (!host) head += 'host: ' + (r.hostname.includes(':') ? '[' + r.hostname + ']' : r.hostname) + (r.port ? ':' + r.port : '') + '\r\n';
+  if (/[\r\n ]/.test(r.path)) throw { kind: 'other', message: 'the path of the signed GET holds a space or line break' };
+  return head + '\r\n';
+}
+// Parses a response head (latin1 text without its final empty line): status, lower-case headers.
+function parseHead(text, m) {
+  const lines = text.split('\r\n');
+  const sm = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(lines[0]);
+  if (!sm) throw badAnswer(m, 'status line ' + JSON.stringify(lines[0].slice(0, 80)));
+  const headers = {};
+  for (let i = 1; i < lines.length; i++) {
+    const c = lines[i].indexOf(':');
+    if (c <= 0) throw badAnswer(m, 'header line ' + JSON.stringify(lines[i].slice(0, 80)));
+    const name = lines[i].slice(0, c).trim().toLowerCase();
+    const value = lines[i].slice(c + 1).trim();
+    headers[name] = headers[name] === undefined ? value : headers[name] + ', ' + value;
+  }
+  return { minor: Number(sm[1]), status: Number(sm[2]), headers };
+}
+// A chunked body's decoder, fed the raw bytes as they come; keeps the decoded body in pieces (copies).
+class Dechunker {
+  constructor(limit) { this.state = 'size'; this.line = ''; this.left = 0; this.pieces = []; this.size = 0; this.limit = limit; this.done = false; }
+  // Returns the number of bytes of data it used (the rest, after the end, is not its own).
+  feed(data) {
+    let i = 0;
+    while (i < data.length && !this.done) {
+      if (this.state === 'data') {
+        const n = Math.min(this.left, data.length - i);
+        if (this.size + n <= this.limit) this.pieces.push(Buffer.from(data.subarray(i, i + n)));
+        this.size += n; this.left -= n; i += n;
+        if (this.left === 0) { this.state = 'crlf'; this.line = ''; }
+        continue;
+      }
+      const nl = data.indexOf(10, i);
+      const end = nl < 0 ? data.length : nl + 1;
+      this.line += data.toString('latin1', i, end);
+      i = end;
+      if (this.line.length > 4096) throw new Error('a chunk line longer than 4096 bytes');
+      if (nl < 0) continue;
+      const line = this.line.replace(/\r?\n$/, '');
+      this.line = '';
+      if (this.state === 'crlf') {
+        if (line !== '') throw new Error('no line break after chunk data');
+        this.state = 'size';
+      } else if (this.state === 'size') {
+        const hex = line.split(';')[0].trim();
+        if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw new Error('bad chunk size ' + JSON.stringify(line.slice(0, 40)));
+        this.left = parseInt(hex, 16);
+        this.state = this.left === 0 ? 'trailer' : 'data';
+      } else if (line === '') this.done = true;
+    }
+    return i;
+  }
+}
+// One keep-alive connection of this thread, carrying one GET at a time.
+class Conn {
+  constructor(origin, r) {
+    this.origin = origin;
+    this.job = null;
+    this.used = 0;
+    this.closed = false;
+    this.scratch = Buffer.allocUnsafe(16384);
+    const onread = { buffer: () => this.target(), callback: (n, buf) => this.onData(buf.subarray(0, n)) };
+    const port = Number(r.port || (r.protocol === 'https:' ? 443 : 80));
+    this.sock = r.protocol === 'https:'
+      ? tls.connect({ host: r.hostname, port, servername: net.isIP(r.hostname) ? undefined : r.hostname, ALPNProtocols: ['http/1.1'], onread })
+      : net.connect({ host: r.hostname, port, onread });
+    this.sock.setNoDelay(true);
+    // Where onread is not honoured (it is for both today), the same bytes come as 'data' events.
+    this.sock.on('data', (d) => this.onData(d));
+    this.sock.on('error', (err) => this.end(err));
+    this.sock.on('close', () => this.end(null));
+    this.sock.on('timeout', () => { if (!this.job) this.sock.destroy(); });
+  }
+  // Where the next read lands: a 200's body goes straight into the job's receive buffer, anything else to scratch.
+  target() {
+    const j = this.job;
+    if (j && j.phase === 'head') return j.buf.subarray(j.pos);
+    if (j && j.phase === 'fixed') return j.buf.subarray(j.pos, j.length);
+    return this.scratch;
+  }
+  send(job) {
+    this.job = job;
+    this.used++;
+    this.sock.setTimeout(0);
+    this.sock.ref();
+    this.sock.write(job.head, 'latin1');
+  }
+  // Bytes arrived: in place when they landed where target() said (a 200's body), else copied there.
+  onData(data) {
+    const j = this.job;
+    if (!j) { this.sock.destroy(); return; } // bytes nobody asked for: not a connection to reuse
+    j.got = true;
+    try {
+      if (j.phase === 'gather') return this.onGathered(j, data);
+      const n = data.length;
+      const end = j.phase === 'fixed' ? j.length : j.buf.length;
+      const inPlace = data.buffer === j.buf.buffer && data.byteOffset === j.buf.byteOffset + j.pos;
+      if (!inPlace) {
+        if (j.pos + n > end) throw badAnswer(j.m, j.phase === 'fixed' ? 'more bytes than its content-length' : 'a response head too long');
+        data.copy(j.buf, j.pos);
+      }
+      j.pos += n;
+      if (j.phase === 'head') this.onHead(j);
+      else if (j.pos === j.length) this.finish(j, { buf: j.buf, length: j.length });
+    } catch (err) {
+      this.fail(j, err && err.kind ? err : badAnswer(j.m, String((err && err.message) || err)));
+    }
+  }
+  onHead(j) {
+    const at = j.buf.indexOf('\r\n\r\n', Math.max(0, j.scanned - 3), 'latin1');
+    if (at < 0) {
+      j.scanned = j.pos;
+      if (j.pos >= HEAD_MAX) throw badAnswer(j.m, 'a response head longer than ' + HEAD_MAX + ' bytes');
+      return;
+    }
+    const head = parseHead(j.buf.toString('latin1', 0, at), j.m);
+    const rest = j.buf.subarray(at + 4, j.pos);
+    if (head.status >= 100 && head.status < 200) {
+      // An interim answer: the real one follows.
+      j.buf.copyWithin(0, at + 4, j.pos);
+      j.pos = rest.length; j.scanned = 0;
+      if (j.pos) this.onHead(j);
+      return;
+    }
+    j.status = head.status; j.headers = head.headers;
+    const te = head.headers['transfer-encoding'];
+    const cl = head.headers['content-length'];
+    j.keep = head.minor === 1 && !/\bclose\b/i.test(head.headers.connection || '');
+    if (te !== undefined && !/^chunked$/i.test(te.trim())) throw badAnswer(j.m, 'transfer-encoding ' + te);
+    if (te === undefined && cl !== undefined && !/^\d{1,15}$/.test(cl)) throw badAnswer(j.m, 'content-length ' + JSON.stringify(cl));
+    const length = te === undefined && cl !== undefined ? Number(cl) : undefined;
+    if (j.status === 200 && length !== undefined) {
+      // Refused from its length: the connection is closed instead of reading the body.
+      if (length > j.m.maxSealed) { j.keep = false; return this.finish(j, { tooLarge: length }); }
+      if (rest.length > length) throw badAnswer(j.m, 'more bytes than its content-length');
+      j.buf.copyWithin(0, at + 4, j.pos);
+      j.pos = rest.length; j.length = length; j.phase = 'fixed';
+      if (j.pos === length) this.finish(j, { buf: j.buf, length });
+      return;
+    }
+    // Anything else is gathered in pieces: an error answer, a chunked or unbounded 200.
+    j.phase = 'gather';
+    j.limit = j.status === 200 ? j.m.maxSealed : KEEP_ERROR_BODY;
+    if (te !== undefined) j.chunks = new Dechunker(j.limit);
+    else { j.pieces = []; j.size = 0; j.left = length; if (length === undefined) j.keep = false; }
+    const copy = Buffer.from(rest);
+    if (j.status === 200) { spare.push(j.buf); j.buf = null; }
+    if (copy.length || length === 0) this.onGathered(j, copy);
+  }
+  onGathered(j, data) {
+    let size;
+    if (j.chunks) {
+      const used = j.chunks.feed(data);
+      if (used < data.length) throw badAnswer(j.m, 'bytes after the end of a chunked body');
+      size = j.chunks.size;
+    } else {
+      const n = j.left === undefined ? data.length : Math.min(j.left, data.length);
+      if (n < data.length) throw badAnswer(j.m, 'more bytes than its content-length');
+      if (j.size + n <= j.limit) j.pieces.push(Buffer.from(data.subarray(0, n)));
+      j.size += n;
+      if (j.left !== undefined) j.left -= n;
+      size = j.size;
+    }
+    if (j.status === 200 && size > j.limit) { j.keep = false; return this.finish(j, { tooLarge: -1 }); }
+    if ((j.chunks && j.chunks.done) || j.left === 0) this.finishGathered(j);
+  }
+  finishGathered(j) {
+    const pieces = j.chunks ? j.chunks.pieces : j.pieces;
+    const body = Buffer.concat(pieces);
+    if (j.status !== 200) return this.finish(j, { body });
+    let buf = spare.pop();
+    if (!buf || buf.length < j.m.maxSealed + HEAD_MAX) buf = Buffer.allocUnsafeSlow(j.m.maxSealed + HEAD_MAX);
+    body.copy(buf, 0);
+    this.finish(j, { buf, length: body.length });
+  }
+  finish(j, got) {
+    this.job = null;
+    if (j.buf && got.buf !== j.buf) spare.push(j.buf);
+    j.done(null, { status: j.status, headers: j.headers, ...got });
+    if (!j.keep || this.closed) return this.sock.destroy();
+    this.sock.unref();
+    this.sock.setTimeout(IDLE_MS);
+    const list = idle.get(this.origin) || [];
+    if (list.length >= IDLE_PER_ORIGIN) return this.sock.destroy();
+    list.push(this);
+    idle.set(this.origin, list);
+  }
+  fail(j, err) {
+    this.job = null;
+    if (j.buf) spare.push(j.buf);
+    this.sock.destroy();
+    j.done(err);
+  }
+  // The connection ended (err: how, or null for a close).
+  end(err) {
+    if (this.closed) return;
+    this.closed = true;
+    const list = idle.get(this.origin);
+    if (list && list.includes(this)) idle.set(this.origin, list.filter((c) => c !== this));
+    const j = this.job;
+    if (!j) return;
+    if (!j.got && this.used > 1) { this.job = null; if (j.buf) spare.push(j.buf); return j.done('stale'); }
+    if (j.phase === 'gather' && !j.chunks && j.left === undefined) return this.finishGathered(j);
+    if (j.phase === 'head') return this.fail(j, err ? netError(err) : hangUp());
+    const pos = j.phase === 'fixed' ? j.pos : j.chunks ? j.chunks.size : j.size;
+    const of = j.phase === 'fixed' ? ' of ' + j.length : '';
+    this.fail(j, { kind: 'transient', message: 'S3 response for ' + j.m.key + ' ended after ' + pos + of + ' bytes' + (err ? ': ' + err.message : '') });
+  }
+}
+// Sends m.req on an idle connection to its origin, or a new one; a kept-alive connection the server had closed
+// before answering is replaced by a new one, once.
 function httpGet(m) {
-  return new Promise((resolve, reject) => {
-    let settled = false;
-    const done = (fn, v) => { if (!settled) { settled = true; fn(v); } };
-    const r = m.req;
-    const mod = r.protocol === 'https:' ? https : http;
-    const req = mod.request({ protocol: r.protocol, hostname: r.hostname, port: r.port, method: r.method, path: r.path, headers: r.headers, agent: agents[r.protocol] }, (res) => {
-      const headers = res.headers;
-      const status = res.statusCode;
-      res.on('error', (err) => done(reject, netError(err)));
-      if (status !== 200) {
-        const parts = [];
-        let n = 0;
-        res.on('data', (d) => { if (n < 1048576) { parts.push(d); n += d.length; } });
-        res.on('end', () => done(resolve, { status, headers, body: Buffer.concat(parts) }));
-        return;
-      }
-      const cl = headers['content-length'];
-      const length = cl === undefined ? undefined : Number(cl);
-      if (length !== undefined && length > m.maxSealed) {
-        // Refused from its length: the connection is closed instead of reading the body.
-        res.destroy();
-        return done(resolve, { status, headers, tooLarge: length });
-      }
-      const limit = length === undefined ? m.maxSealed : length;
-      let buf = spare.pop();
-      if (!buf || buf.length < limit) buf = Buffer.allocUnsafeSlow(m.maxSealed);
-      let pos = 0;
-      const fail = (v, how) => { if (!settled) spare.push(buf); res.destroy(); done(how, v); };
-      res.on('data', (d) => {
-        if (settled) return;
-        if (pos + d.length > limit) {
-          if (length === undefined) return fail({ status, headers, tooLarge: -1 }, resolve);
-          return fail({ kind: 'transient', message: 'S3 response for ' + m.key + ' longer than its Content-Length (' + length + ')' }, reject);
-        }
-        d.copy(buf, pos);
-        pos += d.length;
-      });
-      res.on('aborted', () => fail({ kind: 'transient', message: 'S3 response for ' + m.key + ' failed after ' + pos + ' bytes: aborted' }, reject));
-      res.on('end', () => {
-        if (settled) return;
-        if (length !== undefined && pos !== length)
-          return fail({ kind: 'transient', message: 'S3 response for ' + m.key + ' ended after ' + pos + ' of ' + length + ' bytes' }, reject);
-        done(resolve, { status, headers, buf, length: pos });
-      });
-    });
-    req.on('error', (err) => done(reject, netError(err)));
-    req.end();
+  const head = requestHead(m.req);
+  const origin = originOf(m.req);
+  const attempt = (fresh) => new Promise((resolve, reject) => {
+    let conn;
+    const list = idle.get(origin);
+    while (!fresh && list && list.length && !conn) { const c = list.pop(); if (!c.closed) conn = c; }
+    conn = conn || new Conn(origin, m.req);
+    let buf = spare.pop();
+    if (!buf || buf.length < m.maxSealed + HEAD_MAX) buf = Buffer.allocUnsafeSlow(m.maxSealed + HEAD_MAX);
+    conn.send({ m, head, buf, pos: 0, scanned: 0, phase: 'head', got: false, done: (err, v) => (err ? reject(err) : resolve(v)) });
   });
+  return attempt(false).catch((err) => (err === 'stale' ? attempt(true) : Promise.reject(err)));
 }
 async function getAndOpen(m) {
   const got = await httpGet(m);

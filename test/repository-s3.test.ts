@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
@@ -355,4 +355,93 @@ test('a store that is down is a transient (retryable) error, a foreign endpoint 
   await expect(Repository.open(`s3://gs-test/x?endpoint=http://127.0.0.1:1`, key)).rejects.toBeInstanceOf(
     RepositoryInputError,
   );
+});
+
+test("a chunk GET's HTTP faults on the seal threads come out as the repository's errors: 403, 503, a cut or reset body, a reset before any answer", async () => {
+  // A TCP proxy in front of versitygw: requests pass through (signed by the SDK, checked by the server) unless a
+  // chunk GET meets the fault `mode` names.
+  let mode = 'pass';
+  const proxy = createNetServer((client) => {
+    let head = Buffer.alloc(0);
+    client.on('error', () => undefined);
+    const onData = (d: Buffer) => {
+      head = Buffer.concat([head, d]);
+      if (head.indexOf('\r\n\r\n') < 0) return;
+      client.off('data', onData);
+      const chunkGet = /^GET [^ ]*\/chunks\//.test(head.toString('latin1'));
+      const fault = chunkGet ? mode : 'pass';
+      const xml = (status: number, code: string) => {
+        const body = `<?xml version="1.0"?><Error><Code>${code}</Code><Message>injected</Message></Error>`;
+        client.end(
+          `HTTP/1.1 ${status} X\r\ncontent-type: application/xml\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+        );
+      };
+      if (fault === '403') return xml(403, 'AccessDenied');
+      if (fault === '503') return xml(503, 'SlowDown');
+      if (fault === 'reset-early') return client.resetAndDestroy();
+      const upstream = netConnect(s3.port, '127.0.0.1');
+      upstream.on('error', () => client.destroy());
+      upstream.write(head);
+      client.pipe(upstream);
+      let sent = 0;
+      upstream.on('data', (r: Buffer) => {
+        if (fault === 'pass' || sent + r.length < 20_000) {
+          sent += r.length;
+          if (!client.write(r)) upstream.pause();
+          return;
+        }
+        // 20 000 bytes of the answer (its head and the start of the body), then the fault.
+        client.write(r.subarray(0, 20_000 - sent));
+        upstream.destroy();
+        if (fault === 'cut') client.end();
+        else client.resetAndDestroy();
+      });
+      client.on('drain', () => upstream.resume());
+      upstream.on('end', () => client.end());
+    };
+    client.on('data', onData);
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  const saved = process.env.AWS_ENDPOINT_URL_S3;
+  process.env.AWS_ENDPOINT_URL_S3 = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+  const url = 's3://gs-test/http-faults';
+  let repo: Repository | undefined;
+  try {
+    (await Repository.init(url, key, { chunkSize: 256 * 1024 })).close();
+    repo = await Repository.open(url, key, { s3: { maxAttempts: 1 } });
+    expect((repo.store as S3Store).threadGets).toBe(true);
+    const data = randomBytes(256 * 1024);
+    const id = (await repo.putChunk(Buffer.from(data))).id;
+    expect((await repo.readChunk(id)).equals(data)).toBe(true);
+    const errorOf = async (m: string) => {
+      mode = m;
+      return repo!.readChunk(id).then(
+        () => new Error('no error'),
+        (e: unknown) => e as Error,
+      );
+    };
+    const denied = await errorOf('403');
+    expect(denied).toBeInstanceOf(StoreAccessDeniedError);
+    expect(denied.message).toMatch(/AccessDenied/);
+    const busy = await errorOf('503');
+    expect(busy).toBeInstanceOf(TransientStoreError);
+    expect(busy.message).toMatch(/SlowDown \(HTTP 503\)/);
+    const cut = await errorOf('cut');
+    expect(cut).toBeInstanceOf(TransientStoreError);
+    expect(cut.message).toMatch(/S3 response for chunks\/.* ended after \d+ of \d+ bytes$/);
+    const reset = await errorOf('reset');
+    expect(reset).toBeInstanceOf(TransientStoreError);
+    expect(reset.message).toMatch(/ended after \d+ of \d+ bytes: read ECONNRESET/);
+    const early = await errorOf('reset-early');
+    expect(early).toBeInstanceOf(TransientStoreError);
+    expect(early.message).toMatch(/ECONNRESET/);
+    // None of it is damage, and the next read, the faults gone, brings the chunk.
+    for (const e of [denied, busy, cut, reset, early]) expect(e).not.toBeInstanceOf(DamagedObjectError);
+    mode = 'pass';
+    expect((await repo.readChunk(id)).equals(data)).toBe(true);
+  } finally {
+    repo?.close();
+    process.env.AWS_ENDPOINT_URL_S3 = saved;
+    proxy.close();
+  }
 });

@@ -31,7 +31,7 @@ import { verifyRepository } from '../../backup/verify';
 import { damageRepository, expectDamageHandled } from '../helpers/repo-damage';
 import { writeTestPoint } from '../helpers/repo-points';
 import { FORMAT_VERSION, sumStats, type DiskExportStats, type DiskManifest } from '../../backup/manifest';
-import { Repository } from '../../backup/repository';
+import { releaseChunk, Repository } from '../../backup/repository';
 import { openStore, parseRepositoryUrl, type ObjectStore } from '../../backup/store';
 
 const CHUNK = 64 * 1024;
@@ -569,4 +569,18 @@ test('a reader with read-only store access reads without a lock, but still not w
   await prune.release();
   reader.close();
   repo.close();
+});
+
+test("releaseChunk frees a chunk's own memory at once and leaves a slice of shared memory alone", () => {
+  const chunk = Buffer.from(new ArrayBuffer(64 * 1024));
+  chunk.fill(7);
+  releaseChunk(chunk);
+  expect(chunk.buffer.byteLength).toBe(0);
+  expect(chunk.length).toBe(0);
+  const shared = Buffer.alloc(64 * 1024, 7);
+  const slice = shared.subarray(1024, 2048);
+  releaseChunk(slice);
+  releaseChunk(Buffer.from('small')); // from the 8 KiB pool
+  expect(shared.buffer.byteLength).toBe(64 * 1024);
+  expect(slice.every((b) => b === 7)).toBe(true);
 });
