@@ -34,6 +34,12 @@ import type { InstantServer, ServeSpec } from './serve';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/**
+ * How often a hydration step looks at the pulls: a VM's next disk is pulled only once its last pull is seen ended
+ * (one pull per VM: see pollPulls), so the VM's pulls wait this long between them at most.
+ */
+const POLL_MS = 250;
+
 /** Consecutive failed pulls of a VM's disk, with the server up and the store reachable, before its disks re-open. */
 const PULL_FAILURES_BEFORE_REOPEN = 3;
 
@@ -89,6 +95,7 @@ async function ensureServing(ctx: RepoRestoreContext, spec: ServeSpec): Promise<
   const srv = server(ctx);
   let started = false;
   if (!(await srv.status(spec)).running) {
+    // The default server's start resolves once every socket accepts (it polls every 50 ms): no wait below then.
     await srv.start(spec);
     started = true;
     ctx.log('instant restore: serving process started', { dir: spec.dir });
@@ -97,14 +104,16 @@ async function ensureServing(ctx: RepoRestoreContext, spec: ServeSpec): Promise<
   while (!(await srv.status(spec)).ready) {
     if (Date.now() > deadline) throw new Error(`the serving process of ${spec.dir} did not become ready`);
     heartbeat({ waiting: 'serving process' });
-    await sleep(200);
+    await sleep(50);
   }
   return started;
 }
 
 /**
  * Starts serving the planned disks of restore `restoreId` and makes each disk's overlay (mode 0600) over its export.
- * Idempotent: a running server is kept, an overlay over the right export too.
+ * The serving process starts first and its start (Node, the repository opened, the sockets) overlaps the overlays:
+ * an overlay names its export without opening it (`qemu-img create -u`), so it needs no server yet; the call
+ * returns once both are done. Idempotent: a running server is kept, an overlay over the right export too.
  * @throws BAD_INPUT when no restore was planned under that id, or a planned disk is not qcow2
  */
 export async function instantServe(
@@ -121,25 +130,24 @@ export async function instantServe(
     JSON.stringify({ repo: req.repo, group: req.group, snapshotId: req.snapshotId }),
   );
   const spec = specOf(ctx, rec, req);
-  const sizes = await withRepo(ctx, req.repo, (repo) =>
-    Promise.all(
-      rec.vms.flatMap((v) =>
-        v.disks.map(
-          async (d) => (await repo.readDiskManifest(req.group, req.snapshotId, v.source, d.target)).virtualSize,
+  const disks = rec.vms.flatMap((v) => v.disks.map((d) => ({ v, d })));
+  const overlays = async (): Promise<InstantExport[]> => {
+    const sizes = await withRepo(ctx, req.repo, (repo) =>
+      Promise.all(
+        disks.map(
+          async ({ v, d }) => (await repo.readDiskManifest(req.group, req.snapshotId, v.source, d.target)).virtualSize,
         ),
       ),
-    ),
-  );
-  await ensureServing(ctx, spec);
-  const exports: InstantExport[] = [];
-  let i = 0;
-  for (const v of rec.vms) {
-    for (const d of v.disks) {
-      const e = exportOf(ctx, req.restoreId, v.domain, d.target);
-      await overlayOnce(ctx, req.restoreId, d.file, e, sizes[i++]);
-      exports.push({ domain: v.domain, target: d.target, ...e });
-    }
-  }
+    );
+    return Promise.all(
+      disks.map(async ({ v, d }, i) => {
+        const e = exportOf(ctx, req.restoreId, v.domain, d.target);
+        await overlayOnce(ctx, req.restoreId, d.file, e, sizes[i]);
+        return { domain: v.domain, target: d.target, ...e };
+      }),
+    );
+  };
+  const [, exports] = await Promise.all([ensureServing(ctx, spec), overlays()]);
   return { exports };
 }
 
@@ -260,7 +268,7 @@ export async function instantHydrate(ctx: RepoRestoreContext, req: InstantHydrat
     report.hydrated = report.disks.every((d) => d.hydrated);
     heartbeat(report);
     if (report.hydrated || Date.now() >= deadline) return report;
-    await sleep(Math.min(1000, Math.max(0, deadline - Date.now())));
+    await sleep(Math.min(POLL_MS, Math.max(0, deadline - Date.now())));
   }
 }
 
