@@ -391,7 +391,8 @@ async function main(): Promise<void> {
 function writeResults(out: string, results: Results): void {
   const rawDir = join(out, 'bench', 'results');
   mkdirSync(rawDir, { recursive: true });
-  const rawFile = `bench/results/instant-${results.machine.date.slice(0, 10)}.json`;
+  const { vms, vmData } = results.options;
+  const rawFile = `bench/results/instant-${results.machine.date.slice(0, 10)}-${vms}vm-${vmData.join('-')}.json`;
   writeFileSync(join(out, rawFile), JSON.stringify(results, null, 2) + '\n');
   writeSection(out, 'instant', renderSection(results, rawFile));
   console.error(`wrote ${rawFile} and BENCHMARKS.md`);
