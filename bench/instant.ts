@@ -232,10 +232,10 @@ async function warmUpHost(host: HypervisorHost): Promise<void> {
 }
 
 /** Waits until `count` VMs whose names end with `suffix` run on host B. */
-async function waitRunning(conn: libvirt.Connection, suffix: string, count: number): Promise<void> {
+async function waitRunning(conn: libvirt.Connection, suffix: string, count: number): Promise<'running'> {
   for (;;) {
     const doms = (await conn.listAllDomains()).filter((d) => d.name.endsWith(suffix));
-    if (doms.length === count && doms.every((d) => d.state === 'running')) return;
+    if (doms.length === count && doms.every((d) => d.state === 'running')) return 'running';
     await sleep(50);
   }
 }
@@ -289,7 +289,15 @@ async function measure(kind: Round['kind'], point: Point, ctx: MeasureContext): 
     await handle.result();
     running = secs();
   } else {
-    await waitRunning(ctx.conn, handle.workflowId.split('/').pop()!, ctx.vms);
+    // The restore's end (a failure: rolled back) also ends the wait, or a failed restore would be waited for forever.
+    const ended = handle.result().then(
+      () => 'ended' as const,
+      () => 'ended' as const,
+    );
+    if ((await Promise.race([waitRunning(ctx.conn, handle.workflowId.split('/').pop()!, ctx.vms), ended])) === 'ended')
+      throw new Error(
+        `instant restore ended before every VM ran: ${JSON.stringify(await handle.result().catch((e: unknown) => String(e)))}`,
+      );
     running = secs();
     await handle.result();
     hydrated = secs();
