@@ -231,6 +231,14 @@ async function warmUpHost(host: HypervisorHost): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }
 
+/** A workflow's failure with its causes (Temporal wraps the restore's own message in WorkflowFailedError). */
+function failureText(err: unknown): string {
+  const parts: string[] = [];
+  for (let e = err as { message?: string; cause?: unknown } | undefined; e; e = e.cause as typeof e)
+    parts.push(String(e.message));
+  return parts.join(': ');
+}
+
 /** Waits until `count` VMs whose names end with `suffix` run on host B. */
 async function waitRunning(conn: libvirt.Connection, suffix: string, count: number): Promise<'running'> {
   for (;;) {
@@ -296,7 +304,7 @@ async function measure(kind: Round['kind'], point: Point, ctx: MeasureContext): 
     );
     if ((await Promise.race([waitRunning(ctx.conn, handle.workflowId.split('/').pop()!, ctx.vms), ended])) === 'ended')
       throw new Error(
-        `instant restore ended before every VM ran: ${JSON.stringify(await handle.result().catch((e: unknown) => String(e)))}`,
+        `instant restore ended before every VM ran: ${await handle.result().then(JSON.stringify, failureText)}`,
       );
     running = secs();
     await handle.result();
