@@ -34,12 +34,6 @@ import type { InstantServer, ServeSpec } from './serve';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-/**
- * How often a hydration step looks at the pulls: a VM's next disk is pulled only once its last pull is seen ended
- * (one pull per VM: see pollPulls), so the VM's pulls wait this long between them at most.
- */
-const POLL_MS = 250;
-
 /** Consecutive failed pulls of a VM's disk, with the server up and the store reachable, before its disks re-open. */
 const PULL_FAILURES_BEFORE_REOPEN = 3;
 
@@ -268,7 +262,7 @@ export async function instantHydrate(ctx: RepoRestoreContext, req: InstantHydrat
     report.hydrated = report.disks.every((d) => d.hydrated);
     heartbeat(report);
     if (report.hydrated || Date.now() >= deadline) return report;
-    await sleep(Math.min(POLL_MS, Math.max(0, deadline - Date.now())));
+    await sleep(Math.min(1000, Math.max(0, deadline - Date.now())));
   }
 }
 
