@@ -141,8 +141,11 @@ export async function instantServe(
       }),
     );
   };
-  const [, exports] = await Promise.all([ensureServing(ctx, spec), overlays()]);
-  return { exports };
+  // Both end before the activity does: a compensation that stops serving never runs while a start is under way.
+  const [served, made] = await Promise.allSettled([ensureServing(ctx, spec), overlays()]);
+  if (served.status === 'rejected') throw served.reason;
+  if (made.status === 'rejected') throw made.reason;
+  return { exports: made.value };
 }
 
 /** The overlay `file` over export `e`, made private before qemu-img writes it; kept when it is already that. */
