@@ -23,12 +23,14 @@ import {
 /** The CLI subcommand the process runs: `groupsnap repo serve-exports <spec file>`. */
 export const SERVE_PROCESS_ARGS = ['repo', 'serve-exports'] as const;
 
-/** The built CLI (`dist/cli/main.js`), from dist/backup/ or from the source tree. */
-export function defaultCliEntry(): string {
-  const candidates = [resolve(__dirname, '../cli/main.js'), resolve(__dirname, '../dist/cli/main.js')];
+/**
+ * The built serving entry (`dist/backup/serve-main.js`: only the server's modules, not the whole CLI), from
+ * dist/backup/ or from the source tree.
+ */
+export function defaultServeEntry(): string {
+  const candidates = [resolve(__dirname, 'serve-main.js'), resolve(__dirname, '../dist/backup/serve-main.js')];
   const found = candidates.find((c) => existsSync(c));
-  if (!found)
-    throw new Error(`cannot start the NBD server: no built CLI at ${candidates.join(' or ')} (run 'npm run build')`);
+  if (!found) throw new Error(`cannot start the NBD server: no built ${candidates.join(' or ')} (run 'npm run build')`);
   return found;
 }
 
@@ -63,7 +65,10 @@ export function readServeStatus(dir: string): (ServeStatus & { running: boolean 
 }
 
 export interface StartServeOptions {
-  /** The CLI to run. @default defaultCliEntry() */
+  /**
+   * The script to run with `repo serve-exports <spec file>`: the CLI (`dist/cli/main.js`) or the lighter
+   * `dist/backup/serve-main.js`. @default defaultServeEntry()
+   */
   cliEntry?: string;
   /** How long to wait for every socket to accept. @default 120 s */
   timeoutMs?: number;
@@ -102,7 +107,7 @@ export async function startServeProcess(spec: ServeSpec, opts: StartServeOptions
       throw new ServeInputError(`another NBD server (pid ${running}) serves a different spec from ${spec.dir}`);
     pid = running;
   } else {
-    const entry = opts.cliEntry ?? defaultCliEntry();
+    const entry = opts.cliEntry ?? defaultServeEntry();
     writeFileSync(files.spec, specText(spec), { mode: 0o600 });
     chmodSync(files.spec, 0o600);
     rmSync(files.status, { force: true });

@@ -11,19 +11,18 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { mkdtemp, open as openFile, rm, writeFile } from 'node:fs/promises';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import * as libvirt from '@groupsnap/libvirt';
 import { Client, Connection } from '@temporalio/client';
 import { createRepoRestoreActivities, restoredDiskPath } from '../activities/repo-restore';
 import { RestoreRecords } from '../activities/restore-records';
 import { exportDisk } from '../backup/export-disk';
-import { ImageReader } from '../backup/image-reader';
-import { FORMAT_VERSION, sumStats, type DiskManifest } from '../backup/manifest';
+import { FORMAT_VERSION, sumStats } from '../backup/manifest';
 import { Repository } from '../backup/repository';
 import { runServe } from '../backup/serve';
 import { snapshotGroup } from '../client';
@@ -35,6 +34,17 @@ import { startDevServer } from '../dev/temporal-dev-server';
 import { REPO_ROOT } from '../dev/tools';
 import { VmFleet } from '../dev/vms';
 import type { Hypervisor } from '../hypervisor/hypervisor';
+import {
+  PLAIN_WHAT,
+  plainDownload,
+  prepareRestic,
+  putPlainChunks,
+  resticPath,
+  resticRestore,
+  resticWhat,
+  type PlainDisk,
+  type ResticRepo,
+} from './baselines';
 import { describeMachine, type MachineDescription } from './machine';
 import { benchCommand, integer, parseBenchOptions } from './options';
 import { writeSection } from './kept-sections';
@@ -79,34 +89,6 @@ async function writeRandom(image: string, offsetMiB: number, mib: number, scratc
     ]);
   }
   await rm(scratch, { force: true });
-}
-
-/** The restic the bench compares with: a named version (`@latest` of its module path resolves to 0.10.0, from 2020). */
-export const RESTIC_VERSION = 'v0.18.1';
-
-/**
- * restic at {@link RESTIC_VERSION} in `.tools/bin`, installed there with `go install` when missing or of another
- * version; `undefined` (its row skipped, said on stderr) when Go is not available.
- */
-async function resticPath(): Promise<string | undefined> {
-  const bin = join(REPO_ROOT, '.tools/bin');
-  const local = join(bin, 'restic');
-  const version = async () =>
-    existsSync(local) ? (await run(local, ['version']).catch(() => ({ stdout: '' }))).stdout : '';
-  if (!(await version()).includes(`restic ${RESTIC_VERSION.slice(1)} `)) {
-    console.error(`installing restic ${RESTIC_VERSION} into .tools/bin (go install) ...`);
-    mkdirSync(bin, { recursive: true });
-    try {
-      await run('go', ['install', `github.com/restic/restic/cmd/restic@${RESTIC_VERSION}`], {
-        env: { ...process.env, GOBIN: bin, CGO_ENABLED: '0' },
-        maxBuffer: 64 * MiB,
-      });
-    } catch (err) {
-      console.error(`cannot install restic ${RESTIC_VERSION}: ${(err as Error).message}`);
-      return undefined;
-    }
-  }
-  return existsSync(local) ? local : undefined;
 }
 
 interface Row {
@@ -187,24 +169,10 @@ async function preparePoint(
     }
   })();
   const dataChunks = manifest.chunks.map((c, i) => (c === null ? -1 : i)).filter((i) => i >= 0);
-  const dataBytes = dataChunks.reduce(
-    (sum, i) => sum + Math.min(manifest.chunkSize, manifest.virtualSize - i * manifest.chunkSize),
-    0,
-  );
   // The same bytes as plain objects (what a plain download fetches): each data chunk's raw content.
-  {
-    const reader = await ImageReader.open(image, 'qcow2');
-    try {
-      for (const i of dataChunks) {
-        const len = Math.min(manifest.chunkSize, manifest.virtualSize - i * manifest.chunkSize);
-        const body = await reader.read(i * manifest.chunkSize, len);
-        await client.send(new PutObjectCommand({ Bucket: 'bench', Key: `plain/${i}`, Body: body }));
-      }
-    } finally {
-      await reader.close();
-    }
-  }
-  return { image, manifest, dataChunks, dataBytes };
+  const plain = await putPlainChunks(client, { file: image, format: 'qcow2' }, manifest, 'plain/');
+  const dataBytes = plain.bytes;
+  return { image, manifest, dataChunks, dataBytes, plain };
 }
 
 /**
@@ -252,20 +220,6 @@ function writeResults(out: string, results: Results): void {
   const section = renderSection(results, file.slice(out.length + 1));
   writeSection(out, 'restore', section);
   console.log(section);
-}
-
-/** restic's repository on the same server, holding the same image file (nothing when restic is not installed). */
-async function prepareRestic(bin: string | undefined, endpoint: string, image: string) {
-  const resticEnv = { ...process.env, RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: `s3:${endpoint}/bench/restic` };
-  let resticVersion: string | undefined;
-  let resticSparse = false;
-  if (bin) {
-    resticSparse = (await run(bin, ['restore', '--help'], { env: resticEnv })).stdout.includes('--sparse');
-    resticVersion = (await run(bin, ['version'], { env: resticEnv })).stdout.trim();
-    await run(bin, ['init'], { env: resticEnv });
-    await run(bin, ['backup', '-q', '--host', 'bench', image], { env: resticEnv, maxBuffer: 64 * MiB });
-  } else console.error('restic not found in .tools/bin: its row is skipped');
-  return { resticEnv, resticVersion, resticSparse };
 }
 
 /** What the RTO measurement needs of the run: the two hosts, versitygw, the key, and where to clean up. */
@@ -366,23 +320,17 @@ interface KindsContext {
   names: PointNames;
   dir: string;
   keyFile: string;
-  image: string;
-  manifest: DiskManifest;
-  dataChunks: number[];
+  plain: PlainDisk;
   client: S3Client;
   activities: ReturnType<typeof createRepoRestoreActivities>;
   planned: (what: string, round: number, format: 'raw' | 'qcow2') => string;
   target: (what: string, round: number) => string;
-  restic?: { bin: string; env: NodeJS.ProcessEnv; sparse: boolean; version?: string };
+  restic?: ResticRepo;
 }
 
 /** The kinds of restore timed side by side, each once per round. */
 function restoreKinds(ctx: KindsContext): { what: string; once: (round: number) => Promise<void> }[] {
-  const { url, names, dir, keyFile, image, manifest, dataChunks, client, activities, planned, target } = ctx;
-  const bin = ctx.restic?.bin;
-  const resticEnv = ctx.restic?.env;
-  const resticSparse = ctx.restic?.sparse ?? false;
-  const resticVersion = ctx.restic?.version;
+  const { url, names, dir, keyFile, plain, client, activities, planned, target, restic } = ctx;
   return [
     {
       what: 'groupsnap restore, raw (rebuildDisk activity: 8 chunks in flight, sparse writes, fsync)',
@@ -438,43 +386,11 @@ function restoreKinds(ctx: KindsContext): { what: string; once: (round: number) 
       },
     },
     {
-      what: 'plain SDK download of the same bytes (4 MiB GetObject, 4 in flight, SDK defaults, sparse positional writes, fsync)',
-      once: async (round) => {
-        const fh = await openFile(target('plain', round), 'w');
-        try {
-          await fh.truncate(manifest.virtualSize);
-          let next = 0;
-          await Promise.all(
-            [0, 1, 2, 3].map(async () => {
-              while (next < dataChunks.length) {
-                const i = dataChunks[next++];
-                const out = await client.send(new GetObjectCommand({ Bucket: 'bench', Key: `plain/${i}` }));
-                const body = Buffer.from(await out.Body!.transformToByteArray());
-                await fh.write(body, 0, body.length, i * manifest.chunkSize);
-              }
-            }),
-          );
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
-      },
+      what: PLAIN_WHAT,
+      once: async (round) => plainDownload(client, [{ disk: plain, file: target('plain', round) }]),
     },
-    ...(bin
-      ? [
-          {
-            what: `restic restore${resticSparse ? ' --sparse' : ''} of the image file, then sync of it (${resticVersion?.split(' ').slice(0, 2).join(' ')})`,
-            once: async (round: number) => {
-              const sparse = resticSparse ? ['--sparse'] : [];
-              await run(bin, ['restore', 'latest', ...sparse, '--target', target('restic', round)], {
-                env: resticEnv,
-                maxBuffer: 64 * MiB,
-              });
-              // restic does not fsync what it restored; groupsnap and the plain download do: the same footing.
-              await run('sync', [join(target('restic', round), image)]);
-            },
-          },
-        ]
+    ...(restic
+      ? [{ what: resticWhat(restic), once: (round: number) => resticRestore(restic, target('restic', round)) }]
       : []),
   ];
 }
@@ -511,9 +427,9 @@ async function main(): Promise<void> {
     // ---- throughput: one disk, restored to host B's image directory by groupsnap, a plain download, restic ----
     const url = 's3://bench/groupsnap';
     const names = { group: 'bench', snapshotId: 'p1', domain: 'vm', target: 'vda' };
-    const { image, manifest, dataChunks, dataBytes } = await preparePoint(opts, { dir, key, client, url, names });
-    const bin = await resticPath();
-    const { resticEnv, resticVersion, resticSparse } = await prepareRestic(bin, s3.endpoint, image);
+    const { image, dataChunks, dataBytes, plain } = await preparePoint(opts, { dir, key, client, url, names });
+    const restic = await prepareRestic(await resticPath(), s3.endpoint, [image]);
+    const resticVersion = restic?.version;
 
     const activities = createRepoRestoreActivities({
       // rebuildDisk reads the repository and writes files; it does not touch libvirt.
@@ -538,14 +454,12 @@ async function main(): Promise<void> {
       names,
       dir,
       keyFile,
-      image,
-      manifest,
-      dataChunks,
+      plain,
       client,
       activities,
       planned,
       target,
-      restic: bin ? { bin, env: resticEnv, sparse: resticSparse, version: resticVersion } : undefined,
+      restic,
     });
     await warmUp({ dir, key, client, url, names, planned, activities, dataChunks });
     const rows: Row[] = kinds.map((k) => ({ what: k.what, seconds: [], bytes: dataBytes }));

@@ -105,6 +105,7 @@ describe.each([
   ['copy', ['--data', '--rounds', '--out'], ['--rounds', '0']],
   ['hydrate', ['--disk-size', '--data', '--extents', '--rounds', '--out'], ['--extents', '0']],
   ['recover', ['--rounds', '--instant', '--warmup-s', '--check-timeout-s', '--out'], ['--rounds', '0']],
+  ['instant', ['--vms', '--vm-data', '--disk-size', '--rounds', '--out'], ['--vm-data', '64,x']],
 ])('node dist/bench/%s.js', (name, options, badArgs) => {
   it('lists its options with --help', async () => {
     const { stdout } = await exec(process.execPath, [bench(name), '--help']);

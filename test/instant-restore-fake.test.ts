@@ -43,8 +43,11 @@ class FakeServer implements InstantServer {
   storeReachable = true;
   starts = 0;
   stops = 0;
+  /** How long a start takes (the real one: Node, the repository opened, the sockets). */
+  startMs = 0;
   constructor(private readonly hv: FakeHypervisor) {}
   async start(spec: ServeSpec) {
+    if (this.startMs) await new Promise((r) => setTimeout(r, this.startMs));
     this.running = true;
     this.starts++;
     for (const e of spec.exports) {
@@ -332,5 +335,19 @@ describe('instant restore from the repository (fake hypervisor)', () => {
     expect([...host.hypervisor.domains.keys()]).toEqual([]);
     for (const d of result.vms[0].disks) expect(existsSync(d.file)).toBe(false);
     expect(server.running).toBe(false);
+  });
+
+  it('a define that fails while the point is still being served removes everything once serving has started', async () => {
+    // The VMs are defined while the serving process starts: the compensations wait for both, so the server that
+    // comes up after the failure is stopped too, and no overlay is left.
+    server.startMs = 8000;
+    for (let i = 0; i < 3; i++) host.hypervisor.failOn('define', undefined);
+    await serve(host.hypervisor);
+    const result = await restore({ vms: ['db-1'] });
+    expect(result.status).toBe('failed');
+    expect(server.starts).toBe(1);
+    expect(server.running).toBe(false);
+    expect([...host.hypervisor.domains.keys()]).toEqual([]);
+    for (const d of result.vms[0].disks) expect(existsSync(d.file)).toBe(false);
   });
 });

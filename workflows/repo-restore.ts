@@ -2,6 +2,7 @@ import {
   defineSignal,
   getExternalWorkflowHandle,
   log,
+  patched,
   setCurrentDetails,
   upsertSearchAttributes,
   uuid4,
@@ -53,7 +54,7 @@ export async function restoreFromRepo(rawInput: RepoRestoreInput): Promise<RepoR
   if (run.input.instant) return instantRestore(run, plan);
   try {
     await rebuildDisks(run, plan);
-    await defineVms(run, plan);
+    await defineVms(run, plan, patched(RESTORE_OVERLAP_PATCH));
     if (run.input.start) await startTogether(run, plan);
     else for (const v of run.result.vms) v.state = 'shutoff';
     return finish(run, plan);
@@ -168,30 +169,49 @@ async function rebuildDisks(run: RepoRestoreRun, plan: RepoRestorePlan): Promise
   );
 }
 
-/** Defines every VM from its stored XML, one at a time. */
-async function defineVms(run: RepoRestoreRun, plan: RepoRestorePlan): Promise<void> {
+/**
+ * Replay marker: the VMs are defined all at once (and, in an instant restore, while the point is being served)
+ * instead of one after the other after serving. Histories recorded before it keep the old order.
+ */
+export const RESTORE_OVERLAP_PATCH = 'restore-define-in-parallel';
+
+/**
+ * Waits until every one of `tasks` has ended, then throws the first failure: nothing a compensation removes is
+ * still being made when the compensations run.
+ */
+async function allEnded(tasks: Promise<unknown>[]): Promise<void> {
+  const ended = await Promise.allSettled(tasks);
+  const failed = ended.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
+/** Defines every VM from its stored XML: all at once, or (`parallel` false: histories before the patch) in turn. */
+async function defineVms(run: RepoRestoreRun, plan: RepoRestorePlan, parallel: boolean): Promise<void> {
+  if (parallel) await allEnded(plan.vms.map((v) => defineVm(run, plan, v)));
+  else for (const v of plan.vms) await defineVm(run, plan, v);
+}
+
+async function defineVm(run: RepoRestoreRun, plan: RepoRestorePlan, v: RepoRestorePlan['vms'][number]): Promise<void> {
   const { input, restoreId } = run;
-  for (const v of plan.vms) {
-    const defined = await run.target.vm.defineRestoredVm.executeWithOptions({ summary: `define ${v.domain}` }, [
-      {
-        repo: input.repo,
-        group: input.group,
-        snapshotId: input.snapshotId,
-        restoreId,
-        vm: v,
-        mode: input.mode,
-        networkMap: input.networkMap,
-        noNetwork: input.noNetwork,
-        ...(plan.virtType ? { virtType: plan.virtType } : {}),
-        // Fresh socket-link ports chosen by the plan on the target, the same map for every VM (clones only).
-        ...(plan.socketPorts && input.mode === 'clone' ? { socketPorts: plan.socketPorts } : {}),
-        ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
-        ...(input.instant ? { instant: true } : {}),
-      },
-    ]);
-    run.changed = true;
-    vmResult(run, v.domain).uuid = defined.uuid;
-  }
+  const defined = await run.target.vm.defineRestoredVm.executeWithOptions({ summary: `define ${v.domain}` }, [
+    {
+      repo: input.repo,
+      group: input.group,
+      snapshotId: input.snapshotId,
+      restoreId,
+      vm: v,
+      mode: input.mode,
+      networkMap: input.networkMap,
+      noNetwork: input.noNetwork,
+      ...(plan.virtType ? { virtType: plan.virtType } : {}),
+      // Fresh socket-link ports chosen by the plan on the target, the same map for every VM (clones only).
+      ...(plan.socketPorts && input.mode === 'clone' ? { socketPorts: plan.socketPorts } : {}),
+      ...(input.stripHostDevices ? { stripHostDevices: true } : {}),
+      ...(input.instant ? { instant: true } : {}),
+    },
+  ]);
+  run.changed = true;
+  vmResult(run, v.domain).uuid = defined.uuid;
 }
 
 /** Every VM starts paused first, so the group comes up together, or not at all. */
@@ -241,12 +261,21 @@ async function instantRestore(run: RepoRestoreRun, plan: RepoRestorePlan): Promi
     );
     const total = plan.vms.reduce((n, v) => n + v.disks.length, 0);
     setCurrentDetails(`serving ${total} disks of ${group} ${snapshotId} from the repository on ${toHost}`);
-    await run.target.serve.instantServe.executeWithOptions(
-      { summary: `serve ${total} disks from the repository (NBD) and make their overlays` },
-      [{ repo, group, snapshotId, restoreId: run.restoreId }],
-    );
-    run.changed = true;
-    await defineVms(run, plan);
+    const serve = async () => {
+      await run.target.serve.instantServe.executeWithOptions(
+        { summary: `serve ${total} disks from the repository (NBD) and make their overlays` },
+        [{ repo, group, snapshotId, restoreId: run.restoreId }],
+      );
+      run.changed = true;
+    };
+    if (patched(RESTORE_OVERLAP_PATCH)) {
+      // A definition names its overlay and socket without opening them: the VMs are defined while the point is
+      // being served; they start once both are done.
+      await allEnded([serve(), defineVms(run, plan, true)]);
+    } else {
+      await serve();
+      await defineVms(run, plan, false);
+    }
     await startTogether(run, plan);
   } catch (err) {
     await run.undo.run((what, undoErr) => {

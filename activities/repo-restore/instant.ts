@@ -89,6 +89,7 @@ async function ensureServing(ctx: RepoRestoreContext, spec: ServeSpec): Promise<
   const srv = server(ctx);
   let started = false;
   if (!(await srv.status(spec)).running) {
+    // The default server's start resolves once every socket accepts (it polls every 50 ms): no wait below then.
     await srv.start(spec);
     started = true;
     ctx.log('instant restore: serving process started', { dir: spec.dir });
@@ -97,14 +98,16 @@ async function ensureServing(ctx: RepoRestoreContext, spec: ServeSpec): Promise<
   while (!(await srv.status(spec)).ready) {
     if (Date.now() > deadline) throw new Error(`the serving process of ${spec.dir} did not become ready`);
     heartbeat({ waiting: 'serving process' });
-    await sleep(200);
+    await sleep(50);
   }
   return started;
 }
 
 /**
  * Starts serving the planned disks of restore `restoreId` and makes each disk's overlay (mode 0600) over its export.
- * Idempotent: a running server is kept, an overlay over the right export too.
+ * The serving process starts first and its start (Node, the repository opened, the sockets) overlaps the overlays:
+ * an overlay names its export without opening it (`qemu-img create -u`), so it needs no server yet; the call
+ * returns once both are done. Idempotent: a running server is kept, an overlay over the right export too.
  * @throws BAD_INPUT when no restore was planned under that id, or a planned disk is not qcow2
  */
 export async function instantServe(
@@ -121,26 +124,28 @@ export async function instantServe(
     JSON.stringify({ repo: req.repo, group: req.group, snapshotId: req.snapshotId }),
   );
   const spec = specOf(ctx, rec, req);
-  const sizes = await withRepo(ctx, req.repo, (repo) =>
-    Promise.all(
-      rec.vms.flatMap((v) =>
-        v.disks.map(
-          async (d) => (await repo.readDiskManifest(req.group, req.snapshotId, v.source, d.target)).virtualSize,
+  const disks = rec.vms.flatMap((v) => v.disks.map((d) => ({ v, d })));
+  const overlays = async (): Promise<InstantExport[]> => {
+    const sizes = await withRepo(ctx, req.repo, (repo) =>
+      Promise.all(
+        disks.map(
+          async ({ v, d }) => (await repo.readDiskManifest(req.group, req.snapshotId, v.source, d.target)).virtualSize,
         ),
       ),
-    ),
-  );
-  await ensureServing(ctx, spec);
-  const exports: InstantExport[] = [];
-  let i = 0;
-  for (const v of rec.vms) {
-    for (const d of v.disks) {
-      const e = exportOf(ctx, req.restoreId, v.domain, d.target);
-      await overlayOnce(ctx, req.restoreId, d.file, e, sizes[i++]);
-      exports.push({ domain: v.domain, target: d.target, ...e });
-    }
-  }
-  return { exports };
+    );
+    return Promise.all(
+      disks.map(async ({ v, d }, i) => {
+        const e = exportOf(ctx, req.restoreId, v.domain, d.target);
+        await overlayOnce(ctx, req.restoreId, d.file, e, sizes[i]);
+        return { domain: v.domain, target: d.target, ...e };
+      }),
+    );
+  };
+  // Both end before the activity does: a compensation that stops serving never runs while a start is under way.
+  const [served, made] = await Promise.allSettled([ensureServing(ctx, spec), overlays()]);
+  if (served.status === 'rejected') throw served.reason;
+  if (made.status === 'rejected') throw made.reason;
+  return { exports: made.value };
 }
 
 /** The overlay `file` over export `e`, made private before qemu-img writes it; kept when it is already that. */
