@@ -1,3 +1,4 @@
+import { Context } from '@temporalio/activity';
 import { Client } from '@temporalio/client';
 import { snapshotGroup } from '../client';
 import { cutViolations } from '../common/cut';
@@ -6,8 +7,17 @@ import { connectTestClient, uniqueId } from './helpers/temporal';
 import { FakeHost } from './helpers/fake-hosts';
 import { startHosts, type RunningHosts } from './helpers/workers';
 
-/** How long the slow host takes to describe a VM while `slow` is set: its plan and its re-plan under the leases. */
+/** How long the slow host takes to describe a VM in its freeze (the re-plan under the leases) while `slow` is set. */
 const SLOW_MS = 5000;
+
+/** Whether the caller runs inside a `freezeVms` activity (the fake's latency is drawn in the activity's context). */
+function inFreeze(): boolean {
+  try {
+    return Context.current().info.activityType === 'freezeVms';
+  } catch {
+    return false;
+  }
+}
 
 /**
  * The armed barrier (issue 29, docs/adr/0014): no host pauses a VM before every host's freeze has started and reported
@@ -29,7 +39,12 @@ describe('the armed barrier: nothing is paused before every host is ready', () =
       { length: 3 },
       (_, i) =>
         new FakeHost(uniqueId(`arm${i}`), {
-          latencyMs: { suspend: 2, snapshot: 20, resume: 2, describe: () => (i === 2 && slow ? SLOW_MS : 0) },
+          latencyMs: {
+            suspend: 2,
+            snapshot: 20,
+            resume: 2,
+            describe: () => (i === 2 && slow && inFreeze() ? SLOW_MS : 0),
+          },
         }),
     );
     hosts = await startHosts(fakes);
