@@ -9,6 +9,7 @@
  */
 import {
   CancellationScope,
+  type ChildWorkflowHandle,
   condition,
   defineSignal,
   getExternalWorkflowHandle,
@@ -142,16 +143,7 @@ export async function freezeSharded(run: SnapshotRun): Promise<void> {
   const decide = async (release: boolean) => {
     if (decided) return;
     decided = true;
-    await CancellationScope.nonCancellable(() =>
-      Promise.all(
-        starts.map((s) =>
-          s
-            .then((h) => h.signal(shardDecisionSignal, release))
-            // A shard that never started or already ended has no host waiting.
-            .catch((err) => log.warn('deciding a shard failed', { release, error: errorMessage(err) })),
-        ),
-      ),
-    );
+    await signalEveryShard(starts, `deciding (release: ${release})`, (h) => h.signal(shardDecisionSignal, release));
   };
   run.abortShards = () => decide(false);
   const outcomes = starts.map((s) =>
@@ -186,21 +178,27 @@ export async function freezeSharded(run: SnapshotRun): Promise<void> {
  * freeze deadline starts after it). Bounded by the shards: a host that cannot start fails its freeze, and its shard
  * reports not armed, which aborts the run.
  */
-async function goWhenArmed(
-  run: SnapshotRun,
-  starts: Promise<{ signal: (s: typeof shardGoSignal) => Promise<void> }>[],
-  allArmed: () => boolean,
-): Promise<void> {
+async function goWhenArmed(run: SnapshotRun, starts: Promise<ShardHandle>[], allArmed: () => boolean): Promise<void> {
   await condition(() => allArmed() || run.barrier === 'abort');
   run.go = run.barrier !== 'abort';
   if (!run.go) return;
-  await CancellationScope.nonCancellable(() =>
+  await signalEveryShard(starts, 'telling to go', (h) => h.signal(shardGoSignal));
+}
+
+type ShardHandle = ChildWorkflowHandle<typeof groupSnapshotShard>;
+
+/**
+ * Sends every shard a signal, all at once and not cancellable; a shard that never started or already ended has no
+ * host waiting, so its failure is logged, not thrown.
+ */
+function signalEveryShard(
+  starts: Promise<ShardHandle>[],
+  what: string,
+  send: (h: ShardHandle) => Promise<void>,
+): Promise<unknown> {
+  return CancellationScope.nonCancellable(() =>
     Promise.all(
-      starts.map((s) =>
-        s
-          .then((h) => h.signal(shardGoSignal))
-          .catch((err) => log.warn('telling a shard to go failed', { error: errorMessage(err) })),
-      ),
+      starts.map((s) => s.then(send).catch((err) => log.warn(`${what} a shard failed`, { error: errorMessage(err) }))),
     ),
   );
 }
