@@ -19,14 +19,13 @@ import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
-import { exportDisk } from '../backup/export-disk';
-import { FORMAT_VERSION, sumStats } from '../backup/manifest';
 import { Repository } from '../backup/repository';
 import { runServe } from '../backup/serve';
 import { S3Server } from '../dev/s3-server';
 import { REPO_ROOT } from '../dev/tools';
 import { writeSection } from './kept-sections';
 import { describeMachine, type MachineDescription } from './machine';
+import { exportOneDiskPoint } from './one-disk-point';
 import { benchCommand, integer, parseBenchOptions } from './options';
 
 const run = promisify(execFile);
@@ -107,32 +106,7 @@ async function prepareImage(opts: Options, dir: string): Promise<string> {
 
 /** Exports `image` as the point's one disk (chunks, disk, VM and group manifests); returns the chunk size. */
 async function exportPoint(url: string, key: Buffer, image: string): Promise<number> {
-  const repo = await Repository.init(url, key);
-  try {
-    const { manifest: m, manifestKey } = await exportDisk({ repo, names: NAMES, image, format: 'qcow2' });
-    const disk = { target: NAMES.target, virtualSize: m.virtualSize };
-    const vmKey = await repo.writeVmManifest({
-      version: FORMAT_VERSION,
-      group: NAMES.group,
-      snapshotId: NAMES.snapshotId,
-      domain: NAMES.domain,
-      host: 'bench',
-      domainXml: '<domain/>',
-      disks: [{ ...disk, manifest: manifestKey, sourceFormat: 'qcow2', sourceImage: image, stats: m.stats }],
-    });
-    await repo.writeGroupManifest({
-      version: FORMAT_VERSION,
-      group: NAMES.group,
-      snapshotId: NAMES.snapshotId,
-      snapshotCreatedAt: new Date().toISOString(),
-      exportedAt: new Date().toISOString(),
-      vms: [{ domain: NAMES.domain, host: 'bench', manifest: vmKey, disks: [disk] }],
-      stats: sumStats([{ virtualSize: m.virtualSize, stats: m.stats }]),
-    });
-    return m.chunkSize;
-  } finally {
-    repo.close();
-  }
+  return (await exportOneDiskPoint(url, key, image, NAMES)).chunkSize;
 }
 
 /**

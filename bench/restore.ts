@@ -22,7 +22,6 @@ import { Client, Connection } from '@temporalio/client';
 import { createRepoRestoreActivities, restoredDiskPath } from '../activities/repo-restore';
 import { RestoreRecords } from '../activities/restore-records';
 import { exportDisk } from '../backup/export-disk';
-import { FORMAT_VERSION, sumStats } from '../backup/manifest';
 import { Repository } from '../backup/repository';
 import { runServe } from '../backup/serve';
 import { snapshotGroup } from '../client';
@@ -46,6 +45,7 @@ import {
   type ResticRepo,
 } from './baselines';
 import { describeMachine, type MachineDescription } from './machine';
+import { exportOneDiskPoint, type PointNames } from './one-disk-point';
 import { benchCommand, integer, parseBenchOptions } from './options';
 import { writeSection } from './kept-sections';
 
@@ -117,7 +117,6 @@ interface Results {
 }
 
 /** The disk's names in the throughput repository. */
-type PointNames = { group: string; snapshotId: string; domain: string; target: string };
 
 /**
  * The throughput run's point: a `--disk` GiB disk with `--data` MiB of random data, exported to `url`, and the same
@@ -132,34 +131,8 @@ async function preparePoint(
   const image = join(dir, 'vm.vda.qcow2');
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', image, `${opts.disk}G`]);
   await writeRandom(image, 0, opts.data, join(dir, 'random.bin'));
-  {
-    const repo = await Repository.init(url, key);
-    try {
-      const { manifest: m, manifestKey } = await exportDisk({ repo, names, image, format: 'qcow2' });
-      // The NBD server reads the point by its group manifest (rebuildDisk reads the disk manifest): both are there.
-      const disk = { target: names.target, virtualSize: m.virtualSize };
-      const vmKey = await repo.writeVmManifest({
-        version: FORMAT_VERSION,
-        group: names.group,
-        snapshotId: names.snapshotId,
-        domain: names.domain,
-        host: 'bench',
-        domainXml: '<domain/>',
-        disks: [{ ...disk, manifest: manifestKey, sourceFormat: 'qcow2', sourceImage: image, stats: m.stats }],
-      });
-      await repo.writeGroupManifest({
-        version: FORMAT_VERSION,
-        group: names.group,
-        snapshotId: names.snapshotId,
-        snapshotCreatedAt: new Date().toISOString(),
-        exportedAt: new Date().toISOString(),
-        vms: [{ domain: names.domain, host: 'bench', manifest: vmKey, disks: [disk] }],
-        stats: sumStats([{ virtualSize: m.virtualSize, stats: m.stats }]),
-      });
-    } finally {
-      repo.close();
-    }
-  }
+  // The NBD server reads the point by its group manifest (rebuildDisk reads the disk manifest): both are there.
+  await exportOneDiskPoint(url, key, image, names);
   const manifest = await (async () => {
     const repo = await Repository.open(url, key);
     try {
