@@ -4,6 +4,7 @@
  */
 
 import { z } from 'zod';
+import type { DiskManifest } from '../common/repository-manifest';
 
 export * from '../common/repository-manifest';
 
@@ -156,3 +157,28 @@ export const LockBodySchema = z.looseObject({
   owner: str(256),
   token: str(64).optional(),
 });
+
+/** A byte range of a disk. */
+export interface DiskRange {
+  offset: number;
+  length: number;
+}
+
+/**
+ * The byte ranges of the disk that `m` holds as zeros (its chunks without data: all zeros or never written), merged,
+ * in order, within the virtual size. An instant restore marks them in its overlays, so that neither the guest's
+ * reads nor the hydration ask the repository for them.
+ */
+export function zeroRanges(m: Pick<DiskManifest, 'virtualSize' | 'chunkSize' | 'chunks'>): DiskRange[] {
+  const out: DiskRange[] = [];
+  for (let i = 0; i < m.chunks.length; i++) {
+    if (m.chunks[i] !== null) continue;
+    const offset = i * m.chunkSize;
+    const length = Math.min(m.chunkSize, m.virtualSize - offset);
+    if (length <= 0) break;
+    const prev = out[out.length - 1];
+    if (prev && prev.offset + prev.length === offset) prev.length += length;
+    else out.push({ offset, length });
+  }
+  return out;
+}

@@ -14,7 +14,7 @@ import type {
   NbdBacking,
   OverlaySpec,
 } from './hypervisor';
-import { ImageNotFoundError, nbdUrl } from './images';
+import { ImageNotFoundError, nbdUrl, type ImageRange } from './images';
 
 export type FakeOp =
   | 'describe'
@@ -89,6 +89,8 @@ export class FakeHypervisor implements Hypervisor {
 
   /** Block pulls running, by `domain\0target`: each {@link blockJob} call moves one on by `pullStep` of 100. */
   readonly pulls = new Map<string, { cur: number; end: number }>();
+  /** The zero ranges each NBD overlay was made with ({@link createNbdOverlay}), by file. */
+  readonly overlayZeros = new Map<string, ImageRange[]>();
   /** How far each poll of a pull gets (of 100). @default 50 */
   pullStep = 50;
   /** VMs paused by QEMU after an I/O error (the stop error policy), see {@link pauseOnIoError}. */
@@ -426,13 +428,14 @@ export class FakeHypervisor implements Hypervisor {
     this.resyncChains();
   }
 
-  async createNbdOverlay(file: string, backing: NbdBacking, _virtualSize: number): Promise<void> {
+  async createNbdOverlay(file: string, backing: NbdBacking, _virtualSize: number, zeros?: ImageRange[]): Promise<void> {
     await this.enter('createOverlay', file);
     const url = nbdUrl(backing.socket, backing.exportName);
     if (!this.images.has(url)) this.images.set(url, { format: 'raw', data: new Map(), touched: false });
     const touched = this.options.touchFiles !== false;
     if (touched) closeSync(openSync(file, 'w'));
     this.images.set(file, { format: 'qcow2', backing: url, data: new Map(), touched });
+    this.overlayZeros.set(file, [...(zeros ?? [])]);
   }
 
   async commitActive(domain: string, target: string, base: string): Promise<void> {

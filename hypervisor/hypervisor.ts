@@ -1,5 +1,5 @@
 /** What groupsnap needs from a hypervisor host: one small interface, one libvirt implementation, one fake. */
-import type { ImageInfo } from './images';
+import type { ImageInfo, ImageRange } from './images';
 
 export type DomainState = 'running' | 'paused' | 'shutoff' | 'other';
 
@@ -103,9 +103,11 @@ export interface Hypervisor {
   managedSave(domain: string): Promise<void>;
   /**
    * New qcow2 overlay `file` (`virtualSize` bytes) whose backing is the raw NBD export `backing`; nothing connects
-   * to the export while it is made. The caller makes sure `file` does not exist yet.
+   * to the export while it is made. The `zeros` ranges (the point's chunks without data) are written as zero
+   * clusters in the overlay itself: reads of them never reach the export, and a pull or rebase skips them. The
+   * caller makes sure `file` does not exist yet.
    */
-  createNbdOverlay(file: string, backing: NbdBacking, virtualSize: number): Promise<void>;
+  createNbdOverlay(file: string, backing: NbdBacking, virtualSize: number, zeros?: ImageRange[]): Promise<void>;
   /**
    * Copies everything the backing chain of `file` shows into it and drops its backing (a safe `qemu-img rebase`
    * onto nothing): offline hydration, for a file no running QEMU has open.

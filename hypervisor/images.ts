@@ -48,11 +48,37 @@ export function nbdUrl(socket: string, exportName: string): string {
   return `nbd+unix:///${exportName}?socket=${socket}`;
 }
 
+/** A byte range of an image. */
+export interface ImageRange {
+  offset: number;
+  length: number;
+}
+
+/** `write -z` commands a qemu-io run takes at most (its argument list stays small however fragmented the disk). */
+const ZERO_WRITES_PER_RUN = 512;
+
 /**
  * Creates a qcow2 overlay `file` of `virtualSize` bytes whose backing is the raw NBD export on `socket` (`-u`: the
- * export is not opened now). The caller makes sure `file` does not exist yet.
+ * export is not opened now), with `zeros` written as zero clusters in the overlay (`qemu-io` on the overlay opened
+ * with no backing: qcow2 v3 records a zero flag, so the ranges read as zeros whatever the backing holds and a pull
+ * or rebase skips them). The caller makes sure `file` does not exist yet.
  */
-export async function createNbdOverlay(file: string, socket: string, exportName: string, virtualSize: number) {
+export async function createNbdOverlay(
+  file: string,
+  socket: string,
+  exportName: string,
+  virtualSize: number,
+  zeros: ImageRange[] = [],
+) {
+  for (const z of zeros)
+    if (
+      !Number.isSafeInteger(z.offset) ||
+      !Number.isSafeInteger(z.length) ||
+      z.offset < 0 ||
+      z.length <= 0 ||
+      z.offset + z.length > virtualSize
+    )
+      throw new HypervisorError(`zero range ${z.offset}+${z.length} is outside a disk of ${virtualSize} bytes`);
   await qemuImg([
     'create',
     '-q',
@@ -66,6 +92,17 @@ export async function createNbdOverlay(file: string, socket: string, exportName:
     file,
     String(virtualSize),
   ]);
+  // The overlay alone (`backing: null`): nothing connects to the export.
+  const alone = `json:${JSON.stringify({ driver: 'qcow2', file: { driver: 'file', filename: file }, backing: null })}`;
+  for (let i = 0; i < zeros.length; i += ZERO_WRITES_PER_RUN) {
+    const cmds = zeros.slice(i, i + ZERO_WRITES_PER_RUN).flatMap((z) => ['-c', `write -z ${z.offset} ${z.length}`]);
+    try {
+      await run('qemu-io', [...cmds, alone]);
+    } catch (err) {
+      const e = err as { stderr?: string; message: string };
+      throw new HypervisorError(`qemu-io write -z failed: ${(e.stderr || e.message).trim()}`);
+    }
+  }
 }
 
 /** Copies what the backing chain of `file` shows into it and drops the backing (safe rebase onto nothing). */

@@ -227,8 +227,8 @@ export class LibvirtHypervisor implements Hypervisor {
     return images.hydrateImage(file);
   }
 
-  createNbdOverlay(file: string, backing: NbdBacking, virtualSize: number): Promise<void> {
-    return images.createNbdOverlay(file, backing.socket, backing.exportName, virtualSize);
+  createNbdOverlay(file: string, backing: NbdBacking, virtualSize: number, zeros?: images.ImageRange[]): Promise<void> {
+    return images.createNbdOverlay(file, backing.socket, backing.exportName, virtualSize, zeros);
   }
 
   redefineDiskSources(domain: string, sources: { target: string; from: string; to: string }[]): Promise<void> {

@@ -114,7 +114,8 @@ describe('instant restore from the repository (fake hypervisor)', () => {
     const repo = await Repository.init(url, key, { chunkSize: 1024 * 1024 });
     try {
       const image = join(dir, 'vda.raw');
-      writeFileSync(image, Buffer.alloc(2 * 1024 * 1024, 0x5a));
+      // 2 MiB of data, then a 1 MiB chunk of zeros (no data in the point: marked in the overlays).
+      writeFileSync(image, Buffer.concat([Buffer.alloc(2 * 1024 * 1024, 0x5a), Buffer.alloc(1024 * 1024)]));
       await storePoint(repo, {
         group,
         snapshotId,
@@ -210,6 +211,9 @@ describe('instant restore from the repository (fake hypervisor)', () => {
     expect(firstDefinition).toContain("protocol='nbd'");
     expect(firstDefinition).toContain("error_policy='stop'");
     expect(firstDefinition).toContain("rerror_policy='stop'");
+    // Each overlay was made with the point's zero chunk marked in it.
+    for (const d of result.vms.flatMap((v) => v.disks))
+      expect(host.hypervisor.overlayZeros.get(d.file)).toEqual([{ offset: 2 * 1024 * 1024, length: 1024 * 1024 }]);
     expectHydrated(result);
     const written = result.vms.find((v) => host.hypervisor.readData(v.disks[0].file, 'guest'));
     expect(written).toBeDefined();

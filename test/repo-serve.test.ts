@@ -12,7 +12,9 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { zeroRanges } from '../backup/manifest';
 import { Repository } from '../backup/repository';
+import { createNbdOverlay, hydrateImage, imageInfo } from '../hypervisor/images';
 import type { ServeSpec } from '../backup/serve';
 import { readServeStatus, runningServePid, startServeProcess, stopServeProcess } from '../backup/serve-process';
 import { S3Server } from '../dev/s3-server';
@@ -216,6 +218,50 @@ test("qemu-img map and nbdinfo --map report exactly the point's data ranges as d
     // The data read through the map is still the disk's.
     await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', target, image]);
   } finally {
+    await stopServeProcess(s.dir);
+  }
+});
+
+test("an instant restore's overlay holds the point's zero chunks: hydrating it reads only the data chunks", async () => {
+  const s = spec('zeros');
+  await startServeProcess(s);
+  const socket = s.exports[0].socket;
+  const overlay = join(dir, 'zeros-overlay.qcow2');
+  try {
+    const repo = await Repository.openWithKeyFile(url, keyFile);
+    const manifest = await repo.readDiskManifest(GROUP, POINT, 'db-1', 'vda').finally(() => repo.close());
+    const zeros = zeroRanges(manifest);
+    // The point's zero chunks, in MiB: the hole 24-36, the written zeros 40-41, the tail 60-64.
+    expect(zeros).toEqual([
+      { offset: 24 * MiB, length: 12 * MiB },
+      { offset: 40 * MiB, length: MiB },
+      { offset: 60 * MiB, length: 4 * MiB },
+    ]);
+    await createNbdOverlay(overlay, socket, 'db-1-vda', manifest.virtualSize, zeros);
+    // In the overlay itself (opened with no backing): those ranges are zero clusters, the rest unallocated.
+    const alone = `json:${JSON.stringify({ driver: 'qcow2', file: { driver: 'file', filename: overlay }, backing: null })}`;
+    const map = JSON.parse((await run('qemu-img', ['map', '--output=json', alone])).stdout) as {
+      start: number;
+      length: number;
+      present: boolean;
+      zero: boolean;
+    }[];
+    expect(map.filter((e) => e.present).map((e) => ({ offset: e.start, length: e.length, zero: e.zero }))).toEqual(
+      zeros.map((z) => ({ ...z, zero: true })),
+    );
+    expect((await imageInfo(overlay)).backing).toBe(uri(socket, 'db-1-vda'));
+    // Offline hydration (a rebase onto no backing copies what the overlay lacks): only the data chunks are read.
+    await hydrateImage(overlay);
+    await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', overlay, image]);
+    const dataBytes = manifest.chunks.filter((c) => c !== null).length * manifest.chunkSize;
+    let st = readServeStatus(s.dir)!.exports[0];
+    for (let i = 0; i < 50 && st.bytesServed < dataBytes; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      st = readServeStatus(s.dir)!.exports[0];
+    }
+    expect(st.bytesServed).toBe(dataBytes);
+  } finally {
+    rmSync(overlay, { force: true });
     await stopServeProcess(s.dir);
   }
 });

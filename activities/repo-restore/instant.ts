@@ -19,6 +19,7 @@ import type {
   InstantServeRequest,
   InstantStopRequest,
 } from '../../common/repo-restore';
+import { zeroRanges, type DiskManifest } from '../../backup/manifest';
 import { failure } from '../../common/failures';
 import type { VmPowerState } from '../../common/types';
 import { assertSafeName } from '../../common/validation';
@@ -126,17 +127,13 @@ export async function instantServe(
   const spec = specOf(ctx, rec, req);
   const disks = rec.vms.flatMap((v) => v.disks.map((d) => ({ v, d })));
   const overlays = async (): Promise<InstantExport[]> => {
-    const sizes = await withRepo(ctx, req.repo, (repo) =>
-      Promise.all(
-        disks.map(
-          async ({ v, d }) => (await repo.readDiskManifest(req.group, req.snapshotId, v.source, d.target)).virtualSize,
-        ),
-      ),
+    const manifests = await withRepo(ctx, req.repo, (repo) =>
+      Promise.all(disks.map(({ v, d }) => repo.readDiskManifest(req.group, req.snapshotId, v.source, d.target))),
     );
     return Promise.all(
       disks.map(async ({ v, d }, i) => {
         const e = exportOf(ctx, req.restoreId, v.domain, d.target);
-        await overlayOnce(ctx, req.restoreId, d.file, e, sizes[i]);
+        await overlayOnce(ctx, req.restoreId, d.file, e, manifests[i]);
         return { domain: v.domain, target: d.target, ...e };
       }),
     );
@@ -148,13 +145,16 @@ export async function instantServe(
   return { exports: made.value };
 }
 
-/** The overlay `file` over export `e`, made private before qemu-img writes it; kept when it is already that. */
+/**
+ * The overlay `file` over export `e`, made private before qemu-img writes it, with the point's zero chunks marked in
+ * it (the guests' reads of them and the hydration never reach the repository); kept when it is already that.
+ */
 async function overlayOnce(
   ctx: RepoRestoreContext,
   restoreId: string,
   file: string,
   e: { socket: string; exportName: string },
-  virtualSize: number,
+  manifest: DiskManifest,
 ): Promise<void> {
   if (existsSync(file)) {
     const info = await ctx.hypervisor.imageInfo(file).catch(() => undefined);
@@ -164,7 +164,7 @@ async function overlayOnce(
   }
   ctx.records.created(restoreId, file);
   privateFile(file);
-  await ctx.hypervisor.createNbdOverlay(file, e, virtualSize);
+  await ctx.hypervisor.createNbdOverlay(file, e, manifest.virtualSize, zeroRanges(manifest));
 }
 
 /** The VMs whose disks must be re-opened (their QEMU holds a connection to a serving process that died). */

@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import { parseKey } from '../../backup/crypto';
 import { RepositoryError } from '../../backup/errors';
 import { RepositoryLock } from '../../backup/locks';
-import { FORMAT_VERSION, MAX_OBJECT_BYTES, type DiskManifest } from '../../backup/manifest';
+import { FORMAT_VERSION, MAX_OBJECT_BYTES, zeroRanges, type DiskManifest } from '../../backup/manifest';
 import { Repository } from '../../backup/repository';
 import {
   ObjectTooLargeError,
@@ -288,5 +288,24 @@ describe('fuzzing repository object readers', () => {
       ),
       { numRuns: RUNS * 10 },
     );
+  });
+});
+
+describe('zeroRanges', () => {
+  const id = (n: number) => n.toString(16).padStart(64, '0');
+  it("merges a disk's chunks without data into ranges, the last one cut at the virtual size", () => {
+    const m = { virtualSize: 10 * 1024 - 512, chunkSize: 1024, chunks: [null, null, id(1), null, id(2), id(3)] };
+    m.chunks.push(null, null, null, null);
+    expect(zeroRanges(m)).toEqual([
+      { offset: 0, length: 2048 },
+      { offset: 3072, length: 1024 },
+      { offset: 6144, length: 10 * 1024 - 512 - 6144 },
+    ]);
+  });
+  it('is empty for a disk whose every chunk holds data, and one range for an empty disk', () => {
+    expect(zeroRanges({ virtualSize: 2048, chunkSize: 1024, chunks: [id(1), id(2)] })).toEqual([]);
+    expect(zeroRanges({ virtualSize: 2048, chunkSize: 1024, chunks: [null, null] })).toEqual([
+      { offset: 0, length: 2048 },
+    ]);
   });
 });
