@@ -283,7 +283,8 @@ function report(res: Results, file: string): string {
       'backup/serve.ts (a fresh server, cold cache, each time). A qcow2 overlay whose backing is the export (as an ' +
       'instant restore makes) is made local by each method, unthrottled (the pull in a bare QEMU over QMP); the result ' +
       'is compared equal to the source each time. "Without" is the server with `blockStatus: false`: no metadata ' +
-      'context offered, as before this change.',
+      'context offered, as before block status. "Zero chunks marked" is the overlay an instant restore makes now: the ' +
+      "point's chunks without data written as zero clusters in it (`createNbdOverlay`), so a pull or rebase skips them.',
     '',
     '| method | block status | seconds per round | median s | result: data / zero clusters / on disk (du), MiB | NBD reads / MiB asked for / block status requests |',
     '| --- | --- | --- | --- | --- | --- |',
@@ -296,8 +297,9 @@ function report(res: Results, file: string): string {
     '',
     'Medians, without -> with block status (-> with the zero chunks marked): ' + METHODS.map(ratio).join('; ') + '.',
     '',
-    'Why the pull and the rebase read every range either way (QEMU 7.2), and what that means for an instant ' +
-      'restore: docs/adr/0013-instant-restore.md, addendum "Block status and hydration".',
+    'Why the pull and the rebase read every range of an unmarked overlay either way (QEMU 7.2), and why marking the ' +
+      'zero chunks in the overlay is what makes hydration follow the data: docs/adr/0013-instant-restore.md, addenda ' +
+      '"Block status and hydration" and "Zero chunks marked in the overlay".',
     '<!-- hydrate:end -->',
   ].join('\n');
 }
