@@ -284,7 +284,7 @@ function report(res: Results, file: string): string {
       'instant restore makes) is made local by each method, unthrottled (the pull in a bare QEMU over QMP); the result ' +
       'is compared equal to the source each time. "Without" is the server with `blockStatus: false`: no metadata ' +
       'context offered, as before block status. "Zero chunks marked" is the overlay an instant restore makes now: the ' +
-      "point's chunks without data written as zero clusters in it (`createNbdOverlay`), so a pull or rebase skips them.',
+      "point's chunks without data written as zero clusters in it (`createNbdOverlay`), so a pull or rebase skips them.",
     '',
     '| method | block status | seconds per round | median s | result: data / zero clusters / on disk (du), MiB | NBD reads / MiB asked for / block status requests |',
     '| --- | --- | --- | --- | --- | --- |',

@@ -33,8 +33,13 @@ wait $server
 export interface S3ServerOptions {
   /** Directory of the posix backend (buckets are its subdirectories). @default a new temp dir, removed by stop() */
   dir?: string;
-  /** @default a free port on 127.0.0.1 */
+  /** @default a free port */
   port?: number;
+  /**
+   * The address it listens on, e.g. the hypervisor hosts' bridge address, which the hosts' namespaces reach directly
+   * (no forwarder in between, as a benchmark comparing clients of it wants). @default 127.0.0.1
+   */
+  host?: string;
   /**
    * Accounts besides root (versitygw's internal IAM, `--iam-dir`, in a temp dir of its own): {@link createUser},
    * and buckets owned by one ({@link createBucket} with an owner). A plain user reaches only its own buckets.
@@ -62,6 +67,7 @@ export class S3Server {
 
   private constructor(
     readonly port: number,
+    readonly host: string,
     readonly dir: string,
     private readonly ownsDir: boolean,
     private readonly objectLock = false,
@@ -73,7 +79,7 @@ export class S3Server {
   }
 
   get endpoint(): string {
-    return `http://127.0.0.1:${this.port}`;
+    return `http://${this.host}:${this.port}`;
   }
 
   /** `AWS_*` variables for a client of this server (path-style is implied by an explicit endpoint in groupsnap). */
@@ -90,6 +96,7 @@ export class S3Server {
     const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'groupsnap-s3-')));
     const server = new S3Server(
       options.port ?? (await freePort()),
+      options.host ?? '127.0.0.1',
       dir,
       options.dir === undefined,
       Boolean(options.objectLock),
@@ -118,7 +125,7 @@ export class S3Server {
         String(process.pid),
         bin,
         '--port',
-        `127.0.0.1:${this.port}`,
+        `${this.host}:${this.port}`,
         ...(this.iamDir ? ['--iam-dir', this.iamDir] : []),
         'posix',
         ...(this.objectLock ? ['--versioning-dir', this.versionsDir] : []),
@@ -135,7 +142,7 @@ export class S3Server {
     const deadline = Date.now() + 30_000;
     for (;;) {
       if (child.exitCode !== null) throw new Error(`versitygw exited (${child.exitCode}):\n${this.stderr}`);
-      if (await listening(this.port)) return;
+      if (await listening(this.host, this.port)) return;
       if (Date.now() > deadline) throw new Error(`versitygw not listening on ${this.port} after 30 s:\n${this.stderr}`);
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -209,9 +216,9 @@ export class S3Server {
   }
 }
 
-function listening(port: number): Promise<boolean> {
+function listening(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1', () => {
+    const s = connect(port, host, () => {
       s.destroy();
       resolve(true);
     });
