@@ -12,7 +12,7 @@
 import { DamagedObjectError } from './errors';
 import type { NbdAllocation, NbdExtent } from './nbd-server';
 import type { DiskManifest } from './manifest';
-import { Repository } from './repository';
+import { releaseChunk, Repository } from './repository';
 
 /** What the cache reads chunks with (a `Repository`, or a test's). */
 export interface ChunkSource {
@@ -47,6 +47,18 @@ interface Entry {
   readAhead: boolean;
   /** Its plaintext length. */
   length: number;
+  /** Replies being written that refer to its data ({@link ChunkCache.acquire} not yet released). */
+  pins: number;
+  /** Its data was handed out without a pin ({@link ChunkCache.get}): never freed early, the GC frees it. */
+  shared: boolean;
+  /** Dropped from the cache while pinned: its data is freed when the last pin goes. */
+  evicted: boolean;
+}
+
+/** An opened chunk held for a reply being written: `release` once nothing refers to `data` any more. */
+export interface HeldChunk {
+  data: Buffer;
+  release: () => void;
 }
 
 /** Counters of the cache (totals since start). */
@@ -130,19 +142,51 @@ export class ChunkCache {
    * fetched are counted in `fetchedBy` of the one that started the fetch).
    */
   async get(id: string, expectedLength: number, fetchedBy?: FetchCounter): Promise<Buffer> {
+    return (await this.lookup(id, expectedLength, fetchedBy, 'share')).data;
+  }
+
+  /**
+   * {@link get}, pinned: the chunk's memory is not freed before `release` (called once the reply that refers to it
+   * is written). Evicted meanwhile, it is freed at the last release instead of waiting for a garbage collection
+   * (a fresh 4 MiB ArrayBuffer per chunk, memory outside the JS heap that V8 answers with full mark-compacts).
+   */
+  async acquire(id: string, expectedLength: number, fetchedBy?: FetchCounter): Promise<HeldChunk> {
+    const { data, entry } = await this.lookup(id, expectedLength, fetchedBy, 'pin');
+    let released = false;
+    return {
+      data,
+      release: () => {
+        if (released) return;
+        released = true;
+        if (--entry.pins === 0 && entry.evicted && !entry.shared) releaseChunk(data);
+      },
+    };
+  }
+
+  /**
+   * The chunk and its entry, pinned or marked shared before anything else can run (an eviction between the lookup
+   * and the pin would free the memory handed out).
+   */
+  private async lookup(id: string, expectedLength: number, fetchedBy: FetchCounter | undefined, hold: 'pin' | 'share') {
+    const held = (e: Entry) => {
+      if (hold === 'pin') e.pins++;
+      else e.shared = true;
+      return e;
+    };
     let e = this.entries.get(id);
     if (e?.data) {
       this.stats.hits++;
       e.readAhead = false;
       this.touch(e);
-      return e.data;
+      return { data: e.data, entry: held(e) };
     }
     this.stats.misses++;
     if (!e) e = this.start(id, expectedLength, false, fetchedBy);
     else e.readAhead = false;
     e.waiters++;
     try {
-      return await (e.pending as Promise<Buffer>);
+      const data = await (e.pending as Promise<Buffer>);
+      return { data, entry: held(e) };
     } finally {
       e.waiters--;
     }
@@ -165,7 +209,16 @@ export class ChunkCache {
   }
 
   private start(id: string, expectedLength: number, readAhead: boolean, fetchedBy?: FetchCounter): Entry {
-    const e: Entry = { id, held: false, waiters: 0, readAhead, length: expectedLength };
+    const e: Entry = {
+      id,
+      held: false,
+      waiters: 0,
+      readAhead,
+      length: expectedLength,
+      pins: 0,
+      shared: false,
+      evicted: false,
+    };
     this.entries.set(id, e);
     e.pending = this.fetch(e, expectedLength, readAhead).then(
       (data) => {
@@ -251,13 +304,18 @@ export class ChunkCache {
     this.entries.set(e.id, e);
   }
 
-  /** Drops least recently used opened chunks until the cache fits (chunks being fetched are never dropped). */
+  /**
+   * Drops least recently used opened chunks until the cache fits (chunks being fetched are never dropped). A dropped
+   * chunk's memory is freed now when no reply refers to it, else at its last release.
+   */
   private evict(): void {
     for (const e of this.entries.values()) {
       if (this.bytes <= this.maxBytes) return;
       if (!e.data || e.waiters > 0) continue;
       this.entries.delete(e.id);
       this.bytes -= e.data.length;
+      e.evicted = true;
+      if (e.pins === 0 && !e.shared) releaseChunk(e.data);
     }
   }
 }
@@ -326,13 +384,17 @@ export class DiskChunkReader {
     this.begin(offset, length);
     const runs = this.allocation(offset, length);
     try {
-      const out = await Promise.all(
+      const settled = await Promise.allSettled(
         runs.map(async (r): Promise<NbdExtent> =>
-          r.zero
-            ? { offset: r.offset, length: r.length }
-            : { offset: r.offset, length: r.length, data: await this.range(r.offset, r.length) },
+          r.zero ? { offset: r.offset, length: r.length } : { offset: r.offset, ...(await this.heldRange(r)) },
         ),
       );
+      const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+      const out = settled.flatMap((x) => (x.status === 'fulfilled' ? [x.value] : []));
+      if (failed) {
+        for (const piece of out) piece.release?.();
+        throw failed.reason;
+      }
       this.stats.bytesServed += length;
       return out;
     } catch (err) {
@@ -399,6 +461,46 @@ export class DiskChunkReader {
       if (data) data.copy(out, start - offset, start - index * m.chunkSize, end - index * m.chunkSize);
     }
     return out;
+  }
+
+  /**
+   * {@link range} for a reply: the bytes, and what frees them once the reply is written (a single chunk's slice
+   * holds its chunk pinned in the cache; a range over several chunks is a copy, freed itself).
+   */
+  private async heldRange(r: { offset: number; length: number }): Promise<Required<Omit<NbdExtent, 'offset'>>> {
+    const m = this.manifest;
+    const { offset, length } = r;
+    const first = Math.floor(offset / m.chunkSize);
+    const last = Math.floor((offset + Math.max(length, 1) - 1) / m.chunkSize);
+    const held = await Promise.allSettled(
+      Array.from({ length: last - first + 1 }, (_, k) => {
+        const id = this.manifest.chunks[first + k];
+        return id === null ? undefined : this.cache.acquire(id, this.chunkLength(first + k), this.fetched);
+      }),
+    );
+    const parts = held.map((h) => (h.status === 'fulfilled' ? h.value : undefined));
+    const failed = held.find((h): h is PromiseRejectedResult => h.status === 'rejected');
+    if (failed || first === last) {
+      const only = parts[0];
+      if (failed) {
+        for (const p of parts) p?.release();
+        throw failed.reason;
+      }
+      const at = offset - first * m.chunkSize;
+      return only
+        ? { length, data: only.data.subarray(at, at + length), release: only.release }
+        : { length, data: zeros(length), release: () => undefined };
+    }
+    const out = Buffer.alloc(length);
+    for (let k = 0; k < parts.length; k++) {
+      const index = first + k;
+      const start = Math.max(offset, index * m.chunkSize);
+      const end = Math.min(offset + length, index * m.chunkSize + this.chunkLength(index));
+      const part = parts[k];
+      if (part) part.data.copy(out, start - offset, start - index * m.chunkSize, end - index * m.chunkSize);
+      part?.release();
+    }
+    return { length, data: out, release: () => releaseChunk(out) };
   }
 
   /** The opened chunk, or `undefined` for a zero chunk. */

@@ -50,11 +50,15 @@ export interface NbdExport {
   allocation?(offset: number, length: number): NbdAllocation[];
 }
 
-/** A piece of a read: `length` bytes at `offset`, its `data`, or none when it reads as zeros. */
+/**
+ * A piece of a read: `length` bytes at `offset`, its `data`, or none when it reads as zeros; `release`, when given,
+ * is called once nothing refers to `data` any more (the reply is written, or dropped with its connection).
+ */
 export interface NbdExtent {
   offset: number;
   length: number;
   data?: Buffer;
+  release?: () => void;
 }
 
 /** What a server reports as it works (for its status). */
@@ -523,13 +527,17 @@ class NbdConnection {
    * one ERROR chunk (EIO) with DONE when the read failed.
    */
   private structuredRead(handle: Buffer, pieces: NbdExtent[] | undefined): void {
-    if (this.phase === 'closed' || this.socket.destroyed) return;
+    const release = () => {
+      for (const p of pieces ?? []) p.release?.();
+    };
+    if (this.phase === 'closed' || this.socket.destroyed) return release();
     const out: Buffer[][] = [];
     let sent = 0;
     if (!pieces) {
       out.push(errorChunk(handle, NBD.err.io, 'read failed (damaged data)'));
     } else {
       for (const piece of pieces) {
+        if (piece.length === 0) continue;
         const at = Buffer.alloc(piece.data ? 8 : 12);
         at.writeBigUInt64BE(BigInt(piece.offset), 0);
         if (piece.data) {
@@ -542,14 +550,20 @@ class NbdConnection {
       }
       out.push(chunk(handle, NBD.replyFlagDone, NBD.replyType.none, Buffer.alloc(0)));
     }
-    this.sendChunks(out);
+    this.sendChunks(out, release);
     this.events.request?.(this.export?.name ?? '', NBD.cmd.read, sent, pieces ? 0 : NBD.err.io);
   }
 
-  /** The chunks of one structured reply, written together. */
-  private sendChunks(chunks: Buffer[][]): void {
+  /**
+   * The chunks of one structured reply, written together; `written` once the socket is done with them (written to
+   * the kernel, or the socket destroyed: writes complete in order, so the last one's callback covers them all).
+   */
+  private sendChunks(chunks: Buffer[][], written?: () => void): void {
+    const all = chunks.flat();
     this.socket.cork();
-    for (const c of chunks) for (const b of c) this.socket.write(b);
+    all.forEach((b, i) =>
+      i === all.length - 1 && written ? this.socket.write(b, () => written()) : this.socket.write(b),
+    );
     this.socket.uncork();
   }
 
@@ -574,14 +588,15 @@ class NbdConnection {
     const e = this.export as NbdExport;
     this.inFlight++;
     if (this.structured) {
-      const pieces = e.readSparse
+      const pieces: Promise<NbdExtent[]> = e.readSparse
         ? e.readSparse(offset, length)
         : e.read(offset, length).then((data) => [{ offset, length, data }]);
       pieces
         .then(
           (list) => {
             const whole = list.reduce((n, p) => n + (p.data ? p.data.length : p.length), 0) === length;
-            this.structuredRead(handle, whole ? list.filter((p) => p.length > 0) : undefined);
+            if (!whole) for (const p of list) p.release?.();
+            this.structuredRead(handle, whole ? list : undefined);
           },
           () => this.structuredRead(handle, undefined),
         )

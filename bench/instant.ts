@@ -1,6 +1,6 @@
 /**
  * Instant restore benchmark (issue 28): a group of `--vms` VMs snapshotted and exported on host A (to versitygw on
- * 127.0.0.1), host A's VMs and worker gone, then restored on host B (dev/hypervisor-hosts.ts) from the repository,
+ * the hosts' bridge address, which every client reaches directly), host A's VMs and worker gone, then restored on host B (dev/hypervisor-hosts.ts) from the repository,
  * `--rounds` times each way, interleaved in alternating order: the full restore's RTO (request -> every VM running)
  * beside the instant restore's request -> every VM running and request -> every disk hydrated; beside them, the
  * same data restored by restic from the same versitygw and downloaded with the plain SDK (bench/baselines.ts), so
@@ -496,7 +496,7 @@ export function renderSection(r: Results, rawFile: string): string {
       'runs in the same run, interleaved.',
     '',
     `A group of ${o.vms} VMs with 2 disks of ${o.diskSize} GiB per VM, random data in each disk (one point per size), ` +
-      "exported from host A to versitygw on 127.0.0.1, host A's VMs removed, restored on host B (a session libvirt " +
+      "exported from host A to versitygw (on the hosts' bridge address: host B and the baselines reach it directly), host A's VMs removed, restored on host B (a session libvirt " +
       'of its own) as clones. Beside them, the same data from the same versitygw: restored by restic from its own ' +
       "backup of the same image files, and downloaded with the plain SDK (bench/baselines.ts, as bench:restore's rows)." +
       " Throughputs are MiB/s of data (the disks' data chunks): hydration = data / (all VMs running -> every disk " +

@@ -308,6 +308,56 @@ describe('transmission', () => {
     c.end();
   });
 
+  it("releases a structured read's pieces once the reply is written, or at once when the connection is gone", async () => {
+    const released: string[] = [];
+    let answer: (() => void) | undefined;
+    const exp = {
+      name: 'spy',
+      size: 4096,
+      read: async () => Buffer.alloc(0),
+      readSparse: async (offset: number, length: number) => {
+        if (offset === 2048) await new Promise<void>((r) => (answer = r));
+        return [
+          {
+            offset,
+            length: length / 2,
+            data: Buffer.alloc(length / 2, 1),
+            release: () => released.push(`${offset}:data`),
+          },
+          { offset: offset + length / 2, length: length / 2, release: () => released.push(`${offset}:hole`) },
+        ];
+      },
+    };
+    const path = join(dir, 'spy.sock');
+    const srv = await NbdServer.listen(path, [exp]);
+    try {
+      const c = await RawNbdClient.connect(path);
+      await c.greet();
+      c.sendOption(NBD.opt.structuredReply);
+      expect((await c.optionReply()).type).toBe(NBD.rep.ack);
+      c.sendOption(NBD.opt.go, RawNbdClient.goData('spy'));
+      expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+      c.sendRequest(NBD.cmd.read, 1n, 0, 1024);
+      const reply = await c.structuredReply();
+      expect(reply.map((k) => k.type)).toEqual([
+        NBD.replyType.offsetData,
+        NBD.replyType.offsetHole,
+        NBD.replyType.none,
+      ]);
+      expect(released.sort()).toEqual(['0:data', '0:hole']);
+      // A read answered after its client went away: nothing is written, its pieces are released all the same.
+      c.sendRequest(NBD.cmd.read, 2n, 2048, 1024);
+      for (let i = 0; i < 100 && !answer; i++) await new Promise((r) => setTimeout(r, 10));
+      c.end();
+      await new Promise((r) => setTimeout(r, 50));
+      answer!();
+      for (let i = 0; i < 100 && released.length < 4; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(released.filter((r) => r.startsWith('2048:')).sort()).toEqual(['2048:data', '2048:hole']);
+    } finally {
+      await srv.close();
+    }
+  });
+
   it('serves many connections at once', async () => {
     const clients = await Promise.all([0, 1, 2, 3, 4, 5].map(() => RawNbdClient.connect(socket)));
     await Promise.all(clients.map((c) => c.go('db-1-vda')));
@@ -694,6 +744,36 @@ describe('the chunk cache', () => {
     expect(fetches).toBe(before);
     await cache.get('a', 1024);
     expect(fetches).toBe(before + 1);
+  });
+
+  it("frees a dropped chunk's memory at once, or at the last release of a reply holding it; never one get() gave out", async () => {
+    // Fresh buffers spanning their whole ArrayBuffer, as the seal pool's plaintexts are.
+    const source = { readChunk: async (id: string) => Buffer.alloc(1024, id.charCodeAt(0)) };
+    const cache = new ChunkCache(source, { maxBytes: 2048 });
+    const a = await cache.acquire('a', 1024);
+    const b = await cache.acquire('b', 1024);
+    b.release();
+    const shared = await cache.get('s', 1024); // pushes 'a' out: held by a reply, so kept until released
+    expect(a.data.buffer.byteLength).toBe(1024);
+    expect(a.data[0]).toBe('a'.charCodeAt(0));
+    await cache.get('t', 1024); // pushes 'b' out: nothing holds it, freed now
+    expect(b.data.buffer.byteLength).toBe(0);
+    a.release();
+    expect(a.data.buffer.byteLength).toBe(0);
+    a.release(); // a second release changes nothing
+    await cache.get('u', 1024);
+    await cache.get('v', 1024); // pushes 's' out: given out by get(), left to the garbage collector
+    expect(shared.buffer.byteLength).toBe(1024);
+    expect(shared[0]).toBe('s'.charCodeAt(0));
+    // Two replies holding one chunk: freed only when both are done.
+    const c1 = await cache.acquire('c', 1024);
+    const c2 = await cache.acquire('c', 1024);
+    await cache.get('w', 1024);
+    await cache.get('x', 1024);
+    c1.release();
+    expect(c2.data.buffer.byteLength).toBe(1024);
+    c2.release();
+    expect(c2.data.buffer.byteLength).toBe(0);
   });
 
   it('bounds the fetches in flight, read-ahead included', async () => {
