@@ -11,7 +11,7 @@
  */
 import { DamagedObjectError } from './errors';
 import type { NbdAllocation, NbdExtent } from './nbd-server';
-import type { DiskManifest } from './manifest';
+import { chunkRuns, type DiskManifest } from './manifest';
 import { releaseChunk, Repository } from './repository';
 
 /** What the cache reads chunks with (a `Repository`, or a test's). */
@@ -320,6 +320,21 @@ export class ChunkCache {
   }
 }
 
+/**
+ * Every value of `held` once all have settled; when one failed, the others' holds are released with `release` and
+ * the first failure is thrown (nothing stays pinned for a reply that is never written).
+ */
+async function allHeld<T>(held: Promise<T>[], release: (value: T) => void): Promise<T[]> {
+  const settled = await Promise.allSettled(held);
+  const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+  const values = settled.flatMap((x) => (x.status === 'fulfilled' ? [x.value] : []));
+  if (failed) {
+    for (const v of values) release(v);
+    throw failed.reason;
+  }
+  return values;
+}
+
 let zeroBuffer = Buffer.alloc(0);
 
 /** `length` zero bytes, from one shared buffer (never written to): a read of a zero chunk allocates nothing. */
@@ -384,17 +399,12 @@ export class DiskChunkReader {
     this.begin(offset, length);
     const runs = this.allocation(offset, length);
     try {
-      const settled = await Promise.allSettled(
+      const out = await allHeld(
         runs.map(async (r): Promise<NbdExtent> =>
           r.zero ? { offset: r.offset, length: r.length } : { offset: r.offset, ...(await this.heldRange(r)) },
         ),
+        (piece) => piece.release?.(),
       );
-      const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected');
-      const out = settled.flatMap((x) => (x.status === 'fulfilled' ? [x.value] : []));
-      if (failed) {
-        for (const piece of out) piece.release?.();
-        throw failed.reason;
-      }
       this.stats.bytesServed += length;
       return out;
     } catch (err) {
@@ -412,17 +422,7 @@ export class DiskChunkReader {
   allocation(offset: number, length: number): NbdAllocation[] {
     const m = this.manifest;
     if (offset < 0 || length < 0 || offset + length > m.virtualSize) throw new RangeError('range outside the disk');
-    const runs: NbdAllocation[] = [];
-    for (let at = offset; at < offset + length;) {
-      const index = Math.floor(at / m.chunkSize);
-      const end = Math.min(offset + length, (index + 1) * m.chunkSize);
-      const zero = m.chunks[index] === null;
-      const prev = runs[runs.length - 1];
-      if (prev && prev.zero === zero) prev.length += end - at;
-      else runs.push({ offset: at, length: end - at, zero });
-      at = end;
-    }
-    return runs;
+    return chunkRuns(m, offset, length);
   }
 
   /** {@link allocation} answering an NBD BLOCK_STATUS request: counted in the stats. */
@@ -436,31 +436,39 @@ export class DiskChunkReader {
     const m = this.manifest;
     if (offset < 0 || length < 0 || offset + length > m.virtualSize) throw new RangeError('read outside the disk');
     this.stats.requests++;
-    const first = Math.floor(offset / m.chunkSize);
-    const last = Math.floor((offset + Math.max(length, 1) - 1) / m.chunkSize);
+    const { first, last } = this.span(offset, length);
     this.noteRead(first, last);
+  }
+
+  /** The indexes of the first and last chunks a range touches (the first alone for an empty range). */
+  private span(offset: number, length: number): { first: number; last: number } {
+    const size = this.manifest.chunkSize;
+    return { first: Math.floor(offset / size), last: Math.floor((offset + Math.max(length, 1) - 1) / size) };
+  }
+
+  /** A range over chunks `first`... as one new buffer: each chunk's part copied in (zero chunks left as zeros). */
+  private assemble(offset: number, length: number, first: number, parts: (Buffer | undefined)[]): Buffer {
+    const size = this.manifest.chunkSize;
+    const out = Buffer.alloc(length);
+    parts.forEach((data, k) => {
+      const index = first + k;
+      const start = Math.max(offset, index * size);
+      const end = Math.min(offset + length, index * size + this.chunkLength(index));
+      if (data) data.copy(out, start - offset, start - index * size, end - index * size);
+    });
+    return out;
   }
 
   /** The bytes of a range within the disk (zero chunks as zeros). */
   private async range(offset: number, length: number): Promise<Buffer> {
-    const m = this.manifest;
-    const first = Math.floor(offset / m.chunkSize);
-    const last = Math.floor((offset + Math.max(length, 1) - 1) / m.chunkSize);
+    const { first, last } = this.span(offset, length);
     if (first === last) {
       const data = await this.chunk(first);
-      const at = offset - first * m.chunkSize;
+      const at = offset - first * this.manifest.chunkSize;
       return data ? data.subarray(at, at + length) : zeros(length);
     }
     const parts = await Promise.all(Array.from({ length: last - first + 1 }, (_, k) => this.chunk(first + k)));
-    const out = Buffer.alloc(length);
-    for (let k = 0; k < parts.length; k++) {
-      const index = first + k;
-      const start = Math.max(offset, index * m.chunkSize);
-      const end = Math.min(offset + length, index * m.chunkSize + this.chunkLength(index));
-      const data = parts[k];
-      if (data) data.copy(out, start - offset, start - index * m.chunkSize, end - index * m.chunkSize);
-    }
-    return out;
+    return this.assemble(offset, length, first, parts);
   }
 
   /**
@@ -468,38 +476,29 @@ export class DiskChunkReader {
    * holds its chunk pinned in the cache; a range over several chunks is a copy, freed itself).
    */
   private async heldRange(r: { offset: number; length: number }): Promise<Required<Omit<NbdExtent, 'offset'>>> {
-    const m = this.manifest;
     const { offset, length } = r;
-    const first = Math.floor(offset / m.chunkSize);
-    const last = Math.floor((offset + Math.max(length, 1) - 1) / m.chunkSize);
-    const held = await Promise.allSettled(
-      Array.from({ length: last - first + 1 }, (_, k) => {
+    const { first, last } = this.span(offset, length);
+    const parts = await allHeld(
+      Array.from({ length: last - first + 1 }, async (_, k) => {
         const id = this.manifest.chunks[first + k];
         return id === null ? undefined : this.cache.acquire(id, this.chunkLength(first + k), this.fetched);
       }),
+      (part) => part?.release(),
     );
-    const parts = held.map((h) => (h.status === 'fulfilled' ? h.value : undefined));
-    const failed = held.find((h): h is PromiseRejectedResult => h.status === 'rejected');
-    if (failed || first === last) {
+    if (first === last) {
       const only = parts[0];
-      if (failed) {
-        for (const p of parts) p?.release();
-        throw failed.reason;
-      }
-      const at = offset - first * m.chunkSize;
+      const at = offset - first * this.manifest.chunkSize;
       return only
         ? { length, data: only.data.subarray(at, at + length), release: only.release }
         : { length, data: zeros(length), release: () => undefined };
     }
-    const out = Buffer.alloc(length);
-    for (let k = 0; k < parts.length; k++) {
-      const index = first + k;
-      const start = Math.max(offset, index * m.chunkSize);
-      const end = Math.min(offset + length, index * m.chunkSize + this.chunkLength(index));
-      const part = parts[k];
-      if (part) part.data.copy(out, start - offset, start - index * m.chunkSize, end - index * m.chunkSize);
-      part?.release();
-    }
+    const out = this.assemble(
+      offset,
+      length,
+      first,
+      parts.map((p) => p?.data),
+    );
+    for (const part of parts) part?.release();
     return { length, data: out, release: () => releaseChunk(out) };
   }
 

@@ -165,20 +165,34 @@ export interface DiskRange {
 }
 
 /**
+ * The runs of `length` bytes at `offset` (within the disk; not checked here) in order: those of `m`'s chunks without
+ * data (all zeros or never written) as `zero`, the others as data. From the manifest alone.
+ */
+export function chunkRuns(
+  m: Pick<DiskManifest, 'chunkSize' | 'chunks'>,
+  offset: number,
+  length: number,
+): (DiskRange & { zero: boolean })[] {
+  const runs: (DiskRange & { zero: boolean })[] = [];
+  for (let at = offset; at < offset + length;) {
+    const index = Math.floor(at / m.chunkSize);
+    const end = Math.min(offset + length, (index + 1) * m.chunkSize);
+    const zero = m.chunks[index] === null;
+    const prev = runs[runs.length - 1];
+    if (prev && prev.zero === zero) prev.length += end - at;
+    else runs.push({ offset: at, length: end - at, zero });
+    at = end;
+  }
+  return runs;
+}
+
+/**
  * The byte ranges of the disk that `m` holds as zeros (its chunks without data: all zeros or never written), merged,
  * in order, within the virtual size. An instant restore marks them in its overlays, so that neither the guest's
  * reads nor the hydration ask the repository for them.
  */
 export function zeroRanges(m: Pick<DiskManifest, 'virtualSize' | 'chunkSize' | 'chunks'>): DiskRange[] {
-  const out: DiskRange[] = [];
-  for (let i = 0; i < m.chunks.length; i++) {
-    if (m.chunks[i] !== null) continue;
-    const offset = i * m.chunkSize;
-    const length = Math.min(m.chunkSize, m.virtualSize - offset);
-    if (length <= 0) break;
-    const prev = out[out.length - 1];
-    if (prev && prev.offset + prev.length === offset) prev.length += length;
-    else out.push({ offset, length });
-  }
-  return out;
+  return chunkRuns(m, 0, m.virtualSize)
+    .filter((r) => r.zero)
+    .map(({ offset, length }) => ({ offset, length }));
 }
