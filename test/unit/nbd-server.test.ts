@@ -117,6 +117,17 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** A client of the server on `path` in transmission on export `name`, with structured replies negotiated. */
+async function structuredGo(path: string, name: string): Promise<RawNbdClient> {
+  const c = await RawNbdClient.connect(path);
+  await c.greet();
+  c.sendOption(NBD.opt.structuredReply);
+  expect((await c.optionReply()).type).toBe(NBD.rep.ack);
+  c.sendOption(NBD.opt.go, RawNbdClient.goData(name));
+  expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+  return c;
+}
+
 describe('handshake', () => {
   it('greets with fixed newstyle and no-zeroes, lists its exports, and answers INFO', async () => {
     const c = await RawNbdClient.connect(socket);
@@ -331,12 +342,7 @@ describe('transmission', () => {
     const path = join(dir, 'spy.sock');
     const srv = await NbdServer.listen(path, [exp]);
     try {
-      const c = await RawNbdClient.connect(path);
-      await c.greet();
-      c.sendOption(NBD.opt.structuredReply);
-      expect((await c.optionReply()).type).toBe(NBD.rep.ack);
-      c.sendOption(NBD.opt.go, RawNbdClient.goData('spy'));
-      expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+      const c = await structuredGo(path, 'spy');
       c.sendRequest(NBD.cmd.read, 1n, 0, 1024);
       const reply = await c.structuredReply();
       expect(reply.map((k) => k.type)).toEqual([
@@ -521,12 +527,7 @@ describe('block status (base:allocation)', () => {
     ]);
     try {
       // Structured replies, no SET at all.
-      let c = await RawNbdClient.connect(other);
-      await c.greet();
-      c.sendOption(NBD.opt.structuredReply);
-      expect((await c.optionReply()).type).toBe(NBD.rep.ack);
-      c.sendOption(NBD.opt.go, RawNbdClient.goData('b'));
-      expect((await c.infoReplies()).final).toBe(NBD.rep.ack);
+      let c = await structuredGo(other, 'b');
       expect(await c.blockStatus(0, 512)).toMatchObject({ error: NBD.err.inval });
       c.end();
       // Selected for 'a', then GO to 'b'.
@@ -695,12 +696,7 @@ describe('the store', () => {
       expect((await c.read(2 * CHUNK, CHUNK, 3n)).equals(content.subarray(2 * CHUNK, 3 * CHUNK))).toBe(true);
       expect((await c.read(4 * CHUNK, 2 * CHUNK, 4n)).equals(content.subarray(4 * CHUNK))).toBe(true);
       // With structured replies: one error chunk (EIO) with DONE.
-      const d = await RawNbdClient.connect(other);
-      await d.greet();
-      d.sendOption(NBD.opt.structuredReply);
-      expect((await d.optionReply()).type).toBe(NBD.rep.ack);
-      d.sendOption(NBD.opt.go, RawNbdClient.goData('x'));
-      expect((await d.infoReplies()).final).toBe(NBD.rep.ack);
+      const d = await structuredGo(other, 'x');
       d.sendRequest(NBD.cmd.read, 5n, CHUNK, 3 * CHUNK);
       const [err, ...more] = await d.structuredReply();
       expect([err.type, err.flags, err.payload.readUInt32BE(0), more.length]).toEqual([
