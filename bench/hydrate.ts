@@ -342,7 +342,7 @@ async function main(): Promise<void> {
         for (const kind of round % 2 === 0 ? kinds : [...kinds].reverse()) {
           // Untimed: the dirty pages of the run before are written back now.
           await run('sync');
-          console.error(`round ${round + 1}: ${method}, ${kind} block status ...`);
+          console.error(`round ${round + 1}: ${method}, block status ${KIND_NAMES[kind]} ...`);
           const r = await hydrate({ url, keyFile, dir, image, zeros, virtualSize: m.virtualSize }, kind, method, round);
           console.error(`  ${JSON.stringify(r)}`);
           rounds.push(r);
